@@ -1,0 +1,294 @@
+//! Line-protocol frames as the client sees them: command lines it writes
+//! and header lines it reads.
+//!
+//! Pure functions, no IO: `Client` reads the line and the body, this file
+//! only says what the line means and what a command line looks like.
+
+use super::error::{Error, Result};
+
+/// The most addresses one `<` command may wait on.
+pub const MAX_READY_ADDRS: usize = 8;
+
+/// The content type of a publication that names none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// What a header line from the server announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// `> LEN TIMEOUT TO [REPLY]`, followed by a body when LEN > 0.
+    Message {
+        len: usize,
+        timeout_s: u64,
+        to: String,
+        reply: Option<String>,
+    },
+    /// `! LEN CHANNEL TYPE`, followed by a body when LEN > 0.
+    Publication {
+        len: usize,
+        channel: String,
+        content_type: String,
+    },
+    /// `*`: a `<` or `?` wait ran out.
+    Timeout,
+    /// `- reason`: the server refused something and is closing.
+    Error(String),
+}
+
+/// Reads one header line, without its `\r\n` or `\n`.
+pub(crate) fn parse_header(line: &[u8]) -> Result<Header> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Error::Protocol("a header line that is not UTF-8".into()))?;
+    if let Some(reason) = line.strip_prefix('-') {
+        let reason = reason.trim();
+        let reason = if reason.is_empty() {
+            "(no reason given)"
+        } else {
+            reason
+        };
+        return Ok(Header::Error(reason.to_string()));
+    }
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    match fields.as_slice() {
+        ["*"] => Ok(Header::Timeout),
+        [">", len, timeout, to] => Ok(Header::Message {
+            len: parse_len(len, line)?,
+            timeout_s: parse_timeout(timeout, line)?,
+            to: (*to).to_string(),
+            reply: None,
+        }),
+        [">", len, timeout, to, reply] => Ok(Header::Message {
+            len: parse_len(len, line)?,
+            timeout_s: parse_timeout(timeout, line)?,
+            to: (*to).to_string(),
+            reply: Some((*reply).to_string()),
+        }),
+        ["!", len, channel] => Ok(Header::Publication {
+            len: parse_len(len, line)?,
+            channel: (*channel).to_string(),
+            content_type: DEFAULT_CONTENT_TYPE.to_string(),
+        }),
+        ["!", len, channel, content_type] => Ok(Header::Publication {
+            len: parse_len(len, line)?,
+            channel: (*channel).to_string(),
+            content_type: (*content_type).to_string(),
+        }),
+        _ => Err(Error::Protocol(format!(
+            "unknown frame {:?}",
+            shorten(line)
+        ))),
+    }
+}
+
+fn parse_len(field: &str, line: &str) -> Result<usize> {
+    field
+        .parse()
+        .map_err(|_| Error::Protocol(format!("bad body length in {:?}", shorten(line))))
+}
+
+fn parse_timeout(field: &str, line: &str) -> Result<u64> {
+    field
+        .parse()
+        .map_err(|_| Error::Protocol(format!("bad timeout in {:?}", shorten(line))))
+}
+
+/// Keeps error messages readable when the server sends a huge line.
+fn shorten(line: &str) -> String {
+    const MAX: usize = 80;
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
+/// Checks that `name` can travel as one field of a command line: not empty,
+/// no whitespace, no control characters. `what` names it in the error.
+pub(crate) fn check_field(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidInput(format!("the {what} must not be empty")));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::InvalidInput(format!(
+            "the {what} {name:?} must not contain spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `> LEN TIMEOUT TO [REPLY]\r\n`
+pub(crate) fn send_line(
+    len: usize,
+    timeout_s: u64,
+    to: &str,
+    reply: Option<&str>,
+) -> Result<String> {
+    check_field("address", to)?;
+    match reply {
+        Some(reply) => {
+            check_field("reply address", reply)?;
+            Ok(format!("> {len} {timeout_s} {to} {reply}\r\n"))
+        }
+        None => Ok(format!("> {len} {timeout_s} {to}\r\n")),
+    }
+}
+
+/// `< TIMEOUT ADDR1 [... ADDR8]\r\n`
+pub(crate) fn ready_line(timeout_s: u64, addrs: &[&str]) -> Result<String> {
+    if addrs.is_empty() || addrs.len() > MAX_READY_ADDRS {
+        return Err(Error::InvalidInput(format!(
+            "wait on 1 to {MAX_READY_ADDRS} addresses, not {}",
+            addrs.len()
+        )));
+    }
+    let mut line = format!("< {timeout_s}");
+    for addr in addrs {
+        check_field("address", addr)?;
+        line.push(' ');
+        line.push_str(addr);
+    }
+    line.push_str("\r\n");
+    Ok(line)
+}
+
+/// `? LEN TIMEOUT TO\r\n`
+pub(crate) fn query_line(len: usize, timeout_s: u64, to: &str) -> Result<String> {
+    check_field("address", to)?;
+    Ok(format!("? {len} {timeout_s} {to}\r\n"))
+}
+
+/// `! LEN CHANNEL [TYPE]\r\n`
+pub(crate) fn publish_line(
+    len: usize,
+    channel: &str,
+    content_type: Option<&str>,
+) -> Result<String> {
+    check_field("channel", channel)?;
+    match content_type {
+        Some(ct) => {
+            check_field("content type", ct)?;
+            Ok(format!("! {len} {channel} {ct}\r\n"))
+        }
+        None => Ok(format!("! {len} {channel}\r\n")),
+    }
+}
+
+/// `+ CHANNEL\r\n` or `~ CHANNEL\r\n`
+pub(crate) fn channel_line(subscribe: bool, channel: &str) -> Result<String> {
+    check_field("channel", channel)?;
+    let op = if subscribe { '+' } else { '~' };
+    Ok(format!("{op} {channel}\r\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages_with_and_without_reply() {
+        assert_eq!(
+            parse_header(b"> 5 30 jobs").ok(),
+            Some(Header::Message {
+                len: 5,
+                timeout_s: 30,
+                to: "jobs".into(),
+                reply: None
+            })
+        );
+        assert_eq!(
+            parse_header(b"> 0 7 a r.1").ok(),
+            Some(Header::Message {
+                len: 0,
+                timeout_s: 7,
+                to: "a".into(),
+                reply: Some("r.1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn parses_publications_timeouts_and_errors() {
+        assert_eq!(
+            parse_header(b"! 3 news text/plain").ok(),
+            Some(Header::Publication {
+                len: 3,
+                channel: "news".into(),
+                content_type: "text/plain".into()
+            })
+        );
+        assert_eq!(
+            parse_header(b"! 3 news").ok(),
+            Some(Header::Publication {
+                len: 3,
+                channel: "news".into(),
+                content_type: DEFAULT_CONTENT_TYPE.into()
+            })
+        );
+        assert_eq!(parse_header(b"*").ok(), Some(Header::Timeout));
+        assert_eq!(
+            parse_header(b"- invalid timeout format").ok(),
+            Some(Header::Error("invalid timeout format".into()))
+        );
+        assert_eq!(
+            parse_header(b"-").ok(),
+            Some(Header::Error("(no reason given)".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            &b""[..],
+            b"hello",
+            b"> x 1 a",
+            b"> 1 -1 a",
+            b"> 1 1",
+            b"> 1 1 a b c",
+            b"! 1",
+            b"* *",
+            b"\xff",
+        ] {
+            assert!(
+                matches!(parse_header(bad), Err(Error::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn builds_command_lines() {
+        assert_eq!(
+            send_line(3, 10, "a", None).ok().as_deref(),
+            Some("> 3 10 a\r\n")
+        );
+        assert_eq!(
+            send_line(0, 10, "a", Some("b")).ok().as_deref(),
+            Some("> 0 10 a b\r\n")
+        );
+        assert_eq!(
+            ready_line(5, &["a", "b"]).ok().as_deref(),
+            Some("< 5 a b\r\n")
+        );
+        assert_eq!(query_line(2, 9, "q").ok().as_deref(), Some("? 2 9 q\r\n"));
+        assert_eq!(
+            publish_line(1, "c", Some("text/plain")).ok().as_deref(),
+            Some("! 1 c text/plain\r\n")
+        );
+        assert_eq!(
+            publish_line(1, "c", None).ok().as_deref(),
+            Some("! 1 c\r\n")
+        );
+        assert_eq!(channel_line(true, "c").ok().as_deref(), Some("+ c\r\n"));
+        assert_eq!(channel_line(false, "c").ok().as_deref(), Some("~ c\r\n"));
+    }
+
+    #[test]
+    fn refuses_fields_that_would_break_the_line() {
+        assert!(send_line(1, 1, "a b", None).is_err());
+        assert!(send_line(1, 1, "", None).is_err());
+        assert!(send_line(1, 1, "a", Some("x\r\n")).is_err());
+        assert!(ready_line(1, &[]).is_err());
+        assert!(ready_line(1, &["a"; 9]).is_err());
+        assert!(ready_line(1, &["a"; 8]).is_ok());
+        assert!(publish_line(1, "c", Some("text/plain; charset=utf-8")).is_err());
+        assert!(channel_line(true, "a\tb").is_err());
+    }
+}
