@@ -1,0 +1,13 @@
+//! Shared code of the load tools `flood-pub` and `flood-sub`.
+//!
+//! Codecs (`line`, `http`) and bookkeeping (`stamp`, `hist`, `seqset`) never
+//! touch a socket; `net` and `tls` own the sockets; `publisher` and
+//! `subscriber` are the two event loops; `report` formats what they measured.
+
+pub mod clock;
+pub mod codec;
+pub mod hist;
+pub mod http;
+pub mod line;
+pub mod seqset;
+pub mod stamp;
