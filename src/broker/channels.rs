@@ -1,0 +1,389 @@
+//! Channels: fan-out to every current subscriber, on every door.
+//!
+//! A publish builds its frame once per framing that the channel's subscribers
+//! use, and hands the same `Bytes` to each of them. Consecutive publishes to
+//! one channel with one content type and sender are gathered into an open
+//! batch, so a burst of N messages costs each subscriber one queue entry (one
+//! `IoSlice` at write time) instead of N. Any other broker action seals the
+//! batch first, so every subscriber still sees messages in the order they were
+//! published. Nothing is kept for absent subscribers.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use super::filter::Filter;
+use super::frames::{self, Framing, Publication, FRAMINGS};
+use super::{ConnId, Outbox};
+
+/// A batch is sealed once one of its frame buffers reaches this size.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// How one connection subscribes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub framing: Framing,
+    pub filter: Filter,
+}
+
+impl Subscription {
+    pub fn line() -> Subscription {
+        Subscription {
+            framing: Framing::Line,
+            filter: Filter::default(),
+        }
+    }
+}
+
+struct Subscriber {
+    conn: ConnId,
+    framing: Framing,
+    filter: Option<Box<Filter>>,
+}
+
+/// The subscribers of one channel (or of all channels, for the root).
+#[derive(Default)]
+struct Audience {
+    subs: Vec<Subscriber>,
+    index: HashMap<ConnId, usize>,
+    per_framing: [u32; FRAMINGS],
+}
+
+impl Audience {
+    fn add(&mut self, conn: ConnId, sub: Subscription) {
+        if let Some(&i) = self.index.get(&conn) {
+            if let Some(old) = self.subs.get(i) {
+                self.per_framing[old.framing as usize] -= 1;
+            }
+            self.subs.swap_remove(i);
+            self.fix_index(i);
+            self.index.remove(&conn);
+        }
+        self.per_framing[sub.framing as usize] += 1;
+        self.index.insert(conn, self.subs.len());
+        self.subs.push(Subscriber {
+            conn,
+            framing: sub.framing,
+            filter: (!sub.filter.is_empty()).then(|| Box::new(sub.filter)),
+        });
+    }
+
+    fn remove(&mut self, conn: ConnId) -> bool {
+        let Some(i) = self.index.remove(&conn) else {
+            return false;
+        };
+        if i < self.subs.len() {
+            let old = self.subs.swap_remove(i);
+            self.per_framing[old.framing as usize] -= 1;
+            self.fix_index(i);
+        }
+        true
+    }
+
+    /// After a `swap_remove(i)`, the element now at `i` moved from the end.
+    fn fix_index(&mut self, i: usize) {
+        if let Some(moved) = self.subs.get(i) {
+            self.index.insert(moved.conn, i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+}
+
+/// Frames of the open batch, per framing; `root` ones carry the channel name.
+struct Batch {
+    channel: Bytes,
+    content_type: Bytes,
+    sender: Option<Bytes>,
+    messages: u32,
+    frames: [BytesMut; FRAMINGS],
+    root_frames: [BytesMut; FRAMINGS],
+}
+
+/// All channels and the root (all-channels) audience.
+#[derive(Default)]
+pub struct Channels {
+    channels: HashMap<Bytes, Audience>,
+    root: Audience,
+    open: Option<Batch>,
+    published: u64,
+    fanned_out: u64,
+}
+
+impl Channels {
+    /// (messages published, deliveries made).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.published, self.fanned_out)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Subscriptions over all channels, the root's included.
+    pub fn subscription_count(&self) -> usize {
+        self.channels.values().map(|a| a.subs.len()).sum::<usize>() + self.root.subs.len()
+    }
+
+    /// Subscribes `conn` to `channel`, replacing an earlier subscription of it.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        channel: Bytes,
+        sub: Subscription,
+        out: &mut impl Outbox,
+    ) {
+        self.seal(out);
+        self.channels.entry(channel).or_default().add(conn, sub);
+    }
+
+    /// Subscribes `conn` to every channel.
+    pub fn subscribe_all(&mut self, conn: ConnId, sub: Subscription, out: &mut impl Outbox) {
+        self.seal(out);
+        self.root.add(conn, sub);
+    }
+
+    /// Ends a subscription; returns false when there was none.
+    pub fn unsubscribe(&mut self, conn: ConnId, channel: &[u8], out: &mut impl Outbox) -> bool {
+        self.seal(out);
+        let Some(audience) = self.channels.get_mut(channel) else {
+            return false;
+        };
+        let removed = audience.remove(conn);
+        if audience.is_empty() {
+            self.channels.remove(channel);
+        }
+        removed
+    }
+
+    pub fn unsubscribe_all(&mut self, conn: ConnId, out: &mut impl Outbox) -> bool {
+        self.seal(out);
+        self.root.remove(conn)
+    }
+
+    /// Publishes one message to `channel`. The frames are queued to
+    /// subscribers when the batch is sealed.
+    pub fn publish(
+        &mut self,
+        channel: Bytes,
+        content_type: Bytes,
+        sender: Option<Bytes>,
+        body: &[u8],
+        out: &mut impl Outbox,
+    ) {
+        self.published += 1;
+        let same = self.open.as_ref().is_some_and(|b| {
+            b.channel == channel && b.content_type == content_type && b.sender == sender
+        });
+        if !same {
+            self.seal(out);
+        }
+        let audience = self.channels.get(&channel);
+        let wanted = audience.map_or([0; FRAMINGS], |a| a.per_framing);
+        let root_wanted = self.root.per_framing;
+        if wanted.iter().chain(root_wanted.iter()).all(|&n| n == 0) {
+            return;
+        }
+        let batch = self.open.get_or_insert_with(|| Batch {
+            channel,
+            content_type,
+            sender,
+            messages: 0,
+            frames: Default::default(),
+            root_frames: Default::default(),
+        });
+        batch.messages += 1;
+        let p = Publication {
+            channel: &batch.channel,
+            content_type: &batch.content_type,
+            sender: batch.sender.as_deref(),
+            body,
+        };
+        let mut full = false;
+        for framing in Framing::ALL {
+            let i = framing as usize;
+            if wanted[i] > 0 {
+                frames::append(&mut batch.frames[i], framing, &p, false);
+                full |= batch.frames[i].len() >= BATCH_BYTES;
+            }
+            if root_wanted[i] > 0 {
+                frames::append(&mut batch.root_frames[i], framing, &p, true);
+                full |= batch.root_frames[i].len() >= BATCH_BYTES;
+            }
+        }
+        if full {
+            self.seal(out);
+        }
+    }
+
+    /// Queues the open batch to every subscriber whose filter accepts it.
+    pub fn seal(&mut self, out: &mut impl Outbox) {
+        let Some(batch) = self.open.take() else {
+            return;
+        };
+        let frames = batch.frames.map(BytesMut::freeze);
+        let root_frames = batch.root_frames.map(BytesMut::freeze);
+        let key = BatchKey {
+            content_type: &batch.content_type,
+            sender: batch.sender.as_deref(),
+            messages: batch.messages,
+        };
+        if let Some(audience) = self.channels.get(&batch.channel) {
+            self.fanned_out += fan_out(audience, &frames, &key, out);
+        }
+        self.fanned_out += fan_out(&self.root, &root_frames, &key, out);
+    }
+}
+
+struct BatchKey<'a> {
+    content_type: &'a [u8],
+    sender: Option<&'a [u8]>,
+    messages: u32,
+}
+
+fn fan_out(
+    audience: &Audience,
+    frames: &[Bytes; FRAMINGS],
+    key: &BatchKey,
+    out: &mut impl Outbox,
+) -> u64 {
+    let mut delivered = 0u64;
+    for sub in &audience.subs {
+        if let Some(filter) = &sub.filter {
+            if !filter.accepts(key.content_type, key.sender) {
+                continue;
+            }
+        }
+        if let Some(frame) = frames.get(sub.framing as usize) {
+            out.deliver(sub.conn, frame.clone(), key.messages);
+            delivered += u64::from(key.messages);
+        }
+    }
+    delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::RecordingOutbox;
+
+    fn conn(key: u32) -> ConnId {
+        ConnId { key, gen: 1 }
+    }
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn publish_reaches_every_subscriber_once_in_order() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        for k in 0..3 {
+            ch.subscribe(conn(k), b("news"), Subscription::line(), &mut out);
+        }
+        ch.subscribe(conn(9), b("other"), Subscription::line(), &mut out);
+        for body in ["a", "b", "c"] {
+            ch.publish(b("news"), b("text/plain"), None, body.as_bytes(), &mut out);
+        }
+        ch.seal(&mut out);
+        for k in 0..3 {
+            assert_eq!(
+                out.bytes_for(conn(k)),
+                b"! 1 news text/plain\r\na\r\n! 1 news text/plain\r\nb\r\n! 1 news text/plain\r\nc\r\n"
+            );
+        }
+        assert!(out.bytes_for(conn(9)).is_empty());
+        // One batch, so one queue entry per subscriber, carrying three messages.
+        assert_eq!(out.frames.len(), 3);
+        assert!(out.frames.iter().all(|(_, _, n)| *n == 3));
+        assert_eq!(ch.stats(), (3, 9));
+    }
+
+    #[test]
+    fn order_across_channels_is_kept() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("y"), Subscription::line(), &mut out);
+        ch.publish(b("x"), b("t"), None, b"1", &mut out);
+        ch.publish(b("y"), b("t"), None, b"2", &mut out);
+        ch.publish(b("x"), b("t"), None, b"3", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(
+            out.bytes_for(conn(1)),
+            b"! 1 x t\r\n1\r\n! 1 y t\r\n2\r\n! 1 x t\r\n3\r\n"
+        );
+    }
+
+    #[test]
+    fn unsubscribe_seals_first_and_stops_delivery() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.publish(b("x"), b("t"), None, b"1", &mut out);
+        assert!(ch.unsubscribe(conn(1), b"x", &mut out));
+        ch.publish(b("x"), b("t"), None, b"2", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.bytes_for(conn(1)), b"! 1 x t\r\n1\r\n");
+        assert_eq!(ch.channel_count(), 0);
+        assert!(!ch.unsubscribe(conn(1), b"x", &mut out));
+    }
+
+    #[test]
+    fn filters_and_root() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let images = Subscription {
+            framing: Framing::Line,
+            filter: Filter::new(Some(b"image/*"), None),
+        };
+        ch.subscribe(conn(1), b("x"), images, &mut out);
+        ch.subscribe_all(conn(2), Subscription::line(), &mut out);
+        ch.publish(b("x"), b("text/plain"), None, b"t", &mut out);
+        ch.publish(b("x"), b("image/png"), None, b"i", &mut out);
+        ch.publish(b("y"), b("text/plain"), None, b"y", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.bytes_for(conn(1)), b"! 1 x image/png\r\ni\r\n");
+        assert_eq!(
+            out.bytes_for(conn(2)),
+            b"! 1 x text/plain\r\nt\r\n! 1 x image/png\r\ni\r\n! 1 y text/plain\r\ny\r\n"
+        );
+    }
+
+    #[test]
+    fn each_framing_built_once_and_shared() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let http = Subscription {
+            framing: Framing::MultipartChunked,
+            filter: Filter::default(),
+        };
+        for k in 0..100 {
+            let sub = if k % 2 == 0 {
+                Subscription::line()
+            } else {
+                http.clone()
+            };
+            ch.subscribe(conn(k), b("x"), sub, &mut out);
+        }
+        ch.publish(b("x"), b("t"), None, b"body", &mut out);
+        ch.seal(&mut out);
+        let distinct: std::collections::HashSet<*const u8> =
+            out.frames.iter().map(|(_, f, _)| f.as_ptr()).collect();
+        assert_eq!(distinct.len(), 2);
+    }
+
+    #[test]
+    fn resubscribe_replaces() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.publish(b("x"), b("t"), None, b"1", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!(ch.subscription_count(), 1);
+    }
+}

@@ -1,0 +1,283 @@
+//! Wire framing of deliveries, built once per message per kind of subscriber.
+//!
+//! Every function appends to a `BytesMut` that the caller freezes and shares
+//! between all subscribers of that kind. Nothing here knows about sockets.
+
+use bytes::{BufMut, BytesMut};
+
+/// The multipart boundary of the HTTP bus.
+pub const BOUNDARY: &str = "00MsgBus00";
+
+/// How a subscriber wants its deliveries framed. The discriminant indexes the
+/// per-batch frame buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Framing {
+    /// `! LEN CHANNEL TYPE\r\n` + body + `\r\n`.
+    Line = 0,
+    /// HTTP/1.1 multipart in chunked transfer coding, one chunk per message.
+    MultipartChunked = 1,
+    /// HTTP/1.0 multipart as a plain stream.
+    MultipartPlain = 2,
+    /// `text/event-stream`, one event per message.
+    EventStream = 3,
+}
+
+pub const FRAMINGS: usize = 4;
+
+impl Framing {
+    pub const ALL: [Framing; FRAMINGS] = [
+        Framing::Line,
+        Framing::MultipartChunked,
+        Framing::MultipartPlain,
+        Framing::EventStream,
+    ];
+}
+
+/// One published message, as the framers see it.
+pub struct Publication<'a> {
+    pub channel: &'a [u8],
+    pub content_type: &'a [u8],
+    pub sender: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+fn put_hex(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// Appends `! LEN CHANNEL TYPE\r\n` + body + `\r\n` (no body and no CRLF when empty).
+pub fn line_publication(out: &mut BytesMut, p: &Publication) {
+    out.reserve(p.channel.len() + p.content_type.len() + p.body.len() + 32);
+    out.put_slice(b"! ");
+    put_decimal(out, p.body.len() as u64);
+    out.put_u8(b' ');
+    out.put_slice(p.channel);
+    out.put_u8(b' ');
+    out.put_slice(p.content_type);
+    out.put_slice(b"\r\n");
+    if !p.body.is_empty() {
+        out.put_slice(p.body);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// Appends `> LEN TIMEOUT TO [REPLY]\r\n` + body + `\r\n` (no body and no CRLF when empty).
+pub fn line_message(
+    out: &mut BytesMut,
+    to: &[u8],
+    reply: Option<&[u8]>,
+    timeout_s: u64,
+    body: &[u8],
+) {
+    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + body.len() + 48);
+    out.put_slice(b"> ");
+    put_decimal(out, body.len() as u64);
+    out.put_u8(b' ');
+    put_decimal(out, timeout_s);
+    out.put_u8(b' ');
+    out.put_slice(to);
+    if let Some(r) = reply {
+        out.put_u8(b' ');
+        out.put_slice(r);
+    }
+    out.put_slice(b"\r\n");
+    if !body.is_empty() {
+        out.put_slice(body);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// The bytes that open a multipart stream, sent with the response head.
+pub fn multipart_opening(chunked: bool) -> &'static [u8] {
+    if chunked {
+        b"e\r\n--00MsgBus00\r\n\r\n"
+    } else {
+        b"--00MsgBus00\r\n"
+    }
+}
+
+/// Appends one multipart part: headers, blank line, body and the delimiter that
+/// closes it (`\r\n--00MsgBus00\r\n`). Every part carries `Content-Length`, so
+/// a client may either count bytes or look for the delimiter. With `chunked`
+/// the part is wrapped in exactly one chunk.
+pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: bool) {
+    let mut part = BytesMut::with_capacity(p.body.len() + p.content_type.len() + 96);
+    if let Some(user) = p.sender {
+        part.put_slice(b"From: ");
+        part.put_slice(user);
+        part.put_slice(b"\r\n");
+    }
+    if root {
+        part.put_slice(b"Content-Location: /msgbus/");
+        part.put_slice(p.channel);
+        part.put_slice(b"\r\n");
+    }
+    part.put_slice(b"Content-Type: ");
+    part.put_slice(p.content_type);
+    part.put_slice(b"\r\nContent-Length: ");
+    put_decimal(&mut part, p.body.len() as u64);
+    part.put_slice(b"\r\n\r\n");
+    part.put_slice(p.body);
+    part.put_slice(b"\r\n--");
+    part.put_slice(BOUNDARY.as_bytes());
+    part.put_slice(b"\r\n");
+    if chunked {
+        put_hex(out, part.len());
+        out.put_slice(b"\r\n");
+        out.put_slice(&part);
+        out.put_slice(b"\r\n");
+    } else {
+        out.put_slice(&part);
+    }
+}
+
+/// Appends one Server-Sent Event. It is an unnamed event (so a page's
+/// `onmessage` sees it) except for root subscribers, where the event is named
+/// after the channel. A leading comment line `: channel=CH type=TYPE
+/// [from=USER]` carries the metadata for clients that read the raw stream;
+/// each body line becomes one `data:` line.
+pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
+    out.reserve(p.body.len() + p.content_type.len() + p.channel.len() + 64);
+    out.put_slice(b": channel=");
+    out.put_slice(p.channel);
+    out.put_slice(b" type=");
+    out.put_slice(p.content_type);
+    if let Some(user) = p.sender {
+        out.put_slice(b" from=");
+        out.put_slice(user);
+    }
+    out.put_slice(b"\n");
+    if root {
+        out.put_slice(b"event: ");
+        out.put_slice(p.channel);
+        out.put_slice(b"\n");
+    }
+    // A body line may end in \n, \r\n or \r; each becomes its own data line.
+    let mut rest = p.body;
+    loop {
+        let cut = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        out.put_slice(b"data: ");
+        match cut {
+            Some(i) => {
+                out.put_slice(&rest[..i]);
+                out.put_slice(b"\n");
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+            }
+            None => {
+                out.put_slice(rest);
+                out.put_slice(b"\n");
+                break;
+            }
+        }
+    }
+    out.put_slice(b"\n");
+}
+
+/// Appends the frame of `framing` for one publication.
+pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool) {
+    match framing {
+        Framing::Line => line_publication(out, p),
+        Framing::MultipartChunked => multipart_part(out, p, root, true),
+        Framing::MultipartPlain => multipart_part(out, p, root, false),
+        Framing::EventStream => event_stream(out, p, root),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication<'a>(body: &'a [u8], sender: Option<&'a [u8]>) -> Publication<'a> {
+        Publication {
+            channel: b"foo",
+            content_type: b"text/plain",
+            sender,
+            body,
+        }
+    }
+
+    #[test]
+    fn line_frames() {
+        let mut out = BytesMut::new();
+        line_publication(&mut out, &publication(b"hello", None));
+        assert_eq!(&out[..], b"! 5 foo text/plain\r\nhello\r\n");
+        out.clear();
+        line_publication(&mut out, &publication(b"", None));
+        assert_eq!(&out[..], b"! 0 foo text/plain\r\n");
+        out.clear();
+        line_message(&mut out, b"a", Some(b"r"), 30, b"hi");
+        assert_eq!(&out[..], b"> 2 30 a r\r\nhi\r\n");
+        out.clear();
+        line_message(&mut out, b"a", None, 0, b"");
+        assert_eq!(&out[..], b"> 0 0 a\r\n");
+    }
+
+    #[test]
+    fn multipart_frames() {
+        let mut out = BytesMut::new();
+        multipart_part(&mut out, &publication(b"hello", Some(b"bob")), true, false);
+        assert_eq!(
+            &out[..],
+            &b"From: bob\r\nContent-Location: /msgbus/foo\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n--00MsgBus00\r\n"[..]
+        );
+        out.clear();
+        multipart_part(&mut out, &publication(b"hello", None), false, true);
+        let part =
+            b"Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n--00MsgBus00\r\n";
+        let mut want = format!("{:x}\r\n", part.len()).into_bytes();
+        want.extend_from_slice(part);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(&out[..], &want[..]);
+        assert_eq!(multipart_opening(true), b"e\r\n--00MsgBus00\r\n\r\n");
+    }
+
+    #[test]
+    fn event_stream_splits_lines() {
+        let mut out = BytesMut::new();
+        event_stream(&mut out, &publication(b"a\r\nb\nc", None), false);
+        assert_eq!(
+            &out[..],
+            b": channel=foo type=text/plain\ndata: a\ndata: b\ndata: c\n\n"
+        );
+    }
+
+    #[test]
+    fn decimal_and_hex() {
+        let mut out = BytesMut::new();
+        put_decimal(&mut out, 0);
+        put_decimal(&mut out, u64::MAX);
+        put_hex(&mut out, 0);
+        put_hex(&mut out, 0x1a2b);
+        assert_eq!(&out[..], b"01844674407370955161501a2b" as &[u8]);
+    }
+}

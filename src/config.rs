@@ -1,0 +1,228 @@
+//! Every flag of the server, its default and its validation.
+//!
+//! The rest of the server reads a [`Config`] and never the command line. Limits
+//! live together in [`Limits`] so that each is one named, documented value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// A listen address that may be switched off with `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
+        return Ok(Listen::Off);
+    }
+    s.parse::<SocketAddr>()
+        .map(Listen::At)
+        .map_err(|_| format!("`{s}` is not HOST:PORT (for example 127.0.0.1:9813) or `off`"))
+}
+
+/// What happens to a subscriber whose unsent bytes pass the backlog limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SlowPolicy {
+    /// Drop further messages for it, and count them.
+    Drop,
+    /// Close its connection.
+    Disconnect,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The explicit limits of the server, passed down to every door.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Longest command line on the line protocol, CRLF included.
+    pub max_line: usize,
+    /// Largest message body on any door.
+    pub max_body: usize,
+    /// Largest HTTP request head.
+    pub max_header: usize,
+    /// Most connections at once; accepting pauses at this count.
+    pub max_connections: usize,
+    /// Unsent bytes a subscriber may hold before the slow-subscriber policy acts.
+    pub backlog: usize,
+    pub slow_policy: SlowPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 4096,
+            max_body: 16 * 1024 * 1024,
+            max_header: 16 * 1024,
+            max_connections: 100_000,
+            backlog: 1_000_000,
+            slow_policy: SlowPolicy::Drop,
+        }
+    }
+}
+
+const AFTER_HELP: &str = "\
+Every listener binds to loopback unless told otherwise. At start the server
+prints one line per door on stdout, `listening DOOR ADDRESS`, with the address
+it actually bound (so a port of 0 can be used in tests and scripts).
+
+Examples:
+  switchboard                                   line protocol on 127.0.0.1:9813, HTTP bus on 127.0.0.1:8888
+  switchboard --line-unix /tmp/msglite.socket   also serve the line protocol on a Unix socket
+  switchboard --line-listen 127.0.0.1:0 --bus-listen off
+";
+
+/// The command line of `switchboard`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A single-threaded message bus: msglite queues, pub/sub channels and msgbus-style HTTP server push in one process.",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Line protocol (TCP) listen address, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9813", value_parser = parse_listen)]
+    pub line_listen: Listen,
+
+    /// Also serve the line protocol on this Unix socket path (a stale socket file is removed first).
+    #[arg(long, value_name = "PATH")]
+    pub line_unix: Option<PathBuf>,
+
+    /// HTTP bus listen address, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8888", value_parser = parse_listen)]
+    pub bus_listen: Listen,
+
+    /// Serve static files from this directory on the HTTP bus (paths outside /msgbus/).
+    #[arg(long, value_name = "DIR")]
+    pub docroot: Option<PathBuf>,
+
+    /// Require HTTP Basic auth with this password on the HTTP bus (any user name; it becomes the sender).
+    #[arg(long, value_name = "S")]
+    pub secret: Option<String>,
+
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Longest line-protocol command line, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_line)]
+    pub max_line: usize,
+
+    /// Largest message body, in bytes (line protocol and HTTP).
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_body)]
+    pub max_body: usize,
+
+    /// Largest HTTP request head, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_header)]
+    pub max_header: usize,
+
+    /// Most client connections at once (accepting pauses at the limit).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// Unsent bytes a subscriber may hold before the slow-subscriber policy acts.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().backlog)]
+    pub backlog_limit: usize,
+
+    /// What to do with a subscriber over its backlog limit.
+    #[arg(long, value_enum, default_value_t = SlowPolicy::Drop)]
+    pub slow_subscriber: SlowPolicy,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub line_listen: Listen,
+    pub line_unix: Option<PathBuf>,
+    pub bus_listen: Listen,
+    pub docroot: Option<PathBuf>,
+    pub secret: Option<String>,
+    pub log_level: LogLevel,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Checks the arguments and builds the configuration; the error names the flag.
+    pub fn from_args(args: Args) -> Result<Config, String> {
+        if args.max_line < 16 {
+            return Err("--max-line must be at least 16 bytes".into());
+        }
+        if args.max_header < 256 {
+            return Err("--max-header must be at least 256 bytes".into());
+        }
+        if args.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if let Some(dir) = &args.docroot {
+            if !dir.is_dir() {
+                return Err(format!("--docroot {}: not a directory", dir.display()));
+            }
+        }
+        Ok(Config {
+            line_listen: args.line_listen,
+            line_unix: args.line_unix,
+            bus_listen: args.bus_listen,
+            docroot: args.docroot,
+            secret: args.secret,
+            log_level: args.log_level,
+            limits: Limits {
+                max_line: args.max_line,
+                max_body: args.max_body,
+                max_header: args.max_header,
+                max_connections: args.max_connections,
+                backlog: args.backlog_limit,
+                slow_policy: args.slow_subscriber,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let args = Args::try_parse_from(["switchboard"]).unwrap();
+        let cfg = Config::from_args(args).unwrap();
+        assert_eq!(
+            cfg.line_listen,
+            Listen::At("127.0.0.1:9813".parse().unwrap())
+        );
+        assert_eq!(
+            cfg.bus_listen,
+            Listen::At("127.0.0.1:8888".parse().unwrap())
+        );
+        assert_eq!(cfg.limits.backlog, 1_000_000);
+    }
+
+    #[test]
+    fn off_and_bad_addresses() {
+        let args = Args::try_parse_from(["switchboard", "--bus-listen", "off"]).unwrap();
+        assert_eq!(args.bus_listen, Listen::Off);
+        assert!(Args::try_parse_from(["switchboard", "--line-listen", "nowhere"]).is_err());
+    }
+}

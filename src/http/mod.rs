@@ -1,0 +1,5 @@
+//! HTTP/1.x: the request codec, response writing, and the HTTP bus door.
+
+pub mod codec;
+pub mod response;
+pub mod session;

@@ -1,0 +1,18 @@
+//! switchboard: a single-threaded message bus.
+//!
+//! The crate is laid out as rooms with one job each, and data flows one way:
+//! socket → transport → codec → broker → outbox → connections' queues → socket.
+//!
+//! - [`config`]: every flag, its default and its validation.
+//! - [`server`]: the IO shell, the only place that touches mio.
+//! - [`broker`]: queues and channels, free of IO.
+//! - [`line`]: the line protocol codec and session.
+//! - [`http`]: HTTP/1.x codec, responses and the HTTP bus door.
+//! - [`client`]: a blocking client for the CLI and tests.
+
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod line;
+pub mod server;

@@ -1,0 +1,608 @@
+//! The line protocol codec: bytes in, [`Command`]s out. No sockets here.
+//!
+//! A command is one line of whitespace-separated fields ending in `\r\n` (a
+//! bare `\n` is accepted); commands with a non-zero length are followed by that
+//! many body bytes and `\r\n`. The decoder is incremental: it remembers how far
+//! it has scanned for the line end, so input split at any byte, or many
+//! commands in one read, decode the same and no byte is scanned twice. Bodies
+//! are split off the input buffer without copying.
+
+use std::fmt;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::broker::queues::MAX_ADDRESSES;
+
+/// One client command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `> LEN TIMEOUT TO [REPLY]` + body.
+    Send {
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+    },
+    /// `< TIMEOUT ADDR1 [.. ADDR8]`.
+    Ready {
+        timeout_s: u64,
+        addresses: Vec<Bytes>,
+    },
+    /// `? LEN TIMEOUT TO` + body.
+    Query {
+        timeout_s: u64,
+        to: Bytes,
+        body: Bytes,
+    },
+    /// `.`
+    Quit,
+    /// `+ CHANNEL`, or `+ *` for every channel.
+    Subscribe { channel: Bytes },
+    /// `~ CHANNEL`, or `~ *`.
+    Unsubscribe { channel: Bytes },
+    /// `! LEN CHANNEL [TYPE]` + body.
+    Publish {
+        channel: Bytes,
+        content_type: Option<Bytes>,
+        body: Bytes,
+    },
+}
+
+/// Why input was refused; the text goes to the client as `- reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineError {
+    InvalidCommand,
+    ReadyFormat,
+    MessageFormat,
+    QueryFormat,
+    SubscribeFormat,
+    UnsubscribeFormat,
+    PublishFormat,
+    InvalidLength,
+    InvalidTimeout,
+    TooManyAddresses,
+    BodyNotTerminated,
+    LineTooLong(usize),
+    BodyTooLarge(usize),
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::InvalidCommand => f.write_str("invalid command"),
+            LineError::ReadyFormat => {
+                f.write_str("ready format: < timeout onAddr1 [onAddr2..onAddrN]")
+            }
+            LineError::MessageFormat => {
+                f.write_str("message format: > bodyLen timeout toAddr [replyAddr]")
+            }
+            LineError::QueryFormat => f.write_str("query format: ? bodyLen timeout toAddr"),
+            LineError::SubscribeFormat => f.write_str("subscribe format: + channel"),
+            LineError::UnsubscribeFormat => f.write_str("unsubscribe format: ~ channel"),
+            LineError::PublishFormat => {
+                f.write_str("publish format: ! bodyLen channel [contentType]")
+            }
+            LineError::InvalidLength => f.write_str("invalid body length format"),
+            LineError::InvalidTimeout => f.write_str("invalid timeout format"),
+            LineError::TooManyAddresses => {
+                write!(f, "too many addresses (at most {MAX_ADDRESSES})")
+            }
+            LineError::BodyNotTerminated => f.write_str("body must be followed by \\r\\n"),
+            LineError::LineTooLong(n) => write!(f, "line too long (limit {n} bytes)"),
+            LineError::BodyTooLarge(n) => write!(f, "body too large (limit {n} bytes)"),
+        }
+    }
+}
+
+impl std::error::Error for LineError {}
+
+/// A command line whose body has not arrived yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pending {
+    Send {
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+    },
+    Query {
+        timeout_s: u64,
+        to: Bytes,
+    },
+    Publish {
+        channel: Bytes,
+        content_type: Option<Bytes>,
+    },
+}
+
+impl Pending {
+    fn with_body(self, body: Bytes) -> Command {
+        match self {
+            Pending::Send {
+                to,
+                reply,
+                timeout_s,
+            } => Command::Send {
+                to,
+                reply,
+                timeout_s,
+                body,
+            },
+            Pending::Query { timeout_s, to } => Command::Query {
+                timeout_s,
+                to,
+                body,
+            },
+            Pending::Publish {
+                channel,
+                content_type,
+            } => Command::Publish {
+                channel,
+                content_type,
+                body,
+            },
+        }
+    }
+}
+
+/// The incremental decoder of one connection.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    max_line: usize,
+    max_body: usize,
+    /// Bytes of the current line already searched for `\n`.
+    scanned: usize,
+    /// A parsed line waiting for `len` body bytes and CRLF.
+    pending: Option<(Pending, usize)>,
+}
+
+impl Decoder {
+    pub fn new(max_line: usize, max_body: usize) -> Decoder {
+        Decoder {
+            max_line,
+            max_body,
+            scanned: 0,
+            pending: None,
+        }
+    }
+
+    /// True when the decoder holds no partial command state.
+    pub fn is_idle(&self) -> bool {
+        self.scanned == 0 && self.pending.is_none()
+    }
+
+    /// Decodes the next command from the front of `buf`, consuming its bytes.
+    /// `Ok(None)` means more input is needed; an error is final for the
+    /// connection.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Command>, LineError> {
+        loop {
+            if let Some((_, len)) = &self.pending {
+                let len = *len;
+                if buf.len() < len + 2 {
+                    return Ok(None);
+                }
+                if buf.get(len..len + 2) != Some(b"\r\n") {
+                    return Err(LineError::BodyNotTerminated);
+                }
+                let body = buf.split_to(len).freeze();
+                buf.advance(2);
+                let Some((pending, _)) = self.pending.take() else {
+                    return Ok(None);
+                };
+                return Ok(Some(pending.with_body(body)));
+            }
+            let start = self.scanned.min(buf.len());
+            let Some(pos) = buf.get(start..).and_then(|b| memchr::memchr(b'\n', b)) else {
+                self.scanned = buf.len();
+                if buf.len() > self.max_line {
+                    return Err(LineError::LineTooLong(self.max_line));
+                }
+                return Ok(None);
+            };
+            let end = start + pos + 1;
+            self.scanned = 0;
+            if end > self.max_line {
+                return Err(LineError::LineTooLong(self.max_line));
+            }
+            let line = buf.split_to(end).freeze();
+            match self.parse_line(&line)? {
+                Parsed::Blank => continue,
+                Parsed::Done(cmd) => return Ok(Some(cmd)),
+                Parsed::Body(pending, 0) => return Ok(Some(pending.with_body(Bytes::new()))),
+                Parsed::Body(pending, len) => self.pending = Some((pending, len)),
+            }
+        }
+    }
+
+    fn parse_line(&self, line: &Bytes) -> Result<Parsed, LineError> {
+        let mut fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty())
+            .map(|f| line.slice_ref(f));
+        let Some(verb) = fields.next() else {
+            return Ok(Parsed::Blank);
+        };
+        let args: Vec<Bytes> = fields.collect();
+        match &verb[..] {
+            b">" => {
+                let [len, timeout, to, rest @ ..] = &args[..] else {
+                    return Err(LineError::MessageFormat);
+                };
+                if rest.len() > 1 {
+                    return Err(LineError::MessageFormat);
+                }
+                let len = self.length(len)?;
+                Ok(Parsed::Body(
+                    Pending::Send {
+                        to: to.clone(),
+                        reply: rest.first().cloned(),
+                        timeout_s: timeout_of(timeout)?,
+                    },
+                    len,
+                ))
+            }
+            b"<" => {
+                let [timeout, addresses @ ..] = &args[..] else {
+                    return Err(LineError::ReadyFormat);
+                };
+                if addresses.is_empty() {
+                    return Err(LineError::ReadyFormat);
+                }
+                if addresses.len() > MAX_ADDRESSES {
+                    return Err(LineError::TooManyAddresses);
+                }
+                Ok(Parsed::Done(Command::Ready {
+                    timeout_s: timeout_of(timeout)?,
+                    addresses: addresses.to_vec(),
+                }))
+            }
+            b"?" => {
+                let [len, timeout, to] = &args[..] else {
+                    return Err(LineError::QueryFormat);
+                };
+                let len = self.length(len)?;
+                Ok(Parsed::Body(
+                    Pending::Query {
+                        timeout_s: timeout_of(timeout)?,
+                        to: to.clone(),
+                    },
+                    len,
+                ))
+            }
+            b"." => Ok(Parsed::Done(Command::Quit)),
+            b"+" => match &args[..] {
+                [channel] => Ok(Parsed::Done(Command::Subscribe {
+                    channel: channel.clone(),
+                })),
+                _ => Err(LineError::SubscribeFormat),
+            },
+            b"~" => match &args[..] {
+                [channel] => Ok(Parsed::Done(Command::Unsubscribe {
+                    channel: channel.clone(),
+                })),
+                _ => Err(LineError::UnsubscribeFormat),
+            },
+            b"!" => {
+                let [len, channel, rest @ ..] = &args[..] else {
+                    return Err(LineError::PublishFormat);
+                };
+                if rest.len() > 1 {
+                    return Err(LineError::PublishFormat);
+                }
+                let len = self.length(len)?;
+                Ok(Parsed::Body(
+                    Pending::Publish {
+                        channel: channel.clone(),
+                        content_type: rest.first().cloned(),
+                    },
+                    len,
+                ))
+            }
+            _ => Err(LineError::InvalidCommand),
+        }
+    }
+
+    fn length(&self, field: &[u8]) -> Result<usize, LineError> {
+        let n = number(field).ok_or(LineError::InvalidLength)?;
+        match usize::try_from(n) {
+            Ok(n) if n <= self.max_body => Ok(n),
+            _ => Err(LineError::BodyTooLarge(self.max_body)),
+        }
+    }
+}
+
+enum Parsed {
+    Blank,
+    Done(Command),
+    Body(Pending, usize),
+}
+
+/// A decimal number of at most 19 digits; no sign, no spaces.
+fn number(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(field.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn timeout_of(field: &[u8]) -> Result<u64, LineError> {
+    number(field).ok_or(LineError::InvalidTimeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn decoder() -> Decoder {
+        Decoder::new(4096, 1 << 20)
+    }
+
+    /// Decodes all of `input` fed in the given pieces; returns the commands and
+    /// the first error, if any.
+    fn decode_pieces(pieces: &[&[u8]]) -> (Vec<Command>, Option<LineError>) {
+        let mut d = decoder();
+        let mut buf = BytesMut::new();
+        let mut cmds = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Some(c)) => cmds.push(c),
+                    Ok(None) => break,
+                    Err(e) => return (cmds, Some(e)),
+                }
+            }
+        }
+        (cmds, None)
+    }
+
+    const SAMPLE: &[u8] = b"> 5 30 a r\r\nhello\r\n< 10 a b c\r\n? 4 5 svc\r\nping\r\n> 0 1 z\r\n\
++ news\r\n! 3 news text/plain\r\nabc\r\n! 0 news\n~ news\r\n\r\n.\r\n";
+
+    fn sample_commands() -> Vec<Command> {
+        vec![
+            Command::Send {
+                to: b("a"),
+                reply: Some(b("r")),
+                timeout_s: 30,
+                body: b("hello"),
+            },
+            Command::Ready {
+                timeout_s: 10,
+                addresses: vec![b("a"), b("b"), b("c")],
+            },
+            Command::Query {
+                timeout_s: 5,
+                to: b("svc"),
+                body: b("ping"),
+            },
+            Command::Send {
+                to: b("z"),
+                reply: None,
+                timeout_s: 1,
+                body: Bytes::new(),
+            },
+            Command::Subscribe { channel: b("news") },
+            Command::Publish {
+                channel: b("news"),
+                content_type: Some(b("text/plain")),
+                body: b("abc"),
+            },
+            Command::Publish {
+                channel: b("news"),
+                content_type: None,
+                body: Bytes::new(),
+            },
+            Command::Unsubscribe { channel: b("news") },
+            Command::Quit,
+        ]
+    }
+
+    #[test]
+    fn whole_input_pipelined() {
+        assert_eq!(decode_pieces(&[SAMPLE]), (sample_commands(), None));
+    }
+
+    #[test]
+    fn split_at_every_byte_boundary() {
+        for i in 0..=SAMPLE.len() {
+            let (a, rest) = SAMPLE.split_at(i);
+            assert_eq!(
+                decode_pieces(&[a, rest]),
+                (sample_commands(), None),
+                "split at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let pieces: Vec<&[u8]> = SAMPLE.chunks(1).collect();
+        assert_eq!(decode_pieces(&pieces), (sample_commands(), None));
+    }
+
+    #[test]
+    fn trailing_partial_stays_in_the_buffer() {
+        let mut d = decoder();
+        let mut buf = BytesMut::from(&b"+ a\r\n> 5 1 q\r\nhel"[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Ok(Some(Command::Subscribe { .. }))
+        ));
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(&buf[..], b"hel");
+        assert!(!d.is_idle());
+    }
+
+    fn first_error(input: &[u8]) -> Option<LineError> {
+        decode_pieces(&[input]).1
+    }
+
+    #[test]
+    fn malformed_input() {
+        assert_eq!(first_error(b"hello\r\n"), Some(LineError::InvalidCommand));
+        assert_eq!(first_error(b"> x 1 a\r\n"), Some(LineError::InvalidLength));
+        assert_eq!(first_error(b"> -1 1 a\r\n"), Some(LineError::InvalidLength));
+        assert_eq!(
+            first_error(b"> 1 -1 a\r\n"),
+            Some(LineError::InvalidTimeout)
+        );
+        assert_eq!(first_error(b"> 1 x a\r\n"), Some(LineError::InvalidTimeout));
+        assert_eq!(
+            first_error(b"> 99999999999999999999 1 a\r\n"),
+            Some(LineError::InvalidLength)
+        );
+        assert_eq!(
+            first_error(b"> 9999999999 1 a\r\n"),
+            Some(LineError::BodyTooLarge(1 << 20))
+        );
+        assert_eq!(first_error(b"> 1 1\r\n"), Some(LineError::MessageFormat));
+        assert_eq!(
+            first_error(b"> 1 1 a b c\r\n"),
+            Some(LineError::MessageFormat)
+        );
+        assert_eq!(first_error(b"<\r\n"), Some(LineError::ReadyFormat));
+        assert_eq!(first_error(b"< 5\r\n"), Some(LineError::ReadyFormat));
+        assert_eq!(
+            first_error(b"< 5 1 2 3 4 5 6 7 8 9\r\n"),
+            Some(LineError::TooManyAddresses)
+        );
+        assert_eq!(first_error(b"? 1 1\r\n"), Some(LineError::QueryFormat));
+        assert_eq!(
+            first_error(b"> 2 1 a\r\nabX\n"),
+            Some(LineError::BodyNotTerminated)
+        );
+        assert_eq!(first_error(b"+\r\n"), Some(LineError::SubscribeFormat));
+        assert_eq!(
+            first_error(b"~ a b\r\n"),
+            Some(LineError::UnsubscribeFormat)
+        );
+        assert_eq!(first_error(b"! 1\r\n"), Some(LineError::PublishFormat));
+        assert_eq!(
+            first_error(b"\x00\xff\xfe garbage\n"),
+            Some(LineError::InvalidCommand)
+        );
+    }
+
+    #[test]
+    fn eight_addresses_are_fine() {
+        let (cmds, err) = decode_pieces(&[b"< 5 1 2 3 4 5 6 7 8\r\n"]);
+        assert_eq!(err, None);
+        assert!(matches!(&cmds[..], [Command::Ready { addresses, .. }] if addresses.len() == 8));
+    }
+
+    #[test]
+    fn line_limit_is_enforced_before_the_line_ends() {
+        let mut d = Decoder::new(16, 100);
+        let mut buf = BytesMut::from(&b"< 1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"[..]);
+        assert_eq!(d.decode(&mut buf), Err(LineError::LineTooLong(16)));
+        let mut d = Decoder::new(16, 100);
+        let mut buf = BytesMut::from(&b"< 1 aaaaaaaaaaaaaaaaa\r\n"[..]);
+        assert_eq!(d.decode(&mut buf), Err(LineError::LineTooLong(16)));
+    }
+
+    #[test]
+    fn error_texts() {
+        assert_eq!(
+            LineError::BodyNotTerminated.to_string(),
+            "body must be followed by \\r\\n"
+        );
+        assert_eq!(LineError::InvalidCommand.to_string(), "invalid command");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn field() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9._/-]{1,12}"
+        }
+
+        fn command() -> impl Strategy<Value = (Vec<u8>, Command)> {
+            prop_oneof![
+                (
+                    field(),
+                    proptest::option::of(field()),
+                    0u64..100000,
+                    proptest::collection::vec(any::<u8>(), 0..64)
+                )
+                    .prop_map(|(to, reply, t, body)| {
+                        let mut w = format!("> {} {} {}", body.len(), t, to);
+                        if let Some(r) = &reply {
+                            w.push(' ');
+                            w.push_str(r);
+                        }
+                        w.push_str("\r\n");
+                        let mut wire = w.into_bytes();
+                        if !body.is_empty() {
+                            wire.extend_from_slice(&body);
+                            wire.extend_from_slice(b"\r\n");
+                        }
+                        let cmd = Command::Send {
+                            to: Bytes::from(to),
+                            reply: reply.map(Bytes::from),
+                            timeout_s: t,
+                            body: Bytes::from(body),
+                        };
+                        (wire, cmd)
+                    }),
+                (0u64..1000, proptest::collection::vec(field(), 1..=8)).prop_map(|(t, addrs)| {
+                    let wire = format!("< {} {}\n", t, addrs.join(" ")).into_bytes();
+                    let cmd = Command::Ready {
+                        timeout_s: t,
+                        addresses: addrs.into_iter().map(Bytes::from).collect(),
+                    };
+                    (wire, cmd)
+                }),
+                (field(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(ch, body)| {
+                    let mut wire = format!("! {} {} text/plain\r\n", body.len(), ch).into_bytes();
+                    if !body.is_empty() {
+                        wire.extend_from_slice(&body);
+                        wire.extend_from_slice(b"\r\n");
+                    }
+                    let cmd = Command::Publish {
+                        channel: Bytes::from(ch),
+                        content_type: Some(b("text/plain")),
+                        body: Bytes::from(body),
+                    };
+                    (wire, cmd)
+                }),
+                field().prop_map(|ch| (
+                    format!("+ {ch}\r\n").into_bytes(),
+                    Command::Subscribe {
+                        channel: Bytes::from(ch)
+                    }
+                )),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn random_commands_split_anywhere(
+                cmds in proptest::collection::vec(command(), 1..20),
+                cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+            ) {
+                let wire: Vec<u8> = cmds.iter().flat_map(|(w, _)| w.clone()).collect();
+                let want: Vec<Command> = cmds.into_iter().map(|(_, c)| c).collect();
+                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len() + 1)).collect();
+                points.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut last = 0;
+                for p in points {
+                    pieces.push(&wire[last..p]);
+                    last = p;
+                }
+                pieces.push(&wire[last..]);
+                prop_assert_eq!(decode_pieces(&pieces), (want, None));
+            }
+
+            #[test]
+            fn garbage_never_panics(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode_pieces(&[&input]);
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! One line-protocol connection's state, and its commands applied to the broker.
+//!
+//! Commands run in order, one at a time: while a `<` or `?` waits for its
+//! answer, the commands after it stay unread in the connection's buffer, as
+//! in msglite, where each connection was served by one sequential loop.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::codec::{Command, Decoder, LineError};
+use crate::broker::{Broker, ConnId, Millis, Outbox, Subscription, WaitId};
+
+/// The content type of a publish that names none.
+pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
+
+/// The channel name that means "every channel" in `+` and `~`.
+pub const ALL_CHANNELS: &[u8] = b"*";
+
+/// What the connection should do after its input was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Read more input.
+    Read,
+    /// A wait is pending; leave further input unread until it is answered.
+    Paused,
+    /// Flush what is queued, then close (after `.` or an error).
+    Close,
+}
+
+pub struct LineSession {
+    decoder: Decoder,
+    waiting: Option<WaitId>,
+    subscriptions: Vec<Bytes>,
+    closing: bool,
+}
+
+impl LineSession {
+    pub fn new(max_line: usize, max_body: usize) -> LineSession {
+        LineSession {
+            decoder: Decoder::new(max_line, max_body),
+            waiting: None,
+            subscriptions: Vec::new(),
+            closing: false,
+        }
+    }
+
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// The pending wait was answered by the broker.
+    pub fn wait_answered(&mut self) {
+        self.waiting = None;
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Runs every complete command in `input`, leaving a partial one there.
+    pub fn on_input(
+        &mut self,
+        me: ConnId,
+        now: Millis,
+        input: &mut BytesMut,
+        broker: &mut Broker,
+        out: &mut impl Outbox,
+    ) -> Next {
+        while !self.closing && self.waiting.is_none() {
+            match self.decoder.decode(input) {
+                Ok(Some(cmd)) => self.apply(me, now, cmd, broker, out),
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(me, e, broker, out);
+                    input.clear();
+                }
+            }
+        }
+        broker.seal(out);
+        if self.closing {
+            Next::Close
+        } else if self.waiting.is_some() {
+            Next::Paused
+        } else {
+            Next::Read
+        }
+    }
+
+    fn fail(&mut self, me: ConnId, e: LineError, broker: &mut Broker, out: &mut impl Outbox) {
+        log::debug!("line connection {}: {e}", me.key);
+        broker.seal(out);
+        let mut frame = BytesMut::with_capacity(64);
+        frame.put_slice(b"- ");
+        frame.put_slice(e.to_string().as_bytes());
+        frame.put_slice(b"\r\n");
+        out.deliver(me, frame.freeze(), 0);
+        self.closing = true;
+    }
+
+    fn apply(
+        &mut self,
+        me: ConnId,
+        now: Millis,
+        cmd: Command,
+        broker: &mut Broker,
+        out: &mut impl Outbox,
+    ) {
+        if !matches!(cmd, Command::Publish { .. }) {
+            broker.seal(out);
+        }
+        match cmd {
+            Command::Send {
+                to,
+                reply,
+                timeout_s,
+                body,
+            } => broker.queues.send(now, to, reply, timeout_s, body, out),
+            Command::Ready {
+                timeout_s,
+                addresses,
+            } => self.waiting = broker.queues.ready(now, me, timeout_s, addresses, out),
+            Command::Query {
+                timeout_s,
+                to,
+                body,
+            } => self.waiting = broker.queues.query(now, me, timeout_s, to, body, out),
+            Command::Quit => self.closing = true,
+            Command::Subscribe { channel } => {
+                if channel == ALL_CHANNELS {
+                    broker.channels.subscribe_all(me, Subscription::line(), out);
+                } else {
+                    broker
+                        .channels
+                        .subscribe(me, channel.clone(), Subscription::line(), out);
+                }
+                if !self.subscriptions.contains(&channel) {
+                    self.subscriptions.push(channel);
+                }
+            }
+            Command::Unsubscribe { channel } => {
+                self.unsubscribe(me, &channel, broker, out);
+                self.subscriptions.retain(|c| *c != channel);
+            }
+            Command::Publish {
+                channel,
+                content_type,
+                body,
+            } => {
+                let content_type =
+                    content_type.unwrap_or_else(|| Bytes::from_static(DEFAULT_CONTENT_TYPE));
+                broker
+                    .channels
+                    .publish(channel, content_type, None, &body, out);
+            }
+        }
+    }
+
+    fn unsubscribe(&self, me: ConnId, channel: &[u8], broker: &mut Broker, out: &mut impl Outbox) {
+        if channel == ALL_CHANNELS {
+            broker.channels.unsubscribe_all(me, out);
+        } else {
+            broker.channels.unsubscribe(me, channel, out);
+        }
+    }
+
+    /// Withdraws everything the connection holds in the broker; call once, as
+    /// it closes.
+    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+        if let Some(w) = self.waiting.take() {
+            broker.queues.cancel(w);
+        }
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.unsubscribe(me, &channel, broker, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::RecordingOutbox;
+
+    fn run(
+        session: &mut LineSession,
+        me: ConnId,
+        input: &[u8],
+        broker: &mut Broker,
+        out: &mut RecordingOutbox,
+    ) -> Next {
+        let mut buf = BytesMut::from(input);
+        session.on_input(me, 0, &mut buf, broker, out)
+    }
+
+    #[test]
+    fn wait_pauses_the_commands_after_it() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b"< 5 a\r\n+ ch\r\n"[..]);
+        assert_eq!(
+            s.on_input(me, 0, &mut buf, &mut broker, &mut out),
+            Next::Paused
+        );
+        assert_eq!(&buf[..], b"+ ch\r\n");
+        assert_eq!(broker.channels.subscription_count(), 0);
+        broker.queues.on_timers(5000, &mut out);
+        s.wait_answered();
+        assert_eq!(
+            s.on_input(me, 5000, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
+        assert_eq!(broker.channels.subscription_count(), 1);
+        assert_eq!(out.bytes_for(me), b"*\r\n");
+    }
+
+    #[test]
+    fn errors_answer_and_close() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        assert_eq!(
+            run(
+                &mut s,
+                me,
+                b"bogus\r\n> 1 1 a\r\nx\r\n",
+                &mut broker,
+                &mut out
+            ),
+            Next::Close
+        );
+        assert_eq!(out.bytes_for(me), b"- invalid command\r\n");
+        assert_eq!(broker.queues.queued(), 0);
+    }
+
+    #[test]
+    fn self_subscription_probe_round_trip() {
+        let me = ConnId { key: 7, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let probe = b"+ CH\r\n+ CH.c7\r\n! 1 CH.c7 application/octet-stream\r\nc\r\n~ CH.c7\r\n";
+        assert_eq!(run(&mut s, me, probe, &mut broker, &mut out), Next::Read);
+        assert_eq!(
+            out.bytes_for(me),
+            b"! 1 CH.c7 application/octet-stream\r\nc\r\n"
+        );
+        assert_eq!(broker.channels.subscription_count(), 1);
+        s.on_close(me, &mut broker, &mut out);
+        assert_eq!(broker.channels.subscription_count(), 0);
+    }
+}

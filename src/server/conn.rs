@@ -1,0 +1,79 @@
+//! One connection: its transport, the state of its door, and its output queue.
+
+use bytes::BytesMut;
+
+use super::outq::OutQueue;
+use super::transport::Transport;
+use crate::broker::{ConnId, Millis};
+use crate::http::session::HttpSession;
+use crate::line::session::LineSession;
+
+/// The protocol a connection speaks, with that protocol's state.
+pub enum Door {
+    Line(LineSession),
+    Http(Box<HttpSession>),
+    /// Taken out while its input is being processed.
+    Detached,
+}
+
+impl Door {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Door::Line(_) => "line",
+            Door::Http(_) => "bus",
+            Door::Detached => "detached",
+        }
+    }
+}
+
+/// Why a connection was closed; counted per reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    PeerClosed,
+    Quit,
+    ProtocolError,
+    SlowSubscriber,
+    ReadError,
+    WriteError,
+    LingerTimeout,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer closed",
+            CloseReason::Quit => "quit",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::SlowSubscriber => "slow subscriber",
+            CloseReason::ReadError => "read error",
+            CloseReason::WriteError => "write error",
+            CloseReason::LingerTimeout => "linger timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    /// Index of the listener it came from.
+    pub listener: usize,
+    pub transport: Transport,
+    pub door: Door,
+    pub outq: OutQueue,
+    /// Input of an incomplete frame; empty (and unallocated) otherwise.
+    pub input: BytesMut,
+    /// Edge-triggered readiness, kept in user space.
+    pub readable: bool,
+    pub writable: bool,
+    /// On the loop's dirty list.
+    pub dirty: bool,
+    /// Close once the output queue has drained (or at this deadline).
+    pub close_after_flush: Option<(CloseReason, Millis)>,
+    /// Set once the connection is on the close list.
+    pub closing: bool,
+    /// Messages dropped because the backlog limit was reached.
+    pub dropped: u64,
+    /// When the last slow-subscriber line was logged for it.
+    pub slow_logged_at: Option<Millis>,
+}

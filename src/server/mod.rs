@@ -1,0 +1,12 @@
+//! The IO shell: the only place that touches mio, sockets and the clock.
+//!
+//! [`event_loop`] owns the `Poll`, the listeners and the connections; each
+//! connection ([`conn`]) is a [`transport`] plus the state of its door and an
+//! [`outq`] of frames to write.
+
+pub mod conn;
+pub mod event_loop;
+pub mod outq;
+pub mod transport;
+
+pub use event_loop::{run, Server};

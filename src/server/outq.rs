@@ -1,0 +1,208 @@
+//! A connection's output queue: shared frames waiting to be written.
+//!
+//! Frames are `Bytes` handles, usually shared with every other subscriber of
+//! the same message; the queue owns no byte buffers of its own. A flush writes
+//! as many frames as the socket takes with vectored writes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// Most slices handed to one `writev`.
+const MAX_IOV: usize = 512;
+
+/// The result of a flush.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    All,
+    /// The socket would block; the rest stays queued.
+    WouldBlock,
+    /// The per-turn byte budget ran out; flush again next turn.
+    Budget,
+}
+
+#[derive(Default, Debug)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Unsent bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+    }
+
+    /// Gives back the queue's spare memory once it has drained.
+    pub fn shrink(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes queued frames to `w` until done, `WouldBlock`, or `budget` bytes
+    /// were written. Returns the bytes written with the outcome.
+    pub fn flush(&mut self, w: &mut impl Write, budget: usize) -> io::Result<(usize, Flushed)> {
+        let mut written = 0usize;
+        while !self.frames.is_empty() {
+            if written >= budget {
+                return Ok((written, Flushed::Budget));
+            }
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                    *slot = IoSlice::new(frame);
+                    count += 1;
+                }
+                let slices = slices.get(..count).unwrap_or(&[]);
+                match w.write_vectored(slices) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.shrink();
+                        return Ok((written, Flushed::WouldBlock));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n > self.bytes {
+                return Err(io::Error::other("write reported more bytes than queued"));
+            }
+            self.consume(n);
+            written += n;
+        }
+        self.shrink();
+        Ok((written, Flushed::All))
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.frames.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks.
+    struct Trickle {
+        got: Vec<u8>,
+        per_call: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = (self.per_call - n).min(b.len());
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.per_call {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_keep_order_and_count() {
+        let mut q = OutQueue::default();
+        for s in ["hello ", "shared ", "world"] {
+            q.push(Bytes::from_static(s.as_bytes()));
+        }
+        assert_eq!(q.bytes(), 18);
+        let mut w = Trickle {
+            got: Vec::new(),
+            per_call: 4,
+            calls_left: 2,
+        };
+        assert_eq!(
+            q.flush(&mut w, usize::MAX).unwrap(),
+            (8, Flushed::WouldBlock)
+        );
+        assert_eq!(q.bytes(), 10);
+        w.calls_left = 100;
+        assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (10, Flushed::All));
+        assert_eq!(w.got, b"hello shared world");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn budget_stops_a_flush() {
+        let mut q = OutQueue::default();
+        for _ in 0..10 {
+            q.push(Bytes::from_static(b"0123456789"));
+        }
+        let mut w = Trickle {
+            got: Vec::new(),
+            per_call: 30,
+            calls_left: 100,
+        };
+        assert_eq!(q.flush(&mut w, 50).unwrap(), (60, Flushed::Budget));
+        assert_eq!(q.bytes(), 40);
+    }
+
+    #[test]
+    fn impossible_write_count_is_an_error() {
+        struct Liar;
+        impl Write for Liar {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Ok(1000)
+            }
+            fn write_vectored(&mut self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+                Ok(1000)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        assert!(q.flush(&mut Liar, usize::MAX).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The byte stream under a connection: TCP or a Unix socket, behind one
+//! interface, so the doors above never know which.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+
+pub enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    /// Registers once, for both directions, edge-triggered; never re-registered.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let both = Interest::READABLE | Interest::WRITABLE;
+        match self {
+            Transport::Tcp(s) => registry.register(s, token, both),
+            Transport::Unix(s) => registry.register(s, token, both),
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Transport::Tcp(s) => registry.deregister(s),
+            Transport::Unix(s) => registry.deregister(s),
+        };
+    }
+
+    /// The peer, for logs.
+    pub fn peer(&self) -> String {
+        match self {
+            Transport::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            Transport::Unix(_) => "unix".into(),
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf),
+            Transport::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write(buf),
+            Transport::Unix(s) => s.write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write_vectored(bufs),
+            Transport::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
