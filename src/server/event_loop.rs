@@ -81,6 +81,20 @@ pub struct LoopStats {
     pub dropped: u64,
     pub slow_disconnects: u64,
     pub accept_errors: u64,
+    /// Open connections by door.
+    pub open_line: u64,
+    pub open_bus: u64,
+}
+
+impl LoopStats {
+    fn count_open(&mut self, door: &Door, delta: i64) {
+        let n = match door {
+            Door::Line(_) => &mut self.open_line,
+            Door::Http(_) => &mut self.open_bus,
+            Door::Detached => return,
+        };
+        *n = n.saturating_add_signed(delta);
+    }
 }
 
 pub struct Server {
@@ -423,6 +437,7 @@ impl Server {
             door.name(),
             transport.peer()
         );
+        self.stats.count_open(&door, 1);
         entry.insert(Conn {
             id,
             listener,
@@ -542,6 +557,7 @@ impl Server {
     /// Runs the door of connection `key` over `input`.
     fn process(&mut self, key: usize, input: &mut BytesMut) -> Next {
         let now = self.now();
+        let snapshot = self.stats;
         let Some(c) = self.conns.get_mut(key) else {
             return Next::Close;
         };
@@ -560,7 +576,9 @@ impl Server {
             let broker = &mut self.broker;
             match &mut door {
                 Door::Line(s) => s.on_input(id, now, input, broker, &mut post),
-                Door::Http(s) => s.on_input(id, now, input, broker, &mut post, &self.http),
+                Door::Http(s) => {
+                    s.on_input(id, now, input, broker, &mut post, &self.http, &snapshot)
+                }
                 Door::Detached => Next::Close,
             }
         };
@@ -685,6 +703,7 @@ impl Server {
                 Door::Detached => {}
             }
             self.stats.closed += 1;
+            self.stats.count_open(&c.door, -1);
         }
     }
 
