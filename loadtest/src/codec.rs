@@ -138,7 +138,9 @@ impl Prefix {
 
     /// The kept bytes, cut to a body of `body_len` bytes.
     pub fn get(&self, body_len: u64) -> &[u8] {
-        let n = usize::try_from(body_len).unwrap_or(usize::MAX).min(self.len);
+        let n = usize::try_from(body_len)
+            .unwrap_or(usize::MAX)
+            .min(self.len);
         &self.bytes[..n]
     }
 

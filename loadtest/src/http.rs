@@ -37,10 +37,20 @@ fn base64(input: &[u8]) -> String {
 }
 
 /// `GET /msgbus/CHANNEL` (HTTP/1.1, or HTTP/1.0 with `http10`).
-pub fn encode_subscribe(out: &mut Vec<u8>, host: &str, channel: &str, http10: bool, auth: Option<&str>) {
+pub fn encode_subscribe(
+    out: &mut Vec<u8>,
+    host: &str,
+    channel: &str,
+    http10: bool,
+    auth: Option<&str>,
+) {
     out.extend_from_slice(b"GET /msgbus/");
     out.extend_from_slice(channel.as_bytes());
-    out.extend_from_slice(if http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    out.extend_from_slice(if http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     out.extend_from_slice(b"Host: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -92,7 +102,8 @@ fn is_header<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
 
 /// Finds `needle` case-insensitively.
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// `Status-Line` → status code.
@@ -142,13 +153,19 @@ impl Dechunk {
                         return Ok(None);
                     }
                     let line = self.line.line();
-                    let digits = line.split(|&b| b == b';').next().map(trim).unwrap_or_default();
+                    let digits = line
+                        .split(|&b| b == b';')
+                        .next()
+                        .map(trim)
+                        .unwrap_or_default();
                     if digits.is_empty() || digits.len() > 15 {
                         return Err(Error::Protocol("bad chunk size"));
                     }
                     let mut size: u64 = 0;
                     for &b in digits {
-                        let d = (b as char).to_digit(16).ok_or(Error::Protocol("bad chunk size"))?;
+                        let d = (b as char)
+                            .to_digit(16)
+                            .ok_or(Error::Protocol("bad chunk size"))?;
                         size = size * 16 + u64::from(d);
                     }
                     self.line.clear();
@@ -259,10 +276,14 @@ enum PartState {
     /// Before the first delimiter; bytes are skipped.
     Preamble,
     /// Just after `--BOUNDARY`: a line end, or `--` for the close.
-    AfterDelim { dash: bool },
+    AfterDelim {
+        dash: bool,
+    },
     Headers,
     /// A body with Content-Length: bytes left.
-    Counted { left: u64 },
+    Counted {
+        left: u64,
+    },
     /// After a counted body: only a line break may come before the delimiter.
     AfterCounted,
     /// A body without Content-Length: it ends at the next delimiter.
@@ -447,7 +468,8 @@ impl Multipart {
                     if let Some(v) = is_header(line, "content-type") {
                         self.ctype = v.to_vec();
                     } else if let Some(v) = is_header(line, "content-length") {
-                        self.clen = Some(parse_u64(v).ok_or(Error::Protocol("bad part Content-Length"))?);
+                        self.clen =
+                            Some(parse_u64(v).ok_or(Error::Protocol("bad part Content-Length"))?);
                     }
                     self.headers.clear();
                 }
@@ -468,7 +490,9 @@ impl Multipart {
                     Some((0, _)) => self.state = PartState::AfterDelim { dash: false },
                     Some(_) => return Err(Error::Protocol("bytes after a part's Content-Length")),
                     None if self.raw > 2 + self.delim.len() as u64 => {
-                        return Err(Error::Protocol("no delimiter after a part's Content-Length"))
+                        return Err(Error::Protocol(
+                            "no delimiter after a part's Content-Length",
+                        ))
                     }
                     None => {}
                 },
@@ -560,7 +584,8 @@ impl SubParser {
                     let line = self.head.line();
                     if !line.is_empty() {
                         if let Some(v) = is_header(line, "content-type") {
-                            self.multipart_type = v.len() >= 10 && v[..10].eq_ignore_ascii_case(b"multipart/");
+                            self.multipart_type =
+                                v.len() >= 10 && v[..10].eq_ignore_ascii_case(b"multipart/");
                             self.boundary = boundary_of(v);
                         } else if let Some(v) = is_header(line, "transfer-encoding") {
                             self.chunked = contains_ci(v, b"chunked");
@@ -661,7 +686,8 @@ impl RespParser {
                     let line = self.head.line();
                     if !line.is_empty() {
                         if let Some(v) = is_header(line, "content-length") {
-                            self.clen = Some(parse_u64(v).ok_or(Error::Protocol("bad Content-Length"))?);
+                            self.clen =
+                                Some(parse_u64(v).ok_or(Error::Protocol("bad Content-Length"))?);
                         } else if let Some(v) = is_header(line, "transfer-encoding") {
                             self.chunked = contains_ci(v, b"chunked");
                         }
@@ -695,7 +721,9 @@ impl RespParser {
                     let left = left - n as u64;
                     if left == 0 {
                         self.stage = RespStage::Status;
-                        on(Event::Response { status: self.status });
+                        on(Event::Response {
+                            status: self.status,
+                        });
                     } else {
                         self.stage = RespStage::Body(left);
                     }
@@ -704,7 +732,9 @@ impl RespParser {
                     while self.dechunk.next(&mut data)?.is_some() {}
                     if self.dechunk.is_done() {
                         self.stage = RespStage::Status;
-                        on(Event::Response { status: self.status });
+                        on(Event::Response {
+                            status: self.status,
+                        });
                     }
                 }
                 RespStage::UntilClose => return Ok(()),
@@ -720,11 +750,15 @@ mod tests {
     use crate::codec::{feed_every_split, show};
 
     fn sub(input: &[u8]) -> Vec<(Vec<String>, Result<(), Error>)> {
-        feed_every_split::<SubParser>(input, |p, d, seen| p.feed(d, &mut |ev| seen.push(show(&ev))))
+        feed_every_split::<SubParser>(input, |p, d, seen| {
+            p.feed(d, &mut |ev| seen.push(show(&ev)))
+        })
     }
 
     fn resp(input: &[u8]) -> Vec<(Vec<String>, Result<(), Error>)> {
-        feed_every_split::<RespParser>(input, |p, d, seen| p.feed(d, &mut |ev| seen.push(show(&ev))))
+        feed_every_split::<RespParser>(input, |p, d, seen| {
+            p.feed(d, &mut |ev| seen.push(show(&ev)))
+        })
     }
 
     fn chunk(out: &mut Vec<u8>, data: &[u8]) {
@@ -754,7 +788,10 @@ mod tests {
         assert_eq!(out, b"GET /msgbus/flood HTTP/1.1\r\nHost: h\r\n\r\n");
         out.clear();
         encode_subscribe(&mut out, "h", "c", true, Some("Basic x"));
-        assert_eq!(out, b"GET /msgbus/c HTTP/1.0\r\nHost: h\r\nAuthorization: Basic x\r\n\r\n");
+        assert_eq!(
+            out,
+            b"GET /msgbus/c HTTP/1.0\r\nHost: h\r\nAuthorization: Basic x\r\n\r\n"
+        );
         out.clear();
         encode_publish(&mut out, "h", "c", "text/plain", b"hi", None);
         assert_eq!(
@@ -767,13 +804,22 @@ mod tests {
     fn msgbus_chunked_stream() {
         let mut input = HEAD11.to_vec();
         chunk(&mut input, b"--00MsgBus00\n");
-        chunk(&mut input, b"Content-Type: text/plain\n\nhello--00MsgBus00\n");
-        chunk(&mut input, b"From: bob\nContent-Type: image/jpeg\n\n\xff\xd8-\n--00MsgBus0--00MsgBus00\n");
+        chunk(
+            &mut input,
+            b"Content-Type: text/plain\n\nhello--00MsgBus00\n",
+        );
+        chunk(
+            &mut input,
+            b"From: bob\nContent-Type: image/jpeg\n\n\xff\xd8-\n--00MsgBus0--00MsgBus00\n",
+        );
         chunk(&mut input, b"Content-Type: a/b\n\n--00MsgBus00\n");
         let want = vec![
             "subscribed".to_string(),
             "msg  text/plain 5 hello".to_string(),
-            format!("msg  image/jpeg 15 {}", String::from_utf8_lossy(b"\xff\xd8-\n--00MsgBus0")),
+            format!(
+                "msg  image/jpeg 15 {}",
+                String::from_utf8_lossy(b"\xff\xd8-\n--00MsgBus0")
+            ),
             "msg  a/b 0 ".to_string(),
         ];
         for (seen, r) in sub(&input) {
@@ -786,9 +832,18 @@ mod tests {
     fn rfc_stream_with_content_length_and_crlf() {
         let mut input = HEAD11.to_vec();
         chunk(&mut input, b"--00MsgBus00\r\n");
-        chunk(&mut input, b"Content-Type: text/plain\r\nContent-Length: 7\r\n\r\nab\r\ncd\n\r\n--00MsgBus00\r\n");
-        chunk(&mut input, b"Content-Type: text/plain\r\n\r\nxyz\r\n--00MsgBus00\r\n");
-        chunk(&mut input, b"Content-Type: text/plain\r\n\r\n\r\n--00MsgBus00\r\n");
+        chunk(
+            &mut input,
+            b"Content-Type: text/plain\r\nContent-Length: 7\r\n\r\nab\r\ncd\n\r\n--00MsgBus00\r\n",
+        );
+        chunk(
+            &mut input,
+            b"Content-Type: text/plain\r\n\r\nxyz\r\n--00MsgBus00\r\n",
+        );
+        chunk(
+            &mut input,
+            b"Content-Type: text/plain\r\n\r\n\r\n--00MsgBus00\r\n",
+        );
         let want = vec![
             "subscribed".to_string(),
             "msg  text/plain 7 ab\r\ncd\n".to_string(),
@@ -810,7 +865,10 @@ mod tests {
         }
         for (seen, r) in sub(&input) {
             assert_eq!(r, Ok(()));
-            assert_eq!(seen, vec!["subscribed", "msg  t 10 0123456789", "msg  u 2 ab"]);
+            assert_eq!(
+                seen,
+                vec!["subscribed", "msg  t 10 0123456789", "msg  u 2 ab"]
+            );
         }
     }
 
@@ -822,7 +880,14 @@ mod tests {
             Content-Location: /msgbus/foo\nContent-Type: image/jpeg\nContent-Length: 12\n\n--00MsgBus00--00MsgBus00\n";
         for (seen, r) in sub(input) {
             assert_eq!(r, Ok(()));
-            assert_eq!(seen, vec!["subscribed", "msg  text/plain 5 hello", "msg  image/jpeg 12 --00MsgBus00"]);
+            assert_eq!(
+                seen,
+                vec![
+                    "subscribed",
+                    "msg  text/plain 5 hello",
+                    "msg  image/jpeg 12 --00MsgBus00"
+                ]
+            );
         }
     }
 
@@ -867,7 +932,8 @@ mod tests {
 
     #[test]
     fn counted_body_followed_by_garbage() {
-        let input: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=B\r\n\r\n--B\n\
+        let input: &[u8] =
+            b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=B\r\n\r\n--B\n\
             Content-Length: 2\n\nabXYZW--B\n";
         for (_, r) in sub(input) {
             assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
@@ -886,7 +952,13 @@ mod tests {
             assert_eq!(r, Ok(()));
             assert_eq!(
                 seen,
-                vec!["response 204", "response 204", "response 400", "response 401", "response 204"]
+                vec![
+                    "response 204",
+                    "response 204",
+                    "response 400",
+                    "response 401",
+                    "response 204"
+                ]
             );
         }
     }

@@ -4,10 +4,17 @@
 //! touch a socket; `net` and `tls` own the sockets; `publisher` and
 //! `subscriber` are the two event loops; `report` formats what they measured.
 
+pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod hist;
 pub mod http;
 pub mod line;
+pub mod net;
+pub mod publisher;
+pub mod report;
 pub mod seqset;
 pub mod stamp;
+pub mod subscriber;
+pub mod tls;
+pub mod workers;

@@ -133,7 +133,10 @@ impl Parser {
         self.channel = field(&mut pos).ok_or(Error::Protocol("`!` frame without a channel"))?;
         // TYPE: the rest of the line without surrounding blanks.
         let rest = line.get(pos..).unwrap_or_default();
-        let lead = rest.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        let lead = rest
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
         let kept = trim(rest).len();
         self.ctype = (kept > 0).then_some((pos + lead, pos + lead + kept));
         self.prefix.clear();
@@ -221,7 +224,10 @@ mod tests {
     fn type_may_contain_spaces() {
         for (seen, r) in run(b"! 1 c text/plain; charset=utf-8 \r\nz\r\n") {
             assert_eq!(r, Ok(()));
-            assert_eq!(seen, vec!["msg c text/plain; charset=utf-8 1 z".to_string()]);
+            assert_eq!(
+                seen,
+                vec!["msg c text/plain; charset=utf-8 1 z".to_string()]
+            );
         }
     }
 
@@ -244,7 +250,11 @@ mod tests {
         ];
         for &c in cases {
             for (_, r) in run(c) {
-                assert!(matches!(r, Err(Error::Protocol(_))), "{:?}", String::from_utf8_lossy(c));
+                assert!(
+                    matches!(r, Err(Error::Protocol(_))),
+                    "{:?}",
+                    String::from_utf8_lossy(c)
+                );
             }
         }
     }

@@ -185,12 +185,13 @@ mod tests {
     fn rejects_foreign_bodies() {
         assert_eq!(parse(b"hello"), None);
         assert_eq!(parse(&[b'a'; 64]), None);
-        let mut good = Body::padded(50).stamp(Stamp {
-            sent_ns: 1,
-            publisher: 1,
-            seq: 1,
-        })
-        .to_vec();
+        let mut good = Body::padded(50)
+            .stamp(Stamp {
+                sent_ns: 1,
+                publisher: 1,
+                seq: 1,
+            })
+            .to_vec();
         good[3] = b'z';
         assert_eq!(parse(&good), None);
     }
