@@ -709,9 +709,8 @@ impl RespParser {
                             None => RespStage::UntilClose,
                         }
                     };
-                    if self.stage == RespStage::Status && status >= 200 {
-                        on(Event::Response { status });
-                    } else if self.stage == RespStage::UntilClose {
+                    let complete = self.stage == RespStage::Status && status >= 200;
+                    if complete || self.stage == RespStage::UntilClose {
                         on(Event::Response { status });
                     }
                 }

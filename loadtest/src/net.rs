@@ -36,7 +36,7 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Source address number `k` of `n` (`127.0.0.1` … `127.0.0.n`), or `None`

@@ -240,8 +240,7 @@ impl<'a> Loop<'a> {
         // Answers other than 2xx: how many, and the first status.
         let mut refused = 0u64;
         let mut first_refused: Option<u16> = None;
-        loop {
-            let Some(io) = c.io.as_mut() else { break };
+        while let Some(io) = c.io.as_mut() {
             let n = match io.read(scratch) {
                 Ok(0) => return Err("connection closed by the server".into()),
                 Ok(n) => n,

@@ -85,7 +85,7 @@ enum Phase {
 
 enum Parser {
     Line(line::Parser),
-    Http(http::SubParser),
+    Http(Box<http::SubParser>),
 }
 
 struct Conn {
@@ -258,7 +258,7 @@ impl<'a> Loop<'a> {
             self.active -= 1;
         }
         // A connection that already has all its messages stays complete.
-        if !self.opts.count.is_some_and(|n| c.unique >= n) {
+        if self.opts.count.is_none_or(|n| c.unique < n) {
             self.closed_incomplete += 1;
         }
         c.phase = Phase::Closed;
@@ -497,7 +497,7 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
             out_pos: 0,
             parser: match opts.proto {
                 Proto::Line => Parser::Line(line::Parser::default()),
-                Proto::Http => Parser::Http(http::SubParser::default()),
+                Proto::Http => Parser::Http(Box::default()),
             },
             probe: (opts.proto == Proto::Line)
                 .then(|| format!("{}.probe.{pid}.{index}", opts.channel)),

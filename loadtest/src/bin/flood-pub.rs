@@ -17,6 +17,7 @@ use loadtest::stamp::{self, Body};
 #[command(
     name = "flood-pub",
     version,
+    args_override_self = true,
     about = "Publish stamped messages to a switchboard channel and measure the publish rate",
     long_about = "Publish stamped messages to a switchboard channel and measure the publish rate.\n\n\
         Every body starts with a 45-byte stamp (send time on CLOCK_MONOTONIC, publisher id, \

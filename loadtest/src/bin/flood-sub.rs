@@ -19,6 +19,7 @@ use loadtest::workers;
 #[command(
     name = "flood-sub",
     version,
+    args_override_self = true,
     about = "Subscribe many connections to a switchboard channel and measure what arrives",
     long_about = "Subscribe many connections to a switchboard channel and measure what arrives.\n\n\
         Each delivery must carry the stamp flood-pub writes (send time and sequence number); \

@@ -1,0 +1,468 @@
+//! Functional tests of flood-pub and flood-sub against the real switchboard
+//! server: every message published must reach every subscriber exactly
+//! once, on both doors, and failures must show in the exit status and the
+//! summary. Nothing here asserts a rate or a latency.
+//!
+//! The server binary is taken from the same target directory as this test
+//! (`target/debug/switchboard`); build it first (`cargo build`, or run
+//! `cargo test --workspace`). Each test starts its own server on port 0 and
+//! reads the addresses it prints (`listening line ADDR`, `listening bus
+//! ADDR`); a guard kills it even when the test panics.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const PUB: &str = env!("CARGO_BIN_EXE_flood-pub");
+const SUB: &str = env!("CARGO_BIN_EXE_flood-sub");
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Server {
+    _child: Guard,
+    line: SocketAddr,
+    bus: SocketAddr,
+}
+
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    // target/<profile>/deps/flood-<hash> -> target/<profile>/switchboard
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the switchboard server binary is missing at {}: build it first (`cargo build`, \
+         or run the tests with `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+fn start_server() -> Server {
+    let child = Command::new(server_binary())
+        .args([
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the switchboard server");
+    let mut child = Guard(child);
+    let stdout = child.0.stdout.take().expect("server stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut line, mut bus) = (None, None);
+    while line.is_none() || bus.is_none() {
+        let l = rx.recv_timeout(Duration::from_secs(20)).expect(
+            "the server printed `listening line ADDR` and `listening bus ADDR` within 20 s",
+        );
+        let mut words = l.split_whitespace();
+        if words.next() != Some("listening") {
+            continue;
+        }
+        let door = words.next();
+        let addr = words.next().and_then(|a| a.parse::<SocketAddr>().ok());
+        match door {
+            Some("line") => line = addr,
+            Some("bus") => bus = addr,
+            _ => {}
+        }
+    }
+    Server {
+        _child: child,
+        line: line.expect("line address"),
+        bus: bus.expect("bus address"),
+    }
+}
+
+/// A flood-sub running in the background, already subscribed.
+struct RunningSub {
+    child: Guard,
+    stderr: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+/// Starts flood-sub with `args` and waits for its `ready:` line.
+fn start_sub(args: &[&str]) -> RunningSub {
+    let child = Command::new(SUB)
+        // Defaults first: a later flag of the same name wins.
+        .args(["--json", "--timeout", "90", "--idle-timeout", "10"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flood-sub");
+    let mut child = Guard(child);
+    let stderr = child.0.stderr.take().expect("flood-sub stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => {
+                let ready = l.contains("ready:");
+                seen.push(l);
+                if ready {
+                    break;
+                }
+            }
+            Err(e) => panic!("flood-sub did not become ready ({e}); stderr: {seen:#?}"),
+        }
+    }
+    RunningSub {
+        child,
+        stderr: rx,
+        seen,
+    }
+}
+
+impl RunningSub {
+    /// Waits for the end; returns the exit success, the JSON summary and stderr.
+    fn finish(mut self) -> (bool, Value, Vec<String>) {
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.0.stdout.take() {
+            stdout
+                .read_to_string(&mut out)
+                .expect("read flood-sub stdout");
+        }
+        let status = self.child.0.wait().expect("wait for flood-sub");
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(l);
+        }
+        let last = out.lines().last().unwrap_or_default();
+        let json: Value = serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "flood-sub printed no JSON summary ({e}): stdout {out:?}, stderr {:#?}",
+                self.seen
+            )
+        });
+        (status.success(), json, self.seen)
+    }
+}
+
+fn run_pub(args: &[&str]) -> Output {
+    Command::new(PUB)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flood-pub")
+}
+
+fn port(addr: SocketAddr) -> String {
+    addr.port().to_string()
+}
+
+/// Publishes `count` messages with flood-pub and checks that each of the
+/// subscribers got every one exactly once.
+fn fan_out(sub_args: &[&str], pub_args: &[&str], subs: u64, count: u64) -> Value {
+    let count_s = count.to_string();
+    let subs_s = subs.to_string();
+    let mut sa: Vec<&str> = vec!["-n", &subs_s, "--count", &count_s];
+    sa.extend_from_slice(sub_args);
+    let sub = start_sub(&sa);
+    let mut pa: Vec<&str> = vec!["--count", &count_s, "--json"];
+    pa.extend_from_slice(pub_args);
+    let published = run_pub(&pa);
+    let pub_out = String::from_utf8_lossy(&published.stdout).into_owned();
+    let pub_err = String::from_utf8_lossy(&published.stderr).into_owned();
+    assert!(
+        published.status.success(),
+        "flood-pub failed: {pub_out} {pub_err}"
+    );
+    let pub_json: Value = serde_json::from_str(pub_out.trim()).expect("flood-pub --json line");
+    assert_eq!(pub_json["sent"], count, "{pub_json}");
+    assert_eq!(pub_json["confirmed"], count, "{pub_json}");
+    assert_eq!(pub_json["errors"], 0, "{pub_json}");
+
+    let (ok, j, stderr) = sub.finish();
+    assert_eq!(j["lost"], 0, "{j} {stderr:#?}");
+    assert_eq!(j["duplicated"], 0, "{j}");
+    assert_eq!(j["bad"], 0, "{j}");
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["expected"], count * subs, "{j}");
+    assert_eq!(j["received"], j["expected"], "{j}");
+    assert_eq!(j["connections"], subs, "{j}");
+    for k in ["msgs_per_s", "p50_us", "p99_us", "p999_us", "max_us"] {
+        assert!(j[k].is_number(), "{k} in {j}");
+    }
+    assert!(ok, "flood-sub exit status: {j} {stderr:#?}");
+    j
+}
+
+#[test]
+fn line_protocol_every_message_once() {
+    let s = start_server();
+    let p = port(s.line);
+    fan_out(
+        &["--proto", "line", "-p", &p, "-c", "lt.line"],
+        &[
+            "--proto", "line", "-p", &p, "-c", "lt.line", "-n", "2", "--size", "100",
+        ],
+        4,
+        1500,
+    );
+}
+
+#[test]
+fn http_bus_every_message_once() {
+    let s = start_server();
+    let p = port(s.bus);
+    fan_out(
+        &[
+            "--proto",
+            "http",
+            "-p",
+            &p,
+            "-c",
+            "lt.http",
+            "-t",
+            "text/plain",
+        ],
+        &["--proto", "http", "-p", &p, "-c", "lt.http", "--size", "80"],
+        4,
+        1500,
+    );
+}
+
+#[test]
+fn http10_subscribers() {
+    let s = start_server();
+    let p = port(s.bus);
+    fan_out(
+        &["--proto", "http", "-p", &p, "-c", "lt.h10", "--http10"],
+        &["--proto", "http", "-p", &p, "-c", "lt.h10"],
+        2,
+        500,
+    );
+}
+
+#[test]
+fn line_publisher_http_subscribers_share_channels() {
+    let s = start_server();
+    fan_out(
+        &["--proto", "http", "-p", &port(s.bus), "-c", "lt.mixed"],
+        &[
+            "--proto",
+            "line",
+            "-p",
+            &port(s.line),
+            "-c",
+            "lt.mixed",
+            "-r",
+            "5000",
+        ],
+        3,
+        600,
+    );
+}
+
+#[test]
+fn worker_processes_and_source_addresses() {
+    let s = start_server();
+    let p = port(s.line);
+    let j = fan_out(
+        &[
+            "--proto",
+            "line",
+            "-p",
+            &p,
+            "-c",
+            "lt.procs",
+            "--procs",
+            "2",
+            "--sources",
+            "3",
+        ],
+        &["--proto", "line", "-p", &p, "-c", "lt.procs"],
+        6,
+        400,
+    );
+    assert_eq!(j["procs"], 2, "{j}");
+    assert_eq!(j["subscribed"], 6, "{j}");
+}
+
+#[test]
+fn file_body_and_type() {
+    let s = start_server();
+    let p = port(s.line);
+    let dir = std::env::temp_dir().join(format!("flood-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("body.html");
+    std::fs::write(&file, "<h1>hello world</h1>\n").expect("write body file");
+    let f = file.to_string_lossy().into_owned();
+    fan_out(
+        &[
+            "--proto",
+            "http",
+            "-p",
+            &port(s.bus),
+            "-c",
+            "lt.file",
+            "-t",
+            "text/html",
+        ],
+        &[
+            "--proto",
+            "line",
+            "-p",
+            &p,
+            "-c",
+            "lt.file",
+            "-f",
+            &f,
+            "-t",
+            "text/html",
+        ],
+        2,
+        300,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lost_messages_fail_the_run() {
+    let s = start_server();
+    let p = port(s.line);
+    let sub = start_sub(&[
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.lost",
+        "-n",
+        "2",
+        "--count",
+        "50",
+        "--idle-timeout",
+        "1",
+    ]);
+    let published = run_pub(&[
+        "--proto", "line", "-p", &p, "-c", "lt.lost", "--count", "30",
+    ]);
+    assert!(published.status.success());
+    let (ok, j, _) = sub.finish();
+    assert!(!ok, "lost messages must fail flood-sub: {j}");
+    assert_eq!(j["received"], 60, "{j}");
+    assert_eq!(j["expected"], 100, "{j}");
+    assert_eq!(j["lost"], 40, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+    assert!(
+        j["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost 40"),
+        "{j}"
+    );
+}
+
+#[test]
+fn connection_errors_fail_both_tools() {
+    // A port nobody listens on: bind one, then free it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let out = Command::new(SUB)
+        .args([
+            "--proto", "line", "-p", &free, "-n", "3", "--count", "1", "--json",
+        ])
+        .output()
+        .expect("run flood-sub");
+    assert!(!out.status.success());
+    let j: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .expect("flood-sub --json line");
+    assert_eq!(j["errors"], 3, "{j}");
+    assert_eq!(j["lost"], 3, "{j}");
+    assert!(
+        j["first_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused"),
+        "{j}"
+    );
+
+    let out = run_pub(&["--proto", "http", "-p", &free, "--count", "1", "--json"]);
+    assert!(!out.status.success());
+    let j: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .expect("flood-pub --json line");
+    assert_eq!(j["errors"], 1, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+}
+
+#[test]
+fn duration_runs_end_by_themselves() {
+    let s = start_server();
+    let p = port(s.line);
+    let sub = start_sub(&[
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.dur",
+        "--duration",
+        "1.5",
+    ]);
+    let published = run_pub(&[
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.dur",
+        "--duration",
+        "0.5",
+        "-r",
+        "400",
+        "--json",
+    ]);
+    assert!(published.status.success(), "{published:?}");
+    let pj: Value = serde_json::from_str(String::from_utf8_lossy(&published.stdout).trim())
+        .expect("flood-pub --json line");
+    let sent = pj["sent"].as_u64().expect("sent");
+    assert!(sent > 0, "{pj}");
+    assert_eq!(pj["confirmed"], sent, "{pj}");
+    let (ok, j, _) = sub.finish();
+    assert!(ok, "{j}");
+    assert_eq!(j["received"], sent, "{j}");
+    assert!(j["expected"].is_null(), "{j}");
+}
