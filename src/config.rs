@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 
@@ -115,6 +116,22 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8888", value_parser = parse_listen)]
     pub bus_listen: Listen,
 
+    /// TLS certificate chain (PEM). With --tls-key, opens the HTTPS bus.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1; may be the same file as --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// HTTPS bus listen address (used when --tls-cert and --tls-key are given), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4444", value_parser = parse_listen)]
+    pub bus_tls_listen: Listen,
+
+    /// Line protocol over TLS on this address (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen, requires = "tls_cert")]
+    pub line_tls_listen: Option<Listen>,
+
     /// Serve static files from this directory on the HTTP bus (paths outside /msgbus/).
     #[arg(long, value_name = "DIR")]
     pub docroot: Option<PathBuf>,
@@ -158,10 +175,20 @@ pub struct Config {
     pub line_listen: Listen,
     pub line_unix: Option<PathBuf>,
     pub bus_listen: Listen,
+    /// The TLS doors, when a certificate and key were given.
+    pub tls: Option<TlsDoors>,
     pub docroot: Option<PathBuf>,
     pub secret: Option<String>,
     pub log_level: LogLevel,
     pub limits: Limits,
+}
+
+/// The TLS settings: loaded and checked before any listener opens.
+#[derive(Clone, Debug)]
+pub struct TlsDoors {
+    pub config: Arc<rustls::ServerConfig>,
+    pub bus_listen: Listen,
+    pub line_listen: Listen,
 }
 
 impl Config {
@@ -181,7 +208,16 @@ impl Config {
                 return Err(format!("--docroot {}: not a directory", dir.display()));
             }
         }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsDoors {
+                config: crate::server::tls::load_config(cert, key)?,
+                bus_listen: args.bus_tls_listen.clone(),
+                line_listen: args.line_tls_listen.clone().unwrap_or(Listen::Off),
+            }),
+            _ => None,
+        };
         Ok(Config {
+            tls,
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,

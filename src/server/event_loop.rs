@@ -18,6 +18,7 @@
 use std::io::{self, Read, Write};
 use std::mem;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -27,6 +28,7 @@ use slab::Slab;
 
 use super::conn::{CloseReason, Conn, Door};
 use super::outq::{Flushed, OutQueue};
+use super::tls::TlsStream;
 use super::transport::Transport;
 use crate::broker::{Broker, ConnId, Millis, Outbox};
 use crate::config::{Config, Limits, Listen, SlowPolicy};
@@ -44,6 +46,8 @@ const READ_BUDGET: usize = 256 * 1024;
 const FLUSH_BUDGET: usize = 1024 * 1024;
 /// Size of the loop-wide read buffer.
 const SCRATCH: usize = 64 * 1024;
+/// Input a waiting line connection may hold unprocessed before reading stops.
+const READ_AHEAD: usize = 64 * 1024;
 /// How long a closing connection may take to drain its output.
 const LINGER_MS: Millis = 5_000;
 /// How long accepting pauses after the process ran out of file descriptors.
@@ -69,6 +73,7 @@ struct Listener {
     kind: DoorKind,
     name: &'static str,
     socket: ListenSocket,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Counters of the IO shell, read by the stats page.
@@ -156,6 +161,7 @@ impl Server {
                 kind: DoorKind::Line,
                 name: "line",
                 socket: ListenSocket::Tcp(bind_tcp(addr, "--line-listen")?),
+                tls: None,
             });
         }
         if let Some(path) = &config.line_unix {
@@ -163,6 +169,7 @@ impl Server {
                 kind: DoorKind::Line,
                 name: "line-unix",
                 socket: ListenSocket::Unix(bind_unix(path)?, path.clone()),
+                tls: None,
             });
         }
         if let Listen::At(addr) = config.bus_listen {
@@ -170,7 +177,26 @@ impl Server {
                 kind: DoorKind::Bus,
                 name: "bus",
                 socket: ListenSocket::Tcp(bind_tcp(addr, "--bus-listen")?),
+                tls: None,
             });
+        }
+        if let Some(tls) = &config.tls {
+            if let Listen::At(addr) = tls.bus_listen {
+                listeners.push(Listener {
+                    kind: DoorKind::Bus,
+                    name: "bus-tls",
+                    socket: ListenSocket::Tcp(bind_tcp(addr, "--bus-tls-listen")?),
+                    tls: Some(tls.config.clone()),
+                });
+            }
+            if let Listen::At(addr) = tls.line_listen {
+                listeners.push(Listener {
+                    kind: DoorKind::Line,
+                    name: "line-tls",
+                    socket: ListenSocket::Tcp(bind_tcp(addr, "--line-tls-listen")?),
+                    tls: Some(tls.config.clone()),
+                });
+            }
         }
         if listeners.is_empty() {
             return Err(io::Error::other("every door is off: nothing to serve"));
@@ -275,7 +301,7 @@ impl Server {
                 }
                 if writable && !c.writable {
                     c.writable = true;
-                    if !c.outq.is_empty() && !c.dirty {
+                    if (!c.outq.is_empty() || c.transport.has_pending()) && !c.dirty {
                         c.dirty = true;
                         self.dirty.push(key);
                     }
@@ -390,9 +416,14 @@ impl Server {
             };
             let kind = listener.kind;
             let accepted = match &listener.socket {
-                ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
+                ListenSocket::Tcp(l) => l.accept().and_then(|(s, _)| {
                     let _ = s.set_nodelay(true);
-                    Transport::Tcp(s)
+                    match &listener.tls {
+                        Some(cfg) => {
+                            TlsStream::new(s, cfg.clone()).map(|t| Transport::Tls(Box::new(t)))
+                        }
+                        None => Ok(Transport::Tcp(s)),
+                    }
                 }),
                 ListenSocket::Unix(l, _) => l.accept().map(|(s, _)| Transport::Unix(s)),
             };
@@ -464,7 +495,11 @@ impl Server {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            if c.closing || c.close_after_flush.is_some() || !c.readable || is_paused(&c.door) {
+            if c.closing || c.close_after_flush.is_some() || !c.readable {
+                return;
+            }
+            if is_paused(&c.door) {
+                self.read_ahead(key);
                 return;
             }
             let from_scratch = c.input.is_empty();
@@ -482,6 +517,11 @@ impl Server {
             buf.reserve(want);
             buf.resize(old + want, 0);
             let got = c.transport.read(buf.get_mut(old..).unwrap_or_default());
+            if c.transport.has_pending() && !c.dirty {
+                // TLS handshake records to send.
+                c.dirty = true;
+                self.dirty.push(key);
+            }
             let n = match got {
                 Ok(n) => n,
                 Err(e) => {
@@ -493,7 +533,11 @@ impl Server {
                     if e.kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
-                    log::debug!("conn {key}: read: {e}");
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        log::info!("conn {key} ({}): TLS: {e}; closing it", c.transport.peer());
+                    } else {
+                        log::debug!("conn {key}: read: {e}");
+                    }
                     self.mark_close(key, CloseReason::ReadError);
                     return;
                 }
@@ -524,7 +568,11 @@ impl Server {
             };
             match next {
                 Next::Read => {}
-                Next::Paused => return,
+                Next::Paused => {
+                    // Notices a client that wrote its wait and went away.
+                    self.read_ahead(key);
+                    return;
+                }
                 Next::Close => {
                     self.linger(key, CloseReason::Quit);
                     return;
@@ -534,6 +582,63 @@ impl Server {
                 self.still_ready.push(key);
                 return;
             }
+        }
+    }
+
+    /// A line connection whose wait is pending runs no commands, but its
+    /// input is still read (unprocessed, up to [`READ_AHEAD`] bytes) so that
+    /// a client that goes away while waiting is noticed: its wait is
+    /// withdrawn at once, before any message can be handed to it and lost.
+    fn read_ahead(&mut self, key: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            let waiting = matches!(&c.door, Door::Line(s) if s.is_waiting());
+            if !waiting || c.closing || c.close_after_flush.is_some() || !c.readable {
+                return;
+            }
+            if c.input.len() >= READ_AHEAD {
+                return;
+            }
+            self.scratch.clear();
+            self.scratch.resize(SCRATCH, 0);
+            let got = c.transport.read(&mut self.scratch[..]);
+            let reason = match got {
+                Ok(0) => CloseReason::PeerClosed,
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    c.input
+                        .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
+                    if !c.dirty {
+                        // A transport may have records of its own to answer.
+                        c.dirty = true;
+                        self.dirty.push(key);
+                    }
+                    continue;
+                }
+                Err(e) if is_would_block(&e) => {
+                    c.readable = false;
+                    self.scratch.clear();
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("conn {key}: read: {e}");
+                    CloseReason::ReadError
+                }
+            };
+            self.scratch.clear();
+            c.readable = false;
+            if let Door::Line(s) = &mut c.door {
+                s.withdraw_wait(&mut self.broker);
+            }
+            log::debug!("conn {key}: {} while waiting", reason.as_str());
+            match reason {
+                CloseReason::PeerClosed => self.linger(key, reason),
+                _ => self.mark_close(key, reason),
+            }
+            return;
         }
     }
 
@@ -598,7 +703,11 @@ impl Server {
         if !c.input.is_empty() {
             match self.process_own_input(key) {
                 Next::Read => {}
-                Next::Paused => return,
+                Next::Paused => {
+                    // Notices a client that wrote its wait and went away.
+                    self.read_ahead(key);
+                    return;
+                }
                 Next::Close => {
                     self.linger(key, CloseReason::Quit);
                     return;
@@ -656,12 +765,20 @@ impl Server {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
                     match outcome {
-                        Flushed::All => {
-                            if let Some((reason, _)) = c.close_after_flush {
-                                c.closing = true;
-                                self.to_close.push((key, reason));
+                        Flushed::All => match c.transport.flush_pending() {
+                            Ok(true) => {
+                                if let Some((reason, _)) = c.close_after_flush {
+                                    c.closing = true;
+                                    self.to_close.push((key, reason));
+                                }
                             }
-                        }
+                            Ok(false) => c.writable = false,
+                            Err(e) => {
+                                log::debug!("conn {key}: write: {e}");
+                                c.closing = true;
+                                self.to_close.push((key, CloseReason::WriteError));
+                            }
+                        },
                         Flushed::WouldBlock => c.writable = false,
                         Flushed::Budget => {
                             c.dirty = true;
@@ -686,6 +803,9 @@ impl Server {
                 continue;
             }
             let mut c = self.conns.remove(key);
+            if reason != CloseReason::WriteError {
+                c.transport.close();
+            }
             c.transport.deregister(self.poll.registry());
             log::debug!("conn {key}: closed ({})", reason.as_str());
             if c.dropped > 0 {
@@ -719,7 +839,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             for (key, c) in self.conns.iter_mut() {
-                if !c.outq.is_empty() && !c.dirty && !c.closing {
+                if (!c.outq.is_empty() || c.transport.has_pending()) && !c.dirty && !c.closing {
                     c.dirty = true;
                     self.dirty.push(key);
                 }
@@ -728,7 +848,7 @@ impl Server {
             let pending = self
                 .conns
                 .iter()
-                .any(|(_, c)| !c.outq.is_empty() && !c.closing);
+                .any(|(_, c)| (!c.outq.is_empty() || c.transport.has_pending()) && !c.closing);
             let left = deadline.saturating_duration_since(Instant::now());
             if !pending || left.is_zero() {
                 break;

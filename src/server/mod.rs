@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod event_loop;
 pub mod outq;
+pub mod tls;
 pub mod transport;
 
 pub use event_loop::{run, Server};

@@ -1,14 +1,17 @@
-//! The byte stream under a connection: TCP or a Unix socket, behind one
-//! interface, so the doors above never know which.
+//! The byte stream under a connection: TCP, a Unix socket or TLS over TCP,
+//! behind one interface, so the doors above never know which.
 
 use std::io::{self, IoSlice, Read, Write};
 
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
+use super::tls::TlsStream;
+
 pub enum Transport {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -18,6 +21,32 @@ impl Transport {
         match self {
             Transport::Tcp(s) => registry.register(s, token, both),
             Transport::Unix(s) => registry.register(s, token, both),
+            Transport::Tls(s) => registry.register(&mut s.sock, token, both),
+        }
+    }
+
+    /// Output made below the plaintext level (TLS records) but not yet
+    /// written: the connection must wait for writability even with an empty
+    /// output queue.
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Transport::Tls(s) => s.has_pending(),
+            _ => false,
+        }
+    }
+
+    /// Writes what [`Transport::has_pending`] reports; true when all of it went.
+    pub fn flush_pending(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Tls(s) => s.flush_records(),
+            _ => Ok(true),
+        }
+    }
+
+    /// The polite end of a stream: TLS sends close_notify.
+    pub fn close(&mut self) {
+        if let Transport::Tls(s) = self {
+            s.close();
         }
     }
 
@@ -25,6 +54,7 @@ impl Transport {
         let _ = match self {
             Transport::Tcp(s) => registry.deregister(s),
             Transport::Unix(s) => registry.deregister(s),
+            Transport::Tls(s) => registry.deregister(&mut s.sock),
         };
     }
 
@@ -32,6 +62,11 @@ impl Transport {
     pub fn peer(&self) -> String {
         match self {
             Transport::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            Transport::Tls(s) => s
+                .sock
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
@@ -45,6 +80,7 @@ impl Read for Transport {
         match self {
             Transport::Tcp(s) => s.read(buf),
             Transport::Unix(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
         }
     }
 }
@@ -54,12 +90,14 @@ impl Write for Transport {
         match self {
             Transport::Tcp(s) => s.write(buf),
             Transport::Unix(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.write_vectored(bufs),
             Transport::Unix(s) => s.write_vectored(bufs),
+            Transport::Tls(s) => s.write_vectored(bufs),
         }
     }
     fn flush(&mut self) -> io::Result<()> {

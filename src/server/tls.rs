@@ -1,0 +1,161 @@
+//! TLS inside the loop: certificate loading at start, and a TLS stream that
+//! reads and writes plaintext like any other transport.
+//!
+//! The stream follows rustls' own order: read TLS records until the socket
+//! would block, process them, hand out plaintext; plaintext written goes into
+//! rustls (bounded by its buffer limit) and the records it makes are written
+//! to the socket as far as the socket takes them. Records that did not fit
+//! stay in rustls, and [`TlsStream::has_pending`] tells the loop to wait for
+//! writability. Handshakes progress through the same calls, so no connection
+//! ever blocks another.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+/// Plaintext and TLS bytes rustls may hold for one connection before writes
+/// report `WouldBlock`.
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Loads a certificate chain and its private key (PEM; both may be in one
+/// file). The error names the file and the problem.
+pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("--tls-cert {}: {}", cert.display(), pem_problem(&e)))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--tls-cert {}: {}", cert.display(), pem_problem(&e)))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no CERTIFICATE block found in the file",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "--tls-key {}: {}",
+            key.display(),
+            match e {
+                rustls::pki_types::pem::Error::NoItemsFound =>
+                    "no PRIVATE KEY block found in the file (PKCS#8, PKCS#1 or SEC1 PEM expected)"
+                        .to_string(),
+                other => pem_problem(&other),
+            }
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "--tls-cert {} / --tls-key {}: {}",
+                cert.display(),
+                key.display(),
+                match e {
+                    rustls::Error::InconsistentKeys(_) =>
+                        "the private key does not match the certificate".to_string(),
+                    other => other.to_string(),
+                }
+            )
+        })
+}
+
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM blocks found".into(),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+/// A server-side TLS connection over a TCP socket.
+pub struct TlsStream {
+    pub sock: TcpStream,
+    conn: ServerConnection,
+}
+
+impl TlsStream {
+    pub fn new(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        Ok(TlsStream { sock, conn })
+    }
+
+    /// TLS records made but not yet written to the socket.
+    pub fn has_pending(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Writes queued TLS records until done or the socket would block.
+    /// Returns true when nothing is left.
+    pub fn flush_records(&mut self) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues close_notify and writes what the socket takes.
+    pub fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush_records();
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // A last write so the peer sees the alert.
+                let _ = self.flush_records();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake messages and alerts go out as they are made.
+            self.flush_records()?;
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.flush_records()?;
+        let n = self.conn.writer().write_vectored(bufs)?;
+        self.flush_records()?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_records().map(|_| ())
+    }
+}
