@@ -251,10 +251,7 @@ mod tests {
                 Ok(0) | Err(_) => return answered,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
-            loop {
-                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    break;
-                };
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
                 let len: usize = head
                     .lines()
