@@ -91,8 +91,8 @@ impl Server {
 
     /// Resident memory of the server, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -128,10 +128,10 @@ fn count_doors(args: &[String]) -> usize {
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--line-listen" | "--bus-listen" | "--bus-tls-listen" | "--line-tls-listen" => {
-                if it.peek().is_some_and(|v| v.as_str() != "off") {
-                    n += 1;
-                }
+            "--line-listen" | "--bus-listen" | "--bus-tls-listen" | "--line-tls-listen"
+                if it.peek().is_some_and(|v| v.as_str() != "off") =>
+            {
+                n += 1;
             }
             "--line-unix" => n += 1,
             _ => {}
@@ -175,7 +175,12 @@ pub fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
     let mut buf = [0u8; 4096];
     while !got.windows(needle.len()).any(|w| w == needle) {
         let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "connection closed before {:?}; got {:?}", String::from_utf8_lossy(needle), String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "connection closed before {:?}; got {:?}",
+            String::from_utf8_lossy(needle),
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     got
