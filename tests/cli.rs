@@ -363,3 +363,21 @@ fn arguments_that_cannot_go_on_the_wire_exit_2() {
     let got = run(&server, &["ready", "soon", "a"]);
     assert_exit(&got, 2);
 }
+
+#[test]
+fn server_refusals_exit_2_with_the_reason() {
+    let server = Server::start(&["--bus-listen", "off", "--max-body", "10"]);
+    for args in [
+        &["publish", "news", "eleven bytes"][..],
+        &["send", "eleven bytes", "5", "jobs"],
+        &["query", "eleven bytes", "5", "jobs"],
+    ] {
+        let got = run(&server, args);
+        assert_exit(&got, 2);
+        assert!(
+            stderr(&got).contains("server error: "),
+            "{args:?}: {}",
+            stderr(&got)
+        );
+    }
+}
