@@ -47,6 +47,13 @@ impl LineSession {
         self.waiting.is_some()
     }
 
+    /// Withdraws the pending wait unanswered: its client went away.
+    pub fn withdraw_wait(&mut self, broker: &mut Broker) {
+        if let Some(w) = self.waiting.take() {
+            broker.queues.cancel(w);
+        }
+    }
+
     /// The pending wait was answered by the broker.
     pub fn wait_answered(&mut self) {
         self.waiting = None;
