@@ -7,7 +7,8 @@
 //! comparison (they depend on how bytes arrive) but must come at most once
 //! per request. Small limits make every limit reachable.
 //!
-//! Run: `cd fuzz && cargo fuzz run http_request seeds/http_request`.
+//! Run: `cd fuzz && cargo fuzz run http_request corpus/http_request
+//! seeds/http_request -- -dict=http_request.dict`.
 
 #![no_main]
 
