@@ -1000,6 +1000,60 @@ fn secret_accepts_any_user_including_the_empty_one() {
     lower.expect(&p);
 }
 
+#[test]
+fn user_names_with_control_characters_are_refused() {
+    // A user name is written into the parts it publishes; with a CR or LF
+    // it could forge a delimiter, a part or an SSE event.
+    let evil = "x\r\n\r\nFAKE\r\n--00MsgBus00\r\n\n\ndata\n\n";
+    let open = Server::start(&[]);
+    let mut sub = subscribe(open.bus(), "/msgbus/foo", false);
+    let mut sse = Conn::open(open.bus());
+    sse.send(b"GET /msgbus/foo HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    sse.take_until(b": subscribed\n\n");
+    // Without --secret such credentials leave the publisher anonymous.
+    publish_as(
+        open.bus(),
+        "foo",
+        "text/plain",
+        &format!("{evil}:pw"),
+        b"real",
+    );
+    sub.expect(&part(None, None, "text/plain", b"real"));
+    sse.expect(b": channel=foo type=text/plain\ndata: real\n\n");
+    sub.assert_quiet();
+    sse.assert_quiet();
+
+    // With --secret they are refused.
+    let guarded = Server::start(&["--secret", "pw"]);
+    for user in [evil, "tab\there", "nul\0"] {
+        let got = post(
+            guarded.bus(),
+            "/msgbus/foo",
+            &[
+                ("Content-Type", "text/plain"),
+                ("Authorization", &basic(&format!("{user}:pw"))),
+            ],
+            b"real",
+        );
+        assert_eq!(show(&got), show(UNAUTHORIZED_10), "{user:?}");
+    }
+    // Other characters are fine.
+    let mut sub = subscribe_as(guarded.bus(), "/msgbus/foo", false, Some("any:pw"));
+    publish_as(
+        guarded.bus(),
+        "foo",
+        "text/plain",
+        "Zoë O'Brien (ops)@host:pw",
+        b"ok",
+    );
+    sub.expect(&part(
+        Some("Zoë O'Brien (ops)@host"),
+        None,
+        "text/plain",
+        b"ok",
+    ));
+}
+
 // ---------------------------------------------------------------------------
 // Static files (section F)
 

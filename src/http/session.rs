@@ -371,6 +371,12 @@ fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
     if password.contains(':') {
         return None;
     }
+    // The user name is written into every part it publishes (`From:`, and
+    // the SSE comment line): a CR or LF in it would let a publisher forge
+    // delimiters, parts and events.
+    if user.chars().any(char::is_control) {
+        return None;
+    }
     Some((user.to_string(), password.to_string()))
 }
 
@@ -474,6 +480,8 @@ mod tests {
         );
         assert_eq!(basic_credentials(enc("bob:secret:extra").as_bytes()), None);
         assert_eq!(basic_credentials(enc("nocolon").as_bytes()), None);
+        assert_eq!(basic_credentials(enc("a\r\n\r\nb:secret").as_bytes()), None);
+        assert_eq!(basic_credentials(enc("a\x00:secret").as_bytes()), None);
         assert_eq!(basic_credentials(b"Digest abc"), None);
         assert_eq!(basic_credentials(b"Basic !!!"), None);
         assert!(basic_credentials(format!("basic {}", &enc("a:b")[6..]).as_bytes()).is_some());
