@@ -1,0 +1,432 @@
+//! The chat example in a real browser: headless Chromium driven through
+//! chromedriver's WebDriver HTTP interface, against the real server serving
+//! `examples/chat` as its docroot.
+//!
+//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
+//! installs them); without them the test fails and says so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{connect, read_until, send, Server};
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long any one awaited condition may take.
+const WAIT: Duration = Duration::from_secs(15);
+/// The W3C WebDriver key of an element reference.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// One HTTP/1.1 exchange (`Connection: close`); returns status and body.
+fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
+    try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{method} {addr}{path}: {e}"))
+}
+
+fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if body.is_some() {
+        req.push_str("Content-Type: application/json; charset=utf-8\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
+    req.push_str(&payload);
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    // Read the head, then a body framed by Content-Length, chunks or close.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before a response head".into());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while body.len() < len {
+            let n = s.read(&mut buf).map_err(|e| format!("read body: {e}"))?;
+            if n == 0 {
+                return Err("closed inside the body".into());
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        body.truncate(len);
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        while !body.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).map_err(|e| format!("read body: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        body = dechunk(&body);
+    } else {
+        s.read_to_end(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).unwrap_or(0);
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or(&[]);
+    }
+}
+
+/// A free loopback port (free when this returns; chromedriver binds it next).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap().port()
+}
+
+/// A chromedriver process with one browser session; both end on drop.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: Option<String>,
+    profile: TempDir,
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} not found: the browser test needs the Debian packages \
+                 `chromium` and `chromium-driver` (apt-get install -y chromium \
+                 chromium-driver; .ci/run installs them) — missing: {package}"
+            );
+        }
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = TempDir::new("browser-profile");
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: None,
+            profile,
+        };
+        browser.wait_for_driver();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-proxy-server",
+            "--window-size=900,700",
+            &format!("--user-data-dir={}", browser.profile.path.display()),
+        ];
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                }
+            }
+        });
+        let v = browser.call("POST", "/session", Some(&caps));
+        let id = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sessionId in {v}"))
+            .to_string();
+        browser.session = Some(id);
+        browser
+    }
+
+    fn wait_for_driver(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.driver.try_wait() {
+                panic!("chromedriver exited at start: {status}");
+            }
+            if TcpStream::connect(&self.addr).is_ok() {
+                let (code, body) = http(&self.addr, "GET", "/status", None);
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if code == 200 && v["value"]["ready"] == json!(true) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A WebDriver command; returns its `value`, panics on an error answer.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (code, raw) = http(&self.addr, method, path, body);
+        let v: Value = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&raw)
+            )
+        });
+        assert_eq!(code, 200, "WebDriver {method} {path} failed: {v}");
+        v["value"].clone()
+    }
+
+    fn session_call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let id = self.session.as_deref().expect("session");
+        self.call(method, &format!("/session/{id}{path}"), body)
+    }
+
+    fn navigate(&self, url: &str) {
+        self.session_call("POST", "/url", Some(&json!({ "url": url })));
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            Some(&json!({ "script": script, "args": [] })),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let v = self.session_call(
+            "POST",
+            "/element",
+            Some(&json!({ "using": "css selector", "value": css })),
+        );
+        v[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let el = self.element(css);
+        self.session_call("POST", &format!("/element/{el}/clear"), Some(&json!({})));
+        self.session_call(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(&json!({ "text": text })),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let el = self.element(css);
+        self.session_call("POST", &format!("/element/{el}/click"), Some(&json!({})));
+    }
+
+    /// Polls `script` until it returns `true`; panics with `what` after [`WAIT`].
+    fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.script(script) == json!(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let body = self.script("return document.body.innerText;");
+                panic!("timed out waiting for {what}; page text: {body}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn screenshot(&self, to: &Path) {
+        let v = self.session_call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("screenshot data"))
+            .expect("screenshot base64");
+        assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).expect("create screenshot dir");
+        }
+        std::fs::write(to, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(id) = self.session.take() {
+            // Ends the browser; best effort when unwinding from a failure.
+            let _ = try_http(&self.addr, "DELETE", &format!("/session/{id}"), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("switchboard-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A JavaScript string literal for `s`.
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// The script that is true once `#messages` holds an item whose text
+/// contains `needle`.
+fn has_message(needle: &str) -> String {
+    format!(
+        "return [...document.querySelectorAll('#messages li')]\
+         .some(li => li.textContent.includes({}));",
+        js_str(needle)
+    )
+}
+
+fn curl_publish(bus: &str, channel: &str, body: &str) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-H", "Content-Type: text/plain", "--data-binary", body])
+        .arg(format!("http://{bus}/msgbus/{channel}"))
+        .output()
+        .expect("run curl (install the curl package)");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "204",
+        "publish status"
+    );
+}
+
+#[test]
+fn chat_page_sends_and_receives() {
+    let docroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat");
+    let server = Server::start(&["--docroot", docroot.to_str().unwrap()]);
+    let bus = server.bus().to_string();
+    let browser = Browser::launch();
+
+    browser.navigate(&format!("http://{bus}/"));
+    let title = browser.script("return document.title;");
+    assert_eq!(title, json!("switchboard chat"));
+    browser.wait_until(
+        "the EventSource to open",
+        "return document.body.dataset.ready === 'true';",
+    );
+
+    // From an ordinary HTTP client to the page. The markup must show as text.
+    let from_curl = "hello from curl <b>not bold</b> & co";
+    curl_publish(&bus, "chat", from_curl);
+    browser.wait_until("the curl message on the page", &has_message(from_curl));
+    let bold = browser.script("return document.querySelectorAll('#messages b').length;");
+    assert_eq!(bold, json!(0), "a message body was parsed as HTML");
+
+    // A line break in a body survives the event stream.
+    curl_publish(&bus, "chat", "two\nlines");
+    browser.wait_until(
+        "the two-line message",
+        "return [...document.querySelectorAll('#messages .body')]\
+         .some(b => b.textContent === 'two\\nlines');",
+    );
+
+    // From the page to a raw multipart subscriber.
+    let mut raw = connect(&bus);
+    send(&mut raw, b"GET /msgbus/chat HTTP/1.1\r\nHost: test\r\n\r\n");
+    let head = read_until(&mut raw, b"--00MsgBus00\r\n");
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "subscribe answer: {head}");
+
+    let from_page = "hello from the browser";
+    browser.type_into("#name", "alice");
+    browser.type_into("#text", from_page);
+    browser.click("#send");
+    let got = read_until(&mut raw, from_page.as_bytes());
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("Content-Type: text/plain"), "part: {got}");
+    assert!(got.contains("From: alice"), "the name is the sender: {got}");
+    browser.wait_until(
+        "the page's own message with its sender",
+        "return [...document.querySelectorAll('#messages li.mine')]\
+         .some(li => li.querySelector('.sender').textContent === 'alice' \
+                  && li.querySelector('.body').textContent === 'hello from the browser');",
+    );
+    let cleared = browser.script("return document.getElementById('text').value;");
+    assert_eq!(
+        cleared,
+        json!(""),
+        "the message field is cleared after sending"
+    );
+
+    let count = browser.script("return document.querySelectorAll('#messages li').length;");
+    assert_eq!(count, json!(3), "each message appears once");
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-chat.png");
+    browser.screenshot(&shot);
+    eprintln!("screenshot: {}", shot.display());
+}
