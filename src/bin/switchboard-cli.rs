@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use switchboard::client::{Client, Error, Event, Message, Publication};
+use switchboard::client::{host_of, tls_config, Client, Error, Event, Message, Publication};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -37,6 +37,15 @@ Examples:
   A Unix socket instead of TCP (a server started with --line-unix PATH):
     switchboard-cli --unix /tmp/switchboard.sock ready 10 jobs
 
+  TLS (a server started with --line-tls-listen 127.0.0.1:9814), trusting
+  the CA certificate(s) in ca.pem:
+    switchboard-cli --tls --ca ca.pem --address 127.0.0.1:9814 subscribe news
+    switchboard-cli --tls --ca ca.pem --address 127.0.0.1:9814 \
+        --server-name bus.example publish news 'hello'
+  The server's certificate must chain to a CA in the file, be valid now,
+  and name the host of --address (an IP address or a DNS name) or the
+  --server-name given.
+
 Output:
   ready and query print a message as the protocol frames it, with a plain
   newline:  a line `> LEN TIMEOUT TO [REPLY]`, then, when LEN > 0, the LEN
@@ -49,7 +58,8 @@ Output:
 Exit status:
   0  done
   1  ready or query timed out
-  2  error: bad arguments, cannot connect, or the server refused a command";
+  2  error: bad arguments, cannot connect (the server's TLS certificate
+     refused included), or the server refused a command";
 
 /// Command-line client for the switchboard message bus (line protocol).
 #[derive(Debug, Parser)]
@@ -78,6 +88,20 @@ struct Cli {
     /// Connect to this Unix socket instead of TCP
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "address")]
     unix: Option<PathBuf>,
+
+    /// Speak TLS to --address (a server's line-protocol TLS door); needs --ca
+    #[arg(long, global = true, requires = "ca", conflicts_with = "unix")]
+    tls: bool,
+
+    /// With --tls: PEM file of the CA certificate(s) to trust for the
+    /// server's certificate
+    #[arg(long, global = true, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+
+    /// With --tls: the name the server's certificate must be valid for
+    /// [default: the host part of --address]
+    #[arg(long, global = true, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -180,6 +204,7 @@ struct MessageOutput {
 #[derive(Debug)]
 enum Failure {
     Connect { target: String, err: Error },
+    Ca(Error),
     Client(Error),
     Stdin(io::Error),
     Stdout(io::Error),
@@ -193,6 +218,7 @@ impl std::fmt::Display for Failure {
                 err: Error::Io(e),
             } => write!(f, "cannot connect to {target}: {e}"),
             Failure::Connect { target, err } => write!(f, "cannot connect to {target}: {err}"),
+            Failure::Ca(err) => write!(f, "--ca {err}"),
             Failure::Client(err) => err.fmt(f),
             Failure::Stdin(err) => write!(f, "cannot read the body from standard input: {err}"),
             Failure::Stdout(err) => write!(f, "cannot write to standard output: {err}"),
@@ -285,13 +311,29 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
 }
 
 fn connect(cli: &Cli) -> Result<Client, Failure> {
-    match &cli.unix {
-        Some(path) => connect_unix(path),
-        None => Client::connect_tcp(&cli.address).map_err(|err| Failure::Connect {
-            target: cli.address.clone(),
-            err,
-        }),
+    if let Some(path) = &cli.unix {
+        return connect_unix(path);
     }
+    let connected = match (cli.tls, &cli.ca) {
+        // clap refuses --tls without --ca; say so again rather than fall
+        // back to plaintext.
+        (true, None) => Err(Error::InvalidInput(
+            "--tls needs --ca FILE, the CA certificate(s) to trust".into(),
+        )),
+        (true, Some(ca)) => {
+            let config = tls_config(ca).map_err(Failure::Ca)?;
+            let name = cli
+                .server_name
+                .as_deref()
+                .unwrap_or_else(|| host_of(&cli.address));
+            Client::connect_tls(&cli.address, name, config)
+        }
+        (false, _) => Client::connect_tcp(&cli.address),
+    };
+    connected.map_err(|err| Failure::Connect {
+        target: cli.address.clone(),
+        err,
+    })
 }
 
 #[cfg(unix)]

@@ -27,11 +27,12 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 #[cfg(unix)]
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::{Error, Result};
 pub use frame::{DEFAULT_CONTENT_TYPE, MAX_READY_ADDRS};
-pub use transport::Transport;
+pub use transport::{host_of, tls_config, Transport, HANDSHAKE_TIMEOUT};
 
 use frame::Header;
 
@@ -127,6 +128,34 @@ impl Client {
     #[cfg(unix)]
     pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
         Ok(Self::new(Transport::connect_unix(path.as_ref())?))
+    }
+
+    /// Connects to a line-protocol door over TLS (a server started with
+    /// `--line-tls-listen`), checking its certificate against `config`
+    /// (see [`tls_config`]) and `server_name`, a DNS name or an IP
+    /// address ([`host_of`] gives the host part of `addr`).
+    ///
+    /// ```no_run
+    /// use switchboard::client::{host_of, tls_config, Client};
+    ///
+    /// # fn main() -> Result<(), switchboard::client::Error> {
+    /// let config = tls_config("ca.pem".as_ref())?;
+    /// let addr = "127.0.0.1:9814";
+    /// let mut client = Client::connect_tls(addr, host_of(addr), config)?;
+    /// client.publish("news", Some("text/plain"), b"hello")?;
+    /// client.quit()
+    /// # }
+    /// ```
+    pub fn connect_tls(
+        addr: &str,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Self> {
+        Ok(Self::new(Transport::connect_tls(
+            addr,
+            server_name,
+            config,
+        )?))
     }
 
     /// Wraps an already connected transport.
@@ -237,7 +266,7 @@ impl Client {
     /// rather than lost. Publications still in flight are dropped.
     pub fn quit(mut self) -> Result<()> {
         self.write_frame(".\r\n", &[])?;
-        let transport = self.conn.get_ref();
+        let transport = self.conn.get_mut();
         // The server closes on `.`; these only make the wait finite.
         let _ = transport.shutdown_write();
         transport.set_read_timeout(Some(QUIT_GRACE))?;

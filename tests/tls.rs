@@ -1,0 +1,1091 @@
+//! TLS end to end: the HTTPS bus and the line protocol over TLS, checked
+//! with independent clients (curl, Python's `ssl` + `http.client`,
+//! `openssl s_client`) and with switchboard's own client and CLI; bad bytes
+//! on the TLS doors; certificates the client must refuse; 1,000 TLS
+//! subscribers; start-up errors for bad certificate and key files.
+//!
+//! Every test makes its own certificates with rcgen in a fresh temp
+//! directory: a CA, a server certificate for `localhost` and `127.0.0.1`
+//! signed by it, an expired one, one for another host, and a second,
+//! untrusted CA. curl, openssl and python3 must be on PATH; a test that
+//! needs one that is missing fails and says so.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Server;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use switchboard::client::{tls_config, Client, Error, Event, Transport};
+
+/// Longest any step may take before the test gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+const SERVER: &str = env!("CARGO_BIN_EXE_switchboard");
+const CLI: &str = env!("CARGO_BIN_EXE_switchboard-cli");
+
+// ---------------------------------------------------------------------
+// Certificates and files
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-tls-test.{}.{}.{nanos:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The PEM files of one test, in its own temp dir.
+struct Pki {
+    dir: TempDir,
+    /// The CA that signs every server certificate below.
+    ca: String,
+    /// A CA that signed none of them.
+    other_ca: String,
+    /// For `localhost` and `127.0.0.1`, valid now.
+    cert: String,
+    key: String,
+    /// `cert` and `key` in one file.
+    both: String,
+    /// For `localhost` and `127.0.0.1`, expired in 2021.
+    expired_cert: String,
+    expired_key: String,
+    /// For `wrong.example` only.
+    wrong_host_cert: String,
+    wrong_host_key: String,
+    /// A key that belongs to no certificate.
+    stray_key: String,
+    /// Text without any PEM block.
+    no_pem: String,
+}
+
+fn write_file(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write a PEM file");
+    path.to_str().expect("a UTF-8 temp path").to_string()
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("self-sign the CA");
+    (cert, key)
+}
+
+/// A server certificate for `names`, signed by `issuer`; `years` bounds
+/// its validity (default: rcgen's, 1975 to 4096).
+fn leaf(
+    names: &[&str],
+    years: Option<(i32, i32)>,
+    issuer: &(rcgen::Certificate, KeyPair),
+) -> (String, String) {
+    let key = KeyPair::generate().expect("server key");
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].as_str());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    if let Some((from, to)) = years {
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    }
+    let cert = params
+        .signed_by(&key, &issuer.0, &issuer.1)
+        .expect("sign a server certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new();
+        let d = dir.0.clone();
+        let authority = ca("switchboard test CA");
+        let stranger = ca("an unrelated CA");
+        let (cert, key) = leaf(&["localhost", "127.0.0.1"], None, &authority);
+        let (expired_cert, expired_key) =
+            leaf(&["localhost", "127.0.0.1"], Some((2020, 2021)), &authority);
+        let (wrong_cert, wrong_key) = leaf(&["wrong.example"], None, &authority);
+        let stray = KeyPair::generate().expect("stray key").serialize_pem();
+        Pki {
+            ca: write_file(&d, "ca.pem", &authority.0.pem()),
+            other_ca: write_file(&d, "other-ca.pem", &stranger.0.pem()),
+            cert: write_file(&d, "server.pem", &cert),
+            key: write_file(&d, "server.key", &key),
+            both: write_file(&d, "server-both.pem", &format!("{cert}{key}")),
+            expired_cert: write_file(&d, "expired.pem", &expired_cert),
+            expired_key: write_file(&d, "expired.key", &expired_key),
+            wrong_host_cert: write_file(&d, "wrong-host.pem", &wrong_cert),
+            wrong_host_key: write_file(&d, "wrong-host.key", &wrong_key),
+            stray_key: write_file(&d, "stray.key", &stray),
+            no_pem: write_file(&d, "no-pem.txt", "this file holds no PEM block\n"),
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).to_str().expect("UTF-8").to_string()
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        tls_config(Path::new(&self.ca)).expect("a client config trusting the test CA")
+    }
+}
+
+/// A server with the plain line door, the HTTPS bus and the line protocol
+/// over TLS, using `cert` and `key`.
+fn start_tls(cert: &str, key: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--bus-tls-listen",
+        "127.0.0.1:0",
+        "--line-tls-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn port_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map(|(_, p)| p).expect("HOST:PORT")
+}
+
+// ---------------------------------------------------------------------
+// External tools
+
+/// Fails the test with a clear message when `tool` is not on PATH.
+fn require(tool: &str) {
+    let probe = if tool == "openssl" {
+        "version"
+    } else {
+        "--version"
+    };
+    match Command::new(tool)
+        .arg(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) => panic!(
+            "this test needs `{tool}` on PATH and it cannot be run ({e}); \
+             install it (e.g. `apt-get install curl openssl python3`)"
+        ),
+    }
+}
+
+/// Waits for `child` (at most PATIENCE, then kills it) and collects its
+/// output.
+fn finish(mut child: Child) -> Output {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match child.try_wait().expect("poll a child process") {
+            Some(_) => break,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                break;
+            }
+            None => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    child.wait_with_output().expect("collect a child's output")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    finish(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a child process"),
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What a reader produces, chunk by chunk, on a thread.
+fn byte_channel(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Appends to `seen` what arrives on `rx` until `needle` is in it.
+fn wait_for(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut Vec<u8>, needle: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !seen.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(_) => panic!(
+                "{what}: no {needle:?} within {PATIENCE:?}; got {:?}",
+                text(seen)
+            ),
+        }
+    }
+}
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------
+// The HTTPS bus
+
+#[test]
+fn curl_subscribes_and_publishes_over_https() {
+    require("curl");
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let port = port_of(server.addr("bus-tls")).to_string();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+
+    // The subscriber reaches the server by IP address, the publisher by
+    // name: the certificate holds both.
+    let mut sub = Guard(
+        Command::new("curl")
+            .args(["-sS", "-N", "--cacert", &pki.ca])
+            .arg(format!("https://127.0.0.1:{port}/msgbus/news"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start curl"),
+    );
+    let rx = byte_channel(sub.0.stdout.take().expect("curl stdout"));
+    let mut seen = Vec::new();
+    // The opening boundary comes with the subscription.
+    wait_for(&rx, &mut seen, "--00MsgBus00", "curl subscriber");
+
+    let publish = run(Command::new("curl")
+        .args(["-sS", "--fail", "--cacert", &pki.ca, "--resolve", &resolve])
+        .args(["-H", "Content-Type: text/plain", "--data-binary"])
+        .arg("hello over https")
+        .args(["-w", "%{http_code}"])
+        .arg(format!("https://localhost:{port}/msgbus/news")));
+    assert!(
+        publish.status.success(),
+        "curl publish: {:?} {}",
+        publish.status,
+        text(&publish.stderr)
+    );
+    assert_eq!(text(&publish.stdout), "204");
+
+    wait_for(
+        &rx,
+        &mut seen,
+        "Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nhello over https\r\n--00MsgBus00",
+        "curl subscriber",
+    );
+
+    // Without the test CA curl must refuse the server (60: peer
+    // certificate cannot be authenticated with known CA certificates).
+    let untrusted = run(Command::new("curl")
+        .args(["-sS", "-o", "/dev/null"])
+        .arg(format!("https://127.0.0.1:{port}/msgbus-stats")));
+    assert_eq!(
+        untrusted.status.code(),
+        Some(60),
+        "curl without --cacert: {}",
+        text(&untrusted.stderr)
+    );
+}
+
+#[test]
+fn one_pem_file_may_hold_certificate_and_key() {
+    require("curl");
+    let pki = Pki::new();
+    let server = start_tls(&pki.both, &pki.both, &[]);
+    let port = port_of(server.addr("bus-tls")).to_string();
+    let stats = run(Command::new("curl")
+        .args(["-sS", "--fail", "--cacert", &pki.ca])
+        .arg(format!("https://127.0.0.1:{port}/msgbus-stats")));
+    assert!(
+        stats.status.success(),
+        "curl /msgbus-stats: {}",
+        text(&stats.stderr)
+    );
+    assert!(
+        text(&stats.stdout).starts_with('{'),
+        "{}",
+        text(&stats.stdout)
+    );
+}
+
+/// Subscribes and publishes with Python's own TLS and HTTP code; prints
+/// one line per check.
+const PYTHON_CLIENT: &str = r#"
+import http.client, ssl, sys
+
+port, ca = int(sys.argv[1]), sys.argv[2]
+
+# Without the test CA the handshake must fail.
+try:
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                    context=ssl.create_default_context())
+    c.request("GET", "/msgbus-stats")
+    c.getresponse()
+    print("untrusted: accepted")
+except ssl.SSLCertVerificationError:
+    print("untrusted: refused")
+
+ctx = ssl.create_default_context(cafile=ca)
+sub = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+sub.request("GET", "/msgbus/py")
+r = sub.getresponse()
+print("subscribe:", r.status, r.getheader("Content-Type"))
+print("version:", sub.sock.version())
+buf = b""
+while b"--00MsgBus00" not in buf:
+    chunk = r.read1(4096)
+    if not chunk:
+        break
+    buf += chunk
+
+pub = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+pub.request("POST", "/msgbus/py", body=b"hello from python",
+            headers={"Content-Type": "text/plain"})
+p = pub.getresponse()
+p.read()
+print("publish:", p.status)
+
+buf = b""
+while b"hello from python" not in buf:
+    chunk = r.read1(4096)
+    if not chunk:
+        break
+    buf += chunk
+print("received:", buf.decode("utf-8", "replace").replace("\r\n", "|"))
+"#;
+
+#[test]
+fn python_ssl_and_http_client_subscribe_and_publish() {
+    require("python3");
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let port = port_of(server.addr("bus-tls")).to_string();
+    let out = run(Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &port, &pki.ca])
+        .env("PYTHONUNBUFFERED", "1"));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python3: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"untrusted: refused"), "{stdout}");
+    assert!(
+        lines.contains(&"subscribe: 200 multipart/x-mixed-replace;boundary=00MsgBus00"),
+        "{stdout}"
+    );
+    assert!(lines.contains(&"version: TLSv1.3"), "{stdout}");
+    assert!(lines.contains(&"publish: 204"), "{stdout}");
+    assert!(
+        stdout.contains("Content-Type: text/plain|Content-Length: 17||hello from python|"),
+        "{stdout}"
+    );
+}
+
+// ---------------------------------------------------------------------
+// The line protocol over TLS
+
+#[test]
+fn openssl_s_client_speaks_the_line_protocol() {
+    require("openssl");
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let tls_addr = server.addr("line-tls").to_string();
+
+    let mut s_client = Guard(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &tls_addr, "-CAfile", &pki.ca])
+            .args(["-servername", "localhost", "-verify_hostname", "localhost"])
+            .args(["-verify_return_error", "-quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start openssl s_client"),
+    );
+    let mut input = s_client.0.stdin.take().expect("s_client stdin");
+    let rx = byte_channel(s_client.0.stdout.take().expect("s_client stdout"));
+    let mut seen = Vec::new();
+
+    // Subscribe, then a zero-second wait: its `*` proves the subscription.
+    input
+        .write_all(b"+ tlsnews\r\n< 0 sync.s_client\r\n")
+        .expect("write to s_client");
+    input.flush().expect("flush s_client stdin");
+    wait_for(&rx, &mut seen, "*\r\n", "s_client sync");
+
+    // A plaintext client publishes; the TLS one receives.
+    let mut plain = Client::connect_tcp(server.line()).expect("plain line client");
+    plain.subscribe("tlsnews").expect("subscribe");
+    plain.sync().expect("sync");
+    plain
+        .publish("tlsnews", Some("text/plain"), b"hello from plain")
+        .expect("publish");
+    wait_for(
+        &rx,
+        &mut seen,
+        "! 16 tlsnews text/plain\r\nhello from plain\r\n",
+        "s_client subscriber",
+    );
+
+    // And the other way round, then `.` ends the session.
+    input
+        .write_all(b"! 13 tlsnews text/plain\r\nfrom s_client\r\n.\r\n")
+        .expect("write to s_client");
+    input.flush().expect("flush s_client stdin");
+    plain
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        match plain
+            .next_event()
+            .expect("a publication on the plain client")
+        {
+            Event::Publication(p) => bodies.push(text(&p.body)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(bodies, ["hello from plain", "from s_client"]);
+
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = s_client.0.try_wait().expect("poll s_client") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "s_client still runs after `.`");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "s_client: {status:?}");
+}
+
+#[test]
+fn openssl_s_client_refuses_a_name_the_certificate_lacks() {
+    require("openssl");
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let out = run(Command::new("openssl")
+        .args(["s_client", "-connect", server.addr("line-tls")])
+        .args(["-CAfile", &pki.ca, "-verify_hostname", "wrong.example"])
+        .args(["-verify_return_error", "-brief"]));
+    assert!(!out.status.success(), "s_client accepted a wrong name");
+    assert!(
+        text(&out.stderr).contains("hostname mismatch"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Reads until the server closes (end of stream or reset); fails if it
+/// keeps the connection open for PATIENCE. Returns what was read.
+fn expect_closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    s.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("{what}: not closed ({e}); got {:?}", text(&got)),
+        }
+    }
+}
+
+/// Deterministic noise.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn plaintext_and_garbage_on_tls_doors_are_closed_and_harm_no_one() {
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let line_tls = server.addr("line-tls").to_string();
+    let bus_tls = server.addr("bus-tls").to_string();
+    let config = pki.client_config();
+
+    // A TLS subscriber that must see only the publication made at the end.
+    let mut good = Client::connect_tls(&line_tls, "localhost", config.clone()).expect("connect");
+    good.subscribe("g").expect("subscribe");
+    good.sync().expect("sync");
+    good.set_read_timeout(Some(PATIENCE)).expect("timeout");
+
+    // A client that stops in the middle of its ClientHello stays open
+    // throughout: it must hold up no one.
+    let mut stalled = TcpStream::connect(&line_tls).expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).expect("write");
+
+    let mut tls_looking = vec![0x16, 0x03, 0x03, 0x00, 0x40];
+    tls_looking.extend([0xab; 0x40]);
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "line commands in plaintext",
+            &line_tls,
+            b"+ g\r\n! 3 g\r\nbad\r\n".to_vec(),
+        ),
+        (
+            "an HTTP request in plaintext",
+            &bus_tls,
+            b"GET /msgbus/g HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "a handshake record full of garbage",
+            &line_tls,
+            tls_looking.clone(),
+        ),
+        (
+            "a handshake record full of garbage (bus)",
+            &bus_tls,
+            tls_looking,
+        ),
+        ("noise", &line_tls, noise(8192)),
+        ("noise (bus)", &bus_tls, noise(8192)),
+    ];
+    for (what, addr, bytes) in &cases {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        // The server may close before it has read everything.
+        let _ = s.write_all(bytes);
+        let got = expect_closed(&mut s, what);
+        // At most a TLS alert record comes back, never a protocol answer.
+        assert!(
+            got.is_empty() || got[0] == 0x15,
+            "{what}: answered {:?}",
+            text(&got)
+        );
+    }
+
+    // After a complete handshake, a record that fails authentication.
+    let mut forged =
+        Transport::connect_tls(&line_tls, "localhost", config.clone()).expect("connect");
+    let Transport::Tls(stream) = &mut forged else {
+        panic!("a TLS transport")
+    };
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x30];
+    record.extend(noise(0x30));
+    stream
+        .sock
+        .write_all(&record)
+        .expect("write a forged record");
+    stream
+        .sock
+        .set_read_timeout(Some(PATIENCE))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    match forged.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut => {}
+        other => panic!("a forged record: connection not closed: {other:?}"),
+    }
+
+    // Everyone else is fine: the subscriber gets exactly the next
+    // publication, new TLS clients on both doors are served.
+    let mut publisher = Client::connect_tcp(server.line()).expect("plain client");
+    publisher
+        .publish("g", Some("text/plain"), b"after")
+        .expect("publish");
+    match good.next_event().expect("the subscriber's next event") {
+        Event::Publication(p) => assert_eq!(text(&p.body), "after"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut fresh = Client::connect_tls(&line_tls, "127.0.0.1", config.clone()).expect("connect");
+    assert_eq!(fresh.ready(0, &["nobody"]).expect("ready"), None);
+    fresh.quit().expect("quit");
+
+    let mut https = Transport::connect_tls(&bus_tls, "localhost", config).expect("connect");
+    https
+        .write_all(b"GET /msgbus-stats HTTP/1.0\r\n\r\n")
+        .expect("write");
+    https.flush().expect("flush");
+    https.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut answer = Vec::new();
+    https.read_to_end(&mut answer).expect("read the stats page");
+    assert!(
+        text(&answer).starts_with("HTTP/1.0 200"),
+        "{}",
+        text(&answer)
+    );
+
+    // The stalled handshake is still open: the server never waits on it.
+    stalled
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    match stalled.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the stalled handshake was answered: {other:?}"),
+    }
+    let _ = stalled.shutdown(Shutdown::Both);
+}
+
+// ---------------------------------------------------------------------
+// switchboard-cli over TLS
+
+fn cli(args: &[&str]) -> Output {
+    run(Command::new(CLI).args(args))
+}
+
+fn assert_exit(o: &Output, want: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(want),
+        "exit status; stdout: {}; stderr: {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn cli_publishes_and_subscribes_over_tls() {
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let addr = server.addr("line-tls").to_string();
+    let tls = ["--tls", "--ca", pki.ca.as_str(), "--address", addr.as_str()];
+
+    // Ends by itself after one message, or when the server goes.
+    let mut sub = Command::new(CLI)
+        .args(tls)
+        .args(["subscribe", "-n", "1", "news"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start switchboard-cli subscribe");
+    let err = byte_channel(sub.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    wait_for(&err, &mut seen, "subscribed: news", "cli subscriber");
+
+    // By name this time: the certificate holds `localhost` too.
+    let publish = cli(&[
+        "--tls",
+        "--ca",
+        &pki.ca,
+        "--address",
+        &addr,
+        "--server-name",
+        "localhost",
+        "publish",
+        "news",
+        "over tls",
+        "--type",
+        "text/plain",
+    ]);
+    assert_exit(&publish, 0);
+
+    let out = finish(sub);
+    assert_exit(&out, 0);
+    assert_eq!(text(&out.stdout), "! 8 news text/plain\nover tls\n");
+
+    let query = cli(&[&tls[..], &["query", "anyone?", "0", "nobody"]].concat());
+    assert_exit(&query, 1);
+    assert_eq!(text(&query.stdout), "*\n");
+}
+
+#[test]
+fn cli_refuses_expired_wrong_host_and_untrusted_certificates() {
+    let pki = Pki::new();
+    let expired = start_tls(&pki.expired_cert, &pki.expired_key, &[]);
+    let wrong = start_tls(&pki.wrong_host_cert, &pki.wrong_host_key, &[]);
+    let good = start_tls(&pki.cert, &pki.key, &[]);
+    let publish = |addr: &str, ca: &str, extra: &[&str]| {
+        let mut args = vec!["--tls", "--ca", ca, "--address", addr];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["publish", "news", "x"]);
+        cli(&args)
+    };
+
+    let cases: Vec<(&str, Output, String)> = vec![
+        (
+            "expired",
+            publish(expired.addr("line-tls"), &pki.ca, &[]),
+            format!(
+                "switchboard-cli: cannot connect to {}: TLS: the server's certificate was \
+                 refused: certificate expired: verification time ",
+                expired.addr("line-tls")
+            ),
+        ),
+        (
+            "expired, by name",
+            publish(
+                expired.addr("line-tls"),
+                &pki.ca,
+                &["--server-name", "localhost"],
+            ),
+            "certificate expired".into(),
+        ),
+        (
+            "wrong host",
+            publish(wrong.addr("line-tls"), &pki.ca, &[]),
+            format!(
+                "switchboard-cli: cannot connect to {}: TLS: the server's certificate was \
+                 refused: certificate not valid for name \"127.0.0.1\"; certificate is only \
+                 valid for DnsName(\"wrong.example\")\n",
+                wrong.addr("line-tls")
+            ),
+        ),
+        (
+            "a good certificate, another name",
+            publish(
+                good.addr("line-tls"),
+                &pki.ca,
+                &["--server-name", "bus.example"],
+            ),
+            "certificate not valid for name \"bus.example\"".into(),
+        ),
+        (
+            "an untrusted CA",
+            publish(good.addr("line-tls"), &pki.other_ca, &[]),
+            "TLS: the server's certificate is not signed by a trusted CA (unknown issuer)\n".into(),
+        ),
+        (
+            "a plaintext door",
+            publish(good.line(), &pki.ca, &[]),
+            "(is the server's door a TLS door?)\n".into(),
+        ),
+        (
+            "a CA file without certificates",
+            publish(good.addr("line-tls"), &pki.key, &[]),
+            format!(
+                "switchboard-cli: --ca {}: no CERTIFICATE block found in the file\n",
+                pki.key
+            ),
+        ),
+        (
+            "a missing CA file",
+            publish(good.addr("line-tls"), &pki.path("missing.pem"), &[]),
+            format!(
+                "switchboard-cli: --ca {}: No such file or directory",
+                pki.path("missing.pem")
+            ),
+        ),
+    ];
+    for (what, out, want) in &cases {
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(want.as_str()),
+            "{what}: stderr {:?} lacks {want:?}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{what}: {}", text(&out.stdout));
+    }
+
+    // --tls needs --ca; --ca and --server-name need --tls.
+    for args in [
+        &["--tls", "publish", "a", "b"][..],
+        &["--ca", &pki.ca, "publish", "a", "b"],
+        &["--server-name", "localhost", "publish", "a", "b"],
+    ] {
+        let out = cli(args);
+        assert_exit(&out, 2);
+    }
+
+    // The library says the same.
+    let config = pki.client_config();
+    match Client::connect_tls(expired.addr("line-tls"), "127.0.0.1", config) {
+        Err(Error::Tls(rustls::Error::InvalidCertificate(c))) => assert!(
+            matches!(c, rustls::CertificateError::ExpiredContext { .. }),
+            "{c:?}"
+        ),
+        other => panic!("an expired certificate: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------
+// Many TLS subscribers
+
+/// The soft limit on open files, from /proc (Linux); None elsewhere.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+fn a_thousand_tls_subscribers_all_receive_a_burst() {
+    const SUBSCRIBERS: usize = 1000;
+    const THREADS: usize = 8;
+    const BURST: usize = 10;
+    if let Some(limit) = open_file_limit() {
+        assert!(
+            limit >= 2 * SUBSCRIBERS as u64 + 200,
+            "this test opens {SUBSCRIBERS} connections (both ends in this process and the \
+             server it starts) and the open-file limit is {limit}: raise it (`ulimit -n 4096`)"
+        );
+    }
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &["--bus-listen", "off"]);
+    let addr = server.addr("line-tls").to_string();
+    let config = pki.client_config();
+    let started = Instant::now();
+
+    // Each thread holds its share of blocking clients: it connects and
+    // subscribes them all, reports, then reads the burst from each in turn
+    // (what a client has not read yet waits in its socket).
+    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+    let mut go_senders = Vec::new();
+    let mut workers = Vec::new();
+    for t in 0..THREADS {
+        let (go_tx, go_rx_t) = mpsc::channel::<()>();
+        go_senders.push(go_tx);
+        let addr = addr.clone();
+        let config = config.clone();
+        let ready_tx = ready_tx.clone();
+        workers.push(thread::spawn(move || -> Result<usize, String> {
+            let share = (t..SUBSCRIBERS).step_by(THREADS).count();
+            let mut clients = Vec::with_capacity(share);
+            for i in 0..share {
+                let mut c = Client::connect_tls(&addr, "localhost", config.clone())
+                    .map_err(|e| format!("subscriber {t}.{i}: connect: {e}"))?;
+                c.set_read_timeout(Some(PATIENCE))
+                    .map_err(|e| format!("subscriber {t}.{i}: {e}"))?;
+                c.subscribe("burst")
+                    .map_err(|e| format!("subscriber {t}.{i}: subscribe: {e}"))?;
+                clients.push(c);
+            }
+            for (i, c) in clients.iter_mut().enumerate() {
+                c.sync()
+                    .map_err(|e| format!("subscriber {t}.{i}: sync: {e}"))?;
+            }
+            let _ = ready_tx.send(clients.len());
+            go_rx_t
+                .recv_timeout(PATIENCE * 4)
+                .map_err(|_| "no burst came".to_string())?;
+            let mut received = 0;
+            for (i, c) in clients.iter_mut().enumerate() {
+                for n in 0..BURST {
+                    match c.next_event() {
+                        Ok(Event::Publication(p)) => {
+                            let want = format!("burst message {n}");
+                            if p.body != want.as_bytes() {
+                                return Err(format!(
+                                    "subscriber {t}.{i}: got {:?}, expected {want:?}",
+                                    text(&p.body)
+                                ));
+                            }
+                            received += 1;
+                        }
+                        other => return Err(format!("subscriber {t}.{i}: message {n}: {other:?}")),
+                    }
+                }
+            }
+            Ok(received)
+        }));
+    }
+    drop(ready_tx);
+    let mut subscribed = 0;
+    while subscribed < SUBSCRIBERS {
+        match ready_rx.recv_timeout(PATIENCE * 4) {
+            Ok(n) => subscribed += n,
+            Err(_) => break,
+        }
+    }
+    if subscribed < SUBSCRIBERS {
+        let errors: Vec<String> = workers
+            .into_iter()
+            .filter_map(|w| w.join().ok().and_then(|r| r.err()))
+            .collect();
+        panic!("only {subscribed} of {SUBSCRIBERS} subscribed: {errors:?}");
+    }
+    let handshakes = started.elapsed();
+
+    let mut publisher = Client::connect_tcp(server.line()).expect("publisher");
+    for n in 0..BURST {
+        publisher
+            .publish(
+                "burst",
+                Some("text/plain"),
+                format!("burst message {n}").as_bytes(),
+            )
+            .expect("publish");
+    }
+    for go in &go_senders {
+        let _ = go.send(());
+    }
+    let mut received = 0;
+    let mut errors = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(n)) => received += n,
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a subscriber thread panicked".into()),
+        }
+    }
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(received, SUBSCRIBERS * BURST);
+    publisher.quit().expect("publisher quit");
+    eprintln!(
+        "{SUBSCRIBERS} TLS subscribers connected and subscribed in {handshakes:?}; \
+         all {BURST} messages reached all of them {:?} after the start",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------
+// Start-up errors
+
+/// Runs the server with `tls_args`; returns its exit status, stdout and
+/// stderr.
+fn start_failing(tls_args: &[&str]) -> (ExitStatus, String, String) {
+    let out = run(Command::new(SERVER)
+        .args([
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--bus-tls-listen", "127.0.0.1:0"])
+        .args(tls_args));
+    (out.status, text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn bad_certificate_and_key_files_stop_the_server_before_it_listens() {
+    let pki = Pki::new();
+    let missing_cert = pki.path("missing.pem");
+    let missing_key = pki.path("missing.key");
+    let cases: Vec<(&str, Vec<&str>, String)> = vec![
+        (
+            "missing certificate file",
+            vec!["--tls-cert", &missing_cert, "--tls-key", &pki.key],
+            format!(
+                "switchboard: --tls-cert {missing_cert}: No such file or directory (os error 2)\n"
+            ),
+        ),
+        (
+            "missing key file",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &missing_key],
+            format!(
+                "switchboard: --tls-key {missing_key}: No such file or directory (os error 2)\n"
+            ),
+        ),
+        (
+            "key of another certificate",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &pki.stray_key],
+            format!(
+                "switchboard: --tls-cert {} / --tls-key {}: the private key does not match \
+                 the certificate\n",
+                pki.cert, pki.stray_key
+            ),
+        ),
+        (
+            "certificate file with no PEM block",
+            vec!["--tls-cert", &pki.no_pem, "--tls-key", &pki.key],
+            format!(
+                "switchboard: --tls-cert {}: no CERTIFICATE block found in the file\n",
+                pki.no_pem
+            ),
+        ),
+        (
+            "key file with no PEM block",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &pki.no_pem],
+            format!(
+                "switchboard: --tls-key {}: no PRIVATE KEY block found in the file \
+                 (PKCS#8, PKCS#1 or SEC1 PEM expected)\n",
+                pki.no_pem
+            ),
+        ),
+        (
+            "certificate given as the key",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &pki.cert],
+            format!(
+                "switchboard: --tls-key {}: no PRIVATE KEY block found in the file \
+                 (PKCS#8, PKCS#1 or SEC1 PEM expected)\n",
+                pki.cert
+            ),
+        ),
+    ];
+    for (what, args, want) in &cases {
+        let (status, stdout, stderr) = start_failing(args);
+        assert_eq!(status.code(), Some(2), "{what}: {stderr}");
+        assert_eq!(&stderr, want, "{what}");
+        assert!(!stdout.contains("listening"), "{what}: {stdout}");
+    }
+
+    // A certificate without a key (or the reverse) is a usage error.
+    for args in [
+        &["--tls-cert", pki.cert.as_str()][..],
+        &["--tls-key", pki.key.as_str()],
+    ] {
+        let (status, stdout, stderr) = start_failing(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("required"), "{args:?}: {stderr}");
+        assert!(!stdout.contains("listening"), "{args:?}: {stdout}");
+    }
+}
