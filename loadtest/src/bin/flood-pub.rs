@@ -79,7 +79,7 @@ struct Args {
     #[arg(long = "pipeline", value_name = "N", default_value_t = 64)]
     pipeline: u64,
 
-    /// Spread connections over source addresses 127.0.0.1 ... 127.0.0.N
+    /// Spread connections over source addresses 127.0.0.1 ... 127.0.0.N (0: let the kernel choose)
     #[arg(long = "sources", value_name = "N", default_value_t = 0)]
     sources: usize,
 

@@ -63,7 +63,7 @@ struct Args {
     #[arg(long = "http10")]
     http10: bool,
 
-    /// Spread connections over source addresses 127.0.0.1 ... 127.0.0.N
+    /// Spread connections over source addresses 127.0.0.1 ... 127.0.0.N (0: let the kernel choose)
     #[arg(long = "sources", value_name = "N", default_value_t = 0)]
     sources: usize,
 
