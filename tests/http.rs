@@ -675,6 +675,11 @@ fn type_and_sender_filters() {
                 "anon-TextPlain",
             ],
         ),
+        // The empty pattern matches the empty sender: anonymous only.
+        (
+            "/msgbus/foo?sender=",
+            vec!["anon-text", "anon-jpeg", "anon-json", "anon-TextPlain"],
+        ),
         ("/msgbus/?type=image/*", vec!["anon-jpeg", "alice-png"]),
     ];
     let mut subs: Vec<Conn> = cases
