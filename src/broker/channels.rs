@@ -98,6 +98,10 @@ struct Batch {
     content_type: Bytes,
     sender: Option<Bytes>,
     messages: u32,
+    /// Subscribers per framing when the batch opened (nothing changes them
+    /// while it is open: every other broker action seals it first).
+    wanted: [u32; FRAMINGS],
+    root_wanted: [u32; FRAMINGS],
     frames: [BytesMut; FRAMINGS],
     root_frames: [BytesMut; FRAMINGS],
 }
@@ -163,54 +167,72 @@ impl Channels {
         self.root.remove(conn)
     }
 
-    /// Publishes one message to `channel`. The frames are queued to
-    /// subscribers when the batch is sealed.
+    /// Publishes one message to `channel`. Its frames are queued to
+    /// subscribers when the batch is sealed. The arguments are borrowed: a
+    /// publish that extends the open batch allocates nothing but frame bytes.
     pub fn publish(
         &mut self,
-        channel: Bytes,
-        content_type: Bytes,
-        sender: Option<Bytes>,
+        channel: &[u8],
+        content_type: &[u8],
+        sender: Option<&[u8]>,
         body: &[u8],
         out: &mut impl Outbox,
     ) {
         self.published += 1;
         let same = self.open.as_ref().is_some_and(|b| {
-            b.channel == channel && b.content_type == content_type && b.sender == sender
+            &b.channel[..] == channel
+                && &b.content_type[..] == content_type
+                && b.sender.as_deref() == sender
         });
         if !same {
             self.seal(out);
+            let wanted = self
+                .channels
+                .get(channel)
+                .map_or([0; FRAMINGS], |a| a.per_framing);
+            let root_wanted = self.root.per_framing;
+            if wanted.iter().chain(root_wanted.iter()).all(|&n| n == 0) {
+                return;
+            }
+            self.open = Some(Batch {
+                channel: Bytes::copy_from_slice(channel),
+                content_type: Bytes::copy_from_slice(content_type),
+                sender: sender.map(Bytes::copy_from_slice),
+                messages: 0,
+                wanted,
+                root_wanted,
+                frames: Default::default(),
+                root_frames: Default::default(),
+            });
         }
-        let audience = self.channels.get(&channel);
-        let wanted = audience.map_or([0; FRAMINGS], |a| a.per_framing);
-        let root_wanted = self.root.per_framing;
-        if wanted.iter().chain(root_wanted.iter()).all(|&n| n == 0) {
+        let Some(batch) = self.open.as_mut() else {
             return;
-        }
-        let batch = self.open.get_or_insert_with(|| Batch {
+        };
+        batch.messages += 1;
+        let p = Publication {
             channel,
             content_type,
             sender,
-            messages: 0,
-            frames: Default::default(),
-            root_frames: Default::default(),
-        });
-        batch.messages += 1;
-        let p = Publication {
-            channel: &batch.channel,
-            content_type: &batch.content_type,
-            sender: batch.sender.as_deref(),
             body,
         };
         let mut full = false;
         for framing in Framing::ALL {
             let i = framing as usize;
-            if wanted[i] > 0 {
-                frames::append(&mut batch.frames[i], framing, &p, false);
-                full |= batch.frames[i].len() >= BATCH_BYTES;
+            if batch.wanted[i] > 0 {
+                let buf = &mut batch.frames[i];
+                if buf.capacity() == 0 {
+                    buf.reserve(BATCH_BYTES + 1024);
+                }
+                frames::append(buf, framing, &p, false);
+                full |= buf.len() >= BATCH_BYTES;
             }
-            if root_wanted[i] > 0 {
-                frames::append(&mut batch.root_frames[i], framing, &p, true);
-                full |= batch.root_frames[i].len() >= BATCH_BYTES;
+            if batch.root_wanted[i] > 0 {
+                let buf = &mut batch.root_frames[i];
+                if buf.capacity() == 0 {
+                    buf.reserve(BATCH_BYTES + 1024);
+                }
+                frames::append(buf, framing, &p, true);
+                full |= buf.len() >= BATCH_BYTES;
             }
         }
         if full {
@@ -285,7 +307,7 @@ mod tests {
         }
         ch.subscribe(conn(9), b("other"), Subscription::line(), &mut out);
         for body in ["a", "b", "c"] {
-            ch.publish(b("news"), b("text/plain"), None, body.as_bytes(), &mut out);
+            ch.publish(b"news", b"text/plain", None, body.as_bytes(), &mut out);
         }
         ch.seal(&mut out);
         for k in 0..3 {
@@ -307,9 +329,9 @@ mod tests {
         let mut out = RecordingOutbox::default();
         ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
         ch.subscribe(conn(1), b("y"), Subscription::line(), &mut out);
-        ch.publish(b("x"), b("t"), None, b"1", &mut out);
-        ch.publish(b("y"), b("t"), None, b"2", &mut out);
-        ch.publish(b("x"), b("t"), None, b"3", &mut out);
+        ch.publish(b"x", b"t", None, b"1", &mut out);
+        ch.publish(b"y", b"t", None, b"2", &mut out);
+        ch.publish(b"x", b"t", None, b"3", &mut out);
         ch.seal(&mut out);
         assert_eq!(
             out.bytes_for(conn(1)),
@@ -322,9 +344,9 @@ mod tests {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
         ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
-        ch.publish(b("x"), b("t"), None, b"1", &mut out);
+        ch.publish(b"x", b"t", None, b"1", &mut out);
         assert!(ch.unsubscribe(conn(1), b"x", &mut out));
-        ch.publish(b("x"), b("t"), None, b"2", &mut out);
+        ch.publish(b"x", b"t", None, b"2", &mut out);
         ch.seal(&mut out);
         assert_eq!(out.bytes_for(conn(1)), b"! 1 x t\r\n1\r\n");
         assert_eq!(ch.channel_count(), 0);
@@ -341,9 +363,9 @@ mod tests {
         };
         ch.subscribe(conn(1), b("x"), images, &mut out);
         ch.subscribe_all(conn(2), Subscription::line(), &mut out);
-        ch.publish(b("x"), b("text/plain"), None, b"t", &mut out);
-        ch.publish(b("x"), b("image/png"), None, b"i", &mut out);
-        ch.publish(b("y"), b("text/plain"), None, b"y", &mut out);
+        ch.publish(b"x", b"text/plain", None, b"t", &mut out);
+        ch.publish(b"x", b"image/png", None, b"i", &mut out);
+        ch.publish(b"y", b"text/plain", None, b"y", &mut out);
         ch.seal(&mut out);
         assert_eq!(out.bytes_for(conn(1)), b"! 1 x image/png\r\ni\r\n");
         assert_eq!(
@@ -368,7 +390,7 @@ mod tests {
             };
             ch.subscribe(conn(k), b("x"), sub, &mut out);
         }
-        ch.publish(b("x"), b("t"), None, b"body", &mut out);
+        ch.publish(b"x", b"t", None, b"body", &mut out);
         ch.seal(&mut out);
         let distinct: std::collections::HashSet<*const u8> =
             out.frames.iter().map(|(_, f, _)| f.as_ptr()).collect();
@@ -381,7 +403,7 @@ mod tests {
         let mut out = RecordingOutbox::default();
         ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
         ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
-        ch.publish(b("x"), b("t"), None, b"1", &mut out);
+        ch.publish(b"x", b"t", None, b"1", &mut out);
         ch.seal(&mut out);
         assert_eq!(out.frames.len(), 1);
         assert_eq!(ch.subscription_count(), 1);

@@ -31,8 +31,10 @@ pub struct ConnId {
 /// Where the broker puts its output. The IO shell implements it over its
 /// connections; tests implement it over a `Vec`.
 pub trait Outbox {
-    /// Queues `frame`, which carries `messages` messages, for `conn`. A
-    /// connection that is gone ignores it.
+    /// Queues `frame` for `conn`; a connection that is gone ignores it.
+    /// `messages` is the number of channel messages the frame carries, which
+    /// the slow-subscriber policy may drop; frames that must never be dropped
+    /// (queue deliveries, answers, responses) pass 0.
     fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32);
     /// The line-protocol wait of `conn` has been answered (message or `*`):
     /// the connection may go on with its next command.

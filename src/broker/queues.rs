@@ -196,7 +196,7 @@ impl Queues {
         for addr in &addresses {
             if let Some(msg) = self.pop_live_message(now, addr) {
                 self.queued_out += 1;
-                out.deliver(conn, message_frame(addr, &msg), 1);
+                out.deliver(conn, message_frame(addr, &msg), 0);
                 out.wait_done(conn);
                 return None;
             }
@@ -318,7 +318,7 @@ impl Queues {
 
     fn answer(&mut self, wait: Wait, addr: &Bytes, msg: Message, out: &mut impl Outbox) {
         self.queued_out += 1;
-        out.deliver(wait.conn, message_frame(addr, &msg), 1);
+        out.deliver(wait.conn, message_frame(addr, &msg), 0);
         out.wait_done(wait.conn);
     }
 

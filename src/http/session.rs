@@ -324,11 +324,13 @@ fn publish(req: &Request, channel: Bytes, user: Option<String>, env: &mut Env<'_
         env.send(b);
         return;
     };
-    let content_type = Bytes::copy_from_slice(content_type);
-    let sender = user.map(Bytes::from);
-    env.broker
-        .channels
-        .publish(channel, content_type, sender, &req.body, env.out);
+    env.broker.channels.publish(
+        &channel,
+        content_type,
+        user.as_deref().map(str::as_bytes),
+        &req.body,
+        env.out,
+    );
     response::simple(
         &mut b,
         req.minor_version,

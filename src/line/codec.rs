@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::broker::queues::MAX_ADDRESSES;
 
@@ -96,50 +96,155 @@ impl fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
-/// A command line whose body has not arrived yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Pending {
+/// A command whose fields borrow the input buffer: decoding it costs no
+/// allocation and no reference counting. [`Decoder::decode_raw`] returns it
+/// with the number of input bytes it spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Raw<'a> {
+    /// An empty line: nothing to do but skip it.
+    Blank,
     Send {
-        to: Bytes,
-        reply: Option<Bytes>,
+        to: &'a [u8],
+        reply: Option<&'a [u8]>,
         timeout_s: u64,
+        body: &'a [u8],
+    },
+    Ready {
+        timeout_s: u64,
+        addresses: Addresses<'a>,
     },
     Query {
         timeout_s: u64,
-        to: Bytes,
+        to: &'a [u8],
+        body: &'a [u8],
+    },
+    Quit,
+    Subscribe {
+        channel: &'a [u8],
+    },
+    Unsubscribe {
+        channel: &'a [u8],
     },
     Publish {
-        channel: Bytes,
-        content_type: Option<Bytes>,
+        channel: &'a [u8],
+        content_type: Option<&'a [u8]>,
+        body: &'a [u8],
     },
 }
 
-impl Pending {
-    fn with_body(self, body: Bytes) -> Command {
+/// Up to [`MAX_ADDRESSES`] borrowed addresses: the text of the line from the
+/// first address on, split again when iterated (kept small so that a
+/// [`Raw`] stays cheap to move).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addresses<'a> {
+    text: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Addresses<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.text
+            .split(|&b| is_space(b))
+            .filter(|f| !f.is_empty())
+            .take(self.len)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Most fields kept from one line; a longer line is an error for every verb.
+const MAX_FIELDS: usize = MAX_ADDRESSES + 2;
+
+/// The fields of one command line.
+struct Fields<'a> {
+    list: [&'a [u8]; MAX_FIELDS],
+    len: usize,
+    /// More fields than `list` holds.
+    overflow: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn split(line: &'a [u8]) -> Fields<'a> {
+        let mut f = Fields {
+            list: [&[]; MAX_FIELDS],
+            len: 0,
+            overflow: false,
+        };
+        let mut rest = line;
+        loop {
+            let start = rest
+                .iter()
+                .position(|&b| !is_space(b))
+                .unwrap_or(rest.len());
+            rest = rest.get(start..).unwrap_or_default();
+            if rest.is_empty() {
+                break;
+            }
+            let end = rest.iter().position(|&b| is_space(b)).unwrap_or(rest.len());
+            let (field, tail) = rest.split_at(end);
+            match f.list.get_mut(f.len) {
+                Some(slot) => {
+                    *slot = field;
+                    f.len += 1;
+                }
+                None => {
+                    f.overflow = true;
+                    break;
+                }
+            }
+            rest = tail;
+        }
+        f
+    }
+
+    fn args(&self) -> &[&'a [u8]] {
+        self.list.get(1..self.len).unwrap_or(&[])
+    }
+}
+
+/// A parsed command line, before its body.
+enum Head<'a> {
+    Blank,
+    Done(Raw<'a>),
+    /// Needs a body of this length.
+    Body(Raw<'a>, usize),
+}
+
+impl<'a> Raw<'a> {
+    fn with_body(self, body: &'a [u8]) -> Raw<'a> {
         match self {
-            Pending::Send {
+            Raw::Send {
                 to,
                 reply,
                 timeout_s,
-            } => Command::Send {
+                ..
+            } => Raw::Send {
                 to,
                 reply,
                 timeout_s,
                 body,
             },
-            Pending::Query { timeout_s, to } => Command::Query {
+            Raw::Query { timeout_s, to, .. } => Raw::Query {
                 timeout_s,
                 to,
                 body,
             },
-            Pending::Publish {
+            Raw::Publish {
                 channel,
                 content_type,
-            } => Command::Publish {
+                ..
+            } => Raw::Publish {
                 channel,
                 content_type,
                 body,
             },
+            other => other,
         }
     }
 }
@@ -151,8 +256,9 @@ pub struct Decoder {
     max_body: usize,
     /// Bytes of the current line already searched for `\n`.
     scanned: usize,
-    /// A parsed line waiting for `len` body bytes and CRLF.
-    pending: Option<(Pending, usize)>,
+    /// A complete line whose body has not fully arrived: (line length, total
+    /// length of the command).
+    body_wait: Option<(usize, usize)>,
 }
 
 impl Decoder {
@@ -161,138 +267,175 @@ impl Decoder {
             max_line,
             max_body,
             scanned: 0,
-            pending: None,
+            body_wait: None,
         }
     }
 
     /// True when the decoder holds no partial command state.
     pub fn is_idle(&self) -> bool {
-        self.scanned == 0 && self.pending.is_none()
+        self.scanned == 0 && self.body_wait.is_none()
     }
 
     /// Decodes the next command from the front of `buf`, consuming its bytes.
     /// `Ok(None)` means more input is needed; an error is final for the
-    /// connection.
+    /// connection. Bodies and fields share `buf`'s memory.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Command>, LineError> {
         loop {
-            if let Some((_, len)) = &self.pending {
-                let len = *len;
-                if buf.len() < len + 2 {
-                    return Ok(None);
-                }
-                if buf.get(len..len + 2) != Some(b"\r\n") {
-                    return Err(LineError::BodyNotTerminated);
-                }
-                let body = buf.split_to(len).freeze();
-                buf.advance(2);
-                let Some((pending, _)) = self.pending.take() else {
-                    return Ok(None);
-                };
-                return Ok(Some(pending.with_body(body)));
-            }
-            let start = self.scanned.min(buf.len());
-            let Some(pos) = buf.get(start..).and_then(|b| memchr::memchr(b'\n', b)) else {
-                self.scanned = buf.len();
-                if buf.len() > self.max_line {
-                    return Err(LineError::LineTooLong(self.max_line));
-                }
+            let Some((raw, n)) = self.decode_raw(buf)? else {
                 return Ok(None);
             };
-            let end = start + pos + 1;
-            self.scanned = 0;
-            if end > self.max_line {
-                return Err(LineError::LineTooLong(self.max_line));
-            }
-            let line = buf.split_to(end).freeze();
-            match self.parse_line(&line)? {
-                Parsed::Blank => continue,
-                Parsed::Done(cmd) => return Ok(Some(cmd)),
-                Parsed::Body(pending, 0) => return Ok(Some(pending.with_body(Bytes::new()))),
-                Parsed::Body(pending, len) => self.pending = Some((pending, len)),
+            let ranges = Ranges::of(&raw, buf);
+            let frame = buf.split_to(n).freeze();
+            if let Some(cmd) = ranges.to_command(&frame) {
+                return Ok(Some(cmd));
             }
         }
     }
 
-    fn parse_line(&self, line: &Bytes) -> Result<Parsed, LineError> {
-        let mut fields = line
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|f| !f.is_empty())
-            .map(|f| line.slice_ref(f));
-        let Some(verb) = fields.next() else {
-            return Ok(Parsed::Blank);
+    /// Finds the next complete command at the front of `buf` without
+    /// consuming anything; returns it with the number of bytes it spans,
+    /// which the caller must remove from the front before the next call.
+    pub fn decode_raw<'a>(&mut self, buf: &'a [u8]) -> Result<Option<(Raw<'a>, usize)>, LineError> {
+        if let Some((line_end, total)) = self.body_wait {
+            if buf.len() < total {
+                return Ok(None);
+            }
+            self.body_wait = None;
+            let line = buf.get(..line_end).unwrap_or_default();
+            return match self.parse_line(line)? {
+                Head::Body(raw, len) => self.attach_body(buf, raw, line_end, len).map(Some),
+                _ => Ok(None),
+            };
+        }
+        let start = self.scanned.min(buf.len());
+        let Some(pos) = buf.get(start..).and_then(|b| memchr::memchr(b'\n', b)) else {
+            self.scanned = buf.len();
+            if buf.len() > self.max_line {
+                return Err(LineError::LineTooLong(self.max_line));
+            }
+            return Ok(None);
         };
-        let args: Vec<Bytes> = fields.collect();
-        match &verb[..] {
+        let line_end = start + pos + 1;
+        self.scanned = 0;
+        if line_end > self.max_line {
+            return Err(LineError::LineTooLong(self.max_line));
+        }
+        let line = buf.get(..line_end).unwrap_or_default();
+        match self.parse_line(line)? {
+            Head::Blank => Ok(Some((Raw::Blank, line_end))),
+            Head::Done(raw) => Ok(Some((raw, line_end))),
+            Head::Body(raw, 0) => Ok(Some((raw, line_end))),
+            Head::Body(raw, len) => {
+                let total = line_end + len + 2;
+                if buf.len() < total {
+                    self.body_wait = Some((line_end, total));
+                    return Ok(None);
+                }
+                self.attach_body(buf, raw, line_end, len).map(Some)
+            }
+        }
+    }
+
+    fn attach_body<'a>(
+        &self,
+        buf: &'a [u8],
+        raw: Raw<'a>,
+        line_end: usize,
+        len: usize,
+    ) -> Result<(Raw<'a>, usize), LineError> {
+        let body_end = line_end + len;
+        if buf.get(body_end..body_end + 2) != Some(b"\r\n") {
+            return Err(LineError::BodyNotTerminated);
+        }
+        let body = buf.get(line_end..body_end).unwrap_or_default();
+        Ok((raw.with_body(body), body_end + 2))
+    }
+
+    fn parse_line<'a>(&self, line: &'a [u8]) -> Result<Head<'a>, LineError> {
+        let fields = Fields::split(line);
+        let Some(verb) = fields.list.first().filter(|_| fields.len > 0) else {
+            return Ok(Head::Blank);
+        };
+        let args = fields.args();
+        let overflow = fields.overflow;
+        match *verb {
             b">" => {
-                let [len, timeout, to, rest @ ..] = &args[..] else {
+                let [len, timeout, to, rest @ ..] = args else {
                     return Err(LineError::MessageFormat);
                 };
-                if rest.len() > 1 {
+                if rest.len() > 1 || overflow {
                     return Err(LineError::MessageFormat);
                 }
                 let len = self.length(len)?;
-                Ok(Parsed::Body(
-                    Pending::Send {
-                        to: to.clone(),
-                        reply: rest.first().cloned(),
+                Ok(Head::Body(
+                    Raw::Send {
+                        to,
+                        reply: rest.first().copied(),
                         timeout_s: timeout_of(timeout)?,
+                        body: &[],
                     },
                     len,
                 ))
             }
             b"<" => {
-                let [timeout, addresses @ ..] = &args[..] else {
+                let [timeout, addresses @ ..] = args else {
                     return Err(LineError::ReadyFormat);
                 };
                 if addresses.is_empty() {
                     return Err(LineError::ReadyFormat);
                 }
-                if addresses.len() > MAX_ADDRESSES {
+                if addresses.len() > MAX_ADDRESSES || overflow {
                     return Err(LineError::TooManyAddresses);
                 }
-                Ok(Parsed::Done(Command::Ready {
+                let first = addresses.first().copied().unwrap_or_default();
+                let from = (first.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize);
+                Ok(Head::Done(Raw::Ready {
                     timeout_s: timeout_of(timeout)?,
-                    addresses: addresses.to_vec(),
+                    addresses: Addresses {
+                        text: line.get(from..).unwrap_or_default(),
+                        len: addresses.len(),
+                    },
                 }))
             }
             b"?" => {
-                let [len, timeout, to] = &args[..] else {
+                let [len, timeout, to] = args else {
                     return Err(LineError::QueryFormat);
                 };
+                if overflow {
+                    return Err(LineError::QueryFormat);
+                }
                 let len = self.length(len)?;
-                Ok(Parsed::Body(
-                    Pending::Query {
+                Ok(Head::Body(
+                    Raw::Query {
                         timeout_s: timeout_of(timeout)?,
-                        to: to.clone(),
+                        to,
+                        body: &[],
                     },
                     len,
                 ))
             }
-            b"." => Ok(Parsed::Done(Command::Quit)),
-            b"+" => match &args[..] {
-                [channel] => Ok(Parsed::Done(Command::Subscribe {
-                    channel: channel.clone(),
-                })),
+            b"." => Ok(Head::Done(Raw::Quit)),
+            b"+" => match args {
+                [channel] if !overflow => Ok(Head::Done(Raw::Subscribe { channel })),
                 _ => Err(LineError::SubscribeFormat),
             },
-            b"~" => match &args[..] {
-                [channel] => Ok(Parsed::Done(Command::Unsubscribe {
-                    channel: channel.clone(),
-                })),
+            b"~" => match args {
+                [channel] if !overflow => Ok(Head::Done(Raw::Unsubscribe { channel })),
                 _ => Err(LineError::UnsubscribeFormat),
             },
             b"!" => {
-                let [len, channel, rest @ ..] = &args[..] else {
+                let [len, channel, rest @ ..] = args else {
                     return Err(LineError::PublishFormat);
                 };
-                if rest.len() > 1 {
+                if rest.len() > 1 || overflow {
                     return Err(LineError::PublishFormat);
                 }
                 let len = self.length(len)?;
-                Ok(Parsed::Body(
-                    Pending::Publish {
-                        channel: channel.clone(),
-                        content_type: rest.first().cloned(),
+                Ok(Head::Body(
+                    Raw::Publish {
+                        channel,
+                        content_type: rest.first().copied(),
+                        body: &[],
                     },
                     len,
                 ))
@@ -310,10 +453,151 @@ impl Decoder {
     }
 }
 
-enum Parsed {
-    Blank,
-    Done(Command),
-    Body(Pending, usize),
+/// A [`Raw`] command remembered as offsets, so the input it borrowed can be
+/// split off and its fields sliced out of the frozen frame.
+pub struct Ranges {
+    raw: Raw<'static>,
+    offsets: Vec<(usize, usize)>,
+}
+
+impl Ranges {
+    /// Records where each field of `raw` lies in `base`.
+    pub fn of(raw: &Raw<'_>, base: &[u8]) -> Ranges {
+        let mut offsets = Vec::new();
+        let mut at = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+            offsets.push((start, part.len()));
+            &[] as &'static [u8]
+        };
+        let raw = match *raw {
+            Raw::Blank => Raw::Blank,
+            Raw::Quit => Raw::Quit,
+            Raw::Send {
+                to,
+                reply,
+                timeout_s,
+                body,
+            } => {
+                let to = at(to);
+                let reply_present = reply.is_some();
+                if let Some(r) = reply {
+                    at(r);
+                }
+                let body = at(body);
+                Raw::Send {
+                    to,
+                    reply: reply_present.then_some(&[] as &'static [u8]),
+                    timeout_s,
+                    body,
+                }
+            }
+            Raw::Ready {
+                timeout_s,
+                addresses,
+            } => {
+                for a in addresses.iter() {
+                    at(a);
+                }
+                Raw::Ready {
+                    timeout_s,
+                    addresses: Addresses {
+                        text: &[],
+                        len: addresses.len,
+                    },
+                }
+            }
+            Raw::Query {
+                timeout_s,
+                to,
+                body,
+            } => Raw::Query {
+                timeout_s,
+                to: at(to),
+                body: at(body),
+            },
+            Raw::Subscribe { channel } => Raw::Subscribe {
+                channel: at(channel),
+            },
+            Raw::Unsubscribe { channel } => Raw::Unsubscribe {
+                channel: at(channel),
+            },
+            Raw::Publish {
+                channel,
+                content_type,
+                body,
+            } => {
+                let channel = at(channel);
+                let ct_present = content_type.is_some();
+                if let Some(ct) = content_type {
+                    at(ct);
+                }
+                Raw::Publish {
+                    channel,
+                    content_type: ct_present.then_some(&[] as &'static [u8]),
+                    body: at(body),
+                }
+            }
+        };
+        Ranges { raw, offsets }
+    }
+
+    /// The owned command, sliced out of `frame` (the bytes the command spans);
+    /// `None` for a blank line.
+    pub fn to_command(&self, frame: &Bytes) -> Option<Command> {
+        let mut parts = self.offsets.iter().map(|&(start, len)| {
+            let start = start.min(frame.len());
+            frame.slice(start..(start + len).min(frame.len()))
+        });
+        let mut next = || parts.next().unwrap_or_default();
+        Some(match self.raw {
+            Raw::Blank => return None,
+            Raw::Quit => Command::Quit,
+            Raw::Send {
+                reply, timeout_s, ..
+            } => {
+                let to = next();
+                let reply = reply.map(|_| next());
+                Command::Send {
+                    to,
+                    reply,
+                    timeout_s,
+                    body: next(),
+                }
+            }
+            Raw::Ready {
+                timeout_s,
+                addresses,
+            } => Command::Ready {
+                timeout_s,
+                addresses: (0..addresses.len).map(|_| next()).collect(),
+            },
+            Raw::Query { timeout_s, .. } => {
+                let to = next();
+                Command::Query {
+                    timeout_s,
+                    to,
+                    body: next(),
+                }
+            }
+            Raw::Subscribe { .. } => Command::Subscribe { channel: next() },
+            Raw::Unsubscribe { .. } => Command::Unsubscribe { channel: next() },
+            Raw::Publish { content_type, .. } => {
+                let channel = next();
+                let content_type = content_type.map(|_| next());
+                Command::Publish {
+                    channel,
+                    content_type,
+                    body: next(),
+                }
+            }
+        })
+    }
+}
+
+/// The field separators: ASCII whitespace, as `u8::is_ascii_whitespace`.
+#[inline]
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
 }
 
 /// A decimal number of at most 19 digits; no sign, no spaces.
@@ -433,7 +717,8 @@ mod tests {
             Ok(Some(Command::Subscribe { .. }))
         ));
         assert_eq!(d.decode(&mut buf), Ok(None));
-        assert_eq!(&buf[..], b"hel");
+        // Nothing of an incomplete command is consumed.
+        assert_eq!(&buf[..], b"> 5 1 q\r\nhel");
         assert!(!d.is_idle());
     }
 

@@ -4,9 +4,9 @@
 //! answer, the commands after it stay unread in the connection's buffer, as
 //! in msglite, where each connection was served by one sequential loop.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::codec::{Command, Decoder, LineError};
+use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use crate::broker::{Broker, ConnId, Millis, Outbox, Subscription, WaitId};
 
 /// The content type of a publish that names none.
@@ -73,13 +73,34 @@ impl LineSession {
         out: &mut impl Outbox,
     ) -> Next {
         while !self.closing && self.waiting.is_none() {
-            match self.decoder.decode(input) {
-                Ok(Some(cmd)) => self.apply(me, now, cmd, broker, out),
+            let (raw, n) = match self.decoder.decode_raw(input) {
+                Ok(Some(found)) => found,
                 Ok(None) => break,
                 Err(e) => {
                     self.fail(me, e, broker, out);
                     input.clear();
+                    break;
                 }
+            };
+            // The fast path: a publish is framed straight from the input
+            // buffer, with no allocation and no reference counting.
+            if let Raw::Publish {
+                channel,
+                content_type,
+                body,
+            } = raw
+            {
+                let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
+                broker
+                    .channels
+                    .publish(channel, content_type, None, body, out);
+                input.advance(n);
+                continue;
+            }
+            let ranges = Ranges::of(&raw, input);
+            let frame = input.split_to(n).freeze();
+            if let Some(cmd) = ranges.to_command(&frame) {
+                self.apply(me, now, cmd, broker, out);
             }
         }
         broker.seal(out);
@@ -152,11 +173,10 @@ impl LineSession {
                 content_type,
                 body,
             } => {
-                let content_type =
-                    content_type.unwrap_or_else(|| Bytes::from_static(DEFAULT_CONTENT_TYPE));
+                let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
                 broker
                     .channels
-                    .publish(channel, content_type, None, &body, out);
+                    .publish(&channel, content_type, None, &body, out);
             }
         }
     }

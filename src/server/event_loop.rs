@@ -116,6 +116,9 @@ pub struct Server {
     still_ready: Vec<usize>,
     to_close: Vec<(usize, CloseReason)>,
     scratch: BytesMut,
+    /// What each `read` fills, zeroed once; its bytes are then appended to
+    /// `scratch` or to the connection's own partial input.
+    read_buf: Vec<u8>,
     stats: LoopStats,
     accept_backoff_until: Option<Millis>,
     accept_full: bool,
@@ -240,6 +243,7 @@ impl Server {
             still_ready: Vec::new(),
             to_close: Vec::new(),
             scratch: BytesMut::with_capacity(SCRATCH),
+            read_buf: vec![0; SCRATCH],
             stats: LoopStats::default(),
             accept_backoff_until: None,
             accept_full: false,
@@ -508,24 +512,18 @@ impl Server {
             } else {
                 &mut c.input
             };
-            let old = buf.len();
-            let want = if from_scratch {
-                SCRATCH
-            } else {
-                SCRATCH.min(READ_BUDGET)
-            };
-            buf.reserve(want);
-            buf.resize(old + want, 0);
-            let got = c.transport.read(buf.get_mut(old..).unwrap_or_default());
+            let got = c.transport.read(&mut self.read_buf);
             if c.transport.has_pending() && !c.dirty {
                 // TLS handshake records to send.
                 c.dirty = true;
                 self.dirty.push(key);
             }
             let n = match got {
-                Ok(n) => n,
+                Ok(n) => {
+                    buf.extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
+                    n
+                }
                 Err(e) => {
-                    buf.truncate(old);
                     if is_would_block(&e) {
                         c.readable = false;
                         return;
@@ -542,7 +540,6 @@ impl Server {
                     return;
                 }
             };
-            buf.truncate(old + n);
             if n == 0 {
                 c.readable = false;
                 let id = c.id;
@@ -601,15 +598,13 @@ impl Server {
             if c.input.len() >= READ_AHEAD {
                 return;
             }
-            self.scratch.clear();
-            self.scratch.resize(SCRATCH, 0);
-            let got = c.transport.read(&mut self.scratch[..]);
+            let got = c.transport.read(&mut self.read_buf);
             let reason = match got {
                 Ok(0) => CloseReason::PeerClosed,
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
                     c.input
-                        .extend_from_slice(self.scratch.get(..n).unwrap_or_default());
+                        .extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
                     if !c.dirty {
                         // A transport may have records of its own to answer.
                         c.dirty = true;
@@ -619,7 +614,6 @@ impl Server {
                 }
                 Err(e) if is_would_block(&e) => {
                     c.readable = false;
-                    self.scratch.clear();
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -628,7 +622,6 @@ impl Server {
                     CloseReason::ReadError
                 }
             };
-            self.scratch.clear();
             c.readable = false;
             if let Door::Line(s) = &mut c.door {
                 s.withdraw_wait(&mut self.broker);
