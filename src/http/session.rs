@@ -68,6 +68,31 @@ pub struct HttpSession {
     closing: bool,
 }
 
+/// A subscribed HTTP connection: pushed messages go out, input is read and
+/// discarded (a subscriber's later requests are ignored, as in msgbus).
+pub struct Stream {
+    /// `None`: subscribed to every channel.
+    channel: Option<Bytes>,
+}
+
+impl Stream {
+    pub fn on_input(&mut self, input: &mut BytesMut) -> Next {
+        input.clear();
+        Next::Read
+    }
+
+    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+        match self.channel.take() {
+            Some(channel) => {
+                broker.channels.unsubscribe(me, &channel, out);
+            }
+            None => {
+                broker.channels.unsubscribe_all(me, out);
+            }
+        }
+    }
+}
+
 /// Everything a request handler may touch.
 struct Env<'a, O: Outbox> {
     me: ConnId,
@@ -152,14 +177,18 @@ impl HttpSession {
     }
 
     pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+        if let Some(mut stream) = self.take_stream() {
+            stream.on_close(me, broker, out);
+        }
+    }
+
+    /// Once the connection has subscribed, hands over the little state a
+    /// stream needs, so the loop can drop the request parser: an idle
+    /// subscriber then costs its [`Stream`] and nothing else.
+    pub fn take_stream(&mut self) -> Option<Stream> {
         match std::mem::replace(&mut self.state, State::Requests) {
-            State::Streaming(Some(channel)) => {
-                broker.channels.unsubscribe(me, &channel, out);
-            }
-            State::Streaming(None) => {
-                broker.channels.unsubscribe_all(me, out);
-            }
-            State::Requests => {}
+            State::Streaming(channel) => Some(Stream { channel }),
+            State::Requests => None,
         }
     }
 

@@ -5,13 +5,15 @@ use bytes::BytesMut;
 use super::outq::OutQueue;
 use super::transport::Transport;
 use crate::broker::{ConnId, Millis};
-use crate::http::session::HttpSession;
+use crate::http::session::{HttpSession, Stream};
 use crate::line::session::LineSession;
 
 /// The protocol a connection speaks, with that protocol's state.
 pub enum Door {
     Line(LineSession),
     Http(Box<HttpSession>),
+    /// An HTTP connection that has subscribed: its request parser is gone.
+    Stream(Stream),
     /// Taken out while its input is being processed.
     Detached,
 }
@@ -20,7 +22,7 @@ impl Door {
     pub fn name(&self) -> &'static str {
         match self {
             Door::Line(_) => "line",
-            Door::Http(_) => "bus",
+            Door::Http(_) | Door::Stream(_) => "bus",
             Door::Detached => "detached",
         }
     }
@@ -76,4 +78,17 @@ pub struct Conn {
     pub dropped: u64,
     /// When the last slow-subscriber line was logged for it.
     pub slow_logged_at: Option<Millis>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory of an idle connection is its slab entry: keep it small.
+    #[test]
+    fn idle_connection_is_small() {
+        let size = std::mem::size_of::<Conn>();
+        eprintln!("Conn: {size} bytes; Door {}", std::mem::size_of::<Door>());
+        assert!(size <= 320, "Conn grew to {size} bytes");
+    }
 }

@@ -95,7 +95,7 @@ impl LoopStats {
     fn count_open(&mut self, door: &Door, delta: i64) {
         let n = match door {
             Door::Line(_) => &mut self.open_line,
-            Door::Http(_) => &mut self.open_bus,
+            Door::Http(_) | Door::Stream(_) => &mut self.open_bus,
             Door::Detached => return,
         };
         *n = n.saturating_add_signed(delta);
@@ -677,9 +677,15 @@ impl Server {
                 Door::Http(s) => {
                     s.on_input(id, now, input, broker, &mut post, &self.http, &snapshot)
                 }
+                Door::Stream(s) => s.on_input(input),
                 Door::Detached => Next::Close,
             }
         };
+        if let Door::Http(s) = &mut door {
+            if let Some(stream) = s.take_stream() {
+                door = Door::Stream(stream);
+            }
+        }
         if let Some(c) = self.conns.get_mut(key) {
             c.door = door;
         }
@@ -813,6 +819,7 @@ impl Server {
             match &mut c.door {
                 Door::Line(s) => s.on_close(id, broker, &mut post),
                 Door::Http(s) => s.on_close(id, broker, &mut post),
+                Door::Stream(s) => s.on_close(id, broker, &mut post),
                 Door::Detached => {}
             }
             self.stats.closed += 1;
@@ -869,6 +876,7 @@ fn is_paused(door: &Door) -> bool {
     match door {
         Door::Line(s) => s.is_waiting(),
         Door::Http(s) => s.is_paused(),
+        Door::Stream(_) => false,
         Door::Detached => true,
     }
 }
