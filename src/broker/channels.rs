@@ -140,7 +140,16 @@ impl Channels {
         out: &mut impl Outbox,
     ) {
         self.seal(out);
-        self.channels.entry(channel).or_default().add(conn, sub);
+        match self.channels.get_mut(&channel[..]) {
+            Some(audience) => audience.add(conn, sub),
+            None => {
+                // An exact-size key, not a slice pinning an input buffer.
+                let mut audience = Audience::default();
+                audience.add(conn, sub);
+                self.channels
+                    .insert(Bytes::copy_from_slice(&channel), audience);
+            }
+        }
     }
 
     /// Subscribes `conn` to every channel.

@@ -161,12 +161,19 @@ impl LineSession {
                         .subscribe(me, channel.clone(), Subscription::line(), out);
                 }
                 if !self.subscriptions.contains(&channel) {
-                    self.subscriptions.push(channel);
+                    // An exact-size copy: a slice would keep the whole read
+                    // buffer it came from alive for as long as the
+                    // subscription lasts.
+                    self.subscriptions.reserve_exact(1);
+                    self.subscriptions.push(Bytes::copy_from_slice(&channel));
                 }
             }
             Command::Unsubscribe { channel } => {
                 self.unsubscribe(me, &channel, broker, out);
                 self.subscriptions.retain(|c| *c != channel);
+                if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
+                    self.subscriptions.shrink_to_fit();
+                }
             }
             Command::Publish {
                 channel,
