@@ -1089,3 +1089,180 @@ fn bad_certificate_and_key_files_stop_the_server_before_it_listens() {
         assert!(!stdout.contains("listening"), "{args:?}: {stdout}");
     }
 }
+
+// ---------------------------------------------------------------------
+// What TLS costs (a measurement, not a check; run by hand):
+//   cargo test --release --test tls -- --ignored --nocapture tls_cost
+
+/// Nanoseconds process `pid` has spent on a CPU so far: the sum over its
+/// threads of the scheduler's own account (Linux, /proc/PID/task/*/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One run: `subs` subscribers on `addr` (TLS when `tls` is given), one
+/// plaintext publisher sends `msgs` messages of `size` bytes: all at once,
+/// or `paced`, each only once every subscriber has the one before. Returns
+/// the wall time from the first publish to the last delivery, and the
+/// server's CPU time over the same span.
+fn deliver_run(
+    server: &Server,
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    (subs, msgs, size): (usize, usize, usize),
+    paced: bool,
+) -> (Duration, Duration) {
+    let channel = format!("cost.{}", N_RUN.fetch_add(1, Ordering::Relaxed));
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (got_tx, got_rx) = mpsc::channel::<Instant>();
+    let mut threads = Vec::new();
+    for _ in 0..subs {
+        let addr = addr.to_string();
+        let tls = tls.cloned();
+        let channel = channel.clone();
+        let ready_tx = ready_tx.clone();
+        let got_tx = got_tx.clone();
+        threads.push(thread::spawn(move || {
+            let mut c = match tls {
+                Some(config) => Client::connect_tls(&addr, "localhost", config),
+                None => Client::connect_tcp(&addr),
+            }
+            .expect("connect a subscriber");
+            c.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            c.subscribe(&channel).expect("subscribe");
+            c.sync().expect("sync");
+            let _ = ready_tx.send(());
+            for n in 0..msgs {
+                match c.next_event().expect("a publication") {
+                    Event::Publication(p) => assert_eq!(p.body.len(), size),
+                    other => panic!("unexpected {other:?}"),
+                }
+                if paced || n + 1 == msgs {
+                    let _ = got_tx.send(Instant::now());
+                }
+            }
+        }));
+    }
+    for _ in 0..subs {
+        ready_rx.recv_timeout(PATIENCE).expect("a subscriber ready");
+    }
+    let body = vec![b'x'; size];
+    let mut publisher = Client::connect_tcp(server.line()).expect("publisher");
+    let cpu_before = cpu_ns(server.pid());
+    let start = Instant::now();
+    let mut last = start;
+    let mut wait_all = || {
+        for _ in 0..subs {
+            last = last.max(got_rx.recv_timeout(PATIENCE).expect("a delivery"));
+        }
+    };
+    for _ in 0..msgs {
+        publisher
+            .publish(&channel, Some("text/plain"), &body)
+            .expect("publish");
+        if paced {
+            wait_all();
+        }
+    }
+    if !paced {
+        wait_all();
+    }
+    let cpu = Duration::from_nanos(cpu_ns(server.pid()).saturating_sub(cpu_before));
+    for t in threads {
+        t.join().expect("subscriber thread");
+    }
+    publisher.quit().expect("publisher quit");
+    (last - start, cpu)
+}
+
+static N_RUN: AtomicU64 = AtomicU64::new(0);
+
+fn median<T: Ord + Copy>(v: &mut [T]) -> T {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore = "a measurement: run by hand with --release --ignored --nocapture"]
+fn tls_cost_per_delivered_message() {
+    let subs: usize = env_or("TLS_COST_SUBS", 100);
+    let size: usize = env_or("TLS_COST_SIZE", 100);
+    let reps: usize = env_or("TLS_COST_REPS", 5);
+    let pki = Pki::new();
+    let server = start_tls(
+        &pki.cert,
+        &pki.key,
+        &["--bus-listen", "off", "--backlog-limit", "100000000"],
+    );
+    let config = pki.client_config();
+    for (paced, msgs) in [
+        (false, env_or("TLS_COST_BURST", 20000)),
+        (true, env_or("TLS_COST_PACED", 300)),
+    ] {
+        let deliveries = (subs * msgs) as f64;
+        let mode = if paced {
+            "paced (one message in flight)"
+        } else {
+            "burst (all messages at once)"
+        };
+        eprintln!(
+            "{mode}: {subs} subscribers x {msgs} messages of {size} bytes, {reps} repetitions"
+        );
+        let mut runs: [Vec<(Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+        for rep in 0..reps {
+            // Alternate the order, so neither kind always runs second.
+            let order = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for tls in order {
+                let (addr, cfg) = if tls {
+                    (server.addr("line-tls"), Some(&config))
+                } else {
+                    (server.line(), None)
+                };
+                let (wall, cpu) = deliver_run(&server, addr, cfg, (subs, msgs, size), paced);
+                eprintln!(
+                    "  rep {rep} {:5}: {:8.1} ms wall, {:8.1} ms server CPU; per delivered message {:.3} µs wall, {:.3} µs server CPU",
+                    if tls { "tls" } else { "plain" },
+                    wall.as_secs_f64() * 1e3,
+                    cpu.as_secs_f64() * 1e3,
+                    wall.as_secs_f64() * 1e6 / deliveries,
+                    cpu.as_secs_f64() * 1e6 / deliveries,
+                );
+                runs[usize::from(tls)].push((wall, cpu));
+            }
+        }
+        let wall = |i: usize| median(&mut runs[i].iter().map(|r| r.0).collect::<Vec<_>>());
+        let (pw, tw) = (wall(0), wall(1));
+        let cpu = |i: usize| median(&mut runs[i].iter().map(|r| r.1).collect::<Vec<_>>());
+        let (pc, tc) = (cpu(0), cpu(1));
+        eprintln!(
+            "  median wall per delivered message: plain {:.3} µs, tls {:.3} µs, ratio {:.2}",
+            pw.as_secs_f64() * 1e6 / deliveries,
+            tw.as_secs_f64() * 1e6 / deliveries,
+            tw.as_secs_f64() / pw.as_secs_f64()
+        );
+        eprintln!(
+            "  median server CPU per delivered message: plain {:.3} µs, tls {:.3} µs, ratio {:.2}",
+            pc.as_secs_f64() * 1e6 / deliveries,
+            tc.as_secs_f64() * 1e6 / deliveries,
+            tc.as_secs_f64() / pc.as_secs_f64().max(1e-9)
+        );
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
