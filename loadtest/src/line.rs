@@ -85,6 +85,13 @@ impl Parser {
                     };
                 }
                 State::End { len, seen_cr } => {
+                    if !seen_cr && data.starts_with(b"\r\n") {
+                        data = &data[2..];
+                        self.emit(len, on);
+                        self.state = State::Line;
+                        self.line.clear();
+                        continue;
+                    }
                     let b = data[0];
                     data = &data[1..];
                     match b {

@@ -96,29 +96,60 @@ fn write_hex(out: &mut [u8], mut v: u64) {
     }
 }
 
+/// Eight ASCII digits to their value, all at once (SWAR): this runs twice
+/// for every delivery, so it avoids a 20-step dependency chain.
+fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    let d = u64::from_le_bytes(chunk).wrapping_sub(ZEROS);
+    // Each byte must be 0..=9: no high nibble, and none after adding 6.
+    if (d & HIGH) | (d.wrapping_add(0x0606_0606_0606_0606) & HIGH) != 0 {
+        return None;
+    }
+    // The first digit is the lowest byte: combine pairs, quads, then halves.
+    let d = (d.wrapping_mul(10) + (d >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let d = (d.wrapping_mul(100) + (d >> 16)) & 0x0000_ffff_0000_ffff;
+    Some((d.wrapping_mul(10_000) + (d >> 32)) & 0xffff_ffff)
+}
+
+/// Decimal digits to a number; `None` if any byte is not a digit. A value
+/// above `u64::MAX` wraps (flood-pub never writes one).
 fn read_decimal(field: &[u8]) -> Option<u64> {
+    let head = field.len() % 8;
     let mut v: u64 = 0;
-    for &b in field {
-        if !b.is_ascii_digit() {
+    for &b in &field[..head] {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+    }
+    for chunk in field[head..].chunks_exact(8) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(chunk);
+        v = v
+            .wrapping_mul(100_000_000)
+            .wrapping_add(eight_digits(eight)?);
     }
     Some(v)
 }
 
 fn read_hex(field: &[u8]) -> Option<u64> {
     let mut v: u64 = 0;
+    let mut bad = false;
     for &b in field {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
+            _ => {
+                bad = true;
+                0
+            }
         };
-        v = v.checked_mul(16)?.checked_add(u64::from(d))?;
+        v = (v << 4) | u64::from(d);
     }
-    Some(v)
+    (!bad).then_some(v)
 }
 
 /// Reads the stamp from the first bytes of a body; `None` if the body was not
@@ -179,6 +210,50 @@ mod tests {
         let bytes = body.stamp(s).to_vec();
         assert!(bytes.ends_with(b"<h1>hi</h1>"));
         assert_eq!(parse(&bytes), Some(s));
+    }
+
+    #[test]
+    fn decimal_fields() {
+        for v in [
+            0u64,
+            7,
+            12_345_678,
+            99_999_999,
+            100_000_000,
+            1_234_567_890_123,
+            u64::MAX,
+        ] {
+            let text = format!("{v:020}");
+            assert_eq!(read_decimal(text.as_bytes()), Some(v), "{text}");
+            let short = format!("{:010}", v % 10_000_000_000);
+            assert_eq!(read_decimal(short.as_bytes()), Some(v % 10_000_000_000));
+        }
+        for bad in [
+            &b"0000000/"[..],
+            b"000000:0",
+            b"12a45678",
+            b"1234567 ",
+            b"x",
+            b"00000000000000000 01",
+        ] {
+            assert_eq!(
+                read_decimal(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Every non-digit byte in every position of an 8-digit chunk.
+        for pos in 0..8 {
+            for b in 0..=255u8 {
+                let mut field = *b"12345678";
+                field[pos] = b;
+                let want = b
+                    .is_ascii_digit()
+                    .then(|| std::str::from_utf8(&field).unwrap().parse::<u64>().unwrap());
+                assert_eq!(read_decimal(&field), want, "pos {pos} byte {b}");
+            }
+        }
     }
 
     #[test]
