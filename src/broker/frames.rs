@@ -124,36 +124,56 @@ pub fn multipart_opening(chunked: bool) -> &'static [u8] {
 /// Appends one multipart part: headers, blank line, body and the delimiter that
 /// closes it (`\r\n--00MsgBus00\r\n`). Every part carries `Content-Length`, so
 /// a client may either count bytes or look for the delimiter. With `chunked`
-/// the part is wrapped in exactly one chunk.
+/// the part is wrapped in exactly one chunk. Written straight into `out`: the
+/// part's length is known before it is written.
 pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: bool) {
-    let mut part = BytesMut::with_capacity(p.body.len() + p.content_type.len() + 96);
+    const FROM: &[u8] = b"From: ";
+    const LOCATION: &[u8] = b"Content-Location: /msgbus/";
+    const TYPE: &[u8] = b"Content-Type: ";
+    const LENGTH: &[u8] = b"\r\nContent-Length: ";
+    const CLOSE: &[u8] = b"\r\n--00MsgBus00\r\n";
+    let mut len = TYPE.len() + p.content_type.len() + LENGTH.len();
+    len += decimal_len(p.body.len() as u64) + 4 + p.body.len() + CLOSE.len();
     if let Some(user) = p.sender {
-        part.put_slice(b"From: ");
-        part.put_slice(user);
-        part.put_slice(b"\r\n");
+        len += FROM.len() + user.len() + 2;
     }
     if root {
-        part.put_slice(b"Content-Location: /msgbus/");
-        part.put_slice(p.channel);
-        part.put_slice(b"\r\n");
+        len += LOCATION.len() + p.channel.len() + 2;
     }
-    part.put_slice(b"Content-Type: ");
-    part.put_slice(p.content_type);
-    part.put_slice(b"\r\nContent-Length: ");
-    put_decimal(&mut part, p.body.len() as u64);
-    part.put_slice(b"\r\n\r\n");
-    part.put_slice(p.body);
-    part.put_slice(b"\r\n--");
-    part.put_slice(BOUNDARY.as_bytes());
-    part.put_slice(b"\r\n");
+    out.reserve(len + 24);
     if chunked {
-        put_hex(out, part.len());
+        put_hex(out, len);
         out.put_slice(b"\r\n");
-        out.put_slice(&part);
-        out.put_slice(b"\r\n");
-    } else {
-        out.put_slice(&part);
     }
+    if let Some(user) = p.sender {
+        out.put_slice(FROM);
+        out.put_slice(user);
+        out.put_slice(b"\r\n");
+    }
+    if root {
+        out.put_slice(LOCATION);
+        out.put_slice(p.channel);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(TYPE);
+    out.put_slice(p.content_type);
+    out.put_slice(LENGTH);
+    put_decimal(out, p.body.len() as u64);
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(p.body);
+    out.put_slice(CLOSE);
+    if chunked {
+        out.put_slice(b"\r\n");
+    }
+}
+
+fn decimal_len(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
 }
 
 /// Appends one Server-Sent Event. It is an unnamed event (so a page's
@@ -269,6 +289,29 @@ mod tests {
             &out[..],
             b": channel=foo type=text/plain\ndata: a\ndata: b\ndata: c\n\n"
         );
+    }
+
+    #[test]
+    fn chunk_sizes_match_parts() {
+        for len in [0usize, 9, 10, 99, 100, 12345] {
+            let body = vec![b'x'; len];
+            for (root, sender) in [(false, None), (true, Some(&b"bob"[..]))] {
+                let p = Publication {
+                    channel: b"ch",
+                    content_type: b"text/plain",
+                    sender,
+                    body: &body,
+                };
+                let mut plain = BytesMut::new();
+                multipart_part(&mut plain, &p, root, false);
+                let mut chunked = BytesMut::new();
+                multipart_part(&mut chunked, &p, root, true);
+                let want = format!("{:x}\r\n", plain.len());
+                assert!(chunked.starts_with(want.as_bytes()));
+                assert_eq!(&chunked[want.len()..chunked.len() - 2], &plain[..]);
+                assert!(chunked.ends_with(b"\r\n"));
+            }
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::server::event_loop::LoopStats;
 pub const BUS_PREFIX: &str = "/msgbus/";
 /// The stats page.
 pub const STATS_PATH: &str = "/msgbus-stats";
+/// `204` to an HTTP/1.1 keep-alive publish (msgbus' reason phrase).
+const NO_CONTENT_KEEP_ALIVE: &[u8] = b"HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
 const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
 
 /// Settings shared by every HTTP connection.
@@ -219,7 +221,7 @@ impl HttpSession {
         };
         let path = req.path().to_string();
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
-            let channel = Bytes::copy_from_slice(channel.as_bytes());
+            let channel = channel.as_bytes();
             match req.method {
                 Method::Get | Method::Head => self.subscribe(&req, channel, env),
                 Method::Post => publish(&req, channel, user, env),
@@ -261,7 +263,7 @@ impl HttpSession {
         }
     }
 
-    fn subscribe(&mut self, req: &Request, channel: Bytes, env: &mut Env<'_, impl Outbox>) {
+    fn subscribe(&mut self, req: &Request, channel: &[u8], env: &mut Env<'_, impl Outbox>) {
         let sse = req
             .header("Accept")
             .is_some_and(|v| contains_token(v, b"text/event-stream"));
@@ -328,15 +330,15 @@ impl HttpSession {
         } else {
             env.broker
                 .channels
-                .subscribe(env.me, channel.clone(), sub, env.out);
-            self.state = State::Streaming(Some(channel));
+                .subscribe(env.me, Bytes::copy_from_slice(channel), sub, env.out);
+            self.state = State::Streaming(Some(Bytes::copy_from_slice(channel)));
         }
         // A stream never ends by itself: keep-alive does not apply.
         self.closing = false;
     }
 }
 
-fn publish(req: &Request, channel: Bytes, user: Option<String>, env: &mut Env<'_, impl Outbox>) {
+fn publish(req: &Request, channel: &[u8], user: Option<String>, env: &mut Env<'_, impl Outbox>) {
     let mut b = BytesMut::new();
     let Some(content_type) = req.header("Content-Type") else {
         response::simple(
@@ -354,12 +356,18 @@ fn publish(req: &Request, channel: Bytes, user: Option<String>, env: &mut Env<'_
         return;
     };
     env.broker.channels.publish(
-        &channel,
+        channel,
         content_type,
         user.as_deref().map(str::as_bytes),
         &req.body,
         env.out,
     );
+    if req.minor_version == 1 && req.keep_alive {
+        // The common answer of a keep-alive publisher, never rebuilt.
+        env.out
+            .deliver(env.me, Bytes::from_static(NO_CONTENT_KEEP_ALIVE), 0);
+        return;
+    }
     response::simple(
         &mut b,
         req.minor_version,
@@ -531,6 +539,13 @@ mod tests {
             Some(b"!bob".to_vec())
         );
         assert_eq!(percent_decode(b"%zz%4"), b"%zz%4".to_vec());
+    }
+
+    #[test]
+    fn the_static_204_is_what_the_builder_writes() {
+        let mut b = BytesMut::new();
+        response::simple(&mut b, 1, 204, "OK", &[], "", b"", false, true);
+        assert_eq!(&b[..], NO_CONTENT_KEEP_ALIVE);
     }
 
     #[test]
