@@ -229,17 +229,11 @@ impl Channels {
             let i = framing as usize;
             if batch.wanted[i] > 0 {
                 let buf = &mut batch.frames[i];
-                if buf.capacity() == 0 {
-                    buf.reserve(BATCH_BYTES + 1024);
-                }
                 frames::append(buf, framing, &p, false);
                 full |= buf.len() >= BATCH_BYTES;
             }
             if batch.root_wanted[i] > 0 {
                 let buf = &mut batch.root_frames[i];
-                if buf.capacity() == 0 {
-                    buf.reserve(BATCH_BYTES + 1024);
-                }
                 frames::append(buf, framing, &p, true);
                 full |= buf.len() >= BATCH_BYTES;
             }
