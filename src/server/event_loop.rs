@@ -115,6 +115,8 @@ pub struct Server {
     resume: Vec<usize>,
     still_ready: Vec<usize>,
     to_close: Vec<(usize, CloseReason)>,
+    /// Connections closing once drained, with their deadlines.
+    lingering: Vec<(usize, Millis)>,
     scratch: BytesMut,
     /// What each `read` fills, zeroed once; its bytes are then appended to
     /// `scratch` or to the connection's own partial input.
@@ -242,6 +244,7 @@ impl Server {
             resume: Vec::new(),
             still_ready: Vec::new(),
             to_close: Vec::new(),
+            lingering: Vec::new(),
             scratch: BytesMut::with_capacity(SCRATCH),
             read_buf: vec![0; SCRATCH],
             stats: LoopStats::default(),
@@ -355,10 +358,7 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let now = self.now();
-        let lingering = self
-            .conns
-            .iter()
-            .filter_map(|(_, c)| c.close_after_flush.map(|(_, at)| at));
+        let lingering = self.lingering.iter().map(|&(_, at)| at);
         let next = self
             .broker
             .next_deadline()
@@ -722,6 +722,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(key) {
             if c.close_after_flush.is_none() {
                 c.close_after_flush = Some((reason, deadline));
+                self.lingering.push((key, deadline));
             }
             if !c.dirty {
                 c.dirty = true;
@@ -730,15 +731,25 @@ impl Server {
         }
     }
 
+    /// Closes lingering connections whose deadline passed. Only the
+    /// lingering ones are looked at, never every connection.
     fn check_lingering(&mut self, now: Millis) {
-        for (key, c) in self.conns.iter_mut() {
-            if let Some((_, at)) = c.close_after_flush {
-                if at <= now && !c.closing {
-                    c.closing = true;
-                    self.to_close.push((key, CloseReason::LingerTimeout));
-                }
+        let conns = &mut self.conns;
+        let to_close = &mut self.to_close;
+        self.lingering.retain(|&(key, at)| {
+            let Some(c) = conns.get_mut(key) else {
+                return false;
+            };
+            if c.closing || c.close_after_flush.map(|(_, a)| a) != Some(at) {
+                return false;
             }
-        }
+            if at <= now {
+                c.closing = true;
+                to_close.push((key, CloseReason::LingerTimeout));
+                return false;
+            }
+            true
+        });
     }
 
     fn mark_close(&mut self, key: usize, reason: CloseReason) {
