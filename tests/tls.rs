@@ -837,6 +837,7 @@ fn cli_refuses_expired_wrong_host_and_untrusted_certificates() {
         ),
     ];
     for (what, out, want) in &cases {
+        eprintln!("{what}: {}", text(&out.stderr).trim_end());
         assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains(want.as_str()),
