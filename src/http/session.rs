@@ -473,6 +473,7 @@ fn stats_json(broker: &Broker, stats: &LoopStats, ctx: &HttpContext) -> String {
             "bus": stats.open_bus,
             "total": stats.open_line + stats.open_bus,
             "accepted": stats.accepted,
+            "accept_errors": stats.accept_errors,
             "closed": stats.closed,
         },
         "channels": broker.channels.channel_count(),

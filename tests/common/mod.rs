@@ -21,6 +21,12 @@ impl Server {
     /// Starts the server with `args`, plus ephemeral defaults for the line and
     /// bus doors unless `args` sets them.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_limited(args, None)
+    }
+
+    /// Like [`Server::start`], with the open-file limit of the server
+    /// process lowered to `nofile` (through `sh -c 'ulimit -n N; exec ...'`).
+    pub fn start_limited(args: &[&str], nofile: Option<u32>) -> Server {
         let mut all: Vec<String> = Vec::new();
         if !args.contains(&"--line-listen") {
             all.extend(["--line-listen".into(), "127.0.0.1:0".into()]);
@@ -32,7 +38,17 @@ impl Server {
             all.extend(["--log-level".into(), "warn".into()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        let mut cmd = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_switchboard")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_switchboard"));
+                c
+            }
+        };
+        let mut child = cmd
             .args(&all)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
