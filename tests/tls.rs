@@ -543,6 +543,59 @@ fn openssl_s_client_refuses_a_name_the_certificate_lacks() {
     );
 }
 
+#[test]
+fn large_messages_cross_tls_both_ways() {
+    let pki = Pki::new();
+    // A backlog limit above the three messages: none may be dropped while
+    // the subscriber does not read.
+    let server = start_tls(&pki.cert, &pki.key, &["--backlog-limit", "20000000"]);
+    let addr = server.addr("line-tls").to_string();
+    let config = pki.client_config();
+    // Larger than rustls' buffers on either side many times over.
+    let body: Vec<u8> = noise(3 * 1024 * 1024 + 17);
+
+    let mut sub = Client::connect_tls(&addr, "localhost", config.clone()).expect("connect");
+    sub.subscribe("big").expect("subscribe");
+    sub.sync().expect("sync");
+    sub.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut publisher = Client::connect_tls(&addr, "localhost", config).expect("connect");
+    for _ in 0..3 {
+        publisher.publish("big", None, &body).expect("publish");
+    }
+    // The subscriber starts reading only now: the server holds the rest.
+    thread::sleep(Duration::from_millis(200));
+    for n in 0..3 {
+        match sub
+            .next_event()
+            .unwrap_or_else(|e| panic!("big publication {n}: {e}"))
+        {
+            Event::Publication(p) => assert!(p.body == body, "message {n} differs"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A query and its answer through TLS, with a big body each way.
+    let worker = thread::spawn({
+        let addr = addr.clone();
+        let config = pki.client_config();
+        let body = body.clone();
+        move || {
+            let mut w = Client::connect_tls(&addr, "127.0.0.1", config).expect("connect");
+            let m = w.ready(30, &["echo"]).expect("ready").expect("a message");
+            assert!(m.body == body);
+            let reply = m.reply.expect("a reply address");
+            w.send(&m.body, 30, &reply, None).expect("answer");
+            w.quit().expect("quit");
+        }
+    });
+    let answer = publisher
+        .query(&body, 30, "echo")
+        .expect("query")
+        .expect("an answer");
+    assert!(answer.body == body);
+    worker.join().expect("worker");
+    publisher.quit().expect("quit");
+}
+
 /// Reads until the server closes (end of stream or reset); fails if it
 /// keeps the connection open for PATIENCE. Returns what was read.
 fn expect_closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
