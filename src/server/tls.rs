@@ -40,6 +40,10 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String>
             "--tls-key {}: {}",
             key.display(),
             match e {
+                rustls::pki_types::pem::Error::NoItemsFound if is_encrypted(key) =>
+                    "the private key is encrypted; give an unencrypted key (for example from \
+                     `openssl pkey -in KEY -out KEY.plain`)"
+                        .to_string(),
                 rustls::pki_types::pem::Error::NoItemsFound =>
                     "no PRIVATE KEY block found in the file (PKCS#8, PKCS#1 or SEC1 PEM expected)"
                         .to_string(),
@@ -68,11 +72,19 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String>
         })
 }
 
+/// True when the file holds a passphrase-protected key, which rustls skips.
+fn is_encrypted(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|text| {
+        memchr::memmem::find(&text, b"-----BEGIN ENCRYPTED PRIVATE KEY-----").is_some()
+            || memchr::memmem::find(&text, b"Proc-Type: 4,ENCRYPTED").is_some()
+    })
+}
+
 fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     match e {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM blocks found".into(),
-        other => format!("not valid PEM ({other:?})"),
+        other => format!("not valid PEM: {other}"),
     }
 }
 
