@@ -444,10 +444,11 @@ struct CountingOutbox {
 }
 
 impl Outbox for CountingOutbox {
-    fn deliver(&mut self, _conn: ConnId, frame: Bytes, messages: u32) {
+    fn deliver(&mut self, _conn: ConnId, frame: Bytes, messages: u32) -> bool {
         self.frames += 1;
         self.messages += u64::from(messages);
         self.bytes += frame.len() as u64;
+        true
     }
     fn wait_done(&mut self, _conn: ConnId) {}
 }

@@ -86,3 +86,46 @@ fn max_connections_pauses_accepting_and_resumes() {
     let want = b"! 1 w application/octet-stream\r\nx\r\n";
     assert_eq!(read_exact_n(&mut waiting, want.len()), want);
 }
+
+/// A client that pipelines requests and never reads the answers is not read
+/// from once its unsent answers pass the backlog limit: the server's memory
+/// stays bounded, other clients are served, and once the client reads, every
+/// answer arrives.
+#[test]
+fn a_client_that_does_not_read_its_answers_is_held_back() {
+    let server = Server::start(&["--backlog-limit", "100000"]);
+    let before = server.rss_kib();
+    let mut greedy = connect(server.bus());
+    let request = b"GET /msgbus-stats HTTP/1.1\r\nHost: x\r\n\r\n";
+    let count = 20_000;
+    // Write from a thread: the server stops reading, so the writes block.
+    let mut writer = greedy.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let all: Vec<u8> = request.repeat(count);
+        std::io::Write::write_all(&mut writer, &all).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = server.rss_kib().saturating_sub(before);
+    // 20,000 answers of about 700 bytes would be 14 MB queued; the backlog
+    // limit holds the queue near 100 kB (the kernel's socket buffers hold the rest).
+    assert!(grown < 8 * 1024, "server grew by {grown} KiB");
+    let mut other = connect(server.line());
+    line_sync(&mut other, "other");
+    // Now read everything: every answer arrives.
+    let mut got = 0usize;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < count {
+        let n = std::io::Read::read(&mut greedy, &mut buf).expect("read");
+        assert!(n > 0, "closed after {got} answers");
+        seen.extend_from_slice(&buf[..n]);
+        got += seen
+            .windows(15)
+            .filter(|w| *w == b"HTTP/1.1 200 OK")
+            .count();
+        let keep = seen.len().saturating_sub(14);
+        seen.drain(..keep);
+    }
+    sender.join().unwrap();
+    assert_eq!(got, count);
+}

@@ -282,8 +282,9 @@ fn fan_out(
             }
         }
         if let Some(frame) = frames.get(sub.framing as usize) {
-            out.deliver(sub.conn, frame.clone(), key.messages);
-            delivered += u64::from(key.messages);
+            if out.deliver(sub.conn, frame.clone(), key.messages) {
+                delivered += u64::from(key.messages);
+            }
         }
     }
     delivered

@@ -34,8 +34,10 @@ pub trait Outbox {
     /// Queues `frame` for `conn`; a connection that is gone ignores it.
     /// `messages` is the number of channel messages the frame carries, which
     /// the slow-subscriber policy may drop; frames that must never be dropped
-    /// (queue deliveries, answers, responses) pass 0.
-    fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32);
+    /// (queue deliveries, answers, responses) pass 0. Returns false when the
+    /// frame was not queued (the connection is gone or closing, or a channel
+    /// frame was dropped by the slow-subscriber policy).
+    fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32) -> bool;
     /// The line-protocol wait of `conn` has been answered (message or `*`):
     /// the connection may go on with its next command.
     fn wait_done(&mut self, conn: ConnId);
@@ -103,11 +105,17 @@ impl Broker {
 pub struct RecordingOutbox {
     pub frames: Vec<(ConnId, Bytes, u32)>,
     pub done: Vec<ConnId>,
+    /// Connections that refuse deliveries, as closing ones do.
+    pub refuse: Vec<ConnId>,
 }
 
 impl Outbox for RecordingOutbox {
-    fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32) {
+    fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32) -> bool {
+        if self.refuse.contains(&conn) {
+            return false;
+        }
         self.frames.push((conn, frame, messages));
+        true
     }
     fn wait_done(&mut self, conn: ConnId) {
         self.done.push(conn);

@@ -55,6 +55,8 @@ struct Address {
     waits: VecDeque<WaitId>,
     /// Entries of `waits` known to be answered elsewhere.
     stale: usize,
+    /// Expiry timers that fired while their message sat behind a live one.
+    expired_inside: usize,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +84,8 @@ pub struct Queues {
     queued_in: u64,
     queued_out: u64,
     expired: u64,
+    /// Messages waiting in all address queues.
+    queued_now: usize,
 }
 
 impl Default for Queues {
@@ -109,6 +113,7 @@ impl Queues {
             queued_in: 0,
             queued_out: 0,
             expired: 0,
+            queued_now: 0,
         }
     }
 
@@ -119,7 +124,7 @@ impl Queues {
 
     /// Messages waiting for a receiver, over all addresses.
     pub fn queued(&self) -> usize {
-        self.addresses.values().map(|a| a.messages.len()).sum()
+        self.queued_now
     }
 
     /// Receivers waiting.
@@ -140,6 +145,28 @@ impl Queues {
             seq: self.timer_seq,
             kind,
         }));
+        // Timers of answered waits and delivered messages are left in the
+        // heap (lazy invalidation); once they outnumber the live ones, drop
+        // them all at once, so the heap stays proportional to what is pending.
+        if self.timers.len() > 2 * (self.waits.len() + self.queued_now) + 1024 {
+            let (waits, addresses) = (&self.waits, &self.addresses);
+            self.timers.retain(|Reverse(t)| match &t.kind {
+                TimerKind::Wait(slot, gen) => waits.get(*slot).is_some_and(|w| w.gen == *gen),
+                TimerKind::Expire(addr) => {
+                    addresses.get(addr).is_some_and(|a| !a.messages.is_empty())
+                }
+            });
+        }
+    }
+
+    /// The map's own key for `addr`: an exact-size copy made once per
+    /// address, so that neither the map nor the timers keep alive the (much
+    /// larger) read buffer `addr` was sliced from.
+    fn key(&self, addr: &Bytes) -> Bytes {
+        match self.addresses.get_key_value(&addr[..]) {
+            Some((k, _)) => k.clone(),
+            None => Bytes::copy_from_slice(addr),
+        }
     }
 
     /// The earliest pending deadline.
@@ -165,21 +192,28 @@ impl Queues {
             body,
             deadline: deadline(now, timeout_s),
         };
-        if let Some(wait) = self.pop_live_wait(&to) {
-            self.answer(wait, &to, msg, out);
-            return;
+        // A waiter whose connection is already closing refuses the frame:
+        // the message then goes to the next waiter, or into the queue.
+        while let Some(wait) = self.pop_live_wait(&to) {
+            if out.deliver(wait.conn, message_frame(&to, &msg), 0) {
+                self.queued_out += 1;
+                out.wait_done(wait.conn);
+                return;
+            }
         }
         if msg.deadline <= now {
             self.expired += 1;
             return;
         }
         let at = msg.deadline;
+        let key = self.key(&to);
         self.addresses
-            .entry(to.clone())
+            .entry(key.clone())
             .or_default()
             .messages
             .push_back(msg);
-        self.add_timer(at, TimerKind::Expire(to));
+        self.queued_now += 1;
+        self.add_timer(at, TimerKind::Expire(key));
     }
 
     /// Waits on up to [`MAX_ADDRESSES`] addresses. Answers at once when a
@@ -195,9 +229,19 @@ impl Queues {
     ) -> Option<WaitId> {
         for addr in &addresses {
             if let Some(msg) = self.pop_live_message(now, addr) {
-                self.queued_out += 1;
-                out.deliver(conn, message_frame(addr, &msg), 0);
-                out.wait_done(conn);
+                if out.deliver(conn, message_frame(addr, &msg), 0) {
+                    self.queued_out += 1;
+                    out.wait_done(conn);
+                } else {
+                    // The connection is closing: the message stays first in line.
+                    let key = self.key(addr);
+                    self.addresses
+                        .entry(key)
+                        .or_default()
+                        .messages
+                        .push_front(msg);
+                    self.queued_now += 1;
+                }
                 return None;
             }
         }
@@ -215,15 +259,22 @@ impl Queues {
             addresses: Vec::new(),
         });
         let id = WaitId { slot, gen };
+        let mut keys: Vec<Bytes> = Vec::with_capacity(addresses.len());
         for addr in &addresses {
+            // An address named twice waits once.
+            if keys.iter().any(|k| k == addr) {
+                continue;
+            }
+            let key = self.key(addr);
             self.addresses
-                .entry(addr.clone())
+                .entry(key.clone())
                 .or_default()
                 .waits
                 .push_back(id);
+            keys.push(key);
         }
         if let Some(w) = self.waits.get_mut(slot) {
-            w.addresses = addresses;
+            w.addresses = keys;
         }
         self.add_timer(at, TimerKind::Wait(slot, gen));
         Some(id)
@@ -273,14 +324,28 @@ impl Queues {
         }
     }
 
+    /// A message on `addr` reached its deadline. Expired messages at the
+    /// front go at once; one stuck behind a live message is counted, and the
+    /// queue is swept once such messages could be half of it, so dropping
+    /// costs amortised O(1) per message.
     fn expire_front(&mut self, now: Millis, addr: &Bytes) {
         let Some(a) = self.addresses.get_mut(addr) else {
             return;
         };
+        let before = a.messages.len();
         while a.messages.front().is_some_and(|m| m.deadline <= now) {
             a.messages.pop_front();
-            self.expired += 1;
         }
+        if a.messages.len() == before {
+            a.expired_inside += 1;
+            if a.expired_inside * 2 >= a.messages.len() {
+                a.messages.retain(|m| m.deadline > now);
+                a.expired_inside = 0;
+            }
+        }
+        let gone = before - a.messages.len();
+        self.expired += gone as u64;
+        self.queued_now -= gone;
         self.forget_if_empty(addr);
     }
 
@@ -288,6 +353,7 @@ impl Queues {
         let a = self.addresses.get_mut(addr)?;
         let mut found = None;
         while let Some(m) = a.messages.pop_front() {
+            self.queued_now -= 1;
             if m.deadline > now {
                 found = Some(m);
                 break;
@@ -314,12 +380,6 @@ impl Queues {
         }
         self.forget_if_empty(addr);
         found
-    }
-
-    fn answer(&mut self, wait: Wait, addr: &Bytes, msg: Message, out: &mut impl Outbox) {
-        self.queued_out += 1;
-        out.deliver(wait.conn, message_frame(addr, &msg), 0);
-        out.wait_done(wait.conn);
     }
 
     /// Counts the entries of an answered or withdrawn wait as stale in each of
@@ -503,6 +563,71 @@ mod tests {
         q.send(2, b("AB.1"), None, 30, b("pong"), &mut out);
         assert_eq!(out.bytes_for(conn(1)), b"> 4 30 AB.1\r\npong\r\n");
         assert_eq!(q.unique_address(), b("AB.2"));
+    }
+
+    #[test]
+    fn a_refusing_waiter_passes_the_message_on() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        q.ready(0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        q.ready(0, conn(2), 60, vec![b("a")], &mut out).unwrap();
+        out.refuse.push(conn(1));
+        q.send(1, b("a"), None, 60, b("m"), &mut out);
+        assert_eq!(out.bytes_for(conn(2)), b"> 1 60 a\r\nm\r\n");
+        // With nobody left to take it, the next one is queued, not lost.
+        out.refuse.push(conn(3));
+        q.ready(2, conn(3), 60, vec![b("b")], &mut out).unwrap();
+        q.send(3, b("b"), None, 60, b("n"), &mut out);
+        assert_eq!(q.queued(), 1);
+        // And a refused `<` leaves a queued message first in line.
+        q.ready(4, conn(3), 60, vec![b("b")], &mut out);
+        assert_eq!(q.queued(), 1);
+        q.ready(5, conn(4), 60, vec![b("b")], &mut out);
+        assert_eq!(out.bytes_for(conn(4)), b"> 1 60 b\r\nn\r\n");
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn timers_of_answered_waits_do_not_pile_up() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        for k in 0..100_000 {
+            q.ready(0, conn(k), 3600, vec![b("jobs")], &mut out);
+            q.send(0, b("jobs"), None, 3600, b("j"), &mut out);
+        }
+        assert_eq!(q.waiting(), 0);
+        assert!(q.timers.len() <= 1024 + 1, "{} timers left", q.timers.len());
+    }
+
+    #[test]
+    fn expired_messages_behind_a_live_one_are_swept() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        q.send(0, b("a"), None, 3600, b("long"), &mut out);
+        for _ in 0..100 {
+            q.send(0, b("a"), None, 1, b("short"), &mut out);
+        }
+        assert_eq!(q.queued(), 101);
+        q.on_timers(1000, &mut out);
+        assert_eq!(q.queued(), 1);
+        assert_eq!(q.stats().2, 100);
+        q.ready(1001, conn(1), 1, vec![b("a")], &mut out);
+        assert_eq!(out.bytes_for(conn(1)), b"> 4 3600 a\r\nlong\r\n");
+    }
+
+    #[test]
+    fn an_address_named_twice_is_forgotten_after_the_answer() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        q.ready(0, conn(1), 60, vec![b("x"), b("x"), b("y")], &mut out)
+            .unwrap();
+        q.send(1, b("x"), None, 60, b("m"), &mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert!(
+            q.addresses.is_empty(),
+            "{} addresses left",
+            q.addresses.len()
+        );
     }
 
     #[test]

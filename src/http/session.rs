@@ -20,6 +20,7 @@ use crate::broker::frames::{multipart_opening, Framing};
 use crate::broker::{Broker, ConnId, Millis, Outbox, Subscription};
 use crate::config::{Config, Limits};
 use crate::line::session::Next;
+use crate::server::conn::CloseReason;
 use crate::server::event_loop::LoopStats;
 
 /// The path prefix of the bus.
@@ -95,6 +96,12 @@ impl Stream {
     }
 }
 
+/// Sends the open fan-out batch before the connection's turn ends.
+fn finish(env: Env<'_, impl Outbox>, next: Next) -> Next {
+    env.broker.seal(env.out);
+    next
+}
+
 /// Everything a request handler may touch.
 struct Env<'a, O: Outbox> {
     me: ConnId,
@@ -117,11 +124,6 @@ impl HttpSession {
             state: State::Requests,
             closing: false,
         }
-    }
-
-    /// HTTP connections never wait on the broker.
-    pub fn is_paused(&self) -> bool {
-        false
     }
 
     pub fn is_subscriber(&self) -> bool {
@@ -166,16 +168,18 @@ impl HttpSession {
                     response::error_response(&mut b, e);
                     env.send(b);
                     input.clear();
-                    self.closing = true;
+                    return finish(env, Next::Refused);
                 }
             }
         }
-        env.broker.seal(env.out);
-        if self.closing {
-            Next::Close
-        } else {
-            Next::Read
-        }
+        finish(
+            env,
+            if self.closing {
+                Next::Close
+            } else {
+                Next::Read
+            },
+        )
     }
 
     pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
@@ -474,6 +478,10 @@ fn stats_json(broker: &Broker, stats: &LoopStats, ctx: &HttpContext) -> String {
             "total": stats.open_line + stats.open_bus,
             "accepted": stats.accepted,
             "accept_errors": stats.accept_errors,
+            "closed_by": CloseReason::ALL
+                .iter()
+                .map(|r| (r.as_str().replace(' ', "_"), serde_json::json!(stats.closed_by[*r as usize])))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
             "closed": stats.closed,
         },
         "channels": broker.channels.channel_count(),

@@ -22,8 +22,10 @@ pub enum Next {
     Read,
     /// A wait is pending; leave further input unread until it is answered.
     Paused,
-    /// Flush what is queued, then close (after `.` or an error).
+    /// Flush what is queued, then close (after `.`).
     Close,
+    /// Flush the error answer that is queued, then close.
+    Refused,
 }
 
 pub struct LineSession {
@@ -31,6 +33,8 @@ pub struct LineSession {
     waiting: Option<WaitId>,
     subscriptions: Vec<Bytes>,
     closing: bool,
+    /// Closing because of malformed input.
+    refused: bool,
 }
 
 impl LineSession {
@@ -40,6 +44,7 @@ impl LineSession {
             waiting: None,
             subscriptions: Vec::new(),
             closing: false,
+            refused: false,
         }
     }
 
@@ -104,7 +109,9 @@ impl LineSession {
             }
         }
         broker.seal(out);
-        if self.closing {
+        if self.refused {
+            Next::Refused
+        } else if self.closing {
             Next::Close
         } else if self.waiting.is_some() {
             Next::Paused
@@ -122,6 +129,7 @@ impl LineSession {
         frame.put_slice(b"\r\n");
         out.deliver(me, frame.freeze(), 0);
         self.closing = true;
+        self.refused = true;
     }
 
     fn apply(
@@ -261,7 +269,7 @@ mod tests {
                 &mut broker,
                 &mut out
             ),
-            Next::Close
+            Next::Refused
         );
         assert_eq!(out.bytes_for(me), b"- invalid command\r\n");
         assert_eq!(broker.queues.queued(), 0);

@@ -38,10 +38,20 @@ pub enum CloseReason {
     ReadError,
     WriteError,
     LingerTimeout,
-    Shutdown,
 }
 
 impl CloseReason {
+    pub const COUNT: usize = 7;
+    pub const ALL: [CloseReason; CloseReason::COUNT] = [
+        CloseReason::PeerClosed,
+        CloseReason::Quit,
+        CloseReason::ProtocolError,
+        CloseReason::SlowSubscriber,
+        CloseReason::ReadError,
+        CloseReason::WriteError,
+        CloseReason::LingerTimeout,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer closed",
@@ -51,15 +61,12 @@ impl CloseReason {
             CloseReason::ReadError => "read error",
             CloseReason::WriteError => "write error",
             CloseReason::LingerTimeout => "linger timeout",
-            CloseReason::Shutdown => "shutdown",
         }
     }
 }
 
 pub struct Conn {
     pub id: ConnId,
-    /// Index of the listener it came from.
-    pub listener: usize,
     pub transport: Transport,
     pub door: Door,
     pub outq: OutQueue,

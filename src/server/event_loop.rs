@@ -89,9 +89,17 @@ pub struct LoopStats {
     /// Open connections by door.
     pub open_line: u64,
     pub open_bus: u64,
+    /// Closed connections by reason, indexed by `CloseReason as usize`.
+    pub closed_by: [u64; CloseReason::COUNT],
 }
 
 impl LoopStats {
+    fn count_close(&mut self, reason: CloseReason) {
+        if let Some(n) = self.closed_by.get_mut(reason as usize) {
+            *n += 1;
+        }
+    }
+
     fn count_open(&mut self, door: &Door, delta: i64) {
         let n = match door {
             Door::Line(_) => &mut self.open_line,
@@ -432,7 +440,7 @@ impl Server {
                 ListenSocket::Unix(l, _) => l.accept().map(|(s, _)| Transport::Unix(s)),
             };
             match accepted {
-                Ok(transport) => self.add_conn(index, kind, transport),
+                Ok(transport) => self.add_conn(kind, transport),
                 Err(e) if is_would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_error(&e) => {
@@ -449,7 +457,7 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, listener: usize, kind: DoorKind, mut transport: Transport) {
+    fn add_conn(&mut self, kind: DoorKind, mut transport: Transport) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -475,7 +483,6 @@ impl Server {
         self.stats.count_open(&door, 1);
         entry.insert(Conn {
             id,
-            listener,
             transport,
             door,
             outq: OutQueue::default(),
@@ -504,6 +511,12 @@ impl Server {
             }
             if is_paused(&c.door) {
                 self.read_ahead(key);
+                return;
+            }
+            // Output backpressure: a client that does not read what it asked
+            // for is not read from either, until its queue drains below the
+            // backlog limit (flush_dirty puts it back on `still_ready`).
+            if c.outq.bytes() >= self.limits.backlog {
                 return;
             }
             let from_scratch = c.input.is_empty();
@@ -572,6 +585,10 @@ impl Server {
                 }
                 Next::Close => {
                     self.linger(key, CloseReason::Quit);
+                    return;
+                }
+                Next::Refused => {
+                    self.linger(key, CloseReason::ProtocolError);
                     return;
                 }
             }
@@ -711,6 +728,10 @@ impl Server {
                     self.linger(key, CloseReason::Quit);
                     return;
                 }
+                Next::Refused => {
+                    self.linger(key, CloseReason::ProtocolError);
+                    return;
+                }
             }
         }
         self.on_readable(key);
@@ -774,6 +795,10 @@ impl Server {
             match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
+                    if c.readable && n > 0 && c.outq.bytes() < self.limits.backlog {
+                        // Input left unread (budget or backpressure): go on.
+                        self.still_ready.push(key);
+                    }
                     match outcome {
                         Flushed::All => match c.transport.flush_pending() {
                             Ok(true) => {
@@ -813,9 +838,13 @@ impl Server {
                 continue;
             }
             let mut c = self.conns.remove(key);
-            if reason != CloseReason::WriteError {
+            if !matches!(reason, CloseReason::WriteError | CloseReason::ReadError) {
+                // Unread input at close() would make the kernel reset the
+                // connection, and the peer could lose the last answer.
+                c.transport.drain();
                 c.transport.close();
             }
+            self.stats.count_close(reason);
             c.transport.deregister(self.poll.registry());
             log::debug!("conn {key}: closed ({})", reason.as_str());
             if c.dropped > 0 {
@@ -864,7 +893,12 @@ impl Server {
             if !pending || left.is_zero() {
                 break;
             }
-            if self.poll.poll(&mut events, Some(left)).is_err() {
+            let wait = if self.dirty.is_empty() {
+                left
+            } else {
+                Duration::ZERO
+            };
+            if self.poll.poll(&mut events, Some(wait)).is_err() {
                 break;
             }
             for event in events.iter() {
@@ -883,13 +917,9 @@ impl Server {
     }
 }
 
+/// A line connection whose wait is pending runs no commands.
 fn is_paused(door: &Door) -> bool {
-    match door {
-        Door::Line(s) => s.is_waiting(),
-        Door::Http(s) => s.is_paused(),
-        Door::Stream(_) => false,
-        Door::Detached => true,
-    }
+    matches!(door, Door::Line(s) if s.is_waiting()) || matches!(door, Door::Detached)
 }
 
 fn bind_tcp(addr: std::net::SocketAddr, flag: &str) -> io::Result<TcpListener> {
@@ -940,13 +970,18 @@ pub struct Post<'a> {
 }
 
 impl Outbox for Post<'_> {
-    fn deliver(&mut self, conn: ConnId, frame: bytes::Bytes, messages: u32) {
+    fn deliver(&mut self, conn: ConnId, frame: bytes::Bytes, messages: u32) -> bool {
         let key = conn.key as usize;
         let Some(c) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
         if c.id != conn || c.closing {
-            return;
+            return false;
+        }
+        // A connection on its way out gets its answers, not more channel
+        // messages.
+        if messages > 0 && c.close_after_flush.is_some() {
+            return false;
         }
         let queued = c.outq.bytes();
         if messages > 0 && queued > 0 && queued + frame.len() > self.limits.backlog {
@@ -975,13 +1010,14 @@ impl Outbox for Post<'_> {
                     self.to_close.push((key, CloseReason::SlowSubscriber));
                 }
             }
-            return;
+            return false;
         }
         c.outq.push(frame);
         if !c.dirty {
             c.dirty = true;
             self.dirty.push(key);
         }
+        true
     }
 
     fn wait_done(&mut self, conn: ConnId) {

@@ -43,6 +43,18 @@ impl Transport {
         }
     }
 
+    /// Reads and discards what the peer has already sent (a bounded amount),
+    /// so that closing does not reset the connection under the peer's feet.
+    pub fn drain(&mut self) {
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            match self.read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
     /// The polite end of a stream: TLS sends close_notify.
     pub fn close(&mut self) {
         if let Transport::Tls(s) = self {
