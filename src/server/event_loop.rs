@@ -169,13 +169,47 @@ impl Server {
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
-        if let Listen::At(addr) = config.line_listen {
-            listeners.push(Listener {
-                kind: DoorKind::Line,
-                name: "line",
-                socket: ListenSocket::Tcp(bind_tcp(addr, "--line-listen")?),
-                tls: None,
-            });
+        let tls = config.tls.as_ref();
+        // Every TCP door: (kind, name, address, flag, TLS settings).
+        let tcp_doors = [
+            (
+                DoorKind::Line,
+                "line",
+                &config.line_listen,
+                "--line-listen",
+                None,
+            ),
+            (
+                DoorKind::Bus,
+                "bus",
+                &config.bus_listen,
+                "--bus-listen",
+                None,
+            ),
+            (
+                DoorKind::Bus,
+                "bus-tls",
+                tls.map_or(&Listen::Off, |t| &t.bus_listen),
+                "--bus-tls-listen",
+                tls.map(|t| t.config.clone()),
+            ),
+            (
+                DoorKind::Line,
+                "line-tls",
+                tls.map_or(&Listen::Off, |t| &t.line_listen),
+                "--line-tls-listen",
+                tls.map(|t| t.config.clone()),
+            ),
+        ];
+        for (kind, name, listen, flag, tls) in tcp_doors {
+            if let Listen::At(addr) = listen {
+                listeners.push(Listener {
+                    kind,
+                    name,
+                    socket: ListenSocket::Tcp(bind_tcp(*addr, flag)?),
+                    tls,
+                });
+            }
         }
         if let Some(path) = &config.line_unix {
             listeners.push(Listener {
@@ -184,32 +218,6 @@ impl Server {
                 socket: ListenSocket::Unix(bind_unix(path)?, path.clone()),
                 tls: None,
             });
-        }
-        if let Listen::At(addr) = config.bus_listen {
-            listeners.push(Listener {
-                kind: DoorKind::Bus,
-                name: "bus",
-                socket: ListenSocket::Tcp(bind_tcp(addr, "--bus-listen")?),
-                tls: None,
-            });
-        }
-        if let Some(tls) = &config.tls {
-            if let Listen::At(addr) = tls.bus_listen {
-                listeners.push(Listener {
-                    kind: DoorKind::Bus,
-                    name: "bus-tls",
-                    socket: ListenSocket::Tcp(bind_tcp(addr, "--bus-tls-listen")?),
-                    tls: Some(tls.config.clone()),
-                });
-            }
-            if let Listen::At(addr) = tls.line_listen {
-                listeners.push(Listener {
-                    kind: DoorKind::Line,
-                    name: "line-tls",
-                    socket: ListenSocket::Tcp(bind_tcp(addr, "--line-tls-listen")?),
-                    tls: Some(tls.config.clone()),
-                });
-            }
         }
         if listeners.is_empty() {
             return Err(io::Error::other("every door is off: nothing to serve"));
@@ -576,21 +584,8 @@ impl Server {
             } else {
                 self.process_own_input(key)
             };
-            match next {
-                Next::Read => {}
-                Next::Paused => {
-                    // Notices a client that wrote its wait and went away.
-                    self.read_ahead(key);
-                    return;
-                }
-                Next::Close => {
-                    self.linger(key, CloseReason::Quit);
-                    return;
-                }
-                Next::Refused => {
-                    self.linger(key, CloseReason::ProtocolError);
-                    return;
-                }
+            if !self.after_input(key, next) {
+                return;
             }
             if budget == 0 {
                 self.still_ready.push(key);
@@ -649,6 +644,26 @@ impl Server {
                 _ => self.mark_close(key, reason),
             }
             return;
+        }
+    }
+
+    /// Acts on what a door said after its input; true when reading may go on.
+    fn after_input(&mut self, key: usize, next: Next) -> bool {
+        match next {
+            Next::Read => true,
+            Next::Paused => {
+                // Notices a client that wrote its wait and went away.
+                self.read_ahead(key);
+                false
+            }
+            Next::Close => {
+                self.linger(key, CloseReason::Quit);
+                false
+            }
+            Next::Refused => {
+                self.linger(key, CloseReason::ProtocolError);
+                false
+            }
         }
     }
 
@@ -717,21 +732,9 @@ impl Server {
             return;
         }
         if !c.input.is_empty() {
-            match self.process_own_input(key) {
-                Next::Read => {}
-                Next::Paused => {
-                    // Notices a client that wrote its wait and went away.
-                    self.read_ahead(key);
-                    return;
-                }
-                Next::Close => {
-                    self.linger(key, CloseReason::Quit);
-                    return;
-                }
-                Next::Refused => {
-                    self.linger(key, CloseReason::ProtocolError);
-                    return;
-                }
+            let next = self.process_own_input(key);
+            if !self.after_input(key, next) {
+                return;
             }
         }
         self.on_readable(key);
