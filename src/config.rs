@@ -69,6 +69,8 @@ pub struct Limits {
     /// Unsent bytes a subscriber may hold before the slow-subscriber policy acts.
     pub backlog: usize,
     pub slow_policy: SlowPolicy,
+    /// Channels one line-protocol connection may subscribe to.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +82,7 @@ impl Default for Limits {
             max_connections: 100_000,
             backlog: 1_000_000,
             slow_policy: SlowPolicy::Drop,
+            max_subscriptions: 10_000,
         }
     }
 }
@@ -164,6 +167,10 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().backlog)]
     pub backlog_limit: usize,
 
+    /// Channels one line-protocol connection may subscribe to.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_subscriptions)]
+    pub max_subscriptions: usize,
+
     /// What to do with a subscriber over its backlog limit.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Drop)]
     pub slow_subscriber: SlowPolicy,
@@ -231,6 +238,7 @@ impl Config {
                 max_connections: args.max_connections,
                 backlog: args.backlog_limit,
                 slow_policy: args.slow_subscriber,
+                max_subscriptions: args.max_subscriptions,
             },
         })
     }

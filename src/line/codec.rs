@@ -64,6 +64,7 @@ pub enum LineError {
     BodyNotTerminated,
     LineTooLong(usize),
     BodyTooLarge(usize),
+    TooManySubscriptions(usize),
 }
 
 impl fmt::Display for LineError {
@@ -90,6 +91,9 @@ impl fmt::Display for LineError {
             LineError::BodyNotTerminated => f.write_str("body must be followed by \\r\\n"),
             LineError::LineTooLong(n) => write!(f, "line too long (limit {n} bytes)"),
             LineError::BodyTooLarge(n) => write!(f, "body too large (limit {n} bytes)"),
+            LineError::TooManySubscriptions(n) => {
+                write!(f, "too many subscriptions (limit {n} per connection)")
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ pub enum Next {
 }
 
 pub struct LineSession {
+    max_subscriptions: usize,
     decoder: Decoder,
     waiting: Option<WaitId>,
     subscriptions: Vec<Bytes>,
@@ -38,8 +39,9 @@ pub struct LineSession {
 }
 
 impl LineSession {
-    pub fn new(max_line: usize, max_body: usize) -> LineSession {
+    pub fn new(max_line: usize, max_body: usize, max_subscriptions: usize) -> LineSession {
         LineSession {
+            max_subscriptions,
             decoder: Decoder::new(max_line, max_body),
             waiting: None,
             subscriptions: Vec::new(),
@@ -161,6 +163,18 @@ impl LineSession {
             } => self.waiting = broker.queues.query(now, me, timeout_s, to, body, out),
             Command::Quit => self.closing = true,
             Command::Subscribe { channel } => {
+                if self.subscriptions.contains(&channel) {
+                    return;
+                }
+                if self.subscriptions.len() >= self.max_subscriptions {
+                    self.fail(
+                        me,
+                        LineError::TooManySubscriptions(self.max_subscriptions),
+                        broker,
+                        out,
+                    );
+                    return;
+                }
                 if channel == ALL_CHANNELS {
                     broker.channels.subscribe_all(me, Subscription::line(), out);
                 } else {
@@ -168,13 +182,10 @@ impl LineSession {
                         .channels
                         .subscribe(me, channel.clone(), Subscription::line(), out);
                 }
-                if !self.subscriptions.contains(&channel) {
-                    // An exact-size copy: a slice would keep the whole read
-                    // buffer it came from alive for as long as the
-                    // subscription lasts.
-                    self.subscriptions.reserve_exact(1);
-                    self.subscriptions.push(Bytes::copy_from_slice(&channel));
-                }
+                // An exact-size copy: a slice would keep the whole read
+                // buffer it came from alive for as long as the subscription
+                // lasts.
+                self.subscriptions.push(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
                 self.unsubscribe(me, &channel, broker, out);
@@ -235,7 +246,7 @@ mod tests {
     #[test]
     fn wait_pauses_the_commands_after_it() {
         let me = ConnId { key: 1, gen: 1 };
-        let mut s = LineSession::new(4096, 1 << 20);
+        let mut s = LineSession::new(4096, 1 << 20, 100);
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
         let mut buf = BytesMut::from(&b"< 5 a\r\n+ ch\r\n"[..]);
@@ -258,7 +269,7 @@ mod tests {
     #[test]
     fn errors_answer_and_close() {
         let me = ConnId { key: 1, gen: 1 };
-        let mut s = LineSession::new(4096, 1 << 20);
+        let mut s = LineSession::new(4096, 1 << 20, 100);
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
         assert_eq!(
@@ -276,9 +287,25 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_per_connection_are_limited() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20, 2);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        // A repeated subscription does not count twice.
+        let input = b"+ a\r\n+ a\r\n+ b\r\n~ b\r\n+ c\r\n+ d\r\n";
+        assert_eq!(run(&mut s, me, input, &mut broker, &mut out), Next::Refused);
+        assert_eq!(
+            out.bytes_for(me),
+            b"- too many subscriptions (limit 2 per connection)\r\n"
+        );
+        assert_eq!(broker.channels.subscription_count(), 2);
+    }
+
+    #[test]
     fn self_subscription_probe_round_trip() {
         let me = ConnId { key: 7, gen: 1 };
-        let mut s = LineSession::new(4096, 1 << 20);
+        let mut s = LineSession::new(4096, 1 << 20, 100);
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
         let probe = b"+ CH\r\n+ CH.c7\r\n! 1 CH.c7 application/octet-stream\r\nc\r\n~ CH.c7\r\n";

@@ -474,9 +474,11 @@ impl Server {
             return;
         }
         let door = match kind {
-            DoorKind::Line => {
-                Door::Line(LineSession::new(self.limits.max_line, self.limits.max_body))
-            }
+            DoorKind::Line => Door::Line(LineSession::new(
+                self.limits.max_line,
+                self.limits.max_body,
+                self.limits.max_subscriptions,
+            )),
             DoorKind::Bus => Door::Http(Box::new(HttpSession::new(&self.limits))),
         };
         let id = ConnId {
