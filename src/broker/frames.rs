@@ -94,9 +94,25 @@ pub fn line_message(
     timeout_s: u64,
     body: &[u8],
 ) {
-    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + body.len() + 48);
+    line_message_head(out, to, reply, timeout_s, body.len());
+    if !body.is_empty() {
+        out.reserve(body.len() + 2);
+        out.put_slice(body);
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// Appends only the command line of a message frame, `> LEN TIMEOUT TO [REPLY]\r\n`.
+pub fn line_message_head(
+    out: &mut BytesMut,
+    to: &[u8],
+    reply: Option<&[u8]>,
+    timeout_s: u64,
+    len: usize,
+) {
+    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + 48);
     out.put_slice(b"> ");
-    put_decimal(out, body.len() as u64);
+    put_decimal(out, len as u64);
     out.put_u8(b' ');
     put_decimal(out, timeout_s);
     out.put_u8(b' ');
@@ -106,10 +122,6 @@ pub fn line_message(
         out.put_slice(r);
     }
     out.put_slice(b"\r\n");
-    if !body.is_empty() {
-        out.put_slice(body);
-        out.put_slice(b"\r\n");
-    }
 }
 
 /// The bytes that open a multipart stream, sent with the response head.

@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 
-use super::frames::line_message;
+use super::frames::{line_message, line_message_head};
 use super::{ConnId, Millis, Outbox};
 
 /// The most addresses one `<` may wait on.
@@ -195,7 +195,7 @@ impl Queues {
         // A waiter whose connection is already closing refuses the frame:
         // the message then goes to the next waiter, or into the queue.
         while let Some(wait) = self.pop_live_wait(&to) {
-            if out.deliver(wait.conn, message_frame(&to, &msg), 0) {
+            if deliver_message(out, wait.conn, &to, &msg) {
                 self.queued_out += 1;
                 out.wait_done(wait.conn);
                 return;
@@ -205,6 +205,13 @@ impl Queues {
             self.expired += 1;
             return;
         }
+        // A queued message may wait long: its small parts become exact-size
+        // copies so they do not keep the read buffer they came in alive.
+        let mut msg = msg;
+        if msg.body.len() < SHARED_BODY {
+            msg.body = Bytes::copy_from_slice(&msg.body);
+        }
+        msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
         let at = msg.deadline;
         let key = self.key(&to);
         self.addresses
@@ -229,7 +236,7 @@ impl Queues {
     ) -> Option<WaitId> {
         for addr in &addresses {
             if let Some(msg) = self.pop_live_message(now, addr) {
-                if out.deliver(conn, message_frame(addr, &msg), 0) {
+                if deliver_message(out, conn, addr, &msg) {
                     self.queued_out += 1;
                     out.wait_done(conn);
                 } else {
@@ -413,10 +420,34 @@ impl Queues {
     }
 }
 
-fn message_frame(to: &[u8], msg: &Message) -> Bytes {
-    let mut out = BytesMut::new();
-    line_message(&mut out, to, msg.reply.as_deref(), msg.timeout_s, &msg.body);
-    out.freeze()
+/// Bodies from this size on are queued as they are, between a header frame
+/// and a CRLF, instead of being copied into one frame.
+const SHARED_BODY: usize = 16 * 1024;
+
+/// Queues `> LEN TIMEOUT TO [REPLY]` + body for `conn`; false when refused.
+fn deliver_message(out: &mut impl Outbox, conn: ConnId, to: &[u8], msg: &Message) -> bool {
+    let mut head = BytesMut::new();
+    if msg.body.len() < SHARED_BODY {
+        line_message(
+            &mut head,
+            to,
+            msg.reply.as_deref(),
+            msg.timeout_s,
+            &msg.body,
+        );
+        return out.deliver(conn, head.freeze(), 0);
+    }
+    line_message_head(
+        &mut head,
+        to,
+        msg.reply.as_deref(),
+        msg.timeout_s,
+        msg.body.len(),
+    );
+    // All three go to one connection in one step: accepted or refused alike.
+    out.deliver(conn, head.freeze(), 0)
+        && out.deliver(conn, msg.body.clone(), 0)
+        && out.deliver(conn, Bytes::from_static(b"\r\n"), 0)
 }
 
 #[cfg(test)]
@@ -628,6 +659,23 @@ mod tests {
             "{} addresses left",
             q.addresses.len()
         );
+    }
+
+    #[test]
+    fn large_bodies_are_queued_without_a_copy() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let body = Bytes::from(vec![b'x'; 100_000]);
+        q.send(0, b("big"), None, 60, body.clone(), &mut out);
+        q.ready(1, conn(1), 60, vec![b("big")], &mut out);
+        let mut want = b"> 100000 60 big\r\n".to_vec();
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(out.bytes_for(conn(1)), want);
+        assert!(out
+            .frames
+            .iter()
+            .any(|(_, f, _)| f.as_ptr() == body.as_ptr()));
     }
 
     #[test]
