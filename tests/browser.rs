@@ -343,7 +343,16 @@ fn has_message(needle: &str) -> String {
 }
 
 fn curl_publish(bus: &str, channel: &str, body: &str) {
-    let out = Command::new("curl")
+    curl_publish_as(bus, channel, body, None);
+}
+
+/// Publishes with real curl, as `user` (Basic credentials) when given.
+fn curl_publish_as(bus: &str, channel: &str, body: &str, user: Option<&str>) {
+    let mut cmd = Command::new("curl");
+    if let Some(user) = user {
+        cmd.args(["-u", &format!("{user}:")]);
+    }
+    let out = cmd
         .args([
             "-sS",
             "--max-time",
@@ -423,8 +432,18 @@ fn chat_page_sends_and_receives() {
         "the message field is cleared after sending"
     );
 
+    // Someone else's message carries their name (the JSON event stream).
+    curl_publish_as(&bus, "chat", "hi from bob", Some("bob"));
+    browser.wait_until(
+        "bob's message with his name",
+        "return [...document.querySelectorAll('#messages li')]\
+         .some(li => li.querySelector('.sender') \
+                  && li.querySelector('.sender').textContent === 'bob' \
+                  && li.querySelector('.body').textContent === 'hi from bob');",
+    );
+
     let count = browser.script("return document.querySelectorAll('#messages li').length;");
-    assert_eq!(count, json!(3), "each message appears once");
+    assert_eq!(count, json!(4), "each message appears once");
 
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-chat.png");
     browser.screenshot(&shot);

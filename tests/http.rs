@@ -1706,6 +1706,27 @@ fn event_stream_subscribers() {
     root.assert_quiet();
 }
 
+#[test]
+fn json_event_stream_subscribers() {
+    let server = Server::start(&[]);
+    let bus = server.bus();
+    let mut j = Conn::open(bus);
+    j.send(b"GET /msgbus/foo?format=json HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    j.expect(
+        b"HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Type: text/event-stream\r\n\
+          Cache-Control: no-cache\r\n\r\n: subscribed\n\n",
+    );
+    publish(bus, "foo", "text/plain", b"hello");
+    publish_as(bus, "foo", "text/plain", "bob:pw", b"a\r\n\"b\"");
+    j.expect(
+        b"data: {\"body\":\"hello\",\"channel\":\"foo\",\"from\":null,\"type\":\"text/plain\"}\n\n",
+    );
+    j.expect(
+        b"data: {\"body\":\"a\\r\\n\\\"b\\\"\",\"channel\":\"foo\",\"from\":\"bob\",\"type\":\"text/plain\"}\n\n",
+    );
+    j.assert_quiet();
+}
+
 // ---------------------------------------------------------------------------
 // Slow subscribers
 

@@ -2,9 +2,9 @@
 // GET /msgbus/chat and are sent with POST /msgbus/chat (text/plain).
 //
 // The name is sent as the user of HTTP Basic credentials, which the bus
-// records as the sender (`From:` for multipart subscribers, `from=` in the
-// event-stream comment). EventSource does not expose comments, so the page
-// labels a message with a sender only when it sent that message itself.
+// records as the sender. The page subscribes with `?format=json`, so each
+// event's data is {"channel", "type", "from", "body"} and every message can
+// be labelled with its sender.
 "use strict";
 
 (function () {
@@ -72,19 +72,25 @@
   }
 
   function receive(event) {
-    const body = event.data;
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (e) {
+      return;
+    }
+    const body = message.body;
     const index = pending.findIndex((p) => p.body === body);
     if (index >= 0) {
       const [own] = pending.splice(index, 1);
-      addMessage(body, own.sender || "you", true);
+      addMessage(body, message.from || own.sender || "you", true);
     } else {
-      addMessage(body, null, false);
+      addMessage(body, message.from, false);
     }
   }
 
   function connect() {
     setStatus("Connecting…", "connecting");
-    const source = new EventSource(busPath);
+    const source = new EventSource(busPath + "?format=json");
     source.onopen = () => setStatus("Connected to channel " + CHANNEL, "open");
     source.onmessage = receive;
     source.onerror = () => {

@@ -20,9 +20,12 @@ pub enum Framing {
     MultipartPlain = 2,
     /// `text/event-stream`, one event per message.
     EventStream = 3,
+    /// `text/event-stream` whose data is one JSON object per message, with
+    /// the channel, content type and sender as fields (`?format=json`).
+    EventStreamJson = 4,
 }
 
-pub const FRAMINGS: usize = 4;
+pub const FRAMINGS: usize = 5;
 
 impl Framing {
     pub const ALL: [Framing; FRAMINGS] = [
@@ -30,6 +33,7 @@ impl Framing {
         Framing::MultipartChunked,
         Framing::MultipartPlain,
         Framing::EventStream,
+        Framing::EventStreamJson,
     ];
 }
 
@@ -235,6 +239,23 @@ pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
     out.put_slice(b"\n");
 }
 
+/// Appends one Server-Sent Event whose data is a JSON object on one line:
+/// `{"channel":…,"type":…,"from":…,"body":…}` (`from` is null for an
+/// anonymous publisher). Strings are JSON-escaped, so a body's line breaks
+/// stay inside the one `data:` line; bytes that are not UTF-8 become U+FFFD.
+pub fn event_stream_json(out: &mut BytesMut, p: &Publication) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let event = serde_json::json!({
+        "channel": text(p.channel),
+        "type": text(p.content_type),
+        "from": p.sender.map(text),
+        "body": text(p.body),
+    });
+    out.put_slice(b"data: ");
+    out.put_slice(event.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
 /// Appends the frame of `framing` for one publication.
 pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool) {
     match framing {
@@ -242,6 +263,7 @@ pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool)
         Framing::MultipartChunked => multipart_part(out, p, root, true),
         Framing::MultipartPlain => multipart_part(out, p, root, false),
         Framing::EventStream => event_stream(out, p, root),
+        Framing::EventStreamJson => event_stream_json(out, p),
     }
 }
 
@@ -324,6 +346,20 @@ mod tests {
                 assert!(chunked.ends_with(b"\r\n"));
             }
         }
+    }
+
+    #[test]
+    fn event_stream_json_is_one_data_line() {
+        let mut out = BytesMut::new();
+        event_stream_json(&mut out, &publication(b"a\r\n\"b\"", Some(b"bob")));
+        assert_eq!(
+            &out[..],
+            &b"data: {\"body\":\"a\\r\\n\\\"b\\\"\",\"channel\":\"foo\",\"from\":\"bob\",\"type\":\"text/plain\"}\n\n"[..]
+        );
+        out.clear();
+        event_stream_json(&mut out, &publication(b"x", None));
+        assert!(out.starts_with(b"data: {") && out.ends_with(b"}\n\n"));
+        assert!(memchr::memmem::find(&out, b"\"from\":null").is_some());
     }
 
     #[test]

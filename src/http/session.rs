@@ -271,7 +271,10 @@ impl HttpSession {
         let sse = req
             .header("Accept")
             .is_some_and(|v| contains_token(v, b"text/event-stream"));
-        let framing = if sse {
+        let json = query_param(req.query().unwrap_or(""), "format").as_deref() == Some(b"json");
+        let framing = if sse && json {
+            Framing::EventStreamJson
+        } else if sse {
             Framing::EventStream
         } else if req.minor_version == 0 {
             Framing::MultipartPlain
@@ -280,7 +283,7 @@ impl HttpSession {
         };
         let mut b = BytesMut::new();
         match framing {
-            Framing::EventStream => response::write_head(
+            Framing::EventStream | Framing::EventStreamJson => response::write_head(
                 &mut b,
                 req.minor_version,
                 200,
@@ -317,7 +320,9 @@ impl HttpSession {
             return;
         }
         match framing {
-            Framing::EventStream => b.extend_from_slice(b": subscribed\n\n"),
+            Framing::EventStream | Framing::EventStreamJson => {
+                b.extend_from_slice(b": subscribed\n\n")
+            }
             f => b.extend_from_slice(multipart_opening(f == Framing::MultipartChunked)),
         }
         env.send(b);
