@@ -131,6 +131,10 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4444", value_parser = parse_listen)]
     pub bus_tls_listen: Listen,
 
+    /// Require TLS clients to present a certificate signed by a CA in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Line protocol over TLS on this address (needs --tls-cert and --tls-key).
     #[arg(long, value_name = "ADDR", value_parser = parse_listen, requires = "tls_cert")]
     pub line_tls_listen: Option<Listen>,
@@ -217,7 +221,7 @@ impl Config {
         }
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsDoors {
-                config: crate::server::tls::load_config(cert, key)?,
+                config: crate::server::tls::load_config(cert, key, args.tls_client_ca.as_deref())?,
                 bus_listen: args.bus_tls_listen.clone(),
                 line_listen: args.line_tls_listen.clone().unwrap_or(Listen::Off),
             }),

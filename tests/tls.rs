@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Server;
+use common::{connect, line_sync, Server};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -1320,4 +1320,103 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A client certificate for `name`, signed by `issuer`.
+fn client_leaf(name: &str, issuer: &(rcgen::Certificate, KeyPair)) -> (String, String) {
+    let key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, &issuer.0, &issuer.1)
+        .expect("sign a client certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `curl` over HTTPS to the stats page, with an optional client certificate;
+/// returns curl's exit status and the HTTP status it printed.
+fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> (i32, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ])
+    .args(["--cacert", ca]);
+    if let Some((cert, key)) = client {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    let out = cmd
+        .arg(format!(
+            "https://localhost:{}/msgbus-stats",
+            port_of(bus_tls)
+        ))
+        .output()
+        .expect("run curl (install the curl package)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn client_certificates_are_required_with_tls_client_ca() {
+    let dir = TempDir::new();
+    let d = dir.0.clone();
+    let authority = ca("switchboard test CA");
+    let clients = ca("client CA");
+    let stranger = ca("an unrelated CA");
+    let (cert, key) = leaf(&["localhost", "127.0.0.1"], None, &authority);
+    let (good_cert, good_key) = client_leaf("alice", &clients);
+    let (bad_cert, bad_key) = client_leaf("mallory", &stranger);
+    let ca_pem = write_file(&d, "ca.pem", &authority.0.pem());
+    let client_ca = write_file(&d, "client-ca.pem", &clients.0.pem());
+    let cert = write_file(&d, "server.pem", &cert);
+    let key = write_file(&d, "server.key", &key);
+    let good = (
+        write_file(&d, "alice.pem", &good_cert),
+        write_file(&d, "alice.key", &good_key),
+    );
+    let bad = (
+        write_file(&d, "mallory.pem", &bad_cert),
+        write_file(&d, "mallory.key", &bad_key),
+    );
+    let server = start_tls(&cert, &key, &["--tls-client-ca", &client_ca]);
+    let bus_tls = server.addr("bus-tls").to_string();
+
+    let (code, status) = curl_stats(&bus_tls, &ca_pem, Some((&good.0, &good.1)));
+    assert_eq!(
+        (code, status.as_str()),
+        (0, "200"),
+        "a client with a good certificate"
+    );
+    let (code, _) = curl_stats(&bus_tls, &ca_pem, None);
+    assert_ne!(code, 0, "a client without a certificate must be refused");
+    let (code, _) = curl_stats(&bus_tls, &ca_pem, Some((&bad.0, &bad.1)));
+    assert_ne!(code, 0, "a certificate from another CA must be refused");
+    // The plain doors do not ask for certificates, and the server lives on.
+    let mut plain = connect(server.line());
+    line_sync(&mut plain, "plain");
+
+    // A client CA file without a certificate stops the server at start.
+    let (status, _stdout, stderr) = start_failing(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &key,
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("switchboard: --tls-client-ca {key}: no CERTIFICATE block found in the file\n")
+    );
 }

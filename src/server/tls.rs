@@ -23,8 +23,14 @@ use rustls::{ServerConfig, ServerConnection};
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Loads a certificate chain and its private key (PEM; both may be in one
-/// file). The error names the file and the problem.
-pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+/// file), and with `client_ca` requires every client to present a
+/// certificate signed by one of the CA certificates in that file. The error
+/// names the file and the problem.
+pub fn load_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("--tls-cert {}: {}", cert.display(), pem_problem(&e)))?
         .collect::<Result<_, _>>()
@@ -52,10 +58,14 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String>
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    builder
         .with_single_cert(certs, key_der)
         .map(Arc::new)
         .map_err(|e| {
@@ -70,6 +80,28 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String>
                 }
             )
         })
+}
+
+/// A verifier that accepts only clients whose certificate chains to a CA in
+/// the PEM file `ca`.
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let problem = |e: String| format!("--tls-client-ca {}: {e}", ca.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| problem(pem_problem(&e)))? {
+        let cert = cert.map_err(|e| problem(pem_problem(&e)))?;
+        roots
+            .add(cert)
+            .map_err(|e| problem(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(problem("no CERTIFICATE block found in the file".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| problem(e.to_string()))
 }
 
 /// True when the file holds a passphrase-protected key, which rustls skips.
