@@ -71,6 +71,9 @@ pub struct Limits {
     pub slow_policy: SlowPolicy,
     /// Channels one line-protocol connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Seconds a connection may hold an incomplete request, command or TLS
+    /// handshake before it is closed; 0 means never.
+    pub request_timeout_s: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +86,7 @@ impl Default for Limits {
             backlog: 1_000_000,
             slow_policy: SlowPolicy::Drop,
             max_subscriptions: 10_000,
+            request_timeout_s: 60,
         }
     }
 }
@@ -175,6 +179,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_subscriptions)]
     pub max_subscriptions: usize,
 
+    /// Seconds a connection may sit on an incomplete request, command or TLS
+    /// handshake before it is closed (0: never). Idle connections with
+    /// nothing pending are never timed out.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().request_timeout_s)]
+    pub request_timeout: u64,
+
     /// What to do with a subscriber over its backlog limit.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Drop)]
     pub slow_subscriber: SlowPolicy,
@@ -243,6 +253,7 @@ impl Config {
                 backlog: args.backlog_limit,
                 slow_policy: args.slow_subscriber,
                 max_subscriptions: args.max_subscriptions,
+                request_timeout_s: args.request_timeout,
             },
         })
     }

@@ -129,3 +129,46 @@ fn a_client_that_does_not_read_its_answers_is_held_back() {
     sender.join().unwrap();
     assert_eq!(got, count);
 }
+
+/// `--request-timeout`: a connection that sits on an incomplete request is
+/// closed; an idle one, a subscriber and a steady publisher are not.
+#[test]
+fn stalled_requests_are_closed_idle_connections_are_not() {
+    let server = Server::start(&["--request-timeout", "1"]);
+    let mut stalled_http = connect(server.bus());
+    send(&mut stalled_http, b"GET /msgbus/x HTTP/1.1\r\nHost: x\r\n");
+    let mut stalled_line = connect(server.line());
+    send(&mut stalled_line, b"> 10 30 q\r\nonly half");
+    let mut idle = connect(server.line());
+    let mut subscriber = connect(server.bus());
+    send(
+        &mut subscriber,
+        b"GET /msgbus/news HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    common::read_until(&mut subscriber, b"--00MsgBus00\r\n");
+    // A publisher that keeps sending for longer than the timeout, always
+    // with a partial command at the end of what has arrived.
+    let mut publisher = connect(server.line());
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        send(&mut publisher, b"! 5 news text/plain\r\nhel");
+        std::thread::sleep(Duration::from_millis(50));
+        send(&mut publisher, b"lo\r\n");
+        n += 1;
+    }
+    // Both stalled connections were closed by the server.
+    assert!(read_to_close(&mut stalled_http).is_empty());
+    assert!(read_to_close(&mut stalled_line).is_empty());
+    // The others still work: the subscriber got every publication.
+    let part = b"Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n--00MsgBus00\r\n";
+    let mut got = Vec::new();
+    while got.windows(part.len()).filter(|w| *w == part).count() < n {
+        let mut buf = [0u8; 4096];
+        let k = std::io::Read::read(&mut subscriber, &mut buf).expect("subscriber read");
+        assert!(k > 0, "subscriber closed");
+        got.extend_from_slice(&buf[..k]);
+    }
+    line_sync(&mut idle, "idle");
+    line_sync(&mut publisher, "publisher");
+}

@@ -38,10 +38,11 @@ pub enum CloseReason {
     ReadError,
     WriteError,
     LingerTimeout,
+    RequestTimeout,
 }
 
 impl CloseReason {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     pub const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::PeerClosed,
         CloseReason::Quit,
@@ -50,6 +51,7 @@ impl CloseReason {
         CloseReason::ReadError,
         CloseReason::WriteError,
         CloseReason::LingerTimeout,
+        CloseReason::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +63,7 @@ impl CloseReason {
             CloseReason::ReadError => "read error",
             CloseReason::WriteError => "write error",
             CloseReason::LingerTimeout => "linger timeout",
+            CloseReason::RequestTimeout => "request timeout",
         }
     }
 }
@@ -83,6 +86,9 @@ pub struct Conn {
     pub closing: bool,
     /// Messages dropped because the backlog limit was reached.
     pub dropped: u64,
+    /// Since when (as seen by the once-a-second sweep) it has held an
+    /// incomplete request, command or TLS handshake.
+    pub incomplete_since: Option<Millis>,
     /// When the last slow-subscriber line was logged for it.
     pub slow_logged_at: Option<Millis>,
 }

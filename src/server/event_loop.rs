@@ -54,6 +54,8 @@ const LINGER_MS: Millis = 5_000;
 const ACCEPT_BACKOFF_MS: Millis = 100;
 /// How long shutdown waits for queued output to drain.
 const SHUTDOWN_FLUSH_MS: u64 = 2_000;
+/// How often connections are swept for incomplete requests that stalled.
+const SWEEP_MS: Millis = 1_000;
 /// Minimum interval between two slow-subscriber log lines for one connection.
 const SLOW_LOG_MS: Millis = 10_000;
 
@@ -132,6 +134,8 @@ pub struct Server {
     stats: LoopStats,
     accept_backoff_until: Option<Millis>,
     accept_full: bool,
+    /// When the next sweep for stalled requests is due.
+    next_sweep: Millis,
     signal: Option<UnixStream>,
     shutting_down: bool,
 }
@@ -266,6 +270,7 @@ impl Server {
             stats: LoopStats::default(),
             accept_backoff_until: None,
             accept_full: false,
+            next_sweep: SWEEP_MS,
             signal: None,
             shutting_down: false,
         })
@@ -346,6 +351,10 @@ impl Server {
             broker.on_timers(now, &mut post);
         }
         self.check_lingering(now);
+        if self.limits.request_timeout_s > 0 && now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_MS;
+            self.sweep_stalled(now);
+        }
         if self.accept_backoff_until.is_some_and(|t| t <= now) {
             self.accept_backoff_until = None;
             self.accept_all();
@@ -381,6 +390,10 @@ impl Server {
             .into_iter()
             .chain(self.accept_backoff_until)
             .chain(lingering)
+            .chain(
+                (self.limits.request_timeout_s > 0 && !self.conns.is_empty())
+                    .then_some(self.next_sweep),
+            )
             .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
@@ -503,6 +516,7 @@ impl Server {
             close_after_flush: None,
             closing: false,
             dropped: 0,
+            incomplete_since: None,
             slow_logged_at: None,
         });
         self.stats.accepted += 1;
@@ -694,6 +708,7 @@ impl Server {
             return Next::Close;
         };
         let id = c.id;
+        let before = input.len();
         let mut door = mem::replace(&mut c.door, Door::Detached);
         let next = {
             let mut post = Post {
@@ -722,6 +737,10 @@ impl Server {
         }
         if let Some(c) = self.conns.get_mut(key) {
             c.door = door;
+            if input.len() < before {
+                // Whole frames were consumed: whatever is left is new.
+                c.incomplete_since = None;
+            }
         }
         next
     }
@@ -753,6 +772,32 @@ impl Server {
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Closes connections that have held an incomplete request, command or
+    /// TLS handshake for longer than `--request-timeout`. Runs once a second;
+    /// a connection that waits on the broker (its held input is not stalled)
+    /// or holds nothing incomplete is left alone, however long it idles.
+    fn sweep_stalled(&mut self, now: Millis) {
+        let limit = self.limits.request_timeout_s.saturating_mul(1000);
+        for (key, c) in self.conns.iter_mut() {
+            let incomplete =
+                (!c.input.is_empty() && !is_paused(&c.door)) || c.transport.is_handshaking();
+            if !incomplete || c.closing {
+                c.incomplete_since = None;
+                continue;
+            }
+            let since = *c.incomplete_since.get_or_insert(now);
+            if now.saturating_sub(since) >= limit {
+                log::info!(
+                    "conn {key} ({}): request incomplete for {} s; closing it",
+                    c.transport.peer(),
+                    self.limits.request_timeout_s
+                );
+                c.closing = true;
+                self.to_close.push((key, CloseReason::RequestTimeout));
             }
         }
     }

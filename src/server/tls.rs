@@ -133,6 +133,11 @@ impl TlsStream {
         Ok(TlsStream { sock, conn })
     }
 
+    /// The handshake has not finished yet.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
     /// TLS records made but not yet written to the socket.
     pub fn has_pending(&self) -> bool {
         self.conn.wants_write()

@@ -35,6 +35,14 @@ impl Transport {
         }
     }
 
+    /// A TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Tls(s) => s.is_handshaking(),
+            _ => false,
+        }
+    }
+
     /// Writes what [`Transport::has_pending`] reports; true when all of it went.
     pub fn flush_pending(&mut self) -> io::Result<bool> {
         match self {
