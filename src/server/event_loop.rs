@@ -703,10 +703,11 @@ impl Server {
     /// Runs the door of connection `key` over `input`.
     fn process(&mut self, key: usize, input: &mut BytesMut) -> Next {
         let now = self.now();
-        let snapshot = self.stats;
         let Some(c) = self.conns.get_mut(key) else {
             return Next::Close;
         };
+        // Only the HTTP door (its stats page) reads the loop's counters.
+        let snapshot = matches!(c.door, Door::Http(_)).then_some(self.stats);
         let id = c.id;
         let before = input.len();
         let mut door = mem::replace(&mut c.door, Door::Detached);
@@ -724,7 +725,8 @@ impl Server {
             match &mut door {
                 Door::Line(s) => s.on_input(id, now, input, broker, &mut post),
                 Door::Http(s) => {
-                    s.on_input(id, now, input, broker, &mut post, &self.http, &snapshot)
+                    let stats = snapshot.unwrap_or_default();
+                    s.on_input(id, now, input, broker, &mut post, &self.http, &stats)
                 }
                 Door::Stream(s) => s.on_input(input),
                 Door::Detached => Next::Close,
