@@ -35,6 +35,8 @@ struct Server {
     _child: Guard,
     line: SocketAddr,
     bus: SocketAddr,
+    /// Every door the server printed, by name (`line`, `bus`, `bus-tls`, ...).
+    doors: std::collections::HashMap<String, SocketAddr>,
 }
 
 fn server_binary() -> PathBuf {
@@ -55,6 +57,12 @@ fn server_binary() -> PathBuf {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[], &[])
+}
+
+/// Starts the server with `extra` arguments and waits until it has printed
+/// the line and bus doors and every door named in `more_doors`.
+fn start_server_with(extra: &[&str], more_doors: &[&str]) -> Server {
     let child = Command::new(server_binary())
         .args([
             "--line-listen",
@@ -64,6 +72,7 @@ fn start_server() -> Server {
             "--log-level",
             "warn",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -81,7 +90,8 @@ fn start_server() -> Server {
         }
     });
     let (mut line, mut bus) = (None, None);
-    while line.is_none() || bus.is_none() {
+    let mut doors = std::collections::HashMap::new();
+    while line.is_none() || bus.is_none() || more_doors.iter().any(|d| !doors.contains_key(*d)) {
         let l = rx.recv_timeout(Duration::from_secs(20)).expect(
             "the server printed `listening line ADDR` and `listening bus ADDR` within 20 s",
         );
@@ -91,6 +101,9 @@ fn start_server() -> Server {
         }
         let door = words.next();
         let addr = words.next().and_then(|a| a.parse::<SocketAddr>().ok());
+        if let (Some(d), Some(a)) = (door, addr) {
+            doors.insert(d.to_string(), a);
+        }
         match door {
             Some("line") => line = addr,
             Some("bus") => bus = addr,
@@ -101,6 +114,7 @@ fn start_server() -> Server {
         _child: child,
         line: line.expect("line address"),
         bus: bus.expect("bus address"),
+        doors,
     }
 }
 
@@ -465,4 +479,94 @@ fn duration_runs_end_by_themselves() {
     assert!(ok, "{j}");
     assert_eq!(j["received"], sent, "{j}");
     assert!(j["expected"].is_null(), "{j}");
+}
+
+/// A CA and a server certificate for `localhost` signed by it, written to a
+/// fresh directory; returns (directory, CA file, certificate file, key file).
+fn test_pki() -> (PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!(
+        "flood-tls-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "flood test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("signed server certificate");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a PEM file");
+        path.to_str().expect("UTF-8 path").to_string()
+    };
+    let ca_file = write("ca.pem", ca_cert.pem());
+    let cert_file = write("server.pem", cert.pem());
+    let key_file = write("server.key", key.serialize_pem());
+    (dir, ca_file, cert_file, key_file)
+}
+
+#[test]
+fn both_doors_over_tls_check_the_certificate() {
+    let (dir, ca, cert, key) = test_pki();
+    let s = start_server_with(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--bus-tls-listen",
+            "127.0.0.1:0",
+            "--line-tls-listen",
+            "127.0.0.1:0",
+        ],
+        &["bus-tls", "line-tls"],
+    );
+    let line_tls = port(s.doors["line-tls"]);
+    let bus_tls = port(s.doors["bus-tls"]);
+    let tls = ["--tls", "--ca", ca.as_str(), "--server-name", "localhost"];
+    for (proto, p, ch) in [
+        ("line", &line_tls, "lt.tls.line"),
+        ("http", &bus_tls, "lt.tls.http"),
+    ] {
+        let mut sub: Vec<&str> = vec!["--proto", proto, "-p", p, "-c", ch];
+        sub.extend_from_slice(&tls);
+        let mut publ: Vec<&str> = vec!["--proto", proto, "-p", p, "-c", ch];
+        publ.extend_from_slice(&tls);
+        fan_out(&sub, &publ, 3, 200);
+    }
+    // A certificate that does not name the host asked for is refused.
+    let refused = run_pub(&[
+        "--proto",
+        "line",
+        "-p",
+        &line_tls,
+        "--tls",
+        "--ca",
+        &ca,
+        "--server-name",
+        "wrong.example",
+        "--count",
+        "1",
+    ]);
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success(),
+        "a wrong server name must be refused: {why}"
+    );
+    assert!(
+        why.to_lowercase().contains("name") || why.to_lowercase().contains("certificate"),
+        "the refusal names the certificate problem: {why}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
