@@ -223,7 +223,7 @@ impl HttpSession {
                 return;
             }
         };
-        let path = req.path().to_string();
+        let path = req.path();
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
             let channel = channel.as_bytes();
             match req.method {
