@@ -9,14 +9,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, TempDir};
 use switchboard::client::Client;
 
 /// Longest any step may take before the test gives up.
@@ -50,36 +48,6 @@ fn cli(server: &Server, args: &[&str]) -> Command {
 /// Runs the CLI to the end.
 fn run(server: &Server, args: &[&str]) -> Output {
     finish(cli(server, args).spawn().expect("start switchboard-cli"))
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "switchboard-cli-test.{}.{}.{nanos:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Lines read from `r` on a thread, so that reads can time out.
@@ -294,7 +262,7 @@ fn subscribe_prints_several_channels_and_the_default_type() {
 
 #[test]
 fn the_unix_socket_door_shares_the_broker() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli");
     let server = start(Some(&dir));
     let path = server.addr("line-unix");
 
@@ -335,7 +303,7 @@ fn connection_failures_exit_2_with_a_message() {
     assert_exit(&got, 2);
     assert!(stderr(&got).contains("no-port-here"), "{}", stderr(&got));
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("cli");
     let missing = dir.path().join("absent.sock");
     let got = Command::new(CLI)
         .arg("--unix")

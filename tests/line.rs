@@ -14,12 +14,11 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{read_exact_n, read_to_close, read_until, Server};
+use common::{read_exact_n, read_to_close, read_until, Server, TempDir};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,31 +82,6 @@ enum Door {
     Unix,
 }
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("switchboard-line-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("line.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A server with both line doors, and a way to open a client on either.
 struct Both {
     server: Server,
@@ -118,7 +92,7 @@ struct Both {
 impl Both {
     fn start(tag: &str, extra: &[&str]) -> Both {
         let dir = TempDir::new(tag);
-        let unix_path = dir.socket();
+        let unix_path = dir.path().join("line.sock");
         let path = unix_path.to_str().expect("utf-8 temp path").to_string();
         let mut args = vec!["--line-unix", path.as_str()];
         args.extend_from_slice(extra);
@@ -910,7 +884,7 @@ fn sigterm_exits_zero_and_removes_the_socket_file() {
 #[test]
 fn stale_socket_file_is_replaced_at_start() {
     let dir = TempDir::new("stale");
-    let path = dir.socket();
+    let path = dir.path().join("line.sock");
     // A socket file nobody listens on any more.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind stale socket"));
     assert!(path.exists());
@@ -928,7 +902,7 @@ fn stale_socket_file_is_replaced_at_start() {
 #[test]
 fn a_path_that_is_not_a_socket_is_left_alone() {
     let dir = TempDir::new("notsock");
-    let path = dir.socket();
+    let path = dir.path().join("line.sock");
     std::fs::write(&path, b"precious").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["--line-listen", "127.0.0.1:0", "--bus-listen", "off"])

@@ -14,14 +14,14 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{connect, line_sync, Server};
+use common::{connect, line_sync, Server, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -36,32 +36,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_switchboard-cli");
 
 // ---------------------------------------------------------------------
 // Certificates and files
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "switchboard-tls-test.{}.{}.{nanos:x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The PEM files of one test, in its own temp dir.
 struct Pki {
@@ -135,7 +109,7 @@ fn leaf(
 
 impl Pki {
     fn new() -> Pki {
-        let dir = TempDir::new();
+        let dir = TempDir::new("tls");
         let d = dir.0.clone();
         let authority = ca("switchboard test CA");
         let stranger = ca("an unrelated CA");
@@ -1368,7 +1342,7 @@ fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> (i32, St
 
 #[test]
 fn client_certificates_are_required_with_tls_client_ca() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let d = dir.0.clone();
     let authority = ca("switchboard test CA");
     let clients = ca("client CA");
