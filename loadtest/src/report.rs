@@ -95,12 +95,7 @@ impl SubTotals {
 
     /// Deliveries per second between the first and the last delivery.
     pub fn msgs_per_s(&self) -> f64 {
-        let s = self.elapsed_s();
-        if s > 0.0 {
-            self.received as f64 / s
-        } else {
-            0.0
-        }
+        rate(self.received, self.elapsed_s())
     }
 
     /// Why the run failed, or `None` when it did not.
@@ -309,11 +304,7 @@ pub struct PubTotals {
 
 impl PubTotals {
     pub fn msgs_per_s(&self) -> f64 {
-        if self.elapsed_s > 0.0 {
-            self.sent as f64 / self.elapsed_s
-        } else {
-            0.0
-        }
+        rate(self.sent, self.elapsed_s)
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -384,6 +375,15 @@ pub fn pub_human(info: &RunInfo, t: &PubTotals) -> String {
         Some(f) => s.push_str(&format!("result: FAILED: {f}\n")),
     }
     s
+}
+
+/// `count` per second over `secs`, 0 for an empty interval.
+fn rate(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

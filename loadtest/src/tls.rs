@@ -175,16 +175,7 @@ mod tests {
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, key.cert.pem()).unwrap();
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server_config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![key.cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair.serialize_der())),
-            )
-            .unwrap();
+        let server_config = server_config(&key);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || serve_once(listener, Arc::new(server_config)));
@@ -213,6 +204,20 @@ mod tests {
         let _ = server.join();
         let _ = std::fs::remove_dir_all(&dir);
         totals
+    }
+
+    /// A test server's TLS settings for the self-signed `key`.
+    fn server_config(key: &rcgen::CertifiedKey) -> rustls::ServerConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair.serialize_der())),
+            )
+            .unwrap()
     }
 
     #[test]
@@ -276,16 +281,7 @@ mod tests {
     #[test]
     fn publisher_over_tls() {
         let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server_config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![key.cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key_pair.serialize_der())),
-            )
-            .unwrap();
+        let server_config = server_config(&key);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || answer_posts(listener, Arc::new(server_config)));

@@ -56,6 +56,20 @@ fn server_binary() -> PathBuf {
     bin
 }
 
+/// The lines `reader` yields, delivered on a channel by a thread of their own.
+fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn start_server() -> Server {
     start_server_with(&[], &[])
 }
@@ -80,15 +94,7 @@ fn start_server_with(extra: &[&str], more_doors: &[&str]) -> Server {
         .expect("start the switchboard server");
     let mut child = Guard(child);
     let stdout = child.0.stdout.take().expect("server stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let (mut line, mut bus) = (None, None);
     let mut doors = std::collections::HashMap::new();
     while line.is_none() || bus.is_none() || more_doors.iter().any(|d| !doors.contains_key(*d)) {
@@ -138,15 +144,7 @@ fn start_sub(args: &[&str]) -> RunningSub {
         .expect("start flood-sub");
     let mut child = Guard(child);
     let stderr = child.0.stderr.take().expect("flood-sub stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stderr);
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
