@@ -347,7 +347,7 @@ impl Server {
     fn after_events(&mut self) {
         let now = self.now();
         {
-            let (broker, mut post) = self.split(now);
+            let (broker, mut post, _) = self.split(now);
             broker.on_timers(now, &mut post);
         }
         self.check_lingering(now);
@@ -398,8 +398,9 @@ impl Server {
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
 
-    /// Splits the server into the broker and the outbox over the connections.
-    fn split(&mut self, now: Millis) -> (&mut Broker, Post<'_>) {
+    /// Splits the server into the broker, the outbox over the connections,
+    /// and the HTTP settings (read-only), so a door can use all three.
+    fn split(&mut self, now: Millis) -> (&mut Broker, Post<'_>, &HttpContext) {
         (
             &mut self.broker,
             Post {
@@ -411,6 +412,7 @@ impl Server {
                 stats: &mut self.stats,
                 now,
             },
+            &self.http,
         )
     }
 
@@ -712,21 +714,12 @@ impl Server {
         let before = input.len();
         let mut door = mem::replace(&mut c.door, Door::Detached);
         let next = {
-            let mut post = Post {
-                conns: &mut self.conns,
-                dirty: &mut self.dirty,
-                resume: &mut self.resume,
-                to_close: &mut self.to_close,
-                limits: &self.limits,
-                stats: &mut self.stats,
-                now,
-            };
-            let broker = &mut self.broker;
+            let (broker, mut post, http) = self.split(now);
             match &mut door {
                 Door::Line(s) => s.on_input(id, now, input, broker, &mut post),
                 Door::Http(s) => {
                     let stats = snapshot.unwrap_or_default();
-                    s.on_input(id, now, input, broker, &mut post, &self.http, &stats)
+                    s.on_input(id, now, input, broker, &mut post, http, &stats)
                 }
                 Door::Stream(s) => s.on_input(input),
                 Door::Detached => Next::Close,
@@ -907,7 +900,7 @@ impl Server {
                 );
             }
             let id = c.id;
-            let (broker, mut post) = self.split(now);
+            let (broker, mut post, _) = self.split(now);
             match &mut c.door {
                 Door::Line(s) => s.on_close(id, broker, &mut post),
                 Door::Http(s) => s.on_close(id, broker, &mut post),
