@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod door;
 pub mod http;
 pub mod line;
 pub mod server;

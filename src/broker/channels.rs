@@ -137,7 +137,7 @@ impl Channels {
         conn: ConnId,
         channel: Bytes,
         sub: Subscription,
-        out: &mut impl Outbox,
+        out: &mut (impl Outbox + ?Sized),
     ) {
         self.seal(out);
         match self.channels.get_mut(&channel[..]) {
@@ -153,13 +153,13 @@ impl Channels {
     }
 
     /// Subscribes `conn` to every channel.
-    pub fn subscribe_all(&mut self, conn: ConnId, sub: Subscription, out: &mut impl Outbox) {
+    pub fn subscribe_all(&mut self, conn: ConnId, sub: Subscription, out: &mut (impl Outbox + ?Sized)) {
         self.seal(out);
         self.root.add(conn, sub);
     }
 
     /// Ends a subscription; returns false when there was none.
-    pub fn unsubscribe(&mut self, conn: ConnId, channel: &[u8], out: &mut impl Outbox) -> bool {
+    pub fn unsubscribe(&mut self, conn: ConnId, channel: &[u8], out: &mut (impl Outbox + ?Sized)) -> bool {
         self.seal(out);
         let Some(audience) = self.channels.get_mut(channel) else {
             return false;
@@ -171,7 +171,7 @@ impl Channels {
         removed
     }
 
-    pub fn unsubscribe_all(&mut self, conn: ConnId, out: &mut impl Outbox) -> bool {
+    pub fn unsubscribe_all(&mut self, conn: ConnId, out: &mut (impl Outbox + ?Sized)) -> bool {
         self.seal(out);
         self.root.remove(conn)
     }
@@ -185,7 +185,7 @@ impl Channels {
         content_type: &[u8],
         sender: Option<&[u8]>,
         body: &[u8],
-        out: &mut impl Outbox,
+        out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
         let same = self.open.as_ref().is_some_and(|b| {
@@ -244,7 +244,7 @@ impl Channels {
     }
 
     /// Queues the open batch to every subscriber whose filter accepts it.
-    pub fn seal(&mut self, out: &mut impl Outbox) {
+    pub fn seal(&mut self, out: &mut (impl Outbox + ?Sized)) {
         let Some(batch) = self.open.take() else {
             return;
         };
@@ -272,7 +272,7 @@ fn fan_out(
     audience: &Audience,
     frames: &[Bytes; FRAMINGS],
     key: &BatchKey,
-    out: &mut impl Outbox,
+    out: &mut (impl Outbox + ?Sized),
 ) -> u64 {
     let mut delivered = 0u64;
     for sub in &audience.subs {

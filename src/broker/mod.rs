@@ -14,8 +14,9 @@ pub mod queues;
 
 use bytes::Bytes;
 
+pub use crate::door::{Answer, Delivery};
 pub use channels::{Channels, Subscription};
-pub use queues::{Queues, WaitId};
+pub use queues::{QueueFull, Queues, Ready, WaitId};
 
 /// Milliseconds on the server's monotonic clock.
 pub type Millis = u64;
@@ -30,17 +31,22 @@ pub struct ConnId {
 
 /// Where the broker puts its output. The IO shell implements it over its
 /// connections; tests implement it over a `Vec`.
+///
+/// Output is door-neutral: channel frames are built once per framing (a
+/// subscriber chose its framing when it subscribed), and an answer to a
+/// wait is handed over as an [`Answer`] that the receiver's door frames.
 pub trait Outbox {
     /// Queues `frame` for `conn`; a connection that is gone ignores it.
     /// `messages` is the number of channel messages the frame carries, which
     /// the slow-subscriber policy may drop; frames that must never be dropped
-    /// (queue deliveries, answers, responses) pass 0. Returns false when the
+    /// (a door's own answers and responses) pass 0. Returns false when the
     /// frame was not queued (the connection is gone or closing, or a channel
     /// frame was dropped by the slow-subscriber policy).
     fn deliver(&mut self, conn: ConnId, frame: Bytes, messages: u32) -> bool;
-    /// The line-protocol wait of `conn` has been answered (message or `*`):
-    /// the connection may go on with its next command.
-    fn wait_done(&mut self, conn: ConnId);
+    /// Answers the pending wait of `conn` (a message, or its timeout).
+    /// Returns false when refused (the connection is gone, closing, or not
+    /// waiting): a message then goes to the next receiver.
+    fn answer(&mut self, conn: ConnId, answer: Answer<'_>) -> bool;
 }
 
 /// Counters kept by the broker, read by the stats page and the benches.
@@ -82,14 +88,61 @@ impl Broker {
         }
     }
 
-    /// Sends any open fan-out batch. Call before anything else that may deliver
-    /// and at the end of each connection's input, so order is kept.
-    pub fn seal(&mut self, out: &mut impl Outbox) {
+    /// Sends any open fan-out batch. The broker's own calls seal before they
+    /// deliver anything else, and the IO shell seals after every door call,
+    /// so output keeps the order in which it was caused.
+    pub fn seal(&mut self, out: &mut (impl Outbox + ?Sized)) {
         self.channels.seal(out);
     }
 
+    /// Sends a message to queue address `to` (see [`Queues::send`]).
+    pub fn send(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
+        self.channels.seal(out);
+        self.queues.send(now, to, reply, timeout_s, body, out)
+    }
+
+    /// Waits on queue addresses (see [`Queues::ready`]).
+    pub fn ready(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        addresses: Vec<Bytes>,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Ready {
+        self.channels.seal(out);
+        self.queues.ready(now, conn, timeout_s, addresses)
+    }
+
+    /// Sends with a fresh reply address and waits on it (see [`Queues::query`]).
+    pub fn query(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        to: Bytes,
+        body: Bytes,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<Ready, QueueFull> {
+        self.channels.seal(out);
+        self.queues.query(now, conn, timeout_s, to, body, out)
+    }
+
+    /// Withdraws a wait unanswered (its connection went away).
+    pub fn cancel(&mut self, wait: WaitId) {
+        self.queues.cancel(wait);
+    }
+
     /// Runs every timer due at `now`.
-    pub fn on_timers(&mut self, now: Millis, out: &mut impl Outbox) {
+    pub fn on_timers(&mut self, now: Millis, out: &mut (impl Outbox + ?Sized)) {
         self.channels.seal(out);
         self.queues.on_timers(now, out);
     }
@@ -100,11 +153,15 @@ impl Broker {
     }
 }
 
+/// What a [`RecordingOutbox`] saw for one answer: the message's address,
+/// reply address, timeout and body, or `None` for a timeout.
+pub type RecordedAnswer = Option<(Bytes, Option<Bytes>, u64, Bytes)>;
+
 /// An [`Outbox`] that records everything, for tests.
 #[derive(Default, Debug)]
 pub struct RecordingOutbox {
     pub frames: Vec<(ConnId, Bytes, u32)>,
-    pub done: Vec<ConnId>,
+    pub answers: Vec<(ConnId, RecordedAnswer)>,
     /// Connections that refuse deliveries, as closing ones do.
     pub refuse: Vec<ConnId>,
 }
@@ -117,12 +174,34 @@ impl Outbox for RecordingOutbox {
         self.frames.push((conn, frame, messages));
         true
     }
-    fn wait_done(&mut self, conn: ConnId) {
-        self.done.push(conn);
+    fn answer(&mut self, conn: ConnId, answer: Answer<'_>) -> bool {
+        if self.refuse.contains(&conn) {
+            return false;
+        }
+        let recorded = match answer {
+            Answer::Message(d) => Some((
+                Bytes::copy_from_slice(d.to),
+                d.reply.map(Bytes::copy_from_slice),
+                d.timeout_s,
+                d.body.clone(),
+            )),
+            Answer::Timeout => None,
+        };
+        self.answers.push((conn, recorded));
+        true
     }
 }
 
 impl RecordingOutbox {
+    /// The answers `conn` got, in order.
+    pub fn answers_for(&self, conn: ConnId) -> Vec<RecordedAnswer> {
+        self.answers
+            .iter()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
     /// All bytes delivered to `conn`, in order.
     pub fn bytes_for(&self, conn: ConnId) -> Vec<u8> {
         self.frames

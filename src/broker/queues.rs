@@ -14,11 +14,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use slab::Slab;
 
-use super::frames::{line_message, line_message_head};
-use super::{ConnId, Millis, Outbox};
+use super::{Answer, ConnId, Delivery, Millis, Outbox};
 
 /// The most addresses one `<` may wait on.
 pub const MAX_ADDRESSES: usize = 8;
@@ -26,8 +25,69 @@ pub const MAX_ADDRESSES: usize = 8;
 /// The longest timeout honoured, in seconds (larger ones are clamped): ten years.
 pub const MAX_TIMEOUT_S: u64 = 10 * 365 * 24 * 3600;
 
-/// The answer to a timed-out wait.
-pub const TIMEOUT_FRAME: &[u8] = b"*\r\n";
+/// Bytes counted for each queued message on top of its body and reply
+/// address, so that a flood of empty messages is bounded too.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
+/// How much queued messages may hold, counted as body + reply address +
+/// [`MESSAGE_OVERHEAD`] each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// On one address.
+    pub per_address: usize,
+    /// Over all addresses.
+    pub total: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            per_address: 64 << 20,
+            total: 512 << 20,
+        }
+    }
+}
+
+/// A send refused because the queue is over its byte limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+impl std::fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("queue full")
+    }
+}
+
+/// What a wait got at once.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// A queued message, taken now.
+    Message(Taken),
+    /// Nothing queued and a timeout of 0.
+    TimedOut,
+    /// Registered: the answer comes through the outbox.
+    Waiting(WaitId),
+}
+
+/// A queue message taken by a receiver, owned.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub to: Bytes,
+    pub reply: Option<Bytes>,
+    pub timeout_s: u64,
+    pub body: Bytes,
+}
+
+impl Taken {
+    pub fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            to: &self.to,
+            reply: self.reply.as_deref(),
+            timeout_s: self.timeout_s,
+            body: &self.body,
+        }
+    }
+}
 
 /// A pending wait, by slot and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +109,22 @@ struct Message {
     deadline: Millis,
 }
 
+impl Message {
+    fn delivery<'a>(&'a self, to: &'a [u8]) -> Delivery<'a> {
+        Delivery {
+            to,
+            reply: self.reply.as_deref(),
+            timeout_s: self.timeout_s,
+            body: &self.body,
+        }
+    }
+
+    /// What it counts against the queue limits.
+    fn size(&self) -> usize {
+        self.body.len() + self.reply.as_ref().map_or(0, |r| r.len()) + MESSAGE_OVERHEAD
+    }
+}
+
 #[derive(Default)]
 struct Address {
     messages: VecDeque<Message>,
@@ -57,6 +133,8 @@ struct Address {
     stale: usize,
     /// Expiry timers that fired while their message sat behind a live one.
     expired_inside: usize,
+    /// What its messages count against the limits.
+    bytes: usize,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +164,11 @@ pub struct Queues {
     expired: u64,
     /// Messages waiting in all address queues.
     queued_now: usize,
+    /// What they count against the limits.
+    bytes_now: usize,
+    limits: QueueLimits,
+    /// Sends refused because a queue was full.
+    refused_full: u64,
 }
 
 impl Default for Queues {
@@ -114,7 +197,26 @@ impl Queues {
             queued_out: 0,
             expired: 0,
             queued_now: 0,
+            bytes_now: 0,
+            limits: QueueLimits::default(),
+            refused_full: 0,
         }
+    }
+
+    /// Sets the byte limits of queued messages.
+    pub fn with_limits(mut self, limits: QueueLimits) -> Queues {
+        self.limits = limits;
+        self
+    }
+
+    /// Bytes queued messages count against the limits, over all addresses.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes_now
+    }
+
+    /// Sends refused because a queue was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full
     }
 
     /// (messages in, messages out, expired).
@@ -175,7 +277,8 @@ impl Queues {
     }
 
     /// Sends a message to `to`: straight to the longest-waiting receiver, or
-    /// into the queue until one comes or `timeout_s` passes.
+    /// into the queue until one comes or `timeout_s` passes. A message that
+    /// would take the queue past its byte limits is refused.
     pub fn send(
         &mut self,
         now: Millis,
@@ -183,28 +286,35 @@ impl Queues {
         reply: Option<Bytes>,
         timeout_s: u64,
         body: Bytes,
-        out: &mut impl Outbox,
-    ) {
-        self.queued_in += 1;
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
         let msg = Message {
             reply,
             timeout_s,
             body,
             deadline: deadline(now, timeout_s),
         };
-        // A waiter whose connection is already closing refuses the frame:
+        // A waiter whose connection is already closing refuses the answer:
         // the message then goes to the next waiter, or into the queue.
         while let Some(wait) = self.pop_live_wait(&to) {
-            if deliver_message(out, wait.conn, &to, &msg) {
+            if out.answer(wait.conn, Answer::Message(msg.delivery(&to))) {
+                self.queued_in += 1;
                 self.queued_out += 1;
-                out.wait_done(wait.conn);
-                return;
+                return Ok(());
             }
         }
         if msg.deadline <= now {
+            self.queued_in += 1;
             self.expired += 1;
-            return;
+            return Ok(());
         }
+        let size = msg.size();
+        let held = self.addresses.get(&to[..]).map_or(0, |a| a.bytes);
+        if held + size > self.limits.per_address || self.bytes_now + size > self.limits.total {
+            self.refused_full += 1;
+            return Err(QueueFull);
+        }
+        self.queued_in += 1;
         // A queued message may wait long: its small parts become exact-size
         // copies so they do not keep the read buffer they came in alive.
         let mut msg = msg;
@@ -214,49 +324,39 @@ impl Queues {
         msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
         let at = msg.deadline;
         let key = self.key(&to);
-        self.addresses
-            .entry(key.clone())
-            .or_default()
-            .messages
-            .push_back(msg);
+        let a = self.addresses.entry(key.clone()).or_default();
+        a.messages.push_back(msg);
+        a.bytes += size;
+        self.bytes_now += size;
         self.queued_now += 1;
         self.add_timer(at, TimerKind::Expire(key));
+        Ok(())
     }
 
-    /// Waits on up to [`MAX_ADDRESSES`] addresses. Answers at once when a
-    /// message is queued on one of them (first address first); otherwise
-    /// registers the wait and returns its id.
+    /// Waits on up to [`MAX_ADDRESSES`] addresses. Takes a message at once
+    /// when one is queued on one of them (first address first); otherwise
+    /// registers the wait, which is answered later through the outbox.
     pub fn ready(
         &mut self,
         now: Millis,
         conn: ConnId,
         timeout_s: u64,
         addresses: Vec<Bytes>,
-        out: &mut impl Outbox,
-    ) -> Option<WaitId> {
+    ) -> Ready {
         for addr in &addresses {
             if let Some(msg) = self.pop_live_message(now, addr) {
-                if deliver_message(out, conn, addr, &msg) {
-                    self.queued_out += 1;
-                    out.wait_done(conn);
-                } else {
-                    // The connection is closing: the message stays first in line.
-                    let key = self.key(addr);
-                    self.addresses
-                        .entry(key)
-                        .or_default()
-                        .messages
-                        .push_front(msg);
-                    self.queued_now += 1;
-                }
-                return None;
+                self.queued_out += 1;
+                return Ready::Message(Taken {
+                    to: addr.clone(),
+                    reply: msg.reply,
+                    timeout_s: msg.timeout_s,
+                    body: msg.body,
+                });
             }
         }
         let at = deadline(now, timeout_s);
         if at <= now {
-            out.deliver(conn, Bytes::from_static(TIMEOUT_FRAME), 0);
-            out.wait_done(conn);
-            return None;
+            return Ready::TimedOut;
         }
         self.next_gen += 1;
         let gen = self.next_gen;
@@ -284,7 +384,7 @@ impl Queues {
             w.addresses = keys;
         }
         self.add_timer(at, TimerKind::Wait(slot, gen));
-        Some(id)
+        Ready::Waiting(id)
     }
 
     /// `?`: sends `body` to `to` with a fresh reply address and waits on it.
@@ -295,12 +395,28 @@ impl Queues {
         timeout_s: u64,
         to: Bytes,
         body: Bytes,
-        out: &mut impl Outbox,
-    ) -> Option<WaitId> {
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<Ready, QueueFull> {
         let reply = self.unique_address();
-        let wait = self.ready(now, conn, timeout_s, vec![reply.clone()], out);
-        self.send(now, to, Some(reply), timeout_s, body, out);
-        wait
+        let ready = self.ready(now, conn, timeout_s, vec![reply.clone()]);
+        if let Err(full) = self.send(now, to, Some(reply), timeout_s, body, out) {
+            if let Ready::Waiting(w) = ready {
+                self.cancel(w);
+            }
+            return Err(full);
+        }
+        // The send cannot have answered the wait of the caller: the caller
+        // is running, not waiting, and refuses answers (a client that sends
+        // to its own, guessed, reply address gets no answer, not a hang).
+        match ready {
+            Ready::Waiting(w) if !self.is_pending(w) => Ok(Ready::TimedOut),
+            other => Ok(other),
+        }
+    }
+
+    /// True while wait `id` is registered and unanswered.
+    pub fn is_pending(&self, id: WaitId) -> bool {
+        self.waits.get(id.slot).is_some_and(|w| w.gen == id.gen)
     }
 
     /// Withdraws a wait whose connection went away; no answer is sent.
@@ -312,7 +428,7 @@ impl Queues {
     }
 
     /// Runs every timer due at `now`.
-    pub fn on_timers(&mut self, now: Millis, out: &mut impl Outbox) {
+    pub fn on_timers(&mut self, now: Millis, out: &mut (impl Outbox + ?Sized)) {
         while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
             let Some(Reverse(timer)) = self.timers.pop() else {
                 break;
@@ -322,8 +438,7 @@ impl Queues {
                     if self.waits.get(slot).is_some_and(|w| w.gen == gen) {
                         let wait = self.waits.remove(slot);
                         self.mark_stale(&wait.addresses, None);
-                        out.deliver(wait.conn, Bytes::from_static(TIMEOUT_FRAME), 0);
-                        out.wait_done(wait.conn);
+                        out.answer(wait.conn, Answer::Timeout);
                     }
                 }
                 TimerKind::Expire(addr) => self.expire_front(now, &addr),
@@ -340,16 +455,27 @@ impl Queues {
             return;
         };
         let before = a.messages.len();
+        let mut freed = 0;
         while a.messages.front().is_some_and(|m| m.deadline <= now) {
-            a.messages.pop_front();
+            if let Some(m) = a.messages.pop_front() {
+                freed += m.size();
+            }
         }
         if a.messages.len() == before {
             a.expired_inside += 1;
             if a.expired_inside * 2 >= a.messages.len() {
-                a.messages.retain(|m| m.deadline > now);
+                a.messages.retain(|m| {
+                    let live = m.deadline > now;
+                    if !live {
+                        freed += m.size();
+                    }
+                    live
+                });
                 a.expired_inside = 0;
             }
         }
+        a.bytes -= freed;
+        self.bytes_now -= freed;
         let gone = before - a.messages.len();
         self.expired += gone as u64;
         self.queued_now -= gone;
@@ -361,6 +487,8 @@ impl Queues {
         let mut found = None;
         while let Some(m) = a.messages.pop_front() {
             self.queued_now -= 1;
+            a.bytes -= m.size();
+            self.bytes_now -= m.size();
             if m.deadline > now {
                 found = Some(m);
                 break;
@@ -424,32 +552,6 @@ impl Queues {
 /// and a CRLF, instead of being copied into one frame.
 const SHARED_BODY: usize = 16 * 1024;
 
-/// Queues `> LEN TIMEOUT TO [REPLY]` + body for `conn`; false when refused.
-fn deliver_message(out: &mut impl Outbox, conn: ConnId, to: &[u8], msg: &Message) -> bool {
-    let mut head = BytesMut::new();
-    if msg.body.len() < SHARED_BODY {
-        line_message(
-            &mut head,
-            to,
-            msg.reply.as_deref(),
-            msg.timeout_s,
-            &msg.body,
-        );
-        return out.deliver(conn, head.freeze(), 0);
-    }
-    line_message_head(
-        &mut head,
-        to,
-        msg.reply.as_deref(),
-        msg.timeout_s,
-        msg.body.len(),
-    );
-    // All three go to one connection in one step: accepted or refused alike.
-    out.deliver(conn, head.freeze(), 0)
-        && out.deliver(conn, msg.body.clone(), 0)
-        && out.deliver(conn, Bytes::from_static(b"\r\n"), 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,20 +564,94 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    /// `ready`, with what it takes at once recorded as an answer, as a door
+    /// would frame it.
+    fn ready(
+        q: &mut Queues,
+        now: Millis,
+        c: ConnId,
+        timeout_s: u64,
+        addrs: Vec<Bytes>,
+        out: &mut RecordingOutbox,
+    ) -> Option<WaitId> {
+        match q.ready(now, c, timeout_s, addrs) {
+            Ready::Message(m) => {
+                assert!(out.answer(c, Answer::Message(m.delivery())));
+                None
+            }
+            Ready::TimedOut => {
+                assert!(out.answer(c, Answer::Timeout));
+                None
+            }
+            Ready::Waiting(w) => Some(w),
+        }
+    }
+
+    fn send(
+        q: &mut Queues,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        out: &mut RecordingOutbox,
+    ) {
+        q.send(now, to, reply, timeout_s, body, out)
+            .expect("queue not full");
+    }
+
+    fn query(
+        q: &mut Queues,
+        now: Millis,
+        c: ConnId,
+        timeout_s: u64,
+        to: Bytes,
+        body: Bytes,
+        out: &mut RecordingOutbox,
+    ) -> Option<WaitId> {
+        match q.query(now, c, timeout_s, to, body, out).expect("not full") {
+            Ready::Waiting(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The answers `c` got, written as the line protocol writes them.
+    fn text(out: &RecordingOutbox, c: ConnId) -> Vec<u8> {
+        let mut v = Vec::new();
+        for a in out.answers_for(c) {
+            match a {
+                None => v.extend_from_slice(b"*\r\n"),
+                Some((to, reply, t, body)) => {
+                    v.extend_from_slice(format!("> {} {t} ", body.len()).as_bytes());
+                    v.extend_from_slice(&to);
+                    if let Some(r) = reply {
+                        v.push(b' ');
+                        v.extend_from_slice(&r);
+                    }
+                    v.extend_from_slice(b"\r\n");
+                    if !body.is_empty() {
+                        v.extend_from_slice(&body);
+                        v.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+        }
+        v
+    }
+
     #[test]
     fn queued_message_goes_to_a_later_receiver_in_order() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("a"), None, 10, b("one"), &mut out);
-        q.send(0, b("a"), Some(b("r")), 10, b("two"), &mut out);
-        assert!(out.frames.is_empty());
-        assert!(q.ready(5, conn(1), 5, vec![b("a")], &mut out).is_none());
-        assert!(q.ready(5, conn(1), 5, vec![b("a")], &mut out).is_none());
+        send(&mut q, 0, b("a"), None, 10, b("one"), &mut out);
+        send(&mut q, 0, b("a"), Some(b("r")), 10, b("two"), &mut out);
+        assert!(out.answers.is_empty());
+        assert!(ready(&mut q, 5, conn(1), 5, vec![b("a")], &mut out).is_none());
+        assert!(ready(&mut q, 5, conn(1), 5, vec![b("a")], &mut out).is_none());
         assert_eq!(
-            out.bytes_for(conn(1)),
+            text(&out, conn(1)),
             b"> 3 10 a\r\none\r\n> 3 10 a r\r\ntwo\r\n"
         );
-        assert_eq!(out.done, vec![conn(1), conn(1)]);
         assert_eq!(q.queued(), 0);
     }
 
@@ -484,23 +660,19 @@ mod tests {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
         for k in 1..=3 {
-            assert!(q.ready(0, conn(k), 60, vec![b("a")], &mut out).is_some());
+            assert!(ready(&mut q, 0, conn(k), 60, vec![b("a")], &mut out).is_some());
         }
         for body in ["x", "y", "z"] {
-            q.send(1, b("a"), None, 0, b(body), &mut out);
+            send(&mut q, 1, b("a"), None, 0, b(body), &mut out);
         }
         let order: Vec<_> = out
-            .frames
+            .answers
             .iter()
-            .map(|(c, f, _)| (c.key, f.clone()))
+            .map(|(c, a)| (c.key, a.as_ref().map(|m| m.3.clone())))
             .collect();
         assert_eq!(
             order,
-            vec![
-                (1, b("> 1 0 a\r\nx\r\n")),
-                (2, b("> 1 0 a\r\ny\r\n")),
-                (3, b("> 1 0 a\r\nz\r\n"))
-            ]
+            vec![(1, Some(b("x"))), (2, Some(b("y"))), (3, Some(b("z")))]
         );
     }
 
@@ -508,41 +680,41 @@ mod tests {
     fn multi_address_wait_takes_exactly_one() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.ready(0, conn(1), 60, vec![b("a"), b("b")], &mut out)
+        ready(&mut q, 0, conn(1), 60, vec![b("a"), b("b")], &mut out)
             .unwrap();
-        q.send(1, b("b"), None, 60, b("1"), &mut out);
-        q.send(1, b("a"), None, 60, b("2"), &mut out);
-        assert_eq!(out.frames.len(), 1);
+        send(&mut q, 1, b("b"), None, 60, b("1"), &mut out);
+        send(&mut q, 1, b("a"), None, 60, b("2"), &mut out);
+        assert_eq!(out.answers.len(), 1);
         assert_eq!(q.queued(), 1);
         // The stale entry on `a` does not swallow the queued message.
-        q.ready(2, conn(2), 60, vec![b("a")], &mut out);
-        assert_eq!(out.bytes_for(conn(2)), b"> 1 60 a\r\n2\r\n");
+        ready(&mut q, 2, conn(2), 60, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\n2\r\n");
     }
 
     #[test]
     fn first_address_with_a_message_wins() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("b"), None, 60, b("B"), &mut out);
-        q.send(0, b("a"), None, 60, b("A"), &mut out);
-        q.ready(1, conn(1), 60, vec![b("a"), b("b")], &mut out);
-        assert_eq!(out.bytes_for(conn(1)), b"> 1 60 a\r\nA\r\n");
+        send(&mut q, 0, b("b"), None, 60, b("B"), &mut out);
+        send(&mut q, 0, b("a"), None, 60, b("A"), &mut out);
+        ready(&mut q, 1, conn(1), 60, vec![b("a"), b("b")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nA\r\n");
     }
 
     #[test]
     fn expired_message_is_never_delivered() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("a"), None, 1, b("late"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b("late"), &mut out);
         assert_eq!(q.next_deadline(), Some(1000));
         q.on_timers(1000, &mut out);
         assert_eq!(q.queued(), 0);
-        q.ready(1000, conn(1), 1, vec![b("a")], &mut out);
-        assert!(out.frames.is_empty());
+        ready(&mut q, 1000, conn(1), 1, vec![b("a")], &mut out);
+        assert!(out.answers.is_empty());
         q.on_timers(1999, &mut out);
-        assert!(out.frames.is_empty());
+        assert!(out.answers.is_empty());
         q.on_timers(2000, &mut out);
-        assert_eq!(out.bytes_for(conn(1)), b"*\r\n");
+        assert_eq!(text(&out, conn(1)), b"*\r\n");
         assert_eq!(q.stats().2, 1);
     }
 
@@ -550,49 +722,47 @@ mod tests {
     fn expiry_is_checked_on_delivery_too() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("a"), None, 1, b("late"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b("late"), &mut out);
         // Timers not yet run, but the deadline has passed.
-        q.ready(1500, conn(1), 0, vec![b("a")], &mut out);
-        assert_eq!(out.bytes_for(conn(1)), b"*\r\n");
+        ready(&mut q, 1500, conn(1), 0, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"*\r\n");
     }
 
     #[test]
     fn zero_timeouts() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("a"), None, 0, b("x"), &mut out);
+        send(&mut q, 0, b("a"), None, 0, b("x"), &mut out);
         assert_eq!(q.queued(), 0);
-        assert!(q.ready(0, conn(1), 0, vec![b("a")], &mut out).is_none());
-        assert_eq!(out.bytes_for(conn(1)), b"*\r\n");
+        assert!(ready(&mut q, 0, conn(1), 0, vec![b("a")], &mut out).is_none());
+        assert_eq!(text(&out, conn(1)), b"*\r\n");
     }
 
     #[test]
     fn cancelled_wait_does_not_swallow_a_message() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        let w = q.ready(0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        let w = ready(&mut q, 0, conn(1), 60, vec![b("a")], &mut out).unwrap();
         q.cancel(w);
-        q.send(1, b("a"), None, 60, b("m"), &mut out);
-        assert!(out.frames.is_empty());
-        q.ready(2, conn(2), 60, vec![b("a")], &mut out);
-        assert_eq!(out.bytes_for(conn(2)), b"> 1 60 a\r\nm\r\n");
+        send(&mut q, 1, b("a"), None, 60, b("m"), &mut out);
+        assert!(out.answers.is_empty());
+        ready(&mut q, 2, conn(2), 60, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\nm\r\n");
         // A cancelled wait's timer is ignored.
         q.on_timers(100_000, &mut out);
-        assert_eq!(out.frames.len(), 1);
+        assert_eq!(out.answers.len(), 1);
     }
 
     #[test]
     fn query_reply_routing() {
         let mut q = Queues::new(0xAB);
         let mut out = RecordingOutbox::default();
-        assert!(q
-            .query(0, conn(1), 30, b("svc"), b("ping"), &mut out)
-            .is_some());
-        q.ready(1, conn(2), 30, vec![b("svc")], &mut out);
-        let got = out.bytes_for(conn(2));
+        assert!(query(&mut q, 0, conn(1), 30, b("svc"), b("ping"), &mut out).is_some());
+        ready(&mut q, 1, conn(2), 30, vec![b("svc")], &mut out);
+        let got = text(&out, conn(2));
         assert_eq!(got, b"> 4 30 svc AB.1\r\nping\r\n");
-        q.send(2, b("AB.1"), None, 30, b("pong"), &mut out);
-        assert_eq!(out.bytes_for(conn(1)), b"> 4 30 AB.1\r\npong\r\n");
+        send(&mut q, 2, b("AB.1"), None, 30, b("pong"), &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 4 30 AB.1\r\npong\r\n");
         assert_eq!(q.unique_address(), b("AB.2"));
     }
 
@@ -600,21 +770,18 @@ mod tests {
     fn a_refusing_waiter_passes_the_message_on() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.ready(0, conn(1), 60, vec![b("a")], &mut out).unwrap();
-        q.ready(0, conn(2), 60, vec![b("a")], &mut out).unwrap();
+        ready(&mut q, 0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        ready(&mut q, 0, conn(2), 60, vec![b("a")], &mut out).unwrap();
         out.refuse.push(conn(1));
-        q.send(1, b("a"), None, 60, b("m"), &mut out);
-        assert_eq!(out.bytes_for(conn(2)), b"> 1 60 a\r\nm\r\n");
+        send(&mut q, 1, b("a"), None, 60, b("m"), &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\nm\r\n");
         // With nobody left to take it, the next one is queued, not lost.
         out.refuse.push(conn(3));
-        q.ready(2, conn(3), 60, vec![b("b")], &mut out).unwrap();
-        q.send(3, b("b"), None, 60, b("n"), &mut out);
+        ready(&mut q, 2, conn(3), 60, vec![b("b")], &mut out).unwrap();
+        send(&mut q, 3, b("b"), None, 60, b("n"), &mut out);
         assert_eq!(q.queued(), 1);
-        // And a refused `<` leaves a queued message first in line.
-        q.ready(4, conn(3), 60, vec![b("b")], &mut out);
-        assert_eq!(q.queued(), 1);
-        q.ready(5, conn(4), 60, vec![b("b")], &mut out);
-        assert_eq!(out.bytes_for(conn(4)), b"> 1 60 b\r\nn\r\n");
+        ready(&mut q, 5, conn(4), 60, vec![b("b")], &mut out);
+        assert_eq!(text(&out, conn(4)), b"> 1 60 b\r\nn\r\n");
         assert_eq!(q.queued(), 0);
     }
 
@@ -623,8 +790,8 @@ mod tests {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
         for k in 0..100_000 {
-            q.ready(0, conn(k), 3600, vec![b("jobs")], &mut out);
-            q.send(0, b("jobs"), None, 3600, b("j"), &mut out);
+            ready(&mut q, 0, conn(k), 3600, vec![b("jobs")], &mut out);
+            send(&mut q, 0, b("jobs"), None, 3600, b("j"), &mut out);
         }
         assert_eq!(q.waiting(), 0);
         assert!(q.timers.len() <= 1024 + 1, "{} timers left", q.timers.len());
@@ -634,26 +801,26 @@ mod tests {
     fn expired_messages_behind_a_live_one_are_swept() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.send(0, b("a"), None, 3600, b("long"), &mut out);
+        send(&mut q, 0, b("a"), None, 3600, b("long"), &mut out);
         for _ in 0..100 {
-            q.send(0, b("a"), None, 1, b("short"), &mut out);
+            send(&mut q, 0, b("a"), None, 1, b("short"), &mut out);
         }
         assert_eq!(q.queued(), 101);
         q.on_timers(1000, &mut out);
         assert_eq!(q.queued(), 1);
         assert_eq!(q.stats().2, 100);
-        q.ready(1001, conn(1), 1, vec![b("a")], &mut out);
-        assert_eq!(out.bytes_for(conn(1)), b"> 4 3600 a\r\nlong\r\n");
+        ready(&mut q, 1001, conn(1), 1, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 4 3600 a\r\nlong\r\n");
     }
 
     #[test]
     fn an_address_named_twice_is_forgotten_after_the_answer() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        q.ready(0, conn(1), 60, vec![b("x"), b("x"), b("y")], &mut out)
+        ready(&mut q, 0, conn(1), 60, vec![b("x"), b("x"), b("y")], &mut out)
             .unwrap();
-        q.send(1, b("x"), None, 60, b("m"), &mut out);
-        assert_eq!(out.frames.len(), 1);
+        send(&mut q, 1, b("x"), None, 60, b("m"), &mut out);
+        assert_eq!(out.answers.len(), 1);
         assert!(
             q.addresses.is_empty(),
             "{} addresses left",
@@ -666,16 +833,16 @@ mod tests {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
         let body = Bytes::from(vec![b'x'; 100_000]);
-        q.send(0, b("big"), None, 60, body.clone(), &mut out);
-        q.ready(1, conn(1), 60, vec![b("big")], &mut out);
+        send(&mut q, 0, b("big"), None, 60, body.clone(), &mut out);
+        ready(&mut q, 1, conn(1), 60, vec![b("big")], &mut out);
         let mut want = b"> 100000 60 big\r\n".to_vec();
         want.extend_from_slice(&body);
         want.extend_from_slice(b"\r\n");
-        assert_eq!(out.bytes_for(conn(1)), want);
+        assert_eq!(text(&out, conn(1)), want);
         assert!(out
-            .frames
+            .answers
             .iter()
-            .any(|(_, f, _)| f.as_ptr() == body.as_ptr()));
+            .any(|(_, a)| a.as_ref().is_some_and(|m| m.3.as_ptr() == body.as_ptr())));
     }
 
     #[test]
@@ -683,13 +850,64 @@ mod tests {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
         for k in 0..1000 {
-            q.ready(0, conn(k), 60, vec![b("busy"), b("quiet")], &mut out);
-            q.send(0, b("busy"), None, 60, b("m"), &mut out);
+            ready(&mut q, 0, conn(k), 60, vec![b("busy"), b("quiet")], &mut out);
+            send(&mut q, 0, b("busy"), None, 60, b("m"), &mut out);
         }
         assert!(q
             .addresses
             .get(&b("quiet"))
             .is_none_or(|a| a.waits.len() < 40));
+        assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
+    fn queues_are_bounded_per_address_and_in_total() {
+        let limits = QueueLimits {
+            per_address: 3 * (MESSAGE_OVERHEAD + 10),
+            total: 5 * (MESSAGE_OVERHEAD + 10),
+        };
+        let mut q = Queues::new(1).with_limits(limits);
+        let mut out = RecordingOutbox::default();
+        let body = || Bytes::from(vec![b'x'; 10]);
+        for _ in 0..3 {
+            assert_eq!(q.send(0, b("a"), None, 60, body(), &mut out), Ok(()));
+        }
+        assert_eq!(q.send(0, b("a"), None, 60, body(), &mut out), Err(QueueFull));
+        for _ in 0..2 {
+            assert_eq!(q.send(0, b("b"), None, 60, body(), &mut out), Ok(()));
+        }
+        assert_eq!(q.send(0, b("c"), None, 60, body(), &mut out), Err(QueueFull));
+        assert_eq!(q.refused_full(), 2);
+        assert_eq!(q.queued(), 5);
+        assert_eq!(q.queued_bytes(), limits.total);
+        // A waiting receiver takes a message even when the queues are full.
+        let w = ready(&mut q, 1, conn(9), 60, vec![b("c")], &mut out);
+        assert!(w.is_some());
+        assert_eq!(q.send(1, b("c"), None, 60, body(), &mut out), Ok(()));
+        assert_eq!(out.answers_for(conn(9)).len(), 1);
+        // Taking and expiring give the bytes back.
+        ready(&mut q, 2, conn(1), 60, vec![b("a")], &mut out);
+        assert_eq!(q.send(2, b("c"), None, 1, body(), &mut out), Ok(()));
+        q.on_timers(1000 + 2, &mut out);
+        assert_eq!(q.queued(), 4);
+        assert_eq!(q.queued_bytes(), 4 * (MESSAGE_OVERHEAD + 10));
+        // A refused query leaves no wait behind.
+        assert_eq!(
+            q.query(3, conn(2), 60, b("a"), Bytes::from(vec![b'x'; 200]), &mut out),
+            Err(QueueFull)
+        );
+        assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
+    fn a_query_to_its_own_reply_address_gets_no_wait() {
+        let mut q = Queues::new(0xAB);
+        let mut out = RecordingOutbox::default();
+        out.refuse.push(conn(1));
+        // The caller is running and refuses answers; the guessed address
+        // must not leave it waiting on a wait that was taken.
+        let got = q.query(0, conn(1), 30, b("AB.1"), b("x"), &mut out);
+        assert_eq!(got, Ok(Ready::TimedOut));
         assert_eq!(q.waiting(), 0);
     }
 }

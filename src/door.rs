@@ -1,0 +1,275 @@
+//! The contract between the IO shell and the doors.
+//!
+//! A *door* is one protocol a listener speaks (the line protocol, the HTTP
+//! bus, …). This room sits below both the shell (`server`) and the doors
+//! (`line`, `http`): it names what the shell asks of a door ([`Door`]), what a
+//! door may use while it runs ([`Cx`]), and the words both sides share
+//! ([`Next`], [`CloseReason`], [`Stats`]). It never sees a socket.
+//!
+//! What the shell does for every door, so that no door has to remember it:
+//! it seals the broker's open fan-out batch after each door call (and [`Cx`]
+//! seals it before a door's own output), reads ahead while a door is paused
+//! and stops reading while its output backs up, resumes a door once its wait
+//! is answered, closes with a typed reason, and times out a connection that
+//! holds an incomplete request for longer than `--request-timeout`.
+
+use std::cell::Cell;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::{Broker, ConnId, Millis, Outbox};
+
+/// Defines a fieldless enum together with `ALL` (every variant, in order)
+/// and `COUNT`, so that tables indexed by it can never be too short.
+#[macro_export]
+macro_rules! counted_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name { $( $(#[$vmeta])* $variant ),+ }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[ $( $name::$variant ),+ ];
+            /// The number of variants.
+            pub const COUNT: usize = $name::ALL.len();
+        }
+    };
+}
+
+/// What the connection should do after a door call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Read more input.
+    Read,
+    /// An answer is pending (a line-protocol wait, a parked request): leave
+    /// further input unprocessed until the door is resumed.
+    Paused,
+    /// Send what is queued, then close for this reason (`.` or a request
+    /// without keep-alive: [`CloseReason::Quit`]; malformed input:
+    /// [`CloseReason::ProtocolError`]).
+    Close(CloseReason),
+}
+
+counted_enum! {
+    /// Why a connection was closed; counted per reason.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum CloseReason {
+        PeerClosed,
+        Quit,
+        ProtocolError,
+        SlowSubscriber,
+        ReadError,
+        WriteError,
+        LingerTimeout,
+        RequestTimeout,
+    }
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer closed",
+            CloseReason::Quit => "quit",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::SlowSubscriber => "slow subscriber",
+            CloseReason::ReadError => "read error",
+            CloseReason::WriteError => "write error",
+            CloseReason::LingerTimeout => "linger timeout",
+            CloseReason::RequestTimeout => "request timeout",
+        }
+    }
+
+    /// The name on the stats page (`peer_closed`, …).
+    pub fn key(self) -> String {
+        self.as_str().replace(' ', "_")
+    }
+}
+
+/// The loop's counters, lent (read-only) to every door call for the stats
+/// pages. The two counters the outbox bumps in the middle of a door call are
+/// cells, so that the door and the outbox can hold them at once.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub accept_errors: u64,
+    /// Channel messages dropped for slow subscribers.
+    pub dropped: Cell<u64>,
+    /// Slow subscribers disconnected.
+    pub slow_disconnects: Cell<u64>,
+    /// Open connections by door, in the order of [`Stats::door_names`].
+    pub open: Vec<u64>,
+    pub door_names: Vec<&'static str>,
+    /// Closed connections by reason, indexed by `CloseReason as usize`.
+    pub closed_by: [u64; CloseReason::COUNT],
+}
+
+impl Stats {
+    pub fn open_total(&self) -> u64 {
+        self.open.iter().sum()
+    }
+
+    /// Open connections of the door called `name` (0 when there is none).
+    pub fn open_of(&self, name: &str) -> u64 {
+        self.door_names
+            .iter()
+            .zip(&self.open)
+            .find(|(n, _)| **n == name)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A queue message, as the broker hands it to the receiver's door. Every
+/// field is borrowed: the door frames what it needs and keeps nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    /// The address it was sent to.
+    pub to: &'a [u8],
+    /// Where answers go, when the sender gave one.
+    pub reply: Option<&'a [u8]>,
+    /// The timeout it was sent with, in seconds.
+    pub timeout_s: u64,
+    pub body: &'a Bytes,
+}
+
+/// The broker's answer to a connection's wait.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer<'a> {
+    /// A message for it.
+    Message(Delivery<'a>),
+    /// The wait timed out.
+    Timeout,
+}
+
+/// One protocol spoken on a connection. The shell holds a `Box<dyn Door>` in
+/// each connection and knows doors only through this trait.
+pub trait Door {
+    /// Runs every complete request or command in `input`; a partial one stays
+    /// in `input` for the next call. Called with an empty `input` when the door
+    /// is resumed.
+    fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next;
+
+    /// The broker answers this connection's wait. Called from inside the
+    /// broker: the door may only write frames with `send` (in order with
+    /// everything else queued for the connection), not call the broker.
+    /// Returns false to refuse the answer (nothing was waiting): the broker
+    /// then passes a message on to the next receiver. After `true` the shell
+    /// resumes the door ([`Door::on_input`] over its held input) in the same
+    /// turn.
+    fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool;
+
+    /// True while an answer is pending: input is read ahead (bounded) but not
+    /// processed, and the request timeout does not run.
+    fn is_paused(&self) -> bool;
+
+    /// True while the door holds part of a request that is not in the input
+    /// buffer (a request body being decoded): the request timeout runs.
+    fn mid_request(&self) -> bool {
+        false
+    }
+
+    /// A deadline the door asked for with [`Cx::wake_at`] has come.
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        let _ = cx;
+        Next::Read
+    }
+
+    /// The connection is closing: withdraw everything held in the broker.
+    /// Called once.
+    fn on_close(&mut self, cx: &mut Cx<'_>);
+
+    /// After a call, a door may hand over its connection to another door
+    /// (the HTTP bus to a subscriber's stream, which drops the request
+    /// parser). The shell asks after every call.
+    fn upgrade(&mut self) -> Option<Box<dyn Door>> {
+        None
+    }
+}
+
+/// Makes the door state of each new connection on a door's listeners. A
+/// door's `opener(&Config) -> Opener` is called once at start-up (the place
+/// to prepare settings its connections share) and its result once per
+/// accepted connection.
+pub type Opener = Box<dyn Fn() -> Box<dyn Door>>;
+
+/// What a door may use during one call: the broker, the outbox, the clock,
+/// the loop's counters, and requests to the shell.
+pub struct Cx<'a> {
+    /// The connection being served.
+    pub me: ConnId,
+    pub now: Millis,
+    pub broker: &'a mut Broker,
+    pub out: &'a mut dyn Outbox,
+    pub stats: &'a Stats,
+    /// Set by [`Cx::progress`]: a whole request or command was taken.
+    pub(crate) progressed: bool,
+    /// Set by [`Cx::wake_at`].
+    pub(crate) wake_at: Option<Millis>,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(
+        me: ConnId,
+        now: Millis,
+        broker: &'a mut Broker,
+        out: &'a mut dyn Outbox,
+        stats: &'a Stats,
+    ) -> Cx<'a> {
+        Cx {
+            me,
+            now,
+            broker,
+            out,
+            stats,
+            progressed: false,
+            wake_at: None,
+        }
+    }
+
+    /// Queues a frame of the door's own (an answer, a response) for this
+    /// connection, after any channel batch this connection's input opened.
+    /// Returns false when the connection no longer takes output.
+    pub fn send(&mut self, frame: Bytes) -> bool {
+        self.broker.seal(self.out);
+        self.out.deliver(self.me, frame, 0)
+    }
+
+    /// Says that a whole request or command was taken from the input: the
+    /// request timeout starts again.
+    pub fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Asks for [`Door::on_timer`] at `at` (the earliest of several asks in
+    /// one call wins). A door that no longer needs it ignores the call.
+    pub fn wake_at(&mut self, at: Millis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    pub fn progressed(&self) -> bool {
+        self.progressed
+    }
+
+    pub fn wake_requested(&self) -> Option<Millis> {
+        self.wake_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_enum_counts() {
+        assert_eq!(CloseReason::COUNT, 8);
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        assert_eq!(CloseReason::PeerClosed.key(), "peer_closed");
+    }
+}
