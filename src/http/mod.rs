@@ -4,3 +4,8 @@ pub mod codec;
 pub mod files;
 pub mod response;
 pub mod session;
+
+/// The bus door (its routes live in [`session`] for now).
+pub mod bus {
+    pub use super::session::opener;
+}

@@ -19,9 +19,8 @@ use crate::broker::filter::Filter;
 use crate::broker::frames::{multipart_opening, Framing};
 use crate::broker::{Broker, ConnId, Millis, Outbox, Subscription};
 use crate::config::{Config, Limits};
-use crate::line::session::Next;
-use crate::server::conn::CloseReason;
-use crate::server::event_loop::LoopStats;
+use crate::door::{self, CloseReason, Cx, Door, Next, Opener, Stats as LoopStats};
+use std::rc::Rc;
 
 /// The path prefix of the bus.
 pub const BUS_PREFIX: &str = "/msgbus/";
@@ -69,6 +68,52 @@ pub struct HttpSession {
     decoder: Decoder,
     state: State,
     closing: bool,
+    ctx: Rc<HttpContext>,
+}
+
+/// The bus door's opener: settings shared by every bus connection are
+/// prepared once.
+pub fn opener(config: &Config) -> Opener {
+    let ctx = Rc::new(HttpContext::new(config));
+    let limits = config.limits.clone();
+    Box::new(move || Box::new(HttpSession::new(&limits, ctx.clone())))
+}
+
+impl Door for HttpSession {
+    fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        let ctx = self.ctx.clone();
+        self.on_input(cx.me, cx.now, input, cx.broker, cx.out, &ctx, cx.stats)
+    }
+    fn on_answer(&mut self, _answer: door::Answer<'_>, _send: &mut dyn FnMut(Bytes)) -> bool {
+        false
+    }
+    fn is_paused(&self) -> bool {
+        false
+    }
+    fn mid_request(&self) -> bool {
+        self.decoder.mid_request()
+    }
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        HttpSession::on_close(self, cx.me, cx.broker, cx.out);
+    }
+    fn upgrade(&mut self) -> Option<Box<dyn Door>> {
+        self.take_stream().map(|s| Box::new(s) as Box<dyn Door>)
+    }
+}
+
+impl Door for Stream {
+    fn on_input(&mut self, _cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        Stream::on_input(self, input)
+    }
+    fn on_answer(&mut self, _answer: door::Answer<'_>, _send: &mut dyn FnMut(Bytes)) -> bool {
+        false
+    }
+    fn is_paused(&self) -> bool {
+        false
+    }
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        Stream::on_close(self, cx.me, cx.broker, cx.out);
+    }
 }
 
 /// A subscribed HTTP connection: pushed messages go out, input is read and
@@ -84,7 +129,7 @@ impl Stream {
         Next::Read
     }
 
-    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut (impl Outbox + ?Sized)) {
         match self.channel.take() {
             Some(channel) => {
                 broker.channels.unsubscribe(me, &channel, out);
@@ -97,13 +142,13 @@ impl Stream {
 }
 
 /// Sends the open fan-out batch before the connection's turn ends.
-fn finish(env: Env<'_, impl Outbox>, next: Next) -> Next {
+fn finish(env: Env<'_, impl Outbox + ?Sized>, next: Next) -> Next {
     env.broker.seal(env.out);
     next
 }
 
 /// Everything a request handler may touch.
-struct Env<'a, O: Outbox> {
+struct Env<'a, O: Outbox + ?Sized> {
     me: ConnId,
     broker: &'a mut Broker,
     out: &'a mut O,
@@ -111,18 +156,19 @@ struct Env<'a, O: Outbox> {
     stats: &'a LoopStats,
 }
 
-impl<O: Outbox> Env<'_, O> {
+impl<O: Outbox + ?Sized> Env<'_, O> {
     fn send(&mut self, bytes: BytesMut) {
         self.out.deliver(self.me, bytes.freeze(), 0);
     }
 }
 
 impl HttpSession {
-    pub fn new(limits: &Limits) -> HttpSession {
+    pub fn new(limits: &Limits, ctx: Rc<HttpContext>) -> HttpSession {
         HttpSession {
             decoder: Decoder::new(codec_limits(limits)),
             state: State::Requests,
             closing: false,
+            ctx,
         }
     }
 
@@ -137,7 +183,7 @@ impl HttpSession {
         _now: Millis,
         input: &mut BytesMut,
         broker: &mut Broker,
-        out: &mut impl Outbox,
+        out: &mut (impl Outbox + ?Sized),
         ctx: &HttpContext,
         stats: &LoopStats,
     ) -> Next {
@@ -168,21 +214,21 @@ impl HttpSession {
                     response::error_response(&mut b, e);
                     env.send(b);
                     input.clear();
-                    return finish(env, Next::Refused);
+                    return finish(env, Next::Close(CloseReason::ProtocolError));
                 }
             }
         }
         finish(
             env,
             if self.closing {
-                Next::Close
+                Next::Close(CloseReason::Quit)
             } else {
                 Next::Read
             },
         )
     }
 
-    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut (impl Outbox + ?Sized)) {
         if let Some(mut stream) = self.take_stream() {
             stream.on_close(me, broker, out);
         }
@@ -198,7 +244,7 @@ impl HttpSession {
         }
     }
 
-    fn handle(&mut self, req: Request, env: &mut Env<'_, impl Outbox>) {
+    fn handle(&mut self, req: Request, env: &mut Env<'_, impl Outbox + ?Sized>) {
         let head_only = req.method == Method::Head;
         let keep_alive = req.keep_alive;
         if !keep_alive {
@@ -267,7 +313,12 @@ impl HttpSession {
         }
     }
 
-    fn subscribe(&mut self, req: &Request, channel: &[u8], env: &mut Env<'_, impl Outbox>) {
+    fn subscribe(
+        &mut self,
+        req: &Request,
+        channel: &[u8],
+        env: &mut Env<'_, impl Outbox + ?Sized>,
+    ) {
         let sse = req
             .header("Accept")
             .is_some_and(|v| contains_token(v, b"text/event-stream"));
@@ -347,7 +398,12 @@ impl HttpSession {
     }
 }
 
-fn publish(req: &Request, channel: &[u8], user: Option<String>, env: &mut Env<'_, impl Outbox>) {
+fn publish(
+    req: &Request,
+    channel: &[u8],
+    user: Option<String>,
+    env: &mut Env<'_, impl Outbox + ?Sized>,
+) {
     let mut b = BytesMut::new();
     let Some(content_type) = req.header("Content-Type") else {
         response::simple(
@@ -478,14 +534,14 @@ fn stats_json(broker: &Broker, stats: &LoopStats, ctx: &HttpContext) -> String {
     let v = serde_json::json!({
         "uptime_s": ctx.started.elapsed().as_secs(),
         "connections": {
-            "line": stats.open_line,
-            "bus": stats.open_bus,
-            "total": stats.open_line + stats.open_bus,
+            "line": stats.open_of("line"),
+            "bus": stats.open_of("bus"),
+            "total": stats.open_total(),
             "accepted": stats.accepted,
             "accept_errors": stats.accept_errors,
             "closed_by": CloseReason::ALL
                 .iter()
-                .map(|r| (r.as_str().replace(' ', "_"), serde_json::json!(stats.closed_by[*r as usize])))
+                .map(|r| (r.key(), serde_json::json!(stats.closed_by.get(*r as usize).copied().unwrap_or(0))))
                 .collect::<serde_json::Map<String, serde_json::Value>>(),
             "closed": stats.closed,
         },
@@ -497,14 +553,16 @@ fn stats_json(broker: &Broker, stats: &LoopStats, ctx: &HttpContext) -> String {
             "sent": b.queued_in,
             "delivered": b.queued_out,
             "expired": b.expired,
+            "full": broker.queues.refused_full(),
+            "bytes": broker.queues.queued_bytes(),
         },
         "messages_in": b.queued_in + b.published,
         "messages_out": b.queued_out + b.fanned_out,
         "published": b.published,
         "bytes_in": stats.bytes_in,
         "bytes_out": stats.bytes_out,
-        "drops": stats.dropped,
-        "slow_disconnects": stats.slow_disconnects,
+        "drops": stats.dropped.get(),
+        "slow_disconnects": stats.slow_disconnects.get(),
     });
     let mut s = v.to_string();
     s.push('\n');
