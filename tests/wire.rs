@@ -121,3 +121,24 @@ fn empty_http_content_type_reaches_line_subscribers_as_the_default() {
     let got = read_exact_n(&mut raw, want.len());
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
 }
+
+#[test]
+fn cli_publish_writes_the_type_as_delivered() {
+    let server = Server::start(&[]);
+    let mut raw = line_subscriber(&server, "baz");
+    let out = Command::new(CLI)
+        .args(["--address", server.line(), "publish", "baz", "abc"])
+        .args(["--type", "text/plain; charset=utf-8"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchboard-cli publish");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = b"! 3 baz text/plain;charset=utf-8\r\nabc\r\n";
+    let got = read_exact_n(&mut raw, want.len());
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
