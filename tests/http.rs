@@ -1881,10 +1881,11 @@ fn line_publish_reaches_http_and_http_publish_reaches_line() {
         show(want)
     );
 
-    // HTTP -> line: TYPE is the POST's Content-Type.
+    // HTTP -> line: TYPE is the POST's Content-Type, written without
+    // whitespace so that the frame keeps its four fields.
     publish(bus, "news", "application/json", b"{\"a\":1}");
     publish_as(bus, "news", "text/plain; charset=utf-8", "alice:pw", b"");
-    let want = b"! 7 news application/json\r\n{\"a\":1}\r\n! 0 news text/plain; charset=utf-8\r\n";
+    let want = b"! 7 news application/json\r\n{\"a\":1}\r\n! 0 news text/plain;charset=utf-8\r\n";
     assert_eq!(
         show(&common::read_exact_n(&mut line, want.len())),
         show(want)

@@ -2,12 +2,16 @@
 //! `!` commands, and a push parser for what a subscriber receives
 //! (`! LEN CHANNEL TYPE` + body + CRLF, or `- reason`).
 //!
-//! No IO; see `codec` for the parser contract.
+//! No IO; see `codec` for the parser contract. Header lines are read by the
+//! server's own parser (`switchboard::line::wire::parse_header`); this file
+//! only streams bodies, keeping the prefix the stamp needs.
 
-use crate::codec::{parse_u64, trim, Error, Event, Lines, Prefix};
+use switchboard::line::wire::{self, Header};
+
+use crate::codec::{trim, Error, Event, Lines, Prefix};
 
 /// The content type a `!` frame means when it names none.
-pub const DEFAULT_TYPE: &[u8] = b"application/octet-stream";
+pub const DEFAULT_TYPE: &[u8] = wire::DEFAULT_CONTENT_TYPE;
 
 /// `+ CHANNEL\r\n`
 pub fn encode_subscribe(out: &mut Vec<u8>, channel: &str) {
@@ -24,13 +28,14 @@ pub fn encode_unsubscribe(out: &mut Vec<u8>, channel: &str) {
 }
 
 /// `! LEN CHANNEL TYPE\r\n` + body + `\r\n` (no body and no CRLF when empty).
+/// TYPE is written as the server writes it on delivery: without whitespace.
 pub fn encode_publish(out: &mut Vec<u8>, channel: &str, ctype: &str, body: &[u8]) {
     out.extend_from_slice(b"! ");
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.push(b' ');
     out.extend_from_slice(channel.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(ctype.as_bytes());
+    out.extend_from_slice(&wire::type_field(ctype.as_bytes()));
     out.extend_from_slice(b"\r\n");
     if !body.is_empty() {
         out.extend_from_slice(body);
@@ -116,36 +121,23 @@ impl Parser {
             self.line.clear();
             return Ok(());
         }
-        if line.first() == Some(&b'-') {
-            let reason = String::from_utf8_lossy(trim(&line[1..])).into_owned();
-            return Err(Error::Server(reason));
-        }
-        if !line.starts_with(b"! ") {
-            return Err(Error::Protocol("unexpected line from the server"));
-        }
-        // `! LEN CHANNEL [TYPE...]`: TYPE is the rest of the line.
-        let mut pos = 2;
-        let field = |pos: &mut usize| -> Option<(usize, usize)> {
-            while line.get(*pos) == Some(&b' ') {
-                *pos += 1;
+        let (len, channel, ctype) = match wire::parse_header(line) {
+            Ok(Header::Publication {
+                len,
+                channel,
+                content_type,
+            }) => (len, channel, content_type),
+            Ok(Header::Error { reason }) => {
+                return Err(Error::Server(String::from_utf8_lossy(reason).into_owned()))
             }
-            let start = *pos;
-            while line.get(*pos).is_some_and(|&b| b != b' ') {
-                *pos += 1;
+            Ok(Header::Message { .. } | Header::Timeout) => {
+                return Err(Error::Protocol("unexpected frame from the server"))
             }
-            (*pos > start).then_some((start, *pos))
+            Err(e) => return Err(Error::Protocol(e.as_str())),
         };
-        let (ls, le) = field(&mut pos).ok_or(Error::Protocol("`!` frame without a length"))?;
-        let len = parse_u64(&line[ls..le]).ok_or(Error::Protocol("`!` frame with a bad length"))?;
-        self.channel = field(&mut pos).ok_or(Error::Protocol("`!` frame without a channel"))?;
-        // TYPE: the rest of the line without surrounding blanks.
-        let rest = line.get(pos..).unwrap_or_default();
-        let lead = rest
-            .iter()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-        let kept = trim(rest).len();
-        self.ctype = (kept > 0).then_some((pos + lead, pos + lead + kept));
+        // Kept as places in the held line: the body comes first.
+        self.channel = span(line, channel).unwrap_or_default();
+        self.ctype = span(line, ctype);
         self.prefix.clear();
         if len == 0 {
             self.emit(0, on);
@@ -170,6 +162,14 @@ impl Parser {
             len,
         });
     }
+}
+
+/// Where `part` lies in `line`, when it is a slice of it (the parser's
+/// default type is not).
+fn span(line: &[u8], part: &[u8]) -> Option<(usize, usize)> {
+    let start = (part.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= line.len()).then_some((start, end))
 }
 
 #[cfg(test)]
@@ -228,14 +228,19 @@ mod tests {
     }
 
     #[test]
-    fn type_may_contain_spaces() {
-        for (seen, r) in run(b"! 1 c text/plain; charset=utf-8 \r\nz\r\n") {
+    fn type_holds_no_spaces() {
+        for (seen, r) in run(b"! 1 c text/plain;charset=utf-8 \r\nz\r\n") {
             assert_eq!(r, Ok(()));
-            assert_eq!(
-                seen,
-                vec!["msg c text/plain; charset=utf-8 1 z".to_string()]
-            );
+            assert_eq!(seen, vec!["msg c text/plain;charset=utf-8 1 z".to_string()]);
         }
+        // Five fields break the rule every reader of the line follows.
+        for (seen, r) in run(b"! 1 c text/plain; charset=utf-8\r\nz\r\n") {
+            assert!(seen.is_empty());
+            assert_eq!(r, Err(Error::Protocol("unknown frame")));
+        }
+        let mut out = Vec::new();
+        encode_publish(&mut out, "c", "text/plain; charset=utf-8", b"z");
+        assert_eq!(out, b"! 1 c text/plain;charset=utf-8\r\nz\r\n");
     }
 
     #[test]

@@ -165,7 +165,8 @@ enum Command {
         /// The message body; `-` reads it from standard input
         #[arg(allow_hyphen_values = true)]
         body: String,
-        /// The body's content type (no spaces) [server default:
+        /// The body's content type, written without whitespace
+        /// (`text/plain;charset=utf-8`) [server default:
         /// application/octet-stream]
         #[arg(long = "type", short = 't', value_name = "CONTENT-TYPE")]
         content_type: Option<String>,

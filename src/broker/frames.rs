@@ -5,6 +5,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::line::wire::type_field;
+
 /// The multipart boundary of the HTTP bus.
 pub const BOUNDARY: &str = "00MsgBus00";
 
@@ -67,14 +69,17 @@ fn put_digits(out: &mut BytesMut, mut n: u64, base: u64) {
 }
 
 /// Appends `! LEN CHANNEL TYPE\r\n` + body + `\r\n` (no body and no CRLF when empty).
+/// The frame has exactly four fields: TYPE is written without whitespace, or
+/// as `application/octet-stream` when empty (see [`type_field`]).
 pub fn line_publication(out: &mut BytesMut, p: &Publication) {
-    out.reserve(p.channel.len() + p.content_type.len() + p.body.len() + 32);
+    let content_type = type_field(p.content_type);
+    out.reserve(p.channel.len() + content_type.len() + p.body.len() + 32);
     out.put_slice(b"! ");
     put_decimal(out, p.body.len() as u64);
     out.put_u8(b' ');
     out.put_slice(p.channel);
     out.put_u8(b' ');
-    out.put_slice(p.content_type);
+    out.put_slice(&content_type);
     out.put_slice(b"\r\n");
     if !p.body.is_empty() {
         out.put_slice(p.body);
@@ -240,6 +245,48 @@ mod tests {
         out.clear();
         line_publication(&mut out, &publication(b"", None));
         assert_eq!(&out[..], b"! 0 foo text/plain\r\n");
+    }
+
+    #[test]
+    fn line_frames_have_four_fields() {
+        let mut out = BytesMut::new();
+        for (content_type, want) in [
+            (
+                &b"text/plain; charset=utf-8"[..],
+                &b"! 3 foo text/plain;charset=utf-8\r\nabc\r\n"[..],
+            ),
+            (
+                b"text/plain;\tcharset=utf-8 ",
+                b"! 3 foo text/plain;charset=utf-8\r\nabc\r\n",
+            ),
+            (b"", b"! 3 foo application/octet-stream\r\nabc\r\n"),
+            (b"  ", b"! 3 foo application/octet-stream\r\nabc\r\n"),
+        ] {
+            out.clear();
+            let p = Publication {
+                channel: b"foo",
+                content_type,
+                sender: None,
+                body: b"abc",
+            };
+            line_publication(&mut out, &p);
+            assert_eq!(
+                &out[..],
+                want,
+                "{:?}",
+                String::from_utf8_lossy(content_type)
+            );
+        }
+        // Other framings keep the type as the publisher wrote it.
+        let p = Publication {
+            channel: b"foo",
+            content_type: b"text/plain; charset=utf-8",
+            sender: None,
+            body: b"abc",
+        };
+        out.clear();
+        multipart_part(&mut out, &p, false, false);
+        assert!(out.starts_with(b"Content-Type: text/plain; charset=utf-8\r\n"));
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! and header lines it reads.
 //!
 //! Pure functions, no IO: `Client` reads the line and the body, this file
-//! only says what the line means and what a command line looks like.
+//! only says what the line means and what a command line looks like. What
+//! a header line means is decided by the parser the server shares
+//! ([`crate::line::wire`]); this file turns its fields into owned text.
 
 use super::error::{Error, Result};
+use crate::line::wire::{self, HeaderError};
 
 /// The most addresses one `<` command may wait on.
 pub const MAX_READY_ADDRS: usize = 8;
@@ -34,61 +37,58 @@ pub(crate) enum Header {
     Error(String),
 }
 
-/// Reads one header line, without its `\r\n` or `\n`.
+/// Reads one header line, without its `\r\n` or `\n`, with the parser
+/// the server's own tests check its frames against
+/// ([`crate::line::wire::parse_header`]).
 pub(crate) fn parse_header(line: &[u8]) -> Result<Header> {
-    let line = std::str::from_utf8(line)
-        .map_err(|_| Error::Protocol("a header line that is not UTF-8".into()))?;
-    if let Some(reason) = line.strip_prefix('-') {
-        let reason = reason.trim();
-        let reason = if reason.is_empty() {
-            "(no reason given)"
+    let header = wire::parse_header(line).map_err(|e| {
+        let line = shorten(&String::from_utf8_lossy(line));
+        Error::Protocol(match e {
+            HeaderError::Unknown => format!("unknown frame {line:?}"),
+            HeaderError::BadLength => format!("bad body length in {line:?}"),
+            HeaderError::BadTimeout => format!("bad timeout in {line:?}"),
+        })
+    })?;
+    Ok(match header {
+        wire::Header::Message {
+            len,
+            timeout_s,
+            to,
+            reply,
+        } => Header::Message {
+            len: body_len(len)?,
+            timeout_s,
+            to: text(to)?,
+            reply: reply.map(text).transpose()?,
+        },
+        wire::Header::Publication {
+            len,
+            channel,
+            content_type,
+        } => Header::Publication {
+            len: body_len(len)?,
+            channel: text(channel)?,
+            content_type: text(content_type)?,
+        },
+        wire::Header::Timeout => Header::Timeout,
+        wire::Header::Error { reason } => Header::Error(if reason.is_empty() {
+            "(no reason given)".to_string()
         } else {
-            reason
-        };
-        return Ok(Header::Error(reason.to_string()));
-    }
-    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-    match fields.as_slice() {
-        ["*"] => Ok(Header::Timeout),
-        [">", len, timeout, to] => Ok(Header::Message {
-            len: parse_len(len, line)?,
-            timeout_s: parse_timeout(timeout, line)?,
-            to: (*to).to_string(),
-            reply: None,
+            String::from_utf8_lossy(reason).into_owned()
         }),
-        [">", len, timeout, to, reply] => Ok(Header::Message {
-            len: parse_len(len, line)?,
-            timeout_s: parse_timeout(timeout, line)?,
-            to: (*to).to_string(),
-            reply: Some((*reply).to_string()),
-        }),
-        ["!", len, channel] => Ok(Header::Publication {
-            len: parse_len(len, line)?,
-            channel: (*channel).to_string(),
-            content_type: DEFAULT_CONTENT_TYPE.to_string(),
-        }),
-        ["!", len, channel, content_type] => Ok(Header::Publication {
-            len: parse_len(len, line)?,
-            channel: (*channel).to_string(),
-            content_type: (*content_type).to_string(),
-        }),
-        _ => Err(Error::Protocol(format!(
-            "unknown frame {:?}",
-            shorten(line)
-        ))),
-    }
+    })
 }
 
-fn parse_len(field: &str, line: &str) -> Result<usize> {
-    field
-        .parse()
-        .map_err(|_| Error::Protocol(format!("bad body length in {:?}", shorten(line))))
+/// A field of a header line as text.
+fn text(field: &[u8]) -> Result<String> {
+    std::str::from_utf8(field)
+        .map(str::to_string)
+        .map_err(|_| Error::Protocol("a header line that is not UTF-8".into()))
 }
 
-fn parse_timeout(field: &str, line: &str) -> Result<u64> {
-    field
-        .parse()
-        .map_err(|_| Error::Protocol(format!("bad timeout in {:?}", shorten(line))))
+fn body_len(len: u64) -> Result<usize> {
+    usize::try_from(len)
+        .map_err(|_| Error::Protocol(format!("a {len}-byte body, too large to hold")))
 }
 
 /// Keeps error messages readable when the server sends a huge line.
@@ -155,7 +155,9 @@ pub(crate) fn query_line(len: usize, timeout_s: u64, to: &str) -> Result<String>
     Ok(format!("? {len} {timeout_s} {to}\r\n"))
 }
 
-/// `! LEN CHANNEL [TYPE]\r\n`
+/// `! LEN CHANNEL [TYPE]\r\n`. TYPE is written as the server writes it on
+/// delivery ([`wire::type_field`]): `text/plain; charset=utf-8` goes out as
+/// `text/plain;charset=utf-8`, a blank one as the default type.
 pub(crate) fn publish_line(
     len: usize,
     channel: &str,
@@ -164,7 +166,9 @@ pub(crate) fn publish_line(
     check_field("channel", channel)?;
     match content_type {
         Some(ct) => {
-            check_field("content type", ct)?;
+            // Dropping ASCII bytes from UTF-8 leaves UTF-8: nothing is lost.
+            let ct = String::from_utf8_lossy(&wire::type_field(ct.as_bytes())).into_owned();
+            check_field("content type", &ct)?;
             Ok(format!("! {len} {channel} {ct}\r\n"))
         }
         None => Ok(format!("! {len} {channel}\r\n")),
@@ -243,6 +247,8 @@ mod tests {
             b"> 1 1",
             b"> 1 1 a b c",
             b"! 1",
+            b"! 3 news text/plain; charset=utf-8",
+            b"! 3 \xff text/plain",
             b"* *",
             b"\xff",
         ] {
@@ -251,6 +257,11 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn default_type_is_the_servers() {
+        assert_eq!(DEFAULT_CONTENT_TYPE.as_bytes(), wire::DEFAULT_CONTENT_TYPE);
     }
 
     #[test]
@@ -288,7 +299,17 @@ mod tests {
         assert!(ready_line(1, &[]).is_err());
         assert!(ready_line(1, &["a"; 9]).is_err());
         assert!(ready_line(1, &["a"; 8]).is_ok());
-        assert!(publish_line(1, "c", Some("text/plain; charset=utf-8")).is_err());
+        assert_eq!(
+            publish_line(1, "c", Some("text/plain; charset=utf-8"))
+                .ok()
+                .as_deref(),
+            Some("! 1 c text/plain;charset=utf-8\r\n")
+        );
+        assert_eq!(
+            publish_line(1, "c", Some(" ")).ok().as_deref(),
+            Some("! 1 c application/octet-stream\r\n")
+        );
+        assert!(publish_line(1, "c", Some("text/\x01plain")).is_err());
         assert!(channel_line(true, "a\tb").is_err());
     }
 }

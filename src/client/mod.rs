@@ -580,9 +580,13 @@ mod tests {
         let long = vec![b'x'; DEFAULT_MAX_LINE + 10];
         let writer = thread::spawn(move || {
             let _ = theirs.write_all(&long);
+            // Stay open until the client is done: closing first would fail
+            // its write of `<` with a broken pipe instead.
+            let _ = theirs.read_to_end(&mut Vec::new());
         });
         let mut c = Client::new(Transport::Unix(ours));
-        assert!(matches!(c.ready(1, &["a"]), Err(Error::Protocol(_))));
+        let r = c.ready(1, &["a"]);
+        assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
         drop(c);
         let _ = writer.join();
     }

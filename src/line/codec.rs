@@ -11,6 +11,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use super::wire::{is_space, number};
 use crate::broker::queues::MAX_ADDRESSES;
 
 /// One client command.
@@ -596,20 +597,6 @@ impl Ranges {
             }
         })
     }
-}
-
-/// The field separators: ASCII whitespace, as `u8::is_ascii_whitespace`.
-#[inline]
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
-}
-
-/// A decimal number of at most 19 digits; no sign, no spaces.
-fn number(field: &[u8]) -> Option<u64> {
-    if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(field.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn timeout_of(field: &[u8]) -> Result<u64, LineError> {
