@@ -461,6 +461,7 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob(b"*", b""));
+        assert!(glob(b"*", b"a"));
         assert!(glob(b"text/*", b"text/plain"));
         assert!(!glob(b"text/*", b"Text/plain"));
         assert!(glob(b"t?xt/p*n", b"text/plain"));

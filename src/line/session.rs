@@ -8,13 +8,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
-use crate::broker::frames::put_decimal;
+use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
 use crate::broker::{Ready, Subscription, WaitId};
 use crate::config::Config;
-use crate::door::{Answer, CloseReason, Cx, Delivery, Door, Next, Opener};
-
-/// The content type of a publish that names none.
-pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
+use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
 
 /// The channel name that means "every channel" in `+` and `~`.
 pub const ALL_CHANNELS: &[u8] = b"*";
@@ -264,7 +261,8 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
     };
     let mut head = BytesMut::new();
     if d.body.len() < SHARED_BODY {
-        message_head(&mut head, &d, d.body.len() + 2);
+        head.reserve(d.body.len() + 2);
+        message_head(&mut head, d.to, d.reply, d.timeout_s, d.body.len());
         if !d.body.is_empty() {
             head.put_slice(d.body);
             head.put_slice(b"\r\n");
@@ -272,33 +270,17 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
         send(head.freeze());
         return;
     }
-    message_head(&mut head, &d, 0);
+    message_head(&mut head, d.to, d.reply, d.timeout_s, d.body.len());
     send(head.freeze());
     send(d.body.clone());
     send(Bytes::from_static(b"\r\n"));
-}
-
-/// Appends `> LEN TIMEOUT TO [REPLY]\r\n`, with room for `extra` bytes more.
-fn message_head(out: &mut BytesMut, d: &Delivery<'_>, extra: usize) {
-    out.reserve(d.to.len() + d.reply.map_or(0, |r| r.len()) + 48 + extra);
-    out.put_slice(b"> ");
-    put_decimal(out, d.body.len() as u64);
-    out.put_u8(b' ');
-    put_decimal(out, d.timeout_s);
-    out.put_u8(b' ');
-    out.put_slice(d.to);
-    if let Some(r) = d.reply {
-        out.put_u8(b' ');
-        out.put_slice(r);
-    }
-    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::broker::{Broker, ConnId, RecordingOutbox};
-    use crate::door::Stats;
+    use crate::door::{Delivery, Stats};
 
     fn run(
         session: &mut LineSession,

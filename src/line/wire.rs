@@ -11,6 +11,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::{BufMut, BytesMut};
+
+use crate::broker::frames::put_decimal;
+
 /// The content type of a publication that names none.
 pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
 
@@ -109,6 +113,30 @@ impl std::error::Error for HeaderError {}
 /// Most fields of a header line (`> LEN TIMEOUT TO REPLY`); one more field
 /// is kept only to see that there are too many.
 const MAX_HEADER_FIELDS: usize = 5;
+
+/// Appends the command line of a queue message the server sends,
+/// `> LEN TIMEOUT TO [REPLY]\r\n`; its body (when LEN is not 0) and a CRLF
+/// follow it.
+pub fn message_head(
+    out: &mut BytesMut,
+    to: &[u8],
+    reply: Option<&[u8]>,
+    timeout_s: u64,
+    len: usize,
+) {
+    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + 48);
+    out.put_slice(b"> ");
+    put_decimal(out, len as u64);
+    out.put_u8(b' ');
+    put_decimal(out, timeout_s);
+    out.put_u8(b' ');
+    out.put_slice(to);
+    if let Some(r) = reply {
+        out.put_u8(b' ');
+        out.put_slice(r);
+    }
+    out.put_slice(b"\r\n");
+}
 
 /// Reads one header line the server sent, with or without its line end.
 /// Fields are separated by runs of [`is_space`]; a frame with a field too
@@ -285,7 +313,8 @@ mod tests {
 
     mod props {
         use super::*;
-        use crate::broker::frames::{line_message_head, line_publication, Publication};
+        use crate::broker::frames::{line_publication, Publication};
+        use crate::line::wire::message_head;
         use bytes::BytesMut;
         use proptest::prelude::*;
 
@@ -339,7 +368,7 @@ mod tests {
                 len in 0usize..1 << 40,
             ) {
                 let mut out = BytesMut::new();
-                line_message_head(&mut out, &to, reply.as_deref(), timeout_s, len);
+                message_head(&mut out, &to, reply.as_deref(), timeout_s, len);
                 let want = if timeout_s > 9_999_999_999_999_999_999 {
                     Err(HeaderError::BadTimeout)
                 } else {
