@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use mio::{Events, Interest, Poll, Token};
 
-use switchboard::broker::{Channels, ConnId, Outbox, Subscription};
+use switchboard::broker::{Answer, Channels, ConnId, Outbox, Subscription};
 use switchboard::http::codec::{Decoder as HttpDecoder, Event, Limits as HttpLimits};
 use switchboard::line::codec::{Decoder as LineDecoder, Ranges, Raw};
 
@@ -450,7 +450,9 @@ impl Outbox for CountingOutbox {
         self.bytes += frame.len() as u64;
         true
     }
-    fn wait_done(&mut self, _conn: ConnId) {}
+    fn answer(&mut self, _conn: ConnId, _answer: Answer<'_>) -> bool {
+        false
+    }
 }
 
 fn bench_fanout(opts: &Opts) {

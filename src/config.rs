@@ -74,6 +74,8 @@ pub struct Limits {
     /// Seconds a connection may hold an incomplete request, command or TLS
     /// handshake before it is closed; 0 means never.
     pub request_timeout_s: u64,
+    /// Bytes queued messages may hold, per address and in total.
+    pub queues: crate::broker::queues::QueueLimits,
 }
 
 impl Default for Limits {
@@ -87,6 +89,7 @@ impl Default for Limits {
             slow_policy: SlowPolicy::Drop,
             max_subscriptions: 10_000,
             request_timeout_s: 60,
+            queues: crate::broker::queues::QueueLimits::default(),
         }
     }
 }
@@ -188,6 +191,17 @@ pub struct Args {
     /// What to do with a subscriber over its backlog limit.
     #[arg(long, value_enum, default_value_t = SlowPolicy::Drop)]
     pub slow_subscriber: SlowPolicy,
+
+    /// Bytes that messages waiting in queues may hold in total (each counts
+    /// its body, its reply address and 64 bytes). A send past it is refused
+    /// (`- queue full` on the line protocol); a waiting receiver still gets
+    /// its message.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().queues.total)]
+    pub max_queued_bytes: usize,
+
+    /// Bytes that messages waiting on one queue address may hold.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().queues.per_address)]
+    pub max_queued_bytes_per_address: usize,
 }
 
 /// The validated configuration the server runs with.
@@ -254,6 +268,10 @@ impl Config {
                 slow_policy: args.slow_subscriber,
                 max_subscriptions: args.max_subscriptions,
                 request_timeout_s: args.request_timeout,
+                queues: crate::broker::queues::QueueLimits {
+                    per_address: args.max_queued_bytes_per_address,
+                    total: args.max_queued_bytes,
+                },
             },
         })
     }

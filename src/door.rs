@@ -17,6 +17,7 @@ use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
 
+pub use crate::broker::{Answer, Delivery};
 use crate::broker::{Broker, ConnId, Millis, Outbox};
 
 /// Defines a fieldless enum together with `ALL` (every variant, in order)
@@ -122,28 +123,6 @@ impl Stats {
             .find(|(n, _)| **n == name)
             .map_or(0, |(_, n)| *n)
     }
-}
-
-/// A queue message, as the broker hands it to the receiver's door. Every
-/// field is borrowed: the door frames what it needs and keeps nothing.
-#[derive(Clone, Copy, Debug)]
-pub struct Delivery<'a> {
-    /// The address it was sent to.
-    pub to: &'a [u8],
-    /// Where answers go, when the sender gave one.
-    pub reply: Option<&'a [u8]>,
-    /// The timeout it was sent with, in seconds.
-    pub timeout_s: u64,
-    pub body: &'a Bytes,
-}
-
-/// The broker's answer to a connection's wait.
-#[derive(Clone, Copy, Debug)]
-pub enum Answer<'a> {
-    /// A message for it.
-    Message(Delivery<'a>),
-    /// The wait timed out.
-    Timeout,
 }
 
 /// One protocol spoken on a connection. The shell holds a `Box<dyn Door>` in

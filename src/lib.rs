@@ -14,6 +14,8 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod door;
+pub mod doors;
 pub mod http;
 pub mod line;
 pub mod server;
+pub mod timer;

@@ -73,14 +73,14 @@ fn plus_in_a_query_is_a_space() {
     let server = Server::start(&[]);
     let bus = server.bus();
     let mut sub = connect(bus);
-    send(
-        &mut sub,
-        b"GET /msgbus/q?sender=bob+smith HTTP/1.0\r\n\r\n",
-    );
+    send(&mut sub, b"GET /msgbus/q?sender=bob+smith HTTP/1.0\r\n\r\n");
     // The head and the opening delimiter: subscribed.
     let opened = read_until(&mut sub, b"\r\n\r\n--00MsgBus00\r\n");
     assert!(opened.starts_with(b"HTTP/1.0 200 OK\r\n"));
-    assert!(opened.ends_with(b"\r\n\r\n--00MsgBus00\r\n"), "read too far");
+    assert!(
+        opened.ends_with(b"\r\n\r\n--00MsgBus00\r\n"),
+        "read too far"
+    );
 
     // Filtered out, then let through: had the first passed, it would be
     // the first part to arrive.
@@ -89,8 +89,5 @@ fn plus_in_a_query_is_a_space() {
     let part = b"From: bob smith\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n\
                  space\r\n--00MsgBus00\r\n";
     let got = read_until(&mut sub, b"space\r\n--00MsgBus00\r\n");
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(part)
-    );
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(part));
 }

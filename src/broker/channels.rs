@@ -153,13 +153,23 @@ impl Channels {
     }
 
     /// Subscribes `conn` to every channel.
-    pub fn subscribe_all(&mut self, conn: ConnId, sub: Subscription, out: &mut (impl Outbox + ?Sized)) {
+    pub fn subscribe_all(
+        &mut self,
+        conn: ConnId,
+        sub: Subscription,
+        out: &mut (impl Outbox + ?Sized),
+    ) {
         self.seal(out);
         self.root.add(conn, sub);
     }
 
     /// Ends a subscription; returns false when there was none.
-    pub fn unsubscribe(&mut self, conn: ConnId, channel: &[u8], out: &mut (impl Outbox + ?Sized)) -> bool {
+    pub fn unsubscribe(
+        &mut self,
+        conn: ConnId,
+        channel: &[u8],
+        out: &mut (impl Outbox + ?Sized),
+    ) -> bool {
         self.seal(out);
         let Some(audience) = self.channels.get_mut(channel) else {
             return false;
@@ -225,7 +235,7 @@ impl Channels {
             body,
         };
         let mut full = false;
-        for framing in Framing::ALL {
+        for &framing in Framing::ALL {
             let i = framing as usize;
             if batch.wanted[i] > 0 {
                 let buf = &mut batch.frames[i];

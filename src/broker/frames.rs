@@ -8,34 +8,27 @@ use bytes::{BufMut, BytesMut};
 /// The multipart boundary of the HTTP bus.
 pub const BOUNDARY: &str = "00MsgBus00";
 
-/// How a subscriber wants its deliveries framed. The discriminant indexes the
-/// per-batch frame buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Framing {
-    /// `! LEN CHANNEL TYPE\r\n` + body + `\r\n`.
-    Line = 0,
-    /// HTTP/1.1 multipart in chunked transfer coding, one chunk per message.
-    MultipartChunked = 1,
-    /// HTTP/1.0 multipart as a plain stream.
-    MultipartPlain = 2,
-    /// `text/event-stream`, one event per message.
-    EventStream = 3,
-    /// `text/event-stream` whose data is one JSON object per message, with
-    /// the channel, content type and sender as fields (`?format=json`).
-    EventStreamJson = 4,
+crate::counted_enum! {
+    /// How a subscriber wants its deliveries framed. The discriminant indexes
+    /// the per-batch frame buffers.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Framing {
+        /// `! LEN CHANNEL TYPE\r\n` + body + `\r\n`.
+        Line,
+        /// HTTP/1.1 multipart in chunked transfer coding, one chunk per message.
+        MultipartChunked,
+        /// HTTP/1.0 multipart as a plain stream.
+        MultipartPlain,
+        /// `text/event-stream`, one event per message.
+        EventStream,
+        /// `text/event-stream` whose data is one JSON object per message, with
+        /// the channel, content type and sender as fields (`?format=json`).
+        EventStreamJson,
+    }
 }
 
-pub const FRAMINGS: usize = 5;
-
-impl Framing {
-    pub const ALL: [Framing; FRAMINGS] = [
-        Framing::Line,
-        Framing::MultipartChunked,
-        Framing::MultipartPlain,
-        Framing::EventStream,
-        Framing::EventStreamJson,
-    ];
-}
+/// The number of framings: the length of every per-framing table.
+pub const FRAMINGS: usize = Framing::COUNT;
 
 /// One published message, as the framers see it.
 pub struct Publication<'a> {
@@ -88,44 +81,6 @@ pub fn line_publication(out: &mut BytesMut, p: &Publication) {
         out.put_slice(p.body);
         out.put_slice(b"\r\n");
     }
-}
-
-/// Appends `> LEN TIMEOUT TO [REPLY]\r\n` + body + `\r\n` (no body and no CRLF when empty).
-pub fn line_message(
-    out: &mut BytesMut,
-    to: &[u8],
-    reply: Option<&[u8]>,
-    timeout_s: u64,
-    body: &[u8],
-) {
-    line_message_head(out, to, reply, timeout_s, body.len());
-    if !body.is_empty() {
-        out.reserve(body.len() + 2);
-        out.put_slice(body);
-        out.put_slice(b"\r\n");
-    }
-}
-
-/// Appends only the command line of a message frame, `> LEN TIMEOUT TO [REPLY]\r\n`.
-pub fn line_message_head(
-    out: &mut BytesMut,
-    to: &[u8],
-    reply: Option<&[u8]>,
-    timeout_s: u64,
-    len: usize,
-) {
-    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + 48);
-    out.put_slice(b"> ");
-    put_decimal(out, len as u64);
-    out.put_u8(b' ');
-    put_decimal(out, timeout_s);
-    out.put_u8(b' ');
-    out.put_slice(to);
-    if let Some(r) = reply {
-        out.put_u8(b' ');
-        out.put_slice(r);
-    }
-    out.put_slice(b"\r\n");
 }
 
 /// The bytes that open a multipart stream, sent with the response head.
@@ -288,12 +243,6 @@ mod tests {
         out.clear();
         line_publication(&mut out, &publication(b"", None));
         assert_eq!(&out[..], b"! 0 foo text/plain\r\n");
-        out.clear();
-        line_message(&mut out, b"a", Some(b"r"), 30, b"hi");
-        assert_eq!(&out[..], b"> 2 30 a r\r\nhi\r\n");
-        out.clear();
-        line_message(&mut out, b"a", None, 0, b"");
-        assert_eq!(&out[..], b"> 0 0 a\r\n");
     }
 
     #[test]

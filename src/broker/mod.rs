@@ -14,7 +14,6 @@ pub mod queues;
 
 use bytes::Bytes;
 
-pub use crate::door::{Answer, Delivery};
 pub use channels::{Channels, Subscription};
 pub use queues::{QueueFull, Queues, Ready, WaitId};
 
@@ -27,6 +26,28 @@ pub type Millis = u64;
 pub struct ConnId {
     pub key: u32,
     pub gen: u32,
+}
+
+/// A queue message, as the broker hands it to the receiver's door. Every
+/// field is borrowed: the door frames what it needs and keeps nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    /// The address it was sent to.
+    pub to: &'a [u8],
+    /// Where answers go, when the sender gave one.
+    pub reply: Option<&'a [u8]>,
+    /// The timeout it was sent with, in seconds.
+    pub timeout_s: u64,
+    pub body: &'a Bytes,
+}
+
+/// The broker's answer to a connection's wait.
+#[derive(Clone, Copy, Debug)]
+pub enum Answer<'a> {
+    /// A message for it.
+    Message(Delivery<'a>),
+    /// The wait timed out.
+    Timeout,
 }
 
 /// Where the broker puts its output. The IO shell implements it over its

@@ -11,13 +11,13 @@
 //! other entries go stale and are skipped (and compacted away in bulk), so no
 //! answer costs a scan of the other queues.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use slab::Slab;
 
 use super::{Answer, ConnId, Delivery, Millis, Outbox};
+use crate::timer::Timers;
 
 /// The most addresses one `<` may wait on.
 pub const MAX_ADDRESSES: usize = 8;
@@ -137,26 +137,19 @@ struct Address {
     bytes: usize,
 }
 
+/// What a queue deadline is for.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Wait(usize, u64),
     Expire(Bytes),
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    at: Millis,
-    seq: u64,
-    kind: TimerKind,
-}
-
 /// All queue addresses and the waits on them.
 pub struct Queues {
     addresses: HashMap<Bytes, Address>,
     waits: Slab<Wait>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    timers: Timers<TimerKind>,
     next_gen: u64,
-    timer_seq: u64,
     reply_prefix: String,
     reply_seq: u64,
     queued_in: u64,
@@ -188,9 +181,8 @@ impl Queues {
         Queues {
             addresses: HashMap::new(),
             waits: Slab::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             next_gen: 0,
-            timer_seq: 0,
             reply_prefix: format!("{epoch_s:X}"),
             reply_seq: 0,
             queued_in: 0,
@@ -241,18 +233,13 @@ impl Queues {
     }
 
     fn add_timer(&mut self, at: Millis, kind: TimerKind) {
-        self.timer_seq += 1;
-        self.timers.push(Reverse(Timer {
-            at,
-            seq: self.timer_seq,
-            kind,
-        }));
+        self.timers.add(at, kind);
         // Timers of answered waits and delivered messages are left in the
         // heap (lazy invalidation); once they outnumber the live ones, drop
         // them all at once, so the heap stays proportional to what is pending.
         if self.timers.len() > 2 * (self.waits.len() + self.queued_now) + 1024 {
             let (waits, addresses) = (&self.waits, &self.addresses);
-            self.timers.retain(|Reverse(t)| match &t.kind {
+            self.timers.retain(|_, kind| match kind {
                 TimerKind::Wait(slot, gen) => waits.get(*slot).is_some_and(|w| w.gen == *gen),
                 TimerKind::Expire(addr) => {
                     addresses.get(addr).is_some_and(|a| !a.messages.is_empty())
@@ -273,7 +260,7 @@ impl Queues {
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.timers.peek().map(|Reverse(t)| t.at)
+        self.timers.next()
     }
 
     /// Sends a message to `to`: straight to the longest-waiting receiver, or
@@ -429,11 +416,8 @@ impl Queues {
 
     /// Runs every timer due at `now`.
     pub fn on_timers(&mut self, now: Millis, out: &mut (impl Outbox + ?Sized)) {
-        while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
-            let Some(Reverse(timer)) = self.timers.pop() else {
-                break;
-            };
-            match timer.kind {
+        while let Some((_, kind)) = self.timers.pop_due(now) {
+            match kind {
                 TimerKind::Wait(slot, gen) => {
                     if self.waits.get(slot).is_some_and(|w| w.gen == gen) {
                         let wait = self.waits.remove(slot);
@@ -680,8 +664,7 @@ mod tests {
     fn multi_address_wait_takes_exactly_one() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        ready(&mut q, 0, conn(1), 60, vec![b("a"), b("b")], &mut out)
-            .unwrap();
+        ready(&mut q, 0, conn(1), 60, vec![b("a"), b("b")], &mut out).unwrap();
         send(&mut q, 1, b("b"), None, 60, b("1"), &mut out);
         send(&mut q, 1, b("a"), None, 60, b("2"), &mut out);
         assert_eq!(out.answers.len(), 1);
@@ -817,8 +800,15 @@ mod tests {
     fn an_address_named_twice_is_forgotten_after_the_answer() {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
-        ready(&mut q, 0, conn(1), 60, vec![b("x"), b("x"), b("y")], &mut out)
-            .unwrap();
+        ready(
+            &mut q,
+            0,
+            conn(1),
+            60,
+            vec![b("x"), b("x"), b("y")],
+            &mut out,
+        )
+        .unwrap();
         send(&mut q, 1, b("x"), None, 60, b("m"), &mut out);
         assert_eq!(out.answers.len(), 1);
         assert!(
@@ -850,7 +840,14 @@ mod tests {
         let mut q = Queues::new(1);
         let mut out = RecordingOutbox::default();
         for k in 0..1000 {
-            ready(&mut q, 0, conn(k), 60, vec![b("busy"), b("quiet")], &mut out);
+            ready(
+                &mut q,
+                0,
+                conn(k),
+                60,
+                vec![b("busy"), b("quiet")],
+                &mut out,
+            );
             send(&mut q, 0, b("busy"), None, 60, b("m"), &mut out);
         }
         assert!(q
@@ -872,11 +869,17 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(q.send(0, b("a"), None, 60, body(), &mut out), Ok(()));
         }
-        assert_eq!(q.send(0, b("a"), None, 60, body(), &mut out), Err(QueueFull));
+        assert_eq!(
+            q.send(0, b("a"), None, 60, body(), &mut out),
+            Err(QueueFull)
+        );
         for _ in 0..2 {
             assert_eq!(q.send(0, b("b"), None, 60, body(), &mut out), Ok(()));
         }
-        assert_eq!(q.send(0, b("c"), None, 60, body(), &mut out), Err(QueueFull));
+        assert_eq!(
+            q.send(0, b("c"), None, 60, body(), &mut out),
+            Err(QueueFull)
+        );
         assert_eq!(q.refused_full(), 2);
         assert_eq!(q.queued(), 5);
         assert_eq!(q.queued_bytes(), limits.total);
@@ -893,7 +896,14 @@ mod tests {
         assert_eq!(q.queued_bytes(), 4 * (MESSAGE_OVERHEAD + 10));
         // A refused query leaves no wait behind.
         assert_eq!(
-            q.query(3, conn(2), 60, b("a"), Bytes::from(vec![b'x'; 200]), &mut out),
+            q.query(
+                3,
+                conn(2),
+                60,
+                b("a"),
+                Bytes::from(vec![b'x'; 200]),
+                &mut out
+            ),
             Err(QueueFull)
         );
         assert_eq!(q.waiting(), 0);

@@ -1,4 +1,5 @@
-//! One line-protocol connection's state, and its commands applied to the broker.
+//! One line-protocol connection: its commands applied to the broker, and the
+//! broker's answers framed for it. The line door of the [`Door`] contract.
 //!
 //! Commands run in order, one at a time: while a `<` or `?` waits for its
 //! answer, the commands after it stay unread in the connection's buffer, as
@@ -7,7 +8,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
-use crate::broker::{Broker, ConnId, Millis, Outbox, Subscription, WaitId};
+use crate::broker::frames::put_decimal;
+use crate::broker::{Ready, Subscription, WaitId};
+use crate::config::Config;
+use crate::door::{Answer, CloseReason, Cx, Delivery, Door, Next, Opener};
 
 /// The content type of a publish that names none.
 pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
@@ -15,17 +19,25 @@ pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
 /// The channel name that means "every channel" in `+` and `~`.
 pub const ALL_CHANNELS: &[u8] = b"*";
 
-/// What the connection should do after its input was processed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Read more input.
-    Read,
-    /// A wait is pending; leave further input unread until it is answered.
-    Paused,
-    /// Flush what is queued, then close (after `.`).
-    Close,
-    /// Flush the error answer that is queued, then close.
-    Refused,
+/// The answer to a timed-out wait.
+pub const TIMEOUT_FRAME: &[u8] = b"*\r\n";
+
+/// The answer to a send refused because its queue is full; the connection
+/// stays open.
+pub const QUEUE_FULL_FRAME: &[u8] = b"- queue full\r\n";
+
+/// Bodies from this size on are sent as they are, between a header frame
+/// and a CRLF, instead of being copied into one frame.
+const SHARED_BODY: usize = 16 * 1024;
+
+/// The line door's opener: every connection gets the limits of `config`.
+pub fn opener(config: &Config) -> Opener {
+    let (max_line, max_body, max_subs) = (
+        config.limits.max_line,
+        config.limits.max_body,
+        config.limits.max_subscriptions,
+    );
+    Box::new(move || Box::new(LineSession::new(max_line, max_body, max_subs)))
 }
 
 pub struct LineSession {
@@ -33,9 +45,8 @@ pub struct LineSession {
     decoder: Decoder,
     waiting: Option<WaitId>,
     subscriptions: Vec<Bytes>,
-    closing: bool,
-    /// Closing because of malformed input.
-    refused: bool,
+    /// Set once the connection must close (after `.`, or malformed input).
+    closing: Option<CloseReason>,
 }
 
 impl LineSession {
@@ -45,8 +56,7 @@ impl LineSession {
             decoder: Decoder::new(max_line, max_body),
             waiting: None,
             subscriptions: Vec::new(),
-            closing: false,
-            refused: false,
+            closing: None,
         }
     }
 
@@ -54,133 +64,88 @@ impl LineSession {
         self.waiting.is_some()
     }
 
-    /// Withdraws the pending wait unanswered: its client went away.
-    pub fn withdraw_wait(&mut self, broker: &mut Broker) {
-        if let Some(w) = self.waiting.take() {
-            broker.queues.cancel(w);
-        }
-    }
-
-    /// The pending wait was answered by the broker.
-    pub fn wait_answered(&mut self) {
-        self.waiting = None;
-    }
-
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }
 
-    /// Runs every complete command in `input`, leaving a partial one there.
-    pub fn on_input(
-        &mut self,
-        me: ConnId,
-        now: Millis,
-        input: &mut BytesMut,
-        broker: &mut Broker,
-        out: &mut impl Outbox,
-    ) -> Next {
-        while !self.closing && self.waiting.is_none() {
-            let (raw, n) = match self.decoder.decode_raw(input) {
-                Ok(Some(found)) => found,
-                Ok(None) => break,
-                Err(e) => {
-                    self.fail(me, e, broker, out);
-                    input.clear();
-                    break;
-                }
-            };
-            // The fast path: a publish is framed straight from the input
-            // buffer, with no allocation and no reference counting.
-            if let Raw::Publish {
-                channel,
-                content_type,
-                body,
-            } = raw
-            {
-                let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
-                broker
-                    .channels
-                    .publish(channel, content_type, None, body, out);
-                input.advance(n);
-                continue;
-            }
-            let ranges = Ranges::of(&raw, input);
-            let frame = input.split_to(n).freeze();
-            if let Some(cmd) = ranges.to_command(&frame) {
-                self.apply(me, now, cmd, broker, out);
-            }
-        }
-        broker.seal(out);
-        if self.refused {
-            Next::Refused
-        } else if self.closing {
-            Next::Close
-        } else if self.waiting.is_some() {
-            Next::Paused
-        } else {
-            Next::Read
-        }
-    }
-
-    fn fail(&mut self, me: ConnId, e: LineError, broker: &mut Broker, out: &mut impl Outbox) {
-        log::debug!("line connection {}: {e}", me.key);
-        broker.seal(out);
+    fn fail(&mut self, cx: &mut Cx<'_>, e: LineError) {
+        log::debug!("line connection {}: {e}", cx.me.key);
         let mut frame = BytesMut::with_capacity(64);
         frame.put_slice(b"- ");
         frame.put_slice(e.to_string().as_bytes());
         frame.put_slice(b"\r\n");
-        out.deliver(me, frame.freeze(), 0);
-        self.closing = true;
-        self.refused = true;
+        cx.send(frame.freeze());
+        self.closing = Some(CloseReason::ProtocolError);
     }
 
-    fn apply(
-        &mut self,
-        me: ConnId,
-        now: Millis,
-        cmd: Command,
-        broker: &mut Broker,
-        out: &mut impl Outbox,
-    ) {
-        if !matches!(cmd, Command::Publish { .. }) {
-            broker.seal(out);
+    /// Frames what a wait got at once.
+    fn took(&mut self, cx: &mut Cx<'_>, ready: Ready) {
+        match ready {
+            Ready::Message(m) => {
+                let me = cx.me;
+                let out = &mut *cx.out;
+                write_answer(Answer::Message(m.delivery()), &mut |f| {
+                    out.deliver(me, f, 0);
+                });
+            }
+            Ready::TimedOut => {
+                cx.send(Bytes::from_static(TIMEOUT_FRAME));
+            }
+            Ready::Waiting(w) => self.waiting = Some(w),
         }
+    }
+
+    fn apply(&mut self, cx: &mut Cx<'_>, cmd: Command) {
+        let (me, now) = (cx.me, cx.now);
         match cmd {
             Command::Send {
                 to,
                 reply,
                 timeout_s,
                 body,
-            } => broker.queues.send(now, to, reply, timeout_s, body, out),
+            } => {
+                if cx
+                    .broker
+                    .send(now, to, reply, timeout_s, body, cx.out)
+                    .is_err()
+                {
+                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                }
+            }
             Command::Ready {
                 timeout_s,
                 addresses,
-            } => self.waiting = broker.queues.ready(now, me, timeout_s, addresses, out),
+            } => {
+                let ready = cx.broker.ready(now, me, timeout_s, addresses, cx.out);
+                self.took(cx, ready);
+            }
             Command::Query {
                 timeout_s,
                 to,
                 body,
-            } => self.waiting = broker.queues.query(now, me, timeout_s, to, body, out),
-            Command::Quit => self.closing = true,
+            } => match cx.broker.query(now, me, timeout_s, to, body, cx.out) {
+                Ok(ready) => self.took(cx, ready),
+                Err(_) => {
+                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                }
+            },
+            Command::Quit => self.closing = Some(CloseReason::Quit),
             Command::Subscribe { channel } => {
                 if self.subscriptions.contains(&channel) {
                     return;
                 }
                 if self.subscriptions.len() >= self.max_subscriptions {
-                    self.fail(
-                        me,
-                        LineError::TooManySubscriptions(self.max_subscriptions),
-                        broker,
-                        out,
-                    );
+                    self.fail(cx, LineError::TooManySubscriptions(self.max_subscriptions));
                     return;
                 }
                 if channel == ALL_CHANNELS {
-                    broker.channels.subscribe_all(me, Subscription::line(), out);
-                } else {
-                    broker
+                    cx.broker
                         .channels
-                        .subscribe(me, channel.clone(), Subscription::line(), out);
+                        .subscribe_all(me, Subscription::line(), cx.out);
+                } else {
+                    cx.broker
+                        .channels
+                        .subscribe(me, channel.clone(), Subscription::line(), cx.out);
                 }
                 // An exact-size copy: a slice would keep the whole read
                 // buffer it came from alive for as long as the subscription
@@ -188,7 +153,7 @@ impl LineSession {
                 self.subscriptions.push(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
-                self.unsubscribe(me, &channel, broker, out);
+                unsubscribe(cx, &channel);
                 self.subscriptions.retain(|c| *c != channel);
                 if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
                     self.subscriptions.shrink_to_fit();
@@ -200,47 +165,154 @@ impl LineSession {
                 body,
             } => {
                 let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
-                broker
+                cx.broker
                     .channels
-                    .publish(&channel, content_type, None, &body, out);
+                    .publish(&channel, content_type, None, &body, cx.out);
             }
         }
     }
+}
 
-    fn unsubscribe(&self, me: ConnId, channel: &[u8], broker: &mut Broker, out: &mut impl Outbox) {
-        if channel == ALL_CHANNELS {
-            broker.channels.unsubscribe_all(me, out);
+fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
+    if channel == ALL_CHANNELS {
+        cx.broker.channels.unsubscribe_all(cx.me, cx.out);
+    } else {
+        cx.broker.channels.unsubscribe(cx.me, channel, cx.out);
+    }
+}
+
+impl Door for LineSession {
+    /// Runs every complete command in `input`, leaving a partial one there.
+    fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        while self.closing.is_none() && self.waiting.is_none() {
+            let (raw, n) = match self.decoder.decode_raw(input) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(cx, e);
+                    input.clear();
+                    break;
+                }
+            };
+            cx.progress();
+            // The fast path: a publish is framed straight from the input
+            // buffer, with no allocation and no reference counting.
+            if let Raw::Publish {
+                channel,
+                content_type,
+                body,
+            } = raw
+            {
+                let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
+                cx.broker
+                    .channels
+                    .publish(channel, content_type, None, body, cx.out);
+                input.advance(n);
+                continue;
+            }
+            let ranges = Ranges::of(&raw, input);
+            let frame = input.split_to(n).freeze();
+            if let Some(cmd) = ranges.to_command(&frame) {
+                self.apply(cx, cmd);
+            }
+        }
+        if let Some(reason) = self.closing {
+            Next::Close(reason)
+        } else if self.waiting.is_some() {
+            Next::Paused
         } else {
-            broker.channels.unsubscribe(me, channel, out);
+            Next::Read
         }
     }
 
-    /// Withdraws everything the connection holds in the broker; call once, as
-    /// it closes.
-    pub fn on_close(&mut self, me: ConnId, broker: &mut Broker, out: &mut impl Outbox) {
+    fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool {
+        if self.waiting.take().is_none() {
+            return false;
+        }
+        write_answer(answer, send);
+        true
+    }
+
+    fn is_paused(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    fn mid_request(&self) -> bool {
+        false
+    }
+
+    /// Withdraws everything the connection holds in the broker.
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
         if let Some(w) = self.waiting.take() {
-            broker.queues.cancel(w);
+            cx.broker.cancel(w);
         }
         for channel in std::mem::take(&mut self.subscriptions) {
-            self.unsubscribe(me, &channel, broker, out);
+            unsubscribe(cx, &channel);
         }
     }
+}
+
+/// Frames an answer: `> LEN TIMEOUT TO [REPLY]` + body, or `*`. A large body
+/// goes out as the shared `Bytes` it is, between its command line and a CRLF.
+pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
+    let d = match answer {
+        Answer::Timeout => {
+            send(Bytes::from_static(TIMEOUT_FRAME));
+            return;
+        }
+        Answer::Message(d) => d,
+    };
+    let mut head = BytesMut::new();
+    if d.body.len() < SHARED_BODY {
+        message_head(&mut head, &d, d.body.len() + 2);
+        if !d.body.is_empty() {
+            head.put_slice(d.body);
+            head.put_slice(b"\r\n");
+        }
+        send(head.freeze());
+        return;
+    }
+    message_head(&mut head, &d, 0);
+    send(head.freeze());
+    send(d.body.clone());
+    send(Bytes::from_static(b"\r\n"));
+}
+
+/// Appends `> LEN TIMEOUT TO [REPLY]\r\n`, with room for `extra` bytes more.
+fn message_head(out: &mut BytesMut, d: &Delivery<'_>, extra: usize) {
+    out.reserve(d.to.len() + d.reply.map_or(0, |r| r.len()) + 48 + extra);
+    out.put_slice(b"> ");
+    put_decimal(out, d.body.len() as u64);
+    out.put_u8(b' ');
+    put_decimal(out, d.timeout_s);
+    out.put_u8(b' ');
+    out.put_slice(d.to);
+    if let Some(r) = d.reply {
+        out.put_u8(b' ');
+        out.put_slice(r);
+    }
+    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::RecordingOutbox;
+    use crate::broker::{Broker, ConnId, RecordingOutbox};
+    use crate::door::Stats;
 
     fn run(
         session: &mut LineSession,
         me: ConnId,
-        input: &[u8],
+        now: u64,
+        input: &mut BytesMut,
         broker: &mut Broker,
         out: &mut RecordingOutbox,
     ) -> Next {
-        let mut buf = BytesMut::from(input);
-        session.on_input(me, 0, &mut buf, broker, out)
+        let stats = Stats::default();
+        let mut cx = Cx::new(me, now, broker, out, &stats);
+        let next = session.on_input(&mut cx, input);
+        cx.broker.seal(cx.out);
+        next
     }
 
     #[test]
@@ -251,19 +323,58 @@ mod tests {
         let mut out = RecordingOutbox::default();
         let mut buf = BytesMut::from(&b"< 5 a\r\n+ ch\r\n"[..]);
         assert_eq!(
-            s.on_input(me, 0, &mut buf, &mut broker, &mut out),
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
             Next::Paused
         );
+        assert!(s.is_paused());
         assert_eq!(&buf[..], b"+ ch\r\n");
         assert_eq!(broker.channels.subscription_count(), 0);
         broker.queues.on_timers(5000, &mut out);
-        s.wait_answered();
+        assert_eq!(out.answers_for(me), vec![None]);
+        let mut sent = Vec::new();
+        assert!(s.on_answer(Answer::Timeout, &mut |f| sent.push(f)));
+        assert_eq!(sent, vec![Bytes::from_static(b"*\r\n")]);
+        // Nothing waits any more: a second answer is refused.
+        assert!(!s.on_answer(Answer::Timeout, &mut |f| sent.push(f)));
         assert_eq!(
-            s.on_input(me, 5000, &mut buf, &mut broker, &mut out),
+            run(&mut s, me, 5000, &mut buf, &mut broker, &mut out),
             Next::Read
         );
         assert_eq!(broker.channels.subscription_count(), 1);
-        assert_eq!(out.bytes_for(me), b"*\r\n");
+    }
+
+    #[test]
+    fn a_queued_message_is_framed_at_once() {
+        let (me, other) = (ConnId { key: 1, gen: 1 }, ConnId { key: 2, gen: 1 });
+        let mut s = LineSession::new(4096, 1 << 20, 100);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b"> 2 30 a r\r\nhi\r\n"[..]);
+        let mut sender = LineSession::new(4096, 1 << 20, 100);
+        run(&mut sender, other, 0, &mut buf, &mut broker, &mut out);
+        let mut buf = BytesMut::from(&b"< 5 a\r\n< 0 a\r\n"[..]);
+        assert_eq!(
+            run(&mut s, me, 1, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
+        assert_eq!(out.bytes_for(me), b"> 2 30 a r\r\nhi\r\n*\r\n");
+    }
+
+    #[test]
+    fn large_bodies_are_not_copied_into_the_frame() {
+        let body = Bytes::from(vec![b'x'; SHARED_BODY]);
+        let d = Delivery {
+            to: b"a",
+            reply: None,
+            timeout_s: 1,
+            body: &body,
+        };
+        let mut sent = Vec::new();
+        write_answer(Answer::Message(d), &mut |f| sent.push(f));
+        assert_eq!(sent.len(), 3);
+        assert_eq!(&sent[0][..], format!("> {SHARED_BODY} 1 a\r\n").as_bytes());
+        assert_eq!(sent[1].as_ptr(), body.as_ptr());
+        assert_eq!(&sent[2][..], b"\r\n");
     }
 
     #[test]
@@ -272,18 +383,52 @@ mod tests {
         let mut s = LineSession::new(4096, 1 << 20, 100);
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b"bogus\r\n> 1 1 a\r\nx\r\n"[..]);
         assert_eq!(
-            run(
-                &mut s,
-                me,
-                b"bogus\r\n> 1 1 a\r\nx\r\n",
-                &mut broker,
-                &mut out
-            ),
-            Next::Refused
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Close(CloseReason::ProtocolError)
         );
         assert_eq!(out.bytes_for(me), b"- invalid command\r\n");
         assert_eq!(broker.queues.queued(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_and_the_connection_stays() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20, 100);
+        let mut broker = Broker {
+            queues: crate::broker::Queues::new(1).with_limits(crate::broker::queues::QueueLimits {
+                per_address: 100,
+                total: 1000,
+            }),
+            ..Broker::default()
+        };
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(
+            &b"> 3 60 a\r\none\r\n> 3 60 a\r\ntwo\r\n? 3 60 a\r\nthr\r\n+ c\r\n"[..],
+        );
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
+        assert_eq!(out.bytes_for(me), b"- queue full\r\n- queue full\r\n");
+        assert_eq!(broker.queues.queued(), 1);
+        assert_eq!(broker.queues.waiting(), 0);
+        assert_eq!(s.subscription_count(), 1);
+    }
+
+    #[test]
+    fn quit_closes() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20, 100);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b".\r\n+ a\r\n"[..]);
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Close(CloseReason::Quit)
+        );
+        assert_eq!(s.subscription_count(), 0);
     }
 
     #[test]
@@ -293,8 +438,11 @@ mod tests {
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
         // A repeated subscription does not count twice.
-        let input = b"+ a\r\n+ a\r\n+ b\r\n~ b\r\n+ c\r\n+ d\r\n";
-        assert_eq!(run(&mut s, me, input, &mut broker, &mut out), Next::Refused);
+        let mut buf = BytesMut::from(&b"+ a\r\n+ a\r\n+ b\r\n~ b\r\n+ c\r\n+ d\r\n"[..]);
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Close(CloseReason::ProtocolError)
+        );
         assert_eq!(
             out.bytes_for(me),
             b"- too many subscriptions (limit 2 per connection)\r\n"
@@ -308,14 +456,20 @@ mod tests {
         let mut s = LineSession::new(4096, 1 << 20, 100);
         let mut broker = Broker::new();
         let mut out = RecordingOutbox::default();
-        let probe = b"+ CH\r\n+ CH.c7\r\n! 1 CH.c7 application/octet-stream\r\nc\r\n~ CH.c7\r\n";
-        assert_eq!(run(&mut s, me, probe, &mut broker, &mut out), Next::Read);
+        let mut buf = BytesMut::from(
+            &b"+ CH\r\n+ CH.c7\r\n! 1 CH.c7 application/octet-stream\r\nc\r\n~ CH.c7\r\n"[..],
+        );
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
         assert_eq!(
             out.bytes_for(me),
             b"! 1 CH.c7 application/octet-stream\r\nc\r\n"
         );
         assert_eq!(broker.channels.subscription_count(), 1);
-        s.on_close(me, &mut broker, &mut out);
+        let stats = Stats::default();
+        s.on_close(&mut Cx::new(me, 0, &mut broker, &mut out, &stats));
         assert_eq!(broker.channels.subscription_count(), 0);
     }
 }

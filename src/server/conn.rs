@@ -1,77 +1,34 @@
-//! One connection: its transport, the state of its door, and its output queue.
+//! One connection: its transport, its door, its output queue, its state.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::outq::OutQueue;
 use super::transport::Transport;
 use crate::broker::{ConnId, Millis};
-use crate::http::session::{HttpSession, Stream};
-use crate::line::session::LineSession;
+use crate::door::{Answer, CloseReason, Cx, Door, Next};
 
-/// The protocol a connection speaks, with that protocol's state.
-pub enum Door {
-    Line(LineSession),
-    Http(Box<HttpSession>),
-    /// An HTTP connection that has subscribed: its request parser is gone.
-    Stream(Stream),
-    /// Taken out while its input is being processed.
-    Detached,
-}
-
-impl Door {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Door::Line(_) => "line",
-            Door::Http(_) | Door::Stream(_) => "bus",
-            Door::Detached => "detached",
-        }
-    }
-}
-
-/// Why a connection was closed; counted per reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CloseReason {
-    PeerClosed,
-    Quit,
-    ProtocolError,
-    SlowSubscriber,
-    ReadError,
-    WriteError,
-    LingerTimeout,
-    RequestTimeout,
-}
-
-impl CloseReason {
-    pub const COUNT: usize = 8;
-    pub const ALL: [CloseReason; CloseReason::COUNT] = [
-        CloseReason::PeerClosed,
-        CloseReason::Quit,
-        CloseReason::ProtocolError,
-        CloseReason::SlowSubscriber,
-        CloseReason::ReadError,
-        CloseReason::WriteError,
-        CloseReason::LingerTimeout,
-        CloseReason::RequestTimeout,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer closed",
-            CloseReason::Quit => "quit",
-            CloseReason::ProtocolError => "protocol error",
-            CloseReason::SlowSubscriber => "slow subscriber",
-            CloseReason::ReadError => "read error",
-            CloseReason::WriteError => "write error",
-            CloseReason::LingerTimeout => "linger timeout",
-            CloseReason::RequestTimeout => "request timeout",
-        }
-    }
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Reading, running its door, taking deliveries.
+    Open,
+    /// Closing once its output has drained, or at `deadline`: no more
+    /// input is run and no more channel messages or answers are taken.
+    Lingering {
+        reason: CloseReason,
+        deadline: Millis,
+    },
+    /// On the close list: it is freed at the end of the turn.
+    Closing,
 }
 
 pub struct Conn {
     pub id: ConnId,
     pub transport: Transport,
-    pub door: Door,
+    pub door: Box<dyn Door>,
+    /// Index of its door in [`crate::doors::DOORS`].
+    pub door_ix: u8,
+    pub life: Life,
     pub outq: OutQueue,
     /// Input of an incomplete frame; empty (and unallocated) otherwise.
     pub input: BytesMut,
@@ -80,28 +37,78 @@ pub struct Conn {
     pub writable: bool,
     /// On the loop's dirty list.
     pub dirty: bool,
-    /// Close once the output queue has drained (or at this deadline).
-    pub close_after_flush: Option<(CloseReason, Millis)>,
-    /// Set once the connection is on the close list.
-    pub closing: bool,
+    /// Has a request-timeout deadline in the shell's timers.
+    pub request_timer: bool,
     /// Messages dropped because the backlog limit was reached.
     pub dropped: u64,
-    /// Since when (as seen by the once-a-second sweep) it has held an
-    /// incomplete request, command or TLS handshake.
+    /// Since when it has held an incomplete request, command or TLS
+    /// handshake (reset whenever it completes one).
     pub incomplete_since: Option<Millis>,
+    /// When its door asked to be woken ([`Cx::wake_at`]).
+    pub wake_at: Option<Millis>,
     /// When the last slow-subscriber line was logged for it.
     pub slow_logged_at: Option<Millis>,
+}
+
+impl Conn {
+    pub fn is_open(&self) -> bool {
+        self.life == Life::Open
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.life == Life::Closing
+    }
+
+    /// Holds part of a request, a command or a TLS handshake that it is not
+    /// waiting on the broker for: the request timeout runs.
+    pub fn holds_incomplete(&self) -> bool {
+        (!self.input.is_empty() && !self.door.is_paused())
+            || self.door.mid_request()
+            || self.transport.is_handshaking()
+    }
+}
+
+/// Stands in for a connection's door while the door runs (it is taken out
+/// of the connection for the call). It takes no answers: a running door is
+/// never waiting.
+pub struct Detached;
+
+impl Door for Detached {
+    fn on_input(&mut self, _cx: &mut Cx<'_>, _input: &mut BytesMut) -> Next {
+        Next::Read
+    }
+    fn on_answer(&mut self, _answer: Answer<'_>, _send: &mut dyn FnMut(Bytes)) -> bool {
+        false
+    }
+    fn is_paused(&self) -> bool {
+        true
+    }
+    fn on_close(&mut self, _cx: &mut Cx<'_>) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The memory of an idle connection is its slab entry: keep it small.
+    /// The memory of an idle connection is its slab entry and its door:
+    /// keep both small.
     #[test]
     fn idle_connection_is_small() {
         let size = std::mem::size_of::<Conn>();
-        eprintln!("Conn: {size} bytes; Door {}", std::mem::size_of::<Door>());
+        let line = std::mem::size_of::<crate::line::session::LineSession>();
+        eprintln!("Conn: {size} bytes; line door {line}");
         assert!(size <= 320, "Conn grew to {size} bytes");
+        assert!(
+            size + line <= 480,
+            "Conn + line door grew to {}",
+            size + line
+        );
+    }
+
+    #[test]
+    fn a_detached_door_refuses_answers() {
+        let mut d = Detached;
+        assert!(!d.on_answer(Answer::Timeout, &mut |_| {}));
+        assert!(d.is_paused());
     }
 }

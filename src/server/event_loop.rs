@@ -1,12 +1,12 @@
 //! The readiness loop: one thread, one `mio::Poll`, every connection.
 //!
 //! A turn of the loop:
-//! 1. poll, with the timeout of the earliest deadline (broker timers, lingering
-//!    closes, accept back-off), or zero when work is left over;
+//! 1. poll, with the timeout of the earliest deadline (the broker's and the
+//!    shell's timers), or zero when work is left over;
 //! 2. dispatch events: accept until `WouldBlock`; read until `WouldBlock` or
-//!    the per-turn budget, decoding and running commands as input arrives;
+//!    the per-turn budget, running the connection's door as input arrives;
 //!    note writability;
-//! 3. run due timers, resume connections whose wait was answered, continue
+//! 3. run due timers, resume doors whose wait was answered, continue
 //!    connections that ran out of budget;
 //! 4. flush every dirty connection once, with vectored writes, then close the
 //!    connections marked for closing (which may dirty others: flush again).
@@ -14,26 +14,29 @@
 //! Sockets are registered once for both directions (edge-triggered); the
 //! readiness bits live in [`Conn`]. Connections are freed only at the end of a
 //! turn, and each carries a generation, so nothing stale reaches a reused slot.
+//! Doors are known only through [`crate::door::Door`] and the registry
+//! [`crate::doors::DOORS`]; after every door call the loop seals the broker's
+//! fan-out batch itself.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::mem;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mio::net::{TcpListener, UnixListener, UnixStream};
+use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{CloseReason, Conn, Door};
+use super::conn::{Conn, Detached, Life};
+use super::listen::{self, Listener};
 use super::outq::{Flushed, OutQueue};
-use super::tls::TlsStream;
+use super::post::Post;
 use super::transport::Transport;
-use crate::broker::{Broker, ConnId, Millis, Outbox};
-use crate::config::{Config, Limits, Listen, SlowPolicy};
-use crate::http::session::{HttpContext, HttpSession};
-use crate::line::session::{LineSession, Next};
+use crate::broker::{Broker, ConnId, Millis};
+use crate::config::{Config, Limits};
+use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
+use crate::doors::DOORS;
+use crate::timer::Timers;
 
 /// Listener tokens sit at the top of the token space; connection tokens are
 /// slab keys and never get there.
@@ -46,7 +49,7 @@ const READ_BUDGET: usize = 256 * 1024;
 const FLUSH_BUDGET: usize = 1024 * 1024;
 /// Size of the loop-wide read buffer.
 const SCRATCH: usize = 64 * 1024;
-/// Input a waiting line connection may hold unprocessed before reading stops.
+/// Input a paused connection may hold unprocessed before reading stops.
 const READ_AHEAD: usize = 64 * 1024;
 /// How long a closing connection may take to drain its output.
 const LINGER_MS: Millis = 5_000;
@@ -54,88 +57,42 @@ const LINGER_MS: Millis = 5_000;
 const ACCEPT_BACKOFF_MS: Millis = 100;
 /// How long shutdown waits for queued output to drain.
 const SHUTDOWN_FLUSH_MS: u64 = 2_000;
-/// How often connections are swept for incomplete requests that stalled.
-const SWEEP_MS: Millis = 1_000;
-/// Minimum interval between two slow-subscriber log lines for one connection.
-const SLOW_LOG_MS: Millis = 10_000;
 
-/// The kinds of door a listener opens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DoorKind {
-    Line,
-    Bus,
-}
-
-enum ListenSocket {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-struct Listener {
-    kind: DoorKind,
-    name: &'static str,
-    socket: ListenSocket,
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Counters of the IO shell, read by the stats page.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LoopStats {
-    pub accepted: u64,
-    pub closed: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub dropped: u64,
-    pub slow_disconnects: u64,
-    pub accept_errors: u64,
-    /// Open connections by door.
-    pub open_line: u64,
-    pub open_bus: u64,
-    /// Closed connections by reason, indexed by `CloseReason as usize`.
-    pub closed_by: [u64; CloseReason::COUNT],
-}
-
-impl LoopStats {
-    fn count_close(&mut self, reason: CloseReason) {
-        if let Some(n) = self.closed_by.get_mut(reason as usize) {
-            *n += 1;
-        }
-    }
-
-    fn count_open(&mut self, door: &Door, delta: i64) {
-        let n = match door {
-            Door::Line(_) => &mut self.open_line,
-            Door::Http(_) | Door::Stream(_) => &mut self.open_bus,
-            Door::Detached => return,
-        };
-        *n = n.saturating_add_signed(delta);
-    }
+/// What a deadline of the shell is for. Each is checked against the
+/// connection's state when it comes due, so stale ones are harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    /// A lingering connection's output had until now to drain.
+    Linger(ConnId),
+    /// A connection may have held an incomplete request for too long.
+    Request(ConnId),
+    /// A door asked to be woken.
+    Door(ConnId),
+    /// Accepting may start again after running out of file descriptors.
+    AcceptBackoff,
 }
 
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
+    openers: Vec<Option<Opener>>,
     conns: Slab<Conn>,
     broker: Broker,
     limits: Limits,
-    http: HttpContext,
     start: Instant,
     next_gen: u32,
     dirty: Vec<usize>,
     resume: Vec<usize>,
     still_ready: Vec<usize>,
     to_close: Vec<(usize, CloseReason)>,
-    /// Connections closing once drained, with their deadlines.
-    lingering: Vec<(usize, Millis)>,
+    timers: Timers<Deadline>,
     scratch: BytesMut,
     /// What each `read` fills, zeroed once; its bytes are then appended to
     /// `scratch` or to the connection's own partial input.
     read_buf: Vec<u8>,
-    stats: LoopStats,
-    accept_backoff_until: Option<Millis>,
+    stats: Stats,
+    accept_backoff: bool,
     accept_full: bool,
-    /// When the next sweep for stalled requests is due.
-    next_sweep: Millis,
     signal: Option<UnixStream>,
     shutting_down: bool,
 }
@@ -168,109 +125,50 @@ mod libc_errno {
     pub const ENOBUFS: i32 = 105;
 }
 
+fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Conn, key: usize) {
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(key);
+    }
+}
+
 impl Server {
     /// Opens every listener of `config`; nothing is served until [`Server::serve`].
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        let tls = config.tls.as_ref();
-        // Every TCP door: (kind, name, address, flag, TLS settings).
-        let tcp_doors = [
-            (
-                DoorKind::Line,
-                "line",
-                &config.line_listen,
-                "--line-listen",
-                None,
-            ),
-            (
-                DoorKind::Bus,
-                "bus",
-                &config.bus_listen,
-                "--bus-listen",
-                None,
-            ),
-            (
-                DoorKind::Bus,
-                "bus-tls",
-                tls.map_or(&Listen::Off, |t| &t.bus_listen),
-                "--bus-tls-listen",
-                tls.map(|t| t.config.clone()),
-            ),
-            (
-                DoorKind::Line,
-                "line-tls",
-                tls.map_or(&Listen::Off, |t| &t.line_listen),
-                "--line-tls-listen",
-                tls.map(|t| t.config.clone()),
-            ),
-        ];
-        for (kind, name, listen, flag, tls) in tcp_doors {
-            if let Listen::At(addr) = listen {
-                listeners.push(Listener {
-                    kind,
-                    name,
-                    socket: ListenSocket::Tcp(bind_tcp(*addr, flag)?),
-                    tls,
-                });
-            }
-        }
-        if let Some(path) = &config.line_unix {
-            listeners.push(Listener {
-                kind: DoorKind::Line,
-                name: "line-unix",
-                socket: ListenSocket::Unix(bind_unix(path)?, path.clone()),
-                tls: None,
-            });
-        }
-        if listeners.is_empty() {
-            return Err(io::Error::other("every door is off: nothing to serve"));
-        }
-        let mut out = io::stdout().lock();
-        for (i, l) in listeners.iter_mut().enumerate() {
-            let token = Token(LISTENER_BASE + i);
-            let shown = match &mut l.socket {
-                ListenSocket::Tcp(s) => {
-                    poll.registry().register(s, token, Interest::READABLE)?;
-                    s.local_addr()?.to_string()
-                }
-                ListenSocket::Unix(s, path) => {
-                    poll.registry().register(s, token, Interest::READABLE)?;
-                    path.display().to_string()
-                }
-            };
-            writeln!(out, "listening {} {}", l.name, shown)?;
-            log::info!("{} door listening on {}", l.name, shown);
-        }
-        out.flush()?;
+        let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
         let epoch_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let broker = Broker {
-            queues: crate::broker::Queues::new(epoch_s),
+            queues: crate::broker::Queues::new(epoch_s).with_limits(config.limits.queues),
             ..Broker::default()
+        };
+        let stats = Stats {
+            open: vec![0; DOORS.len()],
+            door_names: DOORS.iter().map(|d| d.name).collect(),
+            ..Stats::default()
         };
         Ok(Server {
             poll,
-            listeners,
+            listeners: bound.listeners,
+            openers: bound.openers,
             conns: Slab::new(),
             broker,
             limits: config.limits.clone(),
-            http: HttpContext::new(config),
             start: Instant::now(),
             next_gen: 0,
             dirty: Vec::new(),
             resume: Vec::new(),
             still_ready: Vec::new(),
             to_close: Vec::new(),
-            lingering: Vec::new(),
+            timers: Timers::default(),
             scratch: BytesMut::with_capacity(SCRATCH),
             read_buf: vec![0; SCRATCH],
-            stats: LoopStats::default(),
-            accept_backoff_until: None,
+            stats,
+            accept_backoff: false,
             accept_full: false,
-            next_sweep: SWEEP_MS,
             signal: None,
             shutting_down: false,
         })
@@ -324,14 +222,13 @@ impl Server {
                 let Some(c) = self.conns.get_mut(key) else {
                     return;
                 };
-                if c.closing {
+                if c.is_closing() {
                     return;
                 }
                 if writable && !c.writable {
                     c.writable = true;
-                    if (!c.outq.is_empty() || c.transport.has_pending()) && !c.dirty {
-                        c.dirty = true;
-                        self.dirty.push(key);
+                    if !c.outq.is_empty() || c.transport.has_pending() {
+                        mark_dirty(&mut self.dirty, c, key);
                     }
                 }
                 if readable {
@@ -347,18 +244,10 @@ impl Server {
     fn after_events(&mut self) {
         let now = self.now();
         {
-            let (broker, mut post, _) = self.split(now);
+            let (broker, mut post) = self.split(now);
             broker.on_timers(now, &mut post);
         }
-        self.check_lingering(now);
-        if self.limits.request_timeout_s > 0 && now >= self.next_sweep {
-            self.next_sweep = now + SWEEP_MS;
-            self.sweep_stalled(now);
-        }
-        if self.accept_backoff_until.is_some_and(|t| t <= now) {
-            self.accept_backoff_until = None;
-            self.accept_all();
-        }
+        self.run_timers(now);
         for key in mem::take(&mut self.resume) {
             self.on_resume(key);
         }
@@ -383,24 +272,18 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let now = self.now();
-        let lingering = self.lingering.iter().map(|&(_, at)| at);
         let next = self
             .broker
             .next_deadline()
             .into_iter()
-            .chain(self.accept_backoff_until)
-            .chain(lingering)
-            .chain(
-                (self.limits.request_timeout_s > 0 && !self.conns.is_empty())
-                    .then_some(self.next_sweep),
-            )
+            .chain(self.timers.next())
             .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
 
-    /// Splits the server into the broker, the outbox over the connections,
-    /// and the HTTP settings (read-only), so a door can use all three.
-    fn split(&mut self, now: Millis) -> (&mut Broker, Post<'_>, &HttpContext) {
+    /// Splits the server into the broker and the outbox over the
+    /// connections, so a door call or a broker call can use both.
+    fn split(&mut self, now: Millis) -> (&mut Broker, Post<'_>) {
         (
             &mut self.broker,
             Post {
@@ -409,11 +292,45 @@ impl Server {
                 resume: &mut self.resume,
                 to_close: &mut self.to_close,
                 limits: &self.limits,
-                stats: &mut self.stats,
+                stats: &self.stats,
                 now,
             },
-            &self.http,
         )
+    }
+
+    /// Runs `call` on the door of connection `key`, taken out of the
+    /// connection meanwhile, then seals the broker's batch, lets the door
+    /// hand over to another door, and notes a requested wake-up.
+    fn with_door(
+        &mut self,
+        key: usize,
+        call: impl FnOnce(&mut dyn Door, &mut Cx<'_>) -> Next,
+    ) -> Option<(Next, bool)> {
+        let now = self.now();
+        let c = self.conns.get_mut(key)?;
+        let id = c.id;
+        let mut door = mem::replace(&mut c.door, Box::new(Detached));
+        let (next, progressed, wake) = {
+            let (broker, mut post) = self.split(now);
+            let stats = post.stats;
+            let mut cx = Cx::new(id, now, broker, &mut post, stats);
+            let next = call(door.as_mut(), &mut cx);
+            let (progressed, wake) = (cx.progressed(), cx.wake_requested());
+            broker.seal(&mut post);
+            (next, progressed, wake)
+        };
+        if let Some(next_door) = door.upgrade() {
+            door = next_door;
+        }
+        let c = self.conns.get_mut(key)?;
+        c.door = door;
+        if let Some(at) = wake {
+            if c.wake_at.is_none_or(|w| at < w) {
+                c.wake_at = Some(at);
+                self.timers.add(at, Deadline::Door(id));
+            }
+        }
+        Some((next, progressed))
     }
 
     fn on_signal(&mut self) {
@@ -432,7 +349,7 @@ impl Server {
     }
 
     fn accept(&mut self, index: usize) {
-        if self.shutting_down || self.accept_backoff_until.is_some() {
+        if self.shutting_down || self.accept_backoff {
             return;
         }
         loop {
@@ -449,27 +366,17 @@ impl Server {
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
-            let kind = listener.kind;
-            let accepted = match &listener.socket {
-                ListenSocket::Tcp(l) => l.accept().and_then(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    match &listener.tls {
-                        Some(cfg) => {
-                            TlsStream::new(s, cfg.clone()).map(|t| Transport::Tls(Box::new(t)))
-                        }
-                        None => Ok(Transport::Tcp(s)),
-                    }
-                }),
-                ListenSocket::Unix(l, _) => l.accept().map(|(s, _)| Transport::Unix(s)),
-            };
-            match accepted {
-                Ok(transport) => self.add_conn(kind, transport),
+            let door_ix = listener.door_ix;
+            match listener.accept() {
+                Ok(transport) => self.add_conn(door_ix, transport),
                 Err(e) if is_would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_error(&e) => {
                     self.stats.accept_errors += 1;
                     log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms");
-                    self.accept_backoff_until = Some(self.now() + ACCEPT_BACKOFF_MS);
+                    self.accept_backoff = true;
+                    let at = self.now() + ACCEPT_BACKOFF_MS;
+                    self.timers.add(at, Deadline::AcceptBackoff);
                     return;
                 }
                 Err(e) => {
@@ -480,7 +387,10 @@ impl Server {
         }
     }
 
-    fn add_conn(&mut self, kind: DoorKind, mut transport: Transport) {
+    fn add_conn(&mut self, door_ix: u8, mut transport: Transport) {
+        let Some(Some(opener)) = self.openers.get(usize::from(door_ix)) else {
+            return;
+        };
         self.next_gen = self.next_gen.wrapping_add(1);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -488,40 +398,38 @@ impl Server {
             log::warn!("register: {e}");
             return;
         }
-        let door = match kind {
-            DoorKind::Line => Door::Line(LineSession::new(
-                self.limits.max_line,
-                self.limits.max_body,
-                self.limits.max_subscriptions,
-            )),
-            DoorKind::Bus => Door::Http(Box::new(HttpSession::new(&self.limits))),
-        };
         let id = ConnId {
             key: key as u32,
             gen: self.next_gen,
         };
-        log::debug!(
-            "conn {key}: {} door, from {}",
-            door.name(),
-            transport.peer()
-        );
-        self.stats.count_open(&door, 1);
-        entry.insert(Conn {
+        let name = DOORS.get(usize::from(door_ix)).map_or("?", |d| d.name);
+        log::debug!("conn {key}: {name} door, from {}", transport.peer());
+        let conn = entry.insert(Conn {
             id,
             transport,
-            door,
+            door: opener(),
+            door_ix,
+            life: Life::Open,
             outq: OutQueue::default(),
             input: BytesMut::new(),
             readable: false,
             writable: true,
             dirty: false,
-            close_after_flush: None,
-            closing: false,
+            request_timer: false,
             dropped: 0,
             incomplete_since: None,
+            wake_at: None,
             slow_logged_at: None,
         });
+        if let Some(n) = self.stats.open.get_mut(usize::from(door_ix)) {
+            *n += 1;
+        }
         self.stats.accepted += 1;
+        // A TLS handshake that never completes is an incomplete request.
+        if conn.holds_incomplete() {
+            let now = self.now();
+            self.note_progress(key, now, false);
+        }
     }
 
     /// Reads and processes input until the socket would block, the connection
@@ -532,10 +440,10 @@ impl Server {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            if c.closing || c.close_after_flush.is_some() || !c.readable {
+            if !c.is_open() || !c.readable {
                 return;
             }
-            if is_paused(&c.door) {
+            if c.door.is_paused() {
                 self.read_ahead(key);
                 return;
             }
@@ -581,8 +489,7 @@ impl Server {
             };
             if n == 0 {
                 c.readable = false;
-                let id = c.id;
-                log::debug!("conn {}: peer closed", id.key);
+                log::debug!("conn {key}: peer closed");
                 self.linger(key, CloseReason::PeerClosed);
                 return;
             }
@@ -612,17 +519,16 @@ impl Server {
         }
     }
 
-    /// A line connection whose wait is pending runs no commands, but its
-    /// input is still read (unprocessed, up to [`READ_AHEAD`] bytes) so that
-    /// a client that goes away while waiting is noticed: its wait is
-    /// withdrawn at once, before any message can be handed to it and lost.
+    /// A paused connection runs no input, but its input is still read
+    /// (unprocessed, up to [`READ_AHEAD`] bytes) so that a client that goes
+    /// away while waiting is noticed: it lingers at once, and from then on
+    /// takes no answer that could be lost with it.
     fn read_ahead(&mut self, key: usize) {
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            let waiting = matches!(&c.door, Door::Line(s) if s.is_waiting());
-            if !waiting || c.closing || c.close_after_flush.is_some() || !c.readable {
+            if !c.door.is_paused() || !c.is_open() || !c.readable {
                 return;
             }
             if c.input.len() >= READ_AHEAD {
@@ -635,11 +541,8 @@ impl Server {
                     self.stats.bytes_in += n as u64;
                     c.input
                         .extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
-                    if !c.dirty {
-                        // A transport may have records of its own to answer.
-                        c.dirty = true;
-                        self.dirty.push(key);
-                    }
+                    // A transport may have records of its own to answer.
+                    mark_dirty(&mut self.dirty, c, key);
                     continue;
                 }
                 Err(e) if is_would_block(&e) => {
@@ -653,10 +556,7 @@ impl Server {
                 }
             };
             c.readable = false;
-            if let Door::Line(s) = &mut c.door {
-                s.withdraw_wait(&mut self.broker);
-            }
-            log::debug!("conn {key}: {} while waiting", reason.as_str());
+            log::debug!("conn {key}: {} while paused", reason.as_str());
             match reason {
                 CloseReason::PeerClosed => self.linger(key, reason),
                 _ => self.mark_close(key, reason),
@@ -674,12 +574,8 @@ impl Server {
                 self.read_ahead(key);
                 false
             }
-            Next::Close => {
-                self.linger(key, CloseReason::Quit);
-                false
-            }
-            Next::Refused => {
-                self.linger(key, CloseReason::ProtocolError);
+            Next::Close(reason) => {
+                self.linger(key, reason);
                 false
             }
         }
@@ -688,7 +584,7 @@ impl Server {
     /// Processes input the connection already holds (after a resume).
     fn process_own_input(&mut self, key: usize) -> Next {
         let Some(c) = self.conns.get_mut(key) else {
-            return Next::Close;
+            return Next::Close(CloseReason::ReadError);
         };
         let mut input = mem::take(&mut c.input);
         let next = self.process(key, &mut input);
@@ -705,123 +601,146 @@ impl Server {
     /// Runs the door of connection `key` over `input`.
     fn process(&mut self, key: usize, input: &mut BytesMut) -> Next {
         let now = self.now();
-        let Some(c) = self.conns.get_mut(key) else {
-            return Next::Close;
+        let Some((next, progressed)) = self.with_door(key, |door, cx| door.on_input(cx, input))
+        else {
+            return Next::Close(CloseReason::ReadError);
         };
-        // Only the HTTP door (its stats page) reads the loop's counters.
-        let snapshot = matches!(c.door, Door::Http(_)).then_some(self.stats);
-        let id = c.id;
-        let before = input.len();
-        let mut door = mem::replace(&mut c.door, Door::Detached);
-        let next = {
-            let (broker, mut post, http) = self.split(now);
-            match &mut door {
-                Door::Line(s) => s.on_input(id, now, input, broker, &mut post),
-                Door::Http(s) => {
-                    let stats = snapshot.unwrap_or_default();
-                    s.on_input(id, now, input, broker, &mut post, http, &stats)
-                }
-                Door::Stream(s) => s.on_input(input),
-                Door::Detached => Next::Close,
-            }
-        };
-        if let Door::Http(s) = &mut door {
-            if let Some(stream) = s.take_stream() {
-                door = Door::Stream(stream);
-            }
-        }
-        if let Some(c) = self.conns.get_mut(key) {
-            c.door = door;
-            if input.len() < before {
-                // Whole frames were consumed: whatever is left is new.
-                c.incomplete_since = None;
-            }
-        }
+        // The leftover is not yet back in the connection: judge by `input`.
+        let held = !input.is_empty();
+        self.note_progress_with(key, now, progressed, held);
         next
+    }
+
+    fn note_progress(&mut self, key: usize, now: Millis, progressed: bool) {
+        let held = self.conns.get(key).is_some_and(|c| !c.input.is_empty());
+        self.note_progress_with(key, now, progressed, held);
+    }
+
+    /// Keeps the request-timeout clock of connection `key`: it runs while
+    /// the connection holds an incomplete request, and starts again from
+    /// `now` whenever a whole one was taken.
+    fn note_progress_with(&mut self, key: usize, now: Millis, progressed: bool, held: bool) {
+        let limit = self.limits.request_timeout_s.saturating_mul(1000);
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let incomplete =
+            (held && !c.door.is_paused()) || c.door.mid_request() || c.transport.is_handshaking();
+        if !incomplete {
+            c.incomplete_since = None;
+            return;
+        }
+        if progressed || c.incomplete_since.is_none() {
+            c.incomplete_since = Some(now);
+        }
+        if limit > 0 && !c.request_timer {
+            c.request_timer = true;
+            self.timers.add(now + limit, Deadline::Request(c.id));
+        }
     }
 
     fn on_resume(&mut self, key: usize) {
         let Some(c) = self.conns.get(key) else {
             return;
         };
-        if c.closing || c.close_after_flush.is_some() {
+        if !c.is_open() || c.door.is_paused() {
             return;
         }
-        if !c.input.is_empty() {
-            let next = self.process_own_input(key);
-            if !self.after_input(key, next) {
-                return;
-            }
+        let next = self.process_own_input(key);
+        if !self.after_input(key, next) {
+            return;
         }
         self.on_readable(key);
+    }
+
+    /// Runs the shell's deadlines that are due.
+    fn run_timers(&mut self, now: Millis) {
+        while let Some((at, deadline)) = self.timers.pop_due(now) {
+            match deadline {
+                Deadline::AcceptBackoff => {
+                    self.accept_backoff = false;
+                    self.accept_all();
+                }
+                Deadline::Linger(id) => {
+                    if let Some(c) = self.conn_of(id) {
+                        if let Life::Lingering { deadline, .. } = c.life {
+                            if deadline <= now {
+                                self.mark_close(id.key as usize, CloseReason::LingerTimeout);
+                            }
+                        }
+                    }
+                }
+                Deadline::Request(id) => self.check_stalled(id, now),
+                Deadline::Door(id) => {
+                    let key = id.key as usize;
+                    let due = self
+                        .conn_of(id)
+                        .is_some_and(|c| c.is_open() && c.wake_at == Some(at));
+                    if !due {
+                        continue;
+                    }
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.wake_at = None;
+                    }
+                    if let Some((next, _)) = self.with_door(key, |door, cx| door.on_timer(cx)) {
+                        if self.after_input(key, next) {
+                            self.resume.push(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection `id` names, if it is still the same one.
+    fn conn_of(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.key as usize).filter(|c| c.id == id)
+    }
+
+    /// Closes a connection that has held an incomplete request, command or
+    /// TLS handshake for longer than `--request-timeout`; one that made
+    /// progress meanwhile gets its deadline moved.
+    fn check_stalled(&mut self, id: ConnId, now: Millis) {
+        let limit = self.limits.request_timeout_s.saturating_mul(1000);
+        let timeout_s = self.limits.request_timeout_s;
+        let Some(c) = self.conn_of(id) else {
+            return;
+        };
+        c.request_timer = false;
+        if !c.is_open() || !c.holds_incomplete() {
+            c.incomplete_since = None;
+            return;
+        }
+        let since = *c.incomplete_since.get_or_insert(now);
+        if now.saturating_sub(since) >= limit {
+            log::info!(
+                "conn {} ({}): request incomplete for {timeout_s} s; closing it",
+                id.key,
+                c.transport.peer(),
+            );
+            self.mark_close(id.key as usize, CloseReason::RequestTimeout);
+        } else {
+            c.request_timer = true;
+            self.timers.add(since + limit, Deadline::Request(id));
+        }
     }
 
     /// Closes once queued output has drained, or after [`LINGER_MS`].
     fn linger(&mut self, key: usize, reason: CloseReason) {
         let deadline = self.now() + LINGER_MS;
         if let Some(c) = self.conns.get_mut(key) {
-            if c.close_after_flush.is_none() {
-                c.close_after_flush = Some((reason, deadline));
-                self.lingering.push((key, deadline));
+            if c.is_open() {
+                c.life = Life::Lingering { reason, deadline };
+                self.timers.add(deadline, Deadline::Linger(c.id));
             }
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(key);
-            }
+            mark_dirty(&mut self.dirty, c, key);
         }
-    }
-
-    /// Closes connections that have held an incomplete request, command or
-    /// TLS handshake for longer than `--request-timeout`. Runs once a second;
-    /// a connection that waits on the broker (its held input is not stalled)
-    /// or holds nothing incomplete is left alone, however long it idles.
-    fn sweep_stalled(&mut self, now: Millis) {
-        let limit = self.limits.request_timeout_s.saturating_mul(1000);
-        for (key, c) in self.conns.iter_mut() {
-            let incomplete =
-                (!c.input.is_empty() && !is_paused(&c.door)) || c.transport.is_handshaking();
-            if !incomplete || c.closing {
-                c.incomplete_since = None;
-                continue;
-            }
-            let since = *c.incomplete_since.get_or_insert(now);
-            if now.saturating_sub(since) >= limit {
-                log::info!(
-                    "conn {key} ({}): request incomplete for {} s; closing it",
-                    c.transport.peer(),
-                    self.limits.request_timeout_s
-                );
-                c.closing = true;
-                self.to_close.push((key, CloseReason::RequestTimeout));
-            }
-        }
-    }
-
-    /// Closes lingering connections whose deadline passed. Only the
-    /// lingering ones are looked at, never every connection.
-    fn check_lingering(&mut self, now: Millis) {
-        let conns = &mut self.conns;
-        let to_close = &mut self.to_close;
-        self.lingering.retain(|&(key, at)| {
-            let Some(c) = conns.get_mut(key) else {
-                return false;
-            };
-            if c.closing || c.close_after_flush.map(|(_, a)| a) != Some(at) {
-                return false;
-            }
-            if at <= now {
-                c.closing = true;
-                to_close.push((key, CloseReason::LingerTimeout));
-                return false;
-            }
-            true
-        });
     }
 
     fn mark_close(&mut self, key: usize, reason: CloseReason) {
         if let Some(c) = self.conns.get_mut(key) {
-            if !c.closing {
-                c.closing = true;
+            if !c.is_closing() {
+                c.life = Life::Closing;
                 self.to_close.push((key, reason));
             }
         }
@@ -834,10 +753,10 @@ impl Server {
                 continue;
             };
             c.dirty = false;
-            if c.closing || !c.writable {
+            if c.is_closing() || !c.writable {
                 continue;
             }
-            match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
+            let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
                     if c.readable && n > 0 && c.outq.bytes() < self.limits.backlog {
@@ -846,31 +765,38 @@ impl Server {
                     }
                     match outcome {
                         Flushed::All => match c.transport.flush_pending() {
-                            Ok(true) => {
-                                if let Some((reason, _)) = c.close_after_flush {
-                                    c.closing = true;
-                                    self.to_close.push((key, reason));
-                                }
+                            Ok(true) => match c.life {
+                                Life::Lingering { reason, .. } => Some(reason),
+                                _ => None,
+                            },
+                            Ok(false) => {
+                                c.writable = false;
+                                None
                             }
-                            Ok(false) => c.writable = false,
                             Err(e) => {
                                 log::debug!("conn {key}: write: {e}");
-                                c.closing = true;
-                                self.to_close.push((key, CloseReason::WriteError));
+                                Some(CloseReason::WriteError)
                             }
                         },
-                        Flushed::WouldBlock => c.writable = false,
+                        Flushed::WouldBlock => {
+                            c.writable = false;
+                            None
+                        }
                         Flushed::Budget => {
                             c.dirty = true;
                             again.push(key);
+                            None
                         }
                     }
                 }
                 Err(e) => {
                     log::debug!("conn {key}: write: {e}");
-                    c.closing = true;
-                    self.to_close.push((key, CloseReason::WriteError));
+                    Some(CloseReason::WriteError)
                 }
+            };
+            if let Some(reason) = reason {
+                c.life = Life::Closing;
+                self.to_close.push((key, reason));
             }
         }
         self.dirty.extend(again);
@@ -889,7 +815,9 @@ impl Server {
                 c.transport.drain();
                 c.transport.close();
             }
-            self.stats.count_close(reason);
+            if let Some(n) = self.stats.closed_by.get_mut(reason as usize) {
+                *n += 1;
+            }
             c.transport.deregister(self.poll.registry());
             log::debug!("conn {key}: closed ({})", reason.as_str());
             if c.dropped > 0 {
@@ -899,16 +827,17 @@ impl Server {
                     c.dropped
                 );
             }
-            let id = c.id;
-            let (broker, mut post, _) = self.split(now);
-            match &mut c.door {
-                Door::Line(s) => s.on_close(id, broker, &mut post),
-                Door::Http(s) => s.on_close(id, broker, &mut post),
-                Door::Stream(s) => s.on_close(id, broker, &mut post),
-                Door::Detached => {}
+            {
+                let (broker, mut post) = self.split(now);
+                let stats = post.stats;
+                let mut cx = Cx::new(c.id, now, broker, &mut post, stats);
+                c.door.on_close(&mut cx);
+                broker.seal(&mut post);
             }
             self.stats.closed += 1;
-            self.stats.count_open(&c.door, -1);
+            if let Some(n) = self.stats.open.get_mut(usize::from(c.door_ix)) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 
@@ -916,24 +845,21 @@ impl Server {
     /// removes the Unix socket files.
     fn shutdown(&mut self) {
         for l in self.listeners.drain(..) {
-            if let ListenSocket::Unix(_, path) = &l.socket {
-                let _ = std::fs::remove_file(path);
-            }
+            l.remove_socket_file();
         }
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_FLUSH_MS);
         let mut events = Events::with_capacity(1024);
         loop {
             for (key, c) in self.conns.iter_mut() {
-                if (!c.outq.is_empty() || c.transport.has_pending()) && !c.dirty && !c.closing {
-                    c.dirty = true;
-                    self.dirty.push(key);
+                if (!c.outq.is_empty() || c.transport.has_pending()) && !c.is_closing() {
+                    mark_dirty(&mut self.dirty, c, key);
                 }
             }
             self.flush_dirty();
             let pending = self
                 .conns
                 .iter()
-                .any(|(_, c)| (!c.outq.is_empty() || c.transport.has_pending()) && !c.closing);
+                .any(|(_, c)| (!c.outq.is_empty() || c.transport.has_pending()) && !c.is_closing());
             let left = deadline.saturating_duration_since(Instant::now());
             if !pending || left.is_zero() {
                 break;
@@ -959,127 +885,5 @@ impl Server {
             self.stats.accepted,
             self.conns.len()
         );
-    }
-}
-
-/// A line connection whose wait is pending runs no commands.
-fn is_paused(door: &Door) -> bool {
-    matches!(door, Door::Line(s) if s.is_waiting()) || matches!(door, Door::Detached)
-}
-
-fn bind_tcp(addr: std::net::SocketAddr, flag: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("{flag} {addr}: cannot listen: {e}")))
-}
-
-fn bind_unix(path: &PathBuf) -> io::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            // A stale socket from an earlier run: nobody answers on it.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "--line-unix {}: another server is listening there",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("--line-unix {}: exists and is not a socket", path.display()),
-            ));
-        }
-    }
-    UnixListener::bind(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("--line-unix {}: cannot listen: {e}", path.display()),
-        )
-    })
-}
-
-/// The outbox over the connections: deliveries become queued frames, under
-/// the backlog limit.
-pub struct Post<'a> {
-    conns: &'a mut Slab<Conn>,
-    dirty: &'a mut Vec<usize>,
-    resume: &'a mut Vec<usize>,
-    to_close: &'a mut Vec<(usize, CloseReason)>,
-    limits: &'a Limits,
-    stats: &'a mut LoopStats,
-    now: Millis,
-}
-
-impl Outbox for Post<'_> {
-    fn deliver(&mut self, conn: ConnId, frame: bytes::Bytes, messages: u32) -> bool {
-        let key = conn.key as usize;
-        let Some(c) = self.conns.get_mut(key) else {
-            return false;
-        };
-        if c.id != conn || c.closing {
-            return false;
-        }
-        // A connection on its way out gets its answers, not more channel
-        // messages.
-        if messages > 0 && c.close_after_flush.is_some() {
-            return false;
-        }
-        let queued = c.outq.bytes();
-        if messages > 0 && queued > 0 && queued + frame.len() > self.limits.backlog {
-            match self.limits.slow_policy {
-                SlowPolicy::Drop => {
-                    c.dropped += u64::from(messages);
-                    self.stats.dropped += u64::from(messages);
-                    if c.slow_logged_at.is_none_or(|t| self.now >= t + SLOW_LOG_MS) {
-                        c.slow_logged_at = Some(self.now);
-                        log::warn!(
-                            "slow subscriber conn {key} ({}): {} bytes unsent, {} messages dropped so far",
-                            c.transport.peer(),
-                            queued,
-                            c.dropped
-                        );
-                    }
-                }
-                SlowPolicy::Disconnect => {
-                    c.closing = true;
-                    self.stats.slow_disconnects += 1;
-                    log::warn!(
-                        "slow subscriber conn {key} ({}): {} bytes unsent, disconnecting",
-                        c.transport.peer(),
-                        queued
-                    );
-                    self.to_close.push((key, CloseReason::SlowSubscriber));
-                }
-            }
-            return false;
-        }
-        c.outq.push(frame);
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(key);
-        }
-        true
-    }
-
-    fn wait_done(&mut self, conn: ConnId) {
-        let key = conn.key as usize;
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.id != conn {
-            return;
-        }
-        // A detached door is the one running right now: it learns of the
-        // answer from the broker's return value.
-        if let Door::Line(s) = &mut c.door {
-            if s.is_waiting() {
-                s.wait_answered();
-                self.resume.push(key);
-            }
-        }
     }
 }

@@ -6,7 +6,9 @@
 
 pub mod conn;
 pub mod event_loop;
+pub mod listen;
 pub mod outq;
+pub mod post;
 pub mod tls;
 pub mod transport;
 

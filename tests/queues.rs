@@ -1,0 +1,127 @@
+//! Queue limits and request deadlines against the real server: a send over
+//! `--max-queued-bytes` is refused with `- queue full` and the connection
+//! stays usable; stalled request bodies are closed by `--request-timeout`.
+
+mod common;
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{connect, line_sync, read_exact_n, send, Server};
+
+/// Asserts that the server closes `s` (end of stream or reset) within
+/// `within`; a read timeout fails the test.
+fn assert_closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(within)).expect("set timeout");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!(
+                "not closed after {:?}: {e}; got {:?}",
+                start.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+fn stats(server: &Server) -> serde_json::Value {
+    let mut c = connect(server.bus());
+    send(&mut c, b"GET /msgbus-stats HTTP/1.0\r\n\r\n");
+    let got = assert_closed_within(&mut c, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&got);
+    let body = text.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON stats")
+}
+
+#[test]
+fn a_full_queue_refuses_sends_and_the_connection_stays() {
+    // Each message counts its body + 64: two 36-byte bodies fit in 200.
+    let server = Server::start(&[
+        "--max-queued-bytes-per-address",
+        "200",
+        "--max-queued-bytes",
+        "300",
+    ]);
+    let mut c = connect(server.line());
+    let body = "x".repeat(36);
+    for _ in 0..2 {
+        send(&mut c, format!("> 36 60 jobs\r\n{body}\r\n").as_bytes());
+    }
+    line_sync(&mut c, "a");
+    // The third one is over the address' limit.
+    send(&mut c, format!("> 36 60 jobs\r\n{body}\r\n").as_bytes());
+    assert_eq!(read_exact_n(&mut c, 14), b"- queue full\r\n");
+    // Another address still has room under the total, once; then not.
+    send(&mut c, format!("> 36 60 other\r\n{body}\r\n").as_bytes());
+    line_sync(&mut c, "b");
+    send(&mut c, format!("> 36 60 other\r\n{body}\r\n").as_bytes());
+    assert_eq!(read_exact_n(&mut c, 14), b"- queue full\r\n");
+    // A query over the limit is refused the same way and leaves no wait.
+    send(&mut c, format!("? 36 60 jobs\r\n{body}\r\n").as_bytes());
+    assert_eq!(read_exact_n(&mut c, 14), b"- queue full\r\n");
+    // The connection still works: take a queued message.
+    send(&mut c, b"< 5 jobs\r\n");
+    let want = format!("> 36 60 jobs\r\n{body}\r\n");
+    assert_eq!(read_exact_n(&mut c, want.len()), want.as_bytes());
+    let s = stats(&server);
+    assert_eq!(s["queues"]["full"], 3, "{s}");
+    assert_eq!(s["queues"]["queued"], 2, "{s}");
+    assert_eq!(s["queues"]["waiting"], 0, "{s}");
+    assert_eq!(s["queues"]["bytes"], 200, "{s}");
+}
+
+#[test]
+fn stalled_http_bodies_are_closed_by_the_request_timeout() {
+    let server = Server::start(&["--request-timeout", "1"]);
+    let heads: [&[u8]; 4] = [
+        // A Content-Length body that never comes.
+        b"POST /msgbus/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n",
+        // The same, after 100-continue.
+        b"POST /msgbus/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 1000000\r\n\r\n",
+        // A chunked body that stops after one chunk.
+        b"POST /msgbus/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n",
+        // A chunk size line, then silence inside the chunk.
+        b"POST /msgbus/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+    ];
+    let mut conns: Vec<TcpStream> = heads
+        .iter()
+        .map(|h| {
+            let mut c = connect(server.bus());
+            send(&mut c, h);
+            c
+        })
+        .collect();
+    // A connection that keeps completing requests is not closed.
+    let mut busy = connect(server.line());
+    for c in &mut conns {
+        // The limit is 1 s, checked by deadline: 10 s is far more than
+        // enough, and a server that never closes fails here.
+        assert_closed_within(c, Duration::from_secs(10));
+    }
+    line_sync(&mut busy, "alive");
+    let s = stats(&server);
+    assert_eq!(s["connections"]["closed_by"]["request_timeout"], 4, "{s}");
+}
+
+#[test]
+fn a_request_timeout_of_zero_closes_nothing() {
+    let server = Server::start(&["--request-timeout", "0"]);
+    let mut stalled = connect(server.line());
+    send(&mut stalled, b"> 5 60 a\r\nhe");
+    // A second connection stalls and gets its deadline: nothing may close
+    // the first one while the second is served.
+    let mut c = connect(server.line());
+    send(&mut c, b"< 2 nothing\r\n");
+    assert_eq!(read_exact_n(&mut c, 3), b"*\r\n");
+    send(&mut stalled, b"llo\r\n");
+    line_sync(&mut stalled, "z");
+    let s = stats(&server);
+    assert_eq!(s["connections"]["closed_by"]["request_timeout"], 0, "{s}");
+}
