@@ -53,13 +53,17 @@ impl Audience {
     fn add(&mut self, conn: ConnId, sub: Subscription) {
         if let Some(&i) = self.index.get(&conn) {
             if let Some(old) = self.subs.get(i) {
-                self.per_framing[old.framing as usize] -= 1;
+                if let Some(n) = self.per_framing.get_mut(old.framing as usize) {
+                    *n -= 1;
+                }
             }
             self.subs.swap_remove(i);
             self.fix_index(i);
             self.index.remove(&conn);
         }
-        self.per_framing[sub.framing as usize] += 1;
+        if let Some(n) = self.per_framing.get_mut(sub.framing as usize) {
+            *n += 1;
+        }
         self.index.insert(conn, self.subs.len());
         self.subs.push(Subscriber {
             conn,
@@ -74,7 +78,9 @@ impl Audience {
         };
         if i < self.subs.len() {
             let old = self.subs.swap_remove(i);
-            self.per_framing[old.framing as usize] -= 1;
+            if let Some(n) = self.per_framing.get_mut(old.framing as usize) {
+                *n -= 1;
+            }
             self.fix_index(i);
         }
         true
@@ -237,15 +243,17 @@ impl Channels {
         let mut full = false;
         for &framing in Framing::ALL {
             let i = framing as usize;
-            if batch.wanted[i] > 0 {
-                let buf = &mut batch.frames[i];
-                frames::append(buf, framing, &p, false);
-                full |= buf.len() >= BATCH_BYTES;
+            if batch.wanted.get(i).is_some_and(|&n| n > 0) {
+                if let Some(buf) = batch.frames.get_mut(i) {
+                    frames::append(buf, framing, &p, false);
+                    full |= buf.len() >= BATCH_BYTES;
+                }
             }
-            if batch.root_wanted[i] > 0 {
-                let buf = &mut batch.root_frames[i];
-                frames::append(buf, framing, &p, true);
-                full |= buf.len() >= BATCH_BYTES;
+            if batch.root_wanted.get(i).is_some_and(|&n| n > 0) {
+                if let Some(buf) = batch.root_frames.get_mut(i) {
+                    frames::append(buf, framing, &p, true);
+                    full |= buf.len() >= BATCH_BYTES;
+                }
             }
         }
         if full {

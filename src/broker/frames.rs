@@ -38,33 +38,32 @@ pub struct Publication<'a> {
     pub body: &'a [u8],
 }
 
-pub fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
+/// Appends `n` in decimal.
+pub fn put_decimal(out: &mut BytesMut, n: u64) {
+    put_digits(out, n, 10);
 }
 
+/// Appends `n` in lower-case hexadecimal (chunk sizes).
 fn put_hex(out: &mut BytesMut, n: usize) {
-    let mut digits = [0u8; 16];
+    put_digits(out, n as u64, 16);
+}
+
+fn put_digits(out: &mut BytesMut, mut n: u64, base: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    // 20 digits hold any u64 in base 10 and more.
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut n = n;
-    loop {
+    while i > 0 {
         i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
+        if let (Some(d), Some(&c)) = (digits.get_mut(i), DIGITS.get((n % base) as usize)) {
+            *d = c;
+        }
+        n /= base;
         if n == 0 {
             break;
         }
     }
-    out.put_slice(&digits[i..]);
+    out.put_slice(digits.get(i..).unwrap_or_default());
 }
 
 /// Appends `! LEN CHANNEL TYPE\r\n` + body + `\r\n` (no body and no CRLF when empty).
@@ -173,16 +172,14 @@ pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
     loop {
         let cut = rest.iter().position(|&b| b == b'\n' || b == b'\r');
         out.put_slice(b"data: ");
-        match cut {
-            Some(i) => {
-                out.put_slice(&rest[..i]);
+        match cut.map(|i| rest.split_at(i)) {
+            Some((line, tail)) => {
+                out.put_slice(line);
                 out.put_slice(b"\n");
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                rest = &rest[i + skip..];
+                rest = tail
+                    .strip_prefix(b"\r\n")
+                    .or_else(|| tail.get(1..))
+                    .unwrap_or_default();
             }
             None => {
                 out.put_slice(rest);
