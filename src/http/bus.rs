@@ -74,10 +74,10 @@ impl Routes for Bus {
     fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<Infallible> {
         let path = req.path();
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
-            let channel = Bytes::copy_from_slice(channel.as_bytes());
+            let channel = channel.as_bytes();
             return match req.method {
                 Method::Get | Method::Head => subscribe(&req, channel, cx),
-                Method::Post => publish(req, &channel, user, cx),
+                Method::Post => publish(&req, channel, user, cx),
                 _ => Reply::Respond(Response::text(
                     501,
                     "the bus takes GET (subscribe) and POST (publish)",
@@ -96,7 +96,7 @@ impl Routes for Bus {
     }
 }
 
-fn subscribe(req: &Request, channel: Bytes, cx: &mut Cx<'_>) -> Reply<Infallible> {
+fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible> {
     let query = req.query().unwrap_or("");
     let filter = match subscription_filter(query) {
         Ok(filter) => filter,
@@ -139,6 +139,7 @@ fn subscribe(req: &Request, channel: Bytes, cx: &mut Cx<'_>) -> Reply<Infallible
         cx.broker.channels.subscribe_all(cx.me, sub, cx.out);
         BusStream { channel: None }
     } else {
+        let channel = Bytes::copy_from_slice(channel);
         cx.broker
             .channels
             .subscribe(cx.me, channel.clone(), sub, cx.out);
@@ -164,7 +165,7 @@ fn subscription_filter(query: &str) -> Result<Filter, Response> {
 }
 
 fn publish(
-    req: Request,
+    req: &Request,
     channel: &[u8],
     user: Option<String>,
     cx: &mut Cx<'_>,
