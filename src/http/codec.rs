@@ -1,8 +1,9 @@
 //! HTTP/1.x request decoding: bytes in, [`Event`]s out.
 //!
 //! Owns: finding where a request head ends, parsing it (with `httparse`),
-//! request framing (`Content-Length`, `chunked`), the `Expect: 100-continue`
-//! signal, keep-alive defaults and the request size [`Limits`].
+//! request framing (`Content-Length`; `chunked` through `chunked.rs`), the
+//! `Expect: 100-continue` signal, keep-alive defaults and the request size
+//! [`Limits`].
 //!
 //! Must not touch: sockets, timers, logging, or anything a door decides
 //! (which methods and paths exist, auth, status codes other than the framing
@@ -35,6 +36,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::{memchr, memchr3_iter};
 use std::fmt;
+
+use super::chunked::{ChunkError, ChunkedDecoder};
 
 /// Size limits applied while decoding. Every limit is checked as bytes
 /// arrive, before anything is buffered past it.
@@ -237,8 +240,7 @@ enum State {
     /// Head consumed; de-chunking the body as it arrives.
     Chunked {
         req: Request,
-        chunks: Dechunker,
-        body: BytesMut,
+        chunks: ChunkedDecoder,
         expect_continue: bool,
     },
     Failed(HttpError),
@@ -293,9 +295,8 @@ impl Decoder {
             State::Chunked {
                 req,
                 chunks,
-                body,
                 expect_continue,
-            } => self.decode_chunked(req, chunks, body, expect_continue, buf),
+            } => self.decode_chunked(req, chunks, expect_continue, buf),
         };
         if let Err(err) = result {
             self.state = State::Failed(err);
@@ -350,7 +351,8 @@ impl Decoder {
             Framing::None => Ok(Some(Event::Request(req))),
             Framing::Length(len) => self.decode_fixed(req, len, expect_continue, buf),
             Framing::Chunked => {
-                self.decode_chunked(req, Dechunker::new(), BytesMut::new(), expect_continue, buf)
+                let chunks = ChunkedDecoder::new(self.limits.max_body, self.limits.max_head);
+                self.decode_chunked(req, chunks, expect_continue, buf)
             }
         }
     }
@@ -377,21 +379,17 @@ impl Decoder {
     fn decode_chunked(
         &mut self,
         mut req: Request,
-        mut chunks: Dechunker,
-        mut body: BytesMut,
+        mut chunks: ChunkedDecoder,
         expect_continue: bool,
         buf: &mut BytesMut,
     ) -> Result<Option<Event>, HttpError> {
-        let used = chunks.feed(buf, &mut body, &self.limits)?;
-        buf.advance(used.min(buf.len()));
-        if chunks.is_done() {
-            req.body = body.freeze();
+        if let Some(body) = chunks.decode(buf)? {
+            req.body = body;
             return Ok(Some(Event::Request(req)));
         }
         self.state = State::Chunked {
             req,
             chunks,
-            body,
             expect_continue: false,
         };
         Ok(expect_continue.then_some(Event::Continue))
@@ -732,212 +730,20 @@ fn unfold(head: &[u8], line_end: usize) -> Vec<u8> {
     out
 }
 
-/// Longest chunk-size line (size, extensions, line ending) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
-
-/// State of the chunked-body decoder (RFC 9112 §7.1). Bare LF is accepted
-/// wherever CRLF is expected, as in the head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// In the hex digits of a chunk size (`digits` read so far).
-    Size {
-        digits: usize,
-    },
-    /// After the size: whitespace before `;` or the line end.
-    SizeSpace,
-    /// In chunk extensions, up to the line end.
-    Extension,
-    /// Saw CR at the end of a size line.
-    SizeCr,
-    /// In chunk data.
-    Data {
-        remaining: u64,
-    },
-    /// After chunk data, expecting CRLF (`cr`: the CR was seen).
-    DataEnd {
-        cr: bool,
-    },
-    /// In the trailer section. `empty`: nothing but maybe a CR on this line.
-    Trailer {
-        empty: bool,
-        cr: bool,
-    },
-    Done,
-}
-
-#[derive(Debug)]
-struct Dechunker {
-    state: Chunk,
-    /// Size of the chunk whose size line is being read.
-    size: u64,
-    /// Bytes of the current size line.
-    line_len: usize,
-    /// Sum of chunk sizes so far.
-    total: u64,
-    /// Bytes of trailer section so far.
-    trailer_len: usize,
-}
-
-impl Dechunker {
-    fn new() -> Self {
-        Dechunker {
-            state: Chunk::Size { digits: 0 },
-            size: 0,
-            line_len: 0,
-            total: 0,
-            trailer_len: 0,
+impl From<ChunkError> for HttpError {
+    fn from(err: ChunkError) -> HttpError {
+        match err {
+            ChunkError::Malformed(detail) => HttpError::BadRequest(detail),
+            ChunkError::BodyTooLarge => HttpError::BodyTooLarge,
+            ChunkError::TrailersTooLarge => HttpError::HeaderTooLarge,
         }
-    }
-
-    fn is_done(&self) -> bool {
-        self.state == Chunk::Done
-    }
-
-    /// Decodes from `input`, appending chunk data to `body`. Returns how many
-    /// bytes of `input` were used; stops right after the last chunk's
-    /// trailer section.
-    fn feed(
-        &mut self,
-        input: &[u8],
-        body: &mut BytesMut,
-        limits: &Limits,
-    ) -> Result<usize, HttpError> {
-        let mut used = 0;
-        while used < input.len() {
-            if let Chunk::Data { remaining } = self.state {
-                let avail = input.len() - used;
-                let take = usize::try_from(remaining).map_or(avail, |r| r.min(avail));
-                body.extend_from_slice(input.get(used..used + take).unwrap_or_default());
-                used += take;
-                let remaining = remaining.saturating_sub(take as u64);
-                self.state = if remaining == 0 {
-                    Chunk::DataEnd { cr: false }
-                } else {
-                    Chunk::Data { remaining }
-                };
-                continue;
-            }
-            let Some(&b) = input.get(used) else { break };
-            used += 1;
-            self.byte(b, limits)?;
-            if self.state == Chunk::Done {
-                break;
-            }
-        }
-        Ok(used)
-    }
-
-    fn byte(&mut self, b: u8, limits: &Limits) -> Result<(), HttpError> {
-        const BAD_SIZE: HttpError = HttpError::BadRequest("invalid chunk size line");
-        if matches!(
-            self.state,
-            Chunk::Size { .. } | Chunk::SizeSpace | Chunk::Extension | Chunk::SizeCr
-        ) {
-            self.line_len += 1;
-            if self.line_len > MAX_CHUNK_LINE {
-                return Err(HttpError::BadRequest("chunk size line too long"));
-            }
-        }
-        self.state = match self.state {
-            Chunk::Size { digits } => {
-                if let Some(d) = hex_value(b) {
-                    let room = (limits.max_body as u64).saturating_sub(self.total);
-                    self.size = self
-                        .size
-                        .checked_mul(16)
-                        .and_then(|s| s.checked_add(u64::from(d)))
-                        .filter(|&s| s <= room)
-                        .ok_or(HttpError::BodyTooLarge)?;
-                    Chunk::Size { digits: digits + 1 }
-                } else if digits == 0 {
-                    return Err(BAD_SIZE);
-                } else {
-                    self.after_size(b)?
-                }
-            }
-            Chunk::SizeSpace => self.after_size(b)?,
-            Chunk::Extension => match b {
-                b'\r' => Chunk::SizeCr,
-                b'\n' => self.size_line_done(),
-                _ => Chunk::Extension,
-            },
-            Chunk::SizeCr => match b {
-                b'\n' => self.size_line_done(),
-                _ => return Err(BAD_SIZE),
-            },
-            Chunk::DataEnd { cr } => match b {
-                b'\n' => self.next_size_line(),
-                b'\r' if !cr => Chunk::DataEnd { cr: true },
-                _ => return Err(HttpError::BadRequest("chunk data not followed by CRLF")),
-            },
-            Chunk::Trailer { empty, cr } => {
-                self.trailer_len += 1;
-                if self.trailer_len > limits.max_head {
-                    return Err(HttpError::HeaderTooLarge);
-                }
-                match b {
-                    b'\n' if empty => Chunk::Done,
-                    b'\n' => Chunk::Trailer {
-                        empty: true,
-                        cr: false,
-                    },
-                    _ if cr => return Err(HttpError::BadRequest("stray CR in trailer section")),
-                    b'\r' => Chunk::Trailer { empty, cr: true },
-                    _ => Chunk::Trailer {
-                        empty: false,
-                        cr: false,
-                    },
-                }
-            }
-            // Data is handled in bulk by `feed`; Done takes no more bytes.
-            state @ (Chunk::Data { .. } | Chunk::Done) => state,
-        };
-        Ok(())
-    }
-
-    /// The byte after a chunk size's digits (or after whitespace there).
-    fn after_size(&mut self, b: u8) -> Result<Chunk, HttpError> {
-        match b {
-            b' ' | b'\t' => Ok(Chunk::SizeSpace),
-            b';' => Ok(Chunk::Extension),
-            b'\r' => Ok(Chunk::SizeCr),
-            b'\n' => Ok(self.size_line_done()),
-            _ => Err(HttpError::BadRequest("invalid chunk size line")),
-        }
-    }
-
-    fn size_line_done(&mut self) -> Chunk {
-        let size = self.size;
-        self.total = self.total.saturating_add(size);
-        if size == 0 {
-            Chunk::Trailer {
-                empty: true,
-                cr: false,
-            }
-        } else {
-            Chunk::Data { remaining: size }
-        }
-    }
-
-    fn next_size_line(&mut self) -> Chunk {
-        self.size = 0;
-        self.line_len = 0;
-        Chunk::Size { digits: 0 }
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::chunked::MAX_CHUNK_LINE;
     use proptest::prelude::*;
 
     /// What a byte stream decodes to: requests and the error that ended it,

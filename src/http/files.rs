@@ -1,76 +1,52 @@
 //! Static files under `--docroot`, resolved so nothing outside it is served.
 //!
-//! The request path is percent-decoded, split into components, and refused
-//! when a component is `..`, `.`-free tricks aside, or holds a NUL or a slash
-//! after decoding; the joined path is then canonicalised (which resolves
-//! symlinks) and must still lie under the canonical docroot, compared by
-//! path components, not by string prefix. A directory serves its
-//! `index.html`. Files are read whole, up to [`MAX_FILE`].
+//! Owns: mapping a request path to a file and the file's response. Must not
+//! touch: routing (the bus sends here what is not its own), sockets.
+//!
+//! The request path is split into segments, each percent-decoded (`+` stays
+//! a plus sign: it means a space only in query strings), and refused when a
+//! segment is `..` or holds a NUL, a slash or a backslash after decoding; the
+//! joined path is then canonicalised (which resolves symlinks) and must
+//! still lie under the canonical docroot, compared by path components, not by
+//! string prefix. A directory serves its `index.html`. Files are read whole,
+//! up to [`MAX_FILE`].
 
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 
 use super::codec::{Method, Request};
-use super::response;
-use super::session::percent_decode;
+use super::response::{Response, TEXT};
+use super::uri::path_segment;
 
 /// Largest file served.
 pub const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// Writes the response for a non-bus path.
-pub fn serve(out: &mut BytesMut, req: &Request, docroot: Option<&Path>) {
-    let head_only = req.method == Method::Head;
+/// The response for a non-bus path.
+pub fn serve(req: &Request, docroot: Option<&Path>) -> Response {
     let Some(root) = docroot else {
-        return not_found(out, req);
+        return not_found();
     };
     if !matches!(req.method, Method::Get | Method::Head) {
-        return response::simple(
-            out,
-            req.minor_version,
-            405,
-            "Method Not Allowed",
-            &[("Allow", "GET, HEAD")],
-            "text/plain; charset=utf-8",
-            b"405 Method Not Allowed: static files take GET and HEAD\n",
-            head_only,
-            req.keep_alive,
+        return Response::new(405).header("Allow", "GET, HEAD").body(
+            TEXT,
+            &b"405 Method Not Allowed: static files take GET and HEAD\n"[..],
         );
     }
     let Some(file) = resolve(root, req.path()) else {
-        return not_found(out, req);
+        return not_found();
     };
     match std::fs::read(&file) {
-        Ok(body) => response::simple(
-            out,
-            req.minor_version,
-            200,
-            "OK",
-            &[],
-            content_type(&file),
-            &body,
-            head_only,
-            req.keep_alive,
-        ),
+        Ok(body) => Response::new(200).body(content_type(&file), Bytes::from(body)),
         Err(e) => {
             log::debug!("docroot: {}: {e}", file.display());
-            not_found(out, req)
+            not_found()
         }
     }
 }
 
-fn not_found(out: &mut BytesMut, req: &Request) {
-    response::simple(
-        out,
-        req.minor_version,
-        404,
-        "Not Found",
-        &[],
-        "text/html",
-        b"<h1>Not Found</h1>",
-        req.method == Method::Head,
-        req.keep_alive,
-    );
+fn not_found() -> Response {
+    Response::new(404).body("text/html", &b"<h1>Not Found</h1>"[..])
 }
 
 /// The file a request path names under `root` (canonical), or `None` when it
@@ -78,14 +54,15 @@ fn not_found(out: &mut BytesMut, req: &Request) {
 pub fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     let mut joined = root.to_path_buf();
     for raw in path.split('/') {
-        let part = percent_decode(raw.as_bytes());
+        let part = path_segment(raw);
+        let part: &[u8] = &part;
         if part.is_empty() || part == b"." {
             continue;
         }
         if part == b".." || part.contains(&0) || part.contains(&b'/') || part.contains(&b'\\') {
             return None;
         }
-        joined.push(std::str::from_utf8(&part).ok()?);
+        joined.push(std::str::from_utf8(part).ok()?);
     }
     let mut real = joined.canonicalize().ok()?;
     if !real.starts_with(root) {
@@ -169,6 +146,26 @@ mod tests {
         ] {
             assert_eq!(resolve(&root, evil), None, "{evil}");
         }
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn plus_in_a_path_is_a_plus() {
+        let base = std::env::temp_dir().join(format!("sb-files-plus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("a+b.txt"), "plus").unwrap();
+        std::fs::write(base.join("a b.txt"), "space").unwrap();
+        let root = base.canonicalize().unwrap();
+        assert_eq!(resolve(&root, "/a+b.txt"), Some(root.join("a+b.txt")));
+        assert_eq!(resolve(&root, "/a%2Bb.txt"), Some(root.join("a+b.txt")));
+        assert_eq!(resolve(&root, "/a%20b.txt"), Some(root.join("a b.txt")));
+        std::fs::remove_file(base.join("a+b.txt")).unwrap();
+        assert_eq!(
+            resolve(&root, "/a+b.txt"),
+            None,
+            "never the file with a space"
+        );
         let _ = std::fs::remove_dir_all(base);
     }
 

@@ -1,11 +1,19 @@
-//! HTTP/1.x: the request codec, response writing, and the HTTP bus door.
+//! HTTP/1.x: the request codec, responses, the connection machine every HTTP
+//! door runs on, and the HTTP doors' routes.
+//!
+//! - [`codec`] and [`chunked`]: bytes in, requests (and chunked bodies) out.
+//! - [`response`]: the response builder.
+//! - [`uri`]: decoding paths and query strings.
+//! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
+//! - [`bus`]: the HTTP bus door (with [`files`] for static files).
+//!
+//! Nothing here imports the IO shell or another door: a door meets the shell
+//! only through [`crate::door`].
 
+pub mod bus;
+pub mod chunked;
 pub mod codec;
+pub mod conn;
 pub mod files;
 pub mod response;
-pub mod session;
-
-/// The bus door (its routes live in [`session`] for now).
-pub mod bus {
-    pub use super::session::opener;
-}
+pub mod uri;

@@ -1,17 +1,19 @@
-//! HTTP/1.x response heads and small complete responses, appended to a
-//! `BytesMut`.
+//! HTTP/1.x responses, built with [`Response`] and appended to a `BytesMut`.
 //!
-//! Owns: the status line, the `Server: switchboard` header every response
-//! carries, `Content-Length` / `Connection` rules for complete responses, and
-//! the error page for [`HttpError`]. Must not touch: sockets or output queues
-//! (callers enqueue what is written here), routing, streaming bodies.
+//! Owns: the status line and reason phrases, the `Server: switchboard`
+//! header every response carries, the `Content-Length` / `Connection` rules,
+//! the head of an open-ended stream, and the error page for [`HttpError`].
+//! Must not touch: sockets or output queues (callers enqueue what is written
+//! here), routing, what a stream sends after its head.
 //!
 //! Header names and values come from callers and sometimes from clients; a
 //! CR, LF or NUL in them is written as a space so that no caller can split a
 //! response.
 
+use std::borrow::Cow;
+
 use crate::http::codec::HttpError;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The interim response to `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -19,87 +21,238 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The `Server` header value.
 pub const SERVER: &str = "switchboard";
 
-/// Writes `HTTP/1.x STATUS REASON`, `Server: switchboard`, `headers` in
-/// order, and the empty line that ends the head. `minor_version` 0 gives
-/// HTTP/1.0, anything else HTTP/1.1.
-pub fn write_head(
-    out: &mut BytesMut,
-    minor_version: u8,
-    status: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-) {
-    start_head(out, minor_version, status, reason);
-    for (name, value) in headers {
-        write_header(out, name, value);
-    }
-    out.put_slice(b"\r\n");
-}
+/// The content type of the plain-text pages (errors, refusals).
+pub const TEXT: &str = "text/plain; charset=utf-8";
 
-/// A complete response with a body of known length.
+/// A header name or value: usually a literal, sometimes built.
+pub type Text = Cow<'static, str>;
+
+/// One response, built by chaining:
 ///
-/// `Content-Type` is sent when `content_type` is not empty. `Content-Length`
-/// is the body's length (also for `head_only`, which leaves the body out);
-/// 1xx, 204 and 304 responses carry neither a length nor a body. On HTTP/1.1
-/// `Connection: close` is sent when `!keep_alive`; on HTTP/1.0
-/// `Connection: keep-alive` when `keep_alive`.
-#[allow(clippy::too_many_arguments)]
-pub fn simple(
-    out: &mut BytesMut,
-    minor_version: u8,
+/// ```
+/// # use switchboard::http::response::Response;
+/// let mut out = bytes::BytesMut::new();
+/// Response::new(404)
+///     .header("Cache-Control", "no-cache")
+///     .body("text/html", &b"<h1>Not Found</h1>"[..])
+///     .version(1)
+///     .head_only(false)
+///     .keep_alive(true)
+///     .write(&mut out);
+/// assert!(out.starts_with(b"HTTP/1.1 404 Not Found\r\nServer: switchboard\r\n"));
+/// ```
+///
+/// A door's handler says what to answer (status, headers, body); the HTTP
+/// connection machine says how (the request's version, HEAD, keep-alive)
+/// before it writes the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
     status: u16,
-    reason: &str,
-    extra: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
+    reason: &'static str,
+    headers: Vec<(Text, Text)>,
+    body: Body,
+    minor_version: u8,
     head_only: bool,
     keep_alive: bool,
-) {
-    start_head(out, minor_version, status, reason);
-    for (name, value) in extra {
-        write_header(out, name, value);
-    }
-    let bodiless = status < 200 || status == 204 || status == 304;
-    if !bodiless {
-        if !content_type.is_empty() {
-            write_header(out, "Content-Type", content_type);
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Body {
+    /// No body (`Content-Length: 0`, or nothing for a bodiless status).
+    Empty,
+    /// A body of known length; `Content-Type` unless `content_type` is empty.
+    Full { content_type: Text, bytes: Bytes },
+    /// An open-ended stream: neither `Content-Length` nor `Connection`, and
+    /// `opening` right after the head (left out for HEAD).
+    Stream { opening: Bytes },
+}
+
+impl Response {
+    /// A response with `status`, its usual reason phrase and no body, for
+    /// HTTP/1.1 with keep-alive.
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            reason: reason_phrase(status),
+            headers: Vec::new(),
+            body: Body::Empty,
+            minor_version: 1,
+            head_only: false,
+            keep_alive: true,
         }
-        out.put_slice(b"Content-Length: ");
-        put_decimal(out, body.len() as u64);
+    }
+
+    /// The error page for a request that could not be decoded: a one-line
+    /// text body such as `400 Bad Request: invalid Content-Length`, and
+    /// `Connection: close` (the connection closes after it).
+    pub fn error(err: HttpError) -> Response {
+        Response::new(err.status())
+            .reason(err.reason())
+            .body(TEXT, format!("{err}\n"))
+            .keep_alive(false)
+    }
+
+    /// A plain-text page: `STATUS REASON: detail` and a line end.
+    pub fn text(status: u16, detail: &str) -> Response {
+        let r = Response::new(status);
+        let body = format!("{} {}: {detail}\n", status, r.reason);
+        r.body(TEXT, body)
+    }
+
+    /// Another reason phrase than the usual one.
+    pub fn reason(mut self, reason: &'static str) -> Response {
+        self.reason = reason;
+        self
+    }
+
+    /// Adds a header (after `Server`, in the order added).
+    pub fn header(mut self, name: impl Into<Text>, value: impl Into<Text>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// A body of known length; `Content-Type` is sent unless `content_type`
+    /// is empty.
+    pub fn body(mut self, content_type: impl Into<Text>, bytes: impl Into<Bytes>) -> Response {
+        self.body = Body::Full {
+            content_type: content_type.into(),
+            bytes: bytes.into(),
+        };
+        self
+    }
+
+    /// Makes this the head of an open-ended stream: no `Content-Length`, no
+    /// `Connection`, and `opening` sent right after the head (not on HEAD).
+    pub fn stream(mut self, opening: impl Into<Bytes>) -> Response {
+        self.body = Body::Stream {
+            opening: opening.into(),
+        };
+        self
+    }
+
+    /// The HTTP version of the status line: 0 for HTTP/1.0, else HTTP/1.1.
+    pub fn version(mut self, minor_version: u8) -> Response {
+        self.minor_version = minor_version;
+        self
+    }
+
+    /// Leaves the body out (the answer to HEAD); `Content-Length` stays.
+    pub fn head_only(mut self, head_only: bool) -> Response {
+        self.head_only = head_only;
+        self
+    }
+
+    /// Whether the connection stays open after this response: on HTTP/1.1
+    /// `Connection: close` is sent when not, on HTTP/1.0
+    /// `Connection: keep-alive` when it does.
+    pub fn keep_alive(mut self, keep_alive: bool) -> Response {
+        self.keep_alive = keep_alive;
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// False once [`Response::keep_alive`] said so.
+    pub fn keeps_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// True for the head of an open-ended stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.body, Body::Stream { .. })
+    }
+
+    /// Appends the response to `out`.
+    ///
+    /// 1xx, 204 and 304 responses carry neither a length nor a body.
+    pub fn write(&self, out: &mut BytesMut) {
+        start_head(out, self.minor_version, self.status, self.reason);
+        for (name, value) in &self.headers {
+            write_header(out, name, value);
+        }
+        let bodiless = self.status < 200 || self.status == 204 || self.status == 304;
+        let payload: &[u8] = match &self.body {
+            Body::Stream { opening } => {
+                out.put_slice(b"\r\n");
+                if !self.head_only {
+                    out.put_slice(opening);
+                }
+                return;
+            }
+            Body::Empty => b"",
+            Body::Full {
+                content_type,
+                bytes,
+            } => {
+                if !bodiless && !content_type.is_empty() {
+                    write_header(out, "Content-Type", content_type);
+                }
+                bytes
+            }
+        };
+        if !bodiless {
+            out.put_slice(b"Content-Length: ");
+            put_decimal(out, payload.len() as u64);
+            out.put_slice(b"\r\n");
+        }
+        match (self.minor_version == 0, self.keep_alive) {
+            (false, false) => write_header(out, "Connection", "close"),
+            (true, true) => write_header(out, "Connection", "keep-alive"),
+            _ => {}
+        }
         out.put_slice(b"\r\n");
+        if !bodiless && !self.head_only {
+            out.put_slice(payload);
+        }
     }
-    match (minor_version == 0, keep_alive) {
-        (false, false) => write_header(out, "Connection", "close"),
-        (true, true) => write_header(out, "Connection", "keep-alive"),
-        _ => {}
-    }
-    out.put_slice(b"\r\n");
-    if !bodiless && !head_only {
-        out.put_slice(body);
+
+    /// The response as one frame.
+    pub fn to_bytes(&self) -> Bytes {
+        let body_len = match &self.body {
+            Body::Empty => 0,
+            Body::Full { bytes, .. } => bytes.len(),
+            Body::Stream { opening } => opening.len(),
+        };
+        let mut out = BytesMut::with_capacity(128 + body_len);
+        self.write(&mut out);
+        out.freeze()
     }
 }
 
-/// The response to a request that could not be decoded: always HTTP/1.1
-/// (the version may be unknown), `Connection: close`, and a one-line text
-/// body such as `400 Bad Request: invalid Content-Length`.
-pub fn error_response(out: &mut BytesMut, err: HttpError) {
-    let body = format!("{err}\n");
-    simple(
-        out,
-        1,
-        err.status(),
-        err.reason(),
-        &[],
-        "text/plain; charset=utf-8",
-        body.as_bytes(),
-        false,
-        false,
-    );
-}
-
-/// Appends the interim `100 Continue` response.
-pub fn write_continue(out: &mut BytesMut) {
-    out.put_slice(CONTINUE);
+/// The usual reason phrase of `status` (empty for a status not listed).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
 }
 
 fn start_head(out: &mut BytesMut, minor_version: u8, status: u16, reason: &str) {
@@ -155,106 +308,104 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
 mod tests {
     use super::*;
 
-    fn text(out: &BytesMut) -> &str {
-        std::str::from_utf8(out).unwrap()
+    fn text(r: &Response) -> String {
+        let mut out = BytesMut::new();
+        r.write(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]
-    fn head_has_server_and_headers() {
-        let mut out = BytesMut::new();
-        write_head(
-            &mut out,
-            1,
-            200,
-            "OK",
-            &[
-                (
-                    "Content-Type",
-                    "multipart/x-mixed-replace;boundary=00MsgBus00",
-                ),
-                ("Transfer-Encoding", "chunked"),
-            ],
-        );
-        assert_eq!(
-            text(&out),
-            "HTTP/1.1 200 OK\r\nServer: switchboard\r\n\
+    fn stream_head_has_server_and_headers_and_no_length() {
+        let head = Response::new(200)
+            .header(
+                "Content-Type",
+                "multipart/x-mixed-replace;boundary=00MsgBus00",
+            )
+            .header("Transfer-Encoding", "chunked")
+            .stream(&b"opening"[..]);
+        let want = "HTTP/1.1 200 OK\r\nServer: switchboard\r\n\
              Content-Type: multipart/x-mixed-replace;boundary=00MsgBus00\r\n\
-             Transfer-Encoding: chunked\r\n\r\n"
-        );
-        out.clear();
-        write_head(&mut out, 0, 501, "Not Implemented", &[]);
+             Transfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(text(&head), format!("{want}opening"));
+        assert_eq!(text(&head.clone().head_only(true)), want);
+        // Keep-alive and version do not add a Connection header to a stream.
+        assert_eq!(text(&head.clone().keep_alive(false).head_only(true)), want);
         assert_eq!(
-            text(&out),
-            "HTTP/1.0 501 Not Implemented\r\nServer: switchboard\r\n\r\n"
+            text(
+                &Response::new(200)
+                    .stream(Bytes::new())
+                    .version(0)
+                    .keep_alive(true)
+            ),
+            "HTTP/1.0 200 OK\r\nServer: switchboard\r\n\r\n"
         );
+        assert!(head.is_stream());
     }
 
     #[test]
     fn no_content_keep_alive_rules() {
-        let mut out = BytesMut::new();
-        simple(&mut out, 1, 204, "OK", &[], "", b"", false, true);
-        assert_eq!(text(&out), "HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n");
-        out.clear();
-        simple(&mut out, 1, 204, "OK", &[], "", b"", false, false);
+        let ok = || Response::new(204).reason("OK");
         assert_eq!(
-            text(&out),
+            text(&ok()),
+            "HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n"
+        );
+        assert_eq!(
+            text(&ok().keep_alive(false)),
             "HTTP/1.1 204 OK\r\nServer: switchboard\r\nConnection: close\r\n\r\n"
         );
-        out.clear();
-        simple(&mut out, 0, 204, "OK", &[], "", b"", false, true);
         assert_eq!(
-            text(&out),
+            text(&ok().version(0)),
             "HTTP/1.0 204 OK\r\nServer: switchboard\r\nConnection: keep-alive\r\n\r\n"
         );
-        out.clear();
-        simple(&mut out, 0, 204, "OK", &[], "", b"", false, false);
-        assert_eq!(text(&out), "HTTP/1.0 204 OK\r\nServer: switchboard\r\n\r\n");
+        assert_eq!(
+            text(&ok().version(0).keep_alive(false)),
+            "HTTP/1.0 204 OK\r\nServer: switchboard\r\n\r\n"
+        );
+        // A body given to a bodiless status is not sent.
+        assert_eq!(
+            text(&ok().body("text/plain", &b"x"[..])),
+            "HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n"
+        );
+        assert_eq!(
+            text(&Response::new(200)),
+            "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 
     #[test]
     fn body_and_head_only() {
-        let mut out = BytesMut::new();
-        simple(
-            &mut out,
-            1,
-            404,
-            "Not Found",
-            &[("Allow", "GET")],
-            "text/html",
-            b"<h1>Not Found</h1>",
-            false,
-            true,
-        );
+        let r = Response::new(404)
+            .header("Allow", "GET")
+            .body("text/html", &b"<h1>Not Found</h1>"[..]);
         assert_eq!(
-            text(&out),
+            text(&r),
             "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\nAllow: GET\r\n\
              Content-Type: text/html\r\nContent-Length: 18\r\n\r\n<h1>Not Found</h1>"
         );
-        out.clear();
-        simple(
-            &mut out,
-            1,
-            404,
-            "Not Found",
-            &[],
-            "text/html",
-            b"<h1>Not Found</h1>",
-            true,
-            true,
+        assert_eq!(
+            text(&r.clone().head_only(true)),
+            "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\nAllow: GET\r\n\
+             Content-Type: text/html\r\nContent-Length: 18\r\n\r\n"
+        );
+        assert_eq!(&r.to_bytes()[..], text(&r).as_bytes());
+        assert_eq!(
+            text(&Response::new(200).body("", &b"ab"[..])),
+            "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 2\r\n\r\nab"
         );
         assert_eq!(
-            text(&out),
-            "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\n\
-             Content-Type: text/html\r\nContent-Length: 18\r\n\r\n"
+            text(&Response::text(501, "not here")),
+            "HTTP/1.1 501 Not Implemented\r\nServer: switchboard\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 30\r\n\r\n\
+             501 Not Implemented: not here\n"
         );
     }
 
     #[test]
     fn error_page() {
-        let mut out = BytesMut::new();
-        error_response(&mut out, HttpError::BadRequest("invalid Content-Length"));
+        let r = Response::error(HttpError::BadRequest("invalid Content-Length"));
+        assert!(!r.keeps_alive());
         assert_eq!(
-            text(&out),
+            text(&r),
             "HTTP/1.1 400 Bad Request\r\nServer: switchboard\r\n\
              Content-Type: text/plain; charset=utf-8\r\nContent-Length: 40\r\n\
              Connection: close\r\n\r\n400 Bad Request: invalid Content-Length\n"
@@ -267,9 +418,7 @@ mod tests {
             HttpError::VersionNotSupported,
             HttpError::NotImplemented("x"),
         ] {
-            out.clear();
-            error_response(&mut out, err);
-            let t = text(&out);
+            let t = text(&Response::error(err));
             let status_line = format!("HTTP/1.1 {} {}\r\n", err.status(), err.reason());
             assert!(t.starts_with(&status_line), "{t}");
             assert!(t.contains("\r\nConnection: close\r\n"), "{t}");
@@ -281,23 +430,30 @@ mod tests {
 
     #[test]
     fn no_response_splitting() {
-        let mut out = BytesMut::new();
-        write_head(&mut out, 1, 200, "O\r\nK", &[("X-A", "a\r\nSet-Cookie: b")]);
+        let r = Response::new(200)
+            .reason("O\r\nK")
+            .header("X-A", "a\r\nSet-Cookie: b")
+            .header(String::from("X-\nB"), String::from("c\0d"))
+            .stream(Bytes::new());
         assert_eq!(
-            text(&out),
-            "HTTP/1.1 200 O  K\r\nServer: switchboard\r\nX-A: a  Set-Cookie: b\r\n\r\n"
+            text(&r),
+            "HTTP/1.1 200 O  K\r\nServer: switchboard\r\nX-A: a  Set-Cookie: b\r\nX- B: c d\r\n\r\n"
         );
     }
 
     #[test]
-    fn decimal() {
+    fn reasons_and_decimal() {
+        assert_eq!(reason_phrase(504), "Gateway Timeout");
+        assert_eq!(reason_phrase(599), "");
+        assert_eq!(
+            text(&Response::new(599).stream(Bytes::new())),
+            "HTTP/1.1 599 \r\nServer: switchboard\r\n\r\n"
+        );
         for n in [0u64, 7, 10, 99, 100, 65535, u64::MAX] {
             let mut out = BytesMut::new();
             put_decimal(&mut out, n);
-            assert_eq!(text(&out), n.to_string());
+            assert_eq!(&out[..], n.to_string().as_bytes());
         }
-        let mut out = BytesMut::new();
-        write_continue(&mut out);
-        assert_eq!(&out[..], b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!(CONTINUE, b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
