@@ -142,3 +142,49 @@ fn cli_publish_writes_the_type_as_delivered() {
     let got = read_exact_n(&mut raw, want.len());
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
 }
+
+/// Filter patterns over the limits are refused with a 400 that names the
+/// limit, before anything is subscribed; a pattern at the limit, worst case
+/// for a backtracking matcher, is taken and filters as it should.
+#[test]
+fn filter_patterns_are_bounded() {
+    let server = Server::start(&[]);
+    let get = |query: &str| {
+        let mut s = connect(server.bus());
+        send(
+            &mut s,
+            format!("GET /msgbus/f?{query} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+        s
+    };
+    let long = format!("*{}b", "a".repeat(300));
+    let mut s = get(&format!("type={long}"));
+    let got = read_until(&mut s, b"bytes\n");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(
+        text.contains("type pattern longer than 256 bytes"),
+        "{text}"
+    );
+    let many = vec!["x"; 17].join(",");
+    let mut s = get(&format!("sender={many}"));
+    let got = read_until(&mut s, b"patterns\n");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("more than 16 sender patterns"), "{text}");
+
+    // At the limit: `*aaa…b` against a long type of `a`s does not match; the
+    // same type ending in `b` does. The subscriber must see only the second.
+    let at_limit = format!("*{}b", "a".repeat(254));
+    let mut sub = get(&format!("type={at_limit}"));
+    read_until(&mut sub, b"\r\n\r\n");
+    let a_type = "a".repeat(8000);
+    http_publish(&server, "f", &a_type, b"no");
+    http_publish(&server, "f", &format!("{a_type}b"), b"yes");
+    let got = read_until(&mut sub, b"yes");
+    assert!(
+        !got.windows(2).any(|w| w == b"no"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}

@@ -150,18 +150,16 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible
     Reply::Stream(head, Box::new(stream))
 }
 
-/// The subscriber's filter from `?type=` and `?sender=`.
-///
-/// FILTER ERRORS BECOME 400 HERE, and only here: once `Filter::new` refuses
-/// patterns with an error, map that error to
-/// `Response::text(400, &error.to_string())` in this function.
+/// The subscriber's filter from `?type=` and `?sender=`; patterns over the
+/// limits (length, count) are a `400` that names the limit.
 fn subscription_filter(query: &str) -> Result<Filter, Response> {
     let type_filter = query_param(query, "type");
     let sender_filter = query_param(query, "sender");
-    Ok(Filter::new(
+    Filter::parse(
         type_filter.as_deref().map(str::as_bytes),
         sender_filter.as_deref().map(str::as_bytes),
-    ))
+    )
+    .map_err(|e| Response::text(400, &e.to_string()))
 }
 
 fn publish(
