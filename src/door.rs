@@ -108,6 +108,11 @@ pub struct Stats {
     pub door_names: Vec<&'static str>,
     /// Closed connections by reason, indexed by `CloseReason as usize`.
     pub closed_by: [u64; CloseReason::COUNT],
+    /// The longest loop turn since start, in µs: the longest any client has
+    /// had to wait for the loop to come back to it.
+    pub turn_max_us: u64,
+    /// The longest loop turn of the last 10 s (and of the current window so far).
+    pub turn_max_recent_us: u64,
 }
 
 impl Stats {
@@ -216,6 +221,13 @@ impl<'a> Cx<'a> {
     pub fn send(&mut self, frame: Bytes) -> bool {
         self.broker.seal(self.out);
         self.out.deliver(self.me, frame, 0)
+    }
+
+    /// True when this connection holds as much unsent output as it may: the
+    /// door should stop taking requests from its input (leave them there);
+    /// the shell calls it again once the output has drained.
+    pub fn backlogged(&self) -> bool {
+        self.out.is_backlogged(self.me)
     }
 
     /// Says that a whole request or command was taken from the input: the

@@ -68,6 +68,12 @@ pub trait Outbox {
     /// Returns false when refused (the connection is gone, closing, or not
     /// waiting): a message then goes to the next receiver.
     fn answer(&mut self, conn: ConnId, answer: Answer<'_>) -> bool;
+    /// True when `conn` already holds as much unsent output as it may: a
+    /// door stops answering its pipelined requests until it drains.
+    fn is_backlogged(&self, conn: ConnId) -> bool {
+        let _ = conn;
+        false
+    }
 }
 
 /// Counters kept by the broker, read by the stats page and the benches.

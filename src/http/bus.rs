@@ -266,6 +266,8 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         "bytes_out": stats.bytes_out,
         "drops": stats.dropped.get(),
         "slow_disconnects": stats.slow_disconnects.get(),
+        "loop_turn_max_us": stats.turn_max_us,
+        "loop_turn_max_10s_us": stats.turn_max_recent_us,
     });
     let mut s = v.to_string();
     s.push('\n');

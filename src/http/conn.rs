@@ -258,6 +258,11 @@ impl<R: Routes> Door for HttpConn<R> {
             if !matches!(self.state, State::Open) {
                 return self.settled();
             }
+            // Output backpressure: requests stay in the input until what was
+            // answered so far has drained (the shell resumes the door then).
+            if cx.backlogged() {
+                return Next::Read;
+            }
             match self.decoder.decode(input) {
                 Ok(None) => return Next::Read,
                 Ok(Some(Event::Continue)) => {

@@ -5,6 +5,8 @@
 //! answer, the commands after it stay unread in the connection's buffer, as
 //! in msglite, where each connection was served by one sequential loop.
 
+use std::collections::HashSet;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
@@ -41,7 +43,9 @@ pub struct LineSession {
     max_subscriptions: usize,
     decoder: Decoder,
     waiting: Option<WaitId>,
-    subscriptions: Vec<Bytes>,
+    /// Its channels: a set, so that a repeated `+` or a `~` costs the same
+    /// however many it holds.
+    subscriptions: HashSet<Bytes>,
     /// Set once the connection must close (after `.`, or malformed input).
     closing: Option<CloseReason>,
 }
@@ -52,7 +56,7 @@ impl LineSession {
             max_subscriptions,
             decoder: Decoder::new(max_line, max_body),
             waiting: None,
-            subscriptions: Vec::new(),
+            subscriptions: HashSet::new(),
             closing: None,
         }
     }
@@ -147,11 +151,11 @@ impl LineSession {
                 // An exact-size copy: a slice would keep the whole read
                 // buffer it came from alive for as long as the subscription
                 // lasts.
-                self.subscriptions.push(Bytes::copy_from_slice(&channel));
+                self.subscriptions.insert(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
                 unsubscribe(cx, &channel);
-                self.subscriptions.retain(|c| *c != channel);
+                self.subscriptions.remove(&channel);
                 if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
                     self.subscriptions.shrink_to_fit();
                 }
@@ -181,7 +185,9 @@ fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
 impl Door for LineSession {
     /// Runs every complete command in `input`, leaving a partial one there.
     fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
-        while self.closing.is_none() && self.waiting.is_none() {
+        // Output backpressure: commands stay in the input until what was
+        // answered so far has drained (the shell resumes the door then).
+        while self.closing.is_none() && self.waiting.is_none() && !cx.backlogged() {
             let (raw, n) = match self.decoder.decode_raw(input) {
                 Ok(Some(found)) => found,
                 Ok(None) => break,

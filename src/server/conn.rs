@@ -39,6 +39,8 @@ pub struct Conn {
     pub dirty: bool,
     /// Has a request-timeout deadline in the shell's timers.
     pub request_timer: bool,
+    /// On the loop's still-ready list (at most once a turn).
+    pub ready_listed: bool,
     /// Messages dropped because the backlog limit was reached.
     pub dropped: u64,
     /// Since when it has held an incomplete request, command or TLS

@@ -55,6 +55,10 @@ const READ_AHEAD: usize = 64 * 1024;
 const LINGER_MS: Millis = 5_000;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF_MS: Millis = 100;
+/// Minimum interval between two log lines about accept errors.
+const ACCEPT_LOG_MS: Millis = 10_000;
+/// The window of the stats page's recent longest loop turn.
+const TURN_WINDOW_MS: Millis = 10_000;
 /// How long shutdown waits for queued output to drain.
 const SHUTDOWN_FLUSH_MS: u64 = 2_000;
 
@@ -93,6 +97,9 @@ pub struct Server {
     stats: Stats,
     accept_backoff: bool,
     accept_full: bool,
+    accept_logged_at: Option<Millis>,
+    /// The longest loop turn of the current window, and when it started.
+    turn_window: (Millis, u64),
     signal: Option<UnixStream>,
     shutting_down: bool,
 }
@@ -169,6 +176,8 @@ impl Server {
             stats,
             accept_backoff: false,
             accept_full: false,
+            accept_logged_at: None,
+            turn_window: (0, 0),
             signal: None,
             shutting_down: false,
         })
@@ -205,10 +214,12 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn = Instant::now();
             for event in events.iter() {
                 self.dispatch(event.token(), event.is_readable(), event.is_writable());
             }
             self.after_events();
+            self.count_turn(turn.elapsed());
         }
         self.shutdown();
         Ok(())
@@ -252,6 +263,9 @@ impl Server {
             self.on_resume(key);
         }
         for key in mem::take(&mut self.still_ready) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.ready_listed = false;
+            }
             self.on_readable(key);
         }
         loop {
@@ -265,6 +279,21 @@ impl Server {
             self.accept_full = false;
             self.accept_all();
         }
+    }
+
+    /// Keeps the longest loop turn, since start and over the last window.
+    fn count_turn(&mut self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let now = self.now();
+        let (start, max) = &mut self.turn_window;
+        if now >= *start + TURN_WINDOW_MS {
+            self.stats.turn_max_recent_us = *max;
+            *start = now;
+            *max = 0;
+        }
+        *max = (*max).max(us);
+        self.stats.turn_max_us = self.stats.turn_max_us.max(us);
+        self.stats.turn_max_recent_us = self.stats.turn_max_recent_us.max(*max);
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -373,7 +402,19 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_resource_error(&e) => {
                     self.stats.accept_errors += 1;
-                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms");
+                    let now = self.now();
+                    if self
+                        .accept_logged_at
+                        .is_none_or(|t| now >= t + ACCEPT_LOG_MS)
+                    {
+                        log::warn!(
+                            "accept: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms \
+                             ({} accept errors so far; logged at most every {} s)",
+                            self.stats.accept_errors,
+                            ACCEPT_LOG_MS / 1000
+                        );
+                        self.accept_logged_at = Some(now);
+                    }
                     self.accept_backoff = true;
                     let at = self.now() + ACCEPT_BACKOFF_MS;
                     self.timers.add(at, Deadline::AcceptBackoff);
@@ -416,6 +457,7 @@ impl Server {
             writable: true,
             dirty: false,
             request_timer: false,
+            ready_listed: false,
             dropped: 0,
             incomplete_since: None,
             wake_at: None,
@@ -450,7 +492,7 @@ impl Server {
             // Output backpressure: a client that does not read what it asked
             // for is not read from either, until its queue drains below the
             // backlog limit (flush_dirty puts it back on `still_ready`).
-            if c.outq.bytes() >= self.limits.backlog {
+            if c.outq.cost() >= self.limits.backlog {
                 return;
             }
             let from_scratch = c.input.is_empty();
@@ -513,7 +555,12 @@ impl Server {
                 return;
             }
             if budget == 0 {
-                self.still_ready.push(key);
+                if let Some(c) = self.conns.get_mut(key) {
+                    if !c.ready_listed {
+                        c.ready_listed = true;
+                        self.still_ready.push(key);
+                    }
+                }
                 return;
             }
         }
@@ -703,6 +750,7 @@ impl Server {
     fn check_stalled(&mut self, id: ConnId, now: Millis) {
         let limit = self.limits.request_timeout_s.saturating_mul(1000);
         let timeout_s = self.limits.request_timeout_s;
+        let backlog = self.limits.backlog;
         let Some(c) = self.conn_of(id) else {
             return;
         };
@@ -710,6 +758,11 @@ impl Server {
         if !c.is_open() || !c.holds_incomplete() {
             c.incomplete_since = None;
             return;
+        }
+        if c.outq.cost() >= backlog {
+            // The server stopped reading it (output backpressure): a client
+            // that reads slowly is not a stalled one. Count from now.
+            c.incomplete_since = Some(now);
         }
         let since = *c.incomplete_since.get_or_insert(now);
         if now.saturating_sub(since) >= limit {
@@ -759,9 +812,16 @@ impl Server {
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
-                    if c.readable && n > 0 && c.outq.bytes() < self.limits.backlog {
-                        // Input left unread (budget or backpressure): go on.
-                        self.still_ready.push(key);
+                    if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
+                        if !c.input.is_empty() && !c.door.is_paused() {
+                            // Requests held back by backpressure: run them,
+                            // then read on.
+                            self.resume.push(key);
+                        } else if c.readable && !c.ready_listed {
+                            // Input left unread (budget or backpressure): go on.
+                            c.ready_listed = true;
+                            self.still_ready.push(key);
+                        }
                     }
                     match outcome {
                         Flushed::All => match c.transport.flush_pending() {

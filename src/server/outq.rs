@@ -12,6 +12,10 @@ use bytes::{Buf, Bytes};
 /// Most slices handed to one `writev`.
 const MAX_IOV: usize = 512;
 
+/// What one queued frame costs besides its bytes: its `Bytes` handle in the
+/// queue (32 bytes) and, for a frame of its own, the allocation's header.
+pub const FRAME_COST: usize = 48;
+
 /// The result of a flush.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flushed {
@@ -41,6 +45,13 @@ impl OutQueue {
     /// Unsent bytes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What the queue costs in memory, for the backlog limit: its unsent
+    /// bytes plus [`FRAME_COST`] per frame, so that a flood of tiny frames
+    /// (`*\r\n` is 3 bytes) is bounded as well as a few large ones.
+    pub fn cost(&self) -> usize {
+        self.bytes + self.frames.len() * FRAME_COST
     }
 
     pub fn is_empty(&self) -> bool {

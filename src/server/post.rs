@@ -5,6 +5,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::conn::{Conn, Life};
+use super::outq::FRAME_COST;
 use crate::broker::{Answer, ConnId, Millis, Outbox};
 use crate::config::{Limits, SlowPolicy};
 use crate::door::{CloseReason, Stats};
@@ -50,8 +51,10 @@ impl Outbox for Post<'_> {
         if messages > 0 && !c.is_open() {
             return false;
         }
-        let queued = c.outq.bytes();
-        if messages > 0 && queued > 0 && queued + frame.len() > limits.backlog {
+        // The queue's cost counts each frame's slot too (`FRAME_COST`), so
+        // a flood of tiny frames is bounded as well as a few large ones.
+        let queued = c.outq.cost();
+        if messages > 0 && queued > 0 && queued + frame.len() + FRAME_COST > limits.backlog {
             match limits.slow_policy {
                 SlowPolicy::Drop => {
                     c.dropped += u64::from(messages);
@@ -86,6 +89,12 @@ impl Outbox for Post<'_> {
         c.outq.push(frame);
         mark_dirty(c, key, self.dirty);
         true
+    }
+
+    fn is_backlogged(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn.key as usize)
+            .is_some_and(|c| c.id == conn && c.outq.cost() >= self.limits.backlog)
     }
 
     fn answer(&mut self, conn: ConnId, answer: Answer<'_>) -> bool {

@@ -1,0 +1,197 @@
+//! Hostile clients against the real server: what the backlog limit bounds,
+//! and that a well-behaved client keeps working meanwhile.
+//!
+//! Memory bounds are stated as formulas of the limits (docs/security.md);
+//! the figures here leave room for the allocator and the kernel's socket
+//! buffers, never for a queue that grows with what the attacker sends.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use common::{connect, line_sync, read_exact_n, send, Server, TempDir};
+
+/// The server's resident memory in KiB; fails when it cannot be read.
+fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("read the server's /proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// Writes `unit` again and again until the server stops reading (a write
+/// blocks for a second), at most `max` times; returns how many were written
+/// whole.
+fn write_until_pushed_back(s: &mut TcpStream, unit: &[u8], max: usize) -> usize {
+    s.set_write_timeout(Some(Duration::from_secs(1)))
+        .expect("write timeout");
+    let batch: Vec<u8> = unit.repeat(max.min(1024));
+    let mut whole = 0;
+    while whole < max {
+        match s.write(&batch) {
+            Ok(n) => {
+                whole += n / unit.len();
+                if n < batch.len() {
+                    // Finish the unit cut in half, or the server sees a
+                    // partial command.
+                    let rest = &batch[n..n + (unit.len() - n % unit.len()) % unit.len()];
+                    if s.write_all(rest).is_err() {
+                        return whole;
+                    }
+                    if !rest.is_empty() {
+                        whole += 1;
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return whole
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    whole
+}
+
+/// A publish → subscribe round trip between two fresh line clients.
+fn round_trip_works(server: &Server, tag: &str) {
+    let mut sub = connect(server.line());
+    let ch = format!("ok.{tag}");
+    send(&mut sub, format!("+ {ch}\r\n").as_bytes());
+    line_sync(&mut sub, tag);
+    let mut publ = connect(server.line());
+    send(&mut publ, format!("! 2 {ch}\r\nhi\r\n").as_bytes());
+    let want = format!("! 2 {ch} application/octet-stream\r\nhi\r\n");
+    assert_eq!(read_exact_n(&mut sub, want.len()), want.as_bytes());
+}
+
+/// Tiny answers to a client that never reads: the backlog limit counts
+/// each queued frame's cost, not only its 3 bytes, so memory stays bounded
+/// (about the backlog limit per connection) and the server stops reading.
+#[test]
+fn tiny_answers_to_a_non_reader_are_bounded() {
+    let server = Server::start(&[]);
+    round_trip_works(&server, "before");
+    let before = rss_kib(&server);
+    let mut flooders = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(server.line());
+        let n = write_until_pushed_back(&mut c, b"< 0 x\r\n", 1_500_000);
+        flooders.push((c, n));
+    }
+    let written: usize = flooders.iter().map(|(_, n)| n).sum();
+    let grown = rss_kib(&server).saturating_sub(before);
+    eprintln!("{written} waits written by 3 non-readers; server RSS +{grown} KiB");
+    // 3 × (1 MB of queued cost + 64 KiB of held input), with room to spare
+    // (seen: +4 MB); counted in bytes only, the queues held +15 MB.
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
+    round_trip_works(&server, "during");
+    // The flooders get every answer, and only answers, once they read.
+    for (mut c, n) in flooders {
+        c.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut got = vec![0u8; n * 3];
+        c.read_exact(&mut got).expect("read the answers");
+        assert!(got.chunks(3).all(|a| a == b"*\r\n"));
+    }
+    round_trip_works(&server, "after");
+}
+
+/// Pipelined requests for a large file from a client that never reads: the
+/// server stops answering (and reading) once the backlog limit is reached,
+/// instead of queueing every answer.
+#[test]
+fn pipelined_file_requests_respect_the_backlog() {
+    let root = TempDir::new("hardening-docroot");
+    std::fs::write(root.path().join("big.bin"), vec![b'x'; 1 << 20]).expect("write a file");
+    let server = Server::start(&["--docroot", root.path().to_str().expect("utf-8 path")]);
+    round_trip_works(&server, "before");
+    let before = rss_kib(&server);
+    let mut c = connect(server.bus());
+    let request = b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n";
+    let sent = write_until_pushed_back(&mut c, request, 100);
+    thread::sleep(Duration::from_millis(200));
+    let grown = rss_kib(&server).saturating_sub(before);
+    eprintln!("{sent} pipelined GETs of 1 MiB; server RSS +{grown} KiB");
+    // The backlog (1 MB) and one file read whole past it; before, every
+    // request of the batch was answered at once (+100 MB).
+    assert!(grown < 12 * 1024, "RSS grew by {grown} KiB");
+    round_trip_works(&server, "during");
+    // Reading now, the client gets every answer, whole and in order.
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let each = (1 << 20) + 100;
+    while got < sent * (1 << 20) {
+        let n = c.read(&mut buf).expect("read the answers");
+        assert!(n > 0, "closed after {got} bytes");
+        got += n;
+        if got > sent * each {
+            break;
+        }
+    }
+    assert!(
+        got >= sent * (1 << 20),
+        "only {got} bytes for {sent} answers"
+    );
+}
+
+/// With `--slow-subscriber disconnect`, a subscriber that reads as fast as
+/// it can keeps up among 500 that never read, at 100 messages of 64 KiB a
+/// second. (A report saw such a reader cut off after 35–152 of 400 messages;
+/// this machine does not reproduce it, with or without the change to the
+/// slow-subscriber judgement that was tried, so the policy is unchanged and
+/// this test guards the healthy reader.)
+#[test]
+fn a_reading_subscriber_is_not_cut_off_among_non_readers() {
+    // Quiet logs: 500 disconnects would fill a stderr nobody reads.
+    let server = Server::start(&["--slow-subscriber", "disconnect", "--log-level", "error"]);
+    let mut idle = Vec::new();
+    for i in 0..500 {
+        let mut s = connect(server.bus());
+        send(&mut s, b"GET /msgbus/big HTTP/1.1\r\nHost: x\r\n\r\n");
+        if i == 499 {
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).expect("a head");
+        }
+        idle.push(s);
+    }
+    let mut reader = connect(server.line());
+    send(&mut reader, b"+ big\r\n");
+    line_sync(&mut reader, "reader");
+    let body = vec![b'm'; 64 * 1024];
+    let frame_head = "! 65536 big application/octet-stream\r\n";
+    let count = 400;
+    let reading = thread::spawn(move || {
+        let mut got = 0;
+        let mut buf = vec![0u8; frame_head.len() + 65536 + 2];
+        reader
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        while got < count {
+            match reader.read_exact(&mut buf) {
+                Ok(()) => got += 1,
+                Err(e) => return (got, Some(e.to_string())),
+            }
+        }
+        (got, None)
+    });
+    let mut publ = connect(server.line());
+    // 100 messages a second, as a live feed would send them.
+    for _ in 0..count {
+        send(&mut publ, format!("! {} big\r\n", body.len()).as_bytes());
+        send(&mut publ, &body);
+        send(&mut publ, b"\r\n");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (got, err) = reading.join().expect("reader thread");
+    assert_eq!(got, count, "the reader got {got} of {count} ({err:?})");
+    round_trip_works(&server, "after");
+}
