@@ -18,7 +18,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{read_exact_n, read_to_close, read_until, Server, TempDir};
+use common::{read_exact_n, read_to_close, read_until, stat, Server, Stats, TempDir};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -311,6 +311,7 @@ fn unanswered_query_and_ready_time_out_with_a_star() {
 
 fn quit_closes(door: Door) {
     let both = Both::start("quit", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut a = both.client(door);
     // The commands before `.` run; the ones after it do not.
     send(
@@ -318,9 +319,25 @@ fn quit_closes(door: Door) {
         "> 3 30 q.before\r\nabc\r\n.\r\n> 3 30 q.after\r\nxyz\r\n",
     );
     assert_eq!(read_to_close(&mut a), b"");
+    // Closed because of the `.`, not by a timeout.
+    let v = stats.get();
+    assert_eq!(closes(&v), ["quit=1"], "{v}");
     let mut b = both.client(door);
     send(&mut b, "< 1 q.before\r\n< 0 q.after\r\n");
     expect(&mut b, "> 3 30 q.before\r\nabc\r\n*\r\n");
+}
+
+/// The non-zero `closed_by` counters of the stats page, as `name=count`.
+fn closes(v: &serde_json::Value) -> Vec<String> {
+    let by = v["connections"]["closed_by"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no connections.closed_by in {v}"));
+    by.iter()
+        .filter_map(|(k, n)| {
+            let n = n.as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+            (n > 0).then(|| format!("{k}={n}"))
+        })
+        .collect()
 }
 
 #[test]
@@ -418,10 +435,14 @@ fn a_channel_and_every_channel_each_deliver() {
 fn message_sent_before_any_receiver_is_delivered_later() {
     let both = Both::start("later", &[]);
     let mut a = both.client(Door::Tcp);
+    let mut stats = Stats::open(both.server.bus());
     send(&mut a, "> 5 30 early\r\nfirst\r\n");
     sync(&mut a, "a");
     drop(a);
-    thread::sleep(Duration::from_millis(200));
+    // The server has seen the sender go.
+    stats.wait_for("the sender's close", |v| {
+        stat(v, "connections.closed_by.peer_closed") == 1
+    });
     let mut b = both.client(Door::Unix);
     send(&mut b, "< 5 early\r\n");
     expect(&mut b, "> 5 30 early\r\nfirst\r\n");
@@ -430,10 +451,13 @@ fn message_sent_before_any_receiver_is_delivered_later() {
 #[test]
 fn timed_out_message_is_never_delivered() {
     let both = Both::start("expire", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut a = both.client(Door::Tcp);
-    send(&mut a, "> 4 1 exp\r\nlate\r\n");
-    sync(&mut a, "a");
-    thread::sleep(Duration::from_millis(1500));
+    // A one-second wait that begins after the one-second message: its `*`
+    // comes when the message has expired.
+    send(&mut a, "> 4 1 exp\r\nlate\r\n< 1 exp.clock\r\n");
+    expect(&mut a, "*\r\n");
+    assert_eq!(stat(&stats.get(), "queues.expired"), 1);
     send(&mut a, "> 4 30 exp\r\nlive\r\n");
     sync(&mut a, "a2");
     let mut b = both.client(Door::Tcp);
@@ -595,7 +619,9 @@ fn thousand_concurrent_clients_lose_and_duplicate_nothing() {
 #[test]
 fn receiver_that_disconnects_while_waiting_swallows_nothing() {
     let both = Both::start("gone", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut round = 0;
+    let mut gone = 0;
     for door in [Door::Tcp, Door::Unix] {
         // Three ways to go: after the wait is surely registered; in the same
         // breath as the `<`; and by closing only the sending side, which
@@ -614,15 +640,21 @@ fn receiver_that_disconnects_while_waiting_swallows_nothing() {
                 }
             }
             drop(c);
-            // The server notices the close as it happens; the pause only
-            // keeps the send below from racing it.
-            thread::sleep(Duration::from_millis(200));
+            gone += 1;
+            // The server has closed every connection dropped so far, this
+            // one included, before the send below.
+            stats.wait_for("the receiver's close", |v| {
+                stat(v, "connections.closed") == gone
+            });
+            assert_eq!(stat(&stats.get(), "queues.waiting"), 0);
             let mut s = both.client(door);
             send(&mut s, format!("> 4 30 {addr}\r\nkept\r\n"));
             sync(&mut s, "s");
             let mut r = both.client(door);
             send(&mut r, format!("< 5 {addr}\r\n"));
             expect(&mut r, format!("> 4 30 {addr}\r\nkept\r\n"));
+            drop((s, r));
+            gone += 2;
         }
     }
 }
@@ -669,6 +701,7 @@ impl Witness {
 #[test]
 fn bad_input_gets_a_reason_and_a_close() {
     let both = Both::start("bad", &["--max-body", "1000", "--max-line", "64"]);
+    let mut stats = Stats::open(both.server.bus());
     let mut witness = Witness::new(&both);
     let long_line = format!("< 1 {}\r\n", "a".repeat(80));
     let long_unterminated = "b".repeat(100);
@@ -809,17 +842,27 @@ fn bad_input_gets_a_reason_and_a_close() {
             witness.check();
         }
     }
+    // Every one was closed for its error, none by a timeout.
+    let v = stats.get();
+    assert_eq!(
+        closes(&v),
+        [format!("protocol_error={}", 2 * cases.len())],
+        "{v}"
+    );
 }
 
 #[test]
 fn commands_before_an_error_run_and_those_after_do_not() {
     let both = Both::start("bad-order", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut bad = both.client(Door::Tcp);
     send(
         &mut bad,
         "> 3 30 pre\r\nabc\r\nbogus\r\n> 3 30 post\r\nxyz\r\n",
     );
     assert_eq!(read_to_close(&mut bad), b"- invalid command\r\n");
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
     let mut r = both.client(Door::Tcp);
     send(&mut r, "< 1 pre\r\n< 0 post\r\n");
     expect(&mut r, "> 3 30 pre\r\nabc\r\n*\r\n");
@@ -828,9 +871,12 @@ fn commands_before_an_error_run_and_those_after_do_not() {
 #[test]
 fn bad_input_on_a_waiting_connection_is_found_after_the_wait() {
     let both = Both::start("bad-wait", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut c = both.client(Door::Tcp);
     wait_on(&mut c, "c", "< 1 bw\r\nbogus\r\n");
     assert_eq!(read_to_close(&mut c), b"*\r\n- invalid command\r\n");
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
 }
 
 #[test]

@@ -662,13 +662,17 @@ impl Drop for Worker {
 /// The worker side of `ten_thousand_subscribers`: this test binary run again
 /// with `WORKER_ENV=BUS,SOURCE,COUNT,CHANNEL`. Prints `SCALE-WORKER ready N`
 /// once every subscriber is confirmed, then `SCALE-WORKER done OK FAILED`
-/// and the failures. Without the variable it does nothing.
+/// and the failures. Without the variable it fails: run on its own it
+/// would test nothing.
 #[test]
 #[ignore = "run by ten_thousand_subscribers in a child process"]
 fn scale_worker() {
-    let Ok(spec) = std::env::var(WORKER_ENV) else {
-        return;
-    };
+    let spec = std::env::var(WORKER_ENV).unwrap_or_else(|e| {
+        panic!(
+            "{WORKER_ENV}: {e}; this is the worker of \
+             ten_thousand_subscribers_get_every_message, which sets it"
+        )
+    });
     let f: Vec<&str> = spec.split(',').collect();
     let [bus, src, count, channel] = f[..] else {
         panic!("bad {WORKER_ENV}={spec}");

@@ -3,17 +3,18 @@
 //! once, on both doors, and failures must show in the exit status and the
 //! summary. Nothing here asserts a rate or a latency.
 //!
-//! The server binary is taken from the same target directory as this test
-//! (`target/debug/switchboard`); build it first (`cargo build`, or run
-//! `cargo test --workspace`). Each test starts its own server on port 0 and
+//! The server binary is built by cargo from the current source, with this
+//! test's profile, when the first test needs it (`cargo build -p switchboard
+//! --bin switchboard`: nothing to do when it is up to date), so a stale or
+//! missing binary is never tested. Each test starts its own server on port 0 and
 //! reads the addresses it prints (`listening line ADDR`, `listening bus
 //! ADDR`); a guard kills it even when the test panics.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -39,21 +40,72 @@ struct Server {
     doors: std::collections::HashMap<String, SocketAddr>,
 }
 
+/// The switchboard server binary, built by cargo from the current source
+/// with the profile of this test (once per test process), so that a stale
+/// or missing binary is never what the tests run.
 fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_server).clone()
+}
+
+fn build_server() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // target/<profile dir>/deps/flood-<hash>; the dev profile's directory
+    // is `debug`, every other profile's bears its name.
     let exe = std::env::current_exe().expect("path of the test executable");
-    // target/<profile>/deps/flood-<hash> -> target/<profile>/switchboard
-    let profile_dir = exe
+    let profile = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .map(|name| if name == "debug" { "dev" } else { name })
+        .expect("the test executable lives in target/<profile>/deps")
+        .to_string();
+    let mut build = Command::new(cargo);
+    // The variables cargo sets for this test process describe the loadtest
+    // package; build scripts that watch them (ring's) would take them for
+    // a change and rebuild.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+        {
+            build.env_remove(name);
+        }
+    }
+    let out = build
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["-p", "switchboard", "--bin", "switchboard"])
+        .args(["--profile", &profile])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build for the server binary");
     assert!(
-        bin.is_file(),
-        "the switchboard server binary is missing at {}: build it first (`cargo build`, \
-         or run the tests with `cargo test --workspace`)",
-        bin.display()
+        out.status.success(),
+        "cargo build of the switchboard server failed: {}",
+        out.status
     );
-    bin
+    // cargo names the executable it built (or found up to date).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "switchboard")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported the switchboard executable")
 }
 
 /// The lines `reader` yields, delivered on a channel by a thread of their own.
