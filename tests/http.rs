@@ -2219,3 +2219,124 @@ fn python_http_client_keep_alive_and_pipelined_publisher() {
     publish_probe(bus, "py");
     sub.expect(&probe_part(true, false, "py"));
 }
+
+// ---------------------------------------------------------------------------
+// Stats page: closes by reason, queue traffic
+
+#[test]
+fn stats_page_counts_closes_by_reason() {
+    let server = Server::start(&["--request-timeout", "1"]);
+    let mut stats = common::Stats::open(server.bus());
+    let line = server.line();
+    // peer_closed: a client that hangs up.
+    drop(common::connect(line));
+    // quit and protocol_error: `.` and a bad command, read to the close.
+    let mut quit = common::connect(line);
+    common::send(&mut quit, b".\r\n");
+    assert_eq!(common::read_to_close(&mut quit), b"");
+    let mut bad = common::connect(line);
+    common::send(&mut bad, b"bogus\r\n");
+    assert_eq!(common::read_to_close(&mut bad), b"- invalid command\r\n");
+    // request_timeout: a command that never ends.
+    let mut stalled = common::connect(line);
+    common::send(&mut stalled, b"> 3 30 q");
+    assert_eq!(common::read_to_close(&mut stalled), b"");
+    // read_error: a client that closes with input it never read, so its
+    // kernel resets the connection.
+    let mut reset = common::connect(line);
+    common::send(&mut reset, b"+ reset\r\n");
+    common::line_sync(&mut reset, "reset");
+    let mut publisher = common::connect(line);
+    common::send(&mut publisher, b"! 6 reset\r\nunread\r\n");
+    common::line_sync(&mut publisher, "publisher");
+    // The publication has arrived (peeked at, not read).
+    let mut first = [0u8; 1];
+    assert_eq!(reset.peek(&mut first).expect("peek"), 1);
+    drop(reset);
+    let v = stats.wait_for("five closes", |v| {
+        common::stat(v, "connections.closed") == 5
+    });
+    let by = &v["connections"]["closed_by"];
+    for (reason, n) in [
+        ("peer_closed", 1),
+        ("quit", 1),
+        ("protocol_error", 1),
+        ("request_timeout", 1),
+        ("read_error", 1),
+        ("slow_subscriber", 0),
+        ("write_error", 0),
+        ("linger_timeout", 0),
+    ] {
+        assert_eq!(by[reason], n, "{reason}: {v}");
+    }
+}
+
+/// A subscriber whose output cannot drain and that then says `.`: the
+/// server waits at most 5 s (the linger deadline) and closes it, counted as
+/// `linger_timeout`.
+#[test]
+fn stats_page_counts_a_linger_timeout() {
+    let server = Server::start(&[]);
+    let mut stats = common::Stats::open(server.bus());
+    let mut sub = common::connect(server.line());
+    common::send(&mut sub, b"+ flood\r\n");
+    common::line_sync(&mut sub, "sub");
+    // 16 MiB it does not read: the sockets fill up, the rest waits in the
+    // server (up to the backlog limit; what passes it is dropped).
+    let mut publisher = common::connect(server.line());
+    let mut frame = b"! 65536 flood\r\n".to_vec();
+    frame.resize(frame.len() + 65536, b'x');
+    frame.extend_from_slice(b"\r\n");
+    for _ in 0..256 {
+        common::send(&mut publisher, &frame);
+    }
+    common::line_sync(&mut publisher, "publisher");
+    assert!(
+        common::stat(&stats.get(), "drops") > 0,
+        "the backlog never filled"
+    );
+    common::send(&mut sub, b".\r\n");
+    let v = stats.wait_for("the linger deadline", |v| {
+        common::stat(v, "connections.closed") == 1
+    });
+    assert_eq!(v["connections"]["closed_by"]["linger_timeout"], 1, "{v}");
+}
+
+#[test]
+fn stats_page_counts_queue_traffic() {
+    let server = Server::start(&[]);
+    let mut stats = common::Stats::open(server.bus());
+    let queues = |v: &serde_json::Value| {
+        ["queued", "waiting", "sent", "delivered", "expired"]
+            .map(|k| common::stat(v, &format!("queues.{k}")))
+    };
+    assert_eq!(queues(&stats.get()), [0, 0, 0, 0, 0]);
+    let mut a = common::connect(server.line());
+    let mut b = common::connect(server.line());
+    // Two messages queued for nobody (a zero-second wait is the barrier).
+    common::send(
+        &mut a,
+        b"> 1 30 q1\r\nx\r\n> 1 30 q1\r\ny\r\n< 0 barrier\r\n",
+    );
+    assert_eq!(common::read_exact_n(&mut a, 3), b"*\r\n");
+    assert_eq!(queues(&stats.get()), [2, 0, 2, 0, 0]);
+    // A receiver waits on another address.
+    common::send(&mut b, b"< 30 q2\r\n");
+    let v = stats.wait_for("a waiting receiver", |v| {
+        common::stat(v, "queues.waiting") == 1
+    });
+    assert_eq!(queues(&v), [2, 1, 2, 0, 0]);
+    // One queued message taken; one sent to the waiting receiver.
+    common::send(&mut a, b"< 1 q1\r\n");
+    assert_eq!(common::read_exact_n(&mut a, 14), b"> 1 30 q1\r\nx\r\n");
+    common::send(&mut a, b"> 1 30 q2\r\nz\r\n");
+    assert_eq!(common::read_exact_n(&mut b, 14), b"> 1 30 q2\r\nz\r\n");
+    assert_eq!(queues(&stats.get()), [1, 0, 3, 2, 0]);
+    // A message that expires (a later one-second wait is the clock).
+    common::send(&mut a, b"> 1 1 q3\r\nv\r\n< 1 clock\r\n");
+    assert_eq!(common::read_exact_n(&mut a, 3), b"*\r\n");
+    let v = stats.get();
+    assert_eq!(queues(&v), [1, 0, 4, 2, 1], "{v}");
+    assert_eq!(common::stat(&v, "messages_in"), 4, "{v}");
+    assert_eq!(common::stat(&v, "messages_out"), 2, "{v}");
+}

@@ -245,3 +245,39 @@ fn stalled_requests_are_closed_idle_connections_are_not() {
     }
     line_sync(&mut idle, "idle");
 }
+
+/// `--request-timeout 0` turns the timeout off: stalled requests stay open
+/// and are answered once complete. A second server with a 2-second timeout
+/// is the clock: when it has closed its own stalled connection, more than
+/// two of the first server's once-a-second sweeps have passed since its
+/// stalls began.
+#[test]
+fn request_timeout_zero_closes_nothing() {
+    let off = Server::start(&["--request-timeout", "0"]);
+    let witness = Server::start(&["--request-timeout", "2"]);
+    let mut stalled_line = connect(off.line());
+    send(&mut stalled_line, b"> 3 30 q");
+    let mut stalled_body = connect(off.line());
+    send(&mut stalled_body, b"> 10 30 r\r\nonly half");
+    let mut stalled_http = connect(off.bus());
+    send(&mut stalled_http, b"GET /nothere HTTP/1.1\r\nHost: x\r\n");
+    let mut clock = connect(witness.line());
+    send(&mut clock, b"> 3 30 q");
+    assert_eq!(read_to_close(&mut clock), b"", "the witness's stalled line");
+    // Each stalled request completes and is answered.
+    send(&mut stalled_line, b"\r\nabc\r\n< 1 q\r\n");
+    let want = b"> 3 30 q\r\nabc\r\n";
+    assert_eq!(read_exact_n(&mut stalled_line, want.len()), want);
+    send(&mut stalled_body, b"!\r\n< 1 r\r\n");
+    let want = b"> 10 30 r\r\nonly half!\r\n";
+    assert_eq!(read_exact_n(&mut stalled_body, want.len()), want);
+    send(&mut stalled_http, b"\r\n");
+    let head = common::read_until(&mut stalled_http, b"\r\n\r\n");
+    assert!(
+        head.starts_with(b"HTTP/1.1 404 Not Found\r\n"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let v = Stats::open(off.bus()).get();
+    assert_eq!(stat(&v, "connections.closed_by.request_timeout"), 0, "{v}");
+}

@@ -972,3 +972,119 @@ fn commands_written_a_byte_at_a_time_work() {
     let got = read_until(&mut a, b"abc\r\n");
     assert_eq!(got, b"> 3 30 slow\r\nabc\r\n");
 }
+
+// ---------------------------------------------------------------------------
+// Per-connection limits
+
+#[test]
+fn max_subscriptions_counts_distinct_channels_per_connection() {
+    let both = Both::start("maxsubs", &["--max-subscriptions", "3"]);
+    let mut stats = Stats::open(both.server.bus());
+    let mut c = both.client(Door::Tcp);
+    let mut publ = both.client(Door::Unix);
+    // Three distinct channels, one named twice: three subscriptions. (A
+    // zero-second wait is the barrier here: a probe channel would count.)
+    send(&mut c, "+ a\r\n+ b\r\n+ a\r\n+ c\r\n~ never\r\n< 0 x\r\n");
+    expect(&mut c, "*\r\n");
+    send(&mut publ, "! 1 a\r\n1\r\n! 1 b\r\n2\r\n! 1 c\r\n3\r\n");
+    expect(
+        &mut c,
+        "! 1 a application/octet-stream\r\n1\r\n\
+         ! 1 b application/octet-stream\r\n2\r\n\
+         ! 1 c application/octet-stream\r\n3\r\n",
+    );
+    // Dropping one makes room for another.
+    send(&mut c, "~ c\r\n+ d\r\n< 0 x\r\n");
+    expect(&mut c, "*\r\n");
+    // `+ *` counts as one more: the fourth is refused, with a close.
+    send(&mut c, "+ *\r\n");
+    assert_eq!(
+        read_to_close(&mut c),
+        b"- too many subscriptions (limit 3 per connection)\r\n"
+    );
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
+    // Another connection has an allowance of its own, `+ *` among it.
+    let mut other = both.client(Door::Tcp);
+    send(&mut other, "+ *\r\n+ a\r\n+ b\r\n< 0 x\r\n");
+    expect(&mut other, "*\r\n");
+    send(&mut other, "+ c\r\n");
+    assert_eq!(
+        read_to_close(&mut other),
+        b"- too many subscriptions (limit 3 per connection)\r\n"
+    );
+}
+
+#[test]
+fn a_waiting_connection_holds_at_most_64_kib_of_input() {
+    const N: usize = 4096;
+    // A backlog limit above the 4 MiB the subscriber is sent at the end.
+    let both = Both::start("readahead", &["--backlog-limit", "100000000"]);
+    let mut stats = Stats::open(both.server.bus());
+    let mut sub = both.client(Door::Tcp);
+    send(&mut sub, "+ ra\r\n");
+    sync(&mut sub, "sub");
+    // A wait, then 4 MiB of publishes pipelined behind it.
+    let body = vec![b'r'; 1000];
+    let mut frame = b"! 1000 ra\r\n".to_vec();
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(b"\r\n");
+    let mut input = b"< 600 ra.go\r\n".to_vec();
+    for _ in 0..N {
+        input.extend_from_slice(&frame);
+    }
+    let mut c = common::connect(both.server.line());
+    let before = stat(&stats.get(), "bytes_in");
+    // Write until the kernel takes no more and the server reads no more.
+    c.set_nonblocking(true).unwrap();
+    let mut off = 0;
+    let write_more = |c: &mut TcpStream, off: &mut usize| loop {
+        match c.write(&input[*off..]) {
+            Ok(n) => *off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("write: {e}"),
+        }
+        if *off == input.len() {
+            return;
+        }
+    };
+    let settled = loop {
+        write_more(&mut c, &mut off);
+        let settled = stats.wait_until_reading_stops();
+        let at = off;
+        write_more(&mut c, &mut off);
+        if off == at || off == input.len() {
+            break settled;
+        }
+    };
+    c.set_nonblocking(false).unwrap();
+    let read = stat(&settled, "bytes_in") - before;
+    eprintln!("the server read {read} of {} bytes", input.len());
+    // The held input (64 KiB, plus what one read of at most 64 KiB brings
+    // past it), the wait's own line and the stats requests: far from all.
+    assert!(
+        read < 2 * 64 * 1024 + 4096,
+        "a waiting connection was read for {read} bytes"
+    );
+    // None of the held commands ran.
+    sync(&mut sub, "held");
+    // Once the wait is answered, all of them run, in order.
+    let mut answer = both.client(Door::Unix);
+    send(&mut answer, "> 2 30 ra.go\r\nok\r\n");
+    let rest = input[off..].to_vec();
+    let mut writer = c.try_clone().unwrap();
+    let writing = thread::spawn(move || writer.write_all(&rest).expect("write the rest"));
+    assert_eq!(read_exact_n(&mut c, 18), b"> 2 30 ra.go\r\nok\r\n");
+    let mut delivered = b"! 1000 ra application/octet-stream\r\n".to_vec();
+    delivered.extend_from_slice(&body);
+    delivered.extend_from_slice(b"\r\n");
+    for i in 0..N {
+        let mut got = vec![0u8; delivered.len()];
+        if let Err(e) = sub.read_exact(&mut got) {
+            panic!("publication {i} of {N}: {e}; stats {}", stats.get());
+        }
+        assert!(got == delivered, "publication {i} differs");
+    }
+    writing.join().expect("the writer");
+    sync(&mut sub, "after");
+}

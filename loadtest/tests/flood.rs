@@ -219,7 +219,13 @@ fn start_sub(args: &[&str]) -> RunningSub {
 
 impl RunningSub {
     /// Waits for the end; returns the exit success, the JSON summary and stderr.
-    fn finish(mut self) -> (bool, Value, Vec<String>) {
+    fn finish(self) -> (bool, Value, Vec<String>) {
+        let (status, json, seen) = self.finish_status();
+        (status.success(), json, seen)
+    }
+
+    /// Waits for the end; returns the exit status, the JSON summary and stderr.
+    fn finish_status(mut self) -> (std::process::ExitStatus, Value, Vec<String>) {
         let mut out = String::new();
         if let Some(mut stdout) = self.child.0.stdout.take() {
             stdout
@@ -237,7 +243,7 @@ impl RunningSub {
                 self.seen
             )
         });
-        (status.success(), json, self.seen)
+        (status, json, self.seen)
     }
 }
 
@@ -619,4 +625,78 @@ fn both_doors_over_tls_check_the_certificate() {
         "the refusal names the certificate problem: {why}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unreadable_deliveries_are_counted_bad_and_fail_the_run() {
+    let s = start_server();
+    let p = port(s.line);
+    // Two connections that take any type, one that wants text/html.
+    let any = start_sub(&[
+        "--proto", "line", "-p", &p, "-c", "lt.bad", "-n", "2", "--count", "1",
+    ]);
+    // (It never gets a message it can count, so only --timeout ends it.)
+    let html = start_sub(&[
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.bad",
+        "--count",
+        "1",
+        "-t",
+        "text/html",
+        "--timeout",
+        "3",
+    ]);
+    // A delivery without flood-pub's stamp, straight from a line client.
+    let mut raw = std::net::TcpStream::connect(s.line).expect("connect");
+    std::io::Write::write_all(&mut raw, b"! 5 lt.bad text/plain\r\nhello\r\n.\r\n")
+        .expect("publish");
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest)
+        .expect("the server closes after `.`");
+    assert!(rest.is_empty(), "{rest:?}");
+    // Then one stamped text/plain message, which ends both runs.
+    let published = run_pub(&["--proto", "line", "-p", &p, "-c", "lt.bad", "--count", "1"]);
+    assert!(published.status.success(), "{published:?}");
+    let (status, j, stderr) = any.finish_status();
+    assert_eq!(status.code(), Some(1), "{j} {stderr:#?}");
+    assert_eq!(j["bad"], 2, "{j}");
+    assert_eq!(j["received"], 2, "{j}");
+    assert_eq!(j["lost"], 0, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+    // The stamped message is of the wrong type for the third: bad too.
+    let (status, j, stderr) = html.finish_status();
+    assert_eq!(status.code(), Some(1), "{j} {stderr:#?}");
+    assert_eq!(j["bad"], 2, "{j}");
+    assert_eq!(j["lost"], 1, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for (tool, args) in [
+        (SUB, &["--proto", "smtp"][..]),
+        (SUB, &["--count", "many"]),
+        (SUB, &["--no-such-flag"]),
+        (SUB, &["--tls"]),
+        (PUB, &["--rate", "fast"]),
+        (PUB, &["--proto", "smtp"]),
+        (PUB, &["--tls"]),
+    ] {
+        let out = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run a flood tool");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{tool} {args:?} says nothing");
+    }
 }

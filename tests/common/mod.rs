@@ -165,6 +165,11 @@ impl Server {
         self.signal_and_wait(2)
     }
 
+    /// Sends `sig` (a number, e.g. 2 for SIGINT) without waiting.
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.id(), sig);
+    }
+
     /// Sends `sig` and waits for the exit status; kills the server after
     /// 15 s (its status then shows the kill, so a test that expects a clean
     /// exit fails).
