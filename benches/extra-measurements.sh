@@ -42,79 +42,18 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 20000 ]; then
   exit 1
 fi
 
-PIN_SERVER=() PIN_TOOLS=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_SERVER=(taskset -c 0) PIN_TOOLS=(taskset -c 1)
-fi
-
 WORK=target/extra-measurements
 mkdir -p "$WORK"
-
-kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
-
-# Starts the server on port 0 with "$@"; sets SB_PID, LINE_PORT, BUS_PORT.
-start_server() {
-  exec {SB_OUT}< <(exec "${PIN_SERVER[@]}" "$SB" --line-listen 127.0.0.1:0 \
-    --bus-listen 127.0.0.1:0 --log-level warn "$@")
-  SB_PID=$!
-  LINE_PORT='' BUS_PORT=''
-  while [ -z "$LINE_PORT" ] || [ -z "$BUS_PORT" ]; do
-    if ! IFS= read -r -u "$SB_OUT" l; then
-      echo "switchboard exited before it printed its doors" >&2
-      exit 1
-    fi
-    case $l in
-      "listening line "*) LINE_PORT=${l##*:} ;;
-      "listening bus "*) BUS_PORT=${l##*:} ;;
-    esac
-  done
-}
-
-stop_server() {
-  kill -INT "$SB_PID"
-  wait "$SB_PID"
-  exec {SB_OUT}<&-
-}
-
-# Starts flood-sub with "$@" (its summary goes to $WORK/sub.json) and
-# returns once it says all its connections are subscribed; sets SUB_PID and
-# READY (that line).
-start_sub() {
-  exec {SUB_ERR}< <(exec "${PIN_TOOLS[@]}" "$FS" --json --interval 3600 "$@" \
-    2>&1 >"$WORK/sub.json")
-  SUB_PID=$!
-  while IFS= read -r -u "$SUB_ERR" l; do
-    case $l in
-      *"ready:"*)
-        READY=${l#*ready: }
-        READY=${READY% in *}
-        return 0
-        ;;
-    esac
-  done
-  echo "flood-sub ended before it was ready" >&2
-  exit 1
-}
-
-# Waits for flood-sub's end; fails if it failed.
-finish_sub() {
-  local rc=0
-  wait "$SUB_PID" || rc=$?
-  exec {SUB_ERR}<&-
-  if [ "$rc" != 0 ]; then
-    echo "flood-sub failed (exit $rc): $(cat "$WORK/sub.json")" >&2
-    exit 1
-  fi
-}
-
-field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <"$WORK/sub.json"; }
+. benches/lib.sh
+pin_when_possible
+DOORS=(--line-listen 127.0.0.1:0 --bus-listen 127.0.0.1:0 --log-level warn)
 
 echo "== idle memory per subscriber (flood-sub holds them), HTTP bus and line protocol"
 for proto in http line; do
   for n in 1000 10000 19900; do
-    start_server
-    port=$BUS_PORT
-    [ "$proto" = line ] && port=$LINE_PORT
+    start_server "${DOORS[@]}"
+    port=${PORT[bus]}
+    [ "$proto" = line ] && port=${PORT[line]}
     before=$(kib "$SB_PID" VmRSS)
     start_sub --proto "$proto" -p "$port" -c idle -n "$n" --sources 10
     after=$(kib "$SB_PID" VmRSS)
@@ -128,10 +67,10 @@ done
 
 echo "== 4 KiB messages: server peak RSS by subscriber count (flood-pub --size 4096 --count 1000 -r 200, line protocol)"
 for n in 100 250 500 1000; do
-  start_server
-  start_sub --proto line -p "$LINE_PORT" -c big -n "$n" --count 1000
+  start_server "${DOORS[@]}"
   hwm0=$(kib "$SB_PID" VmHWM)
-  "${PIN_TOOLS[@]}" "$FP" --proto line -p "$LINE_PORT" -c big --count 1000 --size 4096 \
+  start_sub --proto line -p "${PORT[line]}" -c big -n "$n" --count 1000
+  "${PIN_TOOLS[@]}" "$FP" --proto line -p "${PORT[line]}" -c big --count 1000 --size 4096 \
     -r 200 --json >"$WORK/pub.json" 2>"$WORK/pub.err"
   finish_sub
   echo "subs $n received $(field received) lost $(field lost)" \
@@ -140,9 +79,9 @@ for n in 100 250 500 1000; do
 done
 
 echo "== 19,900 HTTP subscribers, each receiving every message (flood-pub --count 10 -r 10)"
-start_server
-start_sub --proto http -p "$BUS_PORT" -c wide -n 19900 --procs 2 --sources 10 --count 10
-"${PIN_TOOLS[@]}" "$FP" --proto http -p "$BUS_PORT" -c wide --count 10 -r 10 --json \
+start_server "${DOORS[@]}"
+start_sub --proto http -p "${PORT[bus]}" -c wide -n 19900 --procs 2 --sources 10 --count 10
+"${PIN_TOOLS[@]}" "$FP" --proto http -p "${PORT[bus]}" -c wide --count 10 -r 10 --json \
   >"$WORK/pub.json" 2>"$WORK/pub.err"
 finish_sub
 cat "$WORK/sub.json"
