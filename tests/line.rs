@@ -47,10 +47,11 @@ impl Stream {
     }
 
     fn shutdown_write(&self) {
-        let _ = match self {
+        match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
-        };
+        }
+        .expect("shut down the sending side");
     }
 }
 
