@@ -40,6 +40,8 @@ struct Opts {
     filters: Vec<String>,
     /// A section title, printed before the first row under it.
     section: Cell<Option<&'static str>>,
+    /// Figures that failed; any makes the bench exit with status 1.
+    failures: Cell<usize>,
 }
 
 impl Opts {
@@ -61,6 +63,7 @@ impl Opts {
             quick,
             filters,
             section: Cell::new(None),
+            failures: Cell::new(0),
         }
     }
 
@@ -120,6 +123,7 @@ fn print_pending_section(opts: &Opts) {
 }
 
 fn print_failure(opts: &Opts, name: &str, e: &str) {
+    opts.failures.set(opts.failures.get() + 1);
     print_pending_section(opts);
     println!("  {name:<w$} FAILED: {e}", w = NAME_W - 2);
 }
@@ -935,7 +939,7 @@ fn bench_e2e(opts: &Opts) {
 
 type BenchFn = fn(&Opts);
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let opts = Opts::from_args();
     let started = Instant::now();
     machine_facts();
@@ -966,4 +970,11 @@ fn main() {
         started.elapsed().as_secs_f64(),
         load.join(" ")
     );
+    match opts.failures.get() {
+        0 => std::process::ExitCode::SUCCESS,
+        n => {
+            eprintln!("bench: {n} figure(s) FAILED");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,12 +118,6 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A free loopback port (free when this returns; chromedriver binds it next).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap().port()
-}
-
 /// A chromedriver process with one browser session; both end on drop.
 struct Browser {
     driver: Child,
@@ -142,14 +136,36 @@ impl Browser {
                  chromium-driver; .ci/run installs them) — missing: {package}"
             );
         }
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // Port 0: chromedriver binds a free port and says which.
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
+        let stdout = driver.stdout.take().expect("chromedriver stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Nobody listens once the port is known: keep draining.
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("chromedriver said on which port it listens");
+            if let Some(rest) = line.split_once("started successfully on port ") {
+                break rest
+                    .1
+                    .trim_end_matches('.')
+                    .parse::<u16>()
+                    .unwrap_or_else(|e| panic!("chromedriver's port in {line:?}: {e}"));
+            }
+        };
+        let addr = format!("127.0.0.1:{port}");
         let profile = TempDir::new("browser-profile");
         let mut browser = Browser {
             driver,

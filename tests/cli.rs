@@ -284,14 +284,18 @@ fn the_unix_socket_door_shares_the_broker() {
 
 #[test]
 fn connection_failures_exit_2_with_a_message() {
-    // Port 1 on loopback: nothing listens there.
+    // A port nobody listens on: bound by the kernel's choice, then freed.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
     let got = Command::new(CLI)
-        .args(["--address", "127.0.0.1:1", "send", "x", "1", "a"])
+        .args(["--address", &free, "send", "x", "1", "a"])
         .output()
         .expect("run switchboard-cli");
     assert_exit(&got, 2);
     assert!(
-        stderr(&got).contains("cannot connect to 127.0.0.1:1"),
+        stderr(&got).contains(&format!("cannot connect to {free}")),
         "{}",
         stderr(&got)
     );

@@ -18,7 +18,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{read_exact_n, read_to_close, read_until, Server, TempDir};
+use common::{read_exact_n, read_to_close, read_until, stat, Server, Stats, TempDir};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,10 +47,11 @@ impl Stream {
     }
 
     fn shutdown_write(&self) {
-        let _ = match self {
+        match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
-        };
+        }
+        .expect("shut down the sending side");
     }
 }
 
@@ -311,6 +312,7 @@ fn unanswered_query_and_ready_time_out_with_a_star() {
 
 fn quit_closes(door: Door) {
     let both = Both::start("quit", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut a = both.client(door);
     // The commands before `.` run; the ones after it do not.
     send(
@@ -318,9 +320,25 @@ fn quit_closes(door: Door) {
         "> 3 30 q.before\r\nabc\r\n.\r\n> 3 30 q.after\r\nxyz\r\n",
     );
     assert_eq!(read_to_close(&mut a), b"");
+    // Closed because of the `.`, not by a timeout.
+    let v = stats.get();
+    assert_eq!(closes(&v), ["quit=1"], "{v}");
     let mut b = both.client(door);
     send(&mut b, "< 1 q.before\r\n< 0 q.after\r\n");
     expect(&mut b, "> 3 30 q.before\r\nabc\r\n*\r\n");
+}
+
+/// The non-zero `closed_by` counters of the stats page, as `name=count`.
+fn closes(v: &serde_json::Value) -> Vec<String> {
+    let by = v["connections"]["closed_by"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no connections.closed_by in {v}"));
+    by.iter()
+        .filter_map(|(k, n)| {
+            let n = n.as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+            (n > 0).then(|| format!("{k}={n}"))
+        })
+        .collect()
 }
 
 #[test]
@@ -418,10 +436,14 @@ fn a_channel_and_every_channel_each_deliver() {
 fn message_sent_before_any_receiver_is_delivered_later() {
     let both = Both::start("later", &[]);
     let mut a = both.client(Door::Tcp);
+    let mut stats = Stats::open(both.server.bus());
     send(&mut a, "> 5 30 early\r\nfirst\r\n");
     sync(&mut a, "a");
     drop(a);
-    thread::sleep(Duration::from_millis(200));
+    // The server has seen the sender go.
+    stats.wait_for("the sender's close", |v| {
+        stat(v, "connections.closed_by.peer_closed") == 1
+    });
     let mut b = both.client(Door::Unix);
     send(&mut b, "< 5 early\r\n");
     expect(&mut b, "> 5 30 early\r\nfirst\r\n");
@@ -430,10 +452,13 @@ fn message_sent_before_any_receiver_is_delivered_later() {
 #[test]
 fn timed_out_message_is_never_delivered() {
     let both = Both::start("expire", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut a = both.client(Door::Tcp);
-    send(&mut a, "> 4 1 exp\r\nlate\r\n");
-    sync(&mut a, "a");
-    thread::sleep(Duration::from_millis(1500));
+    // A one-second wait that begins after the one-second message: its `*`
+    // comes when the message has expired.
+    send(&mut a, "> 4 1 exp\r\nlate\r\n< 1 exp.clock\r\n");
+    expect(&mut a, "*\r\n");
+    assert_eq!(stat(&stats.get(), "queues.expired"), 1);
     send(&mut a, "> 4 30 exp\r\nlive\r\n");
     sync(&mut a, "a2");
     let mut b = both.client(Door::Tcp);
@@ -595,7 +620,9 @@ fn thousand_concurrent_clients_lose_and_duplicate_nothing() {
 #[test]
 fn receiver_that_disconnects_while_waiting_swallows_nothing() {
     let both = Both::start("gone", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut round = 0;
+    let mut gone = 0;
     for door in [Door::Tcp, Door::Unix] {
         // Three ways to go: after the wait is surely registered; in the same
         // breath as the `<`; and by closing only the sending side, which
@@ -614,15 +641,21 @@ fn receiver_that_disconnects_while_waiting_swallows_nothing() {
                 }
             }
             drop(c);
-            // The server notices the close as it happens; the pause only
-            // keeps the send below from racing it.
-            thread::sleep(Duration::from_millis(200));
+            gone += 1;
+            // The server has closed every connection dropped so far, this
+            // one included, before the send below.
+            stats.wait_for("the receiver's close", |v| {
+                stat(v, "connections.closed") == gone
+            });
+            assert_eq!(stat(&stats.get(), "queues.waiting"), 0);
             let mut s = both.client(door);
             send(&mut s, format!("> 4 30 {addr}\r\nkept\r\n"));
             sync(&mut s, "s");
             let mut r = both.client(door);
             send(&mut r, format!("< 5 {addr}\r\n"));
             expect(&mut r, format!("> 4 30 {addr}\r\nkept\r\n"));
+            drop((s, r));
+            gone += 2;
         }
     }
 }
@@ -669,6 +702,7 @@ impl Witness {
 #[test]
 fn bad_input_gets_a_reason_and_a_close() {
     let both = Both::start("bad", &["--max-body", "1000", "--max-line", "64"]);
+    let mut stats = Stats::open(both.server.bus());
     let mut witness = Witness::new(&both);
     let long_line = format!("< 1 {}\r\n", "a".repeat(80));
     let long_unterminated = "b".repeat(100);
@@ -809,17 +843,27 @@ fn bad_input_gets_a_reason_and_a_close() {
             witness.check();
         }
     }
+    // Every one was closed for its error, none by a timeout.
+    let v = stats.get();
+    assert_eq!(
+        closes(&v),
+        [format!("protocol_error={}", 2 * cases.len())],
+        "{v}"
+    );
 }
 
 #[test]
 fn commands_before_an_error_run_and_those_after_do_not() {
     let both = Both::start("bad-order", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut bad = both.client(Door::Tcp);
     send(
         &mut bad,
         "> 3 30 pre\r\nabc\r\nbogus\r\n> 3 30 post\r\nxyz\r\n",
     );
     assert_eq!(read_to_close(&mut bad), b"- invalid command\r\n");
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
     let mut r = both.client(Door::Tcp);
     send(&mut r, "< 1 pre\r\n< 0 post\r\n");
     expect(&mut r, "> 3 30 pre\r\nabc\r\n*\r\n");
@@ -828,9 +872,12 @@ fn commands_before_an_error_run_and_those_after_do_not() {
 #[test]
 fn bad_input_on_a_waiting_connection_is_found_after_the_wait() {
     let both = Both::start("bad-wait", &[]);
+    let mut stats = Stats::open(both.server.bus());
     let mut c = both.client(Door::Tcp);
     wait_on(&mut c, "c", "< 1 bw\r\nbogus\r\n");
     assert_eq!(read_to_close(&mut c), b"*\r\n- invalid command\r\n");
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
 }
 
 #[test]
@@ -925,4 +972,120 @@ fn commands_written_a_byte_at_a_time_work() {
     }
     let got = read_until(&mut a, b"abc\r\n");
     assert_eq!(got, b"> 3 30 slow\r\nabc\r\n");
+}
+
+// ---------------------------------------------------------------------------
+// Per-connection limits
+
+#[test]
+fn max_subscriptions_counts_distinct_channels_per_connection() {
+    let both = Both::start("maxsubs", &["--max-subscriptions", "3"]);
+    let mut stats = Stats::open(both.server.bus());
+    let mut c = both.client(Door::Tcp);
+    let mut publ = both.client(Door::Unix);
+    // Three distinct channels, one named twice: three subscriptions. (A
+    // zero-second wait is the barrier here: a probe channel would count.)
+    send(&mut c, "+ a\r\n+ b\r\n+ a\r\n+ c\r\n~ never\r\n< 0 x\r\n");
+    expect(&mut c, "*\r\n");
+    send(&mut publ, "! 1 a\r\n1\r\n! 1 b\r\n2\r\n! 1 c\r\n3\r\n");
+    expect(
+        &mut c,
+        "! 1 a application/octet-stream\r\n1\r\n\
+         ! 1 b application/octet-stream\r\n2\r\n\
+         ! 1 c application/octet-stream\r\n3\r\n",
+    );
+    // Dropping one makes room for another.
+    send(&mut c, "~ c\r\n+ d\r\n< 0 x\r\n");
+    expect(&mut c, "*\r\n");
+    // `+ *` counts as one more: the fourth is refused, with a close.
+    send(&mut c, "+ *\r\n");
+    assert_eq!(
+        read_to_close(&mut c),
+        b"- too many subscriptions (limit 3 per connection)\r\n"
+    );
+    let v = stats.get();
+    assert_eq!(closes(&v), ["protocol_error=1"], "{v}");
+    // Another connection has an allowance of its own, `+ *` among it.
+    let mut other = both.client(Door::Tcp);
+    send(&mut other, "+ *\r\n+ a\r\n+ b\r\n< 0 x\r\n");
+    expect(&mut other, "*\r\n");
+    send(&mut other, "+ c\r\n");
+    assert_eq!(
+        read_to_close(&mut other),
+        b"- too many subscriptions (limit 3 per connection)\r\n"
+    );
+}
+
+#[test]
+fn a_waiting_connection_holds_at_most_64_kib_of_input() {
+    const N: usize = 4096;
+    // A backlog limit above the 4 MiB the subscriber is sent at the end.
+    let both = Both::start("readahead", &["--backlog-limit", "100000000"]);
+    let mut stats = Stats::open(both.server.bus());
+    let mut sub = both.client(Door::Tcp);
+    send(&mut sub, "+ ra\r\n");
+    sync(&mut sub, "sub");
+    // A wait, then 4 MiB of publishes pipelined behind it.
+    let body = vec![b'r'; 1000];
+    let mut frame = b"! 1000 ra\r\n".to_vec();
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(b"\r\n");
+    let mut input = b"< 600 ra.go\r\n".to_vec();
+    for _ in 0..N {
+        input.extend_from_slice(&frame);
+    }
+    let mut c = common::connect(both.server.line());
+    let before = stat(&stats.get(), "bytes_in");
+    // Write until the kernel takes no more and the server reads no more.
+    c.set_nonblocking(true).unwrap();
+    let mut off = 0;
+    let write_more = |c: &mut TcpStream, off: &mut usize| loop {
+        match c.write(&input[*off..]) {
+            Ok(n) => *off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => panic!("write: {e}"),
+        }
+        if *off == input.len() {
+            return;
+        }
+    };
+    let settled = loop {
+        write_more(&mut c, &mut off);
+        let settled = stats.wait_until_reading_stops();
+        let at = off;
+        write_more(&mut c, &mut off);
+        if off == at || off == input.len() {
+            break settled;
+        }
+    };
+    c.set_nonblocking(false).unwrap();
+    let read = stat(&settled, "bytes_in") - before;
+    eprintln!("the server read {read} of {} bytes", input.len());
+    // The held input (64 KiB, plus what one read of at most 64 KiB brings
+    // past it), the wait's own line and the stats requests: far from all.
+    assert!(
+        read < 2 * 64 * 1024 + 4096,
+        "a waiting connection was read for {read} bytes"
+    );
+    // None of the held commands ran.
+    sync(&mut sub, "held");
+    // Once the wait is answered, all of them run, in order.
+    let mut answer = both.client(Door::Unix);
+    send(&mut answer, "> 2 30 ra.go\r\nok\r\n");
+    let rest = input[off..].to_vec();
+    let mut writer = c.try_clone().unwrap();
+    let writing = thread::spawn(move || writer.write_all(&rest).expect("write the rest"));
+    assert_eq!(read_exact_n(&mut c, 18), b"> 2 30 ra.go\r\nok\r\n");
+    let mut delivered = b"! 1000 ra application/octet-stream\r\n".to_vec();
+    delivered.extend_from_slice(&body);
+    delivered.extend_from_slice(b"\r\n");
+    for i in 0..N {
+        let mut got = vec![0u8; delivered.len()];
+        if let Err(e) = sub.read_exact(&mut got) {
+            panic!("publication {i} of {N}: {e}; stats {}", stats.get());
+        }
+        assert!(got == delivered, "publication {i} differs");
+    }
+    writing.join().expect("the writer");
+    sync(&mut sub, "after");
 }

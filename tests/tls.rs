@@ -536,8 +536,9 @@ fn large_messages_cross_tls_both_ways() {
     for _ in 0..3 {
         publisher.publish("big", None, &body).expect("publish");
     }
-    // The subscriber starts reading only now: the server holds the rest.
-    thread::sleep(Duration::from_millis(200));
+    // The publishes have all been run (so queued to the subscriber) before
+    // it starts reading: the server holds what its socket does not.
+    publisher.sync().expect("sync");
     for n in 0..3 {
         match sub
             .next_event()
@@ -708,19 +709,11 @@ fn plaintext_and_garbage_on_tls_doors_are_closed_and_harm_no_one() {
         text(&answer)
     );
 
-    // The stalled handshake is still open: the server never waits on it.
-    stalled
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    match stalled.read(&mut buf) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("the stalled handshake was answered: {other:?}"),
-    }
-    let _ = stalled.shutdown(Shutdown::Both);
+    // The stalled handshake is still open and unanswered: the server never
+    // waits on it (checked after all of the above, which the server did
+    // after reading its bytes).
+    common::assert_nothing_pending(&stalled, "the stalled handshake");
+    stalled.shutdown(Shutdown::Both).expect("shutdown");
 }
 
 // ---------------------------------------------------------------------
@@ -1310,9 +1303,15 @@ fn client_leaf(name: &str, issuer: &(rcgen::Certificate, KeyPair)) -> (String, S
     (cert.pem(), key.serialize_pem())
 }
 
-/// `curl` over HTTPS to the stats page, with an optional client certificate;
-/// returns curl's exit status and the HTTP status it printed.
-fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> (i32, String) {
+/// What curl did: its exit status, the HTTP status it printed, its stderr.
+struct CurlOutcome {
+    code: i32,
+    http: String,
+    stderr: String,
+}
+
+/// `curl` over HTTPS to the stats page, with an optional client certificate.
+fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> CurlOutcome {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -1334,10 +1333,11 @@ fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> (i32, St
         ))
         .output()
         .expect("run curl (install the curl package)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    CurlOutcome {
+        code: out.status.code().unwrap_or(-1),
+        http: text(&out.stdout),
+        stderr: text(&out.stderr),
+    }
 }
 
 #[test]
@@ -1365,16 +1365,40 @@ fn client_certificates_are_required_with_tls_client_ca() {
     let server = start_tls(&cert, &key, &["--tls-client-ca", &client_ca]);
     let bus_tls = server.addr("bus-tls").to_string();
 
-    let (code, status) = curl_stats(&bus_tls, &ca_pem, Some((&good.0, &good.1)));
+    let ok = curl_stats(&bus_tls, &ca_pem, Some((&good.0, &good.1)));
     assert_eq!(
-        (code, status.as_str()),
+        (ok.code, ok.http.as_str()),
         (0, "200"),
-        "a client with a good certificate"
+        "a client with a good certificate: {}",
+        ok.stderr
     );
-    let (code, _) = curl_stats(&bus_tls, &ca_pem, None);
-    assert_ne!(code, 0, "a client without a certificate must be refused");
-    let (code, _) = curl_stats(&bus_tls, &ca_pem, Some((&bad.0, &bad.1)));
-    assert_ne!(code, 0, "a certificate from another CA must be refused");
+    // TLS 1.3: the handshake completes on the client's side, then the
+    // server's alert ends the first read (curl's exit 56, "failure in
+    // receiving network data"; a time-out would be 28). The alert says why.
+    let none = curl_stats(&bus_tls, &ca_pem, None);
+    assert_eq!(
+        (none.code, none.http.as_str()),
+        (56, "000"),
+        "a client without a certificate: {}",
+        none.stderr
+    );
+    assert!(
+        none.stderr.contains("alert certificate required"),
+        "a client without a certificate: {}",
+        none.stderr
+    );
+    let bad = curl_stats(&bus_tls, &ca_pem, Some((&bad.0, &bad.1)));
+    assert_eq!(
+        (bad.code, bad.http.as_str()),
+        (56, "000"),
+        "a certificate from another CA: {}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("alert unknown ca"),
+        "a certificate from another CA: {}",
+        bad.stderr
+    );
     // The plain doors do not ask for certificates, and the server lives on.
     let mut plain = connect(server.line());
     line_sync(&mut plain, "plain");
@@ -1393,4 +1417,346 @@ fn client_certificates_are_required_with_tls_client_ca() {
         stderr,
         format!("switchboard: --tls-client-ca {key}: no CERTIFICATE block found in the file\n")
     );
+}
+
+// ---------------------------------------------------------------------
+// --tls-client-ca on the line door, --secret on the HTTPS bus,
+// --request-timeout on handshakes, more start-up errors
+
+/// A client configuration trusting `ca` that presents `client` (a
+/// certificate and key file), or no certificate at all.
+fn client_config_with(ca: &str, client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots);
+    Arc::new(match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .expect("read the client certificate")
+                    .collect::<Result<_, _>>()
+                    .expect("a client certificate"),
+                PrivateKeyDer::from_pem_file(key).expect("the client key"),
+            )
+            .expect("a client configuration with a certificate"),
+    })
+}
+
+/// What the server answered a client refused by `--tls-client-ca` on the
+/// line door: the TLS 1.3 handshake completes on the client's side, then
+/// the server's alert ends the first read.
+fn refused_alert(addr: &str, config: Arc<rustls::ClientConfig>) -> rustls::AlertDescription {
+    let mut c = match Client::connect_tls(addr, "localhost", config) {
+        Ok(c) => c,
+        Err(Error::Tls(rustls::Error::AlertReceived(alert))) => return alert,
+        Err(e) => panic!("connect: {e}"),
+    };
+    c.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    match c.sync() {
+        Err(Error::Tls(rustls::Error::AlertReceived(alert))) => alert,
+        Err(Error::Io(e)) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(alert)) => *alert,
+            _ => panic!("expected a TLS alert, got {e:?}"),
+        },
+        other => panic!("a refused client was served: {other:?}"),
+    }
+}
+
+#[test]
+fn client_certificates_are_required_on_the_line_tls_door() {
+    let dir = TempDir::new("tls");
+    let d = dir.0.clone();
+    let authority = ca("switchboard test CA");
+    let clients = ca("client CA");
+    let stranger = ca("an unrelated CA");
+    let (cert, key) = leaf(&["localhost", "127.0.0.1"], None, &authority);
+    let (good_cert, good_key) = client_leaf("alice", &clients);
+    let (bad_cert, bad_key) = client_leaf("mallory", &stranger);
+    let ca_pem = write_file(&d, "ca.pem", &authority.0.pem());
+    let client_ca = write_file(&d, "client-ca.pem", &clients.0.pem());
+    let cert = write_file(&d, "server.pem", &cert);
+    let key = write_file(&d, "server.key", &key);
+    let good = (
+        write_file(&d, "alice.pem", &good_cert),
+        write_file(&d, "alice.key", &good_key),
+    );
+    let bad = (
+        write_file(&d, "mallory.pem", &bad_cert),
+        write_file(&d, "mallory.key", &bad_key),
+    );
+    let server = start_tls(&cert, &key, &["--tls-client-ca", &client_ca]);
+    let line_tls = server.addr("line-tls").to_string();
+
+    // A client with a certificate from the client CA is served.
+    let mut alice = Client::connect_tls(
+        &line_tls,
+        "localhost",
+        client_config_with(&ca_pem, Some((&good.0, &good.1))),
+    )
+    .expect("connect with a good client certificate");
+    alice.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    alice.subscribe("mtls").expect("subscribe");
+    alice.sync().expect("sync");
+    let mut plain = Client::connect_tcp(server.line()).expect("plain client");
+    plain
+        .publish("mtls", Some("text/plain"), b"to alice")
+        .expect("publish");
+    match alice.next_event().expect("a publication") {
+        Event::Publication(p) => assert_eq!(text(&p.body), "to alice"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Without a certificate, or with one from another CA: refused, and
+    // the alert says why.
+    assert_eq!(
+        refused_alert(&line_tls, client_config_with(&ca_pem, None)),
+        rustls::AlertDescription::CertificateRequired,
+        "a client without a certificate"
+    );
+    assert_eq!(
+        refused_alert(
+            &line_tls,
+            client_config_with(&ca_pem, Some((&bad.0, &bad.1)))
+        ),
+        rustls::AlertDescription::UnknownCA,
+        "a certificate from another CA"
+    );
+    // The served client goes on; the plain door asks for nothing.
+    alice.sync().expect("sync after the refusals");
+    plain.sync().expect("the plain door");
+    alice.quit().expect("quit");
+}
+
+#[test]
+fn the_secret_guards_the_https_bus() {
+    require("curl");
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &["--secret", "s3cret"]);
+    let port = port_of(server.addr("bus-tls")).to_string();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let curl = |args: &[&str], path: &str| {
+        run(Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert", &pki.ca])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .arg(url(path)))
+    };
+    // Missing and wrong credentials: 401, on the stats page and the bus.
+    for (args, path) in [
+        (&[][..], "/msgbus-stats"),
+        (&["-u", "bob:wrong"][..], "/msgbus-stats"),
+        (
+            &["-H", "Content-Type: text/plain", "--data-binary", "x"][..],
+            "/msgbus/news",
+        ),
+        (
+            &[
+                "-u",
+                "bob:wrong",
+                "-H",
+                "Content-Type: text/plain",
+                "--data-binary",
+                "x",
+            ][..],
+            "/msgbus/news",
+        ),
+    ] {
+        let out = curl(args, path);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "401", "{args:?} {path}");
+    }
+    // With the secret: a subscriber, a publisher whose name becomes From.
+    let mut sub = Guard(
+        Command::new("curl")
+            .args(["-sS", "-N", "--max-time", "60", "--cacert", &pki.ca])
+            .args(["-u", "alice:s3cret"])
+            .arg(url("/msgbus/news"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start curl"),
+    );
+    let rx = byte_channel(sub.0.stdout.take().expect("curl stdout"));
+    let mut seen = Vec::new();
+    wait_for(&rx, &mut seen, "--00MsgBus00\r\n", "curl subscriber");
+    let out = curl(
+        &[
+            "-u",
+            "bob:s3cret",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "over https",
+        ],
+        "/msgbus/news",
+    );
+    assert_eq!(text(&out.stdout), "204", "{}", text(&out.stderr));
+    wait_for(
+        &rx,
+        &mut seen,
+        "--00MsgBus00\r\nFrom: bob\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\n\
+         over https\r\n--00MsgBus00\r\n",
+        "curl subscriber",
+    );
+    // Nothing was published by the refused requests.
+    let mut stats =
+        common::Stats::open_with(server.bus(), "Authorization: Basic Ym9iOnMzY3JldA==\r\n");
+    assert_eq!(common::stat(&stats.get(), "published"), 1);
+}
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_after_the_request_timeout() {
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &["--request-timeout", "1"]);
+    let mut stats = common::Stats::open(server.bus());
+    // A client that completed its handshake and then idles is left alone.
+    let mut idle = Client::connect_tls(server.addr("line-tls"), "localhost", pki.client_config())
+        .expect("connect");
+    idle.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    idle.sync().expect("sync");
+    // Two that stop in the middle of their ClientHello, one per TLS door.
+    let mut stalled: Vec<TcpStream> = ["line-tls", "bus-tls"]
+        .iter()
+        .map(|door| {
+            let mut s = TcpStream::connect(server.addr(door)).expect("connect");
+            s.write_all(&[0x16, 0x03, 0x01, 0x02]).expect("write");
+            s
+        })
+        .collect();
+    for (door, s) in ["line-tls", "bus-tls"].iter().zip(&mut stalled) {
+        let got = expect_closed(s, &format!("a stalled handshake on {door}"));
+        // At most a TLS alert record.
+        assert!(got.is_empty() || got[0] == 0x15, "{door}: {:?}", text(&got));
+    }
+    let v = stats.get();
+    assert_eq!(
+        common::stat(&v, "connections.closed_by.request_timeout"),
+        2,
+        "{v}"
+    );
+    idle.sync().expect("the idle TLS client after the closes");
+    idle.quit().expect("quit");
+}
+
+#[test]
+fn more_start_up_errors_stop_the_server_before_it_listens() {
+    require("openssl");
+    let pki = Pki::new();
+    // A passphrase-protected key, as openssl writes it.
+    let encrypted = pki.path("encrypted.key");
+    let out = run(Command::new("openssl")
+        .args([
+            "pkey",
+            "-in",
+            &pki.key,
+            "-aes256",
+            "-passout",
+            "pass:secret",
+        ])
+        .args(["-out", &encrypted]));
+    assert!(out.status.success(), "openssl pkey: {}", text(&out.stderr));
+    assert!(std::fs::read_to_string(&encrypted)
+        .expect("the encrypted key")
+        .starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    // A PEM block whose base64 does not decode.
+    let bad_pem = write_file(
+        &pki.dir.0,
+        "bad.pem",
+        "-----BEGIN CERTIFICATE-----\nnot@base64\n-----END CERTIFICATE-----\n",
+    );
+    // A path that cannot be read as a file.
+    let a_dir = pki.path("a-directory");
+    std::fs::create_dir(&a_dir).expect("a directory");
+    let cases: Vec<(&str, Vec<&str>, String)> = vec![
+        (
+            "encrypted key",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &encrypted],
+            format!(
+                "switchboard: --tls-key {encrypted}: the private key is encrypted; give an \
+                 unencrypted key (for example from `openssl pkey -in KEY -out KEY.plain`)\n"
+            ),
+        ),
+        (
+            "a PEM block that does not decode",
+            vec!["--tls-cert", &bad_pem, "--tls-key", &pki.key],
+            format!("switchboard: --tls-cert {bad_pem}: not valid PEM: "),
+        ),
+        (
+            "a directory as the certificate",
+            vec!["--tls-cert", &a_dir, "--tls-key", &pki.key],
+            format!("switchboard: --tls-cert {a_dir}: Is a directory (os error 21)\n"),
+        ),
+        (
+            "a directory as the key",
+            vec!["--tls-cert", &pki.cert, "--tls-key", &a_dir],
+            format!("switchboard: --tls-key {a_dir}: Is a directory (os error 21)\n"),
+        ),
+    ];
+    for (what, args, want) in &cases {
+        let (status, stdout, stderr) = start_failing(args);
+        assert_eq!(status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.starts_with(want.as_str()), "{what}: {stderr:?}");
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr:?}");
+        assert!(!stdout.contains("listening"), "{what}: {stdout}");
+    }
+
+    // A file its owner may not read: only meaningful when this test does
+    // not run as root (root reads it anyway).
+    let locked = pki.path("locked.key");
+    std::fs::copy(&pki.key, &locked).expect("copy the key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    if std::fs::read(&locked).is_err() {
+        let (status, stdout, stderr) =
+            start_failing(&["--tls-cert", &pki.cert, "--tls-key", &locked]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("switchboard: --tls-key {locked}: Permission denied (os error 13)\n")
+        );
+        assert!(!stdout.contains("listening"), "{stdout}");
+    } else {
+        eprintln!("running as root: the unreadable-file case is covered by the directory cases");
+    }
+
+    // The HTTPS door's address taken by another listener: exit status 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let out = run(Command::new(SERVER)
+        .args([
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--tls-cert", &pki.cert, "--tls-key", &pki.key])
+        .args(["--bus-tls-listen", &addr]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "switchboard: --bus-tls-listen {addr}: cannot listen: Address already in use \
+             (os error 98)\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!text(&out.stdout).contains("listening"));
 }

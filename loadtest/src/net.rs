@@ -289,10 +289,34 @@ mod tests {
         assert_eq!(source_for(3, 3), Some("127.0.0.1".parse().unwrap()));
     }
 
+    fn nofile_limits() -> (u64, u64) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit for the kernel to fill.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+        (lim.rlim_cur, lim.rlim_max)
+    }
+
     #[test]
     fn nofile_limit_is_raised_to_hard() {
+        // Lower the soft limit first (anyone may), so that there is
+        // something to raise; half the hard limit is still far more than
+        // this test process uses.
+        let (_, hard) = nofile_limits();
+        let lowered = libc::rlimit {
+            rlim_cur: (hard / 2).max(64).min(hard),
+            rlim_max: hard,
+        };
+        // SAFETY: a valid rlimit, read by the kernel.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) };
+        assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+        assert_eq!(nofile_limits(), (lowered.rlim_cur, hard));
         let soft = raise_nofile_limit();
-        assert!(soft >= 64);
+        assert_eq!(soft, hard, "the soft limit returned");
+        assert_eq!(nofile_limits(), (hard, hard), "the limits in force");
     }
 
     #[test]

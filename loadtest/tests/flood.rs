@@ -3,17 +3,18 @@
 //! once, on both doors, and failures must show in the exit status and the
 //! summary. Nothing here asserts a rate or a latency.
 //!
-//! The server binary is taken from the same target directory as this test
-//! (`target/debug/switchboard`); build it first (`cargo build`, or run
-//! `cargo test --workspace`). Each test starts its own server on port 0 and
+//! The server binary is built by cargo from the current source, with this
+//! test's profile, when the first test needs it (`cargo build -p switchboard
+//! --bin switchboard`: nothing to do when it is up to date), so a stale or
+//! missing binary is never tested. Each test starts its own server on port 0 and
 //! reads the addresses it prints (`listening line ADDR`, `listening bus
 //! ADDR`); a guard kills it even when the test panics.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -39,21 +40,72 @@ struct Server {
     doors: std::collections::HashMap<String, SocketAddr>,
 }
 
+/// The switchboard server binary, built by cargo from the current source
+/// with the profile of this test (once per test process), so that a stale
+/// or missing binary is never what the tests run.
 fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_server).clone()
+}
+
+fn build_server() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // target/<profile dir>/deps/flood-<hash>; the dev profile's directory
+    // is `debug`, every other profile's bears its name.
     let exe = std::env::current_exe().expect("path of the test executable");
-    // target/<profile>/deps/flood-<hash> -> target/<profile>/switchboard
-    let profile_dir = exe
+    let profile = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .expect("the test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .map(|name| if name == "debug" { "dev" } else { name })
+        .expect("the test executable lives in target/<profile>/deps")
+        .to_string();
+    let mut build = Command::new(cargo);
+    // The variables cargo sets for this test process describe the loadtest
+    // package; build scripts that watch them (ring's) would take them for
+    // a change and rebuild.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+        {
+            build.env_remove(name);
+        }
+    }
+    let out = build
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["-p", "switchboard", "--bin", "switchboard"])
+        .args(["--profile", &profile])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build for the server binary");
     assert!(
-        bin.is_file(),
-        "the switchboard server binary is missing at {}: build it first (`cargo build`, \
-         or run the tests with `cargo test --workspace`)",
-        bin.display()
+        out.status.success(),
+        "cargo build of the switchboard server failed: {}",
+        out.status
     );
-    bin
+    // cargo names the executable it built (or found up to date).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "switchboard")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported the switchboard executable")
 }
 
 /// The lines `reader` yields, delivered on a channel by a thread of their own.
@@ -167,7 +219,13 @@ fn start_sub(args: &[&str]) -> RunningSub {
 
 impl RunningSub {
     /// Waits for the end; returns the exit success, the JSON summary and stderr.
-    fn finish(mut self) -> (bool, Value, Vec<String>) {
+    fn finish(self) -> (bool, Value, Vec<String>) {
+        let (status, json, seen) = self.finish_status();
+        (status.success(), json, seen)
+    }
+
+    /// Waits for the end; returns the exit status, the JSON summary and stderr.
+    fn finish_status(mut self) -> (std::process::ExitStatus, Value, Vec<String>) {
         let mut out = String::new();
         if let Some(mut stdout) = self.child.0.stdout.take() {
             stdout
@@ -185,7 +243,7 @@ impl RunningSub {
                 self.seen
             )
         });
-        (status.success(), json, self.seen)
+        (status, json, self.seen)
     }
 }
 
@@ -567,4 +625,78 @@ fn both_doors_over_tls_check_the_certificate() {
         "the refusal names the certificate problem: {why}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unreadable_deliveries_are_counted_bad_and_fail_the_run() {
+    let s = start_server();
+    let p = port(s.line);
+    // Two connections that take any type, one that wants text/html.
+    let any = start_sub(&[
+        "--proto", "line", "-p", &p, "-c", "lt.bad", "-n", "2", "--count", "1",
+    ]);
+    // (It never gets a message it can count, so only --timeout ends it.)
+    let html = start_sub(&[
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.bad",
+        "--count",
+        "1",
+        "-t",
+        "text/html",
+        "--timeout",
+        "3",
+    ]);
+    // A delivery without flood-pub's stamp, straight from a line client.
+    let mut raw = std::net::TcpStream::connect(s.line).expect("connect");
+    std::io::Write::write_all(&mut raw, b"! 5 lt.bad text/plain\r\nhello\r\n.\r\n")
+        .expect("publish");
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest)
+        .expect("the server closes after `.`");
+    assert!(rest.is_empty(), "{rest:?}");
+    // Then one stamped text/plain message, which ends both runs.
+    let published = run_pub(&["--proto", "line", "-p", &p, "-c", "lt.bad", "--count", "1"]);
+    assert!(published.status.success(), "{published:?}");
+    let (status, j, stderr) = any.finish_status();
+    assert_eq!(status.code(), Some(1), "{j} {stderr:#?}");
+    assert_eq!(j["bad"], 2, "{j}");
+    assert_eq!(j["received"], 2, "{j}");
+    assert_eq!(j["lost"], 0, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+    // The stamped message is of the wrong type for the third: bad too.
+    let (status, j, stderr) = html.finish_status();
+    assert_eq!(status.code(), Some(1), "{j} {stderr:#?}");
+    assert_eq!(j["bad"], 2, "{j}");
+    assert_eq!(j["lost"], 1, "{j}");
+    assert_eq!(j["ok"], false, "{j}");
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for (tool, args) in [
+        (SUB, &["--proto", "smtp"][..]),
+        (SUB, &["--count", "many"]),
+        (SUB, &["--no-such-flag"]),
+        (SUB, &["--tls"]),
+        (PUB, &["--rate", "fast"]),
+        (PUB, &["--proto", "smtp"]),
+        (PUB, &["--tls"]),
+    ] {
+        let out = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run a flood tool");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{tool} {args:?} says nothing");
+    }
 }

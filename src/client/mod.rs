@@ -573,22 +573,31 @@ mod tests {
         c.set_max_body(10);
         assert!(matches!(c.ready(1, &["a"]), Err(Error::Protocol(_))));
 
+        // The peer stays open until the client hangs up: had it closed
+        // first, the client's own write could fail (broken pipe) before it
+        // ever read the long line.
         let (ours, mut theirs) = match UnixStream::pair() {
             Ok(pair) => pair,
             Err(e) => panic!("socketpair: {e}"),
         };
         let long = vec![b'x'; DEFAULT_MAX_LINE + 10];
-        let writer = thread::spawn(move || {
-            let _ = theirs.write_all(&long);
-            // Stay open until the client is done: closing first would fail
-            // its write of `<` with a broken pipe instead.
-            let _ = theirs.read_to_end(&mut Vec::new());
+        let peer = thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            theirs.write_all(&long)?;
+            let mut seen = Vec::new();
+            theirs.read_to_end(&mut seen)?;
+            Ok(seen)
         });
         let mut c = Client::new(Transport::Unix(ours));
-        let r = c.ready(1, &["a"]);
-        assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+        match c.ready(1, &["a"]) {
+            Err(Error::Protocol(why)) => assert!(why.contains("longer than"), "{why}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
         drop(c);
-        let _ = writer.join();
+        match peer.join() {
+            Ok(Ok(seen)) => assert_eq!(seen, b"< 1 a\r\n"),
+            Ok(Err(e)) => panic!("peer: {e}"),
+            Err(_) => panic!("peer thread panicked"),
+        }
     }
 
     #[test]

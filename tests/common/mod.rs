@@ -8,13 +8,16 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Server {
     child: Child,
     /// Door name (`line`, `line-unix`, `bus`, ...) → address as printed.
     pub doors: HashMap<String, String>,
-    pub stderr: Option<std::process::ChildStderr>,
+    /// Everything the server wrote on stderr so far (read by a thread, so
+    /// that a full pipe never blocks the server).
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -55,12 +58,22 @@ impl Server {
             .spawn()
             .expect("start switchboard");
         let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        // A thread reads stdout for as long as the server runs, so the
+        // server never blocks on it; the door lines come over a channel.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Once the doors are known nobody listens: keep draining.
+                let _ = tx.send(line);
+            }
+        });
         let mut doors = HashMap::new();
         let expected = count_doors(&all);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while doors.len() < expected {
-            match lines.next() {
-                Some(Ok(line)) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
                     let mut f = line.split_whitespace();
                     if f.next() == Some("listening") {
                         if let (Some(door), Some(addr)) = (f.next(), f.next()) {
@@ -68,18 +81,32 @@ impl Server {
                         }
                     }
                 }
-                _ => {
+                Err(e) => {
+                    // Best effort: the message is the point here.
+                    let _ = child.kill();
                     let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut err);
                     }
-                    panic!("switchboard exited before listening: {err}");
+                    panic!("switchboard did not print its {expected} doors ({e}): {err}");
                 }
             }
         }
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        let stderr = child.stderr.take();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+            });
+        }
         Server {
             child,
             doors,
@@ -101,20 +128,26 @@ impl Server {
         self.addr("bus")
     }
 
+    /// What the server has written on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        let bytes = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Resident memory of the server, in KiB.
+    /// Resident memory of the server, in KiB (`VmRSS`). Panics when it
+    /// cannot be read: a memory bound must never pass for want of a figure.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Peak resident memory of the server so far, in KiB (`VmHWM`). Panics
+    /// when it cannot be read.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM")
     }
 
     /// True while the process runs.
@@ -124,19 +157,57 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe_kill(self.child.id(), 15);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.signal_and_wait(15)
+    }
+
+    /// Sends SIGINT (what Ctrl-C sends) and waits for the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait(2)
+    }
+
+    /// Sends `sig` (a number, e.g. 2 for SIGINT) without waiting.
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.id(), sig);
+    }
+
+    /// Sends `sig` and waits for the exit status; kills the server after
+    /// 15 s (its status then shows the kill, so a test that expects a clean
+    /// exit fails).
+    fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        send_signal(self.child.id(), sig);
+        self.wait_exit(Duration::from_secs(15))
+    }
+
+    /// Waits for the process to exit by itself, for at most `patience`;
+    /// then kills it and returns the status of the kill.
+    pub fn wait_exit(&mut self, patience: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + patience;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.child.try_wait().expect("wait for switchboard") {
                 return status;
             }
             if Instant::now() > deadline {
+                // Best effort: the status returned below reports the kill.
                 let _ = self.child.kill();
                 return self.child.wait().expect("wait");
             }
+            // Polls for the exit; no ordering depends on this pause.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// A field of `/proc/PID/status` in KiB; panics when it cannot be read.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot measure the server's memory: {path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot measure the server's memory: no {field} in {path}"))
 }
 
 fn count_doors(args: &[String]) -> usize {
@@ -156,11 +227,13 @@ fn count_doors(args: &[String]) -> usize {
     n
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
+fn send_signal(pid: u32, sig: i32) {
+    let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
-        .status();
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid}: {status}");
 }
 
 impl Drop for Server {
@@ -202,11 +275,44 @@ pub fn read_until(s: &mut impl Read, needle: &[u8]) -> Vec<u8> {
     got
 }
 
-/// Reads to end of stream.
+/// Reads until the server closes the connection (end of stream, or a
+/// reset) and returns what arrived before. Fails if the read times out (the
+/// stream's read timeout: 10 s for [`connect`]) or fails otherwise: a
+/// connection the server keeps open is never taken for a closed one.
 pub fn read_to_close(s: &mut impl Read) -> Vec<u8> {
     let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    got
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!(
+                "the server did not close the connection ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+/// Nothing has arrived on `s` and it is still open, checked without
+/// waiting. Call it only after a positive barrier (an answer that the
+/// server sent after anything that must not arrive here), never as a wait.
+pub fn assert_nothing_pending(s: &TcpStream, what: &str) {
+    s.set_nonblocking(true).expect("set_nonblocking");
+    let mut buf = [0u8; 4096];
+    let got = (&*s).read(&mut buf);
+    s.set_nonblocking(false).expect("set_nonblocking");
+    match got {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(0) => panic!("{what}: the connection was closed"),
+        Ok(n) => panic!(
+            "{what}: unexpected bytes {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("{what}: {e}"),
+    }
 }
 
 /// Writes all of `bytes`.
@@ -225,6 +331,126 @@ pub fn line_sync(s: &mut TcpStream, tag: &str) {
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
 
+/// The stats page over one keep-alive HTTP/1.1 connection, so that
+/// fetching the figures does not itself open or close connections.
+pub struct Stats {
+    s: TcpStream,
+    buf: Vec<u8>,
+    /// Extra request headers (e.g. `Authorization`), each ending in CRLF.
+    headers: String,
+}
+
+/// The request [`Stats::get`] sends.
+pub const STATS_REQUEST: &str = "GET /msgbus-stats HTTP/1.1\r\nHost: stats\r\n\r\n";
+
+impl Stats {
+    pub fn open(bus: &str) -> Stats {
+        Stats::open_with(bus, "")
+    }
+
+    pub fn open_with(bus: &str, headers: &str) -> Stats {
+        Stats {
+            s: connect(bus),
+            buf: Vec::new(),
+            headers: headers.to_string(),
+        }
+    }
+
+    /// Fetches and parses the stats page.
+    pub fn get(&mut self) -> serde_json::Value {
+        let req = format!(
+            "GET /msgbus-stats HTTP/1.1\r\nHost: stats\r\n{}\r\n",
+            self.headers
+        );
+        send(&mut self.s, req.as_bytes());
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill();
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 "), "stats answered {head:?}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+        while self.buf.len() < head_end + len {
+            self.fill();
+        }
+        let body: Vec<u8> = self.buf.drain(..head_end + len).skip(head_end).collect();
+        serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "stats are not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        })
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = self.s.read(&mut chunk).expect("read the stats page");
+        assert!(n > 0, "the server closed the stats connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Fetches the stats page until `done` holds for it (each fetch is a
+    /// round trip through the server's loop); fails after 20 s.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.get();
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never happened; stats {v}"
+            );
+        }
+    }
+
+    /// Fetches the stats page until `bytes_in` grows by nothing but these
+    /// stats requests three times in a row (three turns of the server's
+    /// loop in which it read nothing else), and returns that page. For a
+    /// test that must know the server has stopped reading a connection.
+    pub fn wait_until_reading_stops(&mut self) -> serde_json::Value {
+        let own = (STATS_REQUEST.len() + self.headers.len()) as u64;
+        let mut last = self.get();
+        let mut still = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while still < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the server never stopped reading: {last}"
+            );
+            let v = self.get();
+            let grew = stat(&v, "bytes_in") - stat(&last, "bytes_in");
+            still = if grew == own { still + 1 } else { 0 };
+            last = v;
+        }
+        last
+    }
+}
+
+/// `v[key]` as a number; panics when absent. `key` may be `a.b`.
+pub fn stat(v: &serde_json::Value, key: &str) -> u64 {
+    let mut at = v;
+    for part in key.split('.') {
+        at = &at[part];
+    }
+    at.as_u64()
+        .unwrap_or_else(|| panic!("no number {key} in stats {v}"))
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
@@ -241,6 +467,8 @@ impl TempDir {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        // A leftover of the same name cannot exist (pid, counter, clock);
+        // removing it is only tidiness.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create a temp dir");
         TempDir(path)
@@ -253,6 +481,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Best effort: a leftover temp dir fails nothing.
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
