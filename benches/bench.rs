@@ -16,6 +16,14 @@
 //! any other word keeps only the figures whose group or name contains it, e.g.
 //! `cargo bench -- parser`, `cargo bench -- quick fanout`.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use std::cell::Cell;
 use std::hint::black_box;
 use std::io::{self, BufRead, BufReader, Read, Write};

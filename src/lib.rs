@@ -10,6 +10,18 @@
 //! - [`http`]: HTTP/1.x codec, responses and the HTTP bus door.
 //! - [`client`]: a blocking client for the CLI and tests.
 
+// Unit tests may unwrap, index and panic; the code they test may not
+// (`[lints.clippy]` in Cargo.toml).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -5,6 +5,14 @@
 //! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
 //! installs them); without them the test fails and says so.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,6 +2,14 @@
 //! the server must neither die nor disturb a well-behaved client meanwhile.
 //! The input is generated from a fixed seed, so a failure replays.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -6,6 +6,14 @@
 //! `tests/common` (port 0, addresses read from what the server prints,
 //! killed on drop).
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -5,6 +5,14 @@
 //! the figures here leave room for the allocator and the kernel's socket
 //! buffers, never for a queue that grows with what the attacker sends.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

@@ -17,6 +17,14 @@
 //! very next thing on it; where no probe can pass a filter, the stats page's
 //! count of deliveries must be exact.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{ErrorKind, Read};

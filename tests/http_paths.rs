@@ -2,6 +2,14 @@
 //! anything, so `/a+b.txt` names `a+b.txt`; `+` means a space only in a
 //! query string. (`GET /a+b.txt` used to serve `a b.txt`.)
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use base64::Engine;

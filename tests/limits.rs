@@ -3,6 +3,14 @@
 //! free), and `--max-connections` pauses accepting without refusing service
 //! to the connections it holds.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::net::TcpStream;

@@ -7,6 +7,14 @@
 //! (`sync`), and a receiver proves that its wait is registered by sending
 //! that round trip in the same write, just before the `<` (`wait_on`).
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,14 @@
 //! `--max-queued-bytes` is refused with `- queue full` and the connection
 //! stays usable; stalled request bodies are closed by `--request-timeout`.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{ErrorKind, Read};

@@ -15,6 +15,14 @@
 //! fixed frame length and a subscriber checks a frame by comparing it with the
 //! expected bytes.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -3,6 +3,14 @@
 //! (an address in use, a live server on the Unix socket path), each with its
 //! message and exit status.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::net::TcpListener;

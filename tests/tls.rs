@@ -10,6 +10,14 @@
 //! untrusted CA. curl, openssl and python3 must be on PATH; a test that
 //! needs one that is missing fails and says so.
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{self, Read, Write};

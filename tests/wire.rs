@@ -2,6 +2,14 @@
 //! delivered on the line protocol keeps every line-protocol frame readable
 //! by every client (`! LEN CHANNEL TYPE`, exactly four fields).
 
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
