@@ -982,3 +982,31 @@ fn the_proxy_is_off_by_default() {
     let server = Server::start(&[]);
     assert!(!server.doors.contains_key("proxy"), "{:?}", server.doors);
 }
+
+#[test]
+fn handlers_on_one_queue_share_the_load_longest_waiting_first() {
+    let server = start(&[]);
+    let mut first = Handler::connect(&server);
+    let mut second = Handler::connect(&server);
+    first.write(format!("< 10 {QUEUE}\r\n").as_bytes());
+    wait_stat(&server, "waiting", 1);
+    second.write(format!("< 10 {QUEUE}\r\n").as_bytes());
+    wait_stat(&server, "waiting", 2);
+    let mut a = Http::connect(&server);
+    a.get("/a");
+    let got = first.read_answer().expect("the first request");
+    let reply_a = got.reply.expect("a reply address");
+    let mut b = Http::connect(&server);
+    b.get("/b");
+    let got_b = second.read_answer().expect("the second request");
+    let env_a: Value = serde_json::from_slice(&got.body).unwrap();
+    let env_b: Value = serde_json::from_slice(&got_b.body).unwrap();
+    assert_eq!(
+        (env_a["url"].as_str(), env_b["url"].as_str()),
+        (Some("/a"), Some("/b"))
+    );
+    second.answer(&got_b.reply.unwrap(), TEXT_HEAD, &[b"from the second"]);
+    first.answer(&reply_a, TEXT_HEAD, &[b"from the first"]);
+    assert_eq!(b.response().text(), "from the second");
+    assert_eq!(a.response().text(), "from the first");
+}
