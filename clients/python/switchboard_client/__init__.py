@@ -123,6 +123,8 @@ class Client:
         #: client has read (a send has no answer; its refusal is seen by
         #: the next command that reads one).
         self.refused = 0
+        #: `<` commands written or buffered whose answers are not yet read.
+        self._pending = 0
 
     # -- output ------------------------------------------------------------
 
@@ -153,22 +155,40 @@ class Client:
         if flush:
             self.flush()
 
-    def ready(self, addresses, timeout=30):
+    def ready(self, addresses, timeout=30, pipeline=False):
         """Waits up to ``timeout`` seconds for one message on any of
         ``addresses`` (a name, or a list of at most 8). Returns a
-        :class:`Message`, or ``None`` when none came in time."""
+        :class:`Message`, or ``None`` when none came in time.
+
+        With ``pipeline=True`` the command is only buffered (it leaves with
+        the next flush) and its answer is read later, in order, with
+        :meth:`answer`: a handler can write its reply and its next waits in
+        one write and read their answers afterwards."""
         if isinstance(addresses, (str, bytes)):
             addresses = [addresses]
         addresses = [_field(a, "an address") for a in addresses]
         if not 1 <= len(addresses) <= MAX_ADDRESSES:
             raise ValueError("ready takes 1 to %d addresses" % MAX_ADDRESSES)
         self._frame(b"< %d %s\r\n" % (_timeout(timeout), b" ".join(addresses)))
+        self._pending += 1
+        if pipeline:
+            return None
+        return self.answer()
+
+    def answer(self):
+        """The answer to the oldest ``ready`` not yet answered (see
+        ``pipeline``): a :class:`Message` or ``None``. Flushes first."""
+        if self._pending <= 0:
+            raise Error("no ready is waiting for its answer")
         self.flush()
+        self._pending -= 1
         return self._answer()
 
     def query(self, to, body=b"", timeout=30):
         """Sends ``body`` to ``to`` with a fresh reply address and waits up to
         ``timeout`` seconds for the reply: a :class:`Message`, or ``None``."""
+        if self._pending:
+            raise Error("read the answers of pipelined readies first")
         body = _body(body)
         self._frame(
             b"? %d %d %s\r\n" % (len(body), _timeout(timeout), _field(to, "an address")),

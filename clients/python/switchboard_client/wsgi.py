@@ -169,20 +169,30 @@ class Response:
         self.end()
 
     def end(self):
+        """The end; it leaves with the worker's next wait, in one write."""
         if not self.head_sent:
             self._head(length=0 if self.status is not None else None)
-        self.client.send(self.reply, b"", timeout=self.timeout)
+        self.client.send(self.reply, b"", timeout=self.timeout, flush=False)
 
 
 def handle(client, app, message, multiprocess=False):
-    """Answers one request message."""
+    """Answers one request message; the answer's end is left buffered.
+    Returns how many pipelined waits (0 or 1) the caller must still read the
+    answers of: a request without a body takes its (empty) body message in
+    the same write as its answer."""
     env = json.loads(message.body)
     body = b""
+    deferred = 0
     body_addr = env.get("bodyAddr")
+    headers = env.get("headers") or {}
     if body_addr:
-        got = client.ready(body_addr, timeout=1)
-        if got is not None:
-            body = got.body
+        if headers.get("Content-Length", "0") == "0":
+            client.ready(body_addr, timeout=1, pipeline=True)
+            deferred = 1
+        else:
+            got = client.ready(body_addr, timeout=1)
+            if got is not None:
+                body = got.body
     resp = Response(client, message.reply, message.timeout or 30)
     environ = build_environ(env, body, multiprocess)
     result = None
@@ -209,6 +219,7 @@ def handle(client, app, message, multiprocess=False):
         close = getattr(result, "close", None)
         if close is not None:
             close()
+    return deferred
 
 
 class _Stop:
@@ -232,9 +243,18 @@ def worker(app, address, queue, multiprocess):
                 client = Client(address)
                 backoff = 0.1
             message = client.ready(queue, timeout=WAIT_S)
-            if message is None:
-                continue
-            handle(client, app, message, multiprocess)
+            while message is not None:
+                deferred = handle(client, app, message, multiprocess)
+                if stop.stopping:
+                    client.flush()
+                    for _ in range(deferred):
+                        client.answer()
+                    break
+                # The answer, the body's wait and the next wait, in one write.
+                client.ready(queue, timeout=WAIT_S, pipeline=True)
+                for _ in range(deferred):
+                    client.answer()
+                message = client.answer()
         except (OSError, Error) as e:
             sys.stderr.write("worker %d: %s; connecting again\n" % (os.getpid(), e))
             if client is not None:

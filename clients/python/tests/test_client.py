@@ -93,6 +93,19 @@ class ClientTest(unittest.TestCase):
         # The connection is still fine.
         self.assertIsNone(c.ready("c.fine", timeout=0))
 
+    def test_pipelined_readies_are_answered_in_order(self):
+        a, b = self.client(), self.client()
+        b.send("c.p1", b"one")
+        b.send("c.p2", b"two")
+        self.assertIsNone(a.ready("c.p1", timeout=0, pipeline=True))
+        a.ready("c.none", timeout=0, pipeline=True)
+        a.ready("c.p2", timeout=0, pipeline=True)
+        self.assertEqual(a.answer().body, b"one")
+        self.assertIsNone(a.answer())
+        self.assertEqual(a.answer().body, b"two")
+        with self.assertRaises(Exception):
+            a.answer()
+
     def test_buffered_sends_leave_in_one_write(self):
         a, b = self.client(), self.client()
         for i in range(3):
