@@ -9,6 +9,7 @@ for :meth:`Client.next_published`.
 """
 
 import collections
+import re
 import socket
 
 __all__ = [
@@ -61,6 +62,9 @@ class ProtocolError(Error):
     connection closed."""
 
 
+_NOT_A_FIELD = re.compile(rb"[\x00-\x20\x7f]")
+
+
 def _field(name, what):
     """Checks that ``name`` can be one field of a command line."""
     if isinstance(name, bytes):
@@ -69,7 +73,7 @@ def _field(name, what):
         raw = str(name).encode("utf-8")
     if not raw:
         raise ValueError("%s is empty" % what)
-    if any(b <= 0x20 or b == 0x7F for b in raw):
+    if _NOT_A_FIELD.search(raw):
         raise ValueError("%s %r has a space or a control character" % (what, name))
     return raw
 

@@ -82,7 +82,11 @@ def build_environ(env, body, multiprocess=False):
     environ = {
         "REQUEST_METHOD": env.get("method", "GET"),
         "SCRIPT_NAME": "",
-        "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
+        "PATH_INFO": (
+            urllib.parse.unquote_to_bytes(path).decode("latin-1")
+            if "%" in path or not path.isascii()
+            else path
+        ),
         "QUERY_STRING": query,
         "SERVER_NAME": server_name or "localhost",
         "SERVER_PORT": server_port or ("443" if scheme == "https" else "80"),
