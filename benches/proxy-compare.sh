@@ -131,6 +131,7 @@ mongrel2() {
   stop_all
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2
+  export LOGNAME=${LOGNAME:-$(id -un)}
   m=$(free_port); s=$(free_port); r=$(free_port)
   mkdir -p $d/run $d/logs $d/tmp
   cat >$d/bench.conf <<EOF
