@@ -1010,3 +1010,39 @@ fn handlers_on_one_queue_share_the_load_longest_waiting_first() {
     assert_eq!(b.response().text(), "from the second");
     assert_eq!(a.response().text(), "from the first");
 }
+
+#[test]
+fn a_stream_to_a_client_that_does_not_read_is_cut_at_the_backlog_limit() {
+    let server = start(&["--backlog-limit", "100000"]);
+    let mut h = Handler::connect(&server);
+    let mut watcher = Handler::connect(&server);
+    watcher.write(b"+ msglite.httpClosed\r\n");
+    line_sync(&mut watcher.w, "sub");
+    let mut c = Http::connect(&server);
+    c.get("/firehose");
+    let t = h.take();
+    h.head(&t.reply, TEXT_HEAD);
+    // 19 MB, far more than the socket buffers hold, to a client that reads
+    // nothing until the end.
+    let chunk = vec![b'x'; 64 * 1024];
+    let chunks = 300;
+    for _ in 0..chunks {
+        h.send(&t.reply, None, &chunk);
+    }
+    h.send(&t.reply, None, b"");
+    // The handler is told that nobody reads any more.
+    let notice = read_notice(&mut watcher);
+    assert_eq!(notice["id"], t.id());
+    // The client gets the head and part of the body, then the close.
+    let (status, _) = c.read_head();
+    assert_eq!(status, 200);
+    while c.fill() {}
+    let got = c.buf.len();
+    assert!(
+        got < chunks * chunk.len(),
+        "the whole body went out ({got} bytes)"
+    );
+    assert!(!c.buf.ends_with(b"0\r\n\r\n"), "the stream was not cut");
+    // The handler's connection is fine.
+    line_sync(&mut h.w, "after");
+}

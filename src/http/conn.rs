@@ -436,7 +436,10 @@ impl<R: Routes> Door for HttpConn<R> {
 /// frame per subscriber instead of one per message. The shell seals after
 /// the call.
 fn queue(cx: &mut Cx<'_>, frame: Bytes) {
-    cx.out.deliver(cx.me, frame, 0);
+    let len = frame.len();
+    if cx.out.deliver(cx.me, frame, 0) {
+        cx.note_queued(len);
+    }
 }
 
 /// Checks HTTP Basic credentials. Returns the user name when credentials

@@ -53,6 +53,9 @@ struct Shared {
     routes: Vec<(String, Bytes)>,
     timeout_s: u64,
     max_pending: usize,
+    /// Unsent bytes a client may hold while its response streams
+    /// (`--backlog-limit`); past it the response is cut.
+    max_unsent: usize,
     /// Requests sent to a handler whose head has not come.
     pending: Cell<usize>,
     /// Requests refused with 503 because `pending` was at the cap.
@@ -99,6 +102,7 @@ pub fn opener(config: &Config) -> Opener {
             .collect(),
         timeout_s: config.proxy.timeout_s,
         max_pending: config.proxy.max_pending,
+        max_unsent: config.limits.backlog,
         pending: Cell::new(0),
         refused: Cell::new(0),
         next_id: Cell::new(0),
@@ -308,6 +312,21 @@ impl Routes for Proxy {
     }
 
     fn on_resume(&mut self, p: &mut Pending, cx: &mut Cx<'_>) -> Option<Part> {
+        if cx.unsent() > self.shared.max_unsent {
+            // A client that does not read its stream: its queue would grow
+            // with whatever the handler sends.
+            log::info!(
+                "proxy {}: the client holds {} unsent bytes (--backlog-limit {}): cutting the response",
+                p.id,
+                cx.unsent(),
+                self.shared.max_unsent
+            );
+            announce_closed(p, cx);
+            return Some(Part::Last {
+                bytes: Bytes::new(),
+                keep_alive: false,
+            });
+        }
         let ready = cx.broker.ready(
             cx.now,
             cx.me,
@@ -332,19 +351,25 @@ impl Routes for Proxy {
         cx.broker.cancel(p.wait);
         self.release(&mut p);
         log::info!("proxy {}: the client went away before the end", p.id);
-        let notice = serde_json::json!({
-            "id": p.id,
-            "replyAddr": String::from_utf8_lossy(&p.reply),
-        });
-        let body = notice.to_string();
-        cx.broker.channels.publish(
-            CLOSED_CHANNEL.as_bytes(),
-            NOTICE_TYPE,
-            None,
-            body.as_bytes(),
-            cx.out,
-        );
+        announce_closed(&p, cx);
     }
+}
+
+/// Tells handlers (on [`CLOSED_CHANNEL`]) that nobody reads the answers to
+/// request `p` any more.
+fn announce_closed(p: &Pending, cx: &mut Cx<'_>) {
+    let notice = serde_json::json!({
+        "id": p.id,
+        "replyAddr": String::from_utf8_lossy(&p.reply),
+    });
+    let body = notice.to_string();
+    cx.broker.channels.publish(
+        CLOSED_CHANNEL.as_bytes(),
+        NOTICE_TYPE,
+        None,
+        body.as_bytes(),
+        cx.out,
+    );
 }
 
 /// Hop-by-hop headers: they describe one connection, not the message, and
