@@ -55,11 +55,15 @@ def load_app(spec):
 
 def _native(value):
     """A header value as WSGI wants it: the bytes sent, read as Latin-1."""
+    if value.isascii():
+        return value
     return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _unnative(value):
     """A WSGI (Latin-1) string back to the text the proxy writes as UTF-8."""
+    if value.isascii():
+        return value
     return value.encode("latin-1").decode("utf-8", "replace")
 
 
@@ -184,7 +188,7 @@ def handle(client, app, message, multiprocess=False):
     Returns how many pipelined waits (0 or 1) the caller must still read the
     answers of: a request without a body takes its (empty) body message in
     the same write as its answer."""
-    env = json.loads(message.body)
+    env = json.loads(message.body.decode("utf-8"))
     body = b""
     deferred = 0
     body_addr = env.get("bodyAddr")
