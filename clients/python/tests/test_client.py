@@ -76,6 +76,9 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(sub.ready("c.q", timeout=5).body, b"job")
         self.assertEqual(sub.next_published(timeout=5).body, b"meanwhile")
         sub.unsubscribe("c.news")
+        # A barrier: the unsubscribe has been run once this comes back.
+        sub.publish("c.sync", b"z")
+        self.assertEqual(sub.next_published(timeout=5).body, b"z")
         pub.publish("c.news", b"not for sub")
         sub.publish("c.sync", b"y")
         self.assertEqual(sub.next_published(timeout=5).channel, "c.sync")
@@ -97,6 +100,8 @@ class ClientTest(unittest.TestCase):
         a, b = self.client(), self.client()
         b.send("c.p1", b"one")
         b.send("c.p2", b"two")
+        # A barrier: b's sends have been run once this is answered.
+        self.assertIsNone(b.ready("c.barrier", timeout=0))
         self.assertIsNone(a.ready("c.p1", timeout=0, pipeline=True))
         a.ready("c.none", timeout=0, pipeline=True)
         a.ready("c.p2", timeout=0, pipeline=True)

@@ -14,7 +14,8 @@ MARKER = "<!-- handler tested by clients/python/tests/test_docs.py -->"
 
 
 def doc_handler():
-    text = open(DOC, encoding="utf-8").read()
+    with open(DOC, encoding="utf-8") as f:
+        text = f.read()
     after = text.split(MARKER, 1)[1]
     m = re.match(r"\s*```python\n(.*?)\n```", after, re.S)
     if m is None:
