@@ -202,6 +202,30 @@ pub struct Args {
     /// Bytes that messages waiting on one queue address may hold.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().queues.per_address)]
     pub max_queued_bytes_per_address: usize,
+
+    /// msglite HTTP proxy listen address, or `off`: each request becomes a
+    /// message to a queue, answered by any line-protocol client.
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub proxy_listen: Listen,
+
+    /// The queue proxied requests go to (unless a --proxy-route matches).
+    #[arg(long, value_name = "NAME", default_value = crate::http::proxy::DEFAULT_QUEUE)]
+    pub proxy_queue: String,
+
+    /// Seconds the proxy waits for a handler's answer (its head, and each
+    /// message of its body) before answering 504.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::http::proxy::DEFAULT_TIMEOUT_S)]
+    pub proxy_timeout: u64,
+
+    /// Requests whose path starts with PREFIX go to QUEUE (repeatable; the
+    /// longest matching prefix wins), e.g. `--proxy-route /api=api.requests`.
+    #[arg(long, value_name = "PREFIX=QUEUE")]
+    pub proxy_route: Vec<String>,
+
+    /// Most proxied requests waiting for a handler's answer at once; past
+    /// it a request gets 503 at once (and is counted).
+    #[arg(long, value_name = "N", default_value_t = crate::http::proxy::DEFAULT_MAX_PENDING)]
+    pub proxy_max_pending: usize,
 }
 
 /// The validated configuration the server runs with.
@@ -216,6 +240,75 @@ pub struct Config {
     pub secret: Option<String>,
     pub log_level: LogLevel,
     pub limits: Limits,
+    pub proxy: ProxyConfig,
+}
+
+/// The msglite HTTP proxy door's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: Listen,
+    /// Where requests go when no route matches.
+    pub queue: String,
+    pub timeout_s: u64,
+    /// `(path prefix, queue)`, longest prefix first.
+    pub routes: Vec<(String, String)>,
+    pub max_pending: usize,
+}
+
+/// A queue name the proxy may send to: it must be one field of a line
+/// protocol command (no whitespace or control bytes) and not too long.
+fn check_queue_name(flag: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{flag}: the queue name is empty"));
+    }
+    if name.len() > 256 {
+        return Err(format!("{flag}: the queue name is longer than 256 bytes"));
+    }
+    if name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "{flag} `{name}`: a queue name has no spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn proxy_config(args: &Args) -> Result<ProxyConfig, String> {
+    check_queue_name("--proxy-queue", &args.proxy_queue)?;
+    if args.proxy_timeout == 0 {
+        return Err("--proxy-timeout must be at least 1 second".into());
+    }
+    if args.proxy_max_pending == 0 {
+        return Err("--proxy-max-pending must be at least 1".into());
+    }
+    let mut routes: Vec<(String, String)> = Vec::new();
+    for route in &args.proxy_route {
+        let Some((prefix, queue)) = route.split_once('=') else {
+            return Err(format!(
+                "--proxy-route `{route}`: expected PREFIX=QUEUE, e.g. /api=api.requests"
+            ));
+        };
+        if !prefix.starts_with('/') {
+            return Err(format!(
+                "--proxy-route `{route}`: the prefix must start with `/`"
+            ));
+        }
+        check_queue_name("--proxy-route", queue)?;
+        if routes.iter().any(|(p, _)| p == prefix) {
+            return Err(format!(
+                "--proxy-route `{route}`: the prefix {prefix} is routed twice"
+            ));
+        }
+        routes.push((prefix.to_string(), queue.to_string()));
+    }
+    // Longest prefix first: the first match is the longest.
+    routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    Ok(ProxyConfig {
+        listen: args.proxy_listen.clone(),
+        queue: args.proxy_queue.clone(),
+        timeout_s: args.proxy_timeout,
+        routes,
+        max_pending: args.proxy_max_pending,
+    })
 }
 
 /// The TLS settings: loaded and checked before any listener opens.
@@ -251,7 +344,9 @@ impl Config {
             }),
             _ => None,
         };
+        let proxy = proxy_config(&args)?;
         Ok(Config {
+            proxy,
             tls,
             line_listen: args.line_listen,
             line_unix: args.line_unix,
@@ -294,6 +389,46 @@ mod tests {
             Listen::At("127.0.0.1:8888".parse().unwrap())
         );
         assert_eq!(cfg.limits.backlog, 1_000_000);
+        assert_eq!(cfg.proxy.listen, Listen::Off);
+        assert_eq!(cfg.proxy.queue, "msglite.httpRequests");
+        assert_eq!(cfg.proxy.timeout_s, 180);
+        assert!(cfg.proxy.routes.is_empty());
+    }
+
+    #[test]
+    fn proxy_routes_longest_prefix_first_and_checked() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["switchboard"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).unwrap())
+        };
+        let cfg = parse(&[
+            "--proxy-route",
+            "/api=api.requests",
+            "--proxy-route",
+            "/api/admin=admin.requests",
+            "--proxy-route",
+            "/a=a.requests",
+        ])
+        .unwrap();
+        let prefixes: Vec<&str> = cfg.proxy.routes.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(prefixes, ["/api/admin", "/api", "/a"]);
+        for (bad, says) in [
+            (&["--proxy-route", "/api"][..], "PREFIX=QUEUE"),
+            (&["--proxy-route", "api=q"][..], "start with `/`"),
+            (&["--proxy-route", "/api="][..], "empty"),
+            (&["--proxy-route", "/api=a b"][..], "no spaces"),
+            (
+                &["--proxy-route", "/x=a", "--proxy-route", "/x=b"][..],
+                "twice",
+            ),
+            (&["--proxy-queue", "a\tb"][..], "no spaces"),
+            (&["--proxy-timeout", "0"][..], "--proxy-timeout"),
+            (&["--proxy-max-pending", "0"][..], "--proxy-max-pending"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -194,6 +194,9 @@ pub struct Cx<'a> {
     pub(crate) progressed: bool,
     /// Set by [`Cx::wake_at`].
     pub(crate) wake_at: Option<Millis>,
+    /// Bytes queued for this connection and not yet written (see
+    /// [`Cx::unsent`]).
+    pub(crate) unsent: usize,
 }
 
 impl<'a> Cx<'a> {
@@ -212,6 +215,7 @@ impl<'a> Cx<'a> {
             stats,
             progressed: false,
             wake_at: None,
+            unsent: 0,
         }
     }
 
@@ -220,7 +224,18 @@ impl<'a> Cx<'a> {
     /// Returns false when the connection no longer takes output.
     pub fn send(&mut self, frame: Bytes) -> bool {
         self.broker.seal(self.out);
-        self.out.deliver(self.me, frame, 0)
+        let len = frame.len();
+        let queued = self.out.deliver(self.me, frame, 0);
+        if queued {
+            self.note_queued(len);
+        }
+        queued
+    }
+
+    /// Counts `len` bytes the door queued for this connection by itself
+    /// (through `out`) in [`Cx::unsent`].
+    pub fn note_queued(&mut self, len: usize) {
+        self.unsent = self.unsent.saturating_add(len);
     }
 
     /// True when this connection holds as much unsent output as it may: the
@@ -242,6 +257,20 @@ impl<'a> Cx<'a> {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
+    /// Bytes queued for this connection and not yet written to its socket:
+    /// those queued when the call began, and those the door queued since
+    /// through [`Cx::send`] (or [`Cx::note_queued`]). A door that streams
+    /// uses it to stop a client that does not read.
+    pub fn unsent(&self) -> usize {
+        self.unsent
+    }
+
+    /// Sets what [`Cx::unsent`] says (the shell does; tests may).
+    pub fn with_unsent(mut self, unsent: usize) -> Cx<'a> {
+        self.unsent = unsent;
+        self
+    }
+
     pub fn progressed(&self) -> bool {
         self.progressed
     }
@@ -254,6 +283,27 @@ impl<'a> Cx<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsent_counts_what_the_door_queues() {
+        use crate::broker::{Broker, ConnId, RecordingOutbox};
+        let me = ConnId { key: 1, gen: 1 };
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(me, 0, &mut broker, &mut out, &stats).with_unsent(10);
+        assert!(cx.send(Bytes::from_static(b"abc")));
+        assert_eq!(cx.unsent(), 13);
+        cx.note_queued(7);
+        assert_eq!(cx.unsent(), 20);
+        // A frame the connection does not take is not counted.
+        let mut out = RecordingOutbox {
+            refuse: vec![me],
+            ..RecordingOutbox::default()
+        };
+        let mut cx = Cx::new(me, 0, &mut broker, &mut out, &stats);
+        assert!(!cx.send(Bytes::from_static(b"abc")));
+        assert_eq!(cx.unsent(), 0);
+    }
 
     #[test]
     fn counted_enum_counts() {

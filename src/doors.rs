@@ -51,6 +51,11 @@ pub const DOORS: &[DoorSpec] = &[
         binds: bus_binds,
         opener: crate::http::bus::opener,
     },
+    DoorSpec {
+        name: "proxy",
+        binds: proxy_binds,
+        opener: crate::http::proxy::opener,
+    },
 ];
 
 fn tcp(name: &'static str, flag: &'static str, listen: &Listen) -> Option<Bind> {
@@ -106,4 +111,10 @@ fn bus_binds(config: &Config) -> Vec<Bind> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+fn proxy_binds(config: &Config) -> Vec<Bind> {
+    tcp("proxy", "--proxy-listen", &config.proxy.listen)
+        .into_iter()
+        .collect()
 }

@@ -239,11 +239,16 @@ impl Queues {
         // them all at once, so the heap stays proportional to what is pending.
         if self.timers.len() > 2 * (self.waits.len() + self.queued_now) + 1024 {
             let (waits, addresses) = (&self.waits, &self.addresses);
-            self.timers.retain(|_, kind| match kind {
+            self.timers.retain(|at, kind| match kind {
                 TimerKind::Wait(slot, gen) => waits.get(*slot).is_some_and(|w| w.gen == *gen),
-                TimerKind::Expire(addr) => {
-                    addresses.get(addr).is_some_and(|a| !a.messages.is_empty())
-                }
+                // The timers of messages already taken are due no later
+                // than the oldest message still queued (when timeouts are
+                // alike): under a standing backlog they would otherwise
+                // all stay, and the heap be compacted at every add.
+                TimerKind::Expire(addr) => addresses
+                    .get(addr)
+                    .and_then(|a| a.messages.front())
+                    .is_some_and(|m| at >= m.deadline),
             });
         }
     }
@@ -778,6 +783,29 @@ mod tests {
         }
         assert_eq!(q.waiting(), 0);
         assert!(q.timers.len() <= 1024 + 1, "{} timers left", q.timers.len());
+    }
+
+    #[test]
+    fn timers_of_taken_messages_do_not_pile_up_behind_a_backlog() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        // A queue that is never empty: each turn one message in, one out.
+        for _ in 0..10 {
+            send(&mut q, 0, b("jobs"), None, 3600, b("j"), &mut out);
+        }
+        for k in 0..5_000u64 {
+            send(&mut q, k / 10, b("jobs"), None, 3600, b("j"), &mut out);
+            ready(&mut q, k / 10, conn(1), 0, vec![b("jobs")], &mut out);
+        }
+        assert_eq!(q.queued(), 10);
+        assert!(
+            q.timers.len() <= 2 * 10 + 1024 + 1,
+            "{} timers left",
+            q.timers.len()
+        );
+        // The queued messages still expire.
+        q.on_timers(5_000 / 10 + 3_600_000, &mut out);
+        assert_eq!(q.queued(), 0);
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //!   ([`Routes::on_answer`]) or its deadline ([`Routes::on_deadline`]).
 //!   Meanwhile the machine is paused: pipelined requests after the parked
 //!   one stay unprocessed in the input and are answered after it, in order.
+//!   An answer may also give only part of a response ([`Routes::on_part`],
+//!   [`Part::More`]): it goes out at once, the request stays parked, and the
+//!   door is resumed in the same turn ([`Routes::on_resume`]) to wait again,
+//!   until a [`Part::Last`] or a whole response ends the request.
 //!
 //! What a door adds is its route table, a [`Routes`] value per connection.
 //! Must not touch: sockets and the shell (it speaks to them only through
@@ -77,6 +81,24 @@ pub enum Reply<P> {
     Park { parked: P, deadline: Option<Millis> },
 }
 
+/// What one broker answer gives a parked request (see [`Routes::on_part`]).
+pub enum Part {
+    /// The whole response, which ends the request. The machine sets the
+    /// request's version, HEAD and keep-alive on it, as for
+    /// [`Reply::Respond`].
+    Whole(Response),
+    /// Bytes of a response the door frames itself (its head, a chunk of its
+    /// body), sent now. The request stays parked: the machine resumes the
+    /// door ([`Routes::on_resume`]) in the same turn, where it may call the
+    /// broker to wait for the next part.
+    More(Bytes),
+    /// The last bytes of a response the door framed itself (maybe none),
+    /// which end the request. `keep_alive`: the response leaves the
+    /// connection fit for another request (the request's own keep-alive is
+    /// applied on top).
+    Last { bytes: Bytes, keep_alive: bool },
+}
+
 /// A door's route table: what the HTTP connection machine asks of an HTTP
 /// door. One value per connection (it may hold per-connection state and an
 /// `Rc` of the door's shared settings).
@@ -99,6 +121,22 @@ pub trait Routes: 'static {
     /// and the request stays parked.
     fn on_answer(&mut self, parked: &mut Self::Parked, answer: Answer<'_>) -> Option<Response> {
         let _ = (parked, answer);
+        None
+    }
+
+    /// The broker answers the parked request's wait, for a door whose
+    /// responses may come in parts (a streamed body). By default the whole
+    /// response of [`Routes::on_answer`]. `None` refuses the answer.
+    fn on_part(&mut self, parked: &mut Self::Parked, answer: Answer<'_>) -> Option<Part> {
+        self.on_answer(parked, answer).map(Part::Whole)
+    }
+
+    /// After a [`Part::More`], in the same turn: the door may call the
+    /// broker again (to wait for the next part). `None`: the request waits
+    /// again (parked); `Some`: a part taken at once, handled as an answer
+    /// (after another `More` the door is resumed again).
+    fn on_resume(&mut self, parked: &mut Self::Parked, cx: &mut Cx<'_>) -> Option<Part> {
+        let _ = (parked, cx);
         None
     }
 
@@ -130,6 +168,10 @@ enum State<P> {
     Open,
     /// A request is parked: input waits.
     Parked(Parked<P>),
+    /// A parked request got part of its response and is not yet waiting
+    /// again: the door must be resumed ([`Routes::on_resume`]) before
+    /// anything else.
+    Resuming(Parked<P>),
     /// A response without keep-alive went out: nothing more is read.
     Done,
 }
@@ -213,8 +255,55 @@ impl<R: Routes> HttpConn<R> {
     fn settled(&self) -> Next {
         match self.state {
             State::Open => Next::Read,
-            State::Parked(_) => Next::Paused,
+            State::Parked(_) | State::Resuming(_) => Next::Paused,
             State::Done => Next::Close(CloseReason::Quit),
+        }
+    }
+
+    /// Resumes a request that got part of its response, until it waits
+    /// again or is answered.
+    fn resume_parked(&mut self, cx: &mut Cx<'_>) {
+        while matches!(self.state, State::Resuming(_)) {
+            let State::Resuming(mut parked) = std::mem::replace(&mut self.state, State::Done)
+            else {
+                return;
+            };
+            self.state = match self.routes.on_resume(&mut parked.route, cx) {
+                None => State::Parked(parked),
+                Some(part) => after_part(parked, part, &mut |frame| queue(cx, frame)),
+            };
+        }
+    }
+}
+
+/// Sends what a part of a parked request's response says and returns the
+/// machine's next state.
+fn after_part<P>(parked: Parked<P>, part: Part, send: &mut dyn FnMut(Bytes)) -> State<P> {
+    match part {
+        Part::Whole(response) => {
+            let (response, keep_alive) = How::of(&parked).apply(response);
+            send(response.to_bytes());
+            if keep_alive {
+                State::Open
+            } else {
+                State::Done
+            }
+        }
+        Part::More(bytes) => {
+            if !bytes.is_empty() {
+                send(bytes);
+            }
+            State::Resuming(parked)
+        }
+        Part::Last { bytes, keep_alive } => {
+            if !bytes.is_empty() {
+                send(bytes);
+            }
+            if keep_alive && parked.keep_alive {
+                State::Open
+            } else {
+                State::Done
+            }
         }
     }
 }
@@ -255,6 +344,9 @@ impl<R: Routes> Door for HttpConn<R> {
                 input.clear();
                 return Next::Read;
             }
+            if matches!(self.state, State::Resuming(_)) {
+                self.resume_parked(cx);
+            }
             if !matches!(self.state, State::Open) {
                 return self.settled();
             }
@@ -286,12 +378,13 @@ impl<R: Routes> Door for HttpConn<R> {
         let State::Parked(parked) = &mut self.state else {
             return false;
         };
-        let Some(response) = self.routes.on_answer(&mut parked.route, answer) else {
+        let Some(part) = self.routes.on_part(&mut parked.route, answer) else {
             return false;
         };
-        let (response, keep_alive) = How::of(parked).apply(response);
-        send(response.to_bytes());
-        self.state = if keep_alive { State::Open } else { State::Done };
+        let State::Parked(parked) = std::mem::replace(&mut self.state, State::Done) else {
+            return false;
+        };
+        self.state = after_part(parked, part, send);
         true
     }
 
@@ -304,6 +397,9 @@ impl<R: Routes> Door for HttpConn<R> {
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        if matches!(self.state, State::Resuming(_)) {
+            self.resume_parked(cx);
+        }
         let State::Parked(parked) = &mut self.state else {
             return self.settled();
         };
@@ -324,7 +420,7 @@ impl<R: Routes> Door for HttpConn<R> {
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
         let parked = match std::mem::replace(&mut self.state, State::Done) {
-            State::Parked(p) => Some(p.route),
+            State::Parked(p) | State::Resuming(p) => Some(p.route),
             State::Open | State::Done => None,
         };
         self.routes.on_close(parked, cx);
@@ -345,7 +441,10 @@ impl<R: Routes> Door for HttpConn<R> {
 /// frame per subscriber instead of one per message. The shell seals after
 /// the call.
 fn queue(cx: &mut Cx<'_>, frame: Bytes) {
-    cx.out.deliver(cx.me, frame, 0);
+    let len = frame.len();
+    if cx.out.deliver(cx.me, frame, 0) {
+        cx.note_queued(len);
+    }
 }
 
 /// Checks HTTP Basic credentials. Returns the user name when credentials
@@ -404,6 +503,26 @@ mod tests {
         Wait(WaitId),
         /// Only its deadline (`GET /sleep`).
         Sleep,
+        /// Parts of a response, each a message on `addr`
+        /// (`GET /parts/ADDR`): `end` ends it, `close` ends it and the
+        /// connection, anything else goes out as it is.
+        Parts { wait: WaitId, addr: Bytes },
+    }
+
+    impl TestRoutes {
+        fn part(body: &Bytes) -> Part {
+            match &body[..] {
+                b"end" => Part::Last {
+                    bytes: Bytes::from_static(b"<end>"),
+                    keep_alive: true,
+                },
+                b"close" => Part::Last {
+                    bytes: Bytes::new(),
+                    keep_alive: false,
+                },
+                _ => Part::More(body.clone()),
+            }
+        }
     }
 
     struct TestRoutes;
@@ -413,6 +532,19 @@ mod tests {
 
         fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<Held> {
             let path = req.path().to_string();
+            if let Some(addr) = path.strip_prefix("/parts/") {
+                let addr = Bytes::copy_from_slice(addr.as_bytes());
+                return match cx
+                    .broker
+                    .ready(cx.now, cx.me, 30, vec![addr.clone()], cx.out)
+                {
+                    Ready::Waiting(wait) => Reply::Park {
+                        parked: Held::Parts { wait, addr },
+                        deadline: None,
+                    },
+                    _ => Reply::Respond(Response::new(500)),
+                };
+            }
             if let Some(addr) = path.strip_prefix("/wait/") {
                 let addresses = vec![Bytes::copy_from_slice(addr.as_bytes())];
                 return match cx.broker.ready(cx.now, cx.me, 30, addresses, cx.out) {
@@ -450,12 +582,37 @@ mod tests {
                     Some(Response::new(200).body("text/plain", d.body.clone()))
                 }
                 (Held::Wait(_), Answer::Timeout) => Some(Response::new(504)),
-                (Held::Sleep, _) => None,
+                (Held::Sleep | Held::Parts { .. }, _) => None,
+            }
+        }
+
+        fn on_part(&mut self, parked: &mut Held, answer: Answer<'_>) -> Option<Part> {
+            match (&*parked, answer) {
+                (Held::Parts { .. }, Answer::Message(d)) => Some(TestRoutes::part(d.body)),
+                (Held::Parts { .. }, Answer::Timeout) => Some(Part::Whole(Response::new(504))),
+                _ => self.on_answer(parked, answer).map(Part::Whole),
+            }
+        }
+
+        fn on_resume(&mut self, parked: &mut Held, cx: &mut Cx<'_>) -> Option<Part> {
+            let Held::Parts { wait, addr } = parked else {
+                return None;
+            };
+            match cx
+                .broker
+                .ready(cx.now, cx.me, 30, vec![addr.clone()], cx.out)
+            {
+                Ready::Waiting(w) => {
+                    *wait = w;
+                    None
+                }
+                Ready::Message(m) => Some(TestRoutes::part(&m.body)),
+                Ready::TimedOut => Some(Part::Whole(Response::new(504))),
             }
         }
 
         fn on_close(&mut self, parked: Option<Held>, cx: &mut Cx<'_>) {
-            if let Some(Held::Wait(id)) = parked {
+            if let Some(Held::Wait(id) | Held::Parts { wait: id, .. }) = parked {
                 cx.broker.cancel(id);
             }
         }
@@ -737,6 +894,116 @@ mod tests {
         // A message now waits in the queue instead of reaching the door.
         assert_eq!(s.message("q", "nobody"), None);
         assert_eq!(s.broker.queues.queued(), 1);
+    }
+
+    #[test]
+    fn a_response_in_parts_goes_out_as_they_come_and_the_pipeline_waits() {
+        let mut s = Shell::new(None);
+        let input = format!("{}{}", get("/parts/p"), get("/y"));
+        assert_eq!(s.feed(input.as_bytes()), Next::Paused);
+        assert_eq!(s.output(), "");
+        assert_eq!(s.broker.queues.waiting(), 1);
+        // The first part goes out at once; the request stays parked, but the
+        // door is not paused until it has been resumed and waits again.
+        assert_eq!(s.message("p", "head;"), Some(true));
+        assert_eq!(s.output(), "head;");
+        assert!(!s.door.is_paused());
+        assert_eq!(s.broker.queues.waiting(), 0);
+        // A part sent before the resume waits in the queue...
+        assert_eq!(s.message("p", "a;"), None);
+        assert_eq!(s.broker.queues.queued(), 1);
+        // ...and the resume takes it at once, then waits again.
+        assert_eq!(s.resume(), Next::Paused);
+        assert_eq!(s.output(), "a;");
+        assert_eq!(s.broker.queues.queued(), 0);
+        assert_eq!(s.broker.queues.waiting(), 1);
+        assert!(s.door.is_paused());
+        assert_eq!(&s.input[..], get("/y").as_bytes());
+        // Resumed with nothing new: still parked, nothing said.
+        assert_eq!(s.resume(), Next::Paused);
+        assert_eq!(s.output(), "");
+        assert_eq!(s.message("p", "b;"), Some(true));
+        assert_eq!(s.resume(), Next::Paused);
+        assert_eq!(s.output(), "b;");
+        // The last part ends it; the pipelined request follows.
+        assert_eq!(s.message("p", "end"), Some(true));
+        assert_eq!(s.resume(), Next::Read);
+        assert_eq!(s.output(), format!("<end>{}", ok("/y")));
+        assert_eq!(s.broker.queues.waiting(), 0);
+        assert!(s.input.is_empty());
+    }
+
+    #[test]
+    fn parts_taken_at_once_on_resume_run_to_the_end() {
+        let mut s = Shell::new(None);
+        assert_eq!(s.feed(get("/parts/p").as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "1;"), Some(true));
+        // Everything else arrives before the resume.
+        for body in ["2;", "3;", "end"] {
+            assert_eq!(s.message("p", body), None);
+        }
+        assert_eq!(s.resume(), Next::Read);
+        assert_eq!(s.output(), "1;2;3;<end>");
+        assert_eq!(s.broker.queues.waiting(), 0);
+        assert_eq!(s.broker.queues.queued(), 0);
+        // A whole response can end a request in parts too.
+        assert_eq!(s.feed(get("/parts/p").as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "x;"), Some(true));
+        assert_eq!(s.resume(), Next::Paused);
+        s.broker.on_timers(s.now + 30_000, &mut s.out);
+        assert_eq!(s.forward_answers(), Some(true));
+        assert_eq!(s.resume(), Next::Read);
+        assert_eq!(
+            s.output(),
+            "x;HTTP/1.1 504 Gateway Timeout\r\nServer: switchboard\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_last_part_without_keep_alive_closes() {
+        let mut s = Shell::new(None);
+        let input = format!("{}{}", get("/parts/p"), get("/never"));
+        assert_eq!(s.feed(input.as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "h;"), Some(true));
+        assert_eq!(s.resume(), Next::Paused);
+        assert_eq!(s.message("p", "close"), Some(true));
+        assert_eq!(s.resume(), Next::Close(CloseReason::Quit));
+        assert_eq!(s.output(), "h;");
+        // A keep-alive part on a request without keep-alive closes too.
+        let mut s = Shell::new(None);
+        assert_eq!(s.feed(b"GET /parts/p HTTP/1.0\r\n\r\n"), Next::Paused);
+        assert_eq!(s.message("p", "end"), Some(true));
+        assert_eq!(s.resume(), Next::Close(CloseReason::Quit));
+        assert_eq!(s.output(), "<end>");
+    }
+
+    #[test]
+    fn a_timer_before_the_resume_resumes_first() {
+        let mut s = Shell::new(None);
+        assert_eq!(s.feed(get("/parts/p").as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "h;"), Some(true));
+        assert_eq!(s.timer(s.now + 1), Next::Paused);
+        assert_eq!(s.broker.queues.waiting(), 1);
+        assert_eq!(s.output(), "h;");
+    }
+
+    #[test]
+    fn closing_mid_response_withdraws_the_wait() {
+        let mut s = Shell::new(None);
+        assert_eq!(s.feed(get("/parts/p").as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "h;"), Some(true));
+        assert_eq!(s.resume(), Next::Paused);
+        assert_eq!(s.broker.queues.waiting(), 1);
+        s.close();
+        assert_eq!(s.broker.queues.waiting(), 0);
+        assert_eq!(s.message("p", "late"), None);
+        assert_eq!(s.broker.queues.queued(), 1);
+        // Closed between a part and its resume: nothing waits either.
+        let mut s = Shell::new(None);
+        assert_eq!(s.feed(get("/parts/p").as_bytes()), Next::Paused);
+        assert_eq!(s.message("p", "h;"), Some(true));
+        s.close();
+        assert_eq!(s.broker.queues.waiting(), 0);
     }
 
     #[test]

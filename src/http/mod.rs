@@ -6,6 +6,7 @@
 //! - [`uri`]: decoding paths and query strings.
 //! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
+//! - [`proxy`]: the msglite HTTP proxy door (requests as queue messages).
 //!
 //! Nothing here imports the IO shell or another door: a door meets the shell
 //! only through [`crate::door`].
@@ -15,5 +16,6 @@ pub mod chunked;
 pub mod codec;
 pub mod conn;
 pub mod files;
+pub mod proxy;
 pub mod response;
 pub mod uri;

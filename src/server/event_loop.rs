@@ -338,11 +338,12 @@ impl Server {
         let now = self.now();
         let c = self.conns.get_mut(key)?;
         let id = c.id;
+        let unsent = c.outq.bytes();
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let (next, progressed, wake) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
-            let mut cx = Cx::new(id, now, broker, &mut post, stats);
+            let mut cx = Cx::new(id, now, broker, &mut post, stats).with_unsent(unsent);
             let next = call(door.as_mut(), &mut cx);
             let (progressed, wake) = (cx.progressed(), cx.wake_requested());
             broker.seal(&mut post);

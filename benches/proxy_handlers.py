@@ -1,0 +1,59 @@
+"""Minimal Python handlers for benches/proxy-compare.sh: each answers every
+request with 200 and "hello, world\n", with its Content-Length.
+
+    python3 proxy_handlers.py line HOST:PORT            # switchboard's proxy, line protocol
+    python3 proxy_handlers.py zmq SEND_SPEC RECV_SPEC   # Mongrel2, ZeroMQ (python3-zmq)
+"""
+
+import sys
+
+BODY = b"hello, world\n"
+
+
+def line(address):
+    from switchboard_client import Client
+
+    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
+    c = Client(address)
+    queue = "msglite.httpRequests"
+    m = None
+    while True:
+        if m is None:
+            m = c.ready(queue, timeout=60)
+            continue
+        body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
+        # One write: the request body's wait, the answer, the next wait.
+        c.ready(body_addr, timeout=5, pipeline=True)
+        c.send(m.reply, head, timeout=m.timeout, flush=False)
+        c.send(m.reply, BODY, timeout=m.timeout, flush=False)
+        c.send(m.reply, b"", timeout=m.timeout, flush=False)
+        c.ready(queue, timeout=60, pipeline=True)
+        c.answer()
+        m = c.answer()
+
+
+def zmq_handler(send_spec, recv_spec):
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(send_spec)
+    pub = ctx.socket(zmq.PUB)
+    pub.connect(recv_spec)
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(BODY), BODY)
+    )
+    while True:
+        msg = pull.recv()
+        sender, conn_id, path, _ = msg.split(b" ", 3)
+        if path == b"@*":  # a disconnect notice
+            continue
+        pub.send(b"%s %d:%s, %s" % (sender, len(conn_id), conn_id, response))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "line":
+        line(sys.argv[2])
+    else:
+        zmq_handler(sys.argv[2], sys.argv[3])

@@ -1,0 +1,357 @@
+"""Serves a WSGI application through switchboard's msglite HTTP proxy door.
+
+    python -m switchboard_client.wsgi myapp:app --workers 4 --connect 127.0.0.1:9813
+
+Each worker is a process with one line-protocol connection. It takes a
+request from the proxy queue (``<``), reads its body from ``bodyAddr``, runs
+the application, and answers on the request's reply address: the head
+``["STATUS", ["Name", "value", ...]]`` once the first body bytes are ready,
+each non-empty piece of the body as one message, then an empty message.
+
+A response given as a list or tuple is sent with a ``Content-Length`` (when
+the application gave none) and in one write; any other iterable is streamed
+piece by piece as the application yields it.
+
+SIGTERM or SIGINT: each worker finishes its request and leaves after its
+next empty wait (it waits with a one-second timeout), so no request handed
+to it is ever lost; the parent waits for them. A worker that dies otherwise
+is started again.
+"""
+
+import argparse
+import importlib
+import io
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+import urllib.parse
+
+from . import DEFAULT_ADDRESS, Client, Error
+
+DEFAULT_QUEUE = "msglite.httpRequests"
+
+#: Seconds each wait for a request lasts: how long a stop may take.
+WAIT_S = 1
+
+
+def load_app(spec):
+    """``module:callable`` (the callable may be a dotted attribute path)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit("the application is MODULE:CALLABLE, e.g. myapp:app (got %r)" % spec)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise SystemExit("%s is not callable" % spec)
+    return obj
+
+
+def _native(value):
+    """A header value as WSGI wants it: the bytes sent, read as Latin-1."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _unnative(value):
+    """A WSGI (Latin-1) string back to the text the proxy writes as UTF-8."""
+    if value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "replace")
+
+
+def build_environ(env, body, multiprocess=False):
+    """The WSGI environ of the request envelope ``env`` and its ``body``."""
+    url = env.get("url") or "/"
+    if "://" in url.split("?", 1)[0]:
+        # An absolute-form target: keep its path and query.
+        parts = urllib.parse.urlsplit(url)
+        url = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    path, _, query = url.partition("?")
+    headers = env.get("headers") or {}
+    host = headers.get("Host", "")
+    forwarded_proto = headers.get("X-Forwarded-Proto", "")
+    scheme = "https" if forwarded_proto.split(",")[0].strip() == "https" else "http"
+    server_name, _, server_port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    if not server_port.isdigit():
+        server_name, server_port = host, ""
+    remote = headers.get("X-Forwarded-For", headers.get("X-Real-Ip", ""))
+    environ = {
+        "REQUEST_METHOD": env.get("method", "GET"),
+        "SCRIPT_NAME": "",
+        "PATH_INFO": (
+            urllib.parse.unquote_to_bytes(path).decode("latin-1")
+            if "%" in path or not path.isascii()
+            else path
+        ),
+        "QUERY_STRING": query,
+        "SERVER_NAME": server_name or "localhost",
+        "SERVER_PORT": server_port or ("443" if scheme == "https" else "80"),
+        "SERVER_PROTOCOL": env.get("protocol", "HTTP/1.1"),
+        "REMOTE_ADDR": remote.split(",")[0].strip(),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "switchboard.request_id": env.get("id", ""),
+    }
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        value = _native(value)
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif key == "CONTENT_LENGTH":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            environ["HTTP_" + key] = value
+    if body and "CONTENT_LENGTH" not in environ:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    return environ
+
+
+class Response:
+    """The answer to one request, on its reply address."""
+
+    def __init__(self, client, reply, timeout):
+        self.client = client
+        self.reply = reply
+        self.timeout = timeout
+        self.status = None
+        self.headers = None
+        self.head_sent = False
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response was called twice")
+        self.status = status
+        self.headers = list(headers)
+        return self.write
+
+    def _head(self, length=None):
+        if self.status is None:
+            raise AssertionError("the application sent a body before start_response")
+        code = self.status.split(" ", 1)[0]
+        flat = []
+        named_length = False
+        for name, value in self.headers:
+            if name.lower() == "content-length":
+                named_length = True
+            flat.append(name)
+            flat.append(_unnative(value))
+        if length is not None and not named_length:
+            flat.extend(["Content-Length", str(length)])
+        head = json.dumps([code, flat], separators=(",", ":"))
+        self.client.send(self.reply, head, timeout=self.timeout, flush=False)
+        self.head_sent = True
+
+    def write(self, data, flush=True):
+        if not data:
+            return
+        if not self.head_sent:
+            self._head()
+        self.client.send(self.reply, data, timeout=self.timeout, flush=flush)
+
+    def whole(self, chunks):
+        """A body known in full: with its length, in one write."""
+        if not self.head_sent:
+            self._head(length=sum(len(c) for c in chunks))
+        for c in chunks:
+            if c:
+                self.client.send(self.reply, c, timeout=self.timeout, flush=False)
+        self.end()
+
+    def end(self):
+        """The end; it leaves with the worker's next wait, in one write."""
+        if not self.head_sent:
+            self._head(length=0 if self.status is not None else None)
+        self.client.send(self.reply, b"", timeout=self.timeout, flush=False)
+
+
+def handle(client, app, message, multiprocess=False):
+    """Answers one request message; the answer's end is left buffered.
+    Returns how many pipelined waits (0 or 1) the caller must still read the
+    answers of: a request without a body takes its (empty) body message in
+    the same write as its answer."""
+    env = json.loads(message.body.decode("utf-8"))
+    body = b""
+    deferred = 0
+    body_addr = env.get("bodyAddr")
+    headers = env.get("headers") or {}
+    if body_addr:
+        if headers.get("Content-Length", "0") == "0":
+            client.ready(body_addr, timeout=1, pipeline=True)
+            deferred = 1
+        else:
+            got = client.ready(body_addr, timeout=1)
+            if got is not None:
+                body = got.body
+    resp = Response(client, message.reply, message.timeout or 30)
+    environ = build_environ(env, body, multiprocess)
+    result = None
+    try:
+        result = app(environ, resp.start_response)
+        if isinstance(result, (list, tuple)):
+            resp.whole(result)
+        else:
+            for chunk in result:
+                resp.write(chunk)
+            resp.end()
+    except Exception:
+        sys.stderr.write(
+            "request %s: %s" % (env.get("id", "?"), traceback.format_exc())
+        )
+        if not resp.head_sent:
+            resp.status, resp.headers = "500 Internal Server Error", [
+                ("Content-Type", "text/plain")
+            ]
+            resp.whole([b"Internal Server Error\n"])
+        else:
+            resp.end()
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return deferred
+
+
+class _Stop:
+    def __init__(self):
+        self.stopping = False
+
+    def __call__(self, signum, frame):
+        self.stopping = True
+
+
+def worker(app, address, queue, multiprocess):
+    """One worker's loop: until stopped, take requests and answer them."""
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    client = None
+    backoff = 0.1
+    while not stop.stopping:
+        try:
+            if client is None:
+                client = Client(address)
+                backoff = 0.1
+            message = client.ready(queue, timeout=WAIT_S)
+            while message is not None:
+                deferred = handle(client, app, message, multiprocess)
+                if stop.stopping:
+                    client.flush()
+                    for _ in range(deferred):
+                        client.answer()
+                    break
+                # The answer, the body's wait and the next wait, in one write.
+                client.ready(queue, timeout=WAIT_S, pipeline=True)
+                for _ in range(deferred):
+                    client.answer()
+                message = client.answer()
+        except (OSError, Error) as e:
+            sys.stderr.write("worker %d: %s; connecting again\n" % (os.getpid(), e))
+            if client is not None:
+                try:
+                    client.close()
+                except OSError:
+                    pass
+                client = None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+    if client is not None:
+        client.close()
+
+
+def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1):
+    """Runs ``workers`` worker processes until SIGTERM or SIGINT."""
+    stopping = [False]
+    children = {}
+
+    def start_one():
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                worker(app, address, queue, workers > 1)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def on_stop(signum, frame):
+        stopping[0] = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    for _ in range(workers):
+        start_one()
+    sys.stderr.write(
+        "serving with %d worker%s from %s, queue %s\n"
+        % (workers, "" if workers == 1 else "s", address, queue)
+    )
+    sys.stderr.flush()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None or stopping[0]:
+            continue
+        sys.stderr.write("worker %d ended (status %d); starting another\n" % (pid, status))
+        if time.monotonic() - started < 1:
+            time.sleep(1)
+        if not stopping[0]:
+            start_one()
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m switchboard_client.wsgi",
+        description="Serve a WSGI application through switchboard's HTTP proxy door.",
+    )
+    p.add_argument("app", help="the application, MODULE:CALLABLE (e.g. myapp:app)")
+    p.add_argument("--workers", "-w", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument(
+        "--connect",
+        default=DEFAULT_ADDRESS,
+        help="switchboard's line protocol: HOST:PORT or a Unix socket path (default %s)"
+        % DEFAULT_ADDRESS,
+    )
+    p.add_argument(
+        "--queue", default=DEFAULT_QUEUE, help="the proxy queue (default %s)" % DEFAULT_QUEUE
+    )
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    app = load_app(args.app)
+    return serve(app, args.connect, args.queue, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The line-protocol client against the real server."""
+
+import os
+import socket
+import tempfile
+import unittest
+
+from switchboard_client import Client, Message, Published, QueueFull, ServerError
+
+from .support import Server
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def client(self, **kw):
+        c = Client(self.server.line, socket_timeout=10, **kw)
+        self.addCleanup(c.close)
+        return c
+
+    def test_send_and_ready_are_binary_safe(self):
+        a, b = self.client(), self.client()
+        every_byte = bytes(range(256)) + b"\r\n> 5 30 x\r\n\r\n"
+        a.send("c.bin", every_byte, timeout=30, reply="back.1")
+        a.send("c.bin", "text é", timeout=30)
+        a.send("c.bin", b"")
+        m = b.ready("c.bin", timeout=5)
+        self.assertEqual(m, Message("c.bin", "back.1", 30, every_byte))
+        self.assertEqual(b.ready(["c.other", "c.bin"], timeout=5).body, "text é".encode())
+        self.assertEqual(b.ready("c.bin", timeout=5), Message("c.bin", None, 30, b""))
+
+    def test_ready_times_out_with_none(self):
+        c = self.client()
+        self.assertIsNone(c.ready("c.empty", timeout=0))
+        self.assertIsNone(c.ready(["c.empty", "c.empty2"], timeout=1))
+
+    def test_query_is_answered_on_its_reply_address(self):
+        asker, answerer = self.client(), self.client()
+        asker.send("c.clock", b"warm-up")  # buffered on the queue
+        self.assertEqual(answerer.ready("c.clock", timeout=5).body, b"warm-up")
+        # The query waits; the answerer, on another connection, replies.
+        import threading
+
+        got = {}
+        t = threading.Thread(target=lambda: got.update(m=asker.query("c.clock", b"time?", timeout=10)))
+        t.start()
+        req = answerer.ready("c.clock", timeout=10)
+        self.assertEqual(req.body, b"time?")
+        self.assertIsNotNone(req.reply)
+        answerer.send(req.reply, b"noon")
+        t.join(10)
+        self.assertEqual(got["m"].body, b"noon")
+        self.assertEqual(got["m"].to, req.reply)
+        self.assertIsNone(self.client().query("c.nobody", b"?", timeout=0))
+
+    def test_publish_and_subscribe(self):
+        sub, pub = self.client(), self.client()
+        sub.subscribe("c.news")
+        sub.subscribe("c.sync")
+        # A barrier: once this comes back, the subscriptions are in place.
+        sub.publish("c.sync", b"x")
+        self.assertEqual(sub.next_published(timeout=5), Published("c.sync", "application/octet-stream", b"x"))
+        pub.publish("c.news", b"one\r\ntwo", content_type="text/plain")
+        pub.publish("c.news", b"")
+        self.assertEqual(sub.next_published(timeout=5), Published("c.news", "text/plain", b"one\r\ntwo"))
+        self.assertEqual(sub.next_published(timeout=5).body, b"")
+        # Channel messages that come while an answer is awaited are kept.
+        pub.publish("c.news", b"meanwhile")
+        pub.send("c.q", b"job")
+        self.assertEqual(sub.ready("c.q", timeout=5).body, b"job")
+        self.assertEqual(sub.next_published(timeout=5).body, b"meanwhile")
+        sub.unsubscribe("c.news")
+        # A barrier: the unsubscribe has been run once this comes back.
+        sub.publish("c.sync", b"z")
+        self.assertEqual(sub.next_published(timeout=5).body, b"z")
+        pub.publish("c.news", b"not for sub")
+        sub.publish("c.sync", b"y")
+        self.assertEqual(sub.next_published(timeout=5).channel, "c.sync")
+        self.assertIsNone(sub.next_published(timeout=0.2))
+
+    def test_bad_names_are_refused_before_sending(self):
+        c = self.client()
+        for bad in ["", "a b", "a\r\nb", "tab\there"]:
+            with self.assertRaises(ValueError):
+                c.send(bad, b"x")
+        with self.assertRaises(ValueError):
+            c.ready(["a"] * 9)
+        with self.assertRaises(ValueError):
+            c.ready("a", timeout=-1)
+        # The connection is still fine.
+        self.assertIsNone(c.ready("c.fine", timeout=0))
+
+    def test_pipelined_readies_are_answered_in_order(self):
+        a, b = self.client(), self.client()
+        b.send("c.p1", b"one")
+        b.send("c.p2", b"two")
+        # A barrier: b's sends have been run once this is answered.
+        self.assertIsNone(b.ready("c.barrier", timeout=0))
+        self.assertIsNone(a.ready("c.p1", timeout=0, pipeline=True))
+        a.ready("c.none", timeout=0, pipeline=True)
+        a.ready("c.p2", timeout=0, pipeline=True)
+        self.assertEqual(a.answer().body, b"one")
+        self.assertIsNone(a.answer())
+        self.assertEqual(a.answer().body, b"two")
+        with self.assertRaises(Exception):
+            a.answer()
+
+    def test_buffered_sends_leave_in_one_write(self):
+        a, b = self.client(), self.client()
+        for i in range(3):
+            a.send("c.batch", b"%d" % i, flush=False)
+        a.flush()
+        self.assertEqual([b.ready("c.batch", timeout=5).body for _ in range(3)], [b"0", b"1", b"2"])
+
+
+class LimitsTest(unittest.TestCase):
+    def test_server_errors_and_full_queues(self):
+        server = Server("--max-body", "16", "--max-queued-bytes", "200")
+        self.addCleanup(server.stop)
+        c = Client(server.line, socket_timeout=10)
+        self.addCleanup(c.close)
+        # 64 bytes of overhead + body each: the third send does not fit.
+        for _ in range(3):
+            c.send("l.full", b"0123456789")
+        self.assertIsNone(c.ready("l.other", timeout=0))
+        self.assertEqual(c.refused, 1)
+        with self.assertRaises(QueueFull):
+            c.query("l.full2", b"0123456789", timeout=1)
+        # A body over --max-body: the server says why and closes.
+        c.send("l.big", b"x" * 17)
+        with self.assertRaises(ServerError) as e:
+            c.ready("l.other", timeout=0)
+        self.assertIn("16", str(e.exception))
+
+    def test_unix_socket_and_socket_timeout(self):
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "line.sock")
+        server = Server("--line-unix", path)
+        self.addCleanup(server.stop)
+        c = Client(path, socket_timeout=0.5)
+        self.addCleanup(c.close)
+        c.send("u.q", b"over unix")
+        self.assertEqual(c.ready("u.q", timeout=1).body, b"over unix")
+        c.subscribe("u.quiet")
+        self.assertIsNone(c.next_published(timeout=0.2))
+        with self.assertRaises(socket.timeout):
+            c.ready("u.nothing", timeout=5)
+
+
+if __name__ == "__main__":
+    unittest.main()

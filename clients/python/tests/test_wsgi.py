@@ -1,0 +1,198 @@
+"""The WSGI adapter: its environ, and real requests through the proxy door."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from switchboard_client.wsgi import build_environ
+
+from .support import HERE, PYTHON, Server, python_env
+
+
+class EnvironTest(unittest.TestCase):
+    def test_the_envelope_becomes_a_wsgi_environ(self):
+        env = {
+            "method": "POST",
+            "url": "/a%20b/c%2Fd?x=1&y=%20",
+            "protocol": "HTTP/1.1",
+            "id": "abc-1",
+            "bodyAddr": "B.1",
+            "headers": {
+                "Host": "example.org:8080",
+                "Content-Type": "text/plain",
+                "Content-Length": "3",
+                "X-Forwarded-For": "10.0.0.1, 10.0.0.2",
+                "X-Forwarded-Proto": "https",
+                "X-Custom": "caf\u00e9",
+            },
+        }
+        e = build_environ(env, b"abc", multiprocess=True)
+        self.assertEqual(e["REQUEST_METHOD"], "POST")
+        self.assertEqual(e["PATH_INFO"], "/a b/c/d")
+        self.assertEqual(e["QUERY_STRING"], "x=1&y=%20")
+        self.assertEqual((e["SERVER_NAME"], e["SERVER_PORT"]), ("example.org", "8080"))
+        self.assertEqual((e["CONTENT_TYPE"], e["CONTENT_LENGTH"]), ("text/plain", "3"))
+        self.assertEqual(e["REMOTE_ADDR"], "10.0.0.1")
+        self.assertEqual(e["wsgi.url_scheme"], "https")
+        # Header values are the bytes sent, read as Latin-1 (PEP 3333).
+        self.assertEqual(e["HTTP_X_CUSTOM"], "caf\u00c3\u00a9")
+        self.assertEqual(e["wsgi.input"].read(), b"abc")
+        self.assertTrue(e["wsgi.multiprocess"])
+        self.assertEqual(e["switchboard.request_id"], "abc-1")
+        self.assertNotIn("HTTP_CONTENT_TYPE", e)
+        e = build_environ({"method": "GET", "url": "/", "protocol": "HTTP/1.0", "headers": {}}, b"")
+        self.assertEqual((e["SERVER_NAME"], e["SERVER_PORT"]), ("localhost", "80"))
+        self.assertNotIn("CONTENT_LENGTH", e)
+
+
+class AdapterTest(unittest.TestCase):
+    """The adapter in front of the real server, with two workers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server("--proxy-listen", "127.0.0.1:0")
+        cls.adapter = cls.start_adapter()
+
+    @classmethod
+    def start_adapter(cls, workers=2):
+        return subprocess.Popen(
+            [PYTHON, "-m", "switchboard_client.wsgi", "apps:app", "--workers", str(workers),
+             "--connect", cls.server.line],
+            cwd=HERE, env=python_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        stop(cls.adapter)
+        cls.server.stop()
+
+    def conn(self):
+        host, port = self.server.proxy.rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=20)
+        self.addCleanup(c.close)
+        return c
+
+    def fetch(self, c, method, path, body=None, headers=None):
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r, r.read()
+
+    def test_get_post_and_keep_alive(self):
+        c = self.conn()
+        r, body = self.fetch(c, "GET", "/hello?name=proxy")
+        self.assertEqual((r.status, body), (200, b"hello, proxy\n"))
+        self.assertEqual(r.getheader("X-App"), "apps")
+        self.assertEqual(r.getheader("Content-Length"), str(len(body)))
+        payload = os.urandom(300_000)
+        r, body = self.fetch(c, "POST", "/echo", payload, {"Content-Type": "application/x-bytes"})
+        self.assertEqual(r.status, 200)
+        self.assertTrue(body == payload, "the echo differs")
+        self.assertEqual(r.getheader("Content-Type"), "application/x-bytes")
+        r, body = self.fetch(c, "GET", "/nowhere")
+        self.assertEqual((r.status, body), (404, b"no such page\n"))
+
+    def test_streamed_iterables_and_write(self):
+        c = self.conn()
+        r, body = self.fetch(c, "GET", "/stream")
+        self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+        self.assertEqual(body, b"part 0\npart 1\npart 2\n")
+        r, body = self.fetch(c, "GET", "/write")
+        self.assertEqual((r.status, body), (201, b"written, then returned"))
+
+    def test_environ_through_the_proxy(self):
+        c = self.conn()
+        r, body = self.fetch(c, "PUT", "/environ/%7Eme?q=1", b"xyz",
+                             {"X-Custom": "yes", "Content-Type": "text/x"})
+        e = json.loads(body)
+        self.assertEqual(e["REQUEST_METHOD"], "PUT")
+        self.assertEqual(e["PATH_INFO"], "/environ/~me")
+        self.assertEqual(e["QUERY_STRING"], "q=1")
+        self.assertEqual((e["CONTENT_TYPE"], e["CONTENT_LENGTH"]), ("text/x", "3"))
+        self.assertEqual(e["HTTP_X_CUSTOM"], "yes")
+        self.assertEqual(e["SERVER_PROTOCOL"], "HTTP/1.1")
+        self.assertTrue(e["wsgi.multiprocess"])
+        self.assertTrue(e["switchboard.request_id"])
+
+    def test_an_application_error_is_a_500(self):
+        r, body = self.fetch(self.conn(), "GET", "/error")
+        self.assertEqual((r.status, body), (500, b"Internal Server Error\n"))
+
+    def test_a_killed_worker_is_replaced(self):
+        c = self.conn()
+        _, pid = self.fetch(c, "GET", "/pid")
+        os.kill(int(pid), signal.SIGKILL)
+        # A request handed to the worker in the instant it dies would be
+        # lost with it (see docs/proxy.md): go on once it is dead, its
+        # socket closed (a zombie, or reaped).
+        deadline = time.monotonic() + 10
+        while is_running(int(pid)):
+            self.assertLess(time.monotonic(), deadline, "the killed worker lives on")
+            time.sleep(0.01)
+        # Every later request is answered (by the other worker or the new one).
+        pids = set()
+        for _ in range(6):
+            r, body = self.fetch(self.conn(), "GET", "/pid")
+            self.assertEqual(r.status, 200)
+            pids.add(int(body))
+        self.assertNotIn(int(pid), pids)
+
+
+class RestartTest(unittest.TestCase):
+    def test_requests_wait_for_the_adapter_and_a_stop_loses_none(self):
+        server = Server("--proxy-listen", "127.0.0.1:0")
+        self.addCleanup(server.stop)
+        host, port = server.proxy.rsplit(":", 1)
+        # Requests sent while no adapter runs.
+        conns = []
+        for i in range(3):
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            self.addCleanup(c.close)
+            c.request("GET", "/hello?name=early%d" % i)
+            conns.append(c)
+        adapter = AdapterTest.start_adapter.__func__(type("S", (), {"server": server}), workers=1)
+        try:
+            for i, c in enumerate(conns):
+                r = c.getresponse()
+                self.assertEqual(r.read(), b"hello, early%d\n" % i)
+        finally:
+            code = stop(adapter)
+        self.assertEqual(code, 0)
+        # Stopped: a new request waits, and a new adapter answers it.
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.addCleanup(c.close)
+        c.request("GET", "/hello?name=later")
+        adapter = AdapterTest.start_adapter.__func__(type("S", (), {"server": server}), workers=1)
+        try:
+            self.assertEqual(c.getresponse().read(), b"hello, later\n")
+        finally:
+            self.assertEqual(stop(adapter), 0)
+
+
+def is_running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop(proc):
+    """SIGTERM, and the exit status (the workers finish and leave)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the adapter did not stop on SIGTERM")
+    proc.stderr.close()
+    return code
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,942 @@
+//! The msglite HTTP proxy door: each HTTP request becomes a message to a
+//! queue, and any line-protocol client (a *handler*) answers it.
+//!
+//! Owns: the request envelope and where it goes (the default queue, prefix
+//! routes), the request body message, the checks of a handler's reply head,
+//! the framing of its streamed body (chunked, by length, or to the close),
+//! the cap on requests waiting for a handler, and the notice that tells
+//! handlers a client went away. Must not touch: request decoding,
+//! keep-alive and pipelining (`conn.rs`), sockets, other doors.
+//!
+//! A request's life: the door registers a wait on a fresh reply address,
+//! sends the body to a fresh body address and the envelope to the queue
+//! (with the reply address), and parks. The handler's first message on the
+//! reply address is the head (`["STATUS", ["Name", "value", …]]`); the head
+//! goes out at once, and so does each body message after it, until an empty
+//! message ends the response. After every message the wait is registered
+//! again (in [`Routes::on_resume`], in the same turn), so body messages sent
+//! in between wait in the reply address' queue and are taken in order.
+//! Pipelined requests behind the parked one wait in the input.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use super::codec::{Method, Request};
+use super::conn::{HttpConn, Part, Reply, Routes, Settings};
+use super::response::{Response, SERVER};
+use crate::broker::{Answer, Ready, WaitId};
+use crate::config::Config;
+use crate::door::{Cx, Opener};
+
+/// The queue requests go to when no route matches (msglite's).
+pub const DEFAULT_QUEUE: &str = "msglite.httpRequests";
+/// Seconds to wait for a handler's head, and for each body message (msglite's).
+pub const DEFAULT_TIMEOUT_S: u64 = 180;
+/// Requests waiting for a handler's head at once, by default.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+/// The channel on which the door publishes `{"id", "replyAddr"}` (JSON)
+/// when an HTTP client goes away before its response has ended.
+pub const CLOSED_CHANNEL: &str = "msglite.httpClosed";
+/// The content type of the closed notice.
+const NOTICE_TYPE: &[u8] = b"application/json";
+
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// What every proxy connection shares, prepared once at start-up.
+struct Shared {
+    default_queue: Bytes,
+    /// `(path prefix, queue)`, longest prefix first.
+    routes: Vec<(String, Bytes)>,
+    timeout_s: u64,
+    max_pending: usize,
+    /// Unsent bytes a client may hold while its response streams
+    /// (`--backlog-limit`); past it the response is cut.
+    max_unsent: usize,
+    /// Requests sent to a handler whose head has not come.
+    pending: Cell<usize>,
+    /// Requests refused with 503 because `pending` was at the cap.
+    refused: Cell<u64>,
+    next_id: Cell<u64>,
+    /// Makes request ids unique across restarts (the start time).
+    id_prefix: String,
+}
+
+impl Shared {
+    /// The queue of the longest route whose prefix starts `path`.
+    fn queue_for(&self, path: &str) -> &Bytes {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(&self.default_queue, |(_, queue)| queue)
+    }
+
+    fn fresh_id(&self) -> String {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        format!("{}-{n:x}", self.id_prefix)
+    }
+}
+
+/// The proxy door's constructor: its settings are read from `config` once.
+pub fn opener(config: &Config) -> Opener {
+    // The Authorization header belongs to the application behind the
+    // proxy: the bus' `--secret` does not apply here.
+    let settings = Rc::new(Settings {
+        secret: None,
+        ..Settings::from_config(config, "switchboard")
+    });
+    let start_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let shared = Rc::new(Shared {
+        default_queue: Bytes::from(config.proxy.queue.clone()),
+        routes: config
+            .proxy
+            .routes
+            .iter()
+            .map(|(prefix, queue)| (prefix.clone(), Bytes::from(queue.clone())))
+            .collect(),
+        timeout_s: config.proxy.timeout_s,
+        max_pending: config.proxy.max_pending,
+        max_unsent: config.limits.backlog,
+        pending: Cell::new(0),
+        refused: Cell::new(0),
+        next_id: Cell::new(0),
+        id_prefix: format!("{start_s:x}"),
+    });
+    Box::new(move || {
+        let routes = Proxy {
+            shared: Rc::clone(&shared),
+        };
+        Box::new(HttpConn::new(Rc::clone(&settings), routes))
+    })
+}
+
+/// The proxy routes of one connection.
+pub struct Proxy {
+    shared: Rc<Shared>,
+}
+
+/// A request waiting for its handler: what its response needs.
+pub struct Pending {
+    id: String,
+    reply: Bytes,
+    wait: WaitId,
+    stage: Stage,
+    minor_version: u8,
+    head_only: bool,
+    /// The client's keep-alive.
+    keep_alive: bool,
+    /// Holds one of the door's pending slots (until its head comes or it
+    /// ends otherwise).
+    counted: bool,
+}
+
+enum Stage {
+    /// Waiting for the head.
+    Head,
+    /// The head went out; body messages follow.
+    Body { framing: Framing, keep_alive: bool },
+}
+
+/// How body messages go to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// A response without a body (to HEAD, 204, 304): body messages are
+    /// read and dropped.
+    Discard,
+    /// HTTP/1.1 without a Content-Length from the handler.
+    Chunked,
+    /// The handler gave a Content-Length: `left` bytes may still go out;
+    /// `over`: the handler sent more than it said (the excess is dropped).
+    Length { left: u64, over: bool },
+    /// HTTP/1.0 without a Content-Length: the end of the body is the close.
+    UntilClose,
+}
+
+impl Proxy {
+    /// Gives back the request's pending slot, once.
+    fn release(&self, p: &mut Pending) {
+        if p.counted {
+            p.counted = false;
+            let n = self.shared.pending.get();
+            self.shared.pending.set(n.saturating_sub(1));
+        }
+    }
+
+    fn refuse_over_cap(&self) -> Reply<Pending> {
+        let shared = &self.shared;
+        let refused = shared.refused.get() + 1;
+        shared.refused.set(refused);
+        if refused.is_power_of_two() {
+            log::warn!(
+                "proxy: {} requests wait for a handler (--proxy-max-pending {}): 503; {refused} refused so far",
+                shared.pending.get(),
+                shared.max_pending
+            );
+        }
+        let detail = format!(
+            "{} requests wait for a handler (--proxy-max-pending {}); refused so far: {refused}",
+            shared.pending.get(),
+            shared.max_pending
+        );
+        Reply::Respond(Response::text(503, &detail).header("Retry-After", "1"))
+    }
+}
+
+impl Routes for Proxy {
+    type Parked = Pending;
+
+    fn handle(&mut self, req: Request, _user: Option<String>, cx: &mut Cx<'_>) -> Reply<Pending> {
+        let shared = Rc::clone(&self.shared);
+        if shared.pending.get() >= shared.max_pending {
+            return self.refuse_over_cap();
+        }
+        let queue = shared.queue_for(req.path()).clone();
+        let id = shared.fresh_id();
+        let reply = cx.broker.queues.unique_address();
+        let body_addr = cx.broker.queues.unique_address();
+        let envelope = envelope(&req, &id, &body_addr);
+        let timeout = shared.timeout_s;
+        let wait = match cx
+            .broker
+            .ready(cx.now, cx.me, timeout, vec![reply.clone()], cx.out)
+        {
+            Ready::Waiting(w) => w,
+            // A fresh address holds nothing, and the timeout is not 0.
+            Ready::Message(_) | Ready::TimedOut => {
+                return Reply::Respond(Response::text(500, "the reply address was not fresh"))
+            }
+        };
+        let sent = cx
+            .broker
+            .send(cx.now, body_addr, None, timeout, req.body.clone(), cx.out)
+            .and_then(|()| {
+                cx.broker.send(
+                    cx.now,
+                    queue.clone(),
+                    Some(reply.clone()),
+                    timeout,
+                    envelope,
+                    cx.out,
+                )
+            });
+        if sent.is_err() {
+            cx.broker.cancel(wait);
+            log::warn!("proxy {id}: the queue is full (--max-queued-bytes): 503");
+            return Reply::Respond(
+                Response::text(503, "the handlers' queue is full").header("Retry-After", "1"),
+            );
+        }
+        shared.pending.set(shared.pending.get() + 1);
+        log::debug!(
+            "proxy {id}: {} {} → {}",
+            req.method_raw,
+            req.target,
+            String::from_utf8_lossy(&queue)
+        );
+        Reply::Park {
+            parked: Pending {
+                id,
+                reply,
+                wait,
+                stage: Stage::Head,
+                minor_version: req.minor_version,
+                head_only: req.method == Method::Head,
+                keep_alive: req.keep_alive,
+                counted: true,
+            },
+            deadline: None,
+        }
+    }
+
+    fn on_part(&mut self, p: &mut Pending, answer: Answer<'_>) -> Option<Part> {
+        let part = match (&mut p.stage, answer) {
+            (Stage::Head, Answer::Timeout) => {
+                self.release(p);
+                log::info!(
+                    "proxy {}: no answer from a handler in {} s: 504",
+                    p.id,
+                    self.shared.timeout_s
+                );
+                Part::Whole(Response::text(504, "no answer from a handler in time"))
+            }
+            (Stage::Head, Answer::Message(d)) => {
+                self.release(p);
+                match parse_head(d.body) {
+                    Err(why) => {
+                        log::info!("proxy {}: invalid reply head: {why}: 502", p.id);
+                        Part::Whole(Response::text(502, &format!("invalid reply head: {why}")))
+                    }
+                    Ok(head) => {
+                        log::debug!("proxy {}: {}", p.id, head.status);
+                        let (bytes, framing, keep_alive) = write_head(&head, p);
+                        p.stage = Stage::Body {
+                            framing,
+                            keep_alive,
+                        };
+                        Part::More(bytes)
+                    }
+                }
+            }
+            (Stage::Body { .. }, Answer::Timeout) => {
+                log::info!(
+                    "proxy {}: no body message from the handler in {} s: closing",
+                    p.id,
+                    self.shared.timeout_s
+                );
+                Part::Last {
+                    bytes: Bytes::new(),
+                    keep_alive: false,
+                }
+            }
+            (
+                Stage::Body {
+                    framing,
+                    keep_alive,
+                },
+                Answer::Message(d),
+            ) => {
+                if d.body.is_empty() {
+                    end_of_body(*framing, *keep_alive, &p.id)
+                } else {
+                    Part::More(body_part(framing, d.body))
+                }
+            }
+        };
+        Some(part)
+    }
+
+    fn on_resume(&mut self, p: &mut Pending, cx: &mut Cx<'_>) -> Option<Part> {
+        if cx.unsent() > self.shared.max_unsent {
+            // A client that does not read its stream: its queue would grow
+            // with whatever the handler sends.
+            log::info!(
+                "proxy {}: the client holds {} unsent bytes (--backlog-limit {}): cutting the response",
+                p.id,
+                cx.unsent(),
+                self.shared.max_unsent
+            );
+            announce_closed(p, cx);
+            return Some(Part::Last {
+                bytes: Bytes::new(),
+                keep_alive: false,
+            });
+        }
+        let ready = cx.broker.ready(
+            cx.now,
+            cx.me,
+            self.shared.timeout_s,
+            vec![p.reply.clone()],
+            cx.out,
+        );
+        match ready {
+            Ready::Waiting(w) => {
+                p.wait = w;
+                None
+            }
+            Ready::Message(m) => self.on_part(p, Answer::Message(m.delivery())),
+            Ready::TimedOut => self.on_part(p, Answer::Timeout),
+        }
+    }
+
+    fn on_close(&mut self, parked: Option<Pending>, cx: &mut Cx<'_>) {
+        let Some(mut p) = parked else {
+            return;
+        };
+        cx.broker.cancel(p.wait);
+        self.release(&mut p);
+        log::info!("proxy {}: the client went away before the end", p.id);
+        announce_closed(&p, cx);
+    }
+}
+
+/// Tells handlers (on [`CLOSED_CHANNEL`]) that nobody reads the answers to
+/// request `p` any more.
+fn announce_closed(p: &Pending, cx: &mut Cx<'_>) {
+    let notice = serde_json::json!({
+        "id": p.id,
+        "replyAddr": String::from_utf8_lossy(&p.reply),
+    });
+    let body = notice.to_string();
+    cx.broker.channels.publish(
+        CLOSED_CHANNEL.as_bytes(),
+        NOTICE_TYPE,
+        None,
+        body.as_bytes(),
+        cx.out,
+    );
+}
+
+/// Hop-by-hop headers: they describe one connection, not the message, and
+/// are neither passed to handlers nor taken from them.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_hop_by_hop(name: &str, named_by_connection: &[String]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || named_by_connection
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The header names a `Connection` value lists (besides `close` and
+/// `keep-alive`): they are hop-by-hop too.
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).into_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// `content-type` → `Content-Type`, as msglite wrote header names.
+fn canonical_name(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// The request as its handler sees it: msglite's JSON object (keys sorted,
+/// header names canonical, repeated headers joined with `,`) plus `id`.
+/// Hop-by-hop headers are left out; a body that came chunked is whole, and
+/// its `Content-Length` says so.
+fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
+    let listed = connection_tokens(
+        req.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_slice()),
+    );
+    let mut headers = Map::new();
+    for (name, value) in &req.headers {
+        if is_hop_by_hop(name, &listed) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value);
+        match headers.get_mut(&canonical_name(name)) {
+            Some(Value::String(old)) => {
+                old.push(',');
+                old.push_str(&value);
+            }
+            _ => {
+                headers.insert(canonical_name(name), Value::String(value.into_owned()));
+            }
+        }
+    }
+    if req.header("Transfer-Encoding").is_some() {
+        headers.insert(
+            "Content-Length".into(),
+            Value::String(req.body.len().to_string()),
+        );
+    }
+    let mut env = Map::new();
+    env.insert(
+        "bodyAddr".into(),
+        Value::String(String::from_utf8_lossy(body_addr).into_owned()),
+    );
+    env.insert("headers".into(), Value::Object(headers));
+    env.insert("id".into(), Value::String(id.to_string()));
+    env.insert("method".into(), Value::String(req.method_raw.clone()));
+    env.insert(
+        "protocol".into(),
+        Value::String(format!("HTTP/1.{}", req.minor_version)),
+    );
+    env.insert("url".into(), Value::String(req.target.clone()));
+    Bytes::from(Value::Object(env).to_string())
+}
+
+/// A handler's reply head, checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    reason: &'static str,
+    /// End-to-end headers as given (hop-by-hop ones and Content-Length
+    /// taken out).
+    headers: Vec<(String, String)>,
+    content_length: Option<u64>,
+    /// The handler named its own `Server`.
+    has_server: bool,
+}
+
+/// Checks `["STATUS", ["Name", "value", …]]`. The status is a string of
+/// three digits (msglite's form) or a number, and must be a final status
+/// with a registered meaning.
+fn parse_head(body: &[u8]) -> Result<Head, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let Value::Array(items) = value else {
+        return Err("not a JSON array".into());
+    };
+    if items.len() > 2 {
+        return Err(format!("{} items, expected [STATUS, HEADERS]", items.len()));
+    }
+    let status = match items.first() {
+        None => return Err("an empty array".into()),
+        Some(Value::String(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) => s
+            .parse::<u16>()
+            .map_err(|_| format!("status {s:?} is not a number"))?,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| format!("status {n} is not a status code"))?,
+        Some(Value::String(s)) => {
+            let shown: String = s.chars().take(32).collect();
+            return Err(format!("status {shown:?} is not a number"));
+        }
+        Some(_) => return Err("the status is not a string or a number".into()),
+    };
+    if status < 200 {
+        return Err(format!("status {status} is not a final status"));
+    }
+    let reason = status_reason(status).ok_or_else(|| format!("unknown status {status}"))?;
+    let list: &[Value] = match items.get(1) {
+        None => &[],
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err("the headers are not an array".into()),
+    };
+    if !list.len().is_multiple_of(2) {
+        return Err("an odd number of header items".into());
+    }
+    let mut pairs = Vec::with_capacity(list.len() / 2);
+    for pair in list.chunks_exact(2) {
+        let (Some(Value::String(name)), Some(Value::String(value))) = (pair.first(), pair.get(1))
+        else {
+            return Err("a header name or value that is not a string".into());
+        };
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            let shown: String = name.chars().take(32).collect();
+            return Err(format!("header name {shown:?} is not a token"));
+        }
+        if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(format!(
+                "the value of {name} holds a control character (CR, LF, …)"
+            ));
+        }
+        pairs.push((name.clone(), value.clone()));
+    }
+    let listed = connection_tokens(
+        pairs
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_bytes()),
+    );
+    let mut head = Head {
+        status,
+        reason,
+        headers: Vec::with_capacity(pairs.len()),
+        content_length: None,
+        has_server: false,
+    };
+    for (name, value) in pairs {
+        if is_hop_by_hop(&name, &listed) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = value.trim();
+            let n = if !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()) {
+                v.parse::<u64>().ok()
+            } else {
+                None
+            };
+            let Some(n) = n else {
+                return Err(format!("Content-Length {value:?} is not a number"));
+            };
+            if head.content_length.is_some_and(|m| m != n) {
+                return Err("two different Content-Length values".into());
+            }
+            head.content_length = Some(n);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("server") {
+            head.has_server = true;
+        }
+        head.headers.push((name, value));
+    }
+    Ok(head)
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Frames the head for the request `p`; returns it, how the body goes out,
+/// and whether the connection stays open after the response.
+fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
+    let bodiless = p.head_only || head.status == 204 || head.status == 304;
+    let framing = if bodiless {
+        Framing::Discard
+    } else if let Some(n) = head.content_length {
+        Framing::Length {
+            left: n,
+            over: false,
+        }
+    } else if p.minor_version >= 1 {
+        Framing::Chunked
+    } else {
+        Framing::UntilClose
+    };
+    let keep_alive = p.keep_alive && framing != Framing::UntilClose;
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(if p.minor_version == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.put_slice(head.status.to_string().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(head.reason.as_bytes());
+    out.put_slice(b"\r\n");
+    if !head.has_server {
+        put_header(&mut out, "Server", SERVER);
+    }
+    for (name, value) in &head.headers {
+        put_header(&mut out, name, value);
+    }
+    match (framing, head.content_length) {
+        (Framing::Chunked, _) => put_header(&mut out, "Transfer-Encoding", "chunked"),
+        (_, Some(n)) if head.status != 204 => {
+            put_header(&mut out, "Content-Length", &n.to_string());
+        }
+        _ => {}
+    }
+    match (p.minor_version == 0, keep_alive) {
+        (false, false) => put_header(&mut out, "Connection", "close"),
+        (true, true) => put_header(&mut out, "Connection", "keep-alive"),
+        _ => {}
+    }
+    out.put_slice(b"\r\n");
+    (out.freeze(), framing, keep_alive)
+}
+
+fn put_header(out: &mut BytesMut, name: &str, value: &str) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// One body message as it goes to the client.
+fn body_part(framing: &mut Framing, chunk: &Bytes) -> Bytes {
+    match framing {
+        Framing::Discard => Bytes::new(),
+        Framing::UntilClose => chunk.clone(),
+        Framing::Chunked => {
+            let size = format!("{:X}\r\n", chunk.len());
+            let mut out = BytesMut::with_capacity(size.len() + chunk.len() + 2);
+            out.put_slice(size.as_bytes());
+            out.put_slice(chunk);
+            out.put_slice(b"\r\n");
+            out.freeze()
+        }
+        Framing::Length { left, over } => {
+            let len = chunk.len() as u64;
+            if len > *left {
+                *over = true;
+            }
+            let take = len.min(*left);
+            *left -= take;
+            chunk.slice(..usize::try_from(take).unwrap_or(chunk.len()))
+        }
+    }
+}
+
+/// The empty message: the end of the response. A body shorter or longer
+/// than its Content-Length ends the connection too, so that the client
+/// sees it was cut.
+fn end_of_body(framing: Framing, keep_alive: bool, id: &str) -> Part {
+    match framing {
+        Framing::Chunked => Part::Last {
+            bytes: Bytes::from_static(LAST_CHUNK),
+            keep_alive,
+        },
+        Framing::Discard => Part::Last {
+            bytes: Bytes::new(),
+            keep_alive,
+        },
+        Framing::UntilClose => Part::Last {
+            bytes: Bytes::new(),
+            keep_alive: false,
+        },
+        Framing::Length { left, over } => {
+            let exact = left == 0 && !over;
+            if !exact {
+                log::info!(
+                    "proxy {id}: the body did not match its Content-Length ({}): closing",
+                    if over { "longer" } else { "shorter" }
+                );
+            }
+            Part::Last {
+                bytes: Bytes::new(),
+                keep_alive: keep_alive && exact,
+            }
+        }
+    }
+}
+
+/// The reason phrase of a final status with a registered meaning (RFC 9110
+/// and the IANA registry), `None` for any other.
+fn status_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Request {
+        let mut decoder = super::super::codec::Decoder::new(Default::default());
+        let mut buf = BytesMut::from(raw);
+        match decoder.decode(&mut buf) {
+            Ok(Some(super::super::codec::Event::Request(r))) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_msglites_object_plus_an_id() {
+        let req = request(
+            "POST /p?q=1 HTTP/1.1\r\nHost: h\r\ncontent-type: text/plain\r\n\
+             X-Two: a\r\nx-two: b\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        let env = envelope(&req, "abc-1", b"AB.2");
+        assert_eq!(
+            std::str::from_utf8(&env).unwrap(),
+            r#"{"bodyAddr":"AB.2","headers":{"Content-Length":"2","Content-Type":"text/plain","Host":"h","X-Two":"a,b"},"id":"abc-1","method":"POST","protocol":"HTTP/1.1","url":"/p?q=1"}"#
+        );
+        // A chunked body arrives whole: its length, not its coding.
+        let req = request(
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        );
+        let env: Value = serde_json::from_slice(&envelope(&req, "i", b"b")).unwrap();
+        assert_eq!(
+            env["headers"],
+            serde_json::json!({"Content-Length": "5"}),
+            "{env}"
+        );
+        assert_eq!(env["protocol"], "HTTP/1.1");
+        assert_eq!(canonical_name("x-FORWARDED-for"), "X-Forwarded-For");
+    }
+
+    #[test]
+    fn good_heads() {
+        let h = parse_head(br#"["200", ["Content-Type", "text/plain", "X-A", "1"]]"#).unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.reason, "OK");
+        assert_eq!(h.content_length, None);
+        assert_eq!(h.headers.len(), 2);
+        let h = parse_head(br#"[404]"#).unwrap();
+        assert_eq!((h.status, h.reason, h.headers.len()), (404, "Not Found", 0));
+        let h = parse_head(
+            br#"["200", ["Content-Length", "5", "content-length", "5", "Connection", "close, X-Private",
+                "X-Private", "p", "Transfer-Encoding", "chunked", "Keep-Alive", "1",
+                "Upgrade", "h2c", "Server", "mine"]]"#,
+        )
+        .unwrap();
+        assert_eq!(h.content_length, Some(5));
+        assert_eq!(h.headers, vec![("Server".to_string(), "mine".to_string())]);
+        assert!(h.has_server);
+    }
+
+    #[test]
+    fn every_kind_of_bad_head_says_why() {
+        for (head, says) in [
+            (&b"not json"[..], "not JSON"),
+            (b"{\"status\": 200}", "not a JSON array"),
+            (b"\"200\"", "not a JSON array"),
+            (b"[]", "an empty array"),
+            (b"[\"abc\", []]", "is not a number"),
+            (b"[\"20x\", []]", "is not a number"),
+            (b"[true, []]", "not a string or a number"),
+            (b"[\"299\", []]", "unknown status 299"),
+            (b"[99999, []]", "not a status code"),
+            (b"[\"101\", []]", "not a final status"),
+            (b"[\"200\", {}]", "not an array"),
+            (b"[\"200\", [\"A\"]]", "odd number"),
+            (b"[\"200\", [\"A\", 1]]", "not a string"),
+            (b"[\"200\", [null, \"v\"]]", "not a string"),
+            (b"[\"200\", [\"A\\r\\nB\", \"v\"]]", "not a token"),
+            (b"[\"200\", [\"A B\", \"v\"]]", "not a token"),
+            (b"[\"200\", [\"\", \"v\"]]", "not a token"),
+            (
+                b"[\"200\", [\"A\", \"v\\r\\nSet-Cookie: x\"]]",
+                "control character",
+            ),
+            (b"[\"200\", [\"A\", \"v\\n\"]]", "control character"),
+            (b"[\"200\", [\"Content-Length\", \"x\"]]", "not a number"),
+            (b"[\"200\", [\"Content-Length\", \"-1\"]]", "not a number"),
+            (
+                b"[\"200\", [\"Content-Length\", \"1\", \"Content-Length\", \"2\"]]",
+                "two different",
+            ),
+            (b"[\"200\", [], 3]", "3 items"),
+        ] {
+            let err = parse_head(head).unwrap_err();
+            assert!(
+                err.contains(says),
+                "{}: {err}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    fn pending(minor_version: u8, head_only: bool, keep_alive: bool) -> Pending {
+        Pending {
+            id: "t".into(),
+            reply: Bytes::from_static(b"r"),
+            wait: {
+                let mut q = crate::broker::Queues::new(0);
+                match q.ready(
+                    0,
+                    crate::broker::ConnId { key: 0, gen: 0 },
+                    1,
+                    vec![Bytes::from_static(b"r")],
+                ) {
+                    Ready::Waiting(w) => w,
+                    _ => unreachable!(),
+                }
+            },
+            stage: Stage::Head,
+            minor_version,
+            head_only,
+            keep_alive,
+            counted: false,
+        }
+    }
+
+    #[test]
+    fn heads_and_bodies_are_framed_for_the_request() {
+        let head = parse_head(br#"["200", ["Content-Type", "text/plain"]]"#).unwrap();
+        let (bytes, framing, keep) = write_head(&head, &pending(1, false, true));
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Type: text/plain\r\n\
+              Transfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!((framing, keep), (Framing::Chunked, true));
+        let mut f = framing;
+        assert_eq!(
+            &body_part(&mut f, &Bytes::from_static(b"hello, world!"))[..],
+            b"D\r\nhello, world!\r\n"
+        );
+        // HTTP/1.0 without a length: to the close.
+        let (bytes, framing, keep) = write_head(&head, &pending(0, false, true));
+        assert!(bytes.starts_with(b"HTTP/1.0 200 OK\r\n"));
+        assert!(!bytes.windows(10).any(|w| w == b"Connection"));
+        assert_eq!((framing, keep), (Framing::UntilClose, false));
+        // With a length, HTTP/1.0 keeps alive when asked.
+        let head = parse_head(br#"["201", ["Content-Length", "4"]]"#).unwrap();
+        let (bytes, framing, keep) = write_head(&head, &pending(0, false, true));
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.0 201 Created\r\nServer: switchboard\r\nContent-Length: 4\r\n\
+              Connection: keep-alive\r\n\r\n"
+        );
+        assert!(keep);
+        let mut f = framing;
+        assert_eq!(&body_part(&mut f, &Bytes::from_static(b"abc"))[..], b"abc");
+        assert_eq!(&body_part(&mut f, &Bytes::from_static(b"def"))[..], b"d");
+        assert!(matches!(
+            end_of_body(f, keep, "t"),
+            Part::Last {
+                keep_alive: false,
+                ..
+            }
+        ));
+        // HTTP/1.1 without keep-alive says so; HEAD discards the body.
+        let (bytes, framing, keep) = write_head(&head, &pending(1, true, false));
+        assert!(bytes.ends_with(b"Content-Length: 4\r\nConnection: close\r\n\r\n"));
+        assert_eq!((framing, keep), (Framing::Discard, false));
+        // 204 carries no length.
+        let head = parse_head(br#"["204", ["Content-Length", "0"]]"#).unwrap();
+        let (bytes, framing, _) = write_head(&head, &pending(1, false, true));
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Discard);
+    }
+}
