@@ -281,14 +281,8 @@ impl Queues {
             body,
             deadline: deadline(now, timeout_s),
         };
-        // A waiter whose connection is already closing refuses the answer:
-        // the message then goes to the next waiter, or into the queue.
-        while let Some(wait) = self.pop_live_wait(&to) {
-            if out.answer(wait.conn, Answer::Message(msg.delivery(&to))) {
-                self.queued_in += 1;
-                self.queued_out += 1;
-                return Ok(());
-            }
+        if self.hand_to_waiter(msg.delivery(&to), out) {
+            return Ok(());
         }
         if msg.deadline <= now {
             self.queued_in += 1;
@@ -320,6 +314,28 @@ impl Queues {
         Ok(())
     }
 
+    /// Hands a message for `d.to` to the longest-waiting receiver there.
+    /// A waiter whose connection is already closing refuses the answer: the
+    /// message then goes to the next waiter. False when nobody took it.
+    pub fn hand_to_waiter(&mut self, d: Delivery<'_>, out: &mut (impl Outbox + ?Sized)) -> bool {
+        while let Some(wait) = self.pop_live_wait(d.to) {
+            if out.answer(wait.conn, Answer::Message(d)) {
+                self.queued_in += 1;
+                self.queued_out += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True when a receiver waits on `addr` (it may still refuse a message
+    /// if its connection is closing).
+    pub fn has_waiter(&self, addr: &[u8]) -> bool {
+        self.addresses
+            .get(addr)
+            .is_some_and(|a| a.waits.len() > a.stale)
+    }
+
     /// Waits on up to [`MAX_ADDRESSES`] addresses. Takes a message at once
     /// when one is queued on one of them (first address first); otherwise
     /// registers the wait, which is answered later through the outbox.
@@ -331,16 +347,44 @@ impl Queues {
         addresses: Vec<Bytes>,
     ) -> Ready {
         for addr in &addresses {
-            if let Some(msg) = self.pop_live_message(now, addr) {
-                self.queued_out += 1;
-                return Ready::Message(Taken {
-                    to: addr.clone(),
-                    reply: msg.reply,
-                    timeout_s: msg.timeout_s,
-                    body: msg.body,
-                });
+            if let Some(taken) = self.take(now, addr) {
+                return Ready::Message(taken);
             }
         }
+        self.wait(now, conn, timeout_s, addresses)
+    }
+
+    /// Takes the oldest live message queued on `addr`, if there is one.
+    pub fn take(&mut self, now: Millis, addr: &Bytes) -> Option<Taken> {
+        let msg = self.pop_live_message(now, addr)?;
+        self.queued_out += 1;
+        Some(Taken {
+            to: addr.clone(),
+            reply: msg.reply,
+            timeout_s: msg.timeout_s,
+            body: msg.body,
+        })
+    }
+
+    /// Takes every live message queued on `addr`, oldest first, as
+    /// `(reply, body)` (they move elsewhere: they count as delivered).
+    pub fn take_all(&mut self, now: Millis, addr: &Bytes) -> Vec<(Option<Bytes>, Bytes)> {
+        let mut all = Vec::new();
+        while let Some(t) = self.take(now, addr) {
+            all.push((t.reply, t.body));
+        }
+        all
+    }
+
+    /// Registers a wait on `addresses` without looking for queued messages
+    /// (see [`Queues::ready`]); `TimedOut` for a timeout of 0.
+    pub fn wait(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        addresses: Vec<Bytes>,
+    ) -> Ready {
         let at = deadline(now, timeout_s);
         if at <= now {
             return Ready::TimedOut;
@@ -484,7 +528,7 @@ impl Queues {
     }
 
     /// Takes the longest-waiting live wait on `addr` out of the slab.
-    fn pop_live_wait(&mut self, addr: &Bytes) -> Option<Wait> {
+    fn pop_live_wait(&mut self, addr: &[u8]) -> Option<Wait> {
         let a = self.addresses.get_mut(addr)?;
         let mut found = None;
         while let Some(id) = a.waits.pop_front() {
@@ -504,9 +548,9 @@ impl Queues {
     /// Counts the entries of an answered or withdrawn wait as stale in each of
     /// its queues (except `popped`, where it was already removed), compacting a
     /// queue once most of it is stale.
-    fn mark_stale(&mut self, addresses: &[Bytes], popped: Option<&Bytes>) {
+    fn mark_stale(&mut self, addresses: &[Bytes], popped: Option<&[u8]>) {
         for addr in addresses {
-            if Some(addr) == popped {
+            if popped == Some(&addr[..]) {
                 continue;
             }
             let Some(a) = self.addresses.get_mut(addr) else {
@@ -523,7 +567,7 @@ impl Queues {
         }
     }
 
-    fn forget_if_empty(&mut self, addr: &Bytes) {
+    fn forget_if_empty(&mut self, addr: &[u8]) {
         if let Some(a) = self.addresses.get(addr) {
             if a.messages.is_empty() && a.waits.len() <= a.stale {
                 self.addresses.remove(addr);

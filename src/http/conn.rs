@@ -445,7 +445,7 @@ mod tests {
                     Some(Response::new(200).body("text/plain", d.body.clone()))
                 }
                 (Held::Wait(_), Answer::Timeout) => Some(Response::new(504)),
-                (Held::Sleep, _) => None,
+                (Held::Sleep, _) | (Held::Wait(_), Answer::Switch(_)) => None,
             }
         }
 
