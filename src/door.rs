@@ -189,6 +189,8 @@ pub struct Cx<'a> {
     pub(crate) progressed: bool,
     /// Set by [`Cx::wake_at`].
     pub(crate) wake_at: Option<Millis>,
+    /// Set by [`Cx::stop_server`].
+    pub(crate) stop: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -207,6 +209,7 @@ impl<'a> Cx<'a> {
             stats,
             progressed: false,
             wake_at: None,
+            stop: false,
         }
     }
 
@@ -228,6 +231,16 @@ impl<'a> Cx<'a> {
     /// one call wins). A door that no longer needs it ignores the call.
     pub fn wake_at(&mut self, at: Millis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// Asks the server to stop as a signal would: it stops accepting,
+    /// flushes what is queued (this call's output included) and exits.
+    pub fn stop_server(&mut self) {
+        self.stop = true;
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop
     }
 
     pub fn progressed(&self) -> bool {

@@ -51,6 +51,11 @@ pub const DOORS: &[DoorSpec] = &[
         binds: bus_binds,
         opener: crate::http::bus::opener,
     },
+    DoorSpec {
+        name: "switch",
+        binds: switch_binds,
+        opener: crate::http::switch::opener,
+    },
 ];
 
 fn tcp(name: &'static str, flag: &'static str, listen: &Listen) -> Option<Bind> {
@@ -106,4 +111,19 @@ fn bus_binds(config: &Config) -> Vec<Bind> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+fn switch_binds(config: &Config) -> Vec<Bind> {
+    let mut binds: Vec<Bind> = tcp("switch", "--switch-listen", &config.switch_listen)
+        .into_iter()
+        .collect();
+    if let Some(path) = &config.switch_unix {
+        binds.push(Bind {
+            name: "switch-unix",
+            flag: "--switch-unix",
+            at: BindAt::Unix(path.clone()),
+            tls: None,
+        });
+    }
+    binds
 }

@@ -390,6 +390,10 @@ impl Switch {
         all
     }
 
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
     /// Messages stored over all queues.
     pub fn stored(&self) -> usize {
         self.queues.values().map(Queue::len).sum()

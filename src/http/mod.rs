@@ -6,6 +6,7 @@
 //! - [`uri`]: decoding paths and query strings.
 //! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
+//! - [`switch`]: the message-switch HTTP API door.
 //!
 //! Nothing here imports the IO shell or another door: a door meets the shell
 //! only through [`crate::door`].
@@ -16,4 +17,5 @@ pub mod codec;
 pub mod conn;
 pub mod files;
 pub mod response;
+pub mod switch;
 pub mod uri;
