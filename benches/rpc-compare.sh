@@ -1,0 +1,40 @@
+#!/bin/bash
+# RPC round trips per second and their latency, in one run: switchboard's
+# message-switch API, its line protocol's `?`, and NATS request/reply.
+# usage: benches/rpc-compare.sh [SECONDS] [CALLERS] [BODY_BYTES]
+# needs: nats-server (Debian: apt-get install -y nats-server)
+# Each server runs pinned to CPU 0, the callers and the service (rpc-bench)
+# to CPU 1; every pattern gets one service connection and CALLERS callers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+CALLERS=${2:-10}
+BODY=${3:-100}
+command -v nats-server >/dev/null || { echo "nats-server is not installed" >&2; exit 2; }
+cargo build --release -q -p switchboard --bin switchboard
+cargo build --release -q -p loadtest --bin rpc-bench
+dir=$(mktemp -d)
+SB=; NATS=
+cleanup() { [ -n "$SB" ] && kill "$SB" 2>/dev/null; [ -n "$NATS" ] && kill "$NATS" 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+taskset -c 0 target/release/switchboard --log-level warn --bus-listen off \
+  --line-listen 127.0.0.1:0 --switch-listen 127.0.0.1:0 >"$dir/sb.out" 2>"$dir/sb.err" &
+SB=$!
+taskset -c 0 nats-server -a 127.0.0.1 -p -1 >"$dir/nats.log" 2>&1 &
+NATS=$!
+for _ in $(seq 100); do
+  grep -qs 'listening switch' "$dir/sb.out" && grep -qs 'Listening for client' "$dir/nats.log" && break
+  sleep 0.1
+done
+LINE=$(awk '/^listening line /{print $3}' "$dir/sb.out")
+SWITCH=$(awk '/^listening switch /{print $3}' "$dir/sb.out")
+NATS_ADDR=$(sed -n 's/.*Listening for client connections on \([0-9.:]*\).*/\1/p' "$dir/nats.log")
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "switchboard: line $LINE, switch $SWITCH; $(nats-server --version): $NATS_ADDR"
+echo "$CALLERS callers, 1 service, ${BODY}-byte bodies, ${SECS} s measured per pattern after 1 s of warm-up"
+taskset -c 1 target/release/rpc-bench --switch "$SWITCH" --line "$LINE" --nats "$NATS_ADDR" \
+  --seconds "$SECS" --callers "$CALLERS" --body "$BODY"
+echo "the line service again, with $CALLERS handler connections instead of 1:"
+taskset -c 1 target/release/rpc-bench --line "$LINE" --line-handlers "$CALLERS" \
+  --seconds "$SECS" --callers "$CALLERS" --body "$BODY" | tail -1
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
