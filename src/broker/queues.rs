@@ -107,6 +107,10 @@ struct Message {
     timeout_s: u64,
     body: Bytes,
     deadline: Millis,
+    /// Its place among all messages ever queued: an address's messages
+    /// leave from the front, so its expiry timer is stale once the front
+    /// message is a later one.
+    seq: u64,
 }
 
 impl Message {
@@ -141,7 +145,8 @@ struct Address {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Wait(usize, u64),
-    Expire(Bytes),
+    /// The message with this `seq` on this address.
+    Expire(Bytes, u64),
 }
 
 /// All queue addresses and the waits on them.
@@ -152,6 +157,8 @@ pub struct Queues {
     next_gen: u64,
     reply_prefix: String,
     reply_seq: u64,
+    /// The `seq` of the next queued message.
+    next_seq: u64,
     queued_in: u64,
     queued_out: u64,
     expired: u64,
@@ -185,6 +192,7 @@ impl Queues {
             next_gen: 0,
             reply_prefix: format!("{epoch_s:X}"),
             reply_seq: 0,
+            next_seq: 0,
             queued_in: 0,
             queued_out: 0,
             expired: 0,
@@ -241,9 +249,10 @@ impl Queues {
             let (waits, addresses) = (&self.waits, &self.addresses);
             self.timers.retain(|_, kind| match kind {
                 TimerKind::Wait(slot, gen) => waits.get(*slot).is_some_and(|w| w.gen == *gen),
-                TimerKind::Expire(addr) => {
-                    addresses.get(addr).is_some_and(|a| !a.messages.is_empty())
-                }
+                TimerKind::Expire(addr, seq) => addresses
+                    .get(addr)
+                    .and_then(|a| a.messages.front())
+                    .is_some_and(|front| front.seq <= *seq),
             });
         }
     }
@@ -280,6 +289,7 @@ impl Queues {
             timeout_s,
             body,
             deadline: deadline(now, timeout_s),
+            seq: self.next_seq,
         };
         if self.hand_to_waiter(msg.delivery(&to), out) {
             return Ok(());
@@ -303,14 +313,15 @@ impl Queues {
             msg.body = Bytes::copy_from_slice(&msg.body);
         }
         msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
-        let at = msg.deadline;
+        let (at, msg_seq) = (msg.deadline, msg.seq);
         let key = self.key(&to);
         let a = self.addresses.entry(key.clone()).or_default();
         a.messages.push_back(msg);
         a.bytes += size;
         self.bytes_now += size;
         self.queued_now += 1;
-        self.add_timer(at, TimerKind::Expire(key));
+        self.next_seq += 1;
+        self.add_timer(at, TimerKind::Expire(key, msg_seq));
         Ok(())
     }
 
@@ -469,7 +480,7 @@ impl Queues {
                         out.answer(wait.conn, Answer::Timeout);
                     }
                 }
-                TimerKind::Expire(addr) => self.expire_front(now, &addr),
+                TimerKind::Expire(addr, seq) => self.expire_front(now, &addr, seq),
             }
         }
     }
@@ -478,10 +489,14 @@ impl Queues {
     /// front go at once; one stuck behind a live message is counted, and the
     /// queue is swept once such messages could be half of it, so dropping
     /// costs amortised O(1) per message.
-    fn expire_front(&mut self, now: Millis, addr: &Bytes) {
+    fn expire_front(&mut self, now: Millis, addr: &Bytes, seq: u64) {
         let Some(a) = self.addresses.get_mut(addr) else {
             return;
         };
+        // Its message was taken (or swept) already.
+        if a.messages.front().is_none_or(|front| front.seq > seq) {
+            return;
+        }
         let before = a.messages.len();
         let mut freed = 0;
         while a.messages.front().is_some_and(|m| m.deadline <= now) {
@@ -822,6 +837,32 @@ mod tests {
         }
         assert_eq!(q.waiting(), 0);
         assert!(q.timers.len() <= 1024 + 1, "{} timers left", q.timers.len());
+    }
+
+    #[test]
+    fn timers_of_taken_messages_on_a_busy_address_do_not_pile_up() {
+        // A work queue that always holds a backlog: each message is taken
+        // long before its timeout, and its expiry timer is stale from then
+        // on although the address is never empty.
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        for _ in 0..10 {
+            send(&mut q, 0, b("jobs"), None, 3600, b("j"), &mut out);
+        }
+        for k in 0..100_000 {
+            send(&mut q, 0, b("jobs"), None, 3600, b("j"), &mut out);
+            assert!(ready(&mut q, 0, conn(k), 60, vec![b("jobs")], &mut out).is_none());
+        }
+        assert_eq!(q.queued(), 10);
+        assert!(
+            q.timers.len() <= 2 * 10 + 1024 + 1,
+            "{} timers left",
+            q.timers.len()
+        );
+        // Stale timers that come due leave the backlog alone.
+        q.on_timers(3600 * 1000, &mut out);
+        assert_eq!(q.queued(), 0, "the backlog itself expires");
+        assert_eq!(q.stats().2, 10);
     }
 
     #[test]
