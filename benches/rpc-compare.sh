@@ -32,9 +32,21 @@ NATS_ADDR=$(sed -n 's/.*Listening for client connections on \([0-9.:]*\).*/\1/p'
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "switchboard: line $LINE, switch $SWITCH; $(nats-server --version): $NATS_ADDR"
 echo "$CALLERS callers, 1 service, ${BODY}-byte bodies, ${SECS} s measured per pattern after 1 s of warm-up"
-taskset -c 1 target/release/rpc-bench --switch "$SWITCH" --line "$LINE" --nats "$NATS_ADDR" \
-  --seconds "$SECS" --callers "$CALLERS" --body "$BODY"
-echo "the line service again, with $CALLERS handler connections instead of 1:"
-taskset -c 1 target/release/rpc-bench --line "$LINE" --line-handlers "$CALLERS" \
-  --seconds "$SECS" --callers "$CALLERS" --body "$BODY" | tail -1
+# CPU time of a process so far, in clock ticks (1/100 s).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# One pattern: rpc-bench's row, then the CPU time its server used.
+run() {
+  local pid=$1; shift
+  local t0 t1 row
+  t0=$(ticks "$pid")
+  row=$(taskset -c 1 target/release/rpc-bench --seconds "$SECS" --callers "$CALLERS" --body "$BODY" "$@" | tail -1)
+  t1=$(ticks "$pid")
+  printf '%s %9d\n' "$row" $(( (t1 - t0) * 10 ))
+}
+printf '%-8s %8s %10s %9s %9s %9s %9s\n' pattern calls calls/s 'p50 µs' 'p99 µs' 'max µs' 'server ms'
+run "$SB" --switch "$SWITCH"
+run "$SB" --line "$LINE"
+run "$SB" --line "$LINE" --line-handlers "$CALLERS"
+run "$NATS" --nats "$NATS_ADDR"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "(server ms: CPU time the server process used during the pattern, warm-up included)"
