@@ -916,10 +916,15 @@ impl Switch {
             let Some(wait) = self.unpark_transfer(key, Some(name)) else {
                 continue;
             };
-            let t = self.collect(wait.from, &wait.names);
+            let polled = Polled::Transfer(self.collect(wait.from, &wait.names));
             self.expect_transfer(&wait.names, now.saturating_add(wait.timeout_ms));
-            self.hand_over(now, &wait.session, &t);
-            out.answer(wait.conn, Answer::Switch(&Polled::Transfer(t)));
+            // A connection that went away meanwhile refuses the answer: its
+            // messages stay unseen, for line receivers too.
+            if out.answer(wait.conn, Answer::Switch(&polled)) {
+                if let Polled::Transfer(t) = &polled {
+                    self.hand_over(now, &wait.session, t);
+                }
+            }
         }
         if !kept.is_empty() {
             self.waits_on.insert(
@@ -943,7 +948,7 @@ impl Switch {
     ) -> Option<Transferred> {
         let w = self.unpark_transfer(wait, None)?;
         let t = self.collect(w.from, &w.names);
-        self.expect_transfer(&w.names, now);
+        self.expect_transfer(&w.names, now.saturating_add(w.timeout_ms));
         self.hand_over(now, &w.session, &t);
         self.wake_traces(out);
         Some(t)
@@ -1442,6 +1447,23 @@ mod tests {
         send(&mut br, &mut out, 40, "svc", request("both", "r"));
         let keys: Vec<u32> = answered(&mut out).iter().map(|(c, _)| *c).collect();
         assert_eq!(keys, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_transfer_whose_connection_refuses_the_answer_leaves_the_message_unseen() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        parked(
+            br.switch_transfer(0, conn(2), None, 5_000, vec![b("svc")], &mut out)
+                .unwrap(),
+        );
+        out.refuse.push(conn(2));
+        send(&mut br, &mut out, 1, "svc", request("m", ""));
+        assert_eq!(br.switch.parked_transfers(), 0);
+        assert!(answered(&mut out).is_empty());
+        // Nobody was handed it: a line receiver may take it.
+        let got = br.ready(2, conn(20), 30, vec![b("svc")], &mut out);
+        assert!(matches!(got, Ready::Message(_)), "{got:?}");
     }
 
     #[test]
