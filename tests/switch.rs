@@ -654,3 +654,102 @@ fn a_line_send_reaches_a_transfer_and_a_line_query_a_switch_server() {
     // The line connection goes on.
     line.write_all(b".\r\n").unwrap();
 }
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+const SWITCH_PIECES: &[&[u8]] = &[
+    b"GET /login/chaos HTTP/1.1\r\n\r\n",
+    b"GET /persistent/chaos.q HTTP/1.1\r\n\r\n",
+    b"GET /transient/chaos.t HTTP/1.1\r\n\r\n",
+    b"GET /destroy/chaos.q HTTP/1.1\r\n\r\n",
+    b"GET /ack/chaos.q/0 HTTP/1.1\r\n\r\n",
+    b"GET /ack/chaos.q/99999999999999999999999 HTTP/1.1\r\n\r\n",
+    b"GET /list/ HTTP/1.1\r\n\r\n",
+    b"GET /list/alive/%zz HTTP/1.1\r\n\r\n",
+    b"GET /trace/0/0.01 HTTP/1.1\r\n\r\n",
+    b"GET /trace/-9223372036854775808/1e308 HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"POST /transfer HTTP/1.1\r\nContent-Length: 45\r\n\r\n{\"timeout\": 0.05, \"queues\": [\"chaos.q\", \"x\"]}",
+    b"POST /transfer HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"from\":[",
+    b"POST /transfer HTTP/1.1\r\nContent-Length: 44\r\n\r\n{\"from\": \"-5\", \"timeout\": NaN, \"queues\": []}",
+    b"POST /request/chaos.q/chaos.t HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /request/chaos.q/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"POST /response/chaos.t/chaos.q/0 HTTP/1.1\r\nContent-Length: 2\r\n\r\nok",
+    b"POST /request/%00/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"POST /shutdown HTTP/1.1\r\n\r\n",
+    b"HEAD /list/ HTTP/1.1\r\n\r\n",
+    b"GET /login/x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET / HTTP/2.0\r\n\r\n",
+    b"\r\n",
+];
+
+/// Sends random pieces (whole, cut, or noise) on one connection and reads
+/// whatever comes back, ignoring errors: the server may close.
+fn stir(addr: &str, seed: u64, rounds: usize) {
+    let mut rng = Rng(seed);
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return;
+    };
+    // Only stops a read that has nothing to take.
+    let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+    for _ in 0..rounds {
+        let piece = SWITCH_PIECES[rng.below(SWITCH_PIECES.len() as u64) as usize];
+        let mut chunk = piece.to_vec();
+        match rng.below(4) {
+            0 => chunk.truncate(rng.below(chunk.len() as u64 + 1) as usize),
+            1 => chunk = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            _ => {}
+        }
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        // What comes back (or nothing, or an error) does not matter here.
+        let _ = s.read(&mut buf);
+    }
+}
+
+#[test]
+fn random_input_on_the_switch_door_harms_nobody() {
+    let server = start(&["--max-body", "4096", "--request-timeout", "2"]);
+    let addr = server.addr("switch").to_string();
+    let mut good = Http::open(&server);
+    good.login("good");
+    good.ok("GET", "/persistent/good.q", b"");
+    let workers: Vec<_> = (0..16u64)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for round in 0..5u64 {
+                    stir(&addr, 0x9e37_79b9_7f4a_7c15 ^ (i << 8) ^ round, 40);
+                }
+            })
+        })
+        .collect();
+    for k in 0..50u64 {
+        let sent = good.ok("POST", "/request/good.q/", format!("m{k}").as_bytes());
+        assert_eq!(sent.json(), json!([["good.q", k]]));
+        let t = good.transfer(
+            json!({"from": (k as i64 - 1).to_string(), "timeout": 5, "queues": ["good.q"]}),
+        );
+        assert_eq!(t["messages"][0][1]["payload"], format!("m{k}"));
+    }
+    for w in workers {
+        w.join().expect("a chaos thread");
+    }
+    assert_eq!(good.get("/list/good").json(), json!(["good.q"]));
+    assert!(stats(&server)["switch"]["sessions"].as_u64() >= Some(1));
+}
