@@ -312,3 +312,23 @@ fn the_cli_reaches_a_unix_socket_door() {
     assert!(out.status.success());
     drop(server);
 }
+
+#[test]
+fn switchboard_cli_call_is_served_by_a_line_handler() {
+    let server = start();
+    let mut handler = Client::connect_tcp(server.line()).expect("connect to the line door");
+    let call = spawn(&server, &["call", "line.svc", "--body", "hi there"]);
+    let m = handler
+        .ready(20, &["line.svc"])
+        .expect("ready")
+        .expect("the call's request");
+    assert_eq!(m.body, b"hi there");
+    assert_eq!(m.timeout_s, 30);
+    let reply = m.reply.expect("a reply queue");
+    assert!(reply.starts_with("switchboard-cli."), "{reply}");
+    handler
+        .send(b"HI THERE", 30, &reply, None)
+        .expect("send the answer");
+    assert_eq!(ok(&finish(call)), "HI THERE\n");
+    handler.quit().expect("quit");
+}
