@@ -130,6 +130,9 @@ pub struct Queue {
     entries: BTreeMap<u64, Entry>,
     /// Entries no transfer has returned yet.
     unseen: usize,
+    /// Every entry with a lower id has been returned by a transfer (or is
+    /// gone), so line receivers look from here on.
+    unseen_from: u64,
     /// What its entries count against the limits.
     bytes: usize,
     /// When the last transfer that named it expects to return (its
@@ -147,6 +150,7 @@ impl Queue {
             next_id: 0,
             entries: BTreeMap::new(),
             unseen: 0,
+            unseen_from: 0,
             bytes: 0,
             next_transfer_expected: None,
             owed: VecDeque::new(),
@@ -700,11 +704,17 @@ impl Switch {
     /// A line receiver on `addr` takes the oldest message of switch queue
     /// `addr` that no transfer has returned yet.
     fn take_for_line(&mut self, now: Millis, addr: &Bytes) -> Option<Taken> {
-        let q = self.queues.get(&addr[..])?;
+        let q = self.queues.get_mut(&addr[..])?;
         if q.unseen == 0 {
             return None;
         }
-        let id = q.entries.iter().find(|(_, e)| !e.seen).map(|(id, _)| *id)?;
+        let found = q
+            .entries
+            .range(q.unseen_from..)
+            .find(|(_, e)| !e.seen)
+            .map(|(id, _)| *id);
+        q.unseen_from = found.map_or(q.next_id, |id| id + 1);
+        let id = found?;
         let entry = self.remove_entry(addr, id)?;
         let message = entry.message;
         self.handed_to_line(now, addr.clone(), id, &message);
@@ -1900,6 +1910,45 @@ mod tests {
             br.ready(3, worker, 30, vec![b("svc")], &mut out),
             Ready::Waiting(_)
         ));
+    }
+
+    #[test]
+    fn line_receivers_take_unseen_messages_in_order_past_seen_ones() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        let take = |br: &mut Broker, out: &mut RecordingOutbox| match br.ready(
+            0,
+            conn(20),
+            30,
+            vec![b("q")],
+            out,
+        ) {
+            Ready::Message(m) => Some(m.body),
+            Ready::Waiting(w) => {
+                br.cancel(w);
+                None
+            }
+            Ready::TimedOut => None,
+        };
+        send(&mut br, &mut out, 0, "q", request("m0", ""));
+        send(&mut br, &mut out, 0, "q", request("m1", ""));
+        br.switch_transfer(0, conn(2), None, 0, vec![b("q")], &mut out)
+            .unwrap();
+        send(&mut br, &mut out, 0, "q", request("m2", ""));
+        assert_eq!(take(&mut br, &mut out), Some(b("m2")));
+        send(&mut br, &mut out, 0, "q", request("m3", ""));
+        send(&mut br, &mut out, 0, "q", request("m4", ""));
+        // A transfer from 3 hands out m4 only.
+        let t = ready(
+            br.switch_transfer(0, conn(2), Some(3), 0, vec![b("q")], &mut out)
+                .unwrap(),
+        );
+        assert_eq!(ids(&t), vec![("q".into(), 4)]);
+        assert_eq!(take(&mut br, &mut out), Some(b("m3")));
+        assert_eq!(take(&mut br, &mut out), None);
+        send(&mut br, &mut out, 0, "q", request("m5", ""));
+        assert_eq!(take(&mut br, &mut out), Some(b("m5")));
+        assert_eq!(br.switch.stored(), 3, "m0, m1 and m4 wait for their acks");
     }
 
     #[test]
