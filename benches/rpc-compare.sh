@@ -2,6 +2,8 @@
 # RPC round trips per second and their latency, in one run: switchboard's
 # message-switch API, its line protocol's `?`, and NATS request/reply.
 # usage: benches/rpc-compare.sh [SECONDS] [CALLERS] [BODY_BYTES]
+# env: ROUNDS=N runs the four patterns N times in turn (default 1), so that
+#      on a busy machine each pattern meets the same load; compare medians.
 # needs: nats-server (Debian: apt-get install -y nats-server)
 # Each server runs pinned to CPU 0, the callers and the service (rpc-bench)
 # to CPU 1; every pattern gets one service connection and CALLERS callers.
@@ -44,9 +46,11 @@ run() {
   printf '%s %9d\n' "$row" $(( (t1 - t0) * 10 ))
 }
 printf '%-8s %8s %10s %9s %9s %9s %9s\n' pattern calls calls/s 'p50 µs' 'p99 µs' 'max µs' 'server ms'
-run "$SB" --switch "$SWITCH"
-run "$SB" --line "$LINE"
-run "$SB" --line "$LINE" --line-handlers "$CALLERS"
-run "$NATS" --nats "$NATS_ADDR"
+for _ in $(seq "${ROUNDS:-1}"); do
+  run "$SB" --switch "$SWITCH"
+  run "$SB" --line "$LINE"
+  run "$SB" --line "$LINE" --line-handlers "$CALLERS"
+  run "$NATS" --nats "$NATS_ADDR"
+done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(server ms: CPU time the server process used during the pattern, warm-up included)"
