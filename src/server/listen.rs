@@ -158,16 +158,13 @@ fn bind_unix(path: &Path, flag: &str) -> io::Result<UnixListener> {
             ));
         }
     }
-    listen_on(
-        socket2::Domain::UNIX,
-        &socket2::SockAddr::unix(path)?,
-        false,
-    )
-    .map(|s| UnixListener::from_std(s.into()))
-    .map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{flag} {}: cannot listen: {e}", path.display()),
-        )
-    })
+    socket2::SockAddr::unix(path)
+        .and_then(|addr| listen_on(socket2::Domain::UNIX, &addr, false))
+        .map(|s| UnixListener::from_std(s.into()))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{flag} {}: cannot listen: {e}", path.display()),
+            )
+        })
 }
