@@ -672,7 +672,10 @@ mod switch_cli {
         payload: &[u8],
         timeout: Option<f64>,
     ) -> Result<Outcome, Failure> {
-        let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+        // A timeout too large to count (or infinite) waits for ever.
+        let deadline = timeout
+            .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok())
+            .and_then(|d| Instant::now().checked_add(d));
         let mut c = session(target)?;
         let reply = c.create_transient(&token())?;
         c.create_persistent(name)?;
@@ -778,7 +781,7 @@ mod switch_cli {
                 let (Some(n), Some(e)) = (pair.get(0).and_then(Value::as_i64), pair.get(1)) else {
                     continue;
                 };
-                from = from.max(n + 1);
+                from = from.max(n.saturating_add(1));
                 let time = e.get("time").and_then(Value::as_f64).unwrap_or(0.0);
                 let start = *first_time.get_or_insert(time);
                 out(writeln!(o, "{}", event_line(time - start, e)))?;
