@@ -103,6 +103,7 @@ Examples:
   switchboard                                   line protocol on 127.0.0.1:9813, HTTP bus on 127.0.0.1:8888
   switchboard --line-unix /tmp/msglite.socket   also serve the line protocol on a Unix socket
   switchboard --line-listen 127.0.0.1:0 --bus-listen off
+  switchboard --switch-listen 127.0.0.1:8080    also serve message-switch's HTTP API
 ";
 
 /// The command line of `switchboard`.
@@ -145,6 +146,20 @@ pub struct Args {
     /// Line protocol over TLS on this address (needs --tls-cert and --tls-key).
     #[arg(long, value_name = "ADDR", value_parser = parse_listen, requires = "tls_cert")]
     pub line_tls_listen: Option<Listen>,
+
+    /// message-switch's HTTP API on this address, or `off` (message-switch's
+    /// clients use 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub switch_listen: Listen,
+
+    /// Also serve message-switch's HTTP API on this Unix socket path (as
+    /// message-switch did; a stale socket file is removed first).
+    #[arg(long, value_name = "PATH")]
+    pub switch_unix: Option<PathBuf>,
+
+    /// Let `POST /shutdown` on the message-switch API stop the server.
+    #[arg(long)]
+    pub allow_shutdown: bool,
 
     /// Serve static files from this directory on the HTTP bus (paths outside /msgbus/).
     #[arg(long, value_name = "DIR")]
@@ -234,6 +249,9 @@ pub struct Config {
     pub line_listen: Listen,
     pub line_unix: Option<PathBuf>,
     pub bus_listen: Listen,
+    pub switch_listen: Listen,
+    pub switch_unix: Option<PathBuf>,
+    pub allow_shutdown: bool,
     /// The TLS doors, when a certificate and key were given.
     pub tls: Option<TlsDoors>,
     pub docroot: Option<PathBuf>,
@@ -351,6 +369,9 @@ impl Config {
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,
+            switch_listen: args.switch_listen,
+            switch_unix: args.switch_unix,
+            allow_shutdown: args.allow_shutdown,
             docroot: args.docroot,
             secret: args.secret,
             log_level: args.log_level,
@@ -389,6 +410,8 @@ mod tests {
             Listen::At("127.0.0.1:8888".parse().unwrap())
         );
         assert_eq!(cfg.limits.backlog, 1_000_000);
+        assert_eq!(cfg.switch_listen, Listen::Off);
+        assert!(!cfg.allow_shutdown);
         assert_eq!(cfg.proxy.listen, Listen::Off);
         assert_eq!(cfg.proxy.queue, "msglite.httpRequests");
         assert_eq!(cfg.proxy.timeout_s, 180);

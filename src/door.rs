@@ -197,6 +197,8 @@ pub struct Cx<'a> {
     /// Bytes queued for this connection and not yet written (see
     /// [`Cx::unsent`]).
     pub(crate) unsent: usize,
+    /// Set by [`Cx::stop_server`].
+    pub(crate) stop: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -216,6 +218,7 @@ impl<'a> Cx<'a> {
             progressed: false,
             wake_at: None,
             unsent: 0,
+            stop: false,
         }
     }
 
@@ -269,6 +272,16 @@ impl<'a> Cx<'a> {
     pub fn with_unsent(mut self, unsent: usize) -> Cx<'a> {
         self.unsent = unsent;
         self
+    }
+
+    /// Asks the server to stop as a signal would: it stops accepting,
+    /// flushes what is queued (this call's output included) and exits.
+    pub fn stop_server(&mut self) {
+        self.stop = true;
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop
     }
 
     pub fn progressed(&self) -> bool {

@@ -56,6 +56,11 @@ pub const DOORS: &[DoorSpec] = &[
         binds: proxy_binds,
         opener: crate::http::proxy::opener,
     },
+    DoorSpec {
+        name: "switch",
+        binds: switch_binds,
+        opener: crate::http::switch::opener,
+    },
 ];
 
 fn tcp(name: &'static str, flag: &'static str, listen: &Listen) -> Option<Bind> {
@@ -117,4 +122,19 @@ fn proxy_binds(config: &Config) -> Vec<Bind> {
     tcp("proxy", "--proxy-listen", &config.proxy.listen)
         .into_iter()
         .collect()
+}
+
+fn switch_binds(config: &Config) -> Vec<Bind> {
+    let mut binds: Vec<Bind> = tcp("switch", "--switch-listen", &config.switch_listen)
+        .into_iter()
+        .collect();
+    if let Some(path) = &config.switch_unix {
+        binds.push(Bind {
+            name: "switch-unix",
+            flag: "--switch-unix",
+            at: BindAt::Unix(path.clone()),
+            tls: None,
+        });
+    }
+    binds
 }

@@ -11,11 +11,13 @@ pub mod channels;
 pub mod filter;
 pub mod frames;
 pub mod queues;
+pub mod switch;
 
 use bytes::Bytes;
 
 pub use channels::{Channels, Subscription};
 pub use queues::{QueueFull, Queues, Ready, WaitId};
+pub use switch::Switch;
 
 /// Milliseconds on the server's monotonic clock.
 pub type Millis = u64;
@@ -48,6 +50,9 @@ pub enum Answer<'a> {
     Message(Delivery<'a>),
     /// The wait timed out.
     Timeout,
+    /// The answer to a parked call of the message-switch API (a transfer
+    /// or a trace poll), which only that door waits for and formats.
+    Switch(&'a switch::Polled),
 }
 
 /// Where the broker puts its output. The IO shell implements it over its
@@ -91,11 +96,14 @@ pub struct BrokerStats {
     pub fanned_out: u64,
 }
 
-/// The whole broker: one namespace of queue addresses, one of channels.
+/// The whole broker: one namespace of queue addresses (the line
+/// protocol's queues and message-switch's queues, see [`switch`]), one of
+/// channels.
 #[derive(Default)]
 pub struct Broker {
     pub queues: Queues,
     pub channels: Channels,
+    pub switch: Switch,
 }
 
 impl Broker {
@@ -122,7 +130,9 @@ impl Broker {
         self.channels.seal(out);
     }
 
-    /// Sends a message to queue address `to` (see [`Queues::send`]).
+    /// Sends a message to queue address `to` (see [`Queues::send`]); an
+    /// address that is a switch queue keeps it there when no receiver
+    /// waits (see [`switch`]).
     pub fn send(
         &mut self,
         now: Millis,
@@ -133,10 +143,14 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), QueueFull> {
         self.channels.seal(out);
+        if !self.switch.has_no_queues() && self.switch.has_queue(&to) {
+            return self.line_send_to_switch(now, to, reply, timeout_s, body, out);
+        }
         self.queues.send(now, to, reply, timeout_s, body, out)
     }
 
-    /// Waits on queue addresses (see [`Queues::ready`]).
+    /// Waits on queue addresses (see [`Queues::ready`]); a switch queue
+    /// among them gives its oldest message no switch client has seen.
     pub fn ready(
         &mut self,
         now: Millis,
@@ -146,7 +160,13 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Ready {
         self.channels.seal(out);
-        self.queues.ready(now, conn, timeout_s, addresses)
+        if self.switch.has_no_queues() {
+            return self.queues.ready(now, conn, timeout_s, addresses);
+        }
+        match self.line_take(now, &addresses, out) {
+            Some(taken) => Ready::Message(taken),
+            None => self.queues.wait(now, conn, timeout_s, addresses),
+        }
     }
 
     /// Sends with a fresh reply address and waits on it (see [`Queues::query`]).
@@ -160,7 +180,22 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<Ready, QueueFull> {
         self.channels.seal(out);
-        self.queues.query(now, conn, timeout_s, to, body, out)
+        if self.switch.has_no_queues() || !self.switch.has_queue(&to) {
+            return self.queues.query(now, conn, timeout_s, to, body, out);
+        }
+        // As [`Queues::query`], with the send going to the switch queue.
+        let reply = self.queues.unique_address();
+        let ready = self.queues.wait(now, conn, timeout_s, vec![reply.clone()]);
+        if let Err(full) = self.send(now, to, Some(reply), timeout_s, body, out) {
+            if let Ready::Waiting(w) = ready {
+                self.queues.cancel(w);
+            }
+            return Err(full);
+        }
+        match ready {
+            Ready::Waiting(w) if !self.queues.is_pending(w) => Ok(Ready::TimedOut),
+            other => Ok(other),
+        }
     }
 
     /// Withdraws a wait unanswered (its connection went away).
@@ -189,6 +224,8 @@ pub type RecordedAnswer = Option<(Bytes, Option<Bytes>, u64, Bytes)>;
 pub struct RecordingOutbox {
     pub frames: Vec<(ConnId, Bytes, u32)>,
     pub answers: Vec<(ConnId, RecordedAnswer)>,
+    /// Answers to parked message-switch calls.
+    pub polled: Vec<(ConnId, switch::Polled)>,
     /// Connections that refuse deliveries, as closing ones do.
     pub refuse: Vec<ConnId>,
 }
@@ -213,6 +250,10 @@ impl Outbox for RecordingOutbox {
                 d.body.clone(),
             )),
             Answer::Timeout => None,
+            Answer::Switch(p) => {
+                self.polled.push((conn, p.clone()));
+                return true;
+            }
         };
         self.answers.push((conn, recorded));
         true

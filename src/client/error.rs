@@ -22,6 +22,9 @@ pub enum Error {
     /// it, nine ready addresses, ...), or a setting cannot be used (a CA
     /// file without certificates). Nothing was sent.
     InvalidInput(String),
+    /// An HTTP door answered with this status and body (the
+    /// message-switch API: `404 Please log in.`, `400 …`).
+    Status(u16, String),
     /// TLS failed: the server's certificate was refused (expired, not
     /// valid for the name, not signed by a trusted CA), the handshake
     /// failed, or the server sent something that is not TLS.
@@ -36,6 +39,7 @@ impl fmt::Display for Error {
             Error::Server(reason) => write!(f, "server error: {reason}"),
             Error::Protocol(what) => write!(f, "unexpected data from the server: {what}"),
             Error::InvalidInput(what) => f.write_str(what),
+            Error::Status(status, body) => write!(f, "the server answered {status}: {body}"),
             Error::Tls(e) => write!(f, "TLS: {}", describe_tls(e)),
         }
     }

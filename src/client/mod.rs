@@ -20,6 +20,7 @@
 
 mod error;
 mod frame;
+pub mod switch;
 mod transport;
 
 use std::collections::VecDeque;

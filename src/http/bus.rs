@@ -259,6 +259,15 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
             "full": broker.queues.refused_full(),
             "bytes": broker.queues.queued_bytes(),
         },
+        "switch": {
+            "queues": broker.switch.queue_count(),
+            "stored": broker.switch.stored(),
+            "bytes": broker.switch.stored_bytes(),
+            "full": broker.switch.refused_full(),
+            "sessions": broker.switch.session_count(),
+            "parked_transfers": broker.switch.parked_transfers(),
+            "parked_traces": broker.switch.parked_traces(),
+        },
         "messages_in": b.queued_in + b.published,
         "messages_out": b.queued_out + b.fanned_out,
         "published": b.published,
@@ -390,6 +399,7 @@ mod tests {
         assert_eq!(v["connections"]["closed_by"]["request_timeout"], 0);
         assert_eq!(v["queues"]["full"], 0);
         assert_eq!(v["queues"]["bytes"], 0);
+        assert_eq!(v["switch"]["parked_transfers"], 0);
         assert_eq!(v["drops"], 4);
         assert!(v["uptime_s"].is_u64());
     }

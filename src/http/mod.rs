@@ -7,6 +7,7 @@
 //! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
 //! - [`proxy`]: the msglite HTTP proxy door (requests as queue messages).
+//! - [`switch`]: the message-switch HTTP API door.
 //!
 //! Nothing here imports the IO shell or another door: a door meets the shell
 //! only through [`crate::door`].
@@ -18,4 +19,5 @@ pub mod conn;
 pub mod files;
 pub mod proxy;
 pub mod response;
+pub mod switch;
 pub mod uri;

@@ -229,7 +229,7 @@ impl Door for LineSession {
     }
 
     fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool {
-        if self.waiting.take().is_none() {
+        if matches!(answer, Answer::Switch(_)) || self.waiting.take().is_none() {
             return false;
         }
         write_answer(answer, send);
@@ -264,6 +264,8 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
             return;
         }
         Answer::Message(d) => d,
+        // Never a line wait's answer (refused in `on_answer`).
+        Answer::Switch(_) => return,
     };
     let mut head = BytesMut::new();
     if d.body.len() < SHARED_BODY {

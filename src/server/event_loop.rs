@@ -144,12 +144,14 @@ impl Server {
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
-        let epoch_s = std::time::SystemTime::now()
+        let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or_default();
+        let epoch_ms = u64::try_from(since_epoch.as_millis()).unwrap_or(0);
         let broker = Broker {
-            queues: crate::broker::Queues::new(epoch_s).with_limits(config.limits.queues),
+            queues: crate::broker::Queues::new(since_epoch.as_secs())
+                .with_limits(config.limits.queues),
+            switch: crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues),
             ..Broker::default()
         };
         let stats = Stats {
@@ -340,15 +342,20 @@ impl Server {
         let id = c.id;
         let unsent = c.outq.bytes();
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
-        let (next, progressed, wake) = {
+        let (next, progressed, wake, stop) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
             let mut cx = Cx::new(id, now, broker, &mut post, stats).with_unsent(unsent);
             let next = call(door.as_mut(), &mut cx);
-            let (progressed, wake) = (cx.progressed(), cx.wake_requested());
+            let (progressed, wake, stop) =
+                (cx.progressed(), cx.wake_requested(), cx.stop_requested());
             broker.seal(&mut post);
-            (next, progressed, wake)
+            (next, progressed, wake, stop)
         };
+        if stop && !self.shutting_down {
+            log::info!("conn {key} asked the server to stop: shutting down");
+            self.shutting_down = true;
+        }
         if let Some(next_door) = door.upgrade() {
             door = next_door;
         }

@@ -45,7 +45,7 @@ pub fn bind_all(config: &Config, registry: &Registry, first_token: usize) -> io:
         openers.push((!binds.is_empty()).then(|| (door.opener)(config)));
         for b in binds {
             let socket = match &b.at {
-                BindAt::Tcp(addr) => Socket::Tcp(TcpListener::bind(*addr).map_err(|e| {
+                BindAt::Tcp(addr) => Socket::Tcp(bind_tcp(*addr).map_err(|e| {
                     io::Error::new(e.kind(), format!("{} {addr}: cannot listen: {e}", b.flag))
                 })?),
                 BindAt::Unix(path) => Socket::Unix(bind_unix(path, b.flag)?, path.clone()),
@@ -106,6 +106,36 @@ impl Listener {
     }
 }
 
+/// Connections the kernel may hold for a listener before it is accepted
+/// from (capped by `net.core.somaxconn`). The standard library's 128 is
+/// too few: on loopback a burst of connects fills it before the loop is
+/// scheduled again, and every SYN dropped then costs its client a
+/// 1-second retransmission.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listening socket bound to `addr`, with [`LISTEN_BACKLOG`].
+fn listen_on(
+    domain: socket2::Domain,
+    addr: &socket2::SockAddr,
+    reuse_address: bool,
+) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    if reuse_address {
+        socket.set_reuse_address(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// A TCP listener as mio's `TcpListener::bind` makes one (address reuse),
+/// with a longer backlog.
+fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = listen_on(socket2::Domain::for_address(addr), &addr.into(), true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 fn bind_unix(path: &Path, flag: &str) -> io::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -128,10 +158,13 @@ fn bind_unix(path: &Path, flag: &str) -> io::Result<UnixListener> {
             ));
         }
     }
-    UnixListener::bind(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{flag} {}: cannot listen: {e}", path.display()),
-        )
-    })
+    socket2::SockAddr::unix(path)
+        .and_then(|addr| listen_on(socket2::Domain::UNIX, &addr, false))
+        .map(|s| UnixListener::from_std(s.into()))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{flag} {}: cannot listen: {e}", path.display()),
+            )
+        })
 }

@@ -216,12 +216,12 @@ fn count_doors(args: &[String]) -> usize {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--line-listen" | "--bus-listen" | "--bus-tls-listen" | "--line-tls-listen"
-            | "--proxy-listen"
+            | "--proxy-listen" | "--switch-listen"
                 if it.peek().is_some_and(|v| v.as_str() != "off") =>
             {
                 n += 1;
             }
-            "--line-unix" => n += 1,
+            "--line-unix" | "--switch-unix" => n += 1,
             _ => {}
         }
     }
