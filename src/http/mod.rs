@@ -6,14 +6,18 @@
 //! - [`uri`]: decoding paths and query strings.
 //! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
+//! - [`hooks`]: the webhook door (its API and dashboard) and the door of its
+//!   outbound connections, which reads answers with [`client`].
 //!
 //! Nothing here imports the IO shell or another door: a door meets the shell
 //! only through [`crate::door`].
 
 pub mod bus;
 pub mod chunked;
+pub mod client;
 pub mod codec;
 pub mod conn;
 pub mod files;
+pub mod hooks;
 pub mod response;
 pub mod uri;

@@ -38,6 +38,9 @@ use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 use crate::doors::DOORS;
 use crate::timer::Timers;
 
+#[path = "connect.rs"]
+mod connect;
+
 /// Listener tokens sit at the top of the token space; connection tokens are
 /// slab keys and never get there.
 const LISTENER_BASE: usize = usize::MAX - 64;
@@ -70,6 +73,8 @@ enum Deadline {
     Door(ConnId),
     /// Accepting may start again after running out of file descriptors.
     AcceptBackoff,
+    /// An outbound connection had until now to connect.
+    Connect(ConnId),
 }
 
 pub struct Server {
@@ -95,6 +100,7 @@ pub struct Server {
     accept_full: bool,
     signal: Option<UnixStream>,
     shutting_down: bool,
+    outbound: connect::Outbound,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -143,13 +149,16 @@ impl Server {
             .unwrap_or(0);
         let broker = Broker {
             queues: crate::broker::Queues::new(epoch_s).with_limits(config.limits.queues),
+            hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), epoch_s),
             ..Broker::default()
         };
+        let door_names = connect::door_names();
         let stats = Stats {
-            open: vec![0; DOORS.len()],
-            door_names: DOORS.iter().map(|d| d.name).collect(),
+            open: vec![0; door_names.len()],
+            door_names,
             ..Stats::default()
         };
+        let outbound = connect::Outbound::new(config, poll.registry())?;
         Ok(Server {
             poll,
             listeners: bound.listeners,
@@ -171,6 +180,7 @@ impl Server {
             accept_full: false,
             signal: None,
             shutting_down: false,
+            outbound,
         })
     }
 
@@ -217,12 +227,17 @@ impl Server {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         match token {
             SIGNAL => self.on_signal(),
+            connect::WAKER => self.on_wake(),
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
                 let Some(c) = self.conns.get_mut(key) else {
                     return;
                 };
                 if c.is_closing() {
+                    return;
+                }
+                if c.life == Life::Connecting {
+                    self.on_connect_event(key);
                     return;
                 }
                 if writable && !c.writable {
@@ -255,13 +270,14 @@ impl Server {
             self.on_readable(key);
         }
         loop {
+            let linked = self.run_link_requests();
             self.flush_dirty();
-            if self.to_close.is_empty() {
+            if self.to_close.is_empty() && !linked {
                 break;
             }
             self.close_marked();
         }
-        if self.accept_full && self.conns.len() < self.limits.max_connections * 9 / 10 + 1 {
+        if self.accept_full && self.inbound_open() < self.limits.max_connections * 9 / 10 + 1 {
             self.accept_full = false;
             self.accept_all();
         }
@@ -353,7 +369,7 @@ impl Server {
             return;
         }
         loop {
-            if self.conns.len() >= self.limits.max_connections {
+            if self.inbound_open() >= self.limits.max_connections {
                 if !self.accept_full {
                     log::warn!(
                         "connection limit {} reached: accepting paused",
@@ -671,6 +687,7 @@ impl Server {
                     }
                 }
                 Deadline::Request(id) => self.check_stalled(id, now),
+                Deadline::Connect(id) => self.check_connect(id),
                 Deadline::Door(id) => {
                     let key = id.key as usize;
                     let due = self
