@@ -647,3 +647,132 @@ fn the_loop_stays_responsive_while_receivers_sleep() {
     assert_eq!(busy.len(), 200);
     assert!(h.stats()["in_flight"].as_u64() >= Some(4));
 }
+
+// ---------------------------------------------------------------------
+// Signatures and channels
+
+/// The key of the Standard Webhooks reference examples.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[test]
+fn signatures_verify_with_the_reference_library() {
+    let h = Hooks::start(&["--hooks-secret", SECRET]);
+    let good = Receiver::start(&["--secret", SECRET, "--fail-first", "1"]);
+    // A receiver that holds another key must see the signature fail: the
+    // verification is real.
+    let other = Receiver::start(&["--secret", "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
+    h.connect(&good.url("/signed"), "receive");
+    h.connect(&other.url("/signed"), "receive");
+    let s = h.connect("sender", "send");
+    h.send(s, "sign me \"please\"\n");
+    h.send(s, "and me");
+    let got = good.wait_for(3);
+    for r in &got {
+        assert_eq!(r["verified"], true, "{r}");
+    }
+    // The first message was retried: same webhook-id, the receiver's
+    // idempotency key.
+    assert_eq!(
+        got[0]["headers"]["webhook-id"],
+        got[1]["headers"]["webhook-id"]
+    );
+    assert_ne!(
+        got[1]["headers"]["webhook-id"],
+        got[2]["headers"]["webhook-id"]
+    );
+    assert_eq!(
+        good.bodies(),
+        vec!["sign me \"please\"\n", "sign me \"please\"\n", "and me"]
+    );
+    let bad = other.wait_for(2);
+    for r in &bad {
+        let v = r["verified"].as_str().unwrap_or_default();
+        assert!(v.starts_with("failed"), "{r}");
+    }
+}
+
+#[test]
+fn a_bad_secret_is_refused_at_start() {
+    for bad in [
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "whsec_???",
+        "whsec_c2hvcnQ=",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--hooks-listen", "127.0.0.1:0", "--hooks-secret", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--hooks-secret"), "{err}");
+    }
+}
+
+#[test]
+fn a_channel_receiver_gets_bus_and_line_publishes() {
+    let h = Hooks::start(&[]);
+    let r = Receiver::start(&[]);
+    let plain = Receiver::start(&[]);
+    let (status, v) = post(
+        h.addr(),
+        "/connect/",
+        &json!({"ClientURL": r.url("/news"), "mode": "receive", "Channel": "news"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    h.connect(&plain.url("/"), "receive");
+    // A publish with curl on the HTTP bus, with Basic auth naming the sender.
+    let curl = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "ann:x",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "hello from curl\n",
+            &format!("http://{}/msgbus/news", h.server.bus()),
+        ])
+        .output()
+        .expect("curl must be installed");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "204");
+    // And one on the line protocol; one to another channel goes nowhere.
+    let mut line = connect(h.server.line());
+    common::send(
+        &mut line,
+        b"! 3 other text/plain\r\nno!\r\n! 2 news application/x-y\r\nhi\r\n",
+    );
+    line_sync(&mut line, "chan");
+    let got = r.wait_for(2);
+    let delivered: Vec<Value> = got
+        .iter()
+        .map(|g| serde_json::from_str(g["body"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![
+            json!({"body": "hello from curl\n", "channel": "news", "type": "text/plain", "from": "ann"}),
+            json!({"body": "hi", "channel": "news", "type": "application/x-y", "from": null}),
+        ]
+    );
+    assert_eq!(h.receiver_stats(id)["channel"], "news");
+    // The plain receiver takes /send/ messages only: a probe is its first.
+    let s = h.connect("sender", "send");
+    h.send(s, "probe");
+    plain.wait_for(1);
+    assert_eq!(plain.bodies(), vec!["probe"]);
+    assert_eq!(r.records().len(), 2);
+    // Disconnected, the channel receiver gets no more.
+    h.disconnect(id);
+    common::send(&mut line, b"! 4 news text/plain\r\nlate\r\n");
+    line_sync(&mut line, "chan2");
+    h.send(s, "probe 2");
+    plain.wait_for(2);
+    // Taken: the two channel messages and the two probes, not "late".
+    assert_eq!(h.stats()["sent"], 4);
+    assert_eq!(r.records().len(), 2);
+}
