@@ -185,6 +185,9 @@ struct Receiver {
     counts: Counts,
     /// On the ready list.
     listed: bool,
+    /// The earliest retry deadline it has in the timers: one is enough,
+    /// however often it is looked at while it waits.
+    retry_timer: Option<Millis>,
 }
 
 enum Role {
@@ -336,6 +339,7 @@ impl Hooks {
                     links: Vec::new(),
                     counts: Counts::default(),
                     listed: false,
+                    retry_timer: None,
                 }))
             }
         };
@@ -562,7 +566,14 @@ impl Hooks {
         self.pending_work = false;
         while let Some((_, deadline)) = self.timers.pop_due(now) {
             match deadline {
-                Deadline::Retry(rid) => self.list(rid),
+                Deadline::Retry(rid) => {
+                    if let Some(Role::Receiver(r)) = self.clients.get_mut(&rid) {
+                        if r.retry_timer.is_some_and(|t| t <= now) {
+                            r.retry_timer = None;
+                        }
+                    }
+                    self.list(rid);
+                }
                 Deadline::Answer(link, epoch) => {
                     let Some(l) = self.links.get(&link) else {
                         continue;
@@ -828,7 +839,10 @@ impl Hooks {
             }
             let Some(i) = next else {
                 if let Some(at) = retry_at {
-                    self.timers.add(at, Deadline::Retry(id));
+                    if r.retry_timer.is_none_or(|t| t > at) {
+                        r.retry_timer = Some(at);
+                        self.timers.add(at, Deadline::Retry(id));
+                    }
                 }
                 return;
             };
@@ -1011,10 +1025,14 @@ impl Hooks {
             p.msg.seq,
             p.attempts
         );
-        p.state = State::Ready { at: now + delay };
+        let at = now + delay;
+        p.state = State::Ready { at };
         r.counts.retried += 1;
         self.totals.retried += 1;
-        self.timers.add(now + delay, Deadline::Retry(rid));
+        if r.retry_timer.is_none_or(|t| t > at) {
+            r.retry_timer = Some(at);
+            self.timers.add(at, Deadline::Retry(rid));
+        }
     }
 
     /// A number in [0, 1) for the jitter.

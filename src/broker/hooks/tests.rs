@@ -467,3 +467,28 @@ fn backoff_grows_and_is_capped() {
     assert_eq!(backoff(40, 0.5), RETRY_MAX_MS);
     assert!(backoff(3, 0.999) <= 5_000);
 }
+
+#[test]
+fn a_receiver_waiting_for_a_retry_keeps_one_timer() {
+    let mut w = World::new(Settings::default());
+    w.receiver(1);
+    let s = w.sender();
+    w.send(s, "first").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    w.reply(link, status(500));
+    let timers = w.hooks.timers.len();
+    // Many sends while the first message waits for its retry: each looks
+    // at the receiver, none adds a deadline.
+    for i in 0..1000 {
+        w.send(s, &i.to_string()).unwrap();
+    }
+    assert_eq!(w.hooks.timers.len(), timers);
+    assert!(
+        w.bodies(conn).is_empty(),
+        "in order: nothing overtakes the retry"
+    );
+    w.at(w.hooks.next_deadline().unwrap());
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"first"}"#.to_string()]);
+}
