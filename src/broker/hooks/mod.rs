@@ -206,18 +206,20 @@ struct Link {
     busy: Option<u64>,
     /// Has carried a whole exchange before (a reused keep-alive link).
     reused: bool,
-    /// Counts requests, so that a stale deadline is known.
-    epoch: u64,
+    /// Its deadline: the answer is due by then (busy), or it is closed then
+    /// (idle).
+    due: Millis,
+    /// The deadline of its entry in the timers, if it has one: a link has
+    /// one entry at a time, moved on when it comes due early.
+    armed: Option<Millis>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
     /// A receiver's retry may be due.
     Retry(ClientId),
-    /// A request on the link (of that epoch) had until now to be answered.
-    Answer(LinkId, u64),
-    /// The idle link (since that epoch) may be closed.
-    Idle(LinkId, u64),
+    /// A link's answer or idle deadline may have come.
+    Link(LinkId),
 }
 
 /// A receiver as the dashboard shows it.
@@ -486,8 +488,8 @@ impl Hooks {
             return false;
         };
         l.reused = true;
-        l.epoch += 1;
-        let (rid, epoch) = (l.receiver, l.epoch);
+        l.due = now + IDLE_MS;
+        let rid = l.receiver;
         self.in_flight = self.in_flight.saturating_sub(1);
         let keep = reply.keep_alive;
         let Some(Role::Receiver(r)) = self.clients.get_mut(&rid) else {
@@ -527,7 +529,7 @@ impl Hooks {
             }
         }
         if keep {
-            self.timers.add(now + IDLE_MS, Deadline::Idle(link, epoch));
+            self.arm(link);
         } else {
             self.drop_link(link);
         }
@@ -564,7 +566,7 @@ impl Hooks {
     /// Runs the deadlines due at `now` and starts what can start.
     pub fn on_timers(&mut self, now: Millis, out: &mut (impl Outbox + ?Sized)) {
         self.pending_work = false;
-        while let Some((_, deadline)) = self.timers.pop_due(now) {
+        while let Some((at, deadline)) = self.timers.pop_due(now) {
             match deadline {
                 Deadline::Retry(rid) => {
                     if let Some(Role::Receiver(r)) = self.clients.get_mut(&rid) {
@@ -574,11 +576,27 @@ impl Hooks {
                     }
                     self.list(rid);
                 }
-                Deadline::Answer(link, epoch) => {
-                    let Some(l) = self.links.get(&link) else {
+                Deadline::Link(link) => {
+                    let Some(l) = self.links.get_mut(&link) else {
                         continue;
                     };
-                    let (Some(seq), true) = (l.busy, l.epoch == epoch) else {
+                    if l.armed != Some(at) {
+                        continue;
+                    }
+                    l.armed = None;
+                    if l.due > now {
+                        self.arm(link);
+                        continue;
+                    }
+                    let Some(seq) = l.busy else {
+                        // Idle for long enough.
+                        if let Some(conn) = l.conn {
+                            self.requests.push(LinkRequest::HangUp {
+                                conn,
+                                timed_out: false,
+                            });
+                        }
+                        self.drop_link(link);
                         continue;
                     };
                     let rid = l.receiver;
@@ -595,21 +613,6 @@ impl Hooks {
                     let why = format!("no answer in {} ms", self.settings.timeout_ms);
                     self.unbusy(rid, seq, now, false, &why);
                     self.list(rid);
-                }
-                Deadline::Idle(link, epoch) => {
-                    let idle = self
-                        .links
-                        .get(&link)
-                        .is_some_and(|l| l.busy.is_none() && l.epoch == epoch);
-                    if idle {
-                        if let Some(conn) = self.links.get(&link).and_then(|l| l.conn) {
-                            self.requests.push(LinkRequest::HangUp {
-                                conn,
-                                timed_out: false,
-                            });
-                        }
-                        self.drop_link(link);
-                    }
                 }
             }
         }
@@ -873,7 +876,8 @@ impl Hooks {
                             conn: None,
                             busy: None,
                             reused: false,
-                            epoch: 0,
+                            due: 0,
+                            armed: None,
                         },
                     );
                     link
@@ -913,8 +917,7 @@ impl Hooks {
         let Some(conn) = l.conn else {
             return;
         };
-        l.epoch += 1;
-        let epoch = l.epoch;
+        l.due = now + self.settings.timeout_ms;
         let Some(Role::Receiver(r)) = self.clients.get(&rid) else {
             return;
         };
@@ -933,10 +936,18 @@ impl Hooks {
             self.list(rid);
             return;
         }
-        self.timers.add(
-            now + self.settings.timeout_ms,
-            Deadline::Answer(link, epoch),
-        );
+        self.arm(link);
+    }
+
+    /// Makes sure link `link` has an entry in the timers no later than its
+    /// deadline.
+    fn arm(&mut self, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            if l.armed.is_none_or(|a| a > l.due) {
+                l.armed = Some(l.due);
+                self.timers.add(l.due, Deadline::Link(link));
+            }
+        }
     }
 
     /// The head of a delivery: `POST`, `Host`, JSON, and the Standard

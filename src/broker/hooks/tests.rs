@@ -492,3 +492,37 @@ fn a_receiver_waiting_for_a_retry_keeps_one_timer() {
     w.at(w.hooks.next_deadline().unwrap());
     assert_eq!(w.bodies(conn), vec![r#"{"body":"first"}"#.to_string()]);
 }
+
+#[test]
+fn a_busy_link_holds_one_deadline() {
+    let mut w = World::new(Settings::default());
+    w.receiver(1);
+    let s = w.sender();
+    w.send(s, "0").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    let timers = w.hooks.timers.len();
+    for i in 1..1000 {
+        w.send(s, &i.to_string()).unwrap();
+        w.now += 1;
+        assert!(w.reply(link, ok()));
+        assert_eq!(w.bodies(conn).len(), 1);
+    }
+    assert!(
+        w.hooks.timers.len() <= timers + 1,
+        "{}",
+        w.hooks.timers.len()
+    );
+    // The answer deadline still works after all those moves.
+    w.at(w.now + 14_999);
+    assert!(w.hooks.take_links().is_empty());
+    w.at(w.now + 1);
+    assert_eq!(
+        w.hooks.take_links(),
+        vec![LinkRequest::HangUp {
+            conn,
+            timed_out: true
+        }]
+    );
+}
