@@ -3,22 +3,27 @@
 # 204), against wrk's requests per second with the same concurrency on the
 # same receiver in the same run, and against mq-go.
 #
-# usage: benches/hooks-speed.sh [MESSAGES] [CONCURRENCY] [MQGO_BINARY]
-#   MESSAGES defaults to 200000, CONCURRENCY to 8. MQGO_BINARY is an mq-go
-#   built elsewhere (skipped when not given).
+# usage: benches/hooks-speed.sh [MESSAGES] [CONCURRENCY] [REPS] [MQGO_BINARY]
+#   MESSAGES defaults to 200000, CONCURRENCY to 8, REPS to 5. MQGO_BINARY is
+#   an mq-go built elsewhere (skipped when not given); it gets
+#   MQGO_MESSAGES messages (default 5000: it is slow to take them).
 # needs: nginx (Debian's nginx-light will do), wrk, python3, taskset; a
 #   release build of switchboard (built here if missing).
 #
 # nginx runs on CPU 1; wrk, switchboard and mq-go each run alone on CPU 0.
-# Each sender gets its messages queued before the receiver is connected, and
-# is timed from the receiver's /connect/ until the last delivery: its
-# deliveries per second. mq-go's count comes from nginx's request counter
-# (its dashboard counts jobs handed to workers, not deliveries).
+# wrk (5 s) and switchboard (a fresh server each time) alternate REPS times,
+# so that both see the same machine; the medians and their ratio are
+# printed. Each sender gets its messages queued before the receiver is
+# connected, and is timed from the receiver's /connect/ until the last
+# delivery: its deliveries per second. mq-go's count comes from nginx's
+# request counter (its dashboard counts jobs handed to workers, not
+# deliveries).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-200000}
 C=${2:-8}
-MQGO=${3:-}
+REPS=${3:-5}
+MQGO=${4:-}
 SB=$ROOT/target/release/switchboard
 [ -x "$SB" ] || (cd "$ROOT" && cargo build --release -q)
 WORK=$(mktemp -d)
@@ -113,9 +118,14 @@ def send_many(addr, sender, n):
         done += k
     s.close()
 
+polls = 0
+
 def nginx_requests(addr):
+    """Requests nginx has answered, less this script's own status polls."""
+    global polls
+    polls += 1
     text = get(addr, "/status")
-    return int(text.split("\n")[2].split()[2])
+    return int(text.split("\n")[2].split()[2]) - polls
 
 kind, api, receiver, nginx, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 if kind == "switchboard":
@@ -133,16 +143,15 @@ if kind == "switchboard":
                       "per_second": round(n / t), "failed": s["failed"], "retried": s["retried"]}))
 else:
     # mq-go answers /send/ for any id; messages wait until a receiver exists.
-    for _ in range(n):
-        call(api, "/send/", {"id": 1, "body": "hello from the benchmark"})
+    send_many(api, 1, n)
     base = nginx_requests(nginx)
     t0 = time.time()
     call(api, "/connect/", {"ClientURL": receiver, "mode": "receive"})
     deadline = t0 + 600
-    while nginx_requests(nginx) - base - 1 < n and time.time() < deadline:
+    while nginx_requests(nginx) - base < n and time.time() < deadline:
         time.sleep(0.02)
     t = time.time() - t0
-    got = nginx_requests(nginx) - base - 1
+    got = nginx_requests(nginx) - base
     print(json.dumps({"sender": "mq-go", "messages": n, "delivered": got, "seconds": round(t, 3),
                       "per_second": round(got / t)}))
 EOF
@@ -155,20 +164,31 @@ wrk.method = "POST"
 wrk.body = '{"body":"hello from the benchmark"}'
 wrk.headers["Content-Type"] = "application/json"
 EOF
-echo "## wrk -t1 -c$C -d10s (POST, 204)"
-taskset -c 0 wrk -t1 -c"$C" -d10s -s "$WORK/post.lua" "$RECEIVER" | grep -E "Requests/sec|Latency|requests in"
-
-echo "## switchboard --hook-per-receiver $C --hook-workers $C"
-LOG=$WORK/sb.log
-taskset -c 0 "$SB" --line-listen off --bus-listen off --hooks-listen 127.0.0.1:0 \
-  --hook-queue "$N" --hook-per-receiver "$C" --hook-workers "$C" --log-level warn > "$LOG" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q '^listening hooks' "$LOG" && break; sleep 0.05; done
-API=$(awk '/^listening hooks/ {print $3}' "$LOG")
-python3 "$WORK/drive.py" switchboard "$API" "$RECEIVER" "127.0.0.1:$NGINX_PORT" "$N"
+WRK=()
+HOOKS=()
+for rep in $(seq "$REPS"); do
+  w=$(taskset -c 0 wrk -t1 -c"$C" -d5s -s "$WORK/post.lua" "$RECEIVER" | awk '/Requests\/sec/ {print int($2)}')
+  echo "wrk -t1 -c$C -d5s: $w requests/s"
+  WRK+=("$w")
+  LOG=$WORK/sb.log
+  taskset -c 0 "$SB" --line-listen off --bus-listen off --hooks-listen 127.0.0.1:0 \
+    --hook-queue "$N" --hook-per-receiver "$C" --hook-workers "$C" --log-level warn > "$LOG" 2>&1 &
+  SBPID=$!
+  for _ in $(seq 100); do grep -q '^listening hooks' "$LOG" && break; sleep 0.05; done
+  API=$(awk '/^listening hooks/ {print $3}' "$LOG")
+  out=$(python3 "$WORK/drive.py" switchboard "$API" "$RECEIVER" "127.0.0.1:$NGINX_PORT" "$N")
+  kill "$SBPID"
+  wait "$SBPID" 2>/dev/null || true
+  echo "switchboard --hook-per-receiver $C --hook-workers $C: $out"
+  HOOKS+=("$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["per_second"])' "$out")")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+MW=$(median "${WRK[@]}")
+MH=$(median "${HOOKS[@]}")
+echo "median: wrk $MW requests/s, switchboard $MH deliveries/s, ratio $(python3 -c "print(round($MH/$MW, 2))")"
 
 if [ -n "$MQGO" ]; then
-  MN=${MQGO_MESSAGES:-$((N / 10))}
+  MN=${MQGO_MESSAGES:-5000}
   MQ_PORT=$(free_port)
   echo "## mq-go -workers $C ($MN messages)"
   taskset -c 0 "$MQGO" -port "$MQ_PORT" -workers "$C" > "$WORK/mqgo.log" 2>&1 &
