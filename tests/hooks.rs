@@ -344,6 +344,15 @@ fn each_message_arrives_as_json_in_order_at_every_receiver_once() {
             assert_eq!(sent.as_object().unwrap().len(), 1);
         }
     }
+    // One kept-alive connection per receiver carried all of them.
+    for r in [&r1, &r2] {
+        let ports: std::collections::BTreeSet<String> = r
+            .records()
+            .iter()
+            .map(|x| x["peer_port"].to_string())
+            .collect();
+        assert_eq!(ports.len(), 1, "{ports:?}");
+    }
     assert_eq!(r1.records()[0]["path"], "/one?k=v");
     assert_eq!(r2.records()[0]["path"], "/two");
     let st = h.wait_until("completed", |s| s["completed"] == 16);

@@ -60,6 +60,7 @@ class Handler(BaseHTTPRequestHandler):
             "n": n,
             "t": time.time(),
             "path": self.path,
+            "peer_port": self.client_address[1],
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode("utf-8", "replace"),
             "status": status,
