@@ -209,6 +209,10 @@ impl Hooks {
         }
     }
 
+    fn stats_status_without_auth(&self) -> u16 {
+        http(self.addr(), "GET", "/dashboard/stats.json", "").0
+    }
+
     fn bus_stats(&self) -> Value {
         let (status, text) = http(self.server.bus(), "GET", "/msgbus-stats", "");
         assert_eq!(status, 200);
@@ -786,4 +790,31 @@ fn a_channel_receiver_gets_bus_and_line_publishes() {
     // Taken: the two channel messages and the two probes, not "late".
     assert_eq!(h.stats()["sent"], 4);
     assert_eq!(r.records().len(), 2);
+}
+
+#[test]
+fn the_api_asks_for_the_secret_when_one_is_set() {
+    let h = Hooks::start(&["--secret", "pw"]);
+    let (status, _) = http(
+        h.addr(),
+        "POST",
+        "/connect/",
+        r#"{"ClientURL":"x","mode":"send"}"#,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(h.stats_status_without_auth(), 401);
+    let mut s = TcpStream::connect(h.addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let body = r#"{"ClientURL":"x","mode":"send"}"#;
+    // "user:pw" in base64.
+    let req = format!(
+        "POST /connect/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Basic dXNlcjpwdw==\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+    assert!(raw.ends_with("{\"id\":1}\n"), "{raw}");
 }

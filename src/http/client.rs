@@ -376,6 +376,114 @@ mod tests {
         assert_eq!(d.at_close(), None);
     }
 
+    /// One response of a random shape and the answer it must give.
+    fn response() -> impl Strategy<Value = (Vec<u8>, Answer)> {
+        let status = prop_oneof![
+            Just(200u16),
+            Just(204),
+            Just(410),
+            Just(429),
+            Just(500),
+            Just(503)
+        ];
+        let body = prop::collection::vec(any::<u8>(), 0..300);
+        (
+            status,
+            body,
+            0..3u8,
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of(0..100u64),
+        )
+            .prop_map(|(status, body, framing, interim, close, retry_after)| {
+                let mut out = Vec::new();
+                if interim {
+                    out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                out.extend_from_slice(format!("HTTP/1.1 {status} X\r\n").as_bytes());
+                if close {
+                    out.extend_from_slice(b"Connection: close\r\n");
+                }
+                if let Some(s) = retry_after {
+                    out.extend_from_slice(format!("Retry-After: {s}\r\n").as_bytes());
+                }
+                if status == 204 {
+                    out.extend_from_slice(b"\r\n");
+                } else if framing == 0 {
+                    out.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(&body);
+                } else {
+                    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    for part in body.chunks(usize::from(framing) * 37) {
+                        out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                        out.extend_from_slice(part);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                let answer = Answer {
+                    status,
+                    keep_alive: !close,
+                    retry_after_s: retry_after,
+                };
+                (out, answer)
+            })
+    }
+
+    fn decode_pieces(pieces: &[&[u8]]) -> Result<Vec<Answer>, ClientError> {
+        let mut d = ResponseDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            while let Some(a) = d.decode(&mut buf)? {
+                got.push(a);
+            }
+        }
+        Ok(got)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_responses_decode_the_same_however_split(
+            responses in prop::collection::vec(response(), 1..5),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let input: Vec<u8> = responses.iter().flat_map(|r| r.0.iter().copied()).collect();
+            let expected: Vec<Answer> = responses.iter().map(|r| r.1).collect();
+            prop_assert_eq!(decode_pieces(&[&input]), Ok(expected.clone()));
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            at.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for cut in at {
+                pieces.push(&input[from..cut]);
+                from = cut;
+            }
+            pieces.push(&input[from..]);
+            prop_assert_eq!(decode_pieces(&pieces), Ok(expected));
+        }
+
+        #[test]
+        fn any_bytes_are_an_answer_an_error_or_a_wait(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let at = cut.index(bytes.len() + 1);
+            let whole = decode_pieces(&[&bytes]);
+            let split = decode_pieces(&[&bytes[..at], &bytes[at..]]);
+            if whole.is_ok() {
+                prop_assert_eq!(whole, split);
+            }
+        }
+    }
+
     #[test]
     fn errors_stick() {
         for bad in [
