@@ -82,7 +82,7 @@ pub struct Dial {
     pub host: String,
     pub port: u16,
     pub tls: bool,
-    /// How long the lookup, the connect and a TLS handshake may take together.
+    /// How long the name lookup and the connect may take together.
     pub timeout_ms: Millis,
 }
 

@@ -17,6 +17,10 @@
 //! Doors are known only through [`crate::door::Door`] and the registry
 //! [`crate::doors::DOORS`]; after every door call the loop seals the broker's
 //! fan-out batch itself.
+//!
+//! Connections the server opens itself (asked for by the broker) join the
+//! same slab: `connect.rs`, a child module, does their lookups, connects and
+//! deadlines; from their connect on they are served like any other.
 
 use std::io::{self, Read};
 use std::mem;
