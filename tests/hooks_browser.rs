@@ -25,15 +25,26 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// One HTTP/1.1 exchange with `Connection: close`: status and body.
 fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{method} {addr}{path}: {e}"))
+}
+
+fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
     let payload = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
         payload.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     // Read the head, then the body by its length (chromedriver may keep
     // the connection open), by chunks, or to the close.
     let mut raw = Vec::new();
@@ -42,8 +53,10 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec
         if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             break i;
         }
-        let n = s.read(&mut buf).expect("read a head");
-        assert!(n > 0, "closed before a response head");
+        let n = s.read(&mut buf).map_err(|e| format!("read a head: {e}"))?;
+        if n == 0 {
+            return Err("closed before a response head".into());
+        }
         raw.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
@@ -56,21 +69,24 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec
     match length {
         Some(n) => {
             while raw.len() < split + 4 + n {
-                let got = s.read(&mut buf).expect("read a body");
-                assert!(got > 0, "closed inside a body");
+                let got = s.read(&mut buf).map_err(|e| format!("read a body: {e}"))?;
+                if got == 0 {
+                    return Err("closed inside a body".into());
+                }
                 raw.extend_from_slice(&buf[..got]);
             }
             raw.truncate(split + 4 + n);
         }
         None => {
-            s.read_to_end(&mut raw).expect("read to the close");
+            s.read_to_end(&mut raw)
+                .map_err(|e| format!("read to the close: {e}"))?;
         }
     }
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status");
+        .ok_or_else(|| format!("no status in {head:?}"))?;
     let mut body = raw[split + 4..].to_vec();
     if head
         .to_ascii_lowercase()
@@ -78,7 +94,7 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec
     {
         body = dechunk(&body);
     }
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
@@ -244,14 +260,9 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if let Some(id) = self.session.take() {
-            let _ = TcpStream::connect(&self.addr).map(|mut s| {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let req = format!(
-                    "DELETE /session/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                );
-                let _ = s.write_all(req.as_bytes());
-                let _ = s.read_to_end(&mut Vec::new());
-            });
+            // Ends the browser (chromedriver answers once it has quit);
+            // best effort when unwinding from a failure.
+            let _ = try_http(&self.addr, "DELETE", &format!("/session/{id}"), None);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
