@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 
+use crate::broker::hooks::{Secret, Settings as HookSettings};
+
 /// A listen address that may be switched off with `off`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listen {
@@ -76,6 +78,8 @@ pub struct Limits {
     pub request_timeout_s: u64,
     /// Bytes queued messages may hold, per address and in total.
     pub queues: crate::broker::queues::QueueLimits,
+    /// Outbound connections (webhook deliveries) open at once.
+    pub max_outbound: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +94,7 @@ impl Default for Limits {
             max_subscriptions: 10_000,
             request_timeout_s: 60,
             queues: crate::broker::queues::QueueLimits::default(),
+            max_outbound: 10_000,
         }
     }
 }
@@ -241,6 +246,48 @@ pub struct Args {
     /// it a request gets 503 at once (and is counted).
     #[arg(long, value_name = "N", default_value_t = crate::http::proxy::DEFAULT_MAX_PENDING)]
     pub proxy_max_pending: usize,
+
+    /// Webhook API (connect / send / disconnect, dashboard) listen address, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub hooks_listen: Listen,
+
+    /// Sign every webhook delivery as Standard Webhooks does (webhook-id,
+    /// webhook-timestamp, webhook-signature) with this key: `whsec_` and the
+    /// base64 of 24 to 64 bytes.
+    #[arg(long, value_name = "whsec_…")]
+    pub hooks_secret: Option<String>,
+
+    /// Webhook requests in flight overall (each receiver may always have one).
+    #[arg(long, value_name = "N", default_value_t = HookSettings::default().workers)]
+    pub hook_workers: usize,
+
+    /// Webhook requests in flight per receiver (1 keeps each receiver's
+    /// messages strictly in order).
+    #[arg(long, value_name = "N", default_value_t = HookSettings::default().per_receiver)]
+    pub hook_per_receiver: usize,
+
+    /// Webhook messages that may wait while no receiver is connected (beyond
+    /// it /send/ answers 503), and the length of each receiver's backlog.
+    #[arg(long, value_name = "N", default_value_t = HookSettings::default().queue)]
+    pub hook_queue: usize,
+
+    /// Retries of a failed webhook delivery (back-off from 1 s, doubling up
+    /// to 5 min), after which the message counts as failed.
+    #[arg(long, value_name = "N", default_value_t = HookSettings::default().retries)]
+    pub hook_retries: u32,
+
+    /// Seconds a webhook delivery may take to connect, and then to be answered.
+    #[arg(long, value_name = "SECONDS", default_value_t = HookSettings::default().timeout_ms / 1000)]
+    pub hook_timeout: u64,
+
+    /// Trust only the CA certificates in this PEM file for https receivers
+    /// (default: the system's CA bundle).
+    #[arg(long, value_name = "FILE")]
+    pub hooks_ca: Option<PathBuf>,
+
+    /// Outbound connections (webhook deliveries) open at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_outbound)]
+    pub max_outbound: usize,
 }
 
 /// The validated configuration the server runs with.
@@ -258,6 +305,12 @@ pub struct Config {
     pub secret: Option<String>,
     pub log_level: LogLevel,
     pub limits: Limits,
+    /// The webhook API's listener.
+    pub hooks_listen: Listen,
+    /// The webhook engine's settings.
+    pub hooks: HookSettings,
+    /// TLS settings of outbound connections (with the webhook API on).
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
     pub proxy: ProxyConfig,
 }
 
@@ -338,6 +391,11 @@ pub struct TlsDoors {
 }
 
 impl Config {
+    /// The webhook engine's settings.
+    pub fn hooks_settings(&self) -> HookSettings {
+        self.hooks.clone()
+    }
+
     /// Checks the arguments and builds the configuration; the error names the flag.
     pub fn from_args(args: Args) -> Result<Config, String> {
         if args.max_line < 16 {
@@ -354,6 +412,33 @@ impl Config {
                 return Err(format!("--docroot {}: not a directory", dir.display()));
             }
         }
+        if args.hook_workers == 0 || args.hook_per_receiver == 0 {
+            return Err("--hook-workers and --hook-per-receiver must be at least 1".into());
+        }
+        if args.hook_queue == 0 {
+            return Err("--hook-queue must be at least 1".into());
+        }
+        if args.hook_timeout == 0 {
+            return Err("--hook-timeout must be at least 1 second".into());
+        }
+        let secret = match &args.hooks_secret {
+            Some(text) => Some(Secret::parse(text).map_err(|e| format!("--hooks-secret: {e}"))?),
+            None => None,
+        };
+        let client_tls = match args.hooks_listen {
+            Listen::At(_) => Some(crate::server::tls::client_config(args.hooks_ca.as_deref())?),
+            Listen::Off => None,
+        };
+        let hooks = HookSettings {
+            workers: args.hook_workers,
+            per_receiver: args.hook_per_receiver,
+            queue: args.hook_queue,
+            max_bytes: args.max_queued_bytes,
+            retries: args.hook_retries,
+            timeout_ms: args.hook_timeout.saturating_mul(1000),
+            secret,
+            ..HookSettings::default()
+        };
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsDoors {
                 config: crate::server::tls::load_config(cert, key, args.tls_client_ca.as_deref())?,
@@ -375,6 +460,9 @@ impl Config {
             docroot: args.docroot,
             secret: args.secret,
             log_level: args.log_level,
+            hooks_listen: args.hooks_listen,
+            hooks,
+            client_tls,
             limits: Limits {
                 max_line: args.max_line,
                 max_body: args.max_body,
@@ -388,6 +476,7 @@ impl Config {
                     per_address: args.max_queued_bytes_per_address,
                     total: args.max_queued_bytes,
                 },
+                max_outbound: args.max_outbound,
             },
         })
     }

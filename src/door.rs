@@ -17,7 +17,7 @@ use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
 
-pub use crate::broker::{Answer, Delivery};
+pub use crate::broker::{Answer, Delivery, Dial};
 use crate::broker::{Broker, ConnId, Millis, Outbox};
 
 /// Defines a fieldless enum together with `ALL` (every variant, in order)
@@ -66,6 +66,10 @@ counted_enum! {
         WriteError,
         LingerTimeout,
         RequestTimeout,
+        /// An outbound connection could not be opened (name, connect, timeout).
+        ConnectFailed,
+        /// An outbound connection's peer did not answer in time.
+        ResponseTimeout,
     }
 }
 
@@ -80,6 +84,8 @@ impl CloseReason {
             CloseReason::WriteError => "write error",
             CloseReason::LingerTimeout => "linger timeout",
             CloseReason::RequestTimeout => "request timeout",
+            CloseReason::ConnectFailed => "connect failed",
+            CloseReason::ResponseTimeout => "response timeout",
         }
     }
 
@@ -167,6 +173,17 @@ pub trait Door {
     /// Called once.
     fn on_close(&mut self, cx: &mut Cx<'_>);
 
+    /// An outbound connection (one the server opened, see [`Dial`]) is
+    /// connected (`Ok`), or could not be (`Err`: the name did not resolve,
+    /// the connect failed or timed out). After an `Err` the connection is
+    /// closed ([`CloseReason::ConnectFailed`]) whatever the door answers.
+    /// Never called on accepted connections. Output queued before the
+    /// connect completes is written once it has.
+    fn on_connect(&mut self, cx: &mut Cx<'_>, result: Result<(), &std::io::Error>) -> Next {
+        let _ = (cx, result);
+        Next::Read
+    }
+
     /// After a call, a door may hand over its connection to another door
     /// (the HTTP bus to a subscriber's stream, which drops the request
     /// parser). The shell asks after every call.
@@ -180,6 +197,11 @@ pub trait Door {
 /// to prepare settings its connections share) and its result once per
 /// accepted connection.
 pub type Opener = Box<dyn Fn() -> Box<dyn Door>>;
+
+/// Makes the door of each outbound connection of a dial door (see
+/// [`crate::doors::DIALS`]), from the tag of its [`Dial`]: the door knows
+/// by it what the connection is for.
+pub type DialOpener = Box<dyn Fn(u64) -> Box<dyn Door>>;
 
 /// What a door may use during one call: the broker, the outbox, the clock,
 /// the loop's counters, and requests to the shell.
@@ -320,7 +342,7 @@ mod tests {
 
     #[test]
     fn counted_enum_counts() {
-        assert_eq!(CloseReason::COUNT, 8);
+        assert_eq!(CloseReason::COUNT, 10);
         for (i, r) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }

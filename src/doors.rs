@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, Listen};
-use crate::door::Opener;
+use crate::door::{DialOpener, Opener};
 
 /// Where a listener binds.
 #[derive(Clone, Debug)]
@@ -61,7 +61,27 @@ pub const DOORS: &[DoorSpec] = &[
         binds: switch_binds,
         opener: crate::http::switch::opener,
     },
+    DoorSpec {
+        name: "hooks",
+        binds: hooks_binds,
+        opener: crate::http::hooks::opener,
+    },
 ];
+
+/// A door that runs on connections the server opens itself (a
+/// [`crate::broker::Dial`] names it).
+pub struct DialSpec {
+    /// Its name (logs, and the stats page's open count).
+    pub name: &'static str,
+    /// Called once at start-up.
+    pub opener: fn(&Config) -> DialOpener,
+}
+
+/// Every dial door.
+pub const DIALS: &[DialSpec] = &[DialSpec {
+    name: crate::http::hooks::DIAL_DOOR,
+    opener: crate::http::hooks::dial_opener,
+}];
 
 fn tcp(name: &'static str, flag: &'static str, listen: &Listen) -> Option<Bind> {
     match listen {
@@ -137,4 +157,10 @@ fn switch_binds(config: &Config) -> Vec<Bind> {
         });
     }
     binds
+}
+
+fn hooks_binds(config: &Config) -> Vec<Bind> {
+    tcp("hooks", "--hooks-listen", &config.hooks_listen)
+        .into_iter()
+        .collect()
 }

@@ -112,6 +112,16 @@ struct Batch {
     root_frames: [BytesMut; FRAMINGS],
 }
 
+/// A message published to a tapped channel, kept whole for the broker
+/// part that tapped it (webhook receivers attached to the channel).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub channel: Bytes,
+    pub content_type: Bytes,
+    pub sender: Option<Bytes>,
+    pub body: Bytes,
+}
+
 /// All channels and the root (all-channels) audience.
 #[derive(Default)]
 pub struct Channels {
@@ -120,6 +130,11 @@ pub struct Channels {
     open: Option<Batch>,
     published: u64,
     fanned_out: u64,
+    /// Channels whose messages are also kept for another part of the
+    /// broker, with the number of taps on each.
+    taps: HashMap<Bytes, u32>,
+    /// Publications to tapped channels not yet taken ([`Channels::take_published`]).
+    tapped: Vec<Published>,
 }
 
 impl Channels {
@@ -192,6 +207,33 @@ impl Channels {
         self.root.remove(conn)
     }
 
+    /// Keeps every later publish to `channel` (a copy of it) until
+    /// [`Channels::take_published`]; taps are counted.
+    pub fn tap(&mut self, channel: &[u8]) {
+        match self.taps.get_mut(channel) {
+            Some(n) => *n += 1,
+            None => {
+                self.taps.insert(Bytes::copy_from_slice(channel), 1);
+            }
+        }
+    }
+
+    /// Ends one tap of `channel`.
+    pub fn untap(&mut self, channel: &[u8]) {
+        if let Some(n) = self.taps.get_mut(channel) {
+            *n -= 1;
+            if *n == 0 {
+                self.taps.remove(channel);
+            }
+        }
+    }
+
+    /// The publications to tapped channels since the last call. The broker
+    /// takes them whenever it seals, so they never pile up.
+    pub fn take_published(&mut self) -> Vec<Published> {
+        std::mem::take(&mut self.tapped)
+    }
+
     /// Publishes one message to `channel`. Its frames are queued to
     /// subscribers when the batch is sealed. The arguments are borrowed: a
     /// publish that extends the open batch allocates nothing but frame bytes.
@@ -204,6 +246,14 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
+        if !self.taps.is_empty() && self.taps.contains_key(channel) {
+            self.tapped.push(Published {
+                channel: Bytes::copy_from_slice(channel),
+                content_type: Bytes::copy_from_slice(content_type),
+                sender: sender.map(Bytes::copy_from_slice),
+                body: Bytes::copy_from_slice(body),
+            });
+        }
         let same = self.open.as_ref().is_some_and(|b| {
             &b.channel[..] == channel
                 && &b.content_type[..] == content_type

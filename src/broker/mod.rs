@@ -10,6 +10,7 @@
 pub mod channels;
 pub mod filter;
 pub mod frames;
+pub mod hooks;
 pub mod queues;
 pub mod switch;
 
@@ -81,6 +82,34 @@ pub trait Outbox {
     }
 }
 
+/// An outbound connection the broker wants opened: the IO shell connects to
+/// `host:port` (resolving a name off the loop), with TLS when `tls`, and
+/// runs the dial door called `door` (a row of [`crate::doors::DIALS`]) on
+/// it, made with `tag` so that the door knows what it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dial {
+    pub door: &'static str,
+    pub tag: u64,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// How long the name lookup and the connect may take together.
+    pub timeout_ms: Millis,
+}
+
+/// What the broker asks of the IO shell about outbound connections. The
+/// shell takes these with [`Broker::take_links`] once per turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkRequest {
+    Dial(Dial),
+    /// Close this outbound connection: no longer wanted, or (`timed_out`)
+    /// its peer did not answer in time.
+    HangUp {
+        conn: ConnId,
+        timed_out: bool,
+    },
+}
+
 /// Counters kept by the broker, read by the stats page and the benches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BrokerStats {
@@ -104,6 +133,8 @@ pub struct Broker {
     pub queues: Queues,
     pub channels: Channels,
     pub switch: Switch,
+    /// Webhook delivery (off until configured).
+    pub hooks: hooks::Hooks,
 }
 
 impl Broker {
@@ -128,6 +159,7 @@ impl Broker {
     /// so output keeps the order in which it was caused.
     pub fn seal(&mut self, out: &mut (impl Outbox + ?Sized)) {
         self.channels.seal(out);
+        self.hooks.take_published(&mut self.channels);
     }
 
     /// Sends a message to queue address `to` (see [`Queues::send`]); an
@@ -205,13 +237,24 @@ impl Broker {
 
     /// Runs every timer due at `now`.
     pub fn on_timers(&mut self, now: Millis, out: &mut (impl Outbox + ?Sized)) {
-        self.channels.seal(out);
+        self.seal(out);
         self.queues.on_timers(now, out);
+        self.hooks.on_timers(now, out);
     }
 
     /// The earliest pending deadline, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.queues.next_deadline()
+        self.queues
+            .next_deadline()
+            .into_iter()
+            .chain(self.hooks.next_deadline())
+            .min()
+    }
+
+    /// The outbound connections to open or close, asked for since the last
+    /// call.
+    pub fn take_links(&mut self) -> Vec<LinkRequest> {
+        self.hooks.take_links()
     }
 }
 

@@ -8,15 +8,19 @@
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
 //! - [`proxy`]: the msglite HTTP proxy door (requests as queue messages).
 //! - [`switch`]: the message-switch HTTP API door.
+//! - [`hooks`]: the webhook door (its API and dashboard) and the door of its
+//!   outbound connections, which reads answers with [`client`].
 //!
 //! Nothing here imports the IO shell or another door: a door meets the shell
 //! only through [`crate::door`].
 
 pub mod bus;
 pub mod chunked;
+pub mod client;
 pub mod codec;
 pub mod conn;
 pub mod files;
+pub mod hooks;
 pub mod proxy;
 pub mod response;
 pub mod switch;

@@ -20,6 +20,9 @@ pub enum Life {
     },
     /// On the close list: it is freed at the end of the turn.
     Closing,
+    /// An outbound connection whose connect (or name lookup) is under way:
+    /// nothing is read or written; its door's own output waits in the queue.
+    Connecting,
 }
 
 pub struct Conn {

@@ -17,6 +17,10 @@
 //! Doors are known only through [`crate::door::Door`] and the registry
 //! [`crate::doors::DOORS`]; after every door call the loop seals the broker's
 //! fan-out batch itself.
+//!
+//! Connections the server opens itself (asked for by the broker) join the
+//! same slab: `connect.rs`, a child module, does their lookups, connects and
+//! deadlines; from their connect on they are served like any other.
 
 use std::io::{self, Read};
 use std::mem;
@@ -37,6 +41,9 @@ use crate::config::{Config, Limits};
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 use crate::doors::DOORS;
 use crate::timer::Timers;
+
+#[path = "connect.rs"]
+mod connect;
 
 /// Listener tokens sit at the top of the token space; connection tokens are
 /// slab keys and never get there.
@@ -74,6 +81,8 @@ enum Deadline {
     Door(ConnId),
     /// Accepting may start again after running out of file descriptors.
     AcceptBackoff,
+    /// An outbound connection had until now to connect.
+    Connect(ConnId),
 }
 
 pub struct Server {
@@ -102,6 +111,7 @@ pub struct Server {
     turn_window: (Millis, u64),
     signal: Option<UnixStream>,
     shutting_down: bool,
+    outbound: connect::Outbound,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -152,13 +162,16 @@ impl Server {
             queues: crate::broker::Queues::new(since_epoch.as_secs())
                 .with_limits(config.limits.queues),
             switch: crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues),
+            hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             ..Broker::default()
         };
+        let door_names = connect::door_names();
         let stats = Stats {
-            open: vec![0; DOORS.len()],
-            door_names: DOORS.iter().map(|d| d.name).collect(),
+            open: vec![0; door_names.len()],
+            door_names,
             ..Stats::default()
         };
+        let outbound = connect::Outbound::new(config, poll.registry())?;
         Ok(Server {
             poll,
             listeners: bound.listeners,
@@ -182,6 +195,7 @@ impl Server {
             turn_window: (0, 0),
             signal: None,
             shutting_down: false,
+            outbound,
         })
     }
 
@@ -230,12 +244,17 @@ impl Server {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         match token {
             SIGNAL => self.on_signal(),
+            connect::WAKER => self.on_wake(),
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
                 let Some(c) = self.conns.get_mut(key) else {
                     return;
                 };
                 if c.is_closing() {
+                    return;
+                }
+                if c.life == Life::Connecting {
+                    self.on_connect_event(key);
                     return;
                 }
                 if writable && !c.writable {
@@ -271,13 +290,14 @@ impl Server {
             self.on_readable(key);
         }
         loop {
+            let linked = self.run_link_requests();
             self.flush_dirty();
-            if self.to_close.is_empty() {
+            if self.to_close.is_empty() && !linked {
                 break;
             }
             self.close_marked();
         }
-        if self.accept_full && self.conns.len() < self.limits.max_connections * 9 / 10 + 1 {
+        if self.accept_full && self.inbound_open() < self.limits.max_connections * 9 / 10 + 1 {
             self.accept_full = false;
             self.accept_all();
         }
@@ -390,7 +410,7 @@ impl Server {
             return;
         }
         loop {
-            if self.conns.len() >= self.limits.max_connections {
+            if self.inbound_open() >= self.limits.max_connections {
                 if !self.accept_full {
                     log::warn!(
                         "connection limit {} reached: accepting paused",
@@ -726,6 +746,7 @@ impl Server {
                     }
                 }
                 Deadline::Request(id) => self.check_stalled(id, now),
+                Deadline::Connect(id) => self.check_connect(id),
                 Deadline::Door(id) => {
                     let key = id.key as usize;
                     let due = self

@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod listen;
 pub mod outq;
 pub mod post;
+pub mod resolve;
 pub mod tls;
 pub mod transport;
 

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Plaintext and TLS bytes rustls may hold for one connection before writes
 /// report `WouldBlock`.
@@ -120,17 +121,77 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// A server-side TLS connection over a TCP socket.
+/// The TLS settings of outbound connections: the CA certificates in the PEM
+/// file `ca` are trusted, or else those of the system bundle (when there is
+/// one). Read once at start, never in the loop.
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (path, flag) = match ca {
+        Some(p) => (Some(p), "--hooks-ca"),
+        None => (
+            SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.is_file()),
+            "the system CA bundle",
+        ),
+    };
+    if let Some(path) = path {
+        let problem = |e: String| format!("{flag} {}: {e}", path.display());
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| problem(pem_problem(&e)))? {
+            let cert = cert.map_err(|e| problem(pem_problem(&e)))?;
+            // A bundle may hold certificates this verifier cannot use; the
+            // others still count.
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() && ca.is_some() {
+            return Err(problem(
+                "no usable CERTIFICATE block found in the file".into(),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+}
+
+/// Where Debian and its relatives keep the system's trusted CA certificates.
+const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// A TLS connection over a TCP socket: the server side of an accepted
+/// connection, or the client side of one the server opened.
 pub struct TlsStream {
     pub sock: TcpStream,
-    conn: ServerConnection,
+    conn: Connection,
 }
 
 impl TlsStream {
     pub fn new(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
         let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
         conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        Ok(TlsStream { sock, conn })
+        Ok(TlsStream {
+            sock,
+            conn: conn.into(),
+        })
+    }
+
+    /// The client side, checking that the server's certificate is valid for
+    /// `name` (a DNS name or an IP address).
+    pub fn client(sock: TcpStream, config: Arc<ClientConfig>, name: &str) -> io::Result<TlsStream> {
+        let name = ServerName::try_from(name.to_string()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{name}` is not a valid TLS server name"),
+            )
+        })?;
+        let mut conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        Ok(TlsStream {
+            sock,
+            conn: conn.into(),
+        })
     }
 
     /// The handshake has not finished yet.

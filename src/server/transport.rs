@@ -1,5 +1,7 @@
 //! The byte stream under a connection: TCP, a Unix socket or TLS over TCP,
-//! behind one interface, so the doors above never know which.
+//! behind one interface, so the doors above never know which. Outbound
+//! connections use the same types (TLS as a client), with
+//! [`Transport::connect_result`] to learn how their connect went.
 
 use std::io::{self, IoSlice, Read, Write};
 
@@ -12,6 +14,9 @@ pub enum Transport {
     Tcp(TcpStream),
     Unix(UnixStream),
     Tls(Box<TlsStream>),
+    /// An outbound connection whose peer's name is still being resolved:
+    /// no socket yet. Reads and writes would block.
+    Unconnected,
 }
 
 impl Transport {
@@ -22,6 +27,27 @@ impl Transport {
             Transport::Tcp(s) => registry.register(s, token, both),
             Transport::Unix(s) => registry.register(s, token, both),
             Transport::Tls(s) => registry.register(&mut s.sock, token, both),
+            Transport::Unconnected => Ok(()),
+        }
+    }
+
+    /// How a non-blocking connect went: `None` while it is still under
+    /// way, then its outcome (the socket's pending error, read once).
+    pub fn connect_result(&self) -> Option<io::Result<()>> {
+        let sock = match self {
+            Transport::Tcp(s) => s,
+            Transport::Tls(s) => &s.sock,
+            Transport::Unix(_) => return Some(Ok(())),
+            Transport::Unconnected => return None,
+        };
+        match sock.take_error() {
+            Ok(Some(e)) | Err(e) => return Some(Err(e)),
+            Ok(None) => {}
+        }
+        match sock.peer_addr() {
+            Ok(_) => Some(Ok(())),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+            Err(e) => Some(Err(e)),
         }
     }
 
@@ -75,6 +101,7 @@ impl Transport {
             Transport::Tcp(s) => registry.deregister(s),
             Transport::Unix(s) => registry.deregister(s),
             Transport::Tls(s) => registry.deregister(&mut s.sock),
+            Transport::Unconnected => Ok(()),
         };
     }
 
@@ -91,6 +118,7 @@ impl Transport {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "?".into()),
             Transport::Unix(_) => "unix".into(),
+            Transport::Unconnected => "unconnected".into(),
         }
     }
 }
@@ -101,6 +129,7 @@ impl Read for Transport {
             Transport::Tcp(s) => s.read(buf),
             Transport::Unix(s) => s.read(buf),
             Transport::Tls(s) => s.read(buf),
+            Transport::Unconnected => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
@@ -111,6 +140,7 @@ impl Write for Transport {
             Transport::Tcp(s) => s.write(buf),
             Transport::Unix(s) => s.write(buf),
             Transport::Tls(s) => s.write(buf),
+            Transport::Unconnected => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -118,6 +148,7 @@ impl Write for Transport {
             Transport::Tcp(s) => s.write_vectored(bufs),
             Transport::Unix(s) => s.write_vectored(bufs),
             Transport::Tls(s) => s.write_vectored(bufs),
+            Transport::Unconnected => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
