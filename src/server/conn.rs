@@ -56,6 +56,37 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A new connection in state `life`, with nothing queued or held;
+    /// `writable` until a write says otherwise (an accepted socket), or not
+    /// until its connect completes (a dialed one).
+    pub fn new(
+        id: ConnId,
+        transport: Transport,
+        door: Box<dyn Door>,
+        door_ix: u8,
+        life: Life,
+        writable: bool,
+    ) -> Conn {
+        Conn {
+            id,
+            transport,
+            door,
+            door_ix,
+            life,
+            outq: OutQueue::default(),
+            input: BytesMut::new(),
+            readable: false,
+            writable,
+            dirty: false,
+            request_timer: false,
+            ready_listed: false,
+            dropped: 0,
+            incomplete_since: None,
+            wake_at: None,
+            slow_logged_at: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.life == Life::Open
     }

@@ -26,7 +26,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use mio::{Token, Waker};
 
 use super::{Deadline, Server};
@@ -35,7 +34,6 @@ use crate::config::Config;
 use crate::door::{CloseReason, DialOpener};
 use crate::doors::{DIALS, DOORS};
 use crate::server::conn::{Conn, Life};
-use crate::server::outq::OutQueue;
 use crate::server::resolve::Resolver;
 use crate::server::tls::TlsStream;
 use crate::server::transport::Transport;
@@ -148,24 +146,14 @@ impl Server {
             key: key as u32,
             gen: self.next_gen,
         };
-        entry.insert(Conn {
+        entry.insert(Conn::new(
             id,
-            transport: Transport::Unconnected,
+            Transport::Unconnected,
             door,
             door_ix,
-            life: Life::Connecting,
-            outq: OutQueue::default(),
-            input: BytesMut::new(),
-            readable: false,
-            writable: false,
-            dirty: false,
-            request_timer: false,
-            ready_listed: false,
-            dropped: 0,
-            incomplete_since: None,
-            wake_at: None,
-            slow_logged_at: None,
-        });
+            Life::Connecting,
+            false,
+        ));
         if let Some(n) = self.stats.open.get_mut(usize::from(door_ix)) {
             *n += 1;
         }

@@ -33,7 +33,7 @@ use slab::Slab;
 
 use super::conn::{Conn, Detached, Life};
 use super::listen::{self, Listener};
-use super::outq::{Flushed, OutQueue};
+use super::outq::Flushed;
 use super::post::Post;
 use super::transport::Transport;
 use crate::broker::{Broker, ConnId, Millis};
@@ -473,24 +473,14 @@ impl Server {
         };
         let name = DOORS.get(usize::from(door_ix)).map_or("?", |d| d.name);
         log::debug!("conn {key}: {name} door, from {}", transport.peer());
-        let conn = entry.insert(Conn {
+        let conn = entry.insert(Conn::new(
             id,
             transport,
-            door: opener(),
+            opener(),
             door_ix,
-            life: Life::Open,
-            outq: OutQueue::default(),
-            input: BytesMut::new(),
-            readable: false,
-            writable: true,
-            dirty: false,
-            request_timer: false,
-            ready_listed: false,
-            dropped: 0,
-            incomplete_since: None,
-            wake_at: None,
-            slow_logged_at: None,
-        });
+            Life::Open,
+            true,
+        ));
         if let Some(n) = self.stats.open.get_mut(usize::from(door_ix)) {
             *n += 1;
         }
