@@ -13,7 +13,8 @@
 
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use switchboard::broker::frames::{line_message_head, put_decimal};
+use switchboard::broker::frames::put_decimal;
+use switchboard::line::wire::message_head;
 use switchboard::line::wire::{is_space, parse_header, Header};
 
 fn check_field(f: &[u8]) {
@@ -42,7 +43,7 @@ fuzz_target!(|line: &[u8]| {
             let Ok(len) = usize::try_from(len) else {
                 return;
             };
-            line_message_head(&mut out, to, reply, timeout_s, len);
+            message_head(&mut out, to, reply, timeout_s, len);
         }
         Header::Publication {
             len,
