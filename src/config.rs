@@ -11,6 +11,18 @@ use clap::{Parser, ValueEnum};
 
 use crate::broker::hooks::{Secret, Settings as HookSettings};
 
+/// The msglite proxy door's defaults (the door uses them too).
+pub mod proxy_defaults {
+    /// The queue requests go to when no route matches (msglite's).
+    pub const DEFAULT_QUEUE: &str = "msglite.httpRequests";
+
+    /// Seconds to wait for a handler's head, and for each body message (msglite's).
+    pub const DEFAULT_TIMEOUT_S: u64 = 180;
+
+    /// Requests waiting for a handler's head at once, by default.
+    pub const DEFAULT_MAX_PENDING: usize = 10_000;
+}
+
 /// A listen address that may be switched off with `off`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listen {
@@ -229,12 +241,12 @@ pub struct Args {
     pub proxy_listen: Listen,
 
     /// The queue proxied requests go to (unless a --proxy-route matches).
-    #[arg(long, value_name = "NAME", default_value = crate::http::proxy::DEFAULT_QUEUE)]
+    #[arg(long, value_name = "NAME", default_value = proxy_defaults::DEFAULT_QUEUE)]
     pub proxy_queue: String,
 
     /// Seconds the proxy waits for a handler's answer (its head, and each
     /// message of its body) before answering 504.
-    #[arg(long, value_name = "SECONDS", default_value_t = crate::http::proxy::DEFAULT_TIMEOUT_S)]
+    #[arg(long, value_name = "SECONDS", default_value_t = proxy_defaults::DEFAULT_TIMEOUT_S)]
     pub proxy_timeout: u64,
 
     /// Requests whose path starts with PREFIX go to QUEUE (repeatable; the
@@ -244,7 +256,7 @@ pub struct Args {
 
     /// Most proxied requests waiting for a handler's answer at once; past
     /// it a request gets 503 at once (and is counted).
-    #[arg(long, value_name = "N", default_value_t = crate::http::proxy::DEFAULT_MAX_PENDING)]
+    #[arg(long, value_name = "N", default_value_t = proxy_defaults::DEFAULT_MAX_PENDING)]
     pub proxy_max_pending: usize,
 
     /// Webhook API (connect / send / disconnect, dashboard) listen address, or `off`.

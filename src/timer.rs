@@ -11,7 +11,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::broker::Millis;
+/// Milliseconds on the server's monotonic clock.
+pub type Millis = u64;
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Entry<K> {

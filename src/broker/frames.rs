@@ -3,9 +3,9 @@
 //! Every function appends to a `BytesMut` that the caller freezes and shares
 //! between all subscribers of that kind. Nothing here knows about sockets.
 
-use bytes::{BufMut, BytesMut};
+use std::borrow::Cow;
 
-use crate::line::wire::type_field;
+use bytes::{BufMut, BytesMut};
 
 /// The multipart boundary of the HTTP bus.
 pub const BOUNDARY: &str = "00MsgBus00";
@@ -38,6 +38,40 @@ pub struct Publication<'a> {
     pub content_type: &'a [u8],
     pub sender: Option<&'a [u8]>,
     pub body: &'a [u8],
+}
+
+/// The content type of a publication that names none.
+pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
+
+/// The field separators of a line: ASCII whitespace, as
+/// `u8::is_ascii_whitespace` (space, tab, CR, LF, form feed).
+#[inline]
+pub fn is_space(b: u8) -> bool {
+    b.is_ascii_whitespace()
+}
+
+/// A content type written as the TYPE field of a `! LEN CHANNEL TYPE` line:
+/// without whitespace (`text/plain; charset=utf-8` becomes
+/// `text/plain;charset=utf-8`, the same media type), and
+/// [`DEFAULT_CONTENT_TYPE`] when nothing is left. Borrowed unless the type
+/// holds whitespace, so the usual case copies nothing.
+pub fn type_field(content_type: &[u8]) -> Cow<'_, [u8]> {
+    if content_type.is_empty() {
+        return Cow::Borrowed(DEFAULT_CONTENT_TYPE);
+    }
+    if !content_type.iter().any(|&b| is_space(b)) {
+        return Cow::Borrowed(content_type);
+    }
+    let kept: Vec<u8> = content_type
+        .iter()
+        .copied()
+        .filter(|&b| !is_space(b))
+        .collect();
+    if kept.is_empty() {
+        Cow::Borrowed(DEFAULT_CONTENT_TYPE)
+    } else {
+        Cow::Owned(kept)
+    }
 }
 
 /// Appends `n` in decimal.

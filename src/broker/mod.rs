@@ -21,7 +21,7 @@ pub use queues::{QueueFull, Queues, Ready, WaitId};
 pub use switch::Switch;
 
 /// Milliseconds on the server's monotonic clock.
-pub type Millis = u64;
+pub use crate::timer::Millis;
 
 /// A connection, by slab key and generation: a stale id (of a connection that
 /// has closed and whose slot was reused) never matches the slot's new tenant.

@@ -28,15 +28,10 @@ use super::codec::{Method, Request};
 use super::conn::{HttpConn, Part, Reply, Routes, Settings};
 use super::response::{Response, SERVER};
 use crate::broker::{Answer, Ready, WaitId};
+pub use crate::config::proxy_defaults::{DEFAULT_MAX_PENDING, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S};
 use crate::config::Config;
 use crate::door::{Cx, Opener};
 
-/// The queue requests go to when no route matches (msglite's).
-pub const DEFAULT_QUEUE: &str = "msglite.httpRequests";
-/// Seconds to wait for a handler's head, and for each body message (msglite's).
-pub const DEFAULT_TIMEOUT_S: u64 = 180;
-/// Requests waiting for a handler's head at once, by default.
-pub const DEFAULT_MAX_PENDING: usize = 10_000;
 /// The channel on which the door publishes `{"id", "replyAddr"}` (JSON)
 /// when an HTTP client goes away before its response has ended.
 pub const CLOSED_CHANNEL: &str = "msglite.httpClosed";

@@ -8,46 +8,15 @@
 //! `- reason`). It must not touch IO or the broker; bodies are the caller's
 //! to read.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
 use crate::broker::frames::put_decimal;
 
-/// The content type of a publication that names none.
-pub const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
-
-/// The field separators of a line: ASCII whitespace, as
-/// `u8::is_ascii_whitespace` (space, tab, CR, LF, form feed).
-#[inline]
-pub fn is_space(b: u8) -> bool {
-    b.is_ascii_whitespace()
-}
-
-/// A content type written as the TYPE field of a `! LEN CHANNEL TYPE` line:
-/// without whitespace (`text/plain; charset=utf-8` becomes
-/// `text/plain;charset=utf-8`, the same media type), and
-/// [`DEFAULT_CONTENT_TYPE`] when nothing is left. Borrowed unless the type
-/// holds whitespace, so the usual case copies nothing.
-pub fn type_field(content_type: &[u8]) -> Cow<'_, [u8]> {
-    if content_type.is_empty() {
-        return Cow::Borrowed(DEFAULT_CONTENT_TYPE);
-    }
-    if !content_type.iter().any(|&b| is_space(b)) {
-        return Cow::Borrowed(content_type);
-    }
-    let kept: Vec<u8> = content_type
-        .iter()
-        .copied()
-        .filter(|&b| !is_space(b))
-        .collect();
-    if kept.is_empty() {
-        Cow::Borrowed(DEFAULT_CONTENT_TYPE)
-    } else {
-        Cow::Owned(kept)
-    }
-}
+// The content-type rule lives with the line framing of channel messages
+// (the broker builds those frames once per message); the parser uses it.
+pub use crate::broker::frames::{is_space, type_field, DEFAULT_CONTENT_TYPE};
 
 /// A decimal number of at most 19 digits; no sign, no spaces.
 pub fn number(field: &[u8]) -> Option<u64> {
@@ -199,6 +168,7 @@ fn trim(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn type_field_has_no_whitespace() {
