@@ -480,4 +480,88 @@ mod tests {
         assert_eq!(out.frames.len(), 1);
         assert_eq!(ch.subscription_count(), 1);
     }
+
+    #[test]
+    fn a_batch_is_sealed_once_it_holds_64_kib() {
+        // A subscriber of the channel, then one of every channel.
+        for root in [false, true] {
+            let mut ch = Channels::default();
+            let mut out = RecordingOutbox::default();
+            if root {
+                ch.subscribe_all(conn(1), Subscription::line(), &mut out);
+            } else {
+                ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+            }
+            // Each message is a 1,014-byte frame: `! 1000 x t\r\n`, body, CRLF.
+            let body = vec![b'm'; 1000];
+            for _ in 0..64 {
+                ch.publish(b"x", b"t", None, &body, &mut out);
+            }
+            // 64,896 bytes: still open.
+            assert!(out.frames.is_empty(), "root: {root}");
+            ch.publish(b"x", b"t", None, &body, &mut out);
+            // 65,910 bytes: sealed, one frame of 65 messages.
+            assert_eq!(out.frames.len(), 1, "root: {root}");
+            assert_eq!(out.frames[0].1.len(), 65 * 1014);
+            assert_eq!(out.frames[0].2, 65);
+            ch.seal(&mut out);
+            assert_eq!(out.frames.len(), 1);
+        }
+    }
+
+    #[test]
+    fn nothing_is_built_for_a_channel_nobody_hears() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.publish(b"y", b"t", None, b"m", &mut out);
+        assert!(ch.open.is_none());
+        assert_eq!(ch.stats(), (1, 0));
+    }
+
+    #[test]
+    fn a_resubscription_moves_to_its_new_framing() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let http = Subscription {
+            framing: Framing::MultipartChunked,
+            filter: Filter::default(),
+        };
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), http, &mut out);
+        let counts = ch.channels.get(&b("x")).map(|a| a.per_framing);
+        let mut want = [0; FRAMINGS];
+        want[Framing::MultipartChunked as usize] = 1;
+        assert_eq!(counts, Some(want));
+        assert!(ch.unsubscribe(conn(1), b"x", &mut out));
+        assert_eq!(ch.channel_count(), 0);
+    }
+
+    #[test]
+    fn unsubscribing_some_keeps_the_others() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        for k in 1..=3 {
+            ch.subscribe(conn(k), b("x"), Subscription::line(), &mut out);
+        }
+        ch.subscribe_all(conn(4), Subscription::line(), &mut out);
+        assert_eq!((ch.channel_count(), ch.subscription_count()), (1, 4));
+        // The first, then the one that took its place.
+        assert!(ch.unsubscribe(conn(1), b"x", &mut out));
+        assert!(ch.unsubscribe(conn(3), b"x", &mut out));
+        assert_eq!((ch.channel_count(), ch.subscription_count()), (1, 2));
+        let counts = ch.channels.get(&b("x")).map(|a| a.per_framing);
+        let mut want = [0; FRAMINGS];
+        want[Framing::Line as usize] = 1;
+        assert_eq!(counts, Some(want));
+        ch.publish(b"x", b"t", None, b"m", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.bytes_for(conn(2)), b"! 1 x t\r\nm\r\n");
+        assert!(out.bytes_for(conn(1)).is_empty());
+        assert!(out.bytes_for(conn(3)).is_empty());
+        assert_eq!(out.bytes_for(conn(4)), b"! 1 x t\r\nm\r\n");
+        assert!(ch.unsubscribe_all(conn(4), &mut out));
+        assert!(!ch.unsubscribe_all(conn(4), &mut out));
+        assert_eq!(ch.subscription_count(), 1);
+    }
 }

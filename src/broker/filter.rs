@@ -612,6 +612,32 @@ mod tests {
         assert!(steps <= (MAX_PATTERNS * WIDE * text.len()) as u64);
     }
 
+    #[test]
+    fn patterns_compare_and_print_as_written() {
+        assert_eq!(list(b"a,!b*"), list(b"a,!b*"));
+        assert_ne!(list(b"a"), list(b"b"));
+        assert_ne!(list(b"a"), list(b"!a"));
+        assert_ne!(list(b"!a"), list(b"!b"));
+        assert_eq!(
+            format!("{:?}", list(b"a,!b*")),
+            r#"PatternList { patterns: ["a", !"b*"] }"#
+        );
+    }
+
+    #[test]
+    fn plain_patterns_are_compared_byte_for_byte() {
+        // No `*` and no `?`: no automaton.
+        for p in [&b"text/plain"[..], b"", b"a"] {
+            assert!(matches!(Glob::compile(p), Ok(Glob::Literal(_))), "{p:?}");
+        }
+        for p in [&b"text/*"[..], b"?", b"a?b"] {
+            assert!(matches!(Glob::compile(p), Ok(Glob::Narrow(_))), "{p:?}");
+        }
+        STEPS.with(|s| s.set(0));
+        assert!(list(b"text/plain").matches(b"text/plain"));
+        assert_eq!(STEPS.with(|s| s.get()), 0);
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;

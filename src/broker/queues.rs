@@ -1005,4 +1005,193 @@ mod tests {
         assert_eq!(got, Ok(Ready::TimedOut));
         assert_eq!(q.waiting(), 0);
     }
+
+    #[test]
+    fn queue_full_reads_as_such() {
+        assert_eq!(QueueFull.to_string(), "queue full");
+    }
+
+    #[test]
+    fn timeouts_are_clamped_to_ten_years() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        send(&mut q, 7, b("a"), None, u64::MAX, b("x"), &mut out);
+        assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
+        let mut q = Queues::new(1);
+        ready(&mut q, 7, conn(1), u64::MAX, vec![b("a")], &mut out).unwrap();
+        assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
+    }
+
+    #[test]
+    fn counters_of_every_path() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        // Straight to a waiting receiver.
+        ready(&mut q, 0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        send(&mut q, 0, b("a"), None, 60, b("x"), &mut out);
+        assert_eq!(q.stats(), (1, 1, 0));
+        // Nobody waits and the timeout is 0: in, and expired at once.
+        send(&mut q, 0, b("a"), None, 0, b("y"), &mut out);
+        assert_eq!(q.stats(), (2, 1, 1));
+        // Queued, then taken by a later receiver.
+        send(&mut q, 0, b("b"), None, 60, b("z"), &mut out);
+        assert_eq!(q.stats(), (3, 1, 1));
+        ready(&mut q, 1, conn(2), 60, vec![b("b")], &mut out);
+        assert_eq!(q.stats(), (3, 2, 1));
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn small_bodies_are_copied_and_16_kib_ones_shared() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        // `SHARED_BODY` is 16 KiB.
+        let small = Bytes::from(vec![b's'; 16 * 1024 - 1]);
+        let shared = Bytes::from(vec![b'l'; 16 * 1024]);
+        send(&mut q, 0, b("a"), None, 60, small.clone(), &mut out);
+        send(&mut q, 0, b("a"), None, 60, shared.clone(), &mut out);
+        ready(&mut q, 1, conn(1), 60, vec![b("a")], &mut out);
+        ready(&mut q, 1, conn(1), 60, vec![b("a")], &mut out);
+        let bodies: Vec<Bytes> = out
+            .answers_for(conn(1))
+            .into_iter()
+            .map(|a| a.expect("a message").3)
+            .collect();
+        assert_eq!(bodies, vec![small.clone(), shared.clone()]);
+        // The small one no longer points into the buffer it came from.
+        assert_ne!(bodies[0].as_ptr(), small.as_ptr());
+        assert_eq!(bodies[1].as_ptr(), shared.as_ptr());
+    }
+
+    /// A queue whose timer heap holds `n` entries of waits already answered.
+    fn stale_timers(n: u32) -> Queues {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        for k in 0..n {
+            ready(&mut q, 0, conn(k), 3600, vec![b("a")], &mut out).unwrap();
+        }
+        for _ in 0..n {
+            send(&mut q, 0, b("a"), None, 3600, b("m"), &mut out);
+        }
+        assert_eq!((q.waiting(), q.queued()), (0, 0));
+        assert_eq!(q.timers.len(), n as usize);
+        q
+    }
+
+    #[test]
+    fn stale_timers_go_once_they_pass_twice_the_live_ones_plus_1024() {
+        let mut out = RecordingOutbox::default();
+        // At the bound, nothing is dropped: 1 live wait, 1026 entries.
+        let mut q = stale_timers(1025);
+        ready(&mut q, 0, conn(9000), 60, vec![b("b")], &mut out).unwrap();
+        assert_eq!(q.timers.len(), 1026);
+        // 2 live waits, 1027 entries, bound 1028.
+        ready(&mut q, 0, conn(9001), 60, vec![b("c")], &mut out).unwrap();
+        assert_eq!(q.timers.len(), 1027);
+
+        // One past the bound, only the live entries stay, and they still fire:
+        // a queued message's expiry ...
+        let mut q = stale_timers(1026);
+        send(&mut q, 0, b("m"), None, 60, b("x"), &mut out);
+        assert_eq!(q.timers.len(), 1);
+        q.on_timers(60_000, &mut out);
+        assert_eq!((q.queued(), q.stats().2), (0, 1));
+        // ... and a wait's timeout.
+        let mut q = stale_timers(1026);
+        ready(&mut q, 0, conn(9002), 30, vec![b("w")], &mut out).unwrap();
+        assert_eq!(q.timers.len(), 1);
+        q.on_timers(30_000, &mut out);
+        assert_eq!(out.answers_for(conn(9002)), vec![None]);
+    }
+
+    #[test]
+    fn expired_messages_behind_a_live_one_wait_for_the_sweep() {
+        // Room for exactly the three messages on the address.
+        let limits = QueueLimits {
+            per_address: 3 * MESSAGE_OVERHEAD + 8,
+            total: 1 << 20,
+        };
+        let mut q = Queues::new(1).with_limits(limits);
+        let mut out = RecordingOutbox::default();
+        send(&mut q, 0, b("a"), None, 3600, b("long"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b("s1"), &mut out);
+        send(&mut q, 0, b("a"), None, 2, b("s2"), &mut out);
+        // One expired message in three is only counted ...
+        q.on_timers(1000, &mut out);
+        assert_eq!((q.queued(), q.stats().2), (3, 0));
+        // ... two in three are swept.
+        q.on_timers(2000, &mut out);
+        assert_eq!((q.queued(), q.stats().2), (1, 2));
+        assert_eq!(q.queued_bytes(), MESSAGE_OVERHEAD + 4);
+        // The address got the bytes of the swept messages back.
+        send(&mut q, 2000, b("a"), None, 60, b("s3"), &mut out);
+        send(&mut q, 2000, b("a"), None, 60, b("s4"), &mut out);
+        ready(&mut q, 2001, conn(1), 1, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 4 3600 a\r\nlong\r\n");
+    }
+
+    #[test]
+    fn taking_a_message_gives_its_bytes_back_to_the_address() {
+        let limits = QueueLimits {
+            per_address: 3 * MESSAGE_OVERHEAD + 100,
+            total: 1 << 20,
+        };
+        let mut q = Queues::new(1).with_limits(limits);
+        let mut out = RecordingOutbox::default();
+        let big = || Bytes::from(vec![b'x'; 100]);
+        assert_eq!(q.send(0, b("a"), None, 60, Bytes::new(), &mut out), Ok(()));
+        assert_eq!(q.send(0, b("a"), None, 60, big(), &mut out), Ok(()));
+        // Taking the empty one leaves the big one: room for one more empty.
+        ready(&mut q, 1, conn(1), 60, vec![b("a")], &mut out);
+        assert_eq!(q.queued_bytes(), MESSAGE_OVERHEAD + 100);
+        assert_eq!(q.send(1, b("a"), None, 60, Bytes::new(), &mut out), Ok(()));
+        assert_eq!(q.send(1, b("a"), None, 60, Bytes::new(), &mut out), Ok(()));
+        assert_eq!(
+            q.send(1, b("a"), None, 60, Bytes::new(), &mut out),
+            Err(QueueFull)
+        );
+    }
+
+    #[test]
+    fn a_message_is_dead_at_its_deadline() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        send(&mut q, 0, b("a"), None, 1, b("late"), &mut out);
+        // Timers not yet run; the deadline is now.
+        ready(&mut q, 1000, conn(1), 0, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"*\r\n");
+        assert_eq!(q.stats(), (1, 0, 1));
+        assert_eq!((q.queued(), q.queued_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn stale_entries_are_compacted_at_16_and_half_the_queue() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let held = |q: &Queues| q.addresses.get(&b("quiet")).map_or(0, |a| a.waits.len());
+        for k in 0..20 {
+            ready(&mut q, 0, conn(k), 60, vec![b("quiet")], &mut out).unwrap();
+        }
+        for k in 100..120 {
+            ready(
+                &mut q,
+                0,
+                conn(k),
+                60,
+                vec![b("busy"), b("quiet")],
+                &mut out,
+            )
+            .unwrap();
+            send(&mut q, 0, b("busy"), None, 60, b("m"), &mut out);
+            if k == 118 {
+                // 19 stale entries behind 20 live ones: kept.
+                assert_eq!(held(&q), 39);
+            }
+        }
+        // 20 stale entries of 40: compacted, the live ones kept in order.
+        assert_eq!(held(&q), 20);
+        assert_eq!(q.waiting(), 20);
+        send(&mut q, 1, b("quiet"), None, 60, b("q"), &mut out);
+        assert_eq!(text(&out, conn(0)), b"> 1 60 quiet\r\nq\r\n");
+    }
 }

@@ -789,6 +789,66 @@ mod tests {
         assert_eq!(LineError::InvalidCommand.to_string(), "invalid command");
     }
 
+    #[test]
+    fn a_line_of_exactly_the_limit_is_fine() {
+        let mut d = Decoder::new(16, 100);
+        let mut buf = BytesMut::from(&b"< 1 aaaaaaaaaa\r\n"[..]);
+        assert!(matches!(
+            d.decode(&mut buf),
+            Ok(Some(Command::Ready { .. }))
+        ));
+        // Unfinished: 16 bytes wait for more, 17 are refused.
+        let mut buf = BytesMut::from(&b"< 1 aaaaaaaaaaaa"[..]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(b"a");
+        assert_eq!(d.decode(&mut buf), Err(LineError::LineTooLong(16)));
+    }
+
+    #[test]
+    fn a_publish_with_a_field_too_many_is_refused() {
+        assert_eq!(
+            first_error(b"! 1 ch text/plain x\r\n"),
+            Some(LineError::PublishFormat)
+        );
+    }
+
+    #[test]
+    fn idle_only_between_commands() {
+        let mut d = decoder();
+        assert!(d.is_idle());
+        let mut buf = BytesMut::from(&b"+ a"[..]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert!(!d.is_idle());
+        buf.extend_from_slice(b"\r\n");
+        assert!(matches!(
+            d.decode(&mut buf),
+            Ok(Some(Command::Subscribe { .. }))
+        ));
+        assert!(d.is_idle());
+    }
+
+    #[test]
+    fn raw_ready_borrows_its_addresses() {
+        let mut d = decoder();
+        let line = b"< 5  a\tbb c \r\n";
+        let Ok(Some((
+            Raw::Ready {
+                timeout_s,
+                addresses,
+            },
+            n,
+        ))) = d.decode_raw(line)
+        else {
+            panic!("not a ready command");
+        };
+        assert_eq!((timeout_s, n), (5, line.len()));
+        assert_eq!((addresses.len(), addresses.is_empty()), (3, false));
+        let got: Vec<&[u8]> = addresses.iter().collect();
+        assert_eq!(got, vec![&b"a"[..], b"bb", b"c"]);
+        let none = Addresses { text: b"", len: 0 };
+        assert_eq!((none.len(), none.is_empty()), (0, true));
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
