@@ -596,10 +596,16 @@ impl Server {
             if !c.door.is_paused() || !c.is_open() || !c.readable {
                 return;
             }
-            if c.input.len() >= READ_AHEAD {
+            // Read at most what is left of the read-ahead, so a paused
+            // connection never holds more than READ_AHEAD of unrun input
+            // through reading ahead.
+            let room = READ_AHEAD.saturating_sub(c.input.len());
+            if room == 0 {
                 return;
             }
-            let got = c.transport.read(&mut self.read_buf);
+            let room = room.min(self.read_buf.len());
+            let buf = self.read_buf.get_mut(..room).unwrap_or_default();
+            let got = c.transport.read(buf);
             let reason = match got {
                 Ok(0) => CloseReason::PeerClosed,
                 Ok(n) => {
