@@ -187,7 +187,11 @@ impl Door for LineSession {
     fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
         // Output backpressure: commands stay in the input until what was
         // answered so far has drained (the shell resumes the door then).
-        while self.closing.is_none() && self.waiting.is_none() && !cx.backlogged() {
+        // Checked on entry and after each command that answers: a publish
+        // queues nothing for its own connection until the batch is sealed,
+        // so the per-message fast path makes no such call.
+        let mut backlogged = cx.backlogged();
+        while self.closing.is_none() && self.waiting.is_none() && !backlogged {
             let (raw, n) = match self.decoder.decode_raw(input) {
                 Ok(Some(found)) => found,
                 Ok(None) => break,
@@ -217,6 +221,7 @@ impl Door for LineSession {
             let frame = input.split_to(n).freeze();
             if let Some(cmd) = ranges.to_command(&frame) {
                 self.apply(cx, cmd);
+                backlogged = cx.backlogged();
             }
         }
         if let Some(reason) = self.closing {

@@ -44,6 +44,9 @@ pub struct Conn {
     pub request_timer: bool,
     /// On the loop's still-ready list (at most once a turn).
     pub ready_listed: bool,
+    /// Its door left requests in the input because its output was over the
+    /// backlog: resumed once a flush takes it below.
+    pub held_back: bool,
     /// Messages dropped because the backlog limit was reached.
     pub dropped: u64,
     /// Since when it has held an incomplete request, command or TLS
@@ -80,6 +83,7 @@ impl Conn {
             dirty: false,
             request_timer: false,
             ready_listed: false,
+            held_back: false,
             dropped: 0,
             incomplete_since: None,
             wake_at: None,

@@ -678,6 +678,12 @@ impl Server {
         };
         // The leftover is not yet back in the connection: judge by `input`.
         let held = !input.is_empty();
+        let backlog = self.limits.backlog;
+        if let Some(c) = self.conns.get_mut(key) {
+            // Whole requests left in the input because the door stopped at
+            // the backlog: the flush that drains it resumes the door.
+            c.held_back = held && !c.door.is_paused() && c.outq.cost() >= backlog;
+        }
         self.note_progress_with(key, now, progressed, held);
         next
     }
@@ -838,9 +844,10 @@ impl Server {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
                     if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
-                        if !c.input.is_empty() && !c.door.is_paused() {
+                        if c.held_back {
                             // Requests held back by backpressure: run them,
                             // then read on.
+                            c.held_back = false;
                             self.resume.push(key);
                         } else if c.readable && !c.ready_listed {
                             // Input left unread (budget or backpressure): go on.
