@@ -22,18 +22,6 @@ use std::time::Duration;
 
 use common::{connect, line_sync, read_exact_n, send, Server, TempDir};
 
-/// The server's resident memory in KiB; fails when it cannot be read.
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
-        .expect("read the server's /proc status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("a VmRSS line")
-}
-
 /// Writes `unit` again and again until the server stops reading (a write
 /// blocks for a second), at most `max` times; returns how many were written
 /// whole.
@@ -86,7 +74,7 @@ fn round_trip_works(server: &Server, tag: &str) {
 fn tiny_answers_to_a_non_reader_are_bounded() {
     let server = Server::start(&[]);
     round_trip_works(&server, "before");
-    let before = rss_kib(&server);
+    let before = server.rss_kib();
     let mut flooders = Vec::new();
     for _ in 0..3 {
         let mut c = connect(server.line());
@@ -94,7 +82,7 @@ fn tiny_answers_to_a_non_reader_are_bounded() {
         flooders.push((c, n));
     }
     let written: usize = flooders.iter().map(|(_, n)| n).sum();
-    let grown = rss_kib(&server).saturating_sub(before);
+    let grown = server.rss_kib().saturating_sub(before);
     eprintln!("{written} waits written by 3 non-readers; server RSS +{grown} KiB");
     // 3 × (1 MB of queued cost + 64 KiB of held input), with room to spare
     // (seen: +4 MB); counted in bytes only, the queues held +15 MB.
@@ -120,12 +108,12 @@ fn pipelined_file_requests_respect_the_backlog() {
     std::fs::write(root.path().join("big.bin"), vec![b'x'; 1 << 20]).expect("write a file");
     let server = Server::start(&["--docroot", root.path().to_str().expect("utf-8 path")]);
     round_trip_works(&server, "before");
-    let before = rss_kib(&server);
+    let before = server.rss_kib();
     let mut c = connect(server.bus());
     let request = b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n";
     let sent = write_until_pushed_back(&mut c, request, 100);
     thread::sleep(Duration::from_millis(200));
-    let grown = rss_kib(&server).saturating_sub(before);
+    let grown = server.rss_kib().saturating_sub(before);
     eprintln!("{sent} pipelined GETs of 1 MiB; server RSS +{grown} KiB");
     // The backlog (1 MB) and one file read whole past it; before, every
     // request of the batch was answered at once (+100 MB).

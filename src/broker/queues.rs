@@ -591,8 +591,9 @@ impl Queues {
     }
 }
 
-/// Bodies from this size on are queued as they are, between a header frame
-/// and a CRLF, instead of being copied into one frame.
+/// Bodies from this size on are queued as the `Bytes` they arrived in;
+/// smaller ones become exact-size copies, so that a queued message does not
+/// keep a whole read buffer alive.
 const SHARED_BODY: usize = 16 * 1024;
 
 #[cfg(test)]
