@@ -94,6 +94,19 @@ pub struct Limits {
     pub max_outbound: usize,
 }
 
+impl Limits {
+    /// The largest frame one channel message may become in one framing:
+    /// half as much again as the largest body, plus room for headers. An
+    /// event stream or JSON framing of a body made of line breaks or control
+    /// bytes would be several times the body; such a message is not
+    /// delivered in that framing (see `Channels::with_max_frame`).
+    pub fn max_frame(&self) -> usize {
+        self.max_body
+            .saturating_add(self.max_body / 2)
+            .saturating_add(64 * 1024)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -191,3 +191,85 @@ fn a_reading_subscriber_is_not_cut_off_among_non_readers() {
     assert_eq!(got, count, "the reader got {got} of {count} ({err:?})");
     round_trip_works(&server, "after");
 }
+
+/// A body made of line breaks, sent to event-stream subscribers that do not
+/// read: an event stream writes `data: ` before every line (7 times the
+/// body) and JSON escapes each break (twice), and every such frame would
+/// stay in memory until its subscribers leave. Past the frame limit (1.5 ×
+/// `--max-body` + 64 KiB) the message is not delivered in that framing;
+/// each left-out delivery is counted and the subscribers keep their streams.
+#[test]
+fn a_body_of_line_breaks_is_not_amplified_for_event_streams() {
+    let server = Server::start(&["--log-level", "warn"]);
+    let paths = [
+        "/msgbus/amp",
+        "/msgbus/amp?format=json",
+        "/msgbus/",
+        "/msgbus/?format=json",
+    ];
+    let mut subs: Vec<TcpStream> = paths
+        .iter()
+        .map(|path| {
+            let mut s = connect(server.bus());
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+            send(&mut s, req.as_bytes());
+            let head = common::read_until(&mut s, b"\r\n\r\n");
+            assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+            s
+        })
+        .collect();
+    let mut stats = common::Stats::open(server.bus());
+    stats.wait_for("four subscribers", |v| common::stat(v, "subscribers") == 4);
+    let before = server.rss_kib();
+
+    // 16 MiB of `\n`, the largest body the server takes by default.
+    let body = vec![b'\n'; 16 * 1024 * 1024];
+    let mut publ = connect(server.bus());
+    let head = format!(
+        "POST /msgbus/amp HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    send(&mut publ, head.as_bytes());
+    send(&mut publ, &body);
+    let answer = common::read_until(&mut publ, b"\r\n\r\n");
+    assert!(answer.starts_with(b"HTTP/1.1 20"), "{answer:?}");
+
+    let v = stats.wait_for("the four deliveries counted as oversized", |v| {
+        common::stat(v, "oversized") == 4
+    });
+    assert_eq!(common::stat(&v, "drops"), 0, "{v}");
+    let grown = server.rss_kib().saturating_sub(before);
+    // Nothing of the message is held for the four: the frames were never
+    // built (plain) or given back (JSON). 64 MiB is room for the body read
+    // and the allocator, far below the 288 MB the frames would take.
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    assert!(
+        server.stderr_text().contains("over the"),
+        "no log line for the left-out message: {}",
+        server.stderr_text()
+    );
+
+    // The streams still work: a short message with line breaks reaches all
+    // four, and it is the first event each of them sees.
+    let mut publ = connect(server.bus());
+    send(
+        &mut publ,
+        b"POST /msgbus/amp HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\na\nb\nc",
+    );
+    for (s, path) in subs.iter_mut().zip(paths) {
+        // The first event with data (a stream may open with fields or
+        // comments of its own).
+        let text = loop {
+            let event = common::read_until(s, b"\n\n");
+            let text = String::from_utf8_lossy(&event).into_owned();
+            if text.contains("data:") {
+                break text;
+            }
+        };
+        assert!(
+            text.contains("data: a\ndata: b\ndata: c\n") || text.contains(r#""body":"a\nb\nc""#),
+            "{path}: {text:?}"
+        );
+    }
+}

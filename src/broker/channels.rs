@@ -19,6 +19,10 @@ use super::{ConnId, Outbox};
 /// A batch is sealed once one of its frame buffers reaches this size.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
+/// The largest frame one message may become, by default: framing adds
+/// headers, not multiples of the body (see [`Channels::with_max_frame`]).
+pub const DEFAULT_MAX_FRAME: usize = 24 * 1024 * 1024 + 64 * 1024;
+
 /// How one connection subscribes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscription {
@@ -110,6 +114,9 @@ struct Batch {
     root_wanted: [u32; FRAMINGS],
     frames: [BytesMut; FRAMINGS],
     root_frames: [BytesMut; FRAMINGS],
+    /// Messages of the batch left out of a framing (over the frame limit).
+    left_out: [u32; FRAMINGS],
+    root_left_out: [u32; FRAMINGS],
 }
 
 /// A message published to a tapped channel, kept whole for the broker
@@ -123,7 +130,6 @@ pub struct Published {
 }
 
 /// All channels and the root (all-channels) audience.
-#[derive(Default)]
 pub struct Channels {
     channels: HashMap<Bytes, Audience>,
     root: Audience,
@@ -135,9 +141,46 @@ pub struct Channels {
     taps: HashMap<Bytes, u32>,
     /// Publications to tapped channels not yet taken ([`Channels::take_published`]).
     tapped: Vec<Published>,
+    /// The largest frame one message may become in one framing.
+    max_frame: usize,
+    /// Deliveries not made because the message's frame would pass `max_frame`.
+    oversized: u64,
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels {
+            channels: HashMap::new(),
+            root: Audience::default(),
+            open: None,
+            published: 0,
+            fanned_out: 0,
+            taps: HashMap::new(),
+            tapped: Vec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
+            oversized: 0,
+        }
+    }
 }
 
 impl Channels {
+    /// Sets the largest frame one message may become in one framing. Some
+    /// framings grow with the body's content, not only its length (an event
+    /// stream writes `data: ` before every line, JSON escapes control bytes),
+    /// and a frame, shared by every subscriber of its framing, stays in
+    /// memory until the slowest of them has read it. A message whose frame
+    /// would pass the limit is not delivered in that framing: each such
+    /// subscriber's delivery is counted in [`Channels::oversized`] and logged.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Channels {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// Deliveries not made because the frame would pass the frame limit.
+    pub fn oversized(&self) -> u64 {
+        self.oversized
+    }
+
     /// (messages published, deliveries made).
     pub fn stats(&self) -> (u64, u64) {
         (self.published, self.fanned_out)
@@ -278,6 +321,8 @@ impl Channels {
                 root_wanted,
                 frames: Default::default(),
                 root_frames: Default::default(),
+                left_out: [0; FRAMINGS],
+                root_left_out: [0; FRAMINGS],
             });
         }
         let Some(batch) = self.open.as_mut() else {
@@ -293,16 +338,40 @@ impl Channels {
         let mut full = false;
         for &framing in Framing::ALL {
             let i = framing as usize;
-            if batch.wanted.get(i).is_some_and(|&n| n > 0) {
-                if let Some(buf) = batch.frames.get_mut(i) {
-                    frames::append(buf, framing, &p, false);
-                    full |= buf.len() >= BATCH_BYTES;
+            let lists = [
+                (
+                    batch.wanted.get(i),
+                    batch.frames.get_mut(i),
+                    batch.left_out.get_mut(i),
+                    false,
+                ),
+                (
+                    batch.root_wanted.get(i),
+                    batch.root_frames.get_mut(i),
+                    batch.root_left_out.get_mut(i),
+                    true,
+                ),
+            ];
+            for (wanted, buf, left_out, root) in lists {
+                let (Some(&wanted), Some(buf), Some(left_out)) = (wanted, buf, left_out) else {
+                    continue;
+                };
+                if wanted == 0 {
+                    continue;
                 }
-            }
-            if batch.root_wanted.get(i).is_some_and(|&n| n > 0) {
-                if let Some(buf) = batch.root_frames.get_mut(i) {
-                    frames::append(buf, framing, &p, true);
+                if append_bounded(buf, framing, &p, root, self.max_frame) {
                     full |= buf.len() >= BATCH_BYTES;
+                } else {
+                    *left_out += 1;
+                    self.oversized += u64::from(wanted);
+                    log::warn!(
+                        "a message of {} bytes to {} is too large as {:?} (over the {}-byte frame limit): not delivered to {} subscriber(s)",
+                        body.len(),
+                        String::from_utf8_lossy(channel),
+                        framing,
+                        self.max_frame,
+                        wanted
+                    );
                 }
             }
         }
@@ -318,22 +387,56 @@ impl Channels {
         };
         let frames = batch.frames.map(BytesMut::freeze);
         let root_frames = batch.root_frames.map(BytesMut::freeze);
-        let key = BatchKey {
+        let key = |left_out: [u32; FRAMINGS]| BatchKey {
             content_type: &batch.content_type,
             sender: batch.sender.as_deref(),
-            messages: batch.messages,
+            messages: left_out.map(|n| batch.messages.saturating_sub(n)),
         };
         if let Some(audience) = self.channels.get(&batch.channel) {
-            self.fanned_out += fan_out(audience, &frames, &key, out);
+            self.fanned_out += fan_out(audience, &frames, &key(batch.left_out), out);
         }
-        self.fanned_out += fan_out(&self.root, &root_frames, &key, out);
+        self.fanned_out += fan_out(&self.root, &root_frames, &key(batch.root_left_out), out);
     }
+}
+
+/// Appends the frame of one publication to `buf` unless it would be
+/// larger than `max_frame`; then `buf` is left as it was (and holds no
+/// memory the frame took) and the answer is false. An event stream's size is
+/// known from the body's line breaks before anything is built.
+fn append_bounded(
+    buf: &mut BytesMut,
+    framing: Framing,
+    p: &Publication,
+    root: bool,
+    max_frame: usize,
+) -> bool {
+    if p.body.len() < max_frame / 8 {
+        // No framing makes a body this short more than 8 times its size
+        // (JSON's `\u00XX` escapes are 6), so nothing to check.
+        frames::append(buf, framing, p, root);
+        return true;
+    }
+    if framing == Framing::EventStream {
+        let breaks = memchr::memchr2_iter(b'\n', b'\r', p.body).count();
+        if p.body.len().saturating_add(breaks.saturating_mul(6)) > max_frame {
+            return false;
+        }
+    }
+    let before = buf.len();
+    frames::append(buf, framing, p, root);
+    if buf.len() - before <= max_frame {
+        return true;
+    }
+    // Give the memory back: a truncated buffer would keep its capacity.
+    *buf = BytesMut::from(buf.get(..before).unwrap_or_default());
+    false
 }
 
 struct BatchKey<'a> {
     content_type: &'a [u8],
     sender: Option<&'a [u8]>,
-    messages: u32,
+    /// Messages in each framing's frame.
+    messages: [u32; FRAMINGS],
 }
 
 fn fan_out(
@@ -349,10 +452,16 @@ fn fan_out(
                 continue;
             }
         }
-        if let Some(frame) = frames.get(sub.framing as usize) {
-            if out.deliver(sub.conn, frame.clone(), key.messages) {
-                delivered += u64::from(key.messages);
-            }
+        let i = sub.framing as usize;
+        let (Some(frame), Some(&messages)) = (frames.get(i), key.messages.get(i)) else {
+            continue;
+        };
+        // Every message of the batch was left out of this framing.
+        if messages == 0 {
+            continue;
+        }
+        if out.deliver(sub.conn, frame.clone(), messages) {
+            delivered += u64::from(messages);
         }
     }
     delivered
@@ -444,6 +553,56 @@ mod tests {
             out.bytes_for(conn(2)),
             b"! 1 x text/plain\r\nt\r\n! 1 x image/png\r\ni\r\n! 1 y text/plain\r\ny\r\n"
         );
+    }
+
+    #[test]
+    fn a_frame_past_the_frame_limit_is_not_built_or_delivered() {
+        let mut ch = Channels::default().with_max_frame(1000);
+        let mut out = RecordingOutbox::default();
+        let framings = [
+            Framing::Line,
+            Framing::MultipartChunked,
+            Framing::EventStream,
+            Framing::EventStreamJson,
+        ];
+        for (k, &framing) in framings.iter().enumerate() {
+            let sub = Subscription {
+                framing,
+                filter: Filter::default(),
+            };
+            ch.subscribe(conn(k as u32), b("x"), sub, &mut out);
+        }
+        // 900 line breaks: a 900-byte line frame and multipart part, but
+        // 6,300 bytes of event stream and 1,800 of escaped JSON.
+        let breaks = vec![b'\n'; 900];
+        ch.publish(b"x", b"t", None, &breaks, &mut out);
+        // A text of the same length fits every framing.
+        let text = vec![b'a'; 900];
+        ch.publish(b"x", b"u", None, &text, &mut out);
+        ch.seal(&mut out);
+        assert_eq!(ch.oversized(), 2);
+        let to = |k: u32| -> Vec<usize> {
+            out.frames
+                .iter()
+                .filter(|(c, _, _)| *c == conn(k))
+                .map(|(_, f, _)| f.len())
+                .collect()
+        };
+        // Line and multipart subscribers get both messages.
+        assert_eq!(to(0).len(), 2);
+        assert_eq!(to(1).len(), 2);
+        // The event-stream ones only the text, whose frame is all they hold.
+        for k in [2, 3] {
+            let got = to(k);
+            assert_eq!(got.len(), 1, "framing {:?}", framings[k as usize]);
+            assert!(got[0] < 1000 && got[0] > 900, "{got:?}");
+        }
+        // A body at the limit's eighth is framed without the check, and
+        // still delivered.
+        let short = vec![b'\n'; 124];
+        ch.publish(b"x", b"t", None, &short, &mut out);
+        ch.seal(&mut out);
+        assert_eq!(ch.oversized(), 2);
     }
 
     #[test]

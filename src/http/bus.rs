@@ -250,6 +250,7 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         },
         "channels": broker.channels.channel_count(),
         "subscribers": broker.channels.subscription_count(),
+        "oversized": broker.channels.oversized(),
         "queues": {
             "queued": broker.queues.queued(),
             "waiting": broker.queues.waiting(),
