@@ -203,6 +203,11 @@ pub type Opener = Box<dyn Fn() -> Box<dyn Door>>;
 /// by it what the connection is for.
 pub type DialOpener = Box<dyn Fn(u64) -> Box<dyn Door>>;
 
+/// Work that may block (reading a file): run on a helper thread by
+/// [`Cx::run_blocking`], its result handed back to the door that asked as
+/// [`Answer::Done`].
+pub type Job = Box<dyn FnOnce() -> Box<dyn std::any::Any + Send> + Send>;
+
 /// What a door may use during one call: the broker, the outbox, the clock,
 /// the loop's counters, and requests to the shell.
 pub struct Cx<'a> {
@@ -221,6 +226,10 @@ pub struct Cx<'a> {
     pub(crate) unsent: usize,
     /// Set by [`Cx::stop_server`].
     pub(crate) stop: bool,
+    /// Blocking work asked for in this call (see [`Cx::run_blocking`]).
+    pub(crate) jobs: Vec<Job>,
+    /// How many more jobs the helper threads take now.
+    pub(crate) job_room: usize,
 }
 
 impl<'a> Cx<'a> {
@@ -241,7 +250,29 @@ impl<'a> Cx<'a> {
             wake_at: None,
             unsent: 0,
             stop: false,
+            jobs: Vec::new(),
+            job_room: 0,
         }
+    }
+
+    /// Runs `job` on a helper thread; its result comes back to this
+    /// connection's door as [`Answer::Done`] (through
+    /// [`Door::on_answer`]), so the door should wait for it (a parked
+    /// request). False when the helper threads take no more work now (the
+    /// job is dropped): the door answers at once instead.
+    pub fn run_blocking(&mut self, job: Job) -> bool {
+        if self.job_room == 0 {
+            return false;
+        }
+        self.job_room -= 1;
+        self.jobs.push(job);
+        true
+    }
+
+    /// Sets how many jobs [`Cx::run_blocking`] takes (the shell does; tests may).
+    pub fn with_job_room(mut self, room: usize) -> Cx<'a> {
+        self.job_room = room;
+        self
     }
 
     /// Queues a frame of the door's own (an answer, a response) for this

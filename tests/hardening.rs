@@ -232,6 +232,10 @@ fn a_body_of_line_breaks_is_not_amplified_for_event_streams() {
     );
     send(&mut publ, head.as_bytes());
     send(&mut publ, &body);
+    // 16 MiB through a debug build on a busy machine: more than the usual
+    // 10 s may pass.
+    publ.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
     let answer = common::read_until(&mut publ, b"\r\n\r\n");
     assert!(answer.starts_with(b"HTTP/1.1 20"), "{answer:?}");
 
@@ -272,4 +276,121 @@ fn a_body_of_line_breaks_is_not_amplified_for_event_streams() {
             "{path}: {text:?}"
         );
     }
+}
+
+/// One keep-alive GET of `path`; the status and the body.
+fn get_kept_alive(c: &mut TcpStream, path: &str) -> (u16, Vec<u8>) {
+    send(
+        c,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    let got = common::read_until(c, b"\r\n\r\n");
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    let status: u16 = head[9..12].parse().expect("a status");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = got[end..].to_vec();
+    assert!(body.len() <= len, "more than one answer: {head:?}");
+    body.extend(read_exact_n(c, len - body.len()));
+    (status, body)
+}
+
+/// A FIFO in the docroot: opening one for reading blocks until a writer
+/// comes, so a server that opens it in its loop stops for everyone. It is
+/// `404` at once, and other clients are served meanwhile.
+#[test]
+fn a_fifo_in_the_docroot_is_not_found_and_blocks_nobody() {
+    let root = TempDir::new("hardening-fifo");
+    std::fs::write(root.path().join("a.txt"), "plain file").expect("write a file");
+    let fifo = root.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo (coreutils)");
+    assert!(made.success());
+    let server = Server::start(&["--docroot", root.path().to_str().expect("utf-8 path")]);
+    let mut c = connect(server.bus());
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for _ in 0..3 {
+        assert_eq!(get_kept_alive(&mut c, "/pipe").0, 404);
+        round_trip_works(&server, "fifo");
+    }
+    assert_eq!(
+        get_kept_alive(&mut c, "/a.txt"),
+        (200, b"plain file".to_vec())
+    );
+}
+
+/// A name swapped again and again between a regular file and a symlink to
+/// a file outside the docroot, while a keep-alive client asks for it: a
+/// server that checks where a path leads and then opens it serves the
+/// outside file within a second. The file is opened without following
+/// links, so the answer is the inside file or `404`, never the outside one.
+#[test]
+fn a_link_swapped_in_never_serves_the_outside_file() {
+    let base = TempDir::new("hardening-swap");
+    let root = base.path().join("www");
+    std::fs::create_dir_all(&root).expect("docroot");
+    std::fs::write(base.path().join("secret.txt"), "OUTSIDE-SECRET").expect("secret");
+    let server = Server::start(&["--docroot", root.to_str().expect("utf-8 path")]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (root, stop) = (root.clone(), std::sync::Arc::clone(&stop));
+        let outside = base.path().join("secret.txt");
+        thread::spawn(move || {
+            let name = root.join("page.txt");
+            let mut swaps = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && swaps < 200_000 {
+                std::fs::write(root.join("file.tmp"), "inside").expect("write");
+                std::fs::rename(root.join("file.tmp"), &name).expect("rename file");
+                let _ = std::fs::remove_file(root.join("link.tmp"));
+                std::os::unix::fs::symlink(&outside, root.join("link.tmp")).expect("symlink");
+                std::fs::rename(root.join("link.tmp"), &name).expect("rename link");
+                swaps += 2;
+            }
+            swaps
+        })
+    };
+    let mut c = connect(server.bus());
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let (mut inside, mut not_found) = (0, 0);
+    // Three seconds of asking, or 100,000 requests.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    for _ in 0..100_000 {
+        if std::time::Instant::now() >= until {
+            break;
+        }
+        match get_kept_alive(&mut c, "/page.txt") {
+            (200, body) => {
+                assert_eq!(
+                    body,
+                    b"inside",
+                    "served {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+                inside += 1;
+            }
+            (404, _) => not_found += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    eprintln!("{swaps} swaps: {inside} inside, {not_found} not found");
+    // Both states were seen, so the race was really run.
+    assert!(
+        inside > 0 && not_found > 0,
+        "{inside} inside, {not_found} not found"
+    );
 }

@@ -416,11 +416,18 @@ fn append_bounded(
         frames::append(buf, framing, p, root);
         return true;
     }
-    if framing == Framing::EventStream {
-        let breaks = memchr::memchr2_iter(b'\n', b'\r', p.body).count();
-        if p.body.len().saturating_add(breaks.saturating_mul(6)) > max_frame {
-            return false;
+    // The framings that grow with the body's content are measured before
+    // anything is built (what they add besides the body is small).
+    let body_framed = match framing {
+        Framing::EventStream => {
+            let breaks = memchr::memchr2_iter(b'\n', b'\r', p.body).count();
+            p.body.len().saturating_add(breaks.saturating_mul(6))
         }
+        Framing::EventStreamJson => frames::json_string_len(p.body),
+        _ => p.body.len(),
+    };
+    if body_framed > max_frame {
+        return false;
     }
     let before = buf.len();
     frames::append(buf, framing, p, root);

@@ -247,6 +247,27 @@ pub fn event_stream_json(out: &mut BytesMut, p: &Publication) {
     out.put_slice(b"\n\n");
 }
 
+/// The length of `bytes` as the JSON string [`event_stream_json`] writes
+/// (quotes excluded): bytes that are not UTF-8 become U+FFFD (3 bytes per
+/// invalid sequence), `"` and `\\` and the short control escapes take 2
+/// bytes, other control bytes 6 (`\u00XX`).
+pub fn json_string_len(bytes: &[u8]) -> usize {
+    let mut len = 0usize;
+    for chunk in bytes.utf8_chunks() {
+        for &b in chunk.valid().as_bytes() {
+            len += match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            };
+        }
+        if !chunk.invalid().is_empty() {
+            len += 3;
+        }
+    }
+    len
+}
+
 /// Appends the frame of `framing` for one publication.
 pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool) {
     match framing {
@@ -268,6 +289,24 @@ mod tests {
             content_type: b"text/plain",
             sender,
             body,
+        }
+    }
+
+    #[test]
+    fn json_string_len_is_what_the_json_framing_writes() {
+        let cases: [&[u8]; 7] = [
+            b"plain",
+            b"a\nb\r\tc\\d\"e",
+            b"\x00\x01\x1f\x7f\x08\x0c",
+            "caf\u{e9} \u{1f600}".as_bytes(),
+            b"bad \xff\xfe utf8 \xe2\x82",
+            b"",
+            b"\xc3",
+        ];
+        for body in cases {
+            let escaped =
+                serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string();
+            assert_eq!(json_string_len(body), escaped.len() - 2, "{body:?}");
         }
     }
 

@@ -54,6 +54,10 @@ pub enum Answer<'a> {
     /// The answer to a parked call of the message-switch API (a transfer
     /// or a trace poll), which only that door waits for and formats.
     Switch(&'a switch::Polled),
+    /// The result of blocking work the door asked for
+    /// (`Cx::run_blocking`), done on a helper thread; the door that asked
+    /// knows its type.
+    Done(&'a (dyn std::any::Any + Send)),
 }
 
 /// Where the broker puts its output. The IO shell implements it over its
@@ -297,6 +301,8 @@ impl Outbox for RecordingOutbox {
                 self.polled.push((conn, p.clone()));
                 return true;
             }
+            // Blocking work is the shell's, never the broker's.
+            Answer::Done(_) => return false,
         };
         self.answers.push((conn, recorded));
         true

@@ -11,7 +11,6 @@
 //! one of them subscribes; from then on it is a [`BusStream`] of pushed
 //! messages, and whatever it sends is read and discarded, as in msgbus.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -67,11 +66,13 @@ pub struct Bus {
     shared: Rc<Shared>,
 }
 
-impl Routes for Bus {
-    /// Nothing on the bus waits for an answer.
-    type Parked = Infallible;
+/// A bus request waiting: a static file being read on a helper thread.
+pub struct FileRead;
 
-    fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<Infallible> {
+impl Routes for Bus {
+    type Parked = FileRead;
+
+    fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<FileRead> {
         let path = req.path();
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
             let channel = channel.as_bytes();
@@ -92,11 +93,37 @@ impl Routes for Bus {
                     .body("application/json", body),
             );
         }
-        Reply::Respond(files::serve(&req, self.shared.docroot.as_deref()))
+        let segments = match files::check(&req, self.shared.docroot.as_deref()) {
+            Ok(segments) => segments,
+            Err(answer) => return Reply::Respond(answer),
+        };
+        let Some(root) = self.shared.docroot.clone() else {
+            return Reply::Respond(files::busy());
+        };
+        // Opening and reading may block (a slow disk, a network file
+        // system): a helper thread does it, and the request waits.
+        let job = Box::new(move || {
+            Box::new(files::load(&root, &segments)) as Box<dyn std::any::Any + Send>
+        });
+        if cx.run_blocking(job) {
+            Reply::Park {
+                parked: FileRead,
+                deadline: None,
+            }
+        } else {
+            Reply::Respond(files::busy())
+        }
+    }
+
+    fn on_answer(&mut self, _: &mut FileRead, answer: Answer<'_>) -> Option<Response> {
+        match answer {
+            Answer::Done(done) => done.downcast_ref::<files::Loaded>().map(files::response),
+            _ => None,
+        }
     }
 }
 
-fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible> {
+fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<FileRead> {
     let query = req.query().unwrap_or("");
     let filter = match subscription_filter(query) {
         Ok(filter) => filter,
@@ -167,7 +194,7 @@ fn publish(
     channel: &[u8],
     user: Option<String>,
     cx: &mut Cx<'_>,
-) -> Reply<Infallible> {
+) -> Reply<FileRead> {
     let Some(content_type) = req.header("Content-Type") else {
         return Reply::Respond(Response::text(400, "a publish needs a Content-Type"));
     };

@@ -582,7 +582,8 @@ mod tests {
                     Some(Response::new(200).body("text/plain", d.body.clone()))
                 }
                 (Held::Wait(_), Answer::Timeout) => Some(Response::new(504)),
-                (Held::Sleep | Held::Parts { .. }, _) | (Held::Wait(_), Answer::Switch(_)) => None,
+                (Held::Sleep | Held::Parts { .. }, _)
+                | (Held::Wait(_), Answer::Switch(_) | Answer::Done(_)) => None,
             }
         }
 

@@ -252,7 +252,7 @@ impl Routes for Proxy {
     fn on_part(&mut self, p: &mut Pending, answer: Answer<'_>) -> Option<Part> {
         let part = match (&mut p.stage, answer) {
             // A message-switch transfer's answer never goes to a proxy wait.
-            (_, Answer::Switch(_)) => return None,
+            (_, Answer::Switch(_) | Answer::Done(_)) => return None,
             (Stage::Head, Answer::Timeout) => {
                 self.release(p);
                 log::info!(

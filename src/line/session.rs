@@ -234,7 +234,7 @@ impl Door for LineSession {
     }
 
     fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool {
-        if matches!(answer, Answer::Switch(_)) || self.waiting.take().is_none() {
+        if matches!(answer, Answer::Switch(_) | Answer::Done(_)) || self.waiting.take().is_none() {
             return false;
         }
         write_answer(answer, send);
@@ -270,7 +270,7 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
         }
         Answer::Message(d) => d,
         // Never a line wait's answer (refused in `on_answer`).
-        Answer::Switch(_) => return,
+        Answer::Switch(_) | Answer::Done(_) => return,
     };
     let mut head = BytesMut::new();
     if d.body.len() < SHARED_BODY {

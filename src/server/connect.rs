@@ -67,6 +67,13 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// The loop's waker, for other helper threads.
+    pub(super) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+}
+
 /// Every door name the stats count open connections for: the listening
 /// doors, then the dial doors (a dialed connection's `door_ix` is
 /// `DOORS.len()` plus its row in [`DIALS`]).

@@ -36,10 +36,11 @@ use super::listen::{self, Listener};
 use super::outq::Flushed;
 use super::post::Post;
 use super::transport::Transport;
-use crate::broker::{Broker, ConnId, Millis};
+use crate::broker::{Answer, Broker, ConnId, Millis, Outbox};
 use crate::config::{Config, Limits};
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 use crate::doors::DOORS;
+use crate::server::blocking::{self, Blocking};
 use crate::timer::Timers;
 
 #[path = "connect.rs"]
@@ -112,6 +113,8 @@ pub struct Server {
     signal: Option<UnixStream>,
     shutting_down: bool,
     outbound: connect::Outbound,
+    /// The doors' blocking work (started on first use).
+    blocking: Option<Blocking>,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -196,6 +199,7 @@ impl Server {
             signal: None,
             shutting_down: false,
             outbound,
+            blocking: None,
         })
     }
 
@@ -244,7 +248,10 @@ impl Server {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         match token {
             SIGNAL => self.on_signal(),
-            connect::WAKER => self.on_wake(),
+            connect::WAKER => {
+                self.on_wake();
+                self.on_blocking_done();
+            }
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
                 let Some(c) = self.conns.get_mut(key) else {
@@ -362,16 +369,35 @@ impl Server {
         let id = c.id;
         let unsent = c.outq.bytes();
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
-        let (next, progressed, wake, stop) = {
+        let job_room = self
+            .blocking
+            .as_ref()
+            .map_or(blocking::MAX_PENDING, Blocking::room);
+        let (next, progressed, wake, stop, jobs) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
-            let mut cx = Cx::new(id, now, broker, &mut post, stats).with_unsent(unsent);
+            let mut cx = Cx::new(id, now, broker, &mut post, stats)
+                .with_unsent(unsent)
+                .with_job_room(job_room);
             let next = call(door.as_mut(), &mut cx);
             let (progressed, wake, stop) =
                 (cx.progressed(), cx.wake_requested(), cx.stop_requested());
+            let jobs = mem::take(&mut cx.jobs);
             broker.seal(&mut post);
-            (next, progressed, wake, stop)
+            (next, progressed, wake, stop, jobs)
         };
+        if !jobs.is_empty() {
+            let waker = self.outbound.waker();
+            let pool = self.blocking.get_or_insert_with(|| Blocking::new(waker));
+            for job in jobs {
+                // Room was counted when the door asked; a failure here is a
+                // helper thread that could not start.
+                if let Err(e) = pool.run(id, job) {
+                    log::error!("conn {key}: blocking work not started: {e}; closing");
+                    self.to_close.push((key, CloseReason::ProtocolError));
+                }
+            }
+        }
         if stop && !self.shutting_down {
             log::info!("conn {key} asked the server to stop: shutting down");
             self.shutting_down = true;
@@ -388,6 +414,24 @@ impl Server {
             }
         }
         Some((next, progressed))
+    }
+
+    /// The waker rang: blocking work of the doors has finished. Each
+    /// result goes to its connection's door as an answer (the door is then
+    /// resumed in this turn); a connection that is gone drops it.
+    fn on_blocking_done(&mut self) {
+        let Some(pool) = self.blocking.as_mut() else {
+            return;
+        };
+        let done = pool.results();
+        if done.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let (_, mut post) = self.split(now);
+        for d in done {
+            post.answer(d.conn, Answer::Done(&*d.result));
+        }
     }
 
     fn on_signal(&mut self) {

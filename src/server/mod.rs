@@ -4,6 +4,7 @@
 //! connection ([`conn`]) is a [`transport`] plus the state of its door and an
 //! [`outq`] of frames to write.
 
+pub mod blocking;
 pub mod conn;
 pub mod event_loop;
 pub mod listen;
