@@ -186,6 +186,11 @@ pub struct Args {
     #[arg(long, value_name = "S")]
     pub secret: Option<String>,
 
+    /// Prometheus metrics (`/metrics`) and `/healthz` on their own address,
+    /// with no credentials asked, or `off` (the HTTP bus serves both too).
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub metrics_listen: Listen,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -308,6 +313,7 @@ pub struct Config {
     pub line_listen: Listen,
     pub line_unix: Option<PathBuf>,
     pub bus_listen: Listen,
+    pub metrics_listen: Listen,
     pub switch_listen: Listen,
     pub switch_unix: Option<PathBuf>,
     pub allow_shutdown: bool,
@@ -466,6 +472,7 @@ impl Config {
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,
+            metrics_listen: args.metrics_listen,
             switch_listen: args.switch_listen,
             switch_unix: args.switch_unix,
             allow_shutdown: args.allow_shutdown,

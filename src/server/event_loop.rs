@@ -165,12 +165,7 @@ impl Server {
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             ..Broker::default()
         };
-        let door_names = connect::door_names();
-        let stats = Stats {
-            open: vec![0; door_names.len()],
-            door_names,
-            ..Stats::default()
-        };
+        let stats = Stats::for_doors(connect::door_names());
         let outbound = connect::Outbound::new(config, poll.registry())?;
         Ok(Server {
             poll,
@@ -314,6 +309,7 @@ impl Server {
             *max = 0;
         }
         *max = (*max).max(us);
+        self.stats.turns.record(us);
         self.stats.turn_max_us = self.stats.turn_max_us.max(us);
         self.stats.turn_max_recent_us = self.stats.turn_max_recent_us.max(*max);
     }
@@ -361,7 +357,9 @@ impl Server {
         let c = self.conns.get_mut(key)?;
         let id = c.id;
         let unsent = c.outq.bytes();
+        let door_ix = c.door_ix;
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
+        let messages_before = self.broker.messages_in();
         let (next, progressed, wake, stop) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
@@ -372,6 +370,12 @@ impl Server {
             broker.seal(&mut post);
             (next, progressed, wake, stop)
         };
+        let messages_in = self.broker.messages_in() - messages_before;
+        if messages_in > 0 {
+            if let Some(d) = self.stats.door_mut(door_ix) {
+                d.messages_in += messages_in;
+            }
+        }
         if stop && !self.shutting_down {
             log::info!("conn {key} asked the server to stop: shutting down");
             self.shutting_down = true;
@@ -485,6 +489,9 @@ impl Server {
             *n += 1;
         }
         self.stats.accepted += 1;
+        if let Some(d) = self.stats.door_mut(door_ix) {
+            d.accepted += 1;
+        }
         // A TLS handshake that never completes is an incomplete request.
         if conn.holds_incomplete() {
             let now = self.now();
@@ -513,6 +520,7 @@ impl Server {
             if c.outq.cost() >= self.limits.backlog {
                 return;
             }
+            let door_ix = c.door_ix;
             let from_scratch = c.input.is_empty();
             let buf = if from_scratch {
                 &mut self.scratch
@@ -554,6 +562,9 @@ impl Server {
                 return;
             }
             self.stats.bytes_in += n as u64;
+            if let Some(d) = self.stats.door_mut(door_ix) {
+                d.bytes_in += n as u64;
+            }
             budget = budget.saturating_sub(n);
             let next = if from_scratch {
                 let mut input = mem::take(&mut self.scratch);
@@ -610,6 +621,9 @@ impl Server {
                 Ok(0) => CloseReason::PeerClosed,
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
+                    if let Some(d) = self.stats.doors.get_mut(usize::from(c.door_ix)) {
+                        d.bytes_in += n as u64;
+                    }
                     c.input
                         .extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
                     // A transport may have records of its own to answer.
@@ -843,6 +857,9 @@ impl Server {
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
+                    if let Some(d) = self.stats.doors.get_mut(usize::from(c.door_ix)) {
+                        d.bytes_out += n as u64;
+                    }
                     if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
                         if c.held_back {
                             // Requests held back by backpressure: run them,
