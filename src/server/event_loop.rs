@@ -370,7 +370,7 @@ impl Server {
             broker.seal(&mut post);
             (next, progressed, wake, stop)
         };
-        let messages_in = self.broker.messages_in() - messages_before;
+        let messages_in = self.broker.messages_in().saturating_sub(messages_before);
         if messages_in > 0 {
             if let Some(d) = self.stats.door_mut(door_ix) {
                 d.messages_in += messages_in;
