@@ -69,6 +69,15 @@ impl LogLevel {
     }
 }
 
+/// How log lines are written (on stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `TIME LEVEL [TARGET] MESSAGE`, for people.
+    Text,
+    /// One JSON object per line (`time`, `level`, `target`, `message`), for log shippers.
+    Json,
+}
+
 /// The explicit limits of the server, passed down to every door.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -145,6 +154,16 @@ Examples:
     after_help = AFTER_HELP
 )]
 pub struct Args {
+    /// Read settings from this TOML file: each key is a flag's long name
+    /// (`bus-listen = "127.0.0.1:8888"`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (the file, the flags and the
+    /// defaults) as a file --config reads back, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Line protocol (TCP) listen address, or `off`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9813", value_parser = parse_listen)]
     pub line_listen: Listen,
@@ -199,9 +218,18 @@ pub struct Args {
     #[arg(long, value_name = "S")]
     pub secret: Option<String>,
 
+    /// Prometheus metrics (`/metrics`) and `/healthz` on their own address,
+    /// with no credentials asked, or `off` (the HTTP bus serves both too).
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub metrics_listen: Listen,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Longest line-protocol command line, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_line)]
@@ -321,6 +349,7 @@ pub struct Config {
     pub line_listen: Listen,
     pub line_unix: Option<PathBuf>,
     pub bus_listen: Listen,
+    pub metrics_listen: Listen,
     pub switch_listen: Listen,
     pub switch_unix: Option<PathBuf>,
     pub allow_shutdown: bool,
@@ -329,6 +358,7 @@ pub struct Config {
     pub docroot: Option<PathBuf>,
     pub secret: Option<String>,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub limits: Limits,
     /// The webhook API's listener.
     pub hooks_listen: Listen,
@@ -479,12 +509,14 @@ impl Config {
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,
+            metrics_listen: args.metrics_listen,
             switch_listen: args.switch_listen,
             switch_unix: args.switch_unix,
             allow_shutdown: args.allow_shutdown,
             docroot: args.docroot,
             secret: args.secret,
             log_level: args.log_level,
+            log_format: args.log_format,
             hooks_listen: args.hooks_listen,
             hooks,
             client_tls,

@@ -119,9 +119,81 @@ pub struct Stats {
     pub turn_max_us: u64,
     /// The longest loop turn of the last 10 s (and of the current window so far).
     pub turn_max_recent_us: u64,
+    /// Counters by door, in the order of [`Stats::door_names`] (empty in
+    /// unit tests that do not need them).
+    pub doors: Vec<DoorCounters>,
+    /// How long loop turns took.
+    pub turns: TurnHistogram,
+}
+
+/// One door's counters. Only `delivered` is a cell: the outbox bumps it in
+/// the middle of a door call.
+#[derive(Debug, Default)]
+pub struct DoorCounters {
+    /// Connections accepted (for a dial door: opened).
+    pub accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Messages its connections published or sent to queues.
+    pub messages_in: u64,
+    /// Channel messages and queue messages handed to its connections.
+    pub delivered: Cell<u64>,
+}
+
+/// The upper bounds (inclusive, in µs) of the loop turn histogram's buckets;
+/// one more bucket counts the turns above the last bound.
+pub const TURN_BUCKETS_US: [u64; 14] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// Loop turn durations, counted into [`TURN_BUCKETS_US`] (not cumulative:
+/// the exposition adds them up).
+#[derive(Debug, Default)]
+pub struct TurnHistogram {
+    pub counts: [u64; TURN_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl TurnHistogram {
+    /// Counts one turn of `us` µs. Most turns are short, so the scan from
+    /// the smallest bucket stops early.
+    pub fn record(&mut self, us: u64) {
+        let ix = TURN_BUCKETS_US
+            .iter()
+            .position(|&le| us <= le)
+            .unwrap_or(TURN_BUCKETS_US.len());
+        if let Some(n) = self.counts.get_mut(ix) {
+            *n += 1;
+        }
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
 }
 
 impl Stats {
+    /// Stats for the doors called `names`, every counter at zero.
+    pub fn for_doors(names: Vec<&'static str>) -> Stats {
+        Stats {
+            open: vec![0; names.len()],
+            doors: names.iter().map(|_| DoorCounters::default()).collect(),
+            door_names: names,
+            ..Stats::default()
+        }
+    }
+
+    /// Adds `n` messages delivered to a connection of door `door_ix`.
+    pub fn count_delivered(&self, door_ix: u8, n: u64) {
+        if let Some(d) = self.doors.get(usize::from(door_ix)) {
+            d.delivered.set(d.delivered.get() + n);
+        }
+    }
+
+    /// The counters of door `door_ix`, to bump.
+    pub fn door_mut(&mut self, door_ix: u8) -> Option<&mut DoorCounters> {
+        self.doors.get_mut(usize::from(door_ix))
+    }
+
     pub fn open_total(&self) -> u64 {
         self.open.iter().sum()
     }

@@ -66,6 +66,11 @@ pub const DOORS: &[DoorSpec] = &[
         binds: hooks_binds,
         opener: crate::http::hooks::opener,
     },
+    DoorSpec {
+        name: "metrics",
+        binds: metrics_binds,
+        opener: crate::http::metrics::opener,
+    },
 ];
 
 /// A door that runs on connections the server opens itself (a
@@ -161,6 +166,12 @@ fn switch_binds(config: &Config) -> Vec<Bind> {
 
 fn hooks_binds(config: &Config) -> Vec<Bind> {
     tcp("hooks", "--hooks-listen", &config.hooks_listen)
+        .into_iter()
+        .collect()
+}
+
+fn metrics_binds(config: &Config) -> Vec<Bind> {
+    tcp("metrics", "--metrics-listen", &config.metrics_listen)
         .into_iter()
         .collect()
 }

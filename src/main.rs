@@ -1,13 +1,24 @@
-//! `switchboard`: the server. Flags → [`Config`] → [`server::run`].
+//! `switchboard`: the server. Flags (and `--config FILE`) → [`Config`] →
+//! [`server::run`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use switchboard::config::{Args, Config};
-use switchboard::server;
+use switchboard::config_file::{self, ArgsError};
+use switchboard::{logging, server};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv = match config_file::with_file(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(ArgsError::Clap(e)) => e.exit(),
+        Err(ArgsError::File(e)) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = Args::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
+    let print_config = args.print_config;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -15,10 +26,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level.filter())
-        .with_utc_timestamps()
-        .init();
+    if print_config {
+        match config_file::print(&argv) {
+            Ok(text) => {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => e.exit(),
+        }
+    }
+    logging::init(config.log_level, config.log_format);
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

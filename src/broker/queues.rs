@@ -229,6 +229,22 @@ impl Queues {
         self.queued_now
     }
 
+    /// How long the oldest live queued message has waited at `now`, in ms
+    /// (`None` when nothing is queued). Scans the front of every address:
+    /// for a scrape, not for a hot path.
+    pub fn oldest_age_ms(&self, now: Millis) -> Option<Millis> {
+        self.addresses
+            .values()
+            .filter_map(|a| a.messages.iter().find(|m| m.deadline > now))
+            .map(|m| {
+                let arrived = m
+                    .deadline
+                    .saturating_sub(m.timeout_s.min(MAX_TIMEOUT_S) * 1000);
+                now.saturating_sub(arrived)
+            })
+            .max()
+    }
+
     /// Receivers waiting.
     pub fn waiting(&self) -> usize {
         self.waits.len()
@@ -681,6 +697,20 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn oldest_age_is_the_longest_wait_of_a_live_message() {
+        let mut q = Queues::default();
+        let mut out = RecordingOutbox::default();
+        assert_eq!(q.oldest_age_ms(0), None);
+        assert_eq!(q.send(1_000, b("a"), None, 5, b("x"), &mut out), Ok(()));
+        assert_eq!(q.send(2_000, b("b"), None, 60, b("y"), &mut out), Ok(()));
+        assert_eq!(q.oldest_age_ms(3_000), Some(2_000));
+        // Past its timeout the first one no longer counts, swept or not.
+        assert_eq!(q.oldest_age_ms(6_000), Some(4_000));
+        q.on_timers(6_000, &mut out);
+        assert_eq!(q.oldest_age_ms(6_000), Some(4_000));
     }
 
     #[test]

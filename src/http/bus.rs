@@ -2,7 +2,8 @@
 //!
 //! Owns: `GET/HEAD /msgbus/CH` (subscribe: multipart, chunked or plain,
 //! Server-Sent Events, their JSON form, `?type=` and `?sender=` filters),
-//! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page), static
+//! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page),
+//! `/metrics` and `/healthz` (answered by `metrics.rs`), static
 //! files for every other path (`files.rs`), and the stream a subscribed
 //! connection becomes ([`BusStream`]). Must not touch: how requests are
 //! decoded, authenticated or pipelined (`conn.rs`), sockets, other doors.
@@ -84,6 +85,9 @@ impl Routes for Bus {
                     "the bus takes GET (subscribe) and POST (publish)",
                 )),
             };
+        }
+        if let Some(response) = super::metrics::route(&req, cx) {
+            return Reply::Respond(response);
         }
         if path == STATS_PATH && matches!(req.method, Method::Get | Method::Head) {
             let body = stats_json(cx.broker, cx.stats, self.shared.started);
@@ -265,6 +269,7 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         })
         .collect();
     let v = serde_json::json!({
+        "version": super::metrics::VERSION,
         "uptime_s": started.elapsed().as_secs(),
         "connections": {
             "line": stats.open_of("line"),
@@ -430,6 +435,7 @@ mod tests {
         assert_eq!(v["switch"]["parked_transfers"], 0);
         assert_eq!(v["drops"], 4);
         assert!(v["uptime_s"].is_u64());
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     }
 
     #[test]

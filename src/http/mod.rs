@@ -8,6 +8,8 @@
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
 //! - [`proxy`]: the msglite HTTP proxy door (requests as queue messages).
 //! - [`switch`]: the message-switch HTTP API door.
+//! - [`metrics`]: `/metrics` and `/healthz` (on the bus door), and the
+//!   metrics door of `--metrics-listen`.
 //! - [`hooks`]: the webhook door (its API and dashboard) and the door of its
 //!   outbound connections, which reads answers with [`client`].
 //!
@@ -21,6 +23,7 @@ pub mod codec;
 pub mod conn;
 pub mod files;
 pub mod hooks;
+pub mod metrics;
 pub mod proxy;
 pub mod response;
 pub mod switch;

@@ -164,6 +164,9 @@ impl Server {
         if let Some(n) = self.stats.open.get_mut(usize::from(door_ix)) {
             *n += 1;
         }
+        if let Some(d) = self.stats.door_mut(door_ix) {
+            d.accepted += 1;
+        }
         let now = self.now();
         self.timers
             .add(now + dial.timeout_ms, Deadline::Connect(id));

@@ -168,12 +168,7 @@ impl Server {
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             channels: crate::broker::Channels::default().with_max_frame(config.limits.max_frame()),
         };
-        let door_names = connect::door_names();
-        let stats = Stats {
-            open: vec![0; door_names.len()],
-            door_names,
-            ..Stats::default()
-        };
+        let stats = Stats::for_doors(connect::door_names());
         let outbound = connect::Outbound::new(config, poll.registry())?;
         Ok(Server {
             poll,
@@ -321,6 +316,7 @@ impl Server {
             *max = 0;
         }
         *max = (*max).max(us);
+        self.stats.turns.record(us);
         self.stats.turn_max_us = self.stats.turn_max_us.max(us);
         self.stats.turn_max_recent_us = self.stats.turn_max_recent_us.max(*max);
     }
@@ -368,11 +364,13 @@ impl Server {
         let c = self.conns.get_mut(key)?;
         let id = c.id;
         let unsent = c.outq.bytes();
+        let door_ix = c.door_ix;
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let job_room = self
             .blocking
             .as_ref()
             .map_or(blocking::MAX_PENDING, Blocking::room);
+        let messages_before = self.broker.messages_in();
         let (next, progressed, wake, stop, jobs) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
@@ -396,6 +394,12 @@ impl Server {
                     log::error!("conn {key}: blocking work not started: {e}; closing");
                     self.to_close.push((key, CloseReason::ProtocolError));
                 }
+            }
+        }
+        let messages_in = self.broker.messages_in().saturating_sub(messages_before);
+        if messages_in > 0 {
+            if let Some(d) = self.stats.door_mut(door_ix) {
+                d.messages_in += messages_in;
             }
         }
         if stop && !self.shutting_down {
@@ -529,6 +533,9 @@ impl Server {
             *n += 1;
         }
         self.stats.accepted += 1;
+        if let Some(d) = self.stats.door_mut(door_ix) {
+            d.accepted += 1;
+        }
         // A TLS handshake that never completes is an incomplete request.
         if conn.holds_incomplete() {
             let now = self.now();
@@ -557,6 +564,7 @@ impl Server {
             if c.outq.cost() >= self.limits.backlog {
                 return;
             }
+            let door_ix = c.door_ix;
             let from_scratch = c.input.is_empty();
             let buf = if from_scratch {
                 &mut self.scratch
@@ -598,6 +606,9 @@ impl Server {
                 return;
             }
             self.stats.bytes_in += n as u64;
+            if let Some(d) = self.stats.door_mut(door_ix) {
+                d.bytes_in += n as u64;
+            }
             budget = budget.saturating_sub(n);
             let next = if from_scratch {
                 let mut input = mem::take(&mut self.scratch);
@@ -654,6 +665,9 @@ impl Server {
                 Ok(0) => CloseReason::PeerClosed,
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
+                    if let Some(d) = self.stats.doors.get_mut(usize::from(c.door_ix)) {
+                        d.bytes_in += n as u64;
+                    }
                     c.input
                         .extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
                     // A transport may have records of its own to answer.
@@ -887,6 +901,9 @@ impl Server {
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
+                    if let Some(d) = self.stats.doors.get_mut(usize::from(c.door_ix)) {
+                        d.bytes_out += n as u64;
+                    }
                     if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
                         if c.held_back {
                             // Requests held back by backpressure: run them,

@@ -88,6 +88,9 @@ impl Outbox for Post<'_> {
         }
         c.outq.push(frame);
         mark_dirty(c, key, self.dirty);
+        if messages > 0 {
+            self.stats.count_delivered(c.door_ix, u64::from(messages));
+        }
         true
     }
 
@@ -108,6 +111,9 @@ impl Outbox for Post<'_> {
         let Conn { door, outq, .. } = c;
         if !door.on_answer(answer, &mut |frame| outq.push(frame)) {
             return false;
+        }
+        if matches!(answer, Answer::Message(_)) {
+            self.stats.count_delivered(c.door_ix, 1);
         }
         mark_dirty(c, key, self.dirty);
         self.resume.push(key);

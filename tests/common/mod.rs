@@ -218,7 +218,7 @@ fn count_doors(args: &[String]) -> usize {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--line-listen" | "--bus-listen" | "--bus-tls-listen" | "--line-tls-listen"
-            | "--proxy-listen" | "--switch-listen" | "--hooks-listen"
+            | "--proxy-listen" | "--switch-listen" | "--hooks-listen" | "--metrics-listen"
                 if it.peek().is_some_and(|v| v.as_str() != "off") =>
             {
                 n += 1;
