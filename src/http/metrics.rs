@@ -216,6 +216,12 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
         stats.dropped.get(),
     );
     e.one(
+        "switchboard_oversized_deliveries_total",
+        "counter",
+        "Deliveries left out because the message's frame in the subscriber's framing would pass the frame limit.",
+        broker.channels.oversized(),
+    );
+    e.one(
         "switchboard_slow_subscriber_closes_total",
         "counter",
         "Slow subscribers disconnected (--slow-subscriber disconnect).",

@@ -10,6 +10,10 @@ use crate::broker::{Answer, ConnId, Millis, Outbox};
 use crate::config::{Limits, SlowPolicy};
 use crate::door::{CloseReason, Stats};
 
+/// How many times the backlog limit a subscriber whose socket still takes
+/// everything may queue (see [`Post::deliver`]).
+pub const WRITABLE_SLACK: usize = 4;
+
 /// Minimum interval between two slow-subscriber log lines for one connection.
 const SLOW_LOG_MS: Millis = 10_000;
 
@@ -54,7 +58,17 @@ impl Outbox for Post<'_> {
         // The queue's cost counts each frame's slot too (`FRAME_COST`), so
         // a flood of tiny frames is bounded as well as a few large ones.
         let queued = c.outq.cost();
-        if messages > 0 && queued > 0 && queued + frame.len() + FRAME_COST > limits.backlog {
+        // A subscriber is judged by what its socket does, not by how long
+        // the loop took to come back to it: while the kernel took all it
+        // was offered (`writable`: no write has been refused since), what
+        // is queued is this turn's work, and the queue may hold up to
+        // `WRITABLE_SLACK` times the limit before the policy acts.
+        let limit = if c.writable {
+            limits.backlog.saturating_mul(WRITABLE_SLACK)
+        } else {
+            limits.backlog
+        };
+        if messages > 0 && queued > 0 && queued + frame.len() + FRAME_COST > limit {
             match limits.slow_policy {
                 SlowPolicy::Drop => {
                     c.dropped += u64::from(messages);
