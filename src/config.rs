@@ -214,7 +214,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub docroot: Option<PathBuf>,
 
-    /// Require HTTP Basic auth with this password on the HTTP bus (any user name; it becomes the sender).
+    /// Require HTTP Basic auth with this password on the HTTP bus (any user name; it becomes the sender),
+    /// and `@ S` before any other command on the line protocol.
     #[arg(long, value_name = "S")]
     pub secret: Option<String>,
 
@@ -222,6 +223,13 @@ pub struct Args {
     /// with no credentials asked, or `off` (the HTTP bus serves both too).
     #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
     pub metrics_listen: Listen,
+
+    /// Verify signed tokens (JWT) with this key: a PEM public key (RS256 or EdDSA), or a file
+    /// holding an HS256 secret of at least 32 bytes. Tokens name the channels and queues a
+    /// caller may use (docs/security.md); HTTP takes them from `Authorization: Bearer` or
+    /// `?token=`, the line protocol from `@ TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub token_key: Option<PathBuf>,
 
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
@@ -343,6 +351,16 @@ pub struct Args {
     pub max_outbound: usize,
 }
 
+impl Config {
+    /// The credentials doors check callers against.
+    pub fn access(&self) -> crate::auth::Access {
+        crate::auth::Access {
+            secret: self.secret.clone(),
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -357,6 +375,8 @@ pub struct Config {
     pub tls: Option<TlsDoors>,
     pub docroot: Option<PathBuf>,
     pub secret: Option<String>,
+    /// The key of `--token-key`, loaded at start.
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub limits: Limits,
@@ -503,7 +523,17 @@ impl Config {
             _ => None,
         };
         let proxy = proxy_config(&args)?;
+        let tokens = match &args.token_key {
+            Some(path) => Some(Arc::new(
+                crate::auth::Tokens::load(path).map_err(|e| format!("--token-key {e}"))?,
+            )),
+            None => None,
+        };
+        if args.secret.as_deref() == Some("") {
+            return Err("--secret: an empty secret would let anyone in".to_string());
+        }
         Ok(Config {
+            tokens,
             proxy,
             tls,
             line_listen: args.line_listen,

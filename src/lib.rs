@@ -24,6 +24,7 @@
     )
 )]
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -19,10 +19,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::codec::{Method, Request};
-use super::conn::{HttpConn, Reply, Routes, Settings};
+use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::files;
 use super::response::Response;
 use super::uri::query_param;
+use crate::auth::Action;
 use crate::broker::filter::Filter;
 use crate::broker::frames::{multipart_opening, Framing};
 use crate::broker::{Answer, Broker, Subscription};
@@ -73,13 +74,23 @@ pub struct FileRead;
 impl Routes for Bus {
     type Parked = FileRead;
 
-    fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<FileRead> {
+    fn handle(&mut self, req: Request, caller: Caller, cx: &mut Cx<'_>) -> Reply<FileRead> {
         let path = req.path();
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
             let channel = channel.as_bytes();
             return match req.method {
-                Method::Get | Method::Head => subscribe(&req, channel, cx),
-                Method::Post => publish(&req, channel, user, cx),
+                Method::Get | Method::Head => {
+                    // The root subscription (every channel) is the pattern `>`.
+                    let asked: &[u8] = if channel.is_empty() { b">" } else { channel };
+                    if !caller.may(Action::Subscribe, asked) {
+                        return Reply::Respond(Caller::forbidden(Action::Subscribe, asked));
+                    }
+                    subscribe(&req, channel, cx)
+                }
+                Method::Post if !caller.may(Action::Publish, channel) => {
+                    Reply::Respond(Caller::forbidden(Action::Publish, channel))
+                }
+                Method::Post => publish(&req, channel, caller.user, cx),
                 _ => Reply::Respond(Response::text(
                     501,
                     "the bus takes GET (subscribe) and POST (publish)",
@@ -327,7 +338,7 @@ mod tests {
 
     fn bus_conn() -> Box<dyn Door> {
         let settings = Rc::new(Settings {
-            secret: None,
+            access: crate::auth::Access::default(),
             realm: REALM,
             limits: codec::Limits::default(),
         });

@@ -29,17 +29,19 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{self, Decoder, Event, Method, Request};
 use super::response::{Response, CONTINUE};
+use crate::auth::{Access, Action, Grant, Refusal};
 use crate::broker::{Answer, Millis};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next};
 
 /// Settings an HTTP door's connections share (one `Rc` per door).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// With a secret, every request needs HTTP Basic credentials whose
-    /// password is the secret (any user name); without, credentials are
-    /// optional and name the sender.
-    pub secret: Option<String>,
+    /// password is the secret (any user name), or a token; with a token
+    /// key, a token (`Authorization: Bearer`, or `?token=`); with neither,
+    /// credentials are optional and name the sender.
+    pub access: Access,
     /// The Basic auth realm of the `401` challenge.
     pub realm: &'static str,
     pub limits: codec::Limits,
@@ -49,7 +51,7 @@ impl Settings {
     /// The settings of `--secret`, `--max-header` and `--max-body`.
     pub fn from_config(config: &Config, realm: &'static str) -> Settings {
         Settings {
-            secret: config.secret.clone(),
+            access: config.access(),
             realm,
             limits: codec::Limits {
                 max_head: config.limits.max_header,
@@ -108,13 +110,8 @@ pub trait Routes: 'static {
     type Parked;
 
     /// Answers one complete request; the credentials are already checked
-    /// (`user`: the Basic auth user name, when the client gave one).
-    fn handle(
-        &mut self,
-        req: Request,
-        user: Option<String>,
-        cx: &mut Cx<'_>,
-    ) -> Reply<Self::Parked>;
+    /// (`caller`: who asks, and what a token allows).
+    fn handle(&mut self, req: Request, caller: Caller, cx: &mut Cx<'_>) -> Reply<Self::Parked>;
 
     /// The broker answers the parked request's wait (see
     /// [`Door::on_answer`]: no broker calls here). `None` refuses the answer
@@ -204,18 +201,15 @@ impl<R: Routes> HttpConn<R> {
             head_only: req.method == Method::Head,
             keep_alive: req.keep_alive,
         };
-        let user = match authenticate(&req, self.settings.secret.as_deref()) {
-            Ok(user) => user,
-            Err(()) => {
-                let challenge = format!("Basic realm=\"{}\"", self.settings.realm);
-                let refusal = Response::new(401)
-                    .header("WWW-Authenticate", challenge)
-                    .body("text/html", &b"<h1>Unauthorized</h1>"[..]);
+        let caller = match authenticate(&req, &self.settings.access) {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                let refusal = unauthorized(&self.settings, &refusal);
                 self.send(refusal, how, cx);
                 return;
             }
         };
-        match self.routes.handle(req, user, cx) {
+        match self.routes.handle(req, caller, cx) {
             Reply::Respond(response) => self.send(response, how, cx),
             Reply::Framed(bytes) => {
                 queue(cx, bytes);
@@ -447,16 +441,97 @@ fn queue(cx: &mut Cx<'_>, frame: Bytes) {
     }
 }
 
-/// Checks HTTP Basic credentials. Returns the user name when credentials
-/// were given (with a secret: only when the password is right), `Err` when a
-/// secret is set and the credentials are missing or wrong.
-fn authenticate(req: &Request, secret: Option<&str>) -> Result<Option<String>, ()> {
-    let creds = req.header("Authorization").and_then(basic_credentials);
-    match (secret, creds) {
-        (None, creds) => Ok(creds.map(|(user, _)| user)),
-        (Some(secret), Some((user, password))) if password == secret => Ok(Some(user)),
-        (Some(_), _) => Err(()),
+/// Who made a request, once its credentials are checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The sender of what it publishes: the Basic auth user name, or a
+    /// token's `sub`.
+    pub user: Option<String>,
+    /// What its credentials allow; `None` when the door requires none.
+    pub grant: Option<Grant>,
+}
+
+impl Caller {
+    /// True when the caller may do `action` on `name`.
+    pub fn may(&self, action: Action, name: &[u8]) -> bool {
+        self.grant.as_ref().is_none_or(|g| g.allows(action, name))
     }
+
+    /// The `403` for an action the caller's token does not allow.
+    pub fn forbidden(action: Action, name: &[u8]) -> Response {
+        Response::text(
+            403,
+            &format!(
+                "the token does not allow {} on `{}`",
+                action.as_str(),
+                String::from_utf8_lossy(name)
+            ),
+        )
+    }
+}
+
+/// Checks the credentials of a request: HTTP Basic (the password must be
+/// the secret), or a bearer token (`Authorization: Bearer T` or
+/// `?token=T`: a token, or the secret itself). Without a secret and a
+/// token key nothing is required and Basic credentials only name the user.
+fn authenticate(req: &Request, access: &Access) -> Result<Caller, Refusal> {
+    let header = req.header("Authorization");
+    if !access.required() {
+        let user = header.and_then(basic_credentials).map(|(user, _)| user);
+        return Ok(Caller { user, grant: None });
+    }
+    if let Some((user, password)) = header.and_then(basic_credentials) {
+        if access.is_secret(password.as_bytes()) {
+            return Ok(Caller {
+                user: Some(user),
+                grant: Some(Grant::everything()),
+            });
+        }
+        return Err(Refusal::Invalid("wrong password".to_string()));
+    }
+    let query_token = || {
+        req.query()
+            .and_then(|q| super::uri::query_param(q, "token"))
+            .map(|t| t.into_owned().into_bytes())
+    };
+    let bearer = header.and_then(bearer_token).map(<[u8]>::to_vec);
+    let Some(token) = bearer.or_else(query_token) else {
+        return Err(Refusal::Missing);
+    };
+    let grant = access.check(&token)?;
+    Ok(Caller {
+        user: grant.subject.clone(),
+        grant: Some(grant),
+    })
+}
+
+/// `Bearer TOKEN`.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
+}
+
+/// The `401` for a request whose credentials are missing or refused.
+fn unauthorized(settings: &Settings, refusal: &Refusal) -> Response {
+    let access = &settings.access;
+    if access.tokens.is_none() {
+        // The shared secret alone: HTTP Basic, as msgbus answered.
+        let challenge = format!("Basic realm=\"{}\"", settings.realm);
+        return Response::new(401)
+            .header("WWW-Authenticate", challenge)
+            .body("text/html", &b"<h1>Unauthorized</h1>"[..]);
+    }
+    let error = match refusal {
+        Refusal::Missing => String::new(),
+        Refusal::Expired => ", error=\"invalid_token\", error_description=\"expired\"".to_string(),
+        Refusal::Invalid(_) => ", error=\"invalid_token\"".to_string(),
+    };
+    Response::text(401, &format!("401 Unauthorized: {refusal}")).header(
+        "WWW-Authenticate",
+        format!("Bearer realm=\"{}\"{error}", settings.realm),
+    )
 }
 
 /// `Basic base64(user:password)`, split at the first colon; a password that
@@ -530,7 +605,7 @@ mod tests {
     impl Routes for TestRoutes {
         type Parked = Held;
 
-        fn handle(&mut self, req: Request, user: Option<String>, cx: &mut Cx<'_>) -> Reply<Held> {
+        fn handle(&mut self, req: Request, caller: Caller, cx: &mut Cx<'_>) -> Reply<Held> {
             let path = req.path().to_string();
             if let Some(addr) = path.strip_prefix("/parts/") {
                 let addr = Bytes::copy_from_slice(addr.as_bytes());
@@ -567,9 +642,9 @@ mod tests {
                     Response::new(200).stream(&b"opened\n"[..]),
                     Box::new(TestStream),
                 ),
-                "/user" => {
-                    Reply::Respond(Response::new(200).body("text/plain", user.unwrap_or_default()))
-                }
+                "/user" => Reply::Respond(
+                    Response::new(200).body("text/plain", caller.user.unwrap_or_default()),
+                ),
                 "/bye" => Reply::Respond(Response::new(200).keep_alive(false)),
                 "/framed" => Reply::Framed(Bytes::from_static(b"FRAMED\n")),
                 _ => Reply::Respond(Response::new(200).body("text/plain", req.target)),
@@ -651,7 +726,10 @@ mod tests {
     impl Shell {
         fn new(secret: Option<&str>) -> Shell {
             let settings = Rc::new(Settings {
-                secret: secret.map(str::to_string),
+                access: crate::auth::Access {
+                    secret: secret.map(str::to_string),
+                    tokens: None,
+                },
                 realm: "test",
                 limits: codec::Limits::default(),
             });

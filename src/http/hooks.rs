@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::ResponseDecoder;
 use super::codec::{Method, Request};
-use super::conn::{HttpConn, Reply, Routes, Settings};
+use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::response::Response;
 use crate::broker::hooks::{ClientId, Mode, Refused, Reply as HookReply, LINK_DOOR};
 use crate::config::Config;
@@ -49,12 +49,7 @@ pub struct Api;
 impl Routes for Api {
     type Parked = Infallible;
 
-    fn handle(
-        &mut self,
-        req: Request,
-        _user: Option<String>,
-        cx: &mut Cx<'_>,
-    ) -> Reply<Infallible> {
+    fn handle(&mut self, req: Request, _caller: Caller, cx: &mut Cx<'_>) -> Reply<Infallible> {
         let path = req.path();
         let route = path.strip_suffix('/').unwrap_or(path);
         let response = match (route, req.method) {

@@ -13,7 +13,7 @@ use std::fmt::{Display, Write};
 use std::rc::Rc;
 
 use super::codec::{Method, Request};
-use super::conn::{HttpConn, Reply, Routes, Settings};
+use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::response::Response;
 use crate::broker::{Broker, Millis};
 use crate::config::Config;
@@ -450,7 +450,7 @@ const REALM: &str = "metrics";
 /// says: bind it where only the scraper can reach it.
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings {
-        secret: None,
+        access: crate::auth::Access::default(),
         ..Settings::from_config(config, REALM)
     });
     Box::new(move || Box::new(HttpConn::new(Rc::clone(&settings), MetricsRoutes)))
@@ -462,12 +462,7 @@ pub struct MetricsRoutes;
 impl Routes for MetricsRoutes {
     type Parked = Infallible;
 
-    fn handle(
-        &mut self,
-        req: Request,
-        _user: Option<String>,
-        cx: &mut Cx<'_>,
-    ) -> Reply<Infallible> {
+    fn handle(&mut self, req: Request, _caller: Caller, cx: &mut Cx<'_>) -> Reply<Infallible> {
         match route(&req, cx) {
             Some(response) => Reply::Respond(response),
             None => Reply::Respond(Response::text(

@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 use super::codec::{Method, Request};
-use super::conn::{HttpConn, Part, Reply, Routes, Settings};
+use super::conn::{Caller, HttpConn, Part, Reply, Routes, Settings};
 use super::response::{Response, SERVER};
 use crate::broker::{Answer, Ready, WaitId};
 pub use crate::config::proxy_defaults::{DEFAULT_MAX_PENDING, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S};
@@ -81,7 +81,7 @@ pub fn opener(config: &Config) -> Opener {
     // The Authorization header belongs to the application behind the
     // proxy: the bus' `--secret` does not apply here.
     let settings = Rc::new(Settings {
-        secret: None,
+        access: crate::auth::Access::default(),
         ..Settings::from_config(config, "switchboard")
     });
     let start_s = std::time::SystemTime::now()
@@ -186,7 +186,7 @@ impl Proxy {
 impl Routes for Proxy {
     type Parked = Pending;
 
-    fn handle(&mut self, req: Request, _user: Option<String>, cx: &mut Cx<'_>) -> Reply<Pending> {
+    fn handle(&mut self, req: Request, _caller: Caller, cx: &mut Cx<'_>) -> Reply<Pending> {
         let shared = Rc::clone(&self.shared);
         if shared.pending.get() >= shared.max_pending {
             return self.refuse_over_cap();

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::codec::{self, Method, Request};
-use super::conn::{HttpConn, Reply, Routes, Settings};
+use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::response::Response;
 use super::uri::path_segment;
 use crate::broker::queues::MAX_TIMEOUT_S;
@@ -50,7 +50,7 @@ struct Shared {
 /// The door's constructor: settings from `config`, read once.
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings {
-        secret: None,
+        access: crate::auth::Access::default(),
         realm: REALM,
         limits: codec::Limits {
             max_head: config.limits.max_header,
@@ -402,7 +402,7 @@ fn sent(r: Result<Option<MessageId>, SwitchError>) -> Response {
 impl Routes for SwitchRoutes {
     type Parked = Held;
 
-    fn handle(&mut self, req: Request, _user: Option<String>, cx: &mut Cx<'_>) -> Reply<Held> {
+    fn handle(&mut self, req: Request, _caller: Caller, cx: &mut Cx<'_>) -> Reply<Held> {
         let call = match route(req.method, req.path()) {
             Ok(call) => call,
             Err(refused) => return Reply::Respond(refused),

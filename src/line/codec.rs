@@ -47,6 +47,8 @@ pub enum Command {
         content_type: Option<Bytes>,
         body: Bytes,
     },
+    /// `@ CREDENTIAL`: the shared secret or a signed token.
+    Auth { credential: Bytes },
 }
 
 /// Why input was refused; the text goes to the client as `- reason`.
@@ -59,6 +61,7 @@ pub enum LineError {
     SubscribeFormat,
     UnsubscribeFormat,
     PublishFormat,
+    AuthFormat,
     InvalidLength,
     InvalidTimeout,
     TooManyAddresses,
@@ -84,6 +87,7 @@ impl fmt::Display for LineError {
             LineError::PublishFormat => {
                 f.write_str("publish format: ! bodyLen channel [contentType]")
             }
+            LineError::AuthFormat => f.write_str("auth format: @ credential"),
             LineError::InvalidLength => f.write_str("invalid body length format"),
             LineError::InvalidTimeout => f.write_str("invalid timeout format"),
             LineError::TooManyAddresses => {
@@ -126,6 +130,9 @@ pub enum Raw<'a> {
     Quit,
     Subscribe {
         channel: &'a [u8],
+    },
+    Auth {
+        credential: &'a [u8],
     },
     Unsubscribe {
         channel: &'a [u8],
@@ -428,6 +435,10 @@ impl Decoder {
                 [channel] if !overflow => Ok(Head::Done(Raw::Unsubscribe { channel })),
                 _ => Err(LineError::UnsubscribeFormat),
             },
+            b"@" => match args {
+                [credential] if !overflow => Ok(Head::Done(Raw::Auth { credential })),
+                _ => Err(LineError::AuthFormat),
+            },
             b"!" => {
                 let [len, channel, rest @ ..] = args else {
                     return Err(LineError::PublishFormat);
@@ -526,6 +537,9 @@ impl Ranges {
             Raw::Unsubscribe { channel } => Raw::Unsubscribe {
                 channel: at(channel),
             },
+            Raw::Auth { credential } => Raw::Auth {
+                credential: at(credential),
+            },
             Raw::Publish {
                 channel,
                 content_type,
@@ -586,6 +600,7 @@ impl Ranges {
             }
             Raw::Subscribe { .. } => Command::Subscribe { channel: next() },
             Raw::Unsubscribe { .. } => Command::Unsubscribe { channel: next() },
+            Raw::Auth { .. } => Command::Auth { credential: next() },
             Raw::Publish { content_type, .. } => {
                 let channel = next();
                 let content_type = content_type.map(|_| next());

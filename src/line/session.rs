@@ -11,6 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
+use crate::auth::{self, Access, Action, Grant};
 use crate::broker::{Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
@@ -29,14 +30,30 @@ pub const QUEUE_FULL_FRAME: &[u8] = b"- queue full\r\n";
 /// and a CRLF, instead of being copied into one frame.
 const SHARED_BODY: usize = 16 * 1024;
 
-/// The line door's opener: every connection gets the limits of `config`.
+/// The line door's opener: every connection gets the limits of `config`,
+/// and must authenticate first when `--secret` or `--token-key` is set.
 pub fn opener(config: &Config) -> Opener {
     let (max_line, max_body, max_subs) = (
         config.limits.max_line,
         config.limits.max_body,
         config.limits.max_subscriptions,
     );
-    Box::new(move || Box::new(LineSession::new(max_line, max_body, max_subs)))
+    let access = config.access();
+    let access = access.required().then(|| std::rc::Rc::new(access));
+    Box::new(move || {
+        let mut session = LineSession::new(max_line, max_body, max_subs);
+        if let Some(access) = &access {
+            session = session.with_access(std::rc::Rc::clone(access));
+        }
+        Box::new(session)
+    })
+}
+
+/// What a connection that must authenticate has shown.
+struct Auth {
+    access: std::rc::Rc<Access>,
+    /// Set by a good `@`.
+    grant: Option<Grant>,
 }
 
 pub struct LineSession {
@@ -48,6 +65,9 @@ pub struct LineSession {
     subscriptions: HashSet<Bytes>,
     /// Set once the connection must close (after `.`, or malformed input).
     closing: Option<CloseReason>,
+    /// With `--secret` or `--token-key`: the credentials shown (`None`:
+    /// nothing is required, and nothing is checked).
+    auth: Option<Auth>,
 }
 
 impl LineSession {
@@ -58,7 +78,66 @@ impl LineSession {
             waiting: None,
             subscriptions: HashSet::new(),
             closing: None,
+            auth: None,
         }
+    }
+
+    /// Requires an `@` with a credential `access` takes before any other
+    /// command, and checks each command against what it allows.
+    pub fn with_access(mut self, access: std::rc::Rc<Access>) -> LineSession {
+        self.auth = Some(Auth {
+            access,
+            grant: None,
+        });
+        self
+    }
+
+    /// Refuses with `- unauthorized: reason` and closes.
+    fn unauthorized(&mut self, cx: &mut Cx<'_>, why: &str) {
+        log::info!("line connection {}: unauthorized: {why}", cx.me.key);
+        let frame = format!("- unauthorized: {why}\r\n");
+        cx.send(Bytes::from(frame));
+        self.closing = Some(CloseReason::ProtocolError);
+    }
+
+    /// True when the command may run: always without credentials required;
+    /// else when `@` showed a credential that has not expired and allows
+    /// `action` on each of `names` (`- forbidden: …` otherwise; the
+    /// connection stays open). `None` checks only the credential.
+    fn allowed(&mut self, cx: &mut Cx<'_>, action: Option<Action>, names: &[&[u8]]) -> bool {
+        let Some(auth) = &self.auth else {
+            return true;
+        };
+        let Some(grant) = &auth.grant else {
+            self.unauthorized(cx, "authenticate first: @ credential");
+            return false;
+        };
+        if grant.expired(auth::now_s()) {
+            self.unauthorized(cx, "token expired");
+            return false;
+        }
+        let Some(action) = action else {
+            return true;
+        };
+        if let Some(name) = names.iter().find(|n| !grant.allows(action, n)) {
+            let frame = format!(
+                "- forbidden: {} {}\r\n",
+                action.as_str(),
+                String::from_utf8_lossy(name)
+            );
+            cx.send(Bytes::from(frame));
+            return false;
+        }
+        true
+    }
+
+    /// The sender written into this connection's publishes: a token's subject.
+    fn sender(&self) -> Option<&[u8]> {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.grant.as_ref())
+            .and_then(|g| g.subject.as_deref())
+            .map(str::as_bytes)
     }
 
     pub fn is_waiting(&self) -> bool {
@@ -105,6 +184,9 @@ impl LineSession {
                 timeout_s,
                 body,
             } => {
+                if !self.allowed(cx, Some(Action::Send), &[&to]) {
+                    return;
+                }
                 if cx
                     .broker
                     .send(now, to, reply, timeout_s, body, cx.out)
@@ -117,6 +199,11 @@ impl LineSession {
                 timeout_s,
                 addresses,
             } => {
+                let names: Vec<&[u8]> = addresses.iter().map(|a| &a[..]).collect();
+                if !self.allowed(cx, Some(Action::Receive), &names) {
+                    // The client reads `- forbidden` instead of a message.
+                    return;
+                }
                 let ready = cx.broker.ready(now, me, timeout_s, addresses, cx.out);
                 self.took(cx, ready);
             }
@@ -124,14 +211,28 @@ impl LineSession {
                 timeout_s,
                 to,
                 body,
-            } => match cx.broker.query(now, me, timeout_s, to, body, cx.out) {
-                Ok(ready) => self.took(cx, ready),
-                Err(_) => {
-                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+            } => {
+                if !self.allowed(cx, Some(Action::Send), &[&to]) {
+                    return;
                 }
-            },
+                match cx.broker.query(now, me, timeout_s, to, body, cx.out) {
+                    Ok(ready) => self.took(cx, ready),
+                    Err(_) => {
+                        cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                    }
+                }
+            }
             Command::Quit => self.closing = Some(CloseReason::Quit),
             Command::Subscribe { channel } => {
+                // `+ *` is every channel: the pattern `>`.
+                let asked: &[u8] = if channel == ALL_CHANNELS {
+                    b">"
+                } else {
+                    &channel
+                };
+                if !self.allowed(cx, Some(Action::Subscribe), &[asked]) {
+                    return;
+                }
                 if self.subscriptions.contains(&channel) {
                     return;
                 }
@@ -154,6 +255,9 @@ impl LineSession {
                 self.subscriptions.insert(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
+                if !self.allowed(cx, None, &[]) {
+                    return;
+                }
                 unsubscribe(cx, &channel);
                 self.subscriptions.remove(&channel);
                 if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
@@ -165,10 +269,28 @@ impl LineSession {
                 content_type,
                 body,
             } => {
+                if !self.allowed(cx, Some(Action::Publish), &[&channel]) {
+                    return;
+                }
                 let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
-                cx.broker
-                    .channels
-                    .publish(&channel, content_type, None, &body, cx.out);
+                let sender = self.sender().map(<[u8]>::to_vec);
+                cx.broker.channels.publish(
+                    &channel,
+                    content_type,
+                    sender.as_deref(),
+                    &body,
+                    cx.out,
+                );
+            }
+            Command::Auth { credential } => {
+                let Some(auth) = &mut self.auth else {
+                    // Nothing is required: an `@` changes nothing.
+                    return;
+                };
+                match auth.access.check(&credential) {
+                    Ok(grant) => auth.grant = Some(grant),
+                    Err(refusal) => self.unauthorized(cx, &refusal.to_string()),
+                }
             }
         }
     }
@@ -210,6 +332,15 @@ impl Door for LineSession {
                 body,
             } = raw
             {
+                if self.auth.is_some() {
+                    // Checked, and its sender set, on the owned path.
+                    let ranges = Ranges::of(&raw, input);
+                    let frame = input.split_to(n).freeze();
+                    if let Some(cmd) = ranges.to_command(&frame) {
+                        self.apply(cx, cmd);
+                    }
+                    continue;
+                }
                 let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
                 cx.broker
                     .channels

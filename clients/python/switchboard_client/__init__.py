@@ -113,10 +113,13 @@ class Client:
     ``address`` is ``HOST:PORT`` or a Unix socket path. ``socket_timeout``
     bounds each read and write on the socket (``None``: no bound); when it
     passes, ``socket.timeout`` is raised and the connection should be
-    closed.
+    closed. ``credential`` (the server's ``--secret``, or a token verified
+    with its ``--token-key``) is sent first as ``@ CREDENTIAL``; a refused
+    one closes the connection, and the next command that reads raises
+    ``ServerError`` with the server's reason.
     """
 
-    def __init__(self, address=DEFAULT_ADDRESS, socket_timeout=None):
+    def __init__(self, address=DEFAULT_ADDRESS, socket_timeout=None, credential=None):
         self._sock = _connect(address, socket_timeout)
         # Bytes read and not yet taken: a frame is taken only once it is
         # whole, so a socket timeout never leaves half of one behind.
@@ -129,6 +132,8 @@ class Client:
         self.refused = 0
         #: `<` commands written or buffered whose answers are not yet read.
         self._pending = 0
+        if credential is not None:
+            self._frame(b"@ " + _field(credential, "a credential") + b"\r\n")
 
     # -- output ------------------------------------------------------------
 

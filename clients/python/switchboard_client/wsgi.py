@@ -238,7 +238,7 @@ class _Stop:
         self.stopping = True
 
 
-def worker(app, address, queue, multiprocess):
+def worker(app, address, queue, multiprocess, credential=None):
     """One worker's loop: until stopped, take requests and answer them."""
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
@@ -248,7 +248,7 @@ def worker(app, address, queue, multiprocess):
     while not stop.stopping:
         try:
             if client is None:
-                client = Client(address)
+                client = Client(address, credential=credential)
                 backoff = 0.1
             message = client.ready(queue, timeout=WAIT_S)
             while message is not None:
@@ -277,8 +277,9 @@ def worker(app, address, queue, multiprocess):
         client.close()
 
 
-def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1):
-    """Runs ``workers`` worker processes until SIGTERM or SIGINT."""
+def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1, credential=None):
+    """Runs ``workers`` worker processes until SIGTERM or SIGINT.
+    ``credential`` authenticates each worker's connection (see ``Client``)."""
     stopping = [False]
     children = {}
 
@@ -287,7 +288,7 @@ def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1):
         if pid == 0:
             code = 0
             try:
-                worker(app, address, queue, workers > 1)
+                worker(app, address, queue, workers > 1, credential)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -346,11 +347,22 @@ def main(argv=None):
     p.add_argument(
         "--queue", default=DEFAULT_QUEUE, help="the proxy queue (default %s)" % DEFAULT_QUEUE
     )
+    p.add_argument(
+        "--credential-env",
+        metavar="NAME",
+        help="authenticate with the secret or token in this environment variable "
+        "(kept out of the process list)",
+    )
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    credential = None
+    if args.credential_env:
+        credential = os.environ.get(args.credential_env)
+        if not credential:
+            p.error("the environment variable %s is empty or not set" % args.credential_env)
     app = load_app(args.app)
-    return serve(app, args.connect, args.queue, args.workers)
+    return serve(app, args.connect, args.queue, args.workers, credential)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,25 @@ class LimitsTest(unittest.TestCase):
             c.ready("l.other", timeout=0)
         self.assertIn("16", str(e.exception))
 
+    def test_a_credential_is_sent_first(self):
+        server = Server("--secret", "s3cret")
+        self.addCleanup(server.stop)
+        c = Client(server.line, socket_timeout=10, credential="s3cret")
+        self.addCleanup(c.close)
+        c.send("l.auth", b"ok")
+        self.assertEqual(c.ready("l.auth", timeout=1).body, b"ok")
+        # Without it, the server refuses the first command and closes.
+        anonymous = Client(server.line, socket_timeout=10)
+        self.addCleanup(anonymous.close)
+        with self.assertRaises(ServerError) as e:
+            anonymous.ready("l.auth", timeout=0)
+        self.assertIn("unauthorized", str(e.exception))
+        wrong = Client(server.line, socket_timeout=10, credential="nope")
+        self.addCleanup(wrong.close)
+        with self.assertRaises(ServerError) as e:
+            wrong.ready("l.auth", timeout=0)
+        self.assertIn("invalid credentials", str(e.exception))
+
     def test_unix_socket_and_socket_timeout(self):
         d = tempfile.mkdtemp()
         path = os.path.join(d, "line.sock")
