@@ -361,3 +361,40 @@ fn server_refusals_exit_2_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn listen_flags_take_host_names_and_port_only_forms() {
+    for (line, bus) in [
+        ("localhost:0", ":0"),
+        ("0", "[::1]:0"),
+        ("127.0.0.1:0", "off"),
+    ] {
+        let server = Server::start(&["--line-listen", line, "--bus-listen", bus]);
+        let bound: std::net::SocketAddr = server.line().parse().expect("a printed address");
+        assert!(bound.ip().is_loopback(), "{line} bound {bound}");
+        assert_ne!(bound.port(), 0, "{line} bound {bound}");
+        // The bound door speaks: a message left and taken back.
+        assert_exit(&run(&server, &["send", "x", "30", "q"]), 0);
+        let got = run(&server, &["ready", "--body-only", "5", "q"]);
+        assert_exit(&got, 0);
+        assert_eq!(stdout(&got), "x");
+        match bus {
+            "off" => assert!(!server.doors.contains_key("bus"), "{:?}", server.doors),
+            _ => {
+                let bound: std::net::SocketAddr = server.bus().parse().expect("bus address");
+                assert!(bound.ip().is_loopback(), "{bus} bound {bound}");
+                common::connect(server.bus());
+            }
+        }
+    }
+    let got = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--line-listen", "localhost:port"])
+        .output()
+        .expect("run switchboard");
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    assert!(
+        stderr(&got).contains("`localhost:port` is not a listen address"),
+        "{}",
+        stderr(&got)
+    );
+}
