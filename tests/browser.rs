@@ -2,7 +2,7 @@
 //! chromedriver's WebDriver HTTP interface, against the real server serving
 //! `examples/chat` as its docroot.
 //!
-//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
+//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/setup`
 //! installs them); without them the test fails and says so.
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
@@ -26,8 +26,6 @@ use common::webdriver::{http, try_http};
 use common::{connect, read_until, send, Server, TempDir};
 use serde_json::{json, Value};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long any one awaited condition may take.
 const WAIT: Duration = Duration::from_secs(15);
 /// The W3C WebDriver key of an element reference.
@@ -43,16 +41,10 @@ struct Browser {
 
 impl Browser {
     fn launch() -> Browser {
-        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} not found: the browser test needs the Debian packages \
-                 `chromium` and `chromium-driver` (apt-get install -y chromium \
-                 chromium-driver; .ci/run installs them) — missing: {package}"
-            );
-        }
+        let chromium = common::program("chromium");
+        let chromedriver = common::program("chromedriver");
         // Port 0: chromedriver binds a free port and says which.
-        let mut driver = Command::new(CHROMEDRIVER)
+        let mut driver = Command::new(&chromedriver)
             .arg("--port=0")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -107,7 +99,7 @@ impl Browser {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
-                    "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                    "goog:chromeOptions": { "binary": chromium, "args": args },
                 }
             }
         });
@@ -255,7 +247,7 @@ fn curl_publish(bus: &str, channel: &str, body: &str) {
 
 /// Publishes with real curl, as `user` (Basic credentials) when given.
 fn curl_publish_as(bus: &str, channel: &str, body: &str, user: Option<&str>) {
-    let mut cmd = Command::new("curl");
+    let mut cmd = Command::new(common::program("curl"));
     if let Some(user) = user {
         cmd.args(["-u", &format!("{user}:")]);
     }

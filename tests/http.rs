@@ -1992,9 +1992,9 @@ fn line_publish_reaches_http_and_http_publish_reaches_line() {
 // ---------------------------------------------------------------------------
 // Real clients
 
-/// `curl`, which must be installed (.ci/run installs it).
+/// `curl`, which must be installed (.ci/setup installs it).
 fn curl() -> Command {
-    let mut c = Command::new("curl");
+    let mut c = Command::new(common::program("curl"));
     // A hung curl fails its test (exit 28) instead of hanging it.
     c.arg("--silent")
         .arg("--show-error")
@@ -2208,11 +2208,12 @@ fn python_http_client_keep_alive_and_pipelined_publisher() {
     let bus = server.bus();
     let mut sub = subscribe(bus, "/msgbus/py", true);
     let (host, port) = bus.rsplit_once(':').unwrap();
-    let out = run_ok(Command::new("python3").arg("-c").arg(PY_PUBLISHER).args([
-        host,
-        port,
-        &N.to_string(),
-    ]));
+    let out = run_ok(
+        Command::new(common::program("python3"))
+            .arg("-c")
+            .arg(PY_PUBLISHER)
+            .args([host, port, &N.to_string()]),
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("ok {}", 2 * N)
