@@ -767,7 +767,7 @@ fn cli_publishes_and_subscribes_over_tls() {
     assert_exit(&out, 0);
     assert_eq!(text(&out.stdout), "! 8 news text/plain\nover tls\n");
 
-    let query = cli(&[&tls[..], &["query", "anyone?", "0", "nobody"]].concat());
+    let query = cli(&[&tls[..], &["query", "nobody", "anyone?", "--timeout", "0"]].concat());
     assert_exit(&query, 1);
     assert_eq!(text(&query.stdout), "*\n");
 }
