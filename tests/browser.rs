@@ -348,3 +348,59 @@ fn chat_page_sends_and_receives() {
     browser.screenshot(&shot);
     eprintln!("screenshot: {}", shot.display());
 }
+
+/// On a server started with `--secret`, the page (loaded with the
+/// credentials the browser asks for) publishes with the password typed in
+/// its Password field, and says so when the password is wrong.
+#[test]
+fn chat_page_publishes_with_the_password_of_a_secret_server() {
+    let docroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat");
+    let server = Server::start(&["--docroot", docroot.to_str().unwrap(), "--secret", "s3cret"]);
+    let bus = server.bus().to_string();
+    let browser = Browser::launch();
+    // What a person types into the browser's own password prompt.
+    browser.navigate(&format!("http://viewer:s3cret@{bus}/"));
+    browser.wait_until(
+        "the EventSource to open",
+        "return document.body.dataset.ready === 'true';",
+    );
+
+    // A raw subscriber with the secret sees what the page publishes.
+    let mut raw = connect(&bus);
+    send(
+        &mut raw,
+        b"GET /msgbus/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Basic OnMzY3JldA==\r\n\r\n",
+    );
+    let head = read_until(&mut raw, b"--00MsgBus00\r\n");
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "subscribe answer: {head}");
+
+    // A wrong password: refused, and the page says why.
+    browser.type_into("#name", "carol");
+    browser.type_into("#password", "wrong");
+    browser.type_into("#text", "not with that password");
+    browser.click("#send");
+    browser.wait_until(
+        "the refusal on the page",
+        "return document.getElementById('send-error').textContent\
+         .includes('the server refused the password');",
+    );
+
+    // The right one: published, with the name as the sender.
+    browser.type_into("#password", "s3cret");
+    browser.type_into("#text", "hello with the secret");
+    browser.click("#send");
+    let got = read_until(&mut raw, b"hello with the secret");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("From: carol"), "the name is the sender: {got}");
+    assert!(
+        !got.contains("not with that password"),
+        "the refused message was delivered: {got}"
+    );
+    browser.wait_until(
+        "the page's own message",
+        &has_message("hello with the secret"),
+    );
+    let error = browser.script("return document.getElementById('send-error').textContent;");
+    assert_eq!(error, json!(""), "the error is cleared after a send");
+}
