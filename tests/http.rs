@@ -2350,3 +2350,28 @@ fn stats_page_counts_queue_traffic() {
     assert_eq!(common::stat(&v, "messages_in"), 4, "{v}");
     assert_eq!(common::stat(&v, "messages_out"), 2, "{v}");
 }
+
+/// docs/protocol.md: a line subscriber's frame always has a TYPE field,
+/// `application/octet-stream` for an HTTP publish with an empty
+/// `Content-Type`.
+#[test]
+fn an_empty_http_type_reaches_line_subscribers_as_octet_stream() {
+    let server = Server::start(&[]);
+    let mut sub = common::connect(server.line());
+    common::send(&mut sub, b"+ empty-type\r\n");
+    common::line_sync(&mut sub, "empty-type");
+    let answer = common::read_to_close(&mut common::connect_and_send(
+        server.bus(),
+        b"POST /msgbus/empty-type HTTP/1.0\r\nContent-Type:\r\nContent-Length: 2\r\n\r\nhi",
+    ));
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 204"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let want = b"! 2 empty-type application/octet-stream\r\nhi\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&common::read_exact_n(&mut sub, want.len())),
+        String::from_utf8_lossy(want)
+    );
+}

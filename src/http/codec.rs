@@ -1075,7 +1075,7 @@ mod tests {
         assert_eq!(&reqs[3].body[..], b"three");
         assert!(reqs[2].keep_alive && !reqs[3].keep_alive);
 
-        // Excess body bytes are the next request (msgbus-wire.md 1.9).
+        // Excess body bytes are the next request (as in msgbus).
         let out = decode_all_ways(
             Limits::default(),
             b"POST /msgbus/foo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
@@ -1141,7 +1141,7 @@ mod tests {
     #[test]
     fn bad_request() {
         let cases: &[&[u8]] = &[
-            // msgbus-wire.md 1.9
+            // Request lines msgbus refuses too.
             b"GARBAGE\r\n\r\n",
             b"GET\r\n\r\n",
             b"GET /msgbus/foo\r\n\r\n",

@@ -287,6 +287,13 @@ pub fn connect(addr: &str) -> TcpStream {
     s
 }
 
+/// [`connect`]s and writes `bytes`.
+pub fn connect_and_send(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut s = connect(addr);
+    send(&mut s, bytes);
+    s
+}
+
 /// Reads until `want` bytes arrived (or panics after the read timeout).
 pub fn read_exact_n(s: &mut impl Read, want: usize) -> Vec<u8> {
     let mut buf = vec![0u8; want];
