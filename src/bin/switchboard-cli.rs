@@ -425,7 +425,7 @@ impl std::fmt::Display for Failure {
             } if e.kind() == io::ErrorKind::ConnectionRefused => write!(
                 f,
                 "cannot connect to {target}: connection refused (nothing listens there: \
-                 is switchboard running, with its line door at {target}?)"
+                 is switchboard running, with that door open?)"
             ),
             Failure::Connect {
                 target,

@@ -240,6 +240,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("kill", "procps"),
     ("sh", "dash"),
+    ("bash", "bash"),
 ];
 
 /// A program the tests run, found on `PATH` (then in `/usr/sbin` and
