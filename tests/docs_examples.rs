@@ -11,9 +11,10 @@
 //! - `$ switchboard ARGS &` starts it with ARGS; without such a line the
 //!   block gets `switchboard` with no flags. Every door listens on an
 //!   ephemeral loopback port, not on the default the docs show.
-//! - So the default addresses in commands (`127.0.0.1:9813`, `:8888`,
-//!   `:8080`, and `127.0.0.1 9813` for `nc`) are replaced by the doors'
-//!   real ones, `switchboard-cli` is given `--address`, `--bus` and
+//! - So the addresses in commands (the defaults `127.0.0.1:9813` and
+//!   `127.0.0.1:8888`, `127.0.0.1 9813` for `nc`, and each address the
+//!   `switchboard` line gives a `--…-listen` flag) are replaced by the
+//!   doors' real ones, `switchboard-cli` is given `--address`, `--bus` and
 //!   `--switch`, and the flood tools `--address`, unless the command names
 //!   them. In what a command prints, the real addresses are put back to the
 //!   defaults before comparing.
@@ -255,8 +256,18 @@ impl Block<'_> {
 
     fn start_server(&mut self, args: &[String]) {
         let mut args: Vec<String> = args.to_vec();
+        // Each listen address the command gives, and the door it opens.
+        let mut given: Vec<(String, String)> = Vec::new();
         for i in 0..args.len() {
-            if args[i].ends_with("-listen") && args.get(i + 1).is_some_and(|v| v != "off") {
+            let Some(door) = args[i]
+                .strip_prefix("--")
+                .and_then(|f| f.strip_suffix("-listen"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if let Some(addr) = args.get(i + 1).filter(|v| *v != "off").cloned() {
+                given.push((addr, door));
                 args[i + 1] = "127.0.0.1:0".into();
             }
         }
@@ -266,8 +277,10 @@ impl Block<'_> {
             ("127.0.0.1:9813".into(), server.line().to_string()),
             ("127.0.0.1:8888".into(), server.bus().to_string()),
         ];
-        if let Some(switch) = server.doors.get("switch") {
-            self.addrs.push(("127.0.0.1:8080".into(), switch.clone()));
+        for (addr, door) in given {
+            if let Some(real) = server.doors.get(&door) {
+                self.addrs.push((addr, real.clone()));
+            }
         }
         self.server = Some(server);
     }
@@ -297,7 +310,11 @@ impl Block<'_> {
         if !names(&["--bus"]) {
             cli_flags.push_str(&format!(" --bus {}", self.addrs[1].1));
         }
-        if let Some((_, switch)) = self.addrs.get(2) {
+        let switch = self
+            .server
+            .as_ref()
+            .and_then(|s| s.doors.get("switch").cloned());
+        if let Some(switch) = switch {
             if !names(&["--switch"]) {
                 cli_flags.push_str(&format!(" --switch {switch}"));
             }
