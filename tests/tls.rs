@@ -770,6 +770,17 @@ fn cli_publishes_and_subscribes_over_tls() {
     let query = cli(&[&tls[..], &["query", "nobody", "anyone?", "--timeout", "0"]].concat());
     assert_exit(&query, 1);
     assert_eq!(text(&query.stdout), "*\n");
+
+    // Without --tls, the TLS door is named, with what it needs.
+    let plain = cli(&["--address", &addr, "publish", "news", "x"]);
+    assert_exit(&plain, 2);
+    assert!(
+        text(&plain.stderr).contains(&format!(
+            "{addr} closed the connection without answering the line protocol"
+        )) && text(&plain.stderr).contains("a TLS door needs --tls --ca FILE"),
+        "{}",
+        text(&plain.stderr)
+    );
 }
 
 #[test]

@@ -74,6 +74,11 @@ Addresses:
   that does not answer within --connect-timeout is an error that names
   the address.
 
+Short flags mean the same here as in flood-pub and flood-sub: -a the
+  address, -t the content type; -n is a number of messages (subscribe's
+  --count; the flood tools have --connections and no -n), -w a wait in
+  seconds (--timeout), -q quiet, -v verbose.
+
 Output:
   ready and query print a message as the protocol frames it, with a plain
   newline:  a line `> LEN TIMEOUT TO [REPLY]`, then, when LEN > 0, the LEN
@@ -636,9 +641,15 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
         }
         Err(Error::Closed) => {
             return Err(Failure::NotLineDoor {
-                why: "closed the connection without answering the line protocol: \
-                      is it switchboard's line door?"
-                    .into(),
+                why: if cli.tls {
+                    "closed the connection without answering the line protocol: \
+                     is it switchboard's line door over TLS (--line-tls-listen)?"
+                        .into()
+                } else {
+                    "closed the connection without answering the line protocol: \
+                     is it switchboard's line door? (a TLS door needs --tls --ca FILE)"
+                        .into()
+                },
                 target,
             })
         }
