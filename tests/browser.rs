@@ -15,10 +15,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -42,37 +41,8 @@ struct Browser {
 impl Browser {
     fn launch() -> Browser {
         let chromium = common::program("chromium");
-        let chromedriver = common::program("chromedriver");
         // Port 0: chromedriver binds a free port and says which.
-        let mut driver = Command::new(&chromedriver)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let stdout = driver.stdout.take().expect("chromedriver stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Nobody listens once the port is known: keep draining.
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("chromedriver said on which port it listens");
-            if let Some(rest) = line.split_once("started successfully on port ") {
-                break rest
-                    .1
-                    .trim_end_matches('.')
-                    .parse::<u16>()
-                    .unwrap_or_else(|e| panic!("chromedriver's port in {line:?}: {e}"));
-            }
-        };
-        let addr = format!("127.0.0.1:{port}");
+        let (driver, addr) = common::webdriver::start_chromedriver(WAIT);
         let profile = TempDir::new("browser-profile");
         let mut browser = Browser {
             driver,

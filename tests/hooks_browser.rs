@@ -16,7 +16,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,11 +29,6 @@ use serde_json::{json, Value};
 const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hooks/receiver.py");
 /// How long any one awaited condition may take.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A receiver process; its port.
 struct Receiver(Child, u16);
@@ -76,15 +71,8 @@ struct Browser {
 impl Browser {
     fn launch() -> Browser {
         let chromium = common::program("chromium");
-        let chromedriver = common::program("chromedriver");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        // Port 0: chromedriver binds a free port and says which.
+        let (driver, addr) = common::webdriver::start_chromedriver(WAIT);
         let profile = TempDir::new("hooks-browser");
         let mut b = Browser {
             driver,
