@@ -18,6 +18,8 @@
 //!   `--switch`, and the flood tools `--address`, unless the command names
 //!   them. In what a command prints, the real addresses are put back to the
 //!   defaults before comparing.
+//! - `NAME=VALUE` alone sets a variable for the commands after it (each
+//!   command is a `bash -c` of its own).
 //! - `counts A=B` replaces the number A by B in commands (a load example
 //!   runs smaller in CI).
 //! - A command ending in `&` runs in the background. With a comment
@@ -192,6 +194,16 @@ fn tool_dir() -> PathBuf {
     .clone()
 }
 
+/// `NAME=VALUE` alone on a line (a shell variable later commands use).
+fn assignment(cmd: &str) -> Option<(String, String)> {
+    let (name, value) = cmd.split_once('=')?;
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        && !value.is_empty()
+        && !value.contains([' ', '\'', '"', '$']);
+    ok.then(|| (name.to_string(), value.to_string()))
+}
+
 /// Splits `# wait for "TEXT"` off a command line.
 fn wait_text(cmd: &str) -> Option<String> {
     let (_, comment) = cmd.split_once('#')?;
@@ -247,6 +259,8 @@ struct Block<'a> {
     jobs: Vec<Job>,
     waited: usize,
     server: Option<Server>,
+    /// `NAME=VALUE` lines so far, the environment of later commands.
+    env: Vec<(String, String)>,
 }
 
 impl Block<'_> {
@@ -345,6 +359,7 @@ impl Block<'_> {
             .arg(cmd)
             .current_dir(self.dir.path())
             .env("PATH", &self.path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -423,6 +438,15 @@ impl Block<'_> {
             }
             let code = cmd.split(" #").next().unwrap_or(cmd).trim_end();
             let real = self.rewrite(code);
+            if let Some((name, value)) = assignment(&real) {
+                assert!(
+                    want.is_empty(),
+                    "{}: an assignment prints nothing",
+                    self.at(cmd)
+                );
+                self.env.push((name, value));
+                continue;
+            }
             if let Some(bg) = real.strip_suffix('&') {
                 self.background(cmd, bg, want);
             } else {
@@ -579,6 +603,7 @@ fn the_examples_of_the_readme_and_the_docs_work() {
                 jobs: Vec::new(),
                 waited: 0,
                 server: None,
+                env: Vec::new(),
             };
             block.run();
             ran.push(format!("{}:{}", ex.file, ex.line));
