@@ -8,8 +8,10 @@
 //! `flood-sub` first on `PATH`; the lines after it, up to the next `$`, are
 //! what it must print. Each block gets its own server:
 //!
-//! - `$ switchboard ARGS &` starts it with ARGS; without such a line the
-//!   block gets `switchboard` with no flags. Every door listens on an
+//! - `$ switchboard ARGS` starts it with ARGS (files the block made
+//!   before are found in its directory); the `listening DOOR ADDRESS`
+//!   lines after it, if any, must be its doors. Without such a line the
+//!   block gets `switchboard` with no flags before its first command. Every door listens on an
 //!   ephemeral loopback port, not on the default the docs show.
 //! - So the addresses in commands (the defaults `127.0.0.1:9813` and
 //!   `127.0.0.1:8888`, `127.0.0.1 9813` for `nc`, and each address the
@@ -278,12 +280,22 @@ impl Block<'_> {
                 .and_then(|f| f.strip_suffix("-listen"))
                 .map(str::to_string)
             else {
+                // Files the block made are in its directory.
+                let local = self.dir.path().join(&args[i]);
+                if !args[i].starts_with('-') && local.is_file() {
+                    args[i] = local.display().to_string();
+                }
                 continue;
             };
             if let Some(addr) = args.get(i + 1).filter(|v| *v != "off").cloned() {
                 given.push((addr, door));
                 args[i + 1] = "127.0.0.1:0".into();
             }
+        }
+        // The HTTPS bus opens by default (on 4444) with a certificate.
+        if args.iter().any(|a| a == "--tls-cert") && !args.iter().any(|a| a == "--bus-tls-listen") {
+            args.extend(["--bus-tls-listen".into(), "127.0.0.1:0".into()]);
+            given.push(("127.0.0.1:4444".into(), "bus-tls".into()));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let server = Server::start(&args);
@@ -299,6 +311,39 @@ impl Block<'_> {
         self.server = Some(server);
     }
 
+    /// The `listening DOOR ADDRESS` lines a `switchboard` line shows: each
+    /// door opened, at the address shown (mapped to the real one).
+    fn check_doors(&self, step: &str, want: &[String]) {
+        let server = self.server.as_ref().unwrap();
+        for line in want {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [listening, door, addr] = words[..] else {
+                panic!(
+                    "{}: a server shows `listening DOOR ADDRESS` lines, not {line:?}",
+                    self.at(step)
+                );
+            };
+            assert_eq!(listening, "listening", "{}", self.at(step));
+            let real = server.doors.get(door).unwrap_or_else(|| {
+                panic!("{}: no {door} door in {:?}", self.at(step), server.doors)
+            });
+            let shown = self
+                .addrs
+                .iter()
+                .find(|(_, r)| r == real)
+                .map(|(d, _)| d.as_str());
+            assert_eq!(shown, Some(addr), "{}: the {door} door", self.at(step));
+        }
+        if !want.is_empty() {
+            assert_eq!(
+                want.len(),
+                server.doors.len(),
+                "{}: every door shown",
+                self.at(step)
+            );
+        }
+    }
+
     /// The command as it runs against this block's server.
     fn rewrite(&self, cmd: &str) -> String {
         let mut cmd = cmd.to_string();
@@ -312,7 +357,11 @@ impl Block<'_> {
         for (doc, real) in &self.replies {
             cmd = cmd.replace(doc, real);
         }
-        let line = &self.addrs[0].1;
+        let Some((_, line)) = self.addrs.first().cloned() else {
+            // Before the block's server starts: nothing to point anywhere.
+            return cmd;
+        };
+        let line = &line;
         if let Some((host, port)) = line.rsplit_once(':') {
             cmd = cmd.replace("127.0.0.1 9813", &format!("{host} {port}"));
         }
@@ -410,27 +459,26 @@ impl Block<'_> {
 
     fn run(&mut self) {
         let steps = self.ex.steps.clone();
-        let mut first = true;
+        let is_server = |cmd: &str| cmd.split_whitespace().next() == Some("switchboard");
+        // Without a `switchboard` line the block gets a default server
+        // before its first command; with one, the server starts there.
+        let mut started = !steps.iter().any(|(cmd, _)| is_server(cmd));
+        if started {
+            self.start_server(&[]);
+        }
         for (cmd, want) in &steps {
-            let words: Vec<&str> = cmd.split_whitespace().collect();
-            if words.first() == Some(&"switchboard") {
-                assert!(
-                    first,
-                    "{}: the server must be the first command",
-                    self.at(cmd)
-                );
-                let args: Vec<String> = words[1..]
-                    .iter()
-                    .take_while(|w| **w != "&" && !w.starts_with('#'))
+            if is_server(cmd) {
+                assert!(!started, "{}: a second server", self.at(cmd));
+                let args: Vec<String> = cmd
+                    .split_whitespace()
+                    .skip(1)
+                    .take_while(|w| *w != "&" && !w.starts_with('#'))
                     .map(|w| w.to_string())
                     .collect();
                 self.start_server(&args);
-                first = false;
+                self.check_doors(cmd, want);
+                started = true;
                 continue;
-            }
-            if first {
-                self.start_server(&[]);
-                first = false;
             }
             if cmd.trim() == "wait" {
                 self.wait_all(cmd, want);
