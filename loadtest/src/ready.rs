@@ -27,6 +27,9 @@ pub fn default_channel(channel: &str) -> String {
     format!("{channel}.ready")
 }
 
+/// flood-sub processes whose announcements are counted; more are ignored.
+const MAX_ANNOUNCERS: usize = 10_000;
+
 /// How long one connect, write or read of the handshake may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -217,7 +220,11 @@ pub fn wait_for(
                 let text = String::from_utf8_lossy(prefix);
                 let mut words = text.split_whitespace();
                 if let (Some(id), Some(Ok(count))) = (words.next(), words.next().map(str::parse)) {
-                    counts.insert(id.to_string(), count);
+                    // Anyone may publish here: past MAX_ANNOUNCERS new
+                    // names are ignored, so the table stays bounded.
+                    if counts.len() < MAX_ANNOUNCERS || counts.contains_key(id) {
+                        counts.insert(id.to_string(), count);
+                    }
                 }
             }
         };

@@ -109,6 +109,9 @@ Exit status:
      refused, or the address not a line-protocol door, included), or the
      server refused a command";
 
+/// The most of a stats answer read, in bytes.
+const STATS_LIMIT: u64 = 1024 * 1024;
+
 /// How long `send`, `ready` and `query` wait when no --timeout is given.
 const DEFAULT_TIMEOUT_S: u64 = 30;
 
@@ -1014,8 +1017,12 @@ fn fetch_stats(bus: &str, secret: Option<&str>, patience: Duration) -> Result<Va
             ),
         });
     }
+    // The stats page is a few KiB; a server that sends more is not one.
     let mut rest = Vec::new();
-    reader.read_to_end(&mut rest).map_err(failed)?;
+    reader
+        .take(STATS_LIMIT)
+        .read_to_end(&mut rest)
+        .map_err(failed)?;
     let text = String::from_utf8_lossy(&rest);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     if status.split(' ').nth(1) != Some("200") {
