@@ -55,7 +55,7 @@ for proto in http line; do
     port=${PORT[bus]}
     [ "$proto" = line ] && port=${PORT[line]}
     before=$(kib "$SB_PID" VmRSS)
-    start_sub --proto "$proto" -p "$port" -c idle -n "$n" --sources 10
+    start_sub --proto "$proto" -p "$port" -c idle --connections "$n" --sources 10
     after=$(kib "$SB_PID" VmRSS)
     kill -INT "$SUB_PID"
     finish_sub
@@ -69,7 +69,7 @@ echo "== 4 KiB messages: server peak RSS by subscriber count (flood-pub --size 4
 for n in 100 250 500 1000; do
   start_server "${DOORS[@]}"
   hwm0=$(kib "$SB_PID" VmHWM)
-  start_sub --proto line -p "${PORT[line]}" -c big -n "$n" --count 1000
+  start_sub --proto line -p "${PORT[line]}" -c big --connections "$n" --count 1000
   "${PIN_TOOLS[@]}" "$FP" --proto line -p "${PORT[line]}" -c big --count 1000 --size 4096 \
     -r 200 --json >"$WORK/pub.json" 2>"$WORK/pub.err"
   finish_sub
@@ -80,7 +80,7 @@ done
 
 echo "== 19,900 HTTP subscribers, each receiving every message (flood-pub --count 10 -r 10)"
 start_server "${DOORS[@]}"
-start_sub --proto http -p "${PORT[bus]}" -c wide -n 19900 --procs 2 --sources 10 --count 10
+start_sub --proto http -p "${PORT[bus]}" -c wide --connections 19900 --procs 2 --sources 10 --count 10
 "${PIN_TOOLS[@]}" "$FP" --proto http -p "${PORT[bus]}" -c wide --count 10 -r 10 --json \
   >"$WORK/pub.json" 2>"$WORK/pub.err"
 finish_sub

@@ -51,7 +51,7 @@ for run in 1 2; do
     tls=()
     [ "$door" = line-tls ] && tls=(--tls --ca "$WORK/ca.pem" --server-name localhost)
     before=$(kib "$SB_PID" VmRSS)
-    start_sub --proto line -p "${PORT[$door]}" "${tls[@]}" -c idle -n "$N"
+    start_sub --proto line -p "${PORT[$door]}" "${tls[@]}" -c idle --connections "$N"
     after=$(kib "$SB_PID" VmRSS)
     kill -INT "$SUB_PID"
     finish_sub

@@ -3,7 +3,7 @@
 //! The rest of the server reads a [`Config`] and never the command line. Limits
 //! live together in [`Limits`] so that each is one named, documented value.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,13 +30,40 @@ pub enum Listen {
     At(SocketAddr),
 }
 
+/// A listen address: `HOST:PORT` (an IP address or a host name, resolved
+/// once at start; the first address it resolves to is bound), `[::1]:PORT`,
+/// `:PORT` or `PORT` alone (both meaning loopback, 127.0.0.1, as every
+/// default does), or `off`.
 fn parse_listen(s: &str) -> Result<Listen, String> {
     if s.eq_ignore_ascii_case("off") || s.eq_ignore_ascii_case("none") {
         return Ok(Listen::Off);
     }
-    s.parse::<SocketAddr>()
+    let bad = || {
+        format!(
+            "`{s}` is not a listen address: give HOST:PORT (127.0.0.1:9813, \
+             localhost:9813, [::1]:9813), :PORT or PORT (loopback), or `off`"
+        )
+    };
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Listen::At(addr));
+    }
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only.parse().map_err(|_| bad())?;
+        return Ok(Listen::At(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || host.contains(':') || host.bytes().any(|b| b <= b' ') {
+        return Err(bad());
+    }
+    let mut found = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve {host}: {e}"))?;
+    found
+        .next()
         .map(Listen::At)
-        .map_err(|_| format!("`{s}` is not HOST:PORT (for example 127.0.0.1:9813) or `off`"))
+        .ok_or_else(|| format!("`{s}`: {host} resolves to no address"))
 }
 
 /// What happens to a subscriber whose unsent bytes pass the backlog limit.
@@ -137,6 +164,8 @@ const AFTER_HELP: &str = "\
 Every listener binds to loopback unless told otherwise. At start the server
 prints one line per door on stdout, `listening DOOR ADDRESS`, with the address
 it actually bound (so a port of 0 can be used in tests and scripts).
+An ADDR is HOST:PORT (127.0.0.1:9813, localhost:9813 -- a name is resolved
+once, at start -- or [::1]:9813), :PORT or PORT alone (loopback), or `off`.
 
 Examples:
   switchboard                                   line protocol on 127.0.0.1:9813, HTTP bus on 127.0.0.1:8888
@@ -635,5 +664,36 @@ mod tests {
         let args = Args::try_parse_from(["switchboard", "--bus-listen", "off"]).unwrap();
         assert_eq!(args.bus_listen, Listen::Off);
         assert!(Args::try_parse_from(["switchboard", "--line-listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn listen_address_forms() {
+        let at = |s: &str| match parse_listen(s) {
+            Ok(Listen::At(a)) => a,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(at("10.1.2.3:9000"), "10.1.2.3:9000".parse().unwrap());
+        assert_eq!(at("[::1]:9000"), "[::1]:9000".parse().unwrap());
+        assert_eq!(at(":9000"), "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(at("9000"), "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(at("0"), "127.0.0.1:0".parse().unwrap());
+        let local = at("localhost:9000");
+        assert!(local.ip().is_loopback(), "{local}");
+        assert_eq!(local.port(), 9000);
+        assert_eq!(parse_listen("OFF"), Ok(Listen::Off));
+        for bad in [
+            "",
+            ":",
+            "99999",
+            ":99999",
+            "localhost",
+            "localhost:",
+            "localhost:x",
+            "a b:9000",
+            "::1:9000",
+        ] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+        }
     }
 }

@@ -235,6 +235,14 @@ pub trait Door {
         false
     }
 
+    /// The connection has held an incomplete request for longer than
+    /// `--request-timeout` (see [`Door::mid_request`]); the door may queue
+    /// a last answer (HTTP's `408`) before the connection closes.
+    fn on_request_timeout(&mut self, cx: &mut Cx<'_>) -> Next {
+        let _ = cx;
+        Next::Close(CloseReason::RequestTimeout)
+    }
+
     /// A deadline the door asked for with [`Cx::wake_at`] has come.
     fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
         let _ = cx;

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // Said once, as the last line, not also as a log line.
             eprintln!("switchboard: {e}");
             ExitCode::from(1)
         }

@@ -2,7 +2,7 @@
 //! chromedriver's WebDriver HTTP interface, against the real server serving
 //! `examples/chat` as its docroot.
 //!
-//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/run`
+//! Needs the Debian packages `chromium` and `chromium-driver` (`.ci/setup`
 //! installs them); without them the test fails and says so.
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
@@ -15,10 +15,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -26,8 +25,6 @@ use common::webdriver::{http, try_http};
 use common::{connect, read_until, send, Server, TempDir};
 use serde_json::{json, Value};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long any one awaited condition may take.
 const WAIT: Duration = Duration::from_secs(15);
 /// The W3C WebDriver key of an element reference.
@@ -43,44 +40,9 @@ struct Browser {
 
 impl Browser {
     fn launch() -> Browser {
-        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} not found: the browser test needs the Debian packages \
-                 `chromium` and `chromium-driver` (apt-get install -y chromium \
-                 chromium-driver; .ci/run installs them) — missing: {package}"
-            );
-        }
+        let chromium = common::program("chromium");
         // Port 0: chromedriver binds a free port and says which.
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let stdout = driver.stdout.take().expect("chromedriver stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Nobody listens once the port is known: keep draining.
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("chromedriver said on which port it listens");
-            if let Some(rest) = line.split_once("started successfully on port ") {
-                break rest
-                    .1
-                    .trim_end_matches('.')
-                    .parse::<u16>()
-                    .unwrap_or_else(|e| panic!("chromedriver's port in {line:?}: {e}"));
-            }
-        };
-        let addr = format!("127.0.0.1:{port}");
+        let (driver, addr) = common::webdriver::start_chromedriver(WAIT);
         let profile = TempDir::new("browser-profile");
         let mut browser = Browser {
             driver,
@@ -107,7 +69,7 @@ impl Browser {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
-                    "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                    "goog:chromeOptions": { "binary": chromium, "args": args },
                 }
             }
         });
@@ -255,7 +217,7 @@ fn curl_publish(bus: &str, channel: &str, body: &str) {
 
 /// Publishes with real curl, as `user` (Basic credentials) when given.
 fn curl_publish_as(bus: &str, channel: &str, body: &str, user: Option<&str>) {
-    let mut cmd = Command::new("curl");
+    let mut cmd = Command::new(common::program("curl"));
     if let Some(user) = user {
         cmd.args(["-u", &format!("{user}:")]);
     }
@@ -355,4 +317,60 @@ fn chat_page_sends_and_receives() {
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-chat.png");
     browser.screenshot(&shot);
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// On a server started with `--secret`, the page (loaded with the
+/// credentials the browser asks for) publishes with the password typed in
+/// its Password field, and says so when the password is wrong.
+#[test]
+fn chat_page_publishes_with_the_password_of_a_secret_server() {
+    let docroot = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat");
+    let server = Server::start(&["--docroot", docroot.to_str().unwrap(), "--secret", "s3cret"]);
+    let bus = server.bus().to_string();
+    let browser = Browser::launch();
+    // What a person types into the browser's own password prompt.
+    browser.navigate(&format!("http://viewer:s3cret@{bus}/"));
+    browser.wait_until(
+        "the EventSource to open",
+        "return document.body.dataset.ready === 'true';",
+    );
+
+    // A raw subscriber with the secret sees what the page publishes.
+    let mut raw = connect(&bus);
+    send(
+        &mut raw,
+        b"GET /msgbus/chat HTTP/1.1\r\nHost: test\r\nAuthorization: Basic OnMzY3JldA==\r\n\r\n",
+    );
+    let head = read_until(&mut raw, b"--00MsgBus00\r\n");
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "subscribe answer: {head}");
+
+    // A wrong password: refused, and the page says why.
+    browser.type_into("#name", "carol");
+    browser.type_into("#password", "wrong");
+    browser.type_into("#text", "not with that password");
+    browser.click("#send");
+    browser.wait_until(
+        "the refusal on the page",
+        "return document.getElementById('send-error').textContent\
+         .includes('the server refused the password');",
+    );
+
+    // The right one: published, with the name as the sender.
+    browser.type_into("#password", "s3cret");
+    browser.type_into("#text", "hello with the secret");
+    browser.click("#send");
+    let got = read_until(&mut raw, b"hello with the secret");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.contains("From: carol"), "the name is the sender: {got}");
+    assert!(
+        !got.contains("not with that password"),
+        "the refused message was delivered: {got}"
+    );
+    browser.wait_until(
+        "the page's own message",
+        &has_message("hello with the secret"),
+    );
+    let error = browser.script("return document.getElementById('send-error').textContent;");
+    assert_eq!(error, json!(""), "the error is cleared after a send");
 }

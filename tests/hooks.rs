@@ -3,7 +3,7 @@
 //! they get, and the real server binary.
 //!
 //! Needs `python3`; the signature test also needs the `standardwebhooks`
-//! package from PyPI (`.ci/run` installs it).
+//! package from PyPI (`.ci/setup` installs it).
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
 #![allow(
@@ -41,7 +41,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(args: &[&str]) -> Receiver {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(common::program("python3"))
             .arg(RECEIVER)
             .args(args)
             .stdout(Stdio::piped())
@@ -745,7 +745,7 @@ fn a_channel_receiver_gets_bus_and_line_publishes() {
     let id = v["id"].as_u64().unwrap();
     h.connect(&plain.url("/"), "receive");
     // A publish with curl on the HTTP bus, with Basic auth naming the sender.
-    let curl = Command::new("curl")
+    let curl = Command::new(common::program("curl"))
         .args([
             "-s",
             "-o",

@@ -3,7 +3,7 @@
 //! delivering to real receivers (`tests/hooks/receiver.py`).
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` and `python3`
-//! (`.ci/run` installs them); without them the test fails and says so.
+//! (`.ci/setup` installs them); without them the test fails and says so.
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
 #![allow(
@@ -16,7 +16,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,23 +26,16 @@ use common::webdriver::{http, try_http};
 use common::{Server, TempDir};
 use serde_json::{json, Value};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hooks/receiver.py");
 /// How long any one awaited condition may take.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A receiver process; its port.
 struct Receiver(Child, u16);
 
 impl Receiver {
     fn start(args: &[&str]) -> Receiver {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(common::program("python3"))
             .arg(RECEIVER)
             .args(args)
             .stdout(Stdio::piped())
@@ -77,20 +70,9 @@ struct Browser {
 
 impl Browser {
     fn launch() -> Browser {
-        for path in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} not found: install the Debian packages chromium and chromium-driver"
-            );
-        }
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let chromium = common::program("chromium");
+        // Port 0: chromedriver binds a free port and says which.
+        let (driver, addr) = common::webdriver::start_chromedriver(WAIT);
         let profile = TempDir::new("hooks-browser");
         let mut b = Browser {
             driver,
@@ -129,7 +111,7 @@ impl Browser {
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:chromeOptions": {"binary": chromium, "args": args},
         }}});
         let v = b.call("POST", "/session", Some(&caps));
         b.session = Some(v["sessionId"].as_str().expect("a session").to_string());

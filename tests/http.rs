@@ -1994,9 +1994,9 @@ fn line_publish_reaches_http_and_http_publish_reaches_line() {
 // ---------------------------------------------------------------------------
 // Real clients
 
-/// `curl`, which must be installed (.ci/run installs it).
+/// `curl`, which must be installed (.ci/setup installs it).
 fn curl() -> Command {
-    let mut c = Command::new("curl");
+    let mut c = Command::new(common::program("curl"));
     // A hung curl fails its test (exit 28) instead of hanging it.
     c.arg("--silent")
         .arg("--show-error")
@@ -2210,11 +2210,12 @@ fn python_http_client_keep_alive_and_pipelined_publisher() {
     let bus = server.bus();
     let mut sub = subscribe(bus, "/msgbus/py", true);
     let (host, port) = bus.rsplit_once(':').unwrap();
-    let out = run_ok(Command::new("python3").arg("-c").arg(PY_PUBLISHER).args([
-        host,
-        port,
-        &N.to_string(),
-    ]));
+    let out = run_ok(
+        Command::new(common::program("python3"))
+            .arg("-c")
+            .arg(PY_PUBLISHER)
+            .args([host, port, &N.to_string()]),
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("ok {}", 2 * N)
@@ -2350,4 +2351,29 @@ fn stats_page_counts_queue_traffic() {
     assert_eq!(queues(&v), [1, 0, 4, 2, 1], "{v}");
     assert_eq!(common::stat(&v, "messages_in"), 4, "{v}");
     assert_eq!(common::stat(&v, "messages_out"), 2, "{v}");
+}
+
+/// docs/protocol.md: a line subscriber's frame always has a TYPE field,
+/// `application/octet-stream` for an HTTP publish with an empty
+/// `Content-Type`.
+#[test]
+fn an_empty_http_type_reaches_line_subscribers_as_octet_stream() {
+    let server = Server::start(&[]);
+    let mut sub = common::connect(server.line());
+    common::send(&mut sub, b"+ empty-type\r\n");
+    common::line_sync(&mut sub, "empty-type");
+    let answer = common::read_to_close(&mut common::connect_and_send(
+        server.bus(),
+        b"POST /msgbus/empty-type HTTP/1.0\r\nContent-Type:\r\nContent-Length: 2\r\n\r\nhi",
+    ));
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.0 204"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let want = b"! 2 empty-type application/octet-stream\r\nhi\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&common::read_exact_n(&mut sub, want.len())),
+        String::from_utf8_lossy(want)
+    );
 }

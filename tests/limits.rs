@@ -186,7 +186,7 @@ fn a_client_that_does_not_read_its_answers_is_held_back() {
 
 /// `--request-timeout`: a connection that sits on an incomplete request
 /// (an HTTP head cut short, a line command cut in its body or in its line)
-/// is closed and counted as `request_timeout`; an idle connection, a
+/// is closed and counted as `request_timeout`, the HTTP one after a `408`; an idle connection, a
 /// subscriber and a publisher that keeps completing its commands are not.
 #[test]
 fn stalled_requests_are_closed_idle_connections_are_not() {
@@ -224,9 +224,17 @@ fn stalled_requests_are_closed_idle_connections_are_not() {
             n
         }
     });
-    // Every stalled connection is closed by the server, with nothing said.
+    // A stalled HTTP request is answered 408, then closed; the idle
+    // keep-alive connection of `stats` is left alone (it is used below).
+    let answer = String::from_utf8_lossy(&read_to_close(&mut stalled_http)).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "stalled HTTP head: {answer:?}"
+    );
+    assert!(answer.contains("Connection: close\r\n"), "{answer:?}");
+    // Every stalled line connection is closed by the server, with nothing
+    // said (the line protocol has no word for it).
     for (what, s) in [
-        ("HTTP head", &mut stalled_http),
         ("line body", &mut stalled_body),
         ("line command", &mut stalled_line),
     ] {

@@ -26,15 +26,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const DOC_MARKER: &str = "<!-- nginx configuration used by tests/proxy_stack.rs -->";
 
 /// A program on PATH or in /usr/sbin, or a failure naming its package.
-fn program(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not installed: install the Debian package `{package}` (.ci/run does)")
-        })
+fn program(name: &str) -> PathBuf {
+    common::program(name)
 }
 
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
@@ -46,7 +39,7 @@ struct Guard {
 impl Guard {
     /// SIGTERM and the exit status.
     fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
+        let _ = Command::new(program("kill"))
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
@@ -137,9 +130,9 @@ fn split(out: &Output) -> (String, Vec<u8>) {
 
 #[test]
 fn nginx_in_front_of_the_proxy_and_a_wsgi_app_behind() {
-    let nginx = program("nginx", "nginx");
-    let curl_bin = program("curl", "curl");
-    let python = program("python3", "python3");
+    let nginx = program("nginx");
+    let curl_bin = program("curl");
+    let python = program("python3");
 
     let server = Server::start(&["--proxy-listen", "127.0.0.1:0"]);
     let dir = TempDir::new("proxy-stack");

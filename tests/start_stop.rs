@@ -94,7 +94,8 @@ fn sigint_gives_up_on_a_subscriber_that_never_reads() {
 
 /// Runs the server with `args` (and ephemeral line and bus doors unless
 /// `args` names them) and expects it to fail at start with exit status 1,
-/// `message` as its last stderr line and no door announced.
+/// `message` as its last stderr line (and nowhere else) and no door
+/// announced.
 fn fails_to_start(args: &[&str], message: &str) {
     let mut all: Vec<&str> = Vec::new();
     if !args.contains(&"--line-listen") {
@@ -112,6 +113,9 @@ fn fails_to_start(args: &[&str], message: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     assert_eq!(stderr.lines().last(), Some(message), "{args:?}: {stderr}");
+    // Said once: not also as a log line before it.
+    let what = message.trim_start_matches("switchboard: ");
+    assert_eq!(stderr.matches(what).count(), 1, "{args:?}: {stderr}");
     assert!(!stdout.contains("listening"), "{args:?}: {stdout}");
 }
 

@@ -175,25 +175,10 @@ fn port_of(addr: &str) -> &str {
 // ---------------------------------------------------------------------
 // External tools
 
-/// Fails the test with a clear message when `tool` is not on PATH.
+/// Fails the test with the Debian package to install when `tool` is not on
+/// PATH.
 fn require(tool: &str) {
-    let probe = if tool == "openssl" {
-        "version"
-    } else {
-        "--version"
-    };
-    match Command::new(tool)
-        .arg(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => {}
-        Err(e) => panic!(
-            "this test needs `{tool}` on PATH and it cannot be run ({e}); \
-             install it (e.g. `apt-get install curl openssl python3`)"
-        ),
-    }
+    common::program(tool);
 }
 
 /// Waits for `child` (at most PATIENCE, then kills it) and collects its
@@ -285,7 +270,7 @@ fn curl_subscribes_and_publishes_over_https() {
     // The subscriber reaches the server by IP address, the publisher by
     // name: the certificate holds both.
     let mut sub = Guard(
-        Command::new("curl")
+        Command::new(common::program("curl"))
             .args(["-sS", "-N", "--cacert", &pki.ca])
             .arg(format!("https://127.0.0.1:{port}/msgbus/news"))
             .stdin(Stdio::null())
@@ -299,7 +284,7 @@ fn curl_subscribes_and_publishes_over_https() {
     // The opening boundary comes with the subscription.
     wait_for(&rx, &mut seen, "--00MsgBus00", "curl subscriber");
 
-    let publish = run(Command::new("curl")
+    let publish = run(Command::new(common::program("curl"))
         .args(["-sS", "--fail", "--cacert", &pki.ca, "--resolve", &resolve])
         .args(["-H", "Content-Type: text/plain", "--data-binary"])
         .arg("hello over https")
@@ -322,7 +307,7 @@ fn curl_subscribes_and_publishes_over_https() {
 
     // Trusting another CA, curl must refuse the server (60: peer
     // certificate cannot be authenticated with known CA certificates).
-    let untrusted = run(Command::new("curl")
+    let untrusted = run(Command::new(common::program("curl"))
         .args(["-sS", "-o", "/dev/null", "--cacert", &pki.other_ca])
         .arg(format!("https://127.0.0.1:{port}/msgbus-stats")));
     assert_eq!(
@@ -339,7 +324,7 @@ fn one_pem_file_may_hold_certificate_and_key() {
     let pki = Pki::new();
     let server = start_tls(&pki.both, &pki.both, &[]);
     let port = port_of(server.addr("bus-tls")).to_string();
-    let stats = run(Command::new("curl")
+    let stats = run(Command::new(common::program("curl"))
         .args(["-sS", "--fail", "--cacert", &pki.ca])
         .arg(format!("https://127.0.0.1:{port}/msgbus-stats")));
     assert!(
@@ -406,7 +391,7 @@ fn python_ssl_and_http_client_subscribe_and_publish() {
     let pki = Pki::new();
     let server = start_tls(&pki.cert, &pki.key, &[]);
     let port = port_of(server.addr("bus-tls")).to_string();
-    let out = run(Command::new("python3")
+    let out = run(Command::new(common::program("python3"))
         .args(["-c", PYTHON_CLIENT, &port, &pki.ca, &pki.other_ca])
         .env("PYTHONUNBUFFERED", "1"));
     let stdout = text(&out.stdout);
@@ -441,7 +426,7 @@ fn openssl_s_client_speaks_the_line_protocol() {
     let tls_addr = server.addr("line-tls").to_string();
 
     let mut s_client = Guard(
-        Command::new("openssl")
+        Command::new(common::program("openssl"))
             .args(["s_client", "-connect", &tls_addr, "-CAfile", &pki.ca])
             .args(["-servername", "localhost", "-verify_hostname", "localhost"])
             // Strict X.509 checks, as recent Pythons make by default.
@@ -513,7 +498,7 @@ fn openssl_s_client_refuses_a_name_the_certificate_lacks() {
     require("openssl");
     let pki = Pki::new();
     let server = start_tls(&pki.cert, &pki.key, &[]);
-    let out = run(Command::new("openssl")
+    let out = run(Command::new(common::program("openssl"))
         .args(["s_client", "-connect", server.addr("line-tls")])
         .args(["-CAfile", &pki.ca, "-verify_hostname", "wrong.example"])
         .args(["-verify_return_error", "-brief"]));
@@ -782,9 +767,20 @@ fn cli_publishes_and_subscribes_over_tls() {
     assert_exit(&out, 0);
     assert_eq!(text(&out.stdout), "! 8 news text/plain\nover tls\n");
 
-    let query = cli(&[&tls[..], &["query", "anyone?", "0", "nobody"]].concat());
+    let query = cli(&[&tls[..], &["query", "nobody", "anyone?", "--timeout", "0"]].concat());
     assert_exit(&query, 1);
     assert_eq!(text(&query.stdout), "*\n");
+
+    // Without --tls, the TLS door is named, with what it needs.
+    let plain = cli(&["--address", &addr, "publish", "news", "x"]);
+    assert_exit(&plain, 2);
+    assert!(
+        text(&plain.stderr).contains(&format!(
+            "{addr} closed the connection without answering the line protocol"
+        )) && text(&plain.stderr).contains("a TLS door needs --tls --ca FILE"),
+        "{}",
+        text(&plain.stderr)
+    );
 }
 
 #[test]
@@ -1320,7 +1316,7 @@ struct CurlOutcome {
 
 /// `curl` over HTTPS to the stats page, with an optional client certificate.
 fn curl_stats(bus_tls: &str, ca: &str, client: Option<(&str, &str)>) -> CurlOutcome {
-    let mut cmd = Command::new("curl");
+    let mut cmd = Command::new(common::program("curl"));
     cmd.args([
         "-sS",
         "--max-time",
@@ -1555,7 +1551,7 @@ fn the_secret_guards_the_https_bus() {
     let port = port_of(server.addr("bus-tls")).to_string();
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     let curl = |args: &[&str], path: &str| {
-        run(Command::new("curl")
+        run(Command::new(common::program("curl"))
             .args(["-sS", "--max-time", "20", "--cacert", &pki.ca])
             .args(["-o", "/dev/null", "-w", "%{http_code}"])
             .args(args)
@@ -1592,7 +1588,7 @@ fn the_secret_guards_the_https_bus() {
     }
     // With the secret: a subscriber, a publisher whose name becomes From.
     let mut sub = Guard(
-        Command::new("curl")
+        Command::new(common::program("curl"))
             .args(["-sS", "-N", "--max-time", "60", "--cacert", &pki.ca])
             .args(["-u", "alice:s3cret"])
             .arg(url("/msgbus/news"))
@@ -1670,7 +1666,7 @@ fn more_start_up_errors_stop_the_server_before_it_listens() {
     let pki = Pki::new();
     // A passphrase-protected key, as openssl writes it.
     let encrypted = pki.path("encrypted.key");
-    let out = run(Command::new("openssl")
+    let out = run(Command::new(common::program("openssl"))
         .args([
             "pkey",
             "-in",

@@ -2,7 +2,9 @@
 // GET /msgbus/chat and are sent with POST /msgbus/chat (text/plain).
 //
 // The name is sent as the user of HTTP Basic credentials, which the bus
-// records as the sender. The page subscribes with `?format=json`, so each
+// records as the sender, with the password when one is typed (a server
+// started with --secret wants it on every request; the browser asks for it
+// when the page loads, and the password field gives it for publishing). The page subscribes with `?format=json`, so each
 // event's data is {"channel", "type", "from", "body"} and every message can
 // be labelled with its sender.
 "use strict";
@@ -16,6 +18,7 @@
   const statusLine = document.getElementById("status");
   const form = document.getElementById("send-form");
   const nameInput = document.getElementById("name");
+  const passwordInput = document.getElementById("password");
   const textInput = document.getElementById("text");
   const sendButton = document.getElementById("send");
   const sendError = document.getElementById("send-error");
@@ -34,8 +37,8 @@
     return raw.replace(/[:\u0000-\u001f\u007f]/g, "").trim();
   }
 
-  function basicAuth(user) {
-    const bytes = new TextEncoder().encode(user + ":");
+  function basicAuth(user, password) {
+    const bytes = new TextEncoder().encode(user + ":" + password);
     let binary = "";
     for (const b of bytes) {
       binary += String.fromCharCode(b);
@@ -112,18 +115,29 @@
       return;
     }
     const sender = cleanName(nameInput.value);
+    const password = passwordInput.value;
     const headers = { "Content-Type": "text/plain" };
-    if (sender) {
-      headers.Authorization = basicAuth(sender);
+    if (sender || password) {
+      headers.Authorization = basicAuth(sender, password);
     }
     sendError.textContent = "";
     sendButton.disabled = true;
     const entry = { body, sender };
     pending.push(entry);
     try {
-      const response = await fetch(busPath, { method: "POST", headers, body });
+      // From the origin: a page opened as http://user:password@host/ would
+      // otherwise make fetch refuse a URL that carries credentials.
+      const url = location.origin + busPath;
+      // With credentials of our own, the browser's (those it asked for
+      // when the page loaded) must neither replace them nor prompt again.
+      const credentials = headers.Authorization ? "omit" : "same-origin";
+      const response = await fetch(url, { method: "POST", headers, body, credentials });
       if (response.status === 401) {
-        throw new Error("the server needs a password to publish");
+        throw new Error(
+          password
+            ? "the server refused the password"
+            : "the server needs a password to publish (the Password field)"
+        );
       }
       if (!response.ok) {
         throw new Error("the server answered " + response.status);

@@ -31,16 +31,19 @@ impl Proto {
 /// Flags that say where and how to connect.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Server address (name or IP)
+    /// Server address: HOST:PORT, HOST alone (the port from --port or the
+    /// door's default), or PORT / :PORT alone (127.0.0.1)
     #[arg(
-        short = 'l',
+        short = 'a',
         long = "address",
-        value_name = "ADDRESS",
+        short_alias = 'l',
+        value_name = "HOST:PORT",
         default_value = "127.0.0.1"
     )]
     pub address: String,
 
-    /// Server port [default: 9813 for line, 8888 for http, 4444 for http with --tls]
+    /// Server port, when --address has none [default: 9813 for line, 8888
+    /// for http, 4444 for http with --tls]
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     pub port: Option<u16>,
 
@@ -94,13 +97,51 @@ impl TargetArgs {
         }
     }
 
+    /// The host and the port of --address (with --port, or the door's
+    /// default port, when it has none).
+    pub fn host_port(&self) -> Result<(String, u16), String> {
+        let a = self.address.as_str();
+        let bad = || {
+            format!(
+                "--address {a}: give HOST:PORT (127.0.0.1:9813, localhost:9813, [::1]:9813), \
+                 HOST, or PORT"
+            )
+        };
+        let port_only = a.strip_prefix(':').unwrap_or(a);
+        if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+            let port = port_only.parse().map_err(|_| bad())?;
+            return Ok(("127.0.0.1".into(), port));
+        }
+        let fallback = self.port.unwrap_or_else(|| self.default_port());
+        if let Some(rest) = a.strip_prefix('[') {
+            // [v6] or [v6]:PORT
+            let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+            return match tail {
+                "" => Ok((host.to_string(), fallback)),
+                _ => {
+                    let port = tail.strip_prefix(':').ok_or_else(bad)?;
+                    Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+                }
+            };
+        }
+        match a.split_once(':') {
+            None if !a.is_empty() => Ok((a.to_string(), fallback)),
+            Some((host, port)) if !host.is_empty() && !port.contains(':') => {
+                Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+            }
+            // A bare IPv6 address.
+            Some(_) if a.parse::<std::net::Ipv6Addr>().is_ok() => Ok((a.to_string(), fallback)),
+            _ => Err(bad()),
+        }
+    }
+
     pub fn resolve(&self) -> Result<Target, String> {
-        let port = self.port.unwrap_or_else(|| self.default_port());
-        let addr = (self.address.as_str(), port)
+        let (host_name, port) = self.host_port()?;
+        let addr = (host_name.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| format!("-l {}: {e}", self.address))?
+            .map_err(|e| format!("--address {}: {e}", self.address))?
             .next()
-            .ok_or_else(|| format!("-l {}: no address", self.address))?;
+            .ok_or_else(|| format!("--address {}: no address", self.address))?;
         let tls = if self.tls {
             Some(crate::tls::setup(
                 self.ca.as_deref(),
@@ -118,10 +159,10 @@ impl TargetArgs {
                 .unwrap_or_default();
             crate::http::basic_auth(&user, secret)
         });
-        let host = if addr.is_ipv6() {
-            format!("[{}]:{}", addr.ip(), port)
+        let host = if host_name.contains(':') {
+            format!("[{host_name}]:{port}")
         } else {
-            format!("{}:{}", self.address, port)
+            format!("{host_name}:{port}")
         };
         Ok(Target {
             proto: self.proto,
@@ -154,6 +195,24 @@ pub fn check_channel(ch: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `-n` meant the number of connections in the flood tools and a message
+/// count in switchboard-cli; it is gone from the flood tools, and an old
+/// command line that still has it is refused with what to write instead.
+pub fn refuse_old_short_flags(tool: &str) {
+    for arg in std::env::args().skip(1) {
+        if arg == "--" {
+            return;
+        }
+        if arg == "-n" || (arg.starts_with("-n") && arg.len() > 2) {
+            die(
+                tool,
+                "-n is gone: write --connections N for the number of connections \
+                 (--count N is the number of messages)",
+            );
+        }
+    }
+}
+
 /// Prints an argument error and exits with status 2 (as clap does).
 pub fn die(tool: &str, msg: &str) -> ! {
     eprintln!("{tool}: {msg}");
@@ -169,6 +228,41 @@ mod tests {
         assert_eq!(parse_secs("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_secs("-1").is_err());
         assert!(parse_secs("x").is_err());
+    }
+
+    fn target(address: &str, port: Option<u16>) -> TargetArgs {
+        TargetArgs {
+            address: address.into(),
+            port,
+            proto: Proto::Line,
+            tls: false,
+            ca: None,
+            server_name: "localhost".into(),
+            insecure: false,
+            secret: None,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn address_forms() {
+        let hp = |a: &str, p: Option<u16>| target(a, p).host_port();
+        let at = |h: &str, p: u16| Ok((h.to_string(), p));
+        assert_eq!(hp("127.0.0.1:9000", None), at("127.0.0.1", 9000));
+        assert_eq!(hp("localhost:9000", Some(1)), at("localhost", 9000));
+        assert_eq!(hp("127.0.0.1", None), at("127.0.0.1", 9813));
+        assert_eq!(hp("127.0.0.1", Some(7)), at("127.0.0.1", 7));
+        assert_eq!(hp("9000", None), at("127.0.0.1", 9000));
+        assert_eq!(hp(":9000", None), at("127.0.0.1", 9000));
+        assert_eq!(hp("[::1]:9000", None), at("::1", 9000));
+        assert_eq!(hp("[::1]", None), at("::1", 9813));
+        assert_eq!(hp("::1", None), at("::1", 9813));
+        for bad in ["", "a:b", "host:", "[::1", "[::1]x", "99999"] {
+            assert!(hp(bad, None).is_err(), "{bad}");
+        }
+        let t = target("[::1]:9000", None).resolve().unwrap();
+        assert_eq!(t.host, "[::1]:9000");
+        assert_eq!(t.addr, "[::1]:9000".parse().unwrap());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Codecs (`line`, `http`) and bookkeeping (`stamp`, `hist`, `seqset`) never
 //! touch a socket; `net` and `tls` own the sockets; `publisher` and
-//! `subscriber` are the two event loops; `report` formats what they measured.
+//! `subscriber` are the two event loops; `report` formats what they measured;
+//! `ready` is the handshake that lets flood-pub wait for flood-sub.
 
 pub mod cli;
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod line;
 pub mod net;
 pub mod publisher;
+pub mod ready;
 pub mod report;
 pub mod seqset;
 pub mod stamp;

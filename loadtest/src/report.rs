@@ -185,6 +185,15 @@ pub struct RunInfo {
     pub sources: usize,
 }
 
+/// `--sources N` in words, as the JSON's `sources` field means it (0: no
+/// source address bound, the kernel chose).
+fn sources_text(sources: usize) -> String {
+    match sources {
+        0 => "source address chosen by the kernel (--sources 0)".into(),
+        n => format!("{n} source address(es)"),
+    }
+}
+
 /// The `--json` summary line of flood-sub.
 pub fn sub_json(info: &RunInfo, t: &SubTotals) -> Value {
     let failure = t.failure();
@@ -220,14 +229,14 @@ pub fn sub_json(info: &RunInfo, t: &SubTotals) -> Value {
 pub fn sub_human(info: &RunInfo, t: &SubTotals) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "flood-sub: {} {} channel {}: {} connection(s), {} subscribed, {} process(es), {} source address(es)\n",
+        "flood-sub: {} {} channel {}: {} connection(s), {} subscribed, {} process(es), {}\n",
         info.proto,
         info.address,
         info.channel,
         t.connections,
         t.subscribed,
         info.procs,
-        info.sources.max(1)
+        sources_text(info.sources)
     ));
     s.push_str(&format!(
         "  received   {} (unique {}, duplicated {}, unreadable {})\n",
@@ -460,5 +469,11 @@ mod tests {
             assert!(j.get(k).is_some(), "{k}");
         }
         assert!(sub_human(&info, &ok).contains("result: OK"));
+        // The text and the JSON say the same about source addresses.
+        assert_eq!(j["sources"], 0);
+        assert!(sub_human(&info, &ok).contains("source address chosen by the kernel (--sources 0)"));
+        let spread = RunInfo { sources: 3, ..info };
+        assert_eq!(sub_json(&spread, &ok)["sources"], 3);
+        assert!(sub_human(&spread, &ok).contains(", 3 source address(es)"));
     }
 }

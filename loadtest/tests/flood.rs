@@ -264,7 +264,7 @@ fn port(addr: SocketAddr) -> String {
 fn fan_out(sub_args: &[&str], pub_args: &[&str], subs: u64, count: u64) -> Value {
     let count_s = count.to_string();
     let subs_s = subs.to_string();
-    let mut sa: Vec<&str> = vec!["-n", &subs_s, "--count", &count_s];
+    let mut sa: Vec<&str> = vec!["--connections", &subs_s, "--count", &count_s];
     sa.extend_from_slice(sub_args);
     let sub = start_sub(&sa);
     let mut pa: Vec<&str> = vec!["--count", &count_s, "--json"];
@@ -303,7 +303,16 @@ fn line_protocol_every_message_once() {
     fan_out(
         &["--proto", "line", "-p", &p, "-c", "lt.line"],
         &[
-            "--proto", "line", "-p", &p, "-c", "lt.line", "-n", "2", "--size", "100",
+            "--proto",
+            "line",
+            "-p",
+            &p,
+            "-c",
+            "lt.line",
+            "--connections",
+            "2",
+            "--size",
+            "100",
         ],
         4,
         1500,
@@ -437,7 +446,7 @@ fn lost_messages_fail_the_run() {
         &p,
         "-c",
         "lt.lost",
-        "-n",
+        "--connections",
         "2",
         "--count",
         "50",
@@ -473,7 +482,15 @@ fn connection_errors_fail_both_tools() {
         .to_string();
     let out = Command::new(SUB)
         .args([
-            "--proto", "line", "-p", &free, "-n", "3", "--count", "1", "--json",
+            "--proto",
+            "line",
+            "-p",
+            &free,
+            "--connections",
+            "3",
+            "--count",
+            "1",
+            "--json",
         ])
         .output()
         .expect("run flood-sub");
@@ -633,7 +650,16 @@ fn unreadable_deliveries_are_counted_bad_and_fail_the_run() {
     let p = port(s.line);
     // Two connections that take any type, one that wants text/html.
     let any = start_sub(&[
-        "--proto", "line", "-p", &p, "-c", "lt.bad", "-n", "2", "--count", "1",
+        "--proto",
+        "line",
+        "-p",
+        &p,
+        "-c",
+        "lt.bad",
+        "--connections",
+        "2",
+        "--count",
+        "1",
     ]);
     // (It never gets a message it can count, so only --timeout ends it.)
     let html = start_sub(&[
@@ -698,5 +724,156 @@ fn bad_arguments_exit_2() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!out.stderr.is_empty(), "{tool} {args:?} says nothing");
+    }
+}
+
+/// flood-pub --wait-subscribers started before flood-sub: it publishes
+/// nothing until flood-sub has announced every connection on the ready
+/// channel, so nothing is lost although neither waits for the other's
+/// output.
+#[test]
+fn flood_pub_waits_for_the_subscribers_it_is_told_of() {
+    let s = start_server();
+    for (proto, addr, ch) in [("line", s.line, "lt.wait"), ("http", s.bus, "lt.hwait")] {
+        let addr = addr.to_string();
+        let publisher = Command::new(PUB)
+            .args(["--proto", proto, "--address", &addr, "-c", ch])
+            .args(["--wait-subscribers", "6", "--count", "40", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start flood-pub");
+        let mut publisher = Guard(publisher);
+        // Only once flood-pub says it waits is flood-sub started.
+        let pub_err = lines_of(publisher.0.stderr.take().expect("flood-pub stderr"));
+        let mut said = Vec::new();
+        loop {
+            let l = pub_err
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("flood-pub never said it waits ({e}): {said:#?}"));
+            let waiting = l.contains("waiting for 6 subscribers");
+            said.push(l);
+            if waiting {
+                break;
+            }
+        }
+        // Two flood-sub processes of 3 connections: their counts add up.
+        let subs: Vec<Guard> = (0..2)
+            .map(|_| {
+                Guard(
+                    Command::new(SUB)
+                        .args(["--proto", proto, "--address", &addr, "-c", ch])
+                        .args(["--connections", "3", "--count", "40", "--json"])
+                        .args(["--timeout", "90"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start flood-sub"),
+                )
+            })
+            .collect();
+        let mut out = String::new();
+        publisher
+            .0
+            .stdout
+            .take()
+            .expect("flood-pub stdout")
+            .read_to_string(&mut out)
+            .expect("read flood-pub stdout");
+        let status = publisher.0.wait().expect("wait for flood-pub");
+        while let Ok(l) = pub_err.recv_timeout(Duration::from_millis(200)) {
+            said.push(l);
+        }
+        assert!(status.success(), "{proto}: {out} {said:#?}");
+        assert!(
+            said.iter().any(|l| l.ends_with("6 of 6 subscribers ready")),
+            "{proto}: {said:#?}"
+        );
+        for mut sub in subs {
+            let mut out = String::new();
+            sub.0
+                .stdout
+                .take()
+                .expect("flood-sub stdout")
+                .read_to_string(&mut out)
+                .expect("read flood-sub stdout");
+            assert!(sub.0.wait().expect("wait").success(), "{proto}: {out}");
+            let j: Value = serde_json::from_str(out.trim()).expect("flood-sub JSON");
+            assert_eq!(j["lost"], 0, "{proto}: {j}");
+            assert_eq!(j["received"], 120, "{proto}: {j}");
+        }
+    }
+}
+
+#[test]
+fn waiting_for_subscribers_that_never_come_fails() {
+    let s = start_server();
+    let out = run_pub(&[
+        "--proto",
+        "line",
+        "--address",
+        &s.line.to_string(),
+        "-c",
+        "lt.nobody",
+        "--wait-subscribers",
+        "1",
+        "--wait-timeout",
+        "0.5",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--wait-subscribers 1: 0 subscribed"), "{err}");
+}
+
+#[test]
+fn the_old_short_n_is_refused_with_what_to_write() {
+    for tool in [SUB, PUB] {
+        for args in [&["-n", "3"][..], &["-n3"], &["--count", "1", "-n", "2"]] {
+            let out = Command::new(tool)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run a flood tool");
+            assert_eq!(out.status.code(), Some(2), "{tool} {args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--connections N"), "{tool} {args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn address_takes_host_port_and_the_old_l_still_works() {
+    let s = start_server();
+    let line = s.line.to_string();
+    let port = port(s.line);
+    for (n, addr_args) in [
+        vec!["--address".to_string(), line.clone()],
+        vec!["-a".to_string(), format!(":{port}")],
+        vec![
+            "-l".to_string(),
+            "127.0.0.1".to_string(),
+            "-p".to_string(),
+            port.clone(),
+        ],
+        vec!["--address".to_string(), format!("localhost:{port}")],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ch = format!("lt.addr{n}");
+        let mut sa: Vec<&str> = addr_args.iter().map(String::as_str).collect();
+        sa.extend(["--proto", "line", "-c", &ch, "--count", "3"]);
+        let sub = start_sub(&sa);
+        let mut pa: Vec<&str> = addr_args.iter().map(String::as_str).collect();
+        pa.extend(["--proto", "line", "-c", &ch, "--count", "3"]);
+        let published = run_pub(&pa);
+        assert!(published.status.success(), "{addr_args:?}: {published:?}");
+        let (ok, j, _) = sub.finish();
+        assert!(ok, "{addr_args:?}: {j}");
+        assert_eq!(j["received"], 3, "{addr_args:?}: {j}");
     }
 }

@@ -1,43 +1,52 @@
 //! `switchboard-cli`: the command-line client for switchboard's line
 //! protocol (`send`, `ready` and `query` on queue addresses, `publish` and
-//! `subscribe` on channels) and for the message-switch API (`list`,
-//! `diagnostics`, `call`, `serve`, `ack`, `destroy`, `trace`, with
-//! `--switch`).
+//! `subscribe` on channels), for the HTTP bus' stats page (`stats`) and for
+//! the message-switch API (`list`, `diagnostics`, `call`, `serve`, `ack`,
+//! `destroy`, `trace`, with `--switch`).
 //!
 //! Owns argument parsing, reading bodies from stdin, running `serve`'s
-//! program, printing what arrives and exit codes (0 done, 1 a wait timed
-//! out, 2 an error). All wire work goes through `switchboard::client`.
+//! program, printing what arrives (as the protocol frames it, or as JSON,
+//! with or without time stamps) and exit codes (0 done, 1 a wait timed out,
+//! 2 an error). All wire work goes through `switchboard::client`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
 use switchboard::client::{host_of, tls_config, Client, Error, Event, Message, Publication};
 
 const EXAMPLES: &str = "\
 Examples:
   A worker and a caller (the caller's query carries a fresh reply address):
-    switchboard-cli ready 60 greeter          # terminal 1: waits, then prints
-                                              #   > 5 60 greeter 1F0A9C2E.1
+    switchboard-cli ready greeter             # terminal 1: waits, then prints
+                                              #   > 5 30 greeter 1F0A9C2E.1
                                               #   hello
-    switchboard-cli query hello 60 greeter    # terminal 2: waits for the answer
-    switchboard-cli send 'hi yourself' 60 1F0A9C2E.1
+    switchboard-cli query greeter hello       # terminal 2: waits for the answer
+    switchboard-cli send 1F0A9C2E.1 'hi yourself'
                                               # terminal 1 answers; terminal 2 prints
-                                              #   > 11 60 1F0A9C2E.1
+                                              #   > 11 30 1F0A9C2E.1
                                               #   hi yourself
 
-  A message left for whoever comes next (it waits up to 30 s):
-    switchboard-cli send 'job 17' 30 jobs
-    switchboard-cli ready --body-only 5 jobs urgent-jobs
+  A message left for whoever comes next (it waits up to 60 s):
+    switchboard-cli send jobs 'job 17' --timeout 60
+    switchboard-cli ready --body-only --timeout 5 jobs urgent-jobs
 
   Channels (every current subscriber gets a copy; nothing is kept):
-    switchboard-cli subscribe news weather
-    switchboard-cli publish news 'extra!' --type text/plain
+    switchboard-cli sub news weather
+    switchboard-cli pub news 'extra!' --type text/plain
     date | switchboard-cli publish news -
+    switchboard-cli sub --json --timestamps news   # one JSON object a line
+
+  The server's counters (its HTTP bus, 127.0.0.1:8888 by default):
+    switchboard-cli stats
+    switchboard-cli stats --bus 127.0.0.1:8888 --json
 
   A Unix socket instead of TCP (a server started with --line-unix PATH):
-    switchboard-cli --unix /tmp/switchboard.sock ready 10 jobs
+    switchboard-cli --unix /tmp/switchboard.sock ready jobs
 
   message-switch's RPC pattern (a server started with
   --switch-listen 127.0.0.1:8080):
@@ -51,11 +60,24 @@ Examples:
   TLS (a server started with --line-tls-listen 127.0.0.1:9814), trusting
   the CA certificate(s) in ca.pem:
     switchboard-cli --tls --ca ca.pem --address 127.0.0.1:9814 subscribe news
-    switchboard-cli --tls --ca ca.pem --address 127.0.0.1:9814 \
+    switchboard-cli --tls --ca ca.pem --address 127.0.0.1:9814 \\
         --server-name bus.example publish news 'hello'
   The server's certificate must chain to a CA in the file, be valid now,
   and name the host of --address (an IP address or a DNS name) or the
   --server-name given.
+
+Addresses:
+  --address, --bus and --switch take HOST:PORT (127.0.0.1:9813,
+  localhost:9813, [::1]:9813), or :PORT or PORT alone for 127.0.0.1.
+  Before its first command the client checks that --address is a
+  line-protocol door: an HTTP door, a port nobody listens on, or a server
+  that does not answer within --connect-timeout is an error that names
+  the address.
+
+Short flags mean the same here as in flood-pub and flood-sub: -a the
+  address, -t the content type; -n is a number of messages (subscribe's
+  --count; the flood tools have --connections and no -n), -w a wait in
+  seconds (--timeout), -q quiet, -v verbose.
 
 Output:
   ready and query print a message as the protocol frames it, with a plain
@@ -65,6 +87,15 @@ Output:
   subscribe prints each publication as a line `! LEN CHANNEL TYPE`, then,
   when LEN > 0, the body and a newline; with --body-only, the body and a
   newline.
+  --timestamps puts the time of arrival (UTC, RFC 3339, milliseconds)
+  before each such line. --json prints one JSON object a line instead:
+  {\"to\",\"timeout\",\"reply\",\"body\"} for a message, {\"timed_out\":true}
+  for a timeout, {\"channel\",\"type\",\"body\"} for a publication, with
+  \"time\" under --timestamps; a body that is not UTF-8 comes as
+  \"body_base64\".
+
+  stats prints the bus' counters, one `NAME VALUE` line each (nested
+  names joined with dots); with --json, the server's JSON on one line.
 
   call prints the response's payload and a newline. serve runs PROGRAM
   (with `sh -c`) once per request, the payload on its standard input, and
@@ -75,7 +106,14 @@ Exit status:
   0  done
   1  ready, query or call timed out
   2  error: bad arguments, cannot connect (the server's TLS certificate
-     refused included), or the server refused a command";
+     refused, or the address not a line-protocol door, included), or the
+     server refused a command";
+
+/// The most of a stats answer read, in bytes.
+const STATS_LIMIT: u64 = 1024 * 1024;
+
+/// How long `send`, `ready` and `query` wait when no --timeout is given.
+const DEFAULT_TIMEOUT_S: u64 = 30;
 
 /// Command-line client for the switchboard message bus (line protocol).
 #[derive(Debug, Parser)]
@@ -87,17 +125,20 @@ Exit status:
         Speaks the line protocol: send, ready and query move messages \
         through queue addresses (each message goes to exactly one \
         receiver); publish and subscribe use channels (each message goes \
-        to every current subscriber).\n\n\
+        to every current subscriber). The address or channel comes first, \
+        then the body.\n\n\
         A BODY of `-` is read from standard input. A body that starts \
         with `-` can be given after `--`."
 )]
 struct Cli {
-    /// The server's line-protocol TCP door
+    /// The server's line-protocol door (HOST:PORT, :PORT or PORT)
     #[arg(
         long,
+        short = 'a',
         global = true,
         value_name = "HOST:PORT",
-        default_value = "127.0.0.1:9813"
+        default_value = "127.0.0.1:9813",
+        value_parser = parse_address
     )]
     address: String,
 
@@ -119,6 +160,35 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME", requires = "tls")]
     server_name: Option<String>,
 
+    /// Seconds to wait for the server to accept the connection and answer
+    /// the first command
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    connect_timeout: u64,
+
+    /// Print what arrives as one JSON object a line
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Put the time of arrival (UTC) before what arrives
+    #[arg(long, global = true)]
+    timestamps: bool,
+
+    /// The server's HTTP bus, for stats (HOST:PORT, :PORT or PORT)
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8888",
+        value_parser = parse_address
+    )]
+    bus: String,
+
     /// The server's message-switch API door (`--switch-listen`), for list,
     /// diagnostics, call, serve, ack, destroy and trace; a path with a `/`
     /// is a Unix socket (`--switch-unix`)
@@ -138,19 +208,22 @@ struct Cli {
 enum Command {
     /// Send a message to an address, without waiting for an answer
     ///
-    /// The message waits up to TIMEOUT seconds for a receiver (a `ready`
+    /// The message waits up to --timeout seconds for a receiver (a `ready`
     /// or a handler) and is dropped after that.
     Send {
+        /// The address to send to
+        to: String,
         /// The message body; `-` reads it from standard input
         #[arg(allow_hyphen_values = true)]
         body: String,
         /// Seconds the message may wait for a receiver
-        #[arg(value_name = "TIMEOUT")]
-        timeout_s: u64,
-        /// The address to send to
-        to: String,
+        #[arg(long, short = 'w', value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_S)]
+        timeout: u64,
         /// Where the receiver should send its answer
+        #[arg(long, value_name = "ADDR")]
         reply: Option<String>,
+        #[arg(hide = true, allow_hyphen_values = true)]
+        old_order: Vec<String>,
     },
 
     /// Wait for one message on any of 1 to 8 addresses and print it
@@ -161,31 +234,34 @@ enum Command {
         #[command(flatten)]
         output: MessageOutput,
         /// Seconds to wait for a message
-        #[arg(value_name = "TIMEOUT")]
-        timeout_s: u64,
+        #[arg(long, short = 'w', value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_S)]
+        timeout: u64,
         /// The addresses to wait on (1 to 8)
-        #[arg(value_name = "ADDR", required = true, num_args = 1..=8)]
+        #[arg(value_name = "ADDR", required = true)]
         addrs: Vec<String>,
     },
 
     /// Send a message with a fresh reply address and print the answer
     ///
-    /// Prints the answer as `ready` does. Without an answer within TIMEOUT
-    /// seconds prints `*` and exits with status 1.
+    /// Prints the answer as `ready` does. Without an answer within
+    /// --timeout seconds prints `*` and exits with status 1.
     Query {
         #[command(flatten)]
         output: MessageOutput,
+        /// The address to send to
+        to: String,
         /// The message body; `-` reads it from standard input
         #[arg(allow_hyphen_values = true)]
         body: String,
         /// Seconds to wait, for a receiver and for the answer
-        #[arg(value_name = "TIMEOUT")]
-        timeout_s: u64,
-        /// The address to send to
-        to: String,
+        #[arg(long, short = 'w', value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_S)]
+        timeout: u64,
+        #[arg(hide = true, allow_hyphen_values = true)]
+        old_order: Vec<String>,
     },
 
     /// Publish a message to every current subscriber of a channel
+    #[command(visible_alias = "pub")]
     Publish {
         /// The channel
         channel: String,
@@ -204,6 +280,7 @@ enum Command {
     /// Runs until interrupted, or until --count messages were printed.
     /// Once the server has taken the subscriptions, `subscribed: CHANNEL...`
     /// is written to standard error (unless --quiet).
+    #[command(visible_alias = "sub")]
     Subscribe {
         /// Exit after printing this many messages
         #[arg(long, short = 'n', value_name = "N",
@@ -220,6 +297,14 @@ enum Command {
         channels: Vec<String>,
     },
 
+    /// Print the server's counters (the HTTP bus' stats page, at --bus)
+    Stats {
+        /// The shared secret of a server started with --secret (sent as
+        /// HTTP Basic auth)
+        #[arg(long, value_name = "S")]
+        secret: Option<String>,
+    },
+
     /// message-switch: list queue names
     List {
         /// Only names starting with this
@@ -234,11 +319,9 @@ enum Command {
     ///
     /// Which services are running, which were called but never started,
     /// which stopped transferring (crashed or stuck), with each queued
-    /// message, who sent it and how long ago.
+    /// message, who sent it and how long ago. With --json, the server's
+    /// JSON document.
     Diagnostics {
-        /// Print the server's JSON document instead
-        #[arg(long)]
-        json: bool,
         /// Print whole payloads (otherwise cut to 70 bytes)
         #[arg(long, short = 'v')]
         verbose: bool,
@@ -296,6 +379,29 @@ struct MessageOutput {
     body_only: bool,
 }
 
+/// `HOST:PORT` as given; `PORT` and `:PORT` mean 127.0.0.1 (as the
+/// server's listen flags do).
+fn parse_address(s: &str) -> Result<String, String> {
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only
+            .parse()
+            .map_err(|_| format!("`{s}`: a port is at most 65535"))?;
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!(
+            "`{s}` is not HOST:PORT (127.0.0.1:9813, localhost:9813, [::1]:9813), :PORT or PORT"
+        )),
+    }
+}
+
+/// The host of `HOST:PORT` as written (brackets of an IPv6 address kept).
+fn host_part(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
 /// Why the program stops early.
 #[derive(Debug)]
 enum Failure {
@@ -303,8 +409,15 @@ enum Failure {
         target: String,
         err: Error,
     },
-    /// A message-switch command failed in a way the user should read.
+    /// The address answered, but not as a line-protocol door.
+    NotLineDoor {
+        target: String,
+        why: String,
+    },
+    /// A message-switch or stats command failed in a way the user should
+    /// read.
     Switch(String),
+    Usage(String),
     Ca(Error),
     Client(Error),
     Stdin(io::Error),
@@ -317,15 +430,35 @@ impl std::fmt::Display for Failure {
             Failure::Connect {
                 target,
                 err: Error::Io(e),
+            } if e.kind() == io::ErrorKind::ConnectionRefused => write!(
+                f,
+                "cannot connect to {target}: connection refused (nothing listens there: \
+                 is switchboard running, with that door open?)"
+            ),
+            Failure::Connect {
+                target,
+                err: Error::Io(e),
+            } if is_timeout(e) => write!(f, "cannot connect to {target}: no answer in time ({e})"),
+            Failure::Connect {
+                target,
+                err: Error::Io(e),
             } => write!(f, "cannot connect to {target}: {e}"),
             Failure::Connect { target, err } => write!(f, "cannot connect to {target}: {err}"),
+            Failure::NotLineDoor { target, why } => f.write_str(&format!("{target} {why}")),
             Failure::Ca(err) => write!(f, "--ca {err}"),
-            Failure::Switch(what) => f.write_str(what),
+            Failure::Switch(what) | Failure::Usage(what) => f.write_str(what),
             Failure::Client(err) => err.fmt(f),
             Failure::Stdin(err) => write!(f, "cannot read the body from standard input: {err}"),
             Failure::Stdout(err) => write!(f, "cannot write to standard output: {err}"),
         }
     }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 impl From<Error> for Failure {
@@ -354,9 +487,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// The old `send BODY TIMEOUT TO [REPLY]` and `query BODY TIMEOUT TO`
+/// orders, and `ready TIMEOUT ADDR...`, are refused with the new one
+/// rather than read as something else.
+fn check_order(command: &Command) -> Result<(), Failure> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match command {
+        Command::Send { old_order, .. } if !old_order.is_empty() => Err(Failure::Usage(
+            "send takes TO BODY [--timeout SECONDS] [--reply ADDR] \
+             (the address first: `send jobs 'job 17' --timeout 30`)"
+                .into(),
+        )),
+        Command::Query { old_order, .. } if !old_order.is_empty() => Err(Failure::Usage(
+            "query takes TO BODY [--timeout SECONDS] \
+             (the address first: `query clock 'what time is it?' --timeout 30`)"
+                .into(),
+        )),
+        Command::Ready { addrs, .. } => match addrs.split_first() {
+            Some((first, rest)) if !rest.is_empty() && digits(first) => {
+                Err(Failure::Usage(format!(
+                    "ready takes ADDR... [--timeout SECONDS]: `{first}` looks like a timeout \
+                     (`ready {} --timeout {first}`)",
+                    rest.join(" ")
+                )))
+            }
+            _ if addrs.len() > switchboard::client::MAX_READY_ADDRS => {
+                Err(Failure::Usage(format!(
+                    "ready waits on at most {} addresses",
+                    switchboard::client::MAX_READY_ADDRS
+                )))
+            }
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> Result<Outcome, Failure> {
+    check_order(&cli.command)?;
     if is_switch_command(&cli.command) {
-        return switch_cli::run(&cli.switch, &cli.command);
+        return switch_cli::run(&cli.switch, &cli.command, cli.json);
+    }
+    let printer = Printer {
+        json: cli.json,
+        timestamps: cli.timestamps,
+    };
+    if let Command::Stats { secret } = &cli.command {
+        return stats(&cli.bus, secret.as_deref(), cli.connect_timeout, &printer);
     }
     // Read stdin before connecting: a slow producer should not hold a
     // connection open.
@@ -370,32 +547,29 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
     let mut client = connect(&cli)?;
     match &cli.command {
         Command::Send {
-            timeout_s,
-            to,
-            reply,
-            ..
+            timeout, to, reply, ..
         } => {
-            client.send(body, *timeout_s, to, reply.as_deref())?;
+            client.send(body, *timeout, to, reply.as_deref())?;
             client.quit()?;
             Ok(Outcome::Done)
         }
         Command::Ready {
             output,
-            timeout_s,
+            timeout,
             addrs,
         } => {
             let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-            let answer = client.ready(*timeout_s, &addrs)?;
-            finish_wait(client, answer, output)
+            let answer = client.ready(*timeout, &addrs)?;
+            finish_wait(client, answer, output, &printer)
         }
         Command::Query {
             output,
-            timeout_s,
+            timeout,
             to,
             ..
         } => {
-            let answer = client.query(body, *timeout_s, to)?;
-            finish_wait(client, answer, output)
+            let answer = client.query(body, *timeout, to)?;
+            finish_wait(client, answer, output, &printer)
         }
         Command::Publish {
             channel,
@@ -411,7 +585,7 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
             body_only,
             quiet,
             channels,
-        } => subscribe(client, channels, *count, *body_only, *quiet),
+        } => subscribe(client, channels, *count, *body_only, *quiet, &printer),
         // Handled above.
         _ => Ok(Outcome::Done),
     }
@@ -430,46 +604,100 @@ fn is_switch_command(c: &Command) -> bool {
     )
 }
 
+/// Connects, then proves the far end speaks the line protocol with one
+/// round trip (a zero-second `<` on a fresh address) bounded by
+/// --connect-timeout: an HTTP door, or a server that answers nothing,
+/// fails here with the address named, before any command is sent.
 fn connect(cli: &Cli) -> Result<Client, Failure> {
-    if let Some(path) = &cli.unix {
-        return connect_unix(path);
+    let (target, connected) = match &cli.unix {
+        Some(path) => (path.display().to_string(), connect_unix(path)),
+        None => (cli.address.clone(), connect_tcp(cli, tls_setup(cli)?)),
+    };
+    let mut client = connected.map_err(|err| Failure::Connect {
+        target: target.clone(),
+        err,
+    })?;
+    let patience = Duration::from_secs(cli.connect_timeout);
+    client.set_read_timeout(Some(patience))?;
+    match client.sync() {
+        Ok(()) => {}
+        Err(Error::HttpDoor(status)) => {
+            let port = if cli.tls { 9814 } else { 9813 };
+            return Err(Failure::NotLineDoor {
+                why: format!(
+                    "is an HTTP door, not the line protocol (it answered `{status}`; \
+                     try --address {}:{port}, the line door's default port)",
+                    host_part(&target)
+                ),
+                target,
+            });
+        }
+        Err(Error::Io(e)) if is_timeout(&e) => {
+            return Err(Failure::NotLineDoor {
+                why: format!(
+                    "did not answer the line protocol within {} s (--connect-timeout): \
+                     is it switchboard's line door?",
+                    cli.connect_timeout
+                ),
+                target,
+            })
+        }
+        Err(Error::Closed) => {
+            return Err(Failure::NotLineDoor {
+                why: if cli.tls {
+                    "closed the connection without answering the line protocol: \
+                     is it switchboard's line door over TLS (--line-tls-listen)?"
+                        .into()
+                } else {
+                    "closed the connection without answering the line protocol: \
+                     is it switchboard's line door? (a TLS door needs --tls --ca FILE)"
+                        .into()
+                },
+                target,
+            })
+        }
+        Err(e) => return Err(Failure::Connect { target, err: e }),
     }
-    let connected = match (cli.tls, &cli.ca) {
-        // clap refuses --tls without --ca; say so again rather than fall
-        // back to plaintext.
-        (true, None) => Err(Error::InvalidInput(
-            "--tls needs --ca FILE, the CA certificate(s) to trust".into(),
-        )),
-        (true, Some(ca)) => {
-            let config = tls_config(ca).map_err(Failure::Ca)?;
+    client.set_read_timeout(None)?;
+    Ok(client)
+}
+
+fn connect_tcp(cli: &Cli, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Client, Error> {
+    match tls {
+        Some(config) => {
             let name = cli
                 .server_name
                 .as_deref()
                 .unwrap_or_else(|| host_of(&cli.address));
             Client::connect_tls(&cli.address, name, config)
         }
-        (false, _) => Client::connect_tcp(&cli.address),
-    };
-    connected.map_err(|err| Failure::Connect {
-        target: cli.address.clone(),
-        err,
-    })
+        None => Client::connect_tcp(&cli.address),
+    }
+}
+
+/// The TLS configuration of --tls --ca FILE; none without --tls.
+fn tls_setup(cli: &Cli) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
+    match (cli.tls, &cli.ca) {
+        (false, _) => Ok(None),
+        // clap refuses --tls without --ca; say so again rather than fall
+        // back to plaintext.
+        (true, None) => Err(Failure::Usage(
+            "--tls needs --ca FILE, the CA certificate(s) to trust".into(),
+        )),
+        (true, Some(ca)) => tls_config(ca).map(Some).map_err(Failure::Ca),
+    }
 }
 
 #[cfg(unix)]
-fn connect_unix(path: &std::path::Path) -> Result<Client, Failure> {
-    Client::connect_unix(path).map_err(|err| Failure::Connect {
-        target: path.display().to_string(),
-        err,
-    })
+fn connect_unix(path: &std::path::Path) -> Result<Client, Error> {
+    Client::connect_unix(path)
 }
 
 #[cfg(not(unix))]
-fn connect_unix(path: &std::path::Path) -> Result<Client, Failure> {
-    Err(Failure::Connect {
-        target: path.display().to_string(),
-        err: Error::InvalidInput("Unix sockets are not available on this system".into()),
-    })
+fn connect_unix(_path: &std::path::Path) -> Result<Client, Error> {
+    Err(Error::InvalidInput(
+        "Unix sockets are not available on this system".into(),
+    ))
 }
 
 /// The body argument itself, or all of stdin for `-`.
@@ -485,48 +713,169 @@ fn read_body(arg: &str) -> Result<Vec<u8>, Failure> {
     Ok(body)
 }
 
+/// How what arrives is printed.
+struct Printer {
+    json: bool,
+    timestamps: bool,
+}
+
+impl Printer {
+    /// The text before a printed line: the time and a space, or nothing.
+    fn stamp(&self) -> String {
+        if self.timestamps {
+            format!("{} ", utc_now())
+        } else {
+            String::new()
+        }
+    }
+
+    /// One JSON object a line, with the time first under --timestamps.
+    fn json_line(&self, out: &mut impl Write, fields: Vec<(&str, Value)>) -> io::Result<()> {
+        let mut m = Map::new();
+        if self.timestamps {
+            m.insert("time".into(), Value::String(utc_now()));
+        }
+        for (k, v) in fields {
+            m.insert(k.into(), v);
+        }
+        writeln!(out, "{}", Value::Object(m))
+    }
+
+    fn message(&self, out: &mut impl Write, m: &Message, body_only: bool) -> io::Result<()> {
+        if self.json {
+            let mut fields = vec![
+                ("to", json!(m.to)),
+                ("timeout", json!(m.timeout_s)),
+                ("reply", json!(m.reply)),
+            ];
+            fields.push(body_field(&m.body));
+            return self.json_line(out, fields);
+        }
+        if body_only {
+            out.write_all(self.stamp().as_bytes())?;
+            return out.write_all(&m.body);
+        }
+        let stamp = self.stamp();
+        match &m.reply {
+            Some(reply) => writeln!(
+                out,
+                "{stamp}> {} {} {} {}",
+                m.len(),
+                m.timeout_s,
+                m.to,
+                reply
+            )?,
+            None => writeln!(out, "{stamp}> {} {} {}", m.len(), m.timeout_s, m.to)?,
+        }
+        write_body_line(out, &m.body)
+    }
+
+    fn timed_out(&self, out: &mut impl Write, body_only: bool) -> io::Result<()> {
+        if self.json {
+            return self.json_line(out, vec![("timed_out", json!(true))]);
+        }
+        if body_only {
+            return Ok(());
+        }
+        writeln!(out, "{}*", self.stamp())
+    }
+
+    fn publication(
+        &self,
+        out: &mut impl Write,
+        p: &Publication,
+        body_only: bool,
+    ) -> io::Result<()> {
+        if self.json {
+            let fields = vec![
+                ("channel", json!(p.channel)),
+                ("type", json!(p.content_type)),
+                body_field(&p.body),
+            ];
+            return self.json_line(out, fields);
+        }
+        out.write_all(self.stamp().as_bytes())?;
+        if body_only {
+            out.write_all(&p.body)?;
+            return out.write_all(b"\n");
+        }
+        writeln!(out, "! {} {} {}", p.body.len(), p.channel, p.content_type)?;
+        write_body_line(out, &p.body)
+    }
+}
+
+/// `"body": TEXT`, or `"body_base64"` for bytes that are not UTF-8.
+fn body_field(body: &[u8]) -> (&'static str, Value) {
+    match std::str::from_utf8(body) {
+        Ok(text) => ("body", json!(text)),
+        Err(_) => {
+            use base64::Engine;
+            (
+                "body_base64",
+                json!(base64::engine::general_purpose::STANDARD.encode(body)),
+            )
+        }
+    }
+}
+
+/// Now, UTC, as `2026-01-31T12:34:56.789Z`.
+fn utc_now() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The calendar date of a count of days since 1970-01-01 (the proleptic
+/// Gregorian calendar; days before 1970 do not occur here).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shifted so that the year starts on 1 March: the leap day is last.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Prints the answer of `ready` or `query` and says goodbye.
 fn finish_wait(
     client: Client,
     answer: Option<Message>,
     output: &MessageOutput,
+    printer: &Printer,
 ) -> Result<Outcome, Failure> {
     let mut out = io::stdout().lock();
     let outcome = match &answer {
-        Some(m) if output.body_only => {
-            out.write_all(&m.body).map_err(Failure::Stdout)?;
-            Outcome::Done
-        }
         Some(m) => {
-            write_message(&mut out, m).map_err(Failure::Stdout)?;
+            printer
+                .message(&mut out, m, output.body_only)
+                .map_err(Failure::Stdout)?;
             Outcome::Done
         }
-        None if output.body_only => Outcome::TimedOut,
         None => {
-            out.write_all(b"*\n").map_err(Failure::Stdout)?;
+            printer
+                .timed_out(&mut out, output.body_only)
+                .map_err(Failure::Stdout)?;
             Outcome::TimedOut
         }
     };
     out.flush().map_err(Failure::Stdout)?;
     client.quit()?;
     Ok(outcome)
-}
-
-fn write_message(out: &mut impl Write, m: &Message) -> io::Result<()> {
-    match &m.reply {
-        Some(reply) => writeln!(out, "> {} {} {} {}", m.len(), m.timeout_s, m.to, reply)?,
-        None => writeln!(out, "> {} {} {}", m.len(), m.timeout_s, m.to)?,
-    }
-    write_body_line(out, &m.body)
-}
-
-fn write_publication(out: &mut impl Write, p: &Publication, body_only: bool) -> io::Result<()> {
-    if body_only {
-        out.write_all(&p.body)?;
-        return out.write_all(b"\n");
-    }
-    writeln!(out, "! {} {} {}", p.body.len(), p.channel, p.content_type)?;
-    write_body_line(out, &p.body)
 }
 
 /// The body and a newline; nothing for an empty body, as on the wire.
@@ -544,6 +893,7 @@ fn subscribe(
     count: Option<u64>,
     body_only: bool,
     quiet: bool,
+    printer: &Printer,
 ) -> Result<Outcome, Failure> {
     for channel in channels {
         client.subscribe(channel)?;
@@ -558,7 +908,8 @@ fn subscribe(
         match client.next_event()? {
             Event::Publication(p) => {
                 let mut out = io::stdout().lock();
-                write_publication(&mut out, &p, body_only)
+                printer
+                    .publication(&mut out, &p, body_only)
                     .and_then(|()| out.flush())
                     .map_err(Failure::Stdout)?;
                 printed += 1;
@@ -569,6 +920,119 @@ fn subscribe(
     }
     client.quit()?;
     Ok(Outcome::Done)
+}
+
+/// `GET /msgbus-stats` on the HTTP bus, printed.
+fn stats(
+    bus: &str,
+    secret: Option<&str>,
+    patience_s: u64,
+    printer: &Printer,
+) -> Result<Outcome, Failure> {
+    let v = fetch_stats(bus, secret, Duration::from_secs(patience_s))?;
+    let mut out = io::stdout().lock();
+    let written = if printer.json {
+        writeln!(out, "{v}")
+    } else {
+        let mut lines = Vec::new();
+        flatten("", &v, &mut lines);
+        lines.iter().try_for_each(|(k, v)| writeln!(out, "{k} {v}"))
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(Failure::Stdout)?;
+    Ok(Outcome::Done)
+}
+
+/// `NAME VALUE` pairs of a JSON document, nested names joined with dots.
+fn flatten(prefix: &str, v: &Value, into: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, into);
+            }
+        }
+        Value::String(s) => into.push((prefix.to_string(), s.clone())),
+        other => into.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn fetch_stats(bus: &str, secret: Option<&str>, patience: Duration) -> Result<Value, Failure> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let failed = |e: io::Error| Failure::Connect {
+        target: bus.to_string(),
+        err: Error::Io(e),
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    let mut stream = None;
+    for sa in bus.to_socket_addrs().map_err(failed)? {
+        match TcpStream::connect_timeout(&sa, patience) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let mut s = stream.ok_or_else(|| failed(last))?;
+    s.set_read_timeout(Some(patience)).map_err(failed)?;
+    let auth = match secret {
+        Some(secret) => {
+            use base64::Engine;
+            let user = std::env::var("USER").unwrap_or_else(|_| "switchboard-cli".into());
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+            format!("Authorization: Basic {token}\r\n")
+        }
+        None => String::new(),
+    };
+    let request =
+        format!("GET /msgbus-stats HTTP/1.0\r\nHost: {bus}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(failed)?;
+    let mut reader = io::BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| {
+        if is_timeout(&e) {
+            Failure::NotLineDoor {
+                target: bus.to_string(),
+                why: "did not answer an HTTP request in time: is it switchboard's HTTP bus?".into(),
+            }
+        } else {
+            failed(e)
+        }
+    })?;
+    let status = status.trim_end();
+    if !status.starts_with("HTTP/1.") {
+        return Err(Failure::NotLineDoor {
+            target: bus.to_string(),
+            why: format!(
+                "is not an HTTP door (it answered `{status}`; the bus is on port 8888 by \
+                 default: try --bus {}:8888)",
+                host_part(bus)
+            ),
+        });
+    }
+    // The stats page is a few KiB; a server that sends more is not one.
+    let mut rest = Vec::new();
+    reader
+        .take(STATS_LIMIT)
+        .read_to_end(&mut rest)
+        .map_err(failed)?;
+    let text = String::from_utf8_lossy(&rest);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    if status.split(' ').nth(1) != Some("200") {
+        return Err(Failure::Switch(format!(
+            "{bus} answered the stats request with `{status}`: {}",
+            body.trim()
+        )));
+    }
+    serde_json::from_str(body)
+        .map_err(|e| Failure::Switch(format!("{bus}: the stats page is not JSON: {e}")))
 }
 
 /// The message-switch commands.
@@ -613,7 +1077,7 @@ mod switch_cli {
         result.map_err(Failure::Stdout)
     }
 
-    pub fn run(target: &str, command: &Command) -> Result<Outcome, Failure> {
+    pub fn run(target: &str, command: &Command, json: bool) -> Result<Outcome, Failure> {
         match command {
             Command::List { prefix, alive } => {
                 let names = session(target)?.list(prefix, *alive)?;
@@ -623,9 +1087,9 @@ mod switch_cli {
                 }
                 Ok(Outcome::Done)
             }
-            Command::Diagnostics { json, verbose } => {
+            Command::Diagnostics { verbose } => {
                 let d = connect(target)?.diagnostics()?;
-                let text = if *json {
+                let text = if json {
                     format!("{d:#}\n")
                 } else {
                     summary(&d, *verbose)

@@ -25,6 +25,10 @@ pub enum Error {
     /// An HTTP door answered with this status and body (the
     /// message-switch API: `404 Please log in.`, `400 …`).
     Status(u16, String),
+    /// An HTTP server answered (with this status line): the address is
+    /// not a line-protocol door. switchboard's HTTP doors answer a
+    /// line-protocol command at once with a `400`.
+    HttpDoor(String),
     /// TLS failed: the server's certificate was refused (expired, not
     /// valid for the name, not signed by a trusted CA), the handshake
     /// failed, or the server sent something that is not TLS.
@@ -41,6 +45,10 @@ impl fmt::Display for Error {
             Error::InvalidInput(what) => f.write_str(what),
             Error::Status(status, body) => write!(f, "the server answered {status}: {body}"),
             Error::Tls(e) => write!(f, "TLS: {}", describe_tls(e)),
+            Error::HttpDoor(status) => write!(
+                f,
+                "an HTTP server answered ({status}): not a line-protocol door"
+            ),
         }
     }
 }

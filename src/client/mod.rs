@@ -323,6 +323,9 @@ impl Client {
 
     fn read_frame(&mut self) -> Result<Frame> {
         let line = self.read_line()?;
+        if line.starts_with(b"HTTP/") {
+            return Err(Error::HttpDoor(String::from_utf8_lossy(&line).into_owned()));
+        }
         match frame::parse_header(&line)? {
             Header::Error(reason) => Err(Error::Server(reason)),
             Header::Timeout => Ok(Frame::Timeout),

@@ -22,6 +22,10 @@ use super::error::{Error, Result};
 /// [`Transport::connect_tls`] gives up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long connecting to one resolved address may take (an address that
+/// drops packets would otherwise hold the caller for minutes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A TLS session over a blocking TCP stream.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
@@ -94,7 +98,7 @@ pub fn host_of(addr: &str) -> &str {
 fn tcp_connect(addr: &str) -> io::Result<TcpStream> {
     let mut last = None;
     for sa in addr.to_socket_addrs()? {
-        match TcpStream::connect(sa) {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
                 return Ok(stream);

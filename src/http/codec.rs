@@ -147,6 +147,11 @@ pub enum Event {
     Request(Request),
 }
 
+/// The reason of the `400` a line-protocol command gets at an HTTP door;
+/// `switchboard-cli` recognises the answer.
+pub const LINE_PROTOCOL_AT_HTTP_DOOR: &str =
+    "this is an HTTP door, not the line protocol (a line-protocol command arrived)";
+
 /// Why a request could not be decoded. The connection must get
 /// [`HttpError::status`] and be closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,6 +338,12 @@ impl Decoder {
                 }
                 Some(b'\r' | b'\n') => {
                     return Err(HttpError::BadRequest("empty line before the request line"))
+                }
+                // No HTTP method starts with a line-protocol command
+                // character: a line client at the wrong door is told at
+                // once, instead of waiting for a head that never comes.
+                Some(b'>' | b'<' | b'?' | b'.' | b'+' | b'~' | b'!') => {
+                    return Err(HttpError::BadRequest(LINE_PROTOCOL_AT_HTTP_DOOR))
                 }
                 Some(_) => {}
             }
@@ -1064,7 +1075,7 @@ mod tests {
         assert_eq!(&reqs[3].body[..], b"three");
         assert!(reqs[2].keep_alive && !reqs[3].keep_alive);
 
-        // Excess body bytes are the next request (msgbus-wire.md 1.9).
+        // Excess body bytes are the next request (as in msgbus).
         let out = decode_all_ways(
             Limits::default(),
             b"POST /msgbus/foo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
@@ -1130,7 +1141,7 @@ mod tests {
     #[test]
     fn bad_request() {
         let cases: &[&[u8]] = &[
-            // msgbus-wire.md 1.9
+            // Request lines msgbus refuses too.
             b"GARBAGE\r\n\r\n",
             b"GET\r\n\r\n",
             b"GET /msgbus/foo\r\n\r\n",
@@ -1167,6 +1178,24 @@ mod tests {
         for input in cases {
             let err = error(Limits::default(), input);
             assert_eq!(err.status(), 400, "{input:?}: {err}");
+        }
+        // Line-protocol commands are refused at their first byte, even
+        // after the one empty line allowed before a request.
+        for input in [
+            &b"+"[..],
+            b"! 5 news text/plain\r\nhello\r\n",
+            b"> 1 30 q\r\nx\r\n",
+            b"< 0 q\r\n",
+            b"? 1 30 q\r\nx\r\n",
+            b"~ news\r\n",
+            b".\r\n",
+            b"\r\n+ news\r\n",
+        ] {
+            assert_eq!(
+                run(Limits::default(), &[input]).results,
+                vec![Err(HttpError::BadRequest(LINE_PROTOCOL_AT_HTTP_DOOR))],
+                "{input:?}"
+            );
         }
         let long_ext = [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;"[..],

@@ -390,6 +390,21 @@ impl<R: Routes> Door for HttpConn<R> {
         self.decoder.mid_request()
     }
 
+    /// A request (head or body) started and was not finished in time: `408`
+    /// and close, as RFC 9110 §15.5.9 has it. An idle keep-alive connection
+    /// never gets here (it holds nothing).
+    fn on_request_timeout(&mut self, cx: &mut Cx<'_>) -> Next {
+        if self.stream.is_none() && matches!(self.state, State::Open) {
+            let response = Response::text(
+                408,
+                "the request was not complete within the server's --request-timeout",
+            )
+            .keep_alive(false);
+            queue(cx, response.to_bytes());
+        }
+        Next::Close(CloseReason::RequestTimeout)
+    }
+
     fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
         if matches!(self.state, State::Resuming(_)) {
             self.resume_parked(cx);

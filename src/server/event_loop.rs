@@ -860,7 +860,20 @@ impl Server {
                 id.key,
                 c.transport.peer(),
             );
-            self.mark_close(id.key as usize, CloseReason::RequestTimeout);
+            let key = id.key as usize;
+            if c.transport.is_handshaking() {
+                // Nothing can be said before the TLS handshake is done.
+                self.mark_close(key, CloseReason::RequestTimeout);
+                return;
+            }
+            // The door may answer (HTTP: 408) before the connection closes.
+            let next = self
+                .with_door(key, |door, cx| door.on_request_timeout(cx))
+                .map_or(Next::Close(CloseReason::RequestTimeout), |(next, _)| next);
+            match next {
+                Next::Close(reason) => self.linger(key, reason),
+                _ => self.mark_close(key, CloseReason::RequestTimeout),
+            }
         } else {
             c.request_timer = true;
             self.timers.add(since + limit, Deadline::Request(id));

@@ -46,7 +46,7 @@ impl Server {
         let mut cmd = match nofile {
             None => Command::new(env!("CARGO_BIN_EXE_switchboard")),
             Some(n) => {
-                let mut c = Command::new("sh");
+                let mut c = Command::new(program("sh"));
                 c.arg("-c")
                     .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
                     .arg(env!("CARGO_BIN_EXE_switchboard"));
@@ -230,8 +230,42 @@ fn count_doors(args: &[String]) -> usize {
     n
 }
 
+/// The Debian package that provides each program the tests run.
+const PACKAGES: &[(&str, &str)] = &[
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
+    ("curl", "curl"),
+    ("openssl", "openssl"),
+    ("python3", "python3"),
+    ("nginx", "nginx"),
+    ("kill", "procps"),
+    ("sh", "dash"),
+    ("bash", "bash"),
+];
+
+/// A program the tests run, found on `PATH` (then in `/usr/sbin` and
+/// `/sbin`, where Debian puts nginx). A missing one fails the test with the
+/// Debian package to install, never skips it: `.ci/setup` installs them all.
+pub fn program(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir: std::path::PathBuf| dir.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        let package = PACKAGES
+            .iter()
+            .find(|(p, _)| *p == name)
+            .map_or(name, |(_, pkg)| pkg);
+        panic!(
+            "`{name}` is not on PATH: install the Debian package `{package}` \
+             (`.ci/setup` installs everything the tests run)"
+        )
+    })
+}
+
 fn send_signal(pid: u32, sig: i32) {
-    let status = Command::new("kill")
+    let status = Command::new(program("kill"))
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status()
@@ -251,6 +285,13 @@ pub fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_nodelay(true).unwrap();
+    s
+}
+
+/// [`connect`]s and writes `bytes`.
+pub fn connect_and_send(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut s = connect(addr);
+    send(&mut s, bytes);
     s
 }
 

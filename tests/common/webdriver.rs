@@ -1,11 +1,46 @@
 //! A minimal HTTP/1.1 client for the browser tests' WebDriver calls
 //! (chromedriver) and the pages they check: one exchange per connection.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Starts chromedriver on a port it chooses (`--port=0`) and returns it
+/// with the address it said it listens on.
+pub fn start_chromedriver(patience: Duration) -> (Child, String) {
+    let mut driver = Command::new(super::program("chromedriver"))
+        .arg("--port=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let stdout = driver.stdout.take().expect("chromedriver stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Nobody listens once the port is known: keep draining.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + patience;
+    let port = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("chromedriver said on which port it listens");
+        if let Some(rest) = line.split_once("started successfully on port ") {
+            break rest
+                .1
+                .trim_end_matches('.')
+                .parse::<u16>()
+                .unwrap_or_else(|e| panic!("chromedriver's port in {line:?}: {e}"));
+        }
+    };
+    (driver, format!("127.0.0.1:{port}"))
+}
 
 /// One HTTP/1.1 exchange with `Connection: close`: status and body.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {

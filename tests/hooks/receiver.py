@@ -104,6 +104,14 @@ def main():
     p.add_argument("--tls-key", default=None)
     p.add_argument("--hold-full", action="store_true")
     args = p.parse_args()
+    if args.secret:
+        try:
+            import standardwebhooks  # noqa: F401
+        except ImportError:
+            sys.exit(
+                "receiver.py: the Python package standardwebhooks is missing: "
+                "pip install standardwebhooks (.ci/setup installs it)"
+            )
     if args.hold_full:
         import socket
 

@@ -10,6 +10,7 @@ use clap::Parser;
 use loadtest::cli::{self, parse_secs, TargetArgs};
 use loadtest::net;
 use loadtest::publisher::{self, PubOptions, PubReport};
+use loadtest::ready;
 use loadtest::report::{self, RunInfo};
 use loadtest::stamp::{self, Body};
 
@@ -23,12 +24,18 @@ use loadtest::stamp::{self, Body};
         Every body starts with a 45-byte stamp (send time on CLOCK_MONOTONIC, publisher id, \
         sequence number) that flood-sub reads to measure latency, loss and duplicates; the \
         rest is padding up to --size, or the contents of -f FILE.\n\n\
+        With --wait-subscribers N it first waits until flood-sub processes have announced N \
+        subscribed connections on the ready channel (CHANNEL.ready: flood-sub publishes `ID COUNT` \
+        there every second), so both may be started at once.\n\n\
         Runs until --count messages are sent, --duration seconds have passed, or Ctrl-C; then \
         waits until the server has confirmed every publish and prints a summary on stdout \
-        (one JSON line with --json). Progress lines go to stderr.\n\n\
+        (one JSON line with --json). Progress lines go to stderr, every --interval seconds.\n\n\
         Exit status: 0 when every publish was confirmed; 1 on a connection error, a non-2xx \
         answer or an unconfirmed publish; 2 on bad arguments.",
-    after_help = "Example:\n  flood-pub --proto line -c flood --count 100000 -r 20000 --size 128"
+    after_help = "Example:\n  flood-sub --proto line --connections 100 --count 100000 &\n  \
+        flood-pub --proto line --wait-subscribers 100 --count 100000 -r 20000 --size 128\n\n\
+        Short flags mean the same in flood-pub, flood-sub and switchboard-cli: -a --address, \
+        -c --channel, -n --count (switchboard-cli only), -t --type; connections have no short flag."
 )]
 struct Args {
     #[command(flatten)]
@@ -47,8 +54,21 @@ struct Args {
     rate: Option<f64>,
 
     /// Number of publisher connections (messages and rate are split evenly)
-    #[arg(short = 'n', long = "connections", default_value_t = 1)]
+    #[arg(long = "connections", value_name = "N", default_value_t = 1)]
     connections: usize,
+
+    /// Before publishing, wait until flood-sub processes have announced N
+    /// subscribed connections on the ready channel
+    #[arg(long = "wait-subscribers", value_name = "N")]
+    wait_subscribers: Option<u64>,
+
+    /// The channel flood-sub announces readiness on [default: CHANNEL.ready]
+    #[arg(long = "ready-channel", value_name = "NAME")]
+    ready_channel: Option<String>,
+
+    /// With --wait-subscribers: fail after this many seconds
+    #[arg(long = "wait-timeout", value_name = "S", default_value = "60", value_parser = parse_secs)]
+    wait_timeout: Duration,
 
     /// Content type of the messages
     #[arg(
@@ -84,7 +104,7 @@ struct Args {
     sources: usize,
 
     /// Seconds between progress lines on stderr
-    #[arg(long = "interval", value_name = "S", default_value = "5", value_parser = parse_secs)]
+    #[arg(long = "interval", value_name = "S", default_value = "1", value_parser = parse_secs)]
     interval: Duration,
 
     /// Connections not ready after this long fail
@@ -99,9 +119,10 @@ struct Args {
 const TOOL: &str = "flood-pub";
 
 fn main() {
+    cli::refuse_old_short_flags(TOOL);
     let args = Args::parse();
     if args.connections == 0 || args.connections > 65_536 {
-        cli::die(TOOL, "-n must be between 1 and 65536");
+        cli::die(TOOL, "--connections must be between 1 and 65536");
     }
     if args.size < stamp::HEADER_LEN {
         cli::die(
@@ -154,6 +175,21 @@ fn main() {
         );
     }
     net::install_stop_handler(false);
+
+    if let Some(want) = args.wait_subscribers {
+        let channel = args
+            .ready_channel
+            .clone()
+            .unwrap_or_else(|| ready::default_channel(&args.channel));
+        eprintln!("{TOOL}: waiting for {want} subscribers (announced on {channel})");
+        let waited = ready::wait_for(&target, &channel, want, args.wait_timeout, &mut |n| {
+            eprintln!("{TOOL}: {n} of {want} subscribers ready");
+        });
+        if let Err(e) = waited {
+            eprintln!("{TOOL}: {e}");
+            std::process::exit(1);
+        }
+    }
 
     let info = RunInfo {
         tool: TOOL,

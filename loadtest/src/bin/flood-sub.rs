@@ -11,6 +11,7 @@ use clap::Parser;
 use loadtest::cli::{self, parse_secs, TargetArgs};
 use loadtest::hist::Histogram;
 use loadtest::net;
+use loadtest::ready;
 use loadtest::report::{self, RunInfo, SubTotals};
 use loadtest::subscriber::{self, Report, SubOptions};
 use loadtest::workers;
@@ -25,11 +26,14 @@ use loadtest::workers;
         Each delivery must carry the stamp flood-pub writes (send time and sequence number); \
         flood-sub reports delivered msgs/s every --interval seconds on stderr and, at the end, \
         latency percentiles and lost / duplicated counts on stdout (one JSON line with --json).\n\n\
-        Once every connection is subscribed it prints `flood-sub: ready: ...` on stderr: start \
-        flood-pub after that line.\n\n\
+        Once every connection is subscribed it prints `flood-sub: ready: ...` on stderr. From \
+        its first subscribed connection to its end it also publishes, every second, `ID COUNT` \
+        on the ready channel (CHANNEL.ready), which flood-pub --wait-subscribers N waits for: \
+        the two can be started together.\n\n\
         Exit status: 0 when all went well; 1 on a connection error, an unreadable delivery, a \
         duplicate, or (with --count) a lost message; 2 on bad arguments.",
-    after_help = "Example:\n  flood-sub --proto line -n 1000 --count 10000 &\n  flood-pub --proto line --count 10000 -r 5000"
+    after_help = "Example:\n  flood-sub --proto line --connections 1000 --count 10000 &\n  \
+        flood-pub --proto line --wait-subscribers 1000 --count 10000 -r 5000"
 )]
 struct Args {
     #[command(flatten)]
@@ -40,8 +44,17 @@ struct Args {
     channel: String,
 
     /// Number of subscriber connections (over all processes)
-    #[arg(short = 'n', long = "connections", default_value_t = 1)]
+    #[arg(long = "connections", value_name = "N", default_value_t = 1)]
     connections: usize,
+
+    /// The channel to announce readiness on, for flood-pub
+    /// --wait-subscribers [default: CHANNEL.ready]
+    #[arg(long = "ready-channel", value_name = "NAME")]
+    ready_channel: Option<String>,
+
+    /// Do not announce readiness on the ready channel
+    #[arg(long = "no-announce", conflicts_with = "ready_channel")]
+    no_announce: bool,
 
     /// Messages each connection expects; the run ends when all have them
     #[arg(long = "count", value_name = "N")]
@@ -76,7 +89,7 @@ struct Args {
     concurrency: usize,
 
     /// Seconds between progress lines on stderr
-    #[arg(long = "interval", value_name = "S", default_value = "5", value_parser = parse_secs)]
+    #[arg(long = "interval", value_name = "S", default_value = "1", value_parser = parse_secs)]
     interval: Duration,
 
     /// With --count: stop after this long without any delivery (once one has arrived)
@@ -99,9 +112,10 @@ struct Args {
 const TOOL: &str = "flood-sub";
 
 fn main() {
+    cli::refuse_old_short_flags(TOOL);
     let args = Args::parse();
     if args.connections == 0 {
-        cli::die(TOOL, "-n must be at least 1");
+        cli::die(TOOL, "--connections must be at least 1");
     }
     if args.procs == 0 || args.procs > args.connections {
         cli::die(
@@ -192,13 +206,28 @@ fn main() {
     }
 
     net::install_stop_handler(false);
+    let announcer = std::cell::RefCell::new((!args.no_announce).then(|| {
+        let channel = args
+            .ready_channel
+            .clone()
+            .unwrap_or_else(|| ready::default_channel(&args.channel));
+        Announcer::new(ready::Announcer::new(&target, &channel))
+    }));
+    let announce = |subscribed: u64| {
+        if let Some(a) = announcer.borrow_mut().as_mut() {
+            a.tell(subscribed);
+        }
+    };
     let mut progress = Progress::new(args.connections as u64);
     let totals = if args.procs > 1 {
         let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let mut on_ready =
-            |s: u64, f: u64, secs: f64| print_ready(s, f, args.connections as u64, secs);
+        let mut on_ready = |s: u64, f: u64, secs: f64| {
+            print_ready(s, f, args.connections as u64, secs);
+            announce(s);
+        };
         let mut on_tick = |el: f64, sub: u64, rec: u64, err: u64, h: &Histogram| {
-            progress.tick(el, sub, rec, err, h)
+            progress.tick(el, sub, rec, err, h);
+            announce(sub);
         };
         workers::run_parent(
             &argv,
@@ -217,14 +246,20 @@ fn main() {
                 subscribed,
                 failed,
                 secs,
-            } => print_ready(subscribed, failed, args.connections as u64, secs),
+            } => {
+                print_ready(subscribed, failed, args.connections as u64, secs);
+                announce(subscribed);
+            }
             Report::Tick {
                 elapsed_s,
                 subscribed,
                 received,
                 errors,
                 interval,
-            } => progress.tick(elapsed_s, subscribed, received, errors, interval),
+            } => {
+                progress.tick(elapsed_s, subscribed, received, errors, interval);
+                announce(subscribed);
+            }
         })
     };
     let totals: SubTotals = totals.unwrap_or_else(|e| {
@@ -244,6 +279,42 @@ fn main() {
 
 fn print_ready(subscribed: u64, failed: u64, total: u64, secs: f64) {
     eprintln!("{TOOL}: ready: {subscribed} of {total} connections subscribed ({failed} failed) in {secs:.2} s");
+}
+
+/// Announces readiness at most once a second, and says once when it
+/// cannot (the run goes on: announcing is a courtesy to flood-pub).
+struct Announcer {
+    inner: ready::Announcer,
+    last: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl Announcer {
+    fn new(inner: ready::Announcer) -> Announcer {
+        Announcer {
+            inner,
+            last: None,
+            warned: false,
+        }
+    }
+
+    fn tell(&mut self, subscribed: u64) {
+        let now = std::time::Instant::now();
+        if subscribed == 0
+            || self
+                .last
+                .is_some_and(|t| now - t < Duration::from_millis(900))
+        {
+            return;
+        }
+        self.last = Some(now);
+        if let Err(e) = self.inner.announce(subscribed) {
+            if !self.warned {
+                eprintln!("{TOOL}: cannot announce readiness: {e}");
+                self.warned = true;
+            }
+        }
+    }
 }
 
 /// Turns cumulative counts into per-interval rates.
