@@ -692,3 +692,47 @@ fn port_only_addresses_mean_loopback() {
         assert_eq!(stdout(&got), "x", "{form}");
     }
 }
+
+/// Against a server started with `--secret`, the CLI authenticates with
+/// the credential in `SWITCHBOARD_CREDENTIAL` (or the variable
+/// `--credential-env` names); without it, the server's refusal is shown.
+#[test]
+fn the_credential_comes_from_the_environment() {
+    let server = Server::start(&["--bus-listen", "off", "--secret", "s3cret"]);
+    let refused = finish(
+        cli(&server, &["send", "jobs", "x"])
+            .env_remove("SWITCHBOARD_CREDENTIAL")
+            .spawn()
+            .expect("start switchboard-cli"),
+    );
+    assert_exit(&refused, 2);
+    assert!(
+        stderr(&refused).contains("unauthorized"),
+        "{}",
+        stderr(&refused)
+    );
+    let sent = finish(
+        cli(&server, &["send", "jobs", "job"])
+            .env("SWITCHBOARD_CREDENTIAL", "s3cret")
+            .spawn()
+            .expect("start switchboard-cli"),
+    );
+    assert_exit(&sent, 0);
+    let got = finish(
+        cli(
+            &server,
+            &[
+                "--credential-env",
+                "MY_SECRET",
+                "ready",
+                "--body-only",
+                "jobs",
+            ],
+        )
+        .env("MY_SECRET", "s3cret")
+        .spawn()
+        .expect("start switchboard-cli"),
+    );
+    assert_exit(&got, 0);
+    assert_eq!(stdout(&got), "job");
+}

@@ -179,6 +179,17 @@ struct Cli {
     #[arg(long, global = true)]
     timestamps: bool,
 
+    /// Authenticate with the secret or token held in this environment
+    /// variable (`@ CREDENTIAL`, for a server started with --secret or
+    /// --token-key); nothing is sent when it is unset or empty
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        default_value = "SWITCHBOARD_CREDENTIAL"
+    )]
+    credential_env: String,
+
     /// The server's HTTP bus, for stats (HOST:PORT, :PORT or PORT)
     #[arg(
         long,
@@ -619,8 +630,17 @@ fn connect(cli: &Cli) -> Result<Client, Failure> {
     })?;
     let patience = Duration::from_secs(cli.connect_timeout);
     client.set_read_timeout(Some(patience))?;
+    if let Some(credential) = std::env::var(&cli.credential_env)
+        .ok()
+        .filter(|c| !c.is_empty())
+    {
+        client.authenticate(&credential)?;
+    }
     match client.sync() {
         Ok(()) => {}
+        // A token that does not let it wait on the probe's address: the
+        // server spoke the line protocol all the same.
+        Err(Error::Server(reason)) if reason.starts_with("forbidden") => {}
         Err(Error::HttpDoor(status)) => {
             let port = if cli.tls { 9814 } else { 9813 };
             return Err(Failure::NotLineDoor {

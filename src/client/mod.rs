@@ -237,6 +237,15 @@ impl Client {
         self.write_frame(&line, &[])
     }
 
+    /// Authenticates with the server's `--secret` or a token (`@
+    /// CREDENTIAL`, docs/protocol.md). Nothing is answered when it is taken;
+    /// a refusal arrives as [`Error::Server`] at the next read, and the
+    /// server closes the connection.
+    pub fn authenticate(&mut self, credential: &str) -> Result<()> {
+        frame::check_field("credential", credential)?;
+        self.write_frame(&format!("@ {credential}\r\n"), &[])
+    }
+
     /// Returns once the server has handled every command sent before it.
     ///
     /// The server handles one connection's commands in order and answers
