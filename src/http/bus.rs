@@ -125,10 +125,12 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible
             .header("Cache-Control", "no-cache")
             .header("Transfer-Encoding", "chunked")
             .stream(multipart_opening(true)),
-        Framing::MultipartPlain | Framing::Line => Response::new(200)
-            .header("Content-Type", MULTIPART_TYPE)
-            .header("Cache-Control", "no-cache")
-            .stream(multipart_opening(false)),
+        Framing::MultipartPlain | Framing::Line | Framing::WebSocket | Framing::WebSocketJson => {
+            Response::new(200)
+                .header("Content-Type", MULTIPART_TYPE)
+                .header("Cache-Control", "no-cache")
+                .stream(multipart_opening(false))
+        }
     };
     if req.method == Method::Head {
         // The head a subscribe would get, and no subscription.
