@@ -3,13 +3,17 @@
 //! Owns: `GET/HEAD /msgbus/CH` (subscribe: multipart, chunked or plain,
 //! Server-Sent Events, their JSON form, `?type=` and `?sender=` filters),
 //! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page), static
-//! files for every other path (`files.rs`), and the stream a subscribed
-//! connection becomes ([`BusStream`]). Must not touch: how requests are
-//! decoded, authenticated or pipelined (`conn.rs`), sockets, other doors.
+//! files for every other path (`files.rs`), the stream a subscribed
+//! connection becomes ([`BusStream`]), the WebSocket a `GET` with `Upgrade:
+//! websocket` becomes ([`WsStream`]: deliveries out, publishes in). Must
+//! not touch: how requests are decoded,
+//! authenticated or pipelined (`conn.rs`), how WebSocket frames are parsed
+//! (`websocket.rs`), sockets, other doors.
 //!
 //! A connection carries any number of requests (keep-alive, pipelining) until
 //! one of them subscribes; from then on it is a [`BusStream`] of pushed
-//! messages, and whatever it sends is read and discarded, as in msgbus.
+//! messages, and whatever it sends is read and discarded, as in msgbus; or a
+//! [`WsStream`], whose client's messages are publishes to its channel.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -23,8 +27,9 @@ use super::conn::{HttpConn, Reply, Routes, Settings};
 use super::files;
 use super::response::Response;
 use super::uri::query_param;
+use super::websocket::{self, Event as WsEvent};
 use crate::broker::filter::Filter;
-use crate::broker::frames::{multipart_opening, Framing};
+use crate::broker::frames::{multipart_opening, Framing, OP_CLOSE, OP_PONG};
 use crate::broker::{Answer, Broker, Subscription};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
@@ -39,12 +44,19 @@ pub const REALM: &str = "msgbus";
 /// answer to nearly every publish: sent as this one static frame.
 const NO_CONTENT_KEEP_ALIVE: &[u8] = b"HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
 const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
+/// What an event stream opens with.
+pub const SSE_OPENING: &[u8] = b": subscribed\n\n";
+/// The content types of what a WebSocket client publishes.
+const WS_TEXT_TYPE: &[u8] = b"text/plain";
+const WS_BINARY_TYPE: &[u8] = b"application/octet-stream";
 
 /// What every bus connection shares, prepared once at start-up.
 struct Shared {
     /// Canonical path of the document root.
     docroot: Option<PathBuf>,
     started: Instant,
+    /// The largest message a WebSocket client may send (`--max-body`).
+    max_message: usize,
 }
 
 /// The bus door's constructor: its settings are read from `config` once.
@@ -53,6 +65,7 @@ pub fn opener(config: &Config) -> Opener {
     let shared = Rc::new(Shared {
         docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
+        max_message: config.limits.max_body,
     });
     Box::new(move || {
         let routes = Bus {
@@ -76,6 +89,9 @@ impl Routes for Bus {
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
             let channel = channel.as_bytes();
             return match req.method {
+                Method::Get if wants_websocket(&req) => {
+                    websocket_subscribe(&req, channel, user, &self.shared, cx)
+                }
                 Method::Get | Method::Head => subscribe(&req, channel, cx),
                 Method::Post => publish(&req, channel, user, cx),
                 _ => Reply::Respond(Response::text(
@@ -119,7 +135,7 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible
         Framing::EventStream | Framing::EventStreamJson => Response::new(200)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
-            .stream(&b": subscribed\n\n"[..]),
+            .stream(SSE_OPENING),
         Framing::MultipartChunked => Response::new(200)
             .header("Content-Type", MULTIPART_TYPE)
             .header("Cache-Control", "no-cache")
@@ -136,18 +152,111 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible
         // The head a subscribe would get, and no subscription.
         return Reply::Respond(head);
     }
-    let sub = Subscription { framing, filter };
-    let stream = if channel.is_empty() {
+    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
+    let stream = BusStream { channel };
+    Reply::Stream(head, Box::new(stream))
+}
+
+/// Subscribes the connection to `channel` (to every channel when empty);
+/// returns what it must unsubscribe from.
+fn subscribe_to(channel: &[u8], sub: Subscription, cx: &mut Cx<'_>) -> Option<Bytes> {
+    if channel.is_empty() {
         cx.broker.channels.subscribe_all(cx.me, sub, cx.out);
-        BusStream { channel: None }
+        None
     } else {
         let channel = Bytes::copy_from_slice(channel);
         cx.broker
             .channels
             .subscribe(cx.me, channel.clone(), sub, cx.out);
-        BusStream {
-            channel: Some(channel),
+        Some(channel)
+    }
+}
+
+/// Ends what [`subscribe_to`] began.
+fn unsubscribe_from(channel: Option<Bytes>, cx: &mut Cx<'_>) {
+    match channel {
+        Some(channel) => {
+            cx.broker.channels.unsubscribe(cx.me, &channel, cx.out);
         }
+        None => {
+            cx.broker.channels.unsubscribe_all(cx.me, cx.out);
+        }
+    }
+}
+
+/// True for a request that asks for a WebSocket (`Upgrade: websocket`).
+fn wants_websocket(req: &Request) -> bool {
+    header_has_token(req, "Upgrade", b"websocket")
+}
+
+/// True when some `name` header of `req` lists `token` (comma-separated,
+/// case-insensitive).
+fn header_has_token(req: &Request, name: &str, token: &[u8]) -> bool {
+    req.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .any(|(_, v)| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+}
+
+/// The opening handshake (RFC 6455 §4.2): a `101` and a [`WsStream`]
+/// subscribed to `channel` (every channel when empty), or the status that
+/// says what is wrong with the request.
+fn websocket_subscribe(
+    req: &Request,
+    channel: &[u8],
+    user: Option<String>,
+    shared: &Shared,
+    cx: &mut Cx<'_>,
+) -> Reply<Infallible> {
+    if req.minor_version == 0 {
+        return Reply::Respond(Response::text(400, "a WebSocket needs HTTP/1.1"));
+    }
+    if !header_has_token(req, "Connection", b"upgrade") {
+        return Reply::Respond(Response::text(
+            400,
+            "a WebSocket handshake needs Connection: Upgrade",
+        ));
+    }
+    if req.header("Sec-WebSocket-Version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Reply::Respond(
+            Response::text(426, "only WebSocket version 13 is spoken")
+                .header("Sec-WebSocket-Version", "13"),
+        );
+    }
+    let Some(key) = req
+        .header("Sec-WebSocket-Key")
+        .map(<[u8]>::trim_ascii)
+        .filter(|k| websocket::valid_key(k))
+    else {
+        return Reply::Respond(Response::text(
+            400,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        ));
+    };
+    let query = req.query().unwrap_or("");
+    let filter = match subscription_filter(query) {
+        Ok(filter) => filter,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
+    let framing = if query_param(query, "format").as_deref() == Some("json") {
+        Framing::WebSocketJson
+    } else {
+        Framing::WebSocket
+    };
+    let head = Response::new(101)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", websocket::accept_key(key))
+        .stream(Bytes::new());
+    let subscribed = subscribe_to(channel, Subscription { framing, filter }, cx);
+    let stream = WsStream {
+        channel: Bytes::copy_from_slice(channel),
+        subscribed,
+        sender: user.map(Bytes::from),
+        decoder: websocket::Decoder::new(shared.max_message),
     };
     Reply::Stream(head, Box::new(stream))
 }
@@ -209,14 +318,96 @@ impl Door for BusStream {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
-        match self.channel.take() {
-            Some(channel) => {
-                cx.broker.channels.unsubscribe(cx.me, &channel, cx.out);
+        unsubscribe_from(self.channel.take(), cx);
+    }
+}
+
+/// A bus connection that became a WebSocket: channel messages go out as
+/// WebSocket messages (framed once by the broker for every WebSocket
+/// subscriber), the client's messages are published to the channel, and
+/// control frames are answered.
+pub struct WsStream {
+    /// Where the client's messages are published (empty: the root, as a
+    /// `POST /msgbus/` does).
+    channel: Bytes,
+    /// What to unsubscribe from: `None` for the root subscription.
+    subscribed: Option<Bytes>,
+    /// The Basic auth user of the handshake: the sender of what it publishes.
+    sender: Option<Bytes>,
+    decoder: websocket::Decoder,
+}
+
+impl WsStream {
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with the code
+    /// of `err`, then the connection closes without reading more.
+    fn fail(cx: &mut Cx<'_>, input: &mut BytesMut, err: websocket::WsError) -> Next {
+        log::debug!("websocket conn {}: {err}", cx.me.key);
+        cx.send(websocket::close_frame(err.close_code(), &err.to_string()));
+        input.clear();
+        Next::Close(CloseReason::ProtocolError)
+    }
+}
+
+impl Door for WsStream {
+    fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        loop {
+            // Output backpressure: a client that sends pings (or publishes
+            // to its own channel) and does not read is not read either.
+            if cx.backlogged() {
+                return Next::Read;
             }
-            None => {
-                cx.broker.channels.unsubscribe_all(cx.me, cx.out);
+            let event = match self.decoder.decode(input) {
+                Ok(Some(event)) => event,
+                Ok(None) => return Next::Read,
+                Err(err) => return WsStream::fail(cx, input, err),
+            };
+            cx.progress();
+            match event {
+                WsEvent::Message { text, data } => {
+                    let content_type = if text { WS_TEXT_TYPE } else { WS_BINARY_TYPE };
+                    cx.broker.channels.publish(
+                        &self.channel,
+                        content_type,
+                        self.sender.as_deref(),
+                        &data,
+                        cx.out,
+                    );
+                }
+                WsEvent::Ping(payload) => {
+                    cx.send(websocket::control_frame(OP_PONG, &payload));
+                }
+                WsEvent::Pong(_) => {}
+                WsEvent::Close { code, .. } => {
+                    // The close handshake: the client's code echoed (none
+                    // for none), then the server closes the TCP connection.
+                    let payload = code.map(u16::to_be_bytes);
+                    cx.send(websocket::control_frame(
+                        OP_CLOSE,
+                        payload.as_ref().map_or(&[][..], |p| &p[..]),
+                    ));
+                    input.clear();
+                    return Next::Close(CloseReason::Quit);
+                }
             }
         }
+    }
+
+    fn on_answer(&mut self, _answer: Answer<'_>, _send: &mut dyn FnMut(Bytes)) -> bool {
+        false
+    }
+
+    fn is_paused(&self) -> bool {
+        false
+    }
+
+    /// A fragmented message is a request under way: the request timeout
+    /// runs while one is unfinished.
+    fn mid_request(&self) -> bool {
+        self.decoder.mid_message()
+    }
+
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        unsubscribe_from(self.subscribed.take(), cx);
     }
 }
 
@@ -303,6 +494,7 @@ mod tests {
         let shared = Rc::new(Shared {
             docroot: None,
             started: Instant::now(),
+            max_message: 1 << 20,
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
     }
