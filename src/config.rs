@@ -69,6 +69,10 @@ impl LogLevel {
     }
 }
 
+/// `--heartbeat`'s default: below the 60 s read timeout of common proxies
+/// (nginx' `proxy_read_timeout`, many load balancers).
+pub const DEFAULT_HEARTBEAT_S: u64 = 30;
+
 /// The explicit limits of the server, passed down to every door.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -185,6 +189,12 @@ pub struct Args {
     /// Require HTTP Basic auth with this password on the HTTP bus (any user name; it becomes the sender).
     #[arg(long, value_name = "S")]
     pub secret: Option<String>,
+
+    /// Seconds an HTTP bus stream may stay silent before the server sends a
+    /// heartbeat (an SSE comment, a multipart header line, a WebSocket
+    /// ping), so that proxies do not cut idle subscribers (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_HEARTBEAT_S)]
+    pub heartbeat: u64,
 
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
@@ -315,6 +325,8 @@ pub struct Config {
     pub tls: Option<TlsDoors>,
     pub docroot: Option<PathBuf>,
     pub secret: Option<String>,
+    /// Seconds of silence after which a bus stream gets a heartbeat (0: off).
+    pub heartbeat_s: u64,
     pub log_level: LogLevel,
     pub limits: Limits,
     /// The webhook API's listener.
@@ -470,6 +482,7 @@ impl Config {
             switch_unix: args.switch_unix,
             allow_shutdown: args.allow_shutdown,
             docroot: args.docroot,
+            heartbeat_s: args.heartbeat,
             secret: args.secret,
             log_level: args.log_level,
             hooks_listen: args.hooks_listen,

@@ -1,4 +1,5 @@
-//! WebSocket on the HTTP bus (RFC 6455), against the real binary: a raw-socket client for the handshake, the
+//! WebSocket on the HTTP bus (RFC 6455), and the heartbeat of idle streams,
+//! against the real binary: a raw-socket client for the handshake, the
 //! framing and every protocol error; Python's `websockets` package as a
 //! real client (plain and over TLS); headless Chromium with a page that
 //! subscribes and publishes.
@@ -781,4 +782,73 @@ fn chromium_page_subscribes_and_publishes_over_websocket() {
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/websocket-chromium.png");
     browser.screenshot(&shot);
     eprintln!("screenshot: {}", shot.display());
+}
+
+// ---------------------------------------------------------------------
+// Heartbeats
+
+#[test]
+fn heartbeats_reach_idle_streams_of_every_kind() {
+    let server = Server::start(&["--heartbeat", "1"]);
+    let bus = server.bus();
+
+    let mut sse = connect(bus);
+    send(
+        &mut sse,
+        b"GET /msgbus/idle HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+    );
+    let head = read_until(&mut sse, b"\r\n\r\nretry: 3000\n: subscribed\n\n");
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(head.ends_with(b"no-cache\r\n\r\nretry: 3000\n: subscribed\n\n"));
+    let heartbeat = b": heartbeat\n\n";
+    assert_eq!(read_exact_n(&mut sse, heartbeat.len()), heartbeat);
+
+    let mut chunked = connect(bus);
+    send(&mut chunked, b"GET /msgbus/idle HTTP/1.1\r\n\r\n");
+    read_until(&mut chunked, b"e\r\n--00MsgBus00\r\n\r\n");
+    assert_eq!(
+        read_exact_n(&mut chunked, 22),
+        b"10\r\nX-Heartbeat: 1\r\n\r\n"
+    );
+
+    let mut plain = multipart_subscriber(bus, "idle");
+    assert_eq!(read_exact_n(&mut plain, 16), b"X-Heartbeat: 1\r\n");
+
+    let mut ws = open_ws(bus, "/msgbus/idle");
+    assert_eq!(read_frame(&mut ws), (true, 0x9, vec![]));
+    // The client answers; the stream stays open and takes messages, and a
+    // multipart part after heartbeats carries them as header lines that a
+    // parser skips.
+    send(&mut ws, &frame(true, 0xA, b"", true));
+    publish(bus, "idle", "text/plain", b"after");
+    assert_eq!(
+        read_frame_skipping_pings(&mut ws),
+        (true, 0x1, b"after".to_vec())
+    );
+    let part = read_until(&mut plain, b"after\r\n--00MsgBus00\r\n");
+    let part = String::from_utf8_lossy(&part);
+    assert!(
+        part.ends_with(
+            "Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nafter\r\n--00MsgBus00\r\n"
+        ),
+        "{part:?}"
+    );
+    assert!(
+        part.lines().all(|l| l.is_empty()
+            || l == "X-Heartbeat: 1"
+            || l.starts_with("Content-")
+            || l == "after"
+            || l == "--00MsgBus00"),
+        "{part:?}"
+    );
+    read_until(&mut sse, b"data: after\n\n");
+}
+
+fn read_frame_skipping_pings(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    loop {
+        let f = read_frame(s);
+        if f.1 != 0x9 {
+            return f;
+        }
+    }
 }

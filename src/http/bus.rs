@@ -5,8 +5,8 @@
 //! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page), static
 //! files for every other path (`files.rs`), the stream a subscribed
 //! connection becomes ([`BusStream`]), the WebSocket a `GET` with `Upgrade:
-//! websocket` becomes ([`WsStream`]: deliveries out, publishes in). Must
-//! not touch: how requests are decoded,
+//! websocket` becomes ([`WsStream`]: deliveries out, publishes in), and
+//! the heartbeat of idle streams. Must not touch: how requests are decoded,
 //! authenticated or pipelined (`conn.rs`), how WebSocket frames are parsed
 //! (`websocket.rs`), sockets, other doors.
 //!
@@ -30,7 +30,7 @@ use super::uri::query_param;
 use super::websocket::{self, Event as WsEvent};
 use crate::broker::filter::Filter;
 use crate::broker::frames::{multipart_opening, Framing, OP_CLOSE, OP_PONG};
-use crate::broker::{Answer, Broker, Subscription};
+use crate::broker::{Answer, Broker, Millis, Subscription};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 
@@ -44,8 +44,9 @@ pub const REALM: &str = "msgbus";
 /// answer to nearly every publish: sent as this one static frame.
 const NO_CONTENT_KEEP_ALIVE: &[u8] = b"HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
 const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
-/// What an event stream opens with.
-pub const SSE_OPENING: &[u8] = b": subscribed\n\n";
+/// What an event stream opens with: how long a browser waits before it
+/// reconnects (`retry:`, in ms), and a comment.
+pub const SSE_OPENING: &[u8] = b"retry: 3000\n: subscribed\n\n";
 /// The content types of what a WebSocket client publishes.
 const WS_TEXT_TYPE: &[u8] = b"text/plain";
 const WS_BINARY_TYPE: &[u8] = b"application/octet-stream";
@@ -55,6 +56,8 @@ struct Shared {
     /// Canonical path of the document root.
     docroot: Option<PathBuf>,
     started: Instant,
+    /// Silence after which a stream gets a heartbeat, in ms (0: never).
+    heartbeat_ms: Millis,
     /// The largest message a WebSocket client may send (`--max-body`).
     max_message: usize,
 }
@@ -65,6 +68,7 @@ pub fn opener(config: &Config) -> Opener {
     let shared = Rc::new(Shared {
         docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
+        heartbeat_ms: config.heartbeat_s.saturating_mul(1000),
         max_message: config.limits.max_body,
     });
     Box::new(move || {
@@ -92,7 +96,7 @@ impl Routes for Bus {
                 Method::Get if wants_websocket(&req) => {
                     websocket_subscribe(&req, channel, user, &self.shared, cx)
                 }
-                Method::Get | Method::Head => subscribe(&req, channel, cx),
+                Method::Get | Method::Head => subscribe(&req, channel, &self.shared, cx),
                 Method::Post => publish(&req, channel, user, cx),
                 _ => Reply::Respond(Response::text(
                     501,
@@ -112,7 +116,7 @@ impl Routes for Bus {
     }
 }
 
-fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible> {
+fn subscribe(req: &Request, channel: &[u8], shared: &Shared, cx: &mut Cx<'_>) -> Reply<Infallible> {
     let query = req.query().unwrap_or("");
     let filter = match subscription_filter(query) {
         Ok(filter) => filter,
@@ -152,8 +156,16 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<Infallible
         // The head a subscribe would get, and no subscription.
         return Reply::Respond(head);
     }
+    let beat = match framing {
+        Framing::EventStream | Framing::EventStreamJson => Beat::EventStream,
+        Framing::MultipartChunked => Beat::MultipartChunked,
+        _ => Beat::MultipartPlain,
+    };
     let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
-    let stream = BusStream { channel };
+    let stream = BusStream {
+        channel,
+        heartbeat: Heartbeat::start(shared.heartbeat_ms, beat, cx),
+    };
     Reply::Stream(head, Box::new(stream))
 }
 
@@ -257,6 +269,7 @@ fn websocket_subscribe(
         subscribed,
         sender: user.map(Bytes::from),
         decoder: websocket::Decoder::new(shared.max_message),
+        heartbeat: Heartbeat::start(shared.heartbeat_ms, Beat::WebSocket, cx),
     };
     Reply::Stream(head, Box::new(stream))
 }
@@ -300,6 +313,7 @@ fn publish(
 pub struct BusStream {
     /// `None`: subscribed to every channel.
     channel: Option<Bytes>,
+    heartbeat: Heartbeat,
 }
 
 impl Door for BusStream {
@@ -315,6 +329,11 @@ impl Door for BusStream {
 
     fn is_paused(&self) -> bool {
         false
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.heartbeat.on_timer(cx);
+        Next::Read
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
@@ -335,6 +354,7 @@ pub struct WsStream {
     /// The Basic auth user of the handshake: the sender of what it publishes.
     sender: Option<Bytes>,
     decoder: websocket::Decoder,
+    heartbeat: Heartbeat,
 }
 
 impl WsStream {
@@ -406,8 +426,113 @@ impl Door for WsStream {
         self.decoder.mid_message()
     }
 
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.heartbeat.on_timer(cx);
+        Next::Read
+    }
+
     fn on_close(&mut self, cx: &mut Cx<'_>) {
         unsubscribe_from(self.subscribed.take(), cx);
+    }
+}
+
+/// What an idle stream sends as its heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Beat {
+    /// A comment line (`: heartbeat`), which `EventSource` ignores.
+    EventStream,
+    /// A header line of the next part (`X-Heartbeat: 1`), which multipart
+    /// parsers skip as an unknown header (see [`MAX_HEARTBEAT_LINES`]).
+    MultipartChunked,
+    MultipartPlain,
+    /// A ping frame, which clients answer and do not pass on.
+    WebSocket,
+}
+
+/// After this many heartbeat lines in a row (no part in between), the next
+/// heartbeat ends the header block as an empty part (`Content-Length: 0`),
+/// so a long silence cannot grow the next part's head without bound.
+const MAX_HEARTBEAT_LINES: u8 = 16;
+
+const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
+const MULTIPART_HEARTBEAT: &[u8] = b"X-Heartbeat: 1\r\n";
+const MULTIPART_HEARTBEAT_CHUNK: &[u8] = b"10\r\nX-Heartbeat: 1\r\n\r\n";
+const MULTIPART_HEARTBEAT_END: &[u8] = b"Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n";
+const MULTIPART_HEARTBEAT_END_CHUNK: &[u8] =
+    b"25\r\nContent-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n\r\n";
+const WS_HEARTBEAT: &[u8] = b"\x89\x00";
+
+/// A stream's heartbeat: one wake-up per period in the shell's timers. Each
+/// decides from when the connection was last written to ([`Cx::last_write`])
+/// whether the stream was silent for a whole period; messages cost nothing.
+struct Heartbeat {
+    every: Millis,
+    beat: Beat,
+    /// When the last heartbeat was queued.
+    sent_at: Millis,
+    /// Multipart heartbeat lines since the last part.
+    lines: u8,
+}
+
+impl Heartbeat {
+    /// Arms the first wake-up (none when `every` is 0).
+    fn start(every: Millis, beat: Beat, cx: &mut Cx<'_>) -> Heartbeat {
+        if every > 0 {
+            cx.wake_at(cx.now.saturating_add(every));
+        }
+        Heartbeat {
+            every,
+            beat,
+            sent_at: 0,
+            lines: 0,
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) {
+        if self.every == 0 {
+            return;
+        }
+        let last = cx.last_write();
+        let due = last.saturating_add(self.every);
+        if cx.unsent() > 0 {
+            // Output is waiting to be written: the socket is not silent
+            // for want of bytes, and more would only queue.
+            cx.wake_at(cx.now.saturating_add(self.every));
+            return;
+        }
+        if cx.now < due {
+            cx.wake_at(due);
+            return;
+        }
+        if last > self.sent_at {
+            // Something other than a heartbeat went out since the last one.
+            self.lines = 0;
+        }
+        let frame: &'static [u8] = match self.beat {
+            Beat::EventStream => SSE_HEARTBEAT,
+            Beat::WebSocket => WS_HEARTBEAT,
+            Beat::MultipartChunked | Beat::MultipartPlain => {
+                let chunked = self.beat == Beat::MultipartChunked;
+                if self.lines < MAX_HEARTBEAT_LINES {
+                    self.lines += 1;
+                    if chunked {
+                        MULTIPART_HEARTBEAT_CHUNK
+                    } else {
+                        MULTIPART_HEARTBEAT
+                    }
+                } else {
+                    self.lines = 0;
+                    if chunked {
+                        MULTIPART_HEARTBEAT_END_CHUNK
+                    } else {
+                        MULTIPART_HEARTBEAT_END
+                    }
+                }
+            }
+        };
+        cx.send(Bytes::from_static(frame));
+        self.sent_at = cx.now;
+        cx.wake_at(cx.now.saturating_add(self.every));
     }
 }
 
@@ -494,6 +619,7 @@ mod tests {
         let shared = Rc::new(Shared {
             docroot: None,
             started: Instant::now(),
+            heartbeat_ms: 0,
             max_message: 1 << 20,
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
@@ -596,6 +722,88 @@ mod tests {
         assert_eq!(v["switch"]["parked_transfers"], 0);
         assert_eq!(v["drops"], 4);
         assert!(v["uptime_s"].is_u64());
+    }
+
+    #[test]
+    fn multipart_heartbeat_chunks_hold_their_lines() {
+        for (plain, chunk) in [
+            (MULTIPART_HEARTBEAT, MULTIPART_HEARTBEAT_CHUNK),
+            (MULTIPART_HEARTBEAT_END, MULTIPART_HEARTBEAT_END_CHUNK),
+        ] {
+            let mut want = format!("{:x}\r\n", plain.len()).into_bytes();
+            want.extend_from_slice(plain);
+            want.extend_from_slice(b"\r\n");
+            assert_eq!(chunk, &want[..]);
+        }
+    }
+
+    /// Runs a heartbeat's timer at `now` for a connection last written at
+    /// `last` with `unsent` bytes queued; returns what it sent and the
+    /// wake-up it asked for.
+    fn beat(
+        hb: &mut Heartbeat,
+        now: Millis,
+        last: Millis,
+        unsent: usize,
+    ) -> (Vec<u8>, Option<Millis>) {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, now, &mut broker, &mut out, &stats)
+            .with_last_write(last)
+            .with_unsent(unsent);
+        hb.on_timer(&mut cx);
+        let wake = cx.wake_requested();
+        (out.bytes_for(ME), wake)
+    }
+
+    #[test]
+    fn heartbeats_only_on_silent_streams() {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, 1_000, &mut broker, &mut out, &stats);
+        let mut hb = Heartbeat::start(500, Beat::EventStream, &mut cx);
+        assert_eq!(cx.wake_requested(), Some(1_500));
+        // Silent since the head went out at 1_000: a heartbeat.
+        assert_eq!(
+            beat(&mut hb, 1_500, 1_000, 0),
+            (SSE_HEARTBEAT.to_vec(), Some(2_000))
+        );
+        // A message went out at 1_800: the next one is due at 2_300.
+        assert_eq!(beat(&mut hb, 2_000, 1_800, 0), (vec![], Some(2_300)));
+        // Output waiting to be written: nothing more is queued.
+        assert_eq!(beat(&mut hb, 2_300, 1_800, 10), (vec![], Some(2_800)));
+        // Off: no wake-up at all.
+        let mut cx = Cx::new(ME, 1_000, &mut broker, &mut out, &stats);
+        let mut off = Heartbeat::start(0, Beat::WebSocket, &mut cx);
+        assert_eq!(cx.wake_requested(), None);
+        assert_eq!(beat(&mut off, 5_000, 0, 0), (vec![], None));
+    }
+
+    #[test]
+    fn multipart_heartbeat_lines_are_bounded() {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, 0, &mut broker, &mut out, &stats);
+        let mut hb = Heartbeat::start(10, Beat::MultipartPlain, &mut cx);
+        let mut now = 0;
+        for _ in 0..MAX_HEARTBEAT_LINES {
+            now += 10;
+            // Each heartbeat is the last write.
+            let (sent, _) = beat(&mut hb, now, now - 10, 0);
+            assert_eq!(sent, MULTIPART_HEARTBEAT);
+        }
+        now += 10;
+        assert_eq!(beat(&mut hb, now, now - 10, 0).0, MULTIPART_HEARTBEAT_END);
+        now += 10;
+        assert_eq!(beat(&mut hb, now, now - 10, 0).0, MULTIPART_HEARTBEAT);
+        // A part written after a heartbeat starts the count again.
+        for _ in 1..MAX_HEARTBEAT_LINES {
+            now += 10;
+            beat(&mut hb, now, now - 10, 0);
+        }
+        let part_at = now + 1;
+        now = part_at + 10;
+        assert_eq!(beat(&mut hb, now, part_at, 0).0, MULTIPART_HEARTBEAT);
     }
 
     #[test]

@@ -360,12 +360,14 @@ impl Server {
         let now = self.now();
         let c = self.conns.get_mut(key)?;
         let id = c.id;
-        let unsent = c.outq.bytes();
+        let (unsent, last_write) = (c.outq.bytes(), c.last_write);
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let (next, progressed, wake, stop) = {
             let (broker, mut post) = self.split(now);
             let stats = post.stats;
-            let mut cx = Cx::new(id, now, broker, &mut post, stats).with_unsent(unsent);
+            let mut cx = Cx::new(id, now, broker, &mut post, stats)
+                .with_unsent(unsent)
+                .with_last_write(last_write);
             let next = call(door.as_mut(), &mut cx);
             let (progressed, wake, stop) =
                 (cx.progressed(), cx.wake_requested(), cx.stop_requested());
@@ -831,6 +833,7 @@ impl Server {
     }
 
     fn flush_dirty(&mut self) {
+        let now = self.now();
         let mut again = Vec::new();
         for key in mem::take(&mut self.dirty) {
             let Some(c) = self.conns.get_mut(key) else {
@@ -843,6 +846,9 @@ impl Server {
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
+                    if n > 0 {
+                        c.last_write = now;
+                    }
                     if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
                         if c.held_back {
                             // Requests held back by backpressure: run them,
