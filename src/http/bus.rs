@@ -263,10 +263,9 @@ fn websocket_subscribe(
         .header("Connection", "Upgrade")
         .header("Sec-WebSocket-Accept", websocket::accept_key(key))
         .stream(Bytes::new());
-    let subscribed = subscribe_to(channel, Subscription { framing, filter }, cx);
+    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
     let stream = WsStream {
-        channel: Bytes::copy_from_slice(channel),
-        subscribed,
+        channel,
         sender: user.map(Bytes::from),
         decoder: websocket::Decoder::new(shared.max_message),
         heartbeat: Heartbeat::start(shared.heartbeat_ms, Beat::WebSocket, cx),
@@ -346,11 +345,10 @@ impl Door for BusStream {
 /// subscriber), the client's messages are published to the channel, and
 /// control frames are answered.
 pub struct WsStream {
-    /// Where the client's messages are published (empty: the root, as a
-    /// `POST /msgbus/` does).
-    channel: Bytes,
-    /// What to unsubscribe from: `None` for the root subscription.
-    subscribed: Option<Bytes>,
+    /// Its channel, where the client's messages are published; `None`: the
+    /// root subscription, whose client publishes to the empty channel (as
+    /// a `POST /msgbus/` does).
+    channel: Option<Bytes>,
     /// The Basic auth user of the handshake: the sender of what it publishes.
     sender: Option<Bytes>,
     decoder: websocket::Decoder,
@@ -386,7 +384,7 @@ impl Door for WsStream {
                 WsEvent::Message { text, data } => {
                     let content_type = if text { WS_TEXT_TYPE } else { WS_BINARY_TYPE };
                     cx.broker.channels.publish(
-                        &self.channel,
+                        self.channel.as_deref().unwrap_or_default(),
                         content_type,
                         self.sender.as_deref(),
                         &data,
@@ -432,7 +430,7 @@ impl Door for WsStream {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
-        unsubscribe_from(self.subscribed.take(), cx);
+        unsubscribe_from(self.channel.take(), cx);
     }
 }
 
@@ -466,7 +464,8 @@ const WS_HEARTBEAT: &[u8] = b"\x89\x00";
 /// decides from when the connection was last written to ([`Cx::last_write`])
 /// whether the stream was silent for a whole period; messages cost nothing.
 struct Heartbeat {
-    every: Millis,
+    /// The period in ms (`--heartbeat` is capped to fit: 49 days).
+    every: u32,
     beat: Beat,
     /// When the last heartbeat was queued.
     sent_at: Millis,
@@ -477,8 +476,9 @@ struct Heartbeat {
 impl Heartbeat {
     /// Arms the first wake-up (none when `every` is 0).
     fn start(every: Millis, beat: Beat, cx: &mut Cx<'_>) -> Heartbeat {
+        let every = u32::try_from(every).unwrap_or(u32::MAX);
         if every > 0 {
-            cx.wake_at(cx.now.saturating_add(every));
+            cx.wake_at(cx.now.saturating_add(every.into()));
         }
         Heartbeat {
             every,
@@ -492,12 +492,13 @@ impl Heartbeat {
         if self.every == 0 {
             return;
         }
+        let every = Millis::from(self.every);
         let last = cx.last_write();
-        let due = last.saturating_add(self.every);
+        let due = last.saturating_add(every);
         if cx.unsent() > 0 {
             // Output is waiting to be written: the socket is not silent
             // for want of bytes, and more would only queue.
-            cx.wake_at(cx.now.saturating_add(self.every));
+            cx.wake_at(cx.now.saturating_add(every));
             return;
         }
         if cx.now < due {
@@ -532,7 +533,7 @@ impl Heartbeat {
         };
         cx.send(Bytes::from_static(frame));
         self.sent_at = cx.now;
-        cx.wake_at(cx.now.saturating_add(self.every));
+        cx.wake_at(cx.now.saturating_add(every));
     }
 }
 
@@ -804,6 +805,18 @@ mod tests {
         let part_at = now + 1;
         now = part_at + 10;
         assert_eq!(beat(&mut hb, now, part_at, 0).0, MULTIPART_HEARTBEAT);
+    }
+
+    /// What an idle subscriber's door costs: keep it small.
+    #[test]
+    fn idle_streams_are_small() {
+        let (bus, ws) = (
+            std::mem::size_of::<BusStream>(),
+            std::mem::size_of::<WsStream>(),
+        );
+        eprintln!("BusStream {bus} bytes, WsStream {ws} bytes");
+        assert!(bus <= 48, "BusStream grew to {bus} bytes");
+        assert!(ws <= 104, "WsStream grew to {ws} bytes");
     }
 
     #[test]

@@ -169,7 +169,8 @@ struct Partial {
 /// copied, into one buffer bounded by the limit.
 pub struct Decoder {
     max_message: usize,
-    partial: Option<Partial>,
+    /// Boxed: an idle WebSocket holds only the pointer.
+    partial: Option<Box<Partial>>,
 }
 
 /// A frame's head, once its bytes are all there.
@@ -299,10 +300,10 @@ impl Decoder {
                 }
                 let text = opcode == Opcode::Text;
                 if !fin {
-                    self.partial = Some(Partial {
+                    self.partial = Some(Box::new(Partial {
                         text,
                         data: BytesMut::from(&payload[..]),
-                    });
+                    }));
                     return Ok(None);
                 }
                 message(text, payload)?
@@ -315,10 +316,10 @@ impl Decoder {
                 if !fin {
                     return Ok(None);
                 }
-                let Some(Partial { text, data }) = self.partial.take() else {
+                let Some(partial) = self.partial.take() else {
                     return Ok(None);
                 };
-                message(text, data.freeze())?
+                message(partial.text, partial.data.freeze())?
             }
         };
         Ok(Some(event))
