@@ -105,6 +105,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--heartbeat`'s default: below the 60 s read timeout of common proxies
+/// (nginx' `proxy_read_timeout`, many load balancers).
+pub const DEFAULT_HEARTBEAT_S: u64 = 30;
+
 /// The explicit limits of the server, passed down to every door.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -260,6 +264,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub token_key: Option<PathBuf>,
 
+    /// Seconds an HTTP bus stream may stay silent before the server sends a
+    /// heartbeat (an SSE comment, a multipart header line, a WebSocket
+    /// ping), so that proxies do not cut idle subscribers (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_HEARTBEAT_S)]
+    pub heartbeat: u64,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -406,6 +416,9 @@ pub struct Config {
     pub secret: Option<String>,
     /// The key of `--token-key`, loaded at start.
     pub tokens: Option<Arc<crate::auth::Tokens>>,
+
+    /// Seconds of silence after which a bus stream gets a heartbeat (0: off).
+    pub heartbeat_s: u64,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub limits: Limits,
@@ -573,6 +586,7 @@ impl Config {
             switch_unix: args.switch_unix,
             allow_shutdown: args.allow_shutdown,
             docroot: args.docroot,
+            heartbeat_s: args.heartbeat,
             secret: args.secret,
             log_level: args.log_level,
             log_format: args.log_format,

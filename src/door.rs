@@ -304,6 +304,9 @@ pub struct Cx<'a> {
     /// Bytes queued for this connection and not yet written (see
     /// [`Cx::unsent`]).
     pub(crate) unsent: usize,
+    /// When bytes were last written to this connection's socket (see
+    /// [`Cx::last_write`]).
+    pub(crate) last_write: Millis,
     /// Set by [`Cx::stop_server`].
     pub(crate) stop: bool,
     /// Blocking work asked for in this call (see [`Cx::run_blocking`]).
@@ -329,6 +332,7 @@ impl<'a> Cx<'a> {
             progressed: false,
             wake_at: None,
             unsent: 0,
+            last_write: 0,
             stop: false,
             jobs: Vec::new(),
             job_room: 0,
@@ -404,6 +408,20 @@ impl<'a> Cx<'a> {
     /// Sets what [`Cx::unsent`] says (the shell does; tests may).
     pub fn with_unsent(mut self, unsent: usize) -> Cx<'a> {
         self.unsent = unsent;
+        self
+    }
+
+    /// When bytes were last written to this connection's socket (0: never),
+    /// on the same clock as [`Cx::now`]. A stream that must not stay silent
+    /// for long (a heartbeat) tells by it whether it has been idle, without
+    /// any work per message.
+    pub fn last_write(&self) -> Millis {
+        self.last_write
+    }
+
+    /// Sets what [`Cx::last_write`] says (the shell does; tests may).
+    pub fn with_last_write(mut self, at: Millis) -> Cx<'a> {
+        self.last_write = at;
         self
     }
 

@@ -1729,7 +1729,7 @@ fn event_stream_subscribers() {
     let sse_head = |v: u8| {
         format!(
             "HTTP/1.{v} 200 OK\r\nServer: switchboard\r\nContent-Type: text/event-stream\r\n\
-             Cache-Control: no-cache\r\n\r\n: subscribed\n\n"
+             Cache-Control: no-cache\r\n\r\nretry: 3000\n: subscribed\n\n"
         )
     };
     let mut a = Conn::open(bus);
@@ -1765,7 +1765,7 @@ fn json_event_stream_subscribers() {
     j.send(b"GET /msgbus/foo?format=json HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
     j.expect(
         b"HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Type: text/event-stream\r\n\
-          Cache-Control: no-cache\r\n\r\n: subscribed\n\n",
+          Cache-Control: no-cache\r\n\r\nretry: 3000\n: subscribed\n\n",
     );
     publish(bus, "foo", "text/plain", b"hello");
     publish_as(bus, "foo", "text/plain", "bob:pw", b"a\r\n\"b\"");

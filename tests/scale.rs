@@ -248,7 +248,7 @@ impl Kind {
         match self {
             Kind::Chunked => b"e\r\n--00MsgBus00\r\n\r\n",
             Kind::Plain => BOUNDARY_LINE,
-            Kind::Sse => b": subscribed\n\n",
+            Kind::Sse => b"retry: 3000\n: subscribed\n\n",
         }
     }
 }

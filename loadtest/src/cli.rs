@@ -17,6 +17,10 @@ pub enum Proto {
     Line,
     /// The HTTP bus (`GET`/`POST /msgbus/CHANNEL`), default port 8888 (4444 with --tls).
     Http,
+    /// The HTTP bus' Server-Sent Events (subscribers only; publish with http).
+    Sse,
+    /// WebSocket on the HTTP bus (subscribe, and publish on its own connections).
+    Ws,
 }
 
 impl Proto {
@@ -24,6 +28,8 @@ impl Proto {
         match self {
             Proto::Line => "line",
             Proto::Http => "http",
+            Proto::Sse => "sse",
+            Proto::Ws => "ws",
         }
     }
 }
@@ -43,11 +49,12 @@ pub struct TargetArgs {
     pub address: String,
 
     /// Server port, when --address has none [default: 9813 for line, 8888
-    /// for http, 4444 for http with --tls]
+    /// for http, sse and ws, 4444 for those with --tls]
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     pub port: Option<u16>,
 
-    /// Protocol: the line protocol or the HTTP bus
+    /// Protocol: the line protocol, or the HTTP bus as multipart (http),
+    /// Server-Sent Events (sse) or WebSocket (ws)
     #[arg(long = "proto", value_enum, default_value = "http")]
     pub proto: Proto,
 
@@ -92,8 +99,8 @@ impl TargetArgs {
     pub fn default_port(&self) -> u16 {
         match (self.proto, self.tls) {
             (Proto::Line, _) => 9813,
-            (Proto::Http, false) => 8888,
-            (Proto::Http, true) => 4444,
+            (Proto::Http | Proto::Sse | Proto::Ws, false) => 8888,
+            (Proto::Http | Proto::Sse | Proto::Ws, true) => 4444,
         }
     }
 

@@ -29,6 +29,9 @@ pub enum Event<'a> {
     Subscribed,
     /// HTTP publisher: one complete final response.
     Response { status: u16 },
+    /// WebSocket: the server's close frame, with its status code (1005
+    /// when it had none).
+    Closed { code: u16 },
 }
 
 /// Why a stream cannot be parsed further; the connection is then closed.
@@ -223,6 +226,7 @@ pub fn show(ev: &Event<'_>) -> String {
         ),
         Event::Subscribed => "subscribed".to_string(),
         Event::Response { status } => format!("response {status}"),
+        Event::Closed { code } => format!("closed {code}"),
     }
 }
 

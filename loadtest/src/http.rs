@@ -90,7 +90,7 @@ pub fn encode_publish(
 }
 
 /// Case-insensitive header name match.
-fn is_header<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn is_header<'a>(line: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let colon = memchr::memchr(b':', line)?;
     let (n, v) = line.split_at(colon);
     if trim(n).eq_ignore_ascii_case(name.as_bytes()) {
@@ -107,7 +107,7 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// `Status-Line` → status code.
-fn parse_status(line: &[u8]) -> Result<u16, Error> {
+pub(crate) fn parse_status(line: &[u8]) -> Result<u16, Error> {
     if !line.starts_with(b"HTTP/") {
         return Err(Error::Protocol("response does not start with HTTP/"));
     }

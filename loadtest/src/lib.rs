@@ -1,6 +1,6 @@
 //! Shared code of the load tools `flood-pub` and `flood-sub`.
 //!
-//! Codecs (`line`, `http`) and bookkeeping (`stamp`, `hist`, `seqset`) never
+//! Codecs (`line`, `http`, `sse`, `ws`) and bookkeeping (`stamp`, `hist`, `seqset`) never
 //! touch a socket; `net` and `tls` own the sockets; `publisher` and
 //! `subscriber` are the two event loops; `report` formats what they measured;
 //! `ready` is the handshake that lets flood-pub wait for flood-sub.
@@ -16,7 +16,9 @@ pub mod publisher;
 pub mod ready;
 pub mod report;
 pub mod seqset;
+pub mod sse;
 pub mod stamp;
 pub mod subscriber;
 pub mod tls;
 pub mod workers;
+pub mod ws;

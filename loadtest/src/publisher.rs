@@ -24,7 +24,7 @@ use crate::codec::Event;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::PubTotals;
 use crate::stamp::{self, Body, Stamp};
-use crate::{http, line};
+use crate::{http, line, ws};
 
 /// Everything a publisher run needs to know.
 #[derive(Clone)]
@@ -83,6 +83,7 @@ enum Phase {
 enum Parser {
     Line(line::Parser),
     Http(http::RespParser),
+    Ws(ws::WsParser),
 }
 
 struct Conn {
@@ -193,7 +194,7 @@ impl<'a> Loop<'a> {
         while !self.stopping
             && c.sent < limit
             && c.out.len() - c.out_pos < OUT_HIGH
-            && (opts.proto == Proto::Line || c.inflight < opts.pipeline)
+            && (matches!(opts.proto, Proto::Line | Proto::Ws) || c.inflight < opts.pipeline)
         {
             let body = self.body.stamp(Stamp {
                 sent_ns: now_ns(),
@@ -213,6 +214,12 @@ impl<'a> Loop<'a> {
                     );
                     c.inflight += 1;
                 }
+                Proto::Ws => {
+                    let text = opts.ctype.starts_with("text/");
+                    ws::encode_message(&mut c.out, text, body, mask_of(c.publisher, c.sent));
+                }
+                // Refused at start: SSE only subscribes.
+                Proto::Sse => {}
             }
             c.sent += 1;
         }
@@ -222,6 +229,9 @@ impl<'a> Loop<'a> {
             c.phase = Phase::Ending;
             if opts.proto == Proto::Line {
                 line::encode_publish(&mut c.out, &c.probe, "text/plain", b"e");
+            } else if opts.proto == Proto::Ws {
+                // Answered once the server has taken every message before.
+                ws::encode_close(&mut c.out, mask_of(c.publisher, c.sent));
             } else if c.inflight == 0 {
                 c.phase = Phase::Done;
                 c.done_ns = now;
@@ -242,6 +252,8 @@ impl<'a> Loop<'a> {
         let mut first_refused: Option<u16> = None;
         while let Some(io) = c.io.as_mut() {
             let n = match io.read(scratch) {
+                // A WebSocket closes after the close handshake.
+                Ok(0) if c.phase == Phase::Done => return Ok(()),
                 Ok(0) => return Err("connection closed by the server".into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -273,6 +285,15 @@ impl<'a> Loop<'a> {
                     }
                     _ => {}
                 },
+                Event::Subscribed if *phase == Phase::Starting => {
+                    *phase = Phase::Ready;
+                    *was_ready = true;
+                }
+                Event::Closed { .. } if *phase == Phase::Ending => {
+                    *phase = Phase::Done;
+                    *confirmed = *sent;
+                    *done_ns = now;
+                }
                 Event::Response { status } => {
                     *inflight = inflight.saturating_sub(1);
                     if (200..300).contains(&status) {
@@ -292,6 +313,7 @@ impl<'a> Loop<'a> {
             let r = match parser {
                 Parser::Line(p) => p.feed(data, &mut on),
                 Parser::Http(p) => p.feed(data, &mut on),
+                Parser::Ws(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -318,6 +340,15 @@ impl<'a> Loop<'a> {
                     if opts.proto == Proto::Line {
                         line::encode_subscribe(&mut c.out, &c.probe);
                         line::encode_publish(&mut c.out, &c.probe, "text/plain", b"s");
+                        c.phase = Phase::Starting;
+                    } else if opts.proto == Proto::Ws {
+                        ws::encode_handshake(
+                            &mut c.out,
+                            &opts.host,
+                            &opts.channel,
+                            true,
+                            opts.auth.as_deref(),
+                        );
                         c.phase = Phase::Starting;
                     } else {
                         c.phase = Phase::Ready;
@@ -394,7 +425,8 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
             out_pos: 0,
             parser: match opts.proto {
                 Proto::Line => Parser::Line(line::Parser::default()),
-                Proto::Http => Parser::Http(http::RespParser::default()),
+                Proto::Http | Proto::Sse => Parser::Http(http::RespParser::default()),
+                Proto::Ws => Parser::Ws(ws::WsParser::default()),
             },
             publisher: ((pid << 16) | index as u64) & stamp::MAX_PUBLISHER,
             probe: format!("{}.pub.{pid}.{index}", opts.channel),
@@ -554,6 +586,11 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
 
 /// How long `poll` may sleep: until the next rate-limited publish is due,
 /// at most 100 ms.
+/// A client frame's mask: it need not be secret here, only vary.
+fn mask_of(publisher: u64, seq: u64) -> [u8; 4] {
+    ((seq as u32).wrapping_mul(0x9e37_79b1) ^ publisher as u32).to_be_bytes()
+}
+
 fn next_wakeup(lp: &Loop<'_>, now: u64) -> Duration {
     let cap = 100_000_000u64;
     let (Some(t0), false) = (lp.t0, lp.stopping) else {

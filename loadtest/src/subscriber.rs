@@ -23,7 +23,7 @@ use crate::hist::Histogram;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::SubTotals;
 use crate::seqset::PerPublisher;
-use crate::{http, line, stamp};
+use crate::{http, line, sse, stamp, ws};
 
 /// Everything a subscriber run needs to know.
 #[derive(Clone)]
@@ -86,6 +86,8 @@ enum Phase {
 enum Parser {
     Line(line::Parser),
     Http(Box<http::SubParser>),
+    Sse(Box<sse::SseParser>),
+    Ws(Box<ws::WsParser>),
 }
 
 struct Conn {
@@ -148,6 +150,18 @@ fn subscribe_request(opts: &SubOptions, probe: Option<&str>) -> Vec<u8> {
                 opts.auth.as_deref(),
             );
         }
+        Proto::Sse => {
+            sse::encode_subscribe(&mut out, &opts.host, &opts.channel, opts.auth.as_deref());
+        }
+        Proto::Ws => {
+            ws::encode_handshake(
+                &mut out,
+                &opts.host,
+                &opts.channel,
+                false,
+                opts.auth.as_deref(),
+            );
+        }
     }
     out
 }
@@ -165,7 +179,7 @@ fn on_event(
 ) -> bool {
     match ev {
         Event::Subscribed => true,
-        Event::Response { .. } => false,
+        Event::Response { .. } | Event::Closed { .. } => false,
         Event::Message {
             channel,
             ctype,
@@ -381,6 +395,8 @@ impl<'a> Loop<'a> {
             let r = match parser {
                 Parser::Line(p) => p.feed(data, &mut on),
                 Parser::Http(p) => p.feed(data, &mut on),
+                Parser::Sse(p) => p.feed(data, &mut on),
+                Parser::Ws(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -498,6 +514,8 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
             parser: match opts.proto {
                 Proto::Line => Parser::Line(line::Parser::default()),
                 Proto::Http => Parser::Http(Box::default()),
+                Proto::Sse => Parser::Sse(Box::default()),
+                Proto::Ws => Parser::Ws(Box::default()),
             },
             probe: (opts.proto == Proto::Line)
                 .then(|| format!("{}.probe.{pid}.{index}", opts.channel)),

@@ -341,6 +341,50 @@ fn http_bus_every_message_once() {
 }
 
 #[test]
+fn websocket_subscribers_and_publishers() {
+    let s = start_server();
+    let p = port(s.bus);
+    fan_out(
+        &["--proto", "ws", "-p", &p, "-c", "lt.ws"],
+        &[
+            "--proto", "ws", "-p", &p, "-c", "lt.ws", "-n", "2", "--size", "100",
+        ],
+        3,
+        900,
+    );
+}
+
+#[test]
+fn event_stream_subscribers() {
+    let s = start_server();
+    let p = port(s.bus);
+    fan_out(
+        &[
+            "--proto",
+            "sse",
+            "-p",
+            &p,
+            "-c",
+            "lt.sse",
+            "-t",
+            "text/plain",
+        ],
+        &[
+            "--proto",
+            "http",
+            "-p",
+            &p,
+            "-c",
+            "lt.sse",
+            "-t",
+            "text/plain",
+        ],
+        3,
+        900,
+    );
+}
+
+#[test]
 fn http10_subscribers() {
     let s = start_server();
     let p = port(s.bus);
@@ -711,6 +755,8 @@ fn bad_arguments_exit_2() {
         (PUB, &["--rate", "fast"]),
         (PUB, &["--proto", "smtp"]),
         (PUB, &["--tls"]),
+        (PUB, &["--proto", "sse"]),
+        (SUB, &["--proto", "ws", "--expect-type", "text/plain"]),
     ] {
         let out = Command::new(tool)
             .args(args)

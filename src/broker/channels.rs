@@ -423,7 +423,7 @@ fn append_bounded(
             let breaks = memchr::memchr2_iter(b'\n', b'\r', p.body).count();
             p.body.len().saturating_add(breaks.saturating_mul(6))
         }
-        Framing::EventStreamJson => frames::json_string_len(p.body),
+        Framing::EventStreamJson | Framing::WebSocketJson => frames::json_string_len(p.body),
         _ => p.body.len(),
     };
     if body_framed > max_frame {

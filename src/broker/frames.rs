@@ -26,6 +26,13 @@ crate::counted_enum! {
         /// `text/event-stream` whose data is one JSON object per message, with
         /// the channel, content type and sender as fields (`?format=json`).
         EventStreamJson,
+        /// One WebSocket message per channel message: a text frame for
+        /// text and JSON content types (when the body is UTF-8), binary
+        /// otherwise; the body alone.
+        WebSocket,
+        /// One WebSocket text frame per message holding the JSON object of
+        /// [`Framing::EventStreamJson`] (`?format=json`).
+        WebSocketJson,
     }
 }
 
@@ -230,20 +237,27 @@ pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
     out.put_slice(b"\n");
 }
 
-/// Appends one Server-Sent Event whose data is a JSON object on one line:
+/// The JSON object of one publication, on one line:
 /// `{"channel":…,"type":…,"from":…,"body":…}` (`from` is null for an
-/// anonymous publisher). Strings are JSON-escaped, so a body's line breaks
-/// stay inside the one `data:` line; bytes that are not UTF-8 become U+FFFD.
-pub fn event_stream_json(out: &mut BytesMut, p: &Publication) {
+/// anonymous publisher). Strings are JSON-escaped; bytes that are not UTF-8
+/// become U+FFFD. The one place the JSON forms (SSE and WebSocket) are
+/// made, so a field added here reaches both.
+pub fn publication_json(p: &Publication) -> String {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let event = serde_json::json!({
+    serde_json::json!({
         "channel": text(p.channel),
         "type": text(p.content_type),
         "from": p.sender.map(text),
         "body": text(p.body),
-    });
+    })
+    .to_string()
+}
+
+/// Appends one Server-Sent Event whose data is [`publication_json`]: a
+/// body's line breaks stay inside the one `data:` line.
+pub fn event_stream_json(out: &mut BytesMut, p: &Publication) {
     out.put_slice(b"data: ");
-    out.put_slice(event.to_string().as_bytes());
+    out.put_slice(publication_json(p).as_bytes());
     out.put_slice(b"\n\n");
 }
 
@@ -268,6 +282,58 @@ pub fn json_string_len(bytes: &[u8]) -> usize {
     len
 }
 
+/// WebSocket opcodes (RFC 6455 §5.2) of the frames the server sends.
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Appends the head of a whole (FIN), unmasked WebSocket frame with
+/// `opcode` and a payload of `len` bytes, its length in the shortest form.
+pub fn websocket_header(out: &mut BytesMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | (opcode & 0x0F));
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.put_u8(126);
+        out.put_u16(len);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// True when a message of `content_type` goes to WebSocket clients as
+/// text: `text/*`, `application/json` and `*/*+json` types.
+pub fn is_text_type(content_type: &[u8]) -> bool {
+    let media = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let lower = media.to_ascii_lowercase();
+    lower.starts_with(b"text/") || lower == b"application/json" || lower.ends_with(b"+json")
+}
+
+/// Appends one WebSocket message for a publication: its body, in a text
+/// frame when its type is a text type ([`is_text_type`]) and the body is
+/// UTF-8 (a client must fail a connection whose text is not), in a binary
+/// frame otherwise; with `json`, a text frame holding [`publication_json`].
+pub fn websocket_message(out: &mut BytesMut, p: &Publication, json: bool) {
+    if json {
+        let text = publication_json(p);
+        out.reserve(text.len() + 10);
+        websocket_header(out, OP_TEXT, text.len());
+        out.put_slice(text.as_bytes());
+        return;
+    }
+    let text = is_text_type(p.content_type) && std::str::from_utf8(p.body).is_ok();
+    out.reserve(p.body.len() + 10);
+    websocket_header(out, if text { OP_TEXT } else { OP_BINARY }, p.body.len());
+    out.put_slice(p.body);
+}
+
 /// Appends the frame of `framing` for one publication.
 pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool) {
     match framing {
@@ -276,6 +342,8 @@ pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool)
         Framing::MultipartPlain => multipart_part(out, p, root, false),
         Framing::EventStream => event_stream(out, p, root),
         Framing::EventStreamJson => event_stream_json(out, p),
+        Framing::WebSocket => websocket_message(out, p, false),
+        Framing::WebSocketJson => websocket_message(out, p, true),
     }
 }
 
@@ -426,6 +494,56 @@ mod tests {
         event_stream_json(&mut out, &publication(b"x", None));
         assert!(out.starts_with(b"data: {") && out.ends_with(b"}\n\n"));
         assert!(memchr::memmem::find(&out, b"\"from\":null").is_some());
+    }
+
+    #[test]
+    fn websocket_frames() {
+        let mut out = BytesMut::new();
+        websocket_message(&mut out, &publication(b"hi", None), false);
+        assert_eq!(&out[..], b"\x81\x02hi");
+        for (content_type, body, first) in [
+            (&b"application/json"[..], &b"{}"[..], 0x81u8),
+            (b"application/ld+json; charset=utf-8", b"{}", 0x81),
+            (b"Text/HTML", b"<p>", 0x81),
+            (b"text/plain", b"\xff", 0x82),
+            (b"image/png", b"x", 0x82),
+            (b"", b"x", 0x82),
+        ] {
+            out.clear();
+            let p = Publication {
+                channel: b"c",
+                content_type,
+                sender: None,
+                body,
+            };
+            websocket_message(&mut out, &p, false);
+            assert_eq!(out[0], first, "{:?}", String::from_utf8_lossy(content_type));
+            assert_eq!(&out[2..], body);
+        }
+        for (len, head) in [
+            (125usize, &b"\x82\x7d"[..]),
+            (126, b"\x82\x7e\x00\x7e"),
+            (65535, b"\x82\x7e\xff\xff"),
+            (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+        ] {
+            out.clear();
+            let body = vec![0u8; len];
+            let p = Publication {
+                channel: b"c",
+                content_type: b"image/png",
+                sender: None,
+                body: &body,
+            };
+            websocket_message(&mut out, &p, false);
+            assert!(out.starts_with(head), "{len}");
+            assert_eq!(out.len(), head.len() + len);
+        }
+        out.clear();
+        websocket_message(&mut out, &publication(b"\xff", Some(b"bob")), true);
+        let text = publication_json(&publication(b"\xff", Some(b"bob")));
+        assert_eq!(out[0], 0x81);
+        assert_eq!(&out[2..], text.as_bytes());
+        assert!(text.contains("\"from\":\"bob\""));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! Server-Sent Events, their JSON form, `?type=` and `?sender=` filters),
 //! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page),
 //! `/metrics` and `/healthz` (answered by `metrics.rs`), static
-//! files for every other path (`files.rs`), and the stream a subscribed
-//! connection becomes ([`BusStream`]). Must not touch: how requests are
-//! decoded, authenticated or pipelined (`conn.rs`), sockets, other doors.
+//! files for every other path (`files.rs`), the stream a subscribed
+//! connection becomes ([`BusStream`]), the WebSocket a `GET` with `Upgrade:
+//! websocket` becomes ([`WsStream`]: deliveries out, publishes in), and
+//! the heartbeat of idle streams. Must not touch: how requests are decoded,
+//! authenticated or pipelined (`conn.rs`), how WebSocket frames are parsed
+//! (`websocket.rs`), sockets, other doors.
 //!
 //! A connection carries any number of requests (keep-alive, pipelining) until
 //! one of them subscribes; from then on it is a [`BusStream`] of pushed
-//! messages, and whatever it sends is read and discarded, as in msgbus.
+//! messages, and whatever it sends is read and discarded, as in msgbus; or a
+//! [`WsStream`], whose client's messages are publishes to its channel.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -23,10 +27,11 @@ use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::files;
 use super::response::Response;
 use super::uri::query_param;
+use super::websocket::{self, Event as WsEvent};
 use crate::auth::Action;
 use crate::broker::filter::Filter;
-use crate::broker::frames::{multipart_opening, Framing};
-use crate::broker::{Answer, Broker, Subscription};
+use crate::broker::frames::{multipart_opening, Framing, OP_CLOSE, OP_PONG};
+use crate::broker::{Answer, Broker, Millis, Subscription};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 
@@ -40,12 +45,22 @@ pub const REALM: &str = "msgbus";
 /// answer to nearly every publish: sent as this one static frame.
 const NO_CONTENT_KEEP_ALIVE: &[u8] = b"HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
 const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
+/// What an event stream opens with: how long a browser waits before it
+/// reconnects (`retry:`, in ms), and a comment.
+pub const SSE_OPENING: &[u8] = b"retry: 3000\n: subscribed\n\n";
+/// The content types of what a WebSocket client publishes.
+const WS_TEXT_TYPE: &[u8] = b"text/plain";
+const WS_BINARY_TYPE: &[u8] = b"application/octet-stream";
 
 /// What every bus connection shares, prepared once at start-up.
 struct Shared {
     /// Canonical path of the document root.
     docroot: Option<PathBuf>,
     started: Instant,
+    /// Silence after which a stream gets a heartbeat, in ms (0: never).
+    heartbeat_ms: Millis,
+    /// The largest message a WebSocket client may send (`--max-body`).
+    max_message: usize,
 }
 
 /// The bus door's constructor: its settings are read from `config` once.
@@ -54,6 +69,8 @@ pub fn opener(config: &Config) -> Opener {
     let shared = Rc::new(Shared {
         docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
+        heartbeat_ms: config.heartbeat_s.saturating_mul(1000),
+        max_message: config.limits.max_body,
     });
     Box::new(move || {
         let routes = Bus {
@@ -85,7 +102,20 @@ impl Routes for Bus {
                     if !caller.may(Action::Subscribe, asked) {
                         return Reply::Respond(Caller::forbidden(Action::Subscribe, asked));
                     }
-                    subscribe(&req, channel, cx)
+                    if req.method == Method::Get && wants_websocket(&req) {
+                        // What the client sends is published to the channel:
+                        // checked here, once for the connection's life.
+                        let publishes = caller.may(Action::Publish, channel);
+                        return websocket_subscribe(
+                            &req,
+                            channel,
+                            caller.user,
+                            publishes,
+                            &self.shared,
+                            cx,
+                        );
+                    }
+                    subscribe(&req, channel, &self.shared, cx)
                 }
                 Method::Post if !caller.may(Action::Publish, channel) => {
                     Reply::Respond(Caller::forbidden(Action::Publish, channel))
@@ -138,7 +168,7 @@ impl Routes for Bus {
     }
 }
 
-fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<FileRead> {
+fn subscribe(req: &Request, channel: &[u8], shared: &Shared, cx: &mut Cx<'_>) -> Reply<FileRead> {
     let query = req.query().unwrap_or("");
     let filter = match subscription_filter(query) {
         Ok(filter) => filter,
@@ -161,33 +191,138 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<FileRead> 
         Framing::EventStream | Framing::EventStreamJson => Response::new(200)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
-            .stream(&b": subscribed\n\n"[..]),
+            .stream(SSE_OPENING),
         Framing::MultipartChunked => Response::new(200)
             .header("Content-Type", MULTIPART_TYPE)
             .header("Cache-Control", "no-cache")
             .header("Transfer-Encoding", "chunked")
             .stream(multipart_opening(true)),
-        Framing::MultipartPlain | Framing::Line => Response::new(200)
-            .header("Content-Type", MULTIPART_TYPE)
-            .header("Cache-Control", "no-cache")
-            .stream(multipart_opening(false)),
+        Framing::MultipartPlain | Framing::Line | Framing::WebSocket | Framing::WebSocketJson => {
+            Response::new(200)
+                .header("Content-Type", MULTIPART_TYPE)
+                .header("Cache-Control", "no-cache")
+                .stream(multipart_opening(false))
+        }
     };
     if req.method == Method::Head {
         // The head a subscribe would get, and no subscription.
         return Reply::Respond(head);
     }
-    let sub = Subscription { framing, filter };
-    let stream = if channel.is_empty() {
+    let beat = match framing {
+        Framing::EventStream | Framing::EventStreamJson => Beat::EventStream,
+        Framing::MultipartChunked => Beat::MultipartChunked,
+        _ => Beat::MultipartPlain,
+    };
+    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
+    let stream = BusStream {
+        channel,
+        heartbeat: Heartbeat::start(shared.heartbeat_ms, beat, cx),
+    };
+    Reply::Stream(head, Box::new(stream))
+}
+
+/// Subscribes the connection to `channel` (to every channel when empty);
+/// returns what it must unsubscribe from.
+fn subscribe_to(channel: &[u8], sub: Subscription, cx: &mut Cx<'_>) -> Option<Bytes> {
+    if channel.is_empty() {
         cx.broker.channels.subscribe_all(cx.me, sub, cx.out);
-        BusStream { channel: None }
+        None
     } else {
         let channel = Bytes::copy_from_slice(channel);
         cx.broker
             .channels
             .subscribe(cx.me, channel.clone(), sub, cx.out);
-        BusStream {
-            channel: Some(channel),
+        Some(channel)
+    }
+}
+
+/// Ends what [`subscribe_to`] began.
+fn unsubscribe_from(channel: Option<Bytes>, cx: &mut Cx<'_>) {
+    match channel {
+        Some(channel) => {
+            cx.broker.channels.unsubscribe(cx.me, &channel, cx.out);
         }
+        None => {
+            cx.broker.channels.unsubscribe_all(cx.me, cx.out);
+        }
+    }
+}
+
+/// True for a request that asks for a WebSocket (`Upgrade: websocket`).
+fn wants_websocket(req: &Request) -> bool {
+    header_has_token(req, "Upgrade", b"websocket")
+}
+
+/// True when some `name` header of `req` lists `token` (comma-separated,
+/// case-insensitive).
+fn header_has_token(req: &Request, name: &str, token: &[u8]) -> bool {
+    req.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .any(|(_, v)| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+}
+
+/// The opening handshake (RFC 6455 §4.2): a `101` and a [`WsStream`]
+/// subscribed to `channel` (every channel when empty), or the status that
+/// says what is wrong with the request.
+fn websocket_subscribe(
+    req: &Request,
+    channel: &[u8],
+    user: Option<String>,
+    publishes: bool,
+    shared: &Shared,
+    cx: &mut Cx<'_>,
+) -> Reply<FileRead> {
+    if req.minor_version == 0 {
+        return Reply::Respond(Response::text(400, "a WebSocket needs HTTP/1.1"));
+    }
+    if !header_has_token(req, "Connection", b"upgrade") {
+        return Reply::Respond(Response::text(
+            400,
+            "a WebSocket handshake needs Connection: Upgrade",
+        ));
+    }
+    if req.header("Sec-WebSocket-Version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Reply::Respond(
+            Response::text(426, "only WebSocket version 13 is spoken")
+                .header("Sec-WebSocket-Version", "13"),
+        );
+    }
+    let Some(key) = req
+        .header("Sec-WebSocket-Key")
+        .map(<[u8]>::trim_ascii)
+        .filter(|k| websocket::valid_key(k))
+    else {
+        return Reply::Respond(Response::text(
+            400,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        ));
+    };
+    let query = req.query().unwrap_or("");
+    let filter = match subscription_filter(query) {
+        Ok(filter) => filter,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
+    let framing = if query_param(query, "format").as_deref() == Some("json") {
+        Framing::WebSocketJson
+    } else {
+        Framing::WebSocket
+    };
+    let head = Response::new(101)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", websocket::accept_key(key))
+        .stream(Bytes::new());
+    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
+    let stream = WsStream {
+        channel,
+        sender: user.map(Bytes::from),
+        publishes,
+        decoder: websocket::Decoder::new(shared.max_message),
+        heartbeat: Heartbeat::start(shared.heartbeat_ms, Beat::WebSocket, cx),
     };
     Reply::Stream(head, Box::new(stream))
 }
@@ -231,6 +366,7 @@ fn publish(
 pub struct BusStream {
     /// `None`: subscribed to every channel.
     channel: Option<Bytes>,
+    heartbeat: Heartbeat,
 }
 
 impl Door for BusStream {
@@ -248,15 +384,222 @@ impl Door for BusStream {
         false
     }
 
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.heartbeat.on_timer(cx);
+        Next::Read
+    }
+
     fn on_close(&mut self, cx: &mut Cx<'_>) {
-        match self.channel.take() {
-            Some(channel) => {
-                cx.broker.channels.unsubscribe(cx.me, &channel, cx.out);
+        unsubscribe_from(self.channel.take(), cx);
+    }
+}
+
+/// A bus connection that became a WebSocket: channel messages go out as
+/// WebSocket messages (framed once by the broker for every WebSocket
+/// subscriber), the client's messages are published to the channel, and
+/// control frames are answered.
+pub struct WsStream {
+    /// Its channel, where the client's messages are published; `None`: the
+    /// root subscription, whose client publishes to the empty channel (as
+    /// a `POST /msgbus/` does).
+    channel: Option<Bytes>,
+    /// The Basic auth user of the handshake: the sender of what it publishes.
+    sender: Option<Bytes>,
+    /// False when the handshake's token does not allow publishing to the
+    /// channel: a message from the client then closes with 1008.
+    publishes: bool,
+    decoder: websocket::Decoder,
+    heartbeat: Heartbeat,
+}
+
+impl WsStream {
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with the code
+    /// of `err`, then the connection closes without reading more.
+    fn fail(cx: &mut Cx<'_>, input: &mut BytesMut, err: websocket::WsError) -> Next {
+        log::debug!("websocket conn {}: {err}", cx.me.key);
+        cx.send(websocket::close_frame(err.close_code(), &err.to_string()));
+        input.clear();
+        Next::Close(CloseReason::ProtocolError)
+    }
+}
+
+impl Door for WsStream {
+    fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        loop {
+            // Output backpressure: a client that sends pings (or publishes
+            // to its own channel) and does not read is not read either.
+            if cx.backlogged() {
+                return Next::Read;
             }
-            None => {
-                cx.broker.channels.unsubscribe_all(cx.me, cx.out);
+            let event = match self.decoder.decode(input) {
+                Ok(Some(event)) => event,
+                Ok(None) => return Next::Read,
+                Err(err) => return WsStream::fail(cx, input, err),
+            };
+            cx.progress();
+            match event {
+                WsEvent::Message { .. } if !self.publishes => {
+                    log::debug!("websocket conn {}: publish not allowed", cx.me.key);
+                    cx.send(websocket::close_frame(
+                        websocket::CLOSE_POLICY,
+                        "the token does not allow publish on this channel",
+                    ));
+                    input.clear();
+                    return Next::Close(CloseReason::ProtocolError);
+                }
+                WsEvent::Message { text, data } => {
+                    let content_type = if text { WS_TEXT_TYPE } else { WS_BINARY_TYPE };
+                    cx.broker.channels.publish(
+                        self.channel.as_deref().unwrap_or_default(),
+                        content_type,
+                        self.sender.as_deref(),
+                        &data,
+                        cx.out,
+                    );
+                }
+                WsEvent::Ping(payload) => {
+                    cx.send(websocket::control_frame(OP_PONG, &payload));
+                }
+                WsEvent::Pong(_) => {}
+                WsEvent::Close { code, .. } => {
+                    // The close handshake: the client's code echoed (none
+                    // for none), then the server closes the TCP connection.
+                    let payload = code.map(u16::to_be_bytes);
+                    cx.send(websocket::control_frame(
+                        OP_CLOSE,
+                        payload.as_ref().map_or(&[][..], |p| &p[..]),
+                    ));
+                    input.clear();
+                    return Next::Close(CloseReason::Quit);
+                }
             }
         }
+    }
+
+    fn on_answer(&mut self, _answer: Answer<'_>, _send: &mut dyn FnMut(Bytes)) -> bool {
+        false
+    }
+
+    fn is_paused(&self) -> bool {
+        false
+    }
+
+    /// A fragmented message is a request under way: the request timeout
+    /// runs while one is unfinished.
+    fn mid_request(&self) -> bool {
+        self.decoder.mid_message()
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Next {
+        self.heartbeat.on_timer(cx);
+        Next::Read
+    }
+
+    fn on_close(&mut self, cx: &mut Cx<'_>) {
+        unsubscribe_from(self.channel.take(), cx);
+    }
+}
+
+/// What an idle stream sends as its heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Beat {
+    /// A comment line (`: heartbeat`), which `EventSource` ignores.
+    EventStream,
+    /// A header line of the next part (`X-Heartbeat: 1`), which multipart
+    /// parsers skip as an unknown header (see [`MAX_HEARTBEAT_LINES`]).
+    MultipartChunked,
+    MultipartPlain,
+    /// A ping frame, which clients answer and do not pass on.
+    WebSocket,
+}
+
+/// After this many heartbeat lines in a row (no part in between), the next
+/// heartbeat ends the header block as an empty part (`Content-Length: 0`),
+/// so a long silence cannot grow the next part's head without bound.
+const MAX_HEARTBEAT_LINES: u8 = 16;
+
+const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
+const MULTIPART_HEARTBEAT: &[u8] = b"X-Heartbeat: 1\r\n";
+const MULTIPART_HEARTBEAT_CHUNK: &[u8] = b"10\r\nX-Heartbeat: 1\r\n\r\n";
+const MULTIPART_HEARTBEAT_END: &[u8] = b"Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n";
+const MULTIPART_HEARTBEAT_END_CHUNK: &[u8] =
+    b"25\r\nContent-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n\r\n";
+const WS_HEARTBEAT: &[u8] = b"\x89\x00";
+
+/// A stream's heartbeat: one wake-up per period in the shell's timers. Each
+/// decides from when the connection was last written to ([`Cx::last_write`])
+/// whether the stream was silent for a whole period; messages cost nothing.
+struct Heartbeat {
+    /// The period in ms (`--heartbeat` is capped to fit: 49 days).
+    every: u32,
+    beat: Beat,
+    /// When the last heartbeat was queued.
+    sent_at: Millis,
+    /// Multipart heartbeat lines since the last part.
+    lines: u8,
+}
+
+impl Heartbeat {
+    /// Arms the first wake-up (none when `every` is 0).
+    fn start(every: Millis, beat: Beat, cx: &mut Cx<'_>) -> Heartbeat {
+        let every = u32::try_from(every).unwrap_or(u32::MAX);
+        if every > 0 {
+            cx.wake_at(cx.now.saturating_add(every.into()));
+        }
+        Heartbeat {
+            every,
+            beat,
+            sent_at: 0,
+            lines: 0,
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) {
+        if self.every == 0 {
+            return;
+        }
+        let every = Millis::from(self.every);
+        let last = cx.last_write();
+        let due = last.saturating_add(every);
+        if cx.unsent() > 0 {
+            // Output is waiting to be written: the socket is not silent
+            // for want of bytes, and more would only queue.
+            cx.wake_at(cx.now.saturating_add(every));
+            return;
+        }
+        if cx.now < due {
+            cx.wake_at(due);
+            return;
+        }
+        if last > self.sent_at {
+            // Something other than a heartbeat went out since the last one.
+            self.lines = 0;
+        }
+        let frame: &'static [u8] = match self.beat {
+            Beat::EventStream => SSE_HEARTBEAT,
+            Beat::WebSocket => WS_HEARTBEAT,
+            Beat::MultipartChunked | Beat::MultipartPlain => {
+                let chunked = self.beat == Beat::MultipartChunked;
+                if self.lines < MAX_HEARTBEAT_LINES {
+                    self.lines += 1;
+                    if chunked {
+                        MULTIPART_HEARTBEAT_CHUNK
+                    } else {
+                        MULTIPART_HEARTBEAT
+                    }
+                } else {
+                    self.lines = 0;
+                    if chunked {
+                        MULTIPART_HEARTBEAT_END_CHUNK
+                    } else {
+                        MULTIPART_HEARTBEAT_END
+                    }
+                }
+            }
+        };
+        cx.send(Bytes::from_static(frame));
+        self.sent_at = cx.now;
+        cx.wake_at(cx.now.saturating_add(every));
     }
 }
 
@@ -345,6 +688,8 @@ mod tests {
         let shared = Rc::new(Shared {
             docroot: None,
             started: Instant::now(),
+            heartbeat_ms: 0,
+            max_message: 1 << 20,
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
     }
@@ -447,6 +792,100 @@ mod tests {
         assert_eq!(v["drops"], 4);
         assert!(v["uptime_s"].is_u64());
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn multipart_heartbeat_chunks_hold_their_lines() {
+        for (plain, chunk) in [
+            (MULTIPART_HEARTBEAT, MULTIPART_HEARTBEAT_CHUNK),
+            (MULTIPART_HEARTBEAT_END, MULTIPART_HEARTBEAT_END_CHUNK),
+        ] {
+            let mut want = format!("{:x}\r\n", plain.len()).into_bytes();
+            want.extend_from_slice(plain);
+            want.extend_from_slice(b"\r\n");
+            assert_eq!(chunk, &want[..]);
+        }
+    }
+
+    /// Runs a heartbeat's timer at `now` for a connection last written at
+    /// `last` with `unsent` bytes queued; returns what it sent and the
+    /// wake-up it asked for.
+    fn beat(
+        hb: &mut Heartbeat,
+        now: Millis,
+        last: Millis,
+        unsent: usize,
+    ) -> (Vec<u8>, Option<Millis>) {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, now, &mut broker, &mut out, &stats)
+            .with_last_write(last)
+            .with_unsent(unsent);
+        hb.on_timer(&mut cx);
+        let wake = cx.wake_requested();
+        (out.bytes_for(ME), wake)
+    }
+
+    #[test]
+    fn heartbeats_only_on_silent_streams() {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, 1_000, &mut broker, &mut out, &stats);
+        let mut hb = Heartbeat::start(500, Beat::EventStream, &mut cx);
+        assert_eq!(cx.wake_requested(), Some(1_500));
+        // Silent since the head went out at 1_000: a heartbeat.
+        assert_eq!(
+            beat(&mut hb, 1_500, 1_000, 0),
+            (SSE_HEARTBEAT.to_vec(), Some(2_000))
+        );
+        // A message went out at 1_800: the next one is due at 2_300.
+        assert_eq!(beat(&mut hb, 2_000, 1_800, 0), (vec![], Some(2_300)));
+        // Output waiting to be written: nothing more is queued.
+        assert_eq!(beat(&mut hb, 2_300, 1_800, 10), (vec![], Some(2_800)));
+        // Off: no wake-up at all.
+        let mut cx = Cx::new(ME, 1_000, &mut broker, &mut out, &stats);
+        let mut off = Heartbeat::start(0, Beat::WebSocket, &mut cx);
+        assert_eq!(cx.wake_requested(), None);
+        assert_eq!(beat(&mut off, 5_000, 0, 0), (vec![], None));
+    }
+
+    #[test]
+    fn multipart_heartbeat_lines_are_bounded() {
+        let (mut broker, stats) = (Broker::new(), Stats::default());
+        let mut out = RecordingOutbox::default();
+        let mut cx = Cx::new(ME, 0, &mut broker, &mut out, &stats);
+        let mut hb = Heartbeat::start(10, Beat::MultipartPlain, &mut cx);
+        let mut now = 0;
+        for _ in 0..MAX_HEARTBEAT_LINES {
+            now += 10;
+            // Each heartbeat is the last write.
+            let (sent, _) = beat(&mut hb, now, now - 10, 0);
+            assert_eq!(sent, MULTIPART_HEARTBEAT);
+        }
+        now += 10;
+        assert_eq!(beat(&mut hb, now, now - 10, 0).0, MULTIPART_HEARTBEAT_END);
+        now += 10;
+        assert_eq!(beat(&mut hb, now, now - 10, 0).0, MULTIPART_HEARTBEAT);
+        // A part written after a heartbeat starts the count again.
+        for _ in 1..MAX_HEARTBEAT_LINES {
+            now += 10;
+            beat(&mut hb, now, now - 10, 0);
+        }
+        let part_at = now + 1;
+        now = part_at + 10;
+        assert_eq!(beat(&mut hb, now, part_at, 0).0, MULTIPART_HEARTBEAT);
+    }
+
+    /// What an idle subscriber's door costs: keep it small.
+    #[test]
+    fn idle_streams_are_small() {
+        let (bus, ws) = (
+            std::mem::size_of::<BusStream>(),
+            std::mem::size_of::<WsStream>(),
+        );
+        eprintln!("BusStream {bus} bytes, WsStream {ws} bytes");
+        assert!(bus <= 48, "BusStream grew to {bus} bytes");
+        assert!(ws <= 104, "WsStream grew to {ws} bytes");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`codec`] and [`chunked`]: bytes in, requests (and chunked bodies) out.
 //! - [`response`]: the response builder.
 //! - [`uri`]: decoding paths and query strings.
+//! - [`websocket`]: WebSocket's handshake key and the decoder of client frames.
 //! - [`conn`]: the HTTP connection machine, generic over a door's [`conn::Routes`].
 //! - [`bus`]: the HTTP bus door (with [`files`] for static files).
 //! - [`proxy`]: the msglite HTTP proxy door (requests as queue messages).
@@ -28,3 +29,4 @@ pub mod proxy;
 pub mod response;
 pub mod switch;
 pub mod uri;
+pub mod websocket;

@@ -56,6 +56,9 @@ pub struct Conn {
     pub wake_at: Option<Millis>,
     /// When the last slow-subscriber line was logged for it.
     pub slow_logged_at: Option<Millis>,
+    /// When a flush last wrote bytes to it (0: never); doors read it as
+    /// [`Cx::last_write`].
+    pub last_write: Millis,
 }
 
 impl Conn {
@@ -88,6 +91,7 @@ impl Conn {
             incomplete_since: None,
             wake_at: None,
             slow_logged_at: None,
+            last_write: 0,
         }
     }
 

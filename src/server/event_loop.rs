@@ -363,7 +363,7 @@ impl Server {
         let now = self.now();
         let c = self.conns.get_mut(key)?;
         let id = c.id;
-        let unsent = c.outq.bytes();
+        let (unsent, last_write) = (c.outq.bytes(), c.last_write);
         let door_ix = c.door_ix;
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let job_room = self
@@ -376,7 +376,8 @@ impl Server {
             let stats = post.stats;
             let mut cx = Cx::new(id, now, broker, &mut post, stats)
                 .with_unsent(unsent)
-                .with_job_room(job_room);
+                .with_job_room(job_room)
+                .with_last_write(last_write);
             let next = call(door.as_mut(), &mut cx);
             let (progressed, wake, stop) =
                 (cx.progressed(), cx.wake_requested(), cx.stop_requested());
@@ -902,6 +903,7 @@ impl Server {
     }
 
     fn flush_dirty(&mut self) {
+        let now = self.now();
         let mut again = Vec::new();
         for key in mem::take(&mut self.dirty) {
             let Some(c) = self.conns.get_mut(key) else {
@@ -916,6 +918,9 @@ impl Server {
                     self.stats.bytes_out += n as u64;
                     if let Some(d) = self.stats.doors.get_mut(usize::from(c.door_ix)) {
                         d.bytes_out += n as u64;
+                    }
+                    if n > 0 {
+                        c.last_write = now;
                     }
                     if n > 0 && c.outq.cost() < self.limits.backlog && c.is_open() {
                         if c.held_back {

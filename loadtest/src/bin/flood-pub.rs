@@ -149,6 +149,12 @@ fn main() {
             cli::die(TOOL, &e);
         }
     }
+    if args.target.proto == cli::Proto::Sse {
+        cli::die(
+            TOOL,
+            "--proto sse only subscribes: publish with --proto http (or ws)",
+        );
+    }
     let body = match &args.file {
         Some(path) => match std::fs::read(path) {
             Ok(content) => Body::with_content(&content),

@@ -140,6 +140,12 @@ fn main() {
             cli::die(TOOL, &e);
         }
     }
+    if args.target.proto == cli::Proto::Ws && args.expect_type.is_some() {
+        cli::die(
+            TOOL,
+            "--expect-type: a WebSocket message carries no content type",
+        );
+    }
     let target = args.target.resolve().unwrap_or_else(|e| cli::die(TOOL, &e));
     if args.sources > 0 && !matches!(target.addr.ip(), std::net::IpAddr::V4(ip) if ip.is_loopback())
     {
