@@ -328,6 +328,43 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_inclusive_and_a_cr_in_an_extension_must_end_the_line() {
+        let decode = |input: &[u8]| {
+            let mut d = ChunkedDecoder::new(100, 16);
+            d.decode(&mut BytesMut::from(input))
+        };
+        // A size line of exactly MAX_CHUNK_LINE bytes, CRLF included, is
+        // taken; one byte more is not.
+        let line = |len: usize| {
+            let mut l = b"1;".to_vec();
+            l.resize(len - 2, b'x');
+            l.extend_from_slice(b"\r\n");
+            [l, b"a\r\n0\r\n\r\n".to_vec()].concat()
+        };
+        assert_eq!(
+            decode(&line(MAX_CHUNK_LINE)),
+            Ok(Some(Bytes::from_static(b"a")))
+        );
+        assert_eq!(
+            decode(&line(MAX_CHUNK_LINE + 1)),
+            Err(ChunkError::Malformed("chunk size line too long"))
+        );
+        // Trailers of exactly the limit (16 bytes with the final CRLF),
+        // and one byte more.
+        assert_eq!(decode(b"0\r\nX-Trailer: 1\r\n\r\n"), Ok(Some(Bytes::new())));
+        assert_eq!(
+            decode(b"0\r\nX-Trailer: 12\r\n\r\n"),
+            Err(ChunkError::TrailersTooLarge)
+        );
+        // A CR inside an extension ends the size line: anything but LF
+        // after it is refused.
+        assert_eq!(
+            decode(b"1;a\rb\r\nx\r\n0\r\n\r\n"),
+            Err(ChunkError::Malformed("invalid chunk size line"))
+        );
+    }
+
+    #[test]
     fn errors_and_limits() {
         let err = |max_body: usize, input: &[u8]| {
             let mut d = ChunkedDecoder::new(max_body, 16);
