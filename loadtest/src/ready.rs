@@ -128,7 +128,7 @@ impl Announcer {
                 }
                 Ok(())
             }
-            Proto::Http => {
+            Proto::Http | Proto::Sse | Proto::Ws => {
                 let mut s = open(&self.target, IO_TIMEOUT).map_err(what)?;
                 let mut req = Vec::new();
                 http::encode_publish(
@@ -171,7 +171,7 @@ pub fn wait_for(
     let mut req = Vec::new();
     match target.proto {
         Proto::Line => line::encode_subscribe(&mut req, channel),
-        Proto::Http => http::encode_subscribe(
+        Proto::Http | Proto::Sse | Proto::Ws => http::encode_subscribe(
             &mut req,
             &target.host,
             channel,
@@ -230,7 +230,7 @@ pub fn wait_for(
         };
         let fed = match target.proto {
             Proto::Line => line_parser.feed(data, &mut on),
-            Proto::Http => http_parser.feed(data, &mut on),
+            Proto::Http | Proto::Sse | Proto::Ws => http_parser.feed(data, &mut on),
         };
         fed.map_err(|e| format!("ready channel {channel}: {e}"))?;
         let now = counts.values().sum();
