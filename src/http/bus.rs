@@ -12,7 +12,6 @@
 //! one of them subscribes; from then on it is a [`BusStream`] of pushed
 //! messages, and whatever it sends is read and discarded, as in msgbus.
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -40,10 +39,10 @@ pub const REALM: &str = "msgbus";
 const NO_CONTENT_KEEP_ALIVE: &[u8] = b"HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
 const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
 
-/// What every bus connection shares, prepared once at start-up.
+/// What every bus connection shares, prepared once at start-up. (The
+/// docroot is not here: a reload may change it, so it is read from
+/// [`Cx::live`] per request.)
 struct Shared {
-    /// Canonical path of the document root.
-    docroot: Option<PathBuf>,
     started: Instant,
 }
 
@@ -51,7 +50,6 @@ struct Shared {
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings::from_config(config, REALM));
     let shared = Rc::new(Shared {
-        docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
     });
     Box::new(move || {
@@ -97,11 +95,11 @@ impl Routes for Bus {
                     .body("application/json", body),
             );
         }
-        let segments = match files::check(&req, self.shared.docroot.as_deref()) {
+        let segments = match files::check(&req, cx.live.docroot.as_deref()) {
             Ok(segments) => segments,
             Err(answer) => return Reply::Respond(answer),
         };
-        let Some(root) = self.shared.docroot.clone() else {
+        let Some(root) = cx.live.docroot.clone() else {
             return Reply::Respond(files::busy());
         };
         // Opening and reading may block (a slow disk, a network file
@@ -327,12 +325,11 @@ mod tests {
 
     fn bus_conn() -> Box<dyn Door> {
         let settings = Rc::new(Settings {
-            secret: None,
+            checks_secret: false,
             realm: REALM,
             limits: codec::Limits::default(),
         });
         let shared = Rc::new(Shared {
-            docroot: None,
             started: Instant::now(),
         });
         Box::new(HttpConn::new(settings, Bus { shared }))

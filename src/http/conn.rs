@@ -36,20 +36,23 @@ use crate::door::{CloseReason, Cx, Door, Next};
 /// Settings an HTTP door's connections share (one `Rc` per door).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// With a secret, every request needs HTTP Basic credentials whose
-    /// password is the secret (any user name); without, credentials are
-    /// optional and name the sender.
-    pub secret: Option<String>,
+    /// The door follows `--secret` ([`crate::door::Live::secret`], read per
+    /// request, so a reload applies to the next request): with a secret,
+    /// every request needs HTTP Basic credentials whose password is the
+    /// secret (any user name); without, credentials are optional and name
+    /// the sender. A door that never asks for credentials sets `false`.
+    pub checks_secret: bool,
     /// The Basic auth realm of the `401` challenge.
     pub realm: &'static str,
     pub limits: codec::Limits,
 }
 
 impl Settings {
-    /// The settings of `--secret`, `--max-header` and `--max-body`.
+    /// The settings of a door that follows `--secret`, with `--max-header`
+    /// and `--max-body`.
     pub fn from_config(config: &Config, realm: &'static str) -> Settings {
         Settings {
-            secret: config.secret.clone(),
+            checks_secret: true,
             realm,
             limits: codec::Limits {
                 max_head: config.limits.max_header,
@@ -204,7 +207,12 @@ impl<R: Routes> HttpConn<R> {
             head_only: req.method == Method::Head,
             keep_alive: req.keep_alive,
         };
-        let user = match authenticate(&req, self.settings.secret.as_deref()) {
+        let secret = if self.settings.checks_secret {
+            cx.live.secret.as_deref()
+        } else {
+            None
+        };
+        let user = match authenticate(&req, secret) {
             Ok(user) => user,
             Err(()) => {
                 let challenge = format!("Basic realm=\"{}\"", self.settings.realm);
@@ -640,6 +648,7 @@ mod tests {
         broker: Broker,
         out: RecordingOutbox,
         stats: Stats,
+        live: crate::door::Live,
         door: Box<dyn Door>,
         input: BytesMut,
         now: Millis,
@@ -651,7 +660,7 @@ mod tests {
     impl Shell {
         fn new(secret: Option<&str>) -> Shell {
             let settings = Rc::new(Settings {
-                secret: secret.map(str::to_string),
+                checks_secret: true,
                 realm: "test",
                 limits: codec::Limits::default(),
             });
@@ -659,6 +668,10 @@ mod tests {
                 broker: Broker::new(),
                 out: RecordingOutbox::default(),
                 stats: Stats::default(),
+                live: crate::door::Live {
+                    secret: secret.map(str::to_string),
+                    docroot: None,
+                },
                 door: Box::new(HttpConn::new(settings, TestRoutes)),
                 input: BytesMut::new(),
                 now: 1_000,
@@ -686,7 +699,8 @@ mod tests {
 
         /// Runs the door over the input it holds.
         fn resume(&mut self) -> Next {
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             let next = self.door.on_input(&mut cx, &mut self.input);
             let (wake, progressed) = (cx.wake_requested(), cx.progressed());
             self.after(wake, progressed);
@@ -695,7 +709,8 @@ mod tests {
 
         fn timer(&mut self, now: Millis) -> Next {
             self.now = now;
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             let next = self.door.on_timer(&mut cx);
             let (wake, progressed) = (cx.wake_requested(), cx.progressed());
             self.after(wake, progressed);
@@ -703,7 +718,8 @@ mod tests {
         }
 
         fn close(&mut self) {
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             self.door.on_close(&mut cx);
         }
 

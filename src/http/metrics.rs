@@ -444,7 +444,7 @@ const REALM: &str = "metrics";
 /// says: bind it where only the scraper can reach it.
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings {
-        secret: None,
+        checks_secret: false,
         ..Settings::from_config(config, REALM)
     });
     Box::new(move || Box::new(HttpConn::new(Rc::clone(&settings), MetricsRoutes)))
