@@ -3,7 +3,8 @@
 //! Owns: `GET/HEAD /msgbus/CH` (subscribe: multipart, chunked or plain,
 //! Server-Sent Events, their JSON form, `?type=` and `?sender=` filters),
 //! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page),
-//! `/metrics` and `/healthz` (answered by `metrics.rs`), static
+//! `/metrics` and `/healthz` (answered by `metrics.rs`), the dashboard
+//! under `/switchboard/` (`dashboard.rs`), static
 //! files for every other path (`files.rs`), and the stream a subscribed
 //! connection becomes ([`BusStream`]). Must not touch: how requests are
 //! decoded, authenticated or pipelined (`conn.rs`), sockets, other doors.
@@ -44,6 +45,8 @@ const MULTIPART_TYPE: &str = "multipart/x-mixed-replace;boundary=00MsgBus00";
 /// [`Cx::live`] per request.)
 struct Shared {
     started: Instant,
+    /// The dashboard's latest snapshot, shared by its watchers.
+    dashboard: Rc<super::dashboard::Snapshots>,
 }
 
 /// The bus door's constructor: its settings are read from `config` once.
@@ -51,6 +54,7 @@ pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings::from_config(config, REALM));
     let shared = Rc::new(Shared {
         started: Instant::now(),
+        dashboard: Rc::new(super::dashboard::Snapshots::new(true)),
     });
     Box::new(move || {
         let routes = Bus {
@@ -86,6 +90,9 @@ impl Routes for Bus {
         }
         if let Some(response) = super::metrics::route(&req, cx) {
             return Reply::Respond(response);
+        }
+        if let Some(reply) = super::dashboard::route(&req, cx, &self.shared.dashboard) {
+            return reply;
         }
         if path == STATS_PATH && matches!(req.method, Method::Get | Method::Head) {
             let body = stats_json(cx.broker, cx.stats, self.shared.started);
@@ -331,6 +338,7 @@ mod tests {
         });
         let shared = Rc::new(Shared {
             started: Instant::now(),
+            dashboard: Rc::new(crate::http::dashboard::Snapshots::new(true)),
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
     }
