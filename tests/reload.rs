@@ -362,3 +362,14 @@ fn secret_and_docroot_apply_to_new_requests_and_restart_settings_are_named() {
     reload(&server, 4);
     assert_eq!(get(&bus, "/hello.txt", None), (200, "one".into()));
 }
+
+#[test]
+fn a_sighup_as_soon_as_the_server_listens_reloads_and_ends_nothing() {
+    let mut server = Server::start(&["--log-level", "info"]);
+    // Sent right after the `listening` lines, before the first request.
+    let log = reload(&server, 1);
+    assert!(log.contains("reload done: changed nothing"), "{log}");
+    assert!(server.alive());
+    let mut client = Client::connect_tcp(server.line()).unwrap();
+    client.sync().unwrap();
+}

@@ -133,10 +133,25 @@ pub struct Server {
 /// connections stay open, reading `argv` (the command line `config` was
 /// made from, before its `--config` file was read) again.
 pub fn run(config: Config, argv: Vec<OsString>) -> io::Result<()> {
+    // Caught before the listeners open: a SIGHUP sent as soon as the
+    // server says it listens waits in the pair instead of ending it.
+    let hangup = signal_pair(&[signal_hook::consts::SIGHUP])?;
     let mut server = Server::bind(&config)?;
     server.reload = Some(Reload::new(argv).map_err(io::Error::other)?);
     server.catch_signals()?;
+    server.watch_hangup(hangup)?;
     server.serve()
+}
+
+/// A socket pair whose write end the signals `sigs` write to; its read end.
+fn signal_pair(sigs: &[i32]) -> io::Result<UnixStream> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    for &sig in sigs {
+        signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+    }
+    Ok(UnixStream::from_std(read))
 }
 
 fn is_would_block(e: &io::Error) -> bool {
@@ -219,29 +234,24 @@ impl Server {
         })
     }
 
-    /// Routes SIGINT and SIGTERM into the loop through a socket pair, and
-    /// SIGHUP through another.
+    /// Routes SIGINT and SIGTERM into the loop through a socket pair.
     pub fn catch_signals(&mut self) -> io::Result<()> {
-        let stop = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
-        self.signal = Some(self.signal_pair(&stop, SIGNAL)?);
-        self.hangup = Some(self.signal_pair(&[signal_hook::consts::SIGHUP], HANGUP)?);
+        let mut read = signal_pair(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut read, SIGNAL, Interest::READABLE)?;
+        self.signal = Some(read);
         Ok(())
     }
 
-    /// A socket pair whose write end the signals `sigs` write to, and whose
-    /// read end the poll watches under `token`.
-    fn signal_pair(&mut self, sigs: &[i32], token: Token) -> io::Result<UnixStream> {
-        let (read, write) = std::os::unix::net::UnixStream::pair()?;
-        read.set_nonblocking(true)?;
-        write.set_nonblocking(true)?;
-        for &sig in sigs {
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
-        }
-        let mut read = UnixStream::from_std(read);
+    /// Watches the socket pair SIGHUP writes to (see [`run`]): each SIGHUP
+    /// reloads, one that came before this call too.
+    fn watch_hangup(&mut self, mut read: UnixStream) -> io::Result<()> {
         self.poll
             .registry()
-            .register(&mut read, token, Interest::READABLE)?;
-        Ok(read)
+            .register(&mut read, HANGUP, Interest::READABLE)?;
+        self.hangup = Some(read);
+        Ok(())
     }
 
     fn now(&self) -> Millis {
