@@ -14,6 +14,7 @@
 //! holds an incomplete request for longer than `--request-timeout`.
 
 use std::cell::Cell;
+use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 
@@ -208,6 +209,34 @@ impl Stats {
     }
 }
 
+/// The settings a reload (SIGHUP) may change while connections stay open:
+/// owned by the shell, replaced whole by a reload that succeeded, and lent
+/// (read-only) to every door call as [`Cx::live`]. A door reads them per
+/// request, never keeps a copy.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// `--secret` and `--token-key`: what the doors that ask for
+    /// credentials check them against (see
+    /// `http::conn::Settings::checks_credentials`; the line door).
+    pub access: crate::auth::Access,
+    /// `--docroot`, canonical: where the bus serves static files from.
+    pub docroot: Option<PathBuf>,
+}
+
+impl Live {
+    /// Nothing set: no secret, no docroot.
+    pub const NONE: Live = Live {
+        access: crate::auth::Access {
+            secret: None,
+            tokens: None,
+        },
+        docroot: None,
+    };
+}
+
+/// What a [`Cx`] lends when the caller gave no [`Live`] (unit tests).
+static NO_LIVE: Live = Live::NONE;
+
 /// One protocol spoken on a connection. The shell holds a `Box<dyn Door>` in
 /// each connection and knows doors only through this trait.
 pub trait Door {
@@ -297,6 +326,8 @@ pub struct Cx<'a> {
     pub broker: &'a mut Broker,
     pub out: &'a mut dyn Outbox,
     pub stats: &'a Stats,
+    /// The settings a reload may change (see [`Live`]).
+    pub live: &'a Live,
     /// Set by [`Cx::progress`]: a whole request or command was taken.
     pub(crate) progressed: bool,
     /// Set by [`Cx::wake_at`].
@@ -329,6 +360,7 @@ impl<'a> Cx<'a> {
             broker,
             out,
             stats,
+            live: &NO_LIVE,
             progressed: false,
             wake_at: None,
             unsent: 0,
@@ -351,6 +383,12 @@ impl<'a> Cx<'a> {
         self.job_room -= 1;
         self.jobs.push(job);
         true
+    }
+
+    /// Lends the settings a reload may change (the shell does; tests may).
+    pub fn with_live(mut self, live: &'a Live) -> Cx<'a> {
+        self.live = live;
+        self
     }
 
     /// Sets how many jobs [`Cx::run_blocking`] takes (the shell does; tests may).

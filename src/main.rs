@@ -9,7 +9,8 @@ use switchboard::config_file::{self, ArgsError};
 use switchboard::{logging, server};
 
 fn main() -> ExitCode {
-    let argv = match config_file::with_file(std::env::args_os().collect()) {
+    let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match config_file::with_file(command_line.clone()) {
         Ok(argv) => argv,
         Err(ArgsError::Clap(e)) => e.exit(),
         Err(ArgsError::File(e)) => {
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         }
     }
     logging::init(config.log_level, config.log_format);
-    match server::run(config) {
+    match server::run(config, command_line) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Said once, as the last line, not also as a log line.

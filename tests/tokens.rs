@@ -387,3 +387,43 @@ fn without_credentials_configured_the_line_protocol_is_open() {
     send(&mut s, b"@ anything\r\n");
     common::line_sync(&mut s, "open");
 }
+
+/// SIGHUP reads the token key again: tokens of the old key are refused
+/// from the next request and line command on, tokens of the new one taken;
+/// a line connection authenticated before keeps what it was granted.
+#[test]
+fn a_reload_reads_the_token_key_again() {
+    let dir = TempDir::new("tokens-reload");
+    let server = start(&dir, &["--log-level", "info"]);
+    let old = hs_token(
+        serde_json::json!({"exp": now() + 600, "subscribe": ["news", "sync.>"], "publish": ["sync.>"]}),
+    );
+    let mut before = line_auth(&server, &old, "before");
+    let new_secret = "the next secret, also of more than thirty-two bytes";
+    std::fs::write(dir.path().join("hs.key"), new_secret).unwrap();
+    server.signal(1); // SIGHUP
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !server.stderr_text().contains("reload done") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {}",
+            server.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let got = exchange(
+        server.bus(),
+        &format!("GET /msgbus/news HTTP/1.0\r\n{}\r\n", bearer(&old)),
+    );
+    assert!(got.starts_with("HTTP/1.0 401 "), "{got}");
+    let new = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"exp": now() + 600, "subscribe": ["news", "sync.>"], "publish": ["sync.>"]}),
+        &EncodingKey::from_secret(new_secret.as_bytes()),
+    )
+    .unwrap();
+    let _sub = subscribe(server.bus(), "/msgbus/news", &bearer(&new));
+    let _line = line_auth(&server, &new, "after");
+    // The connection authenticated before the reload keeps its grant.
+    common::line_sync(&mut before, "kept");
+}

@@ -347,7 +347,16 @@ fn websocket_subscribers_and_publishers() {
     fan_out(
         &["--proto", "ws", "-p", &p, "-c", "lt.ws"],
         &[
-            "--proto", "ws", "-p", &p, "-c", "lt.ws", "--connections", "2", "--size", "100",
+            "--proto",
+            "ws",
+            "-p",
+            &p,
+            "-c",
+            "lt.ws",
+            "--connections",
+            "2",
+            "--size",
+            "100",
         ],
         3,
         900,

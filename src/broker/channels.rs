@@ -195,6 +195,24 @@ impl Channels {
         self.channels.values().map(|a| a.subs.len()).sum::<usize>() + self.root.subs.len()
     }
 
+    /// Subscribers of the root (every channel at once).
+    pub fn root_subscribers(&self) -> usize {
+        self.root.subs.len()
+    }
+
+    /// The `n` channels with the most subscribers (most first, then by
+    /// name), with their counts. One pass over the channels with a heap of
+    /// at most `n`: for a page someone looks at, never for the publish path.
+    pub fn top_by_subscribers(&self, n: usize) -> Vec<(Bytes, usize)> {
+        top_n(
+            self.channels.iter().map(|(name, a)| (a.subs.len(), name)),
+            n,
+        )
+        .into_iter()
+        .map(|(count, name)| (name.clone(), count))
+        .collect()
+    }
+
     /// Subscribes `conn` to `channel`, replacing an earlier subscription of it.
     pub fn subscribe(
         &mut self,
@@ -474,6 +492,33 @@ fn fan_out(
     delivered
 }
 
+/// The `n` largest of `items` by their count (ties: the smaller key
+/// first), largest first; a heap of at most `n` entries.
+pub(crate) fn top_n<'a, K: Ord + ?Sized>(
+    items: impl Iterator<Item = (usize, &'a K)>,
+    n: usize,
+) -> Vec<(usize, &'a K)> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if n == 0 {
+        return Vec::new();
+    }
+    // A min-heap on (count, Reverse(key)): its top is the entry to drop.
+    let mut heap: BinaryHeap<Reverse<(usize, Reverse<&K>)>> = BinaryHeap::with_capacity(n + 1);
+    for (count, key) in items {
+        heap.push(Reverse((count, Reverse(key))));
+        if heap.len() > n {
+            heap.pop();
+        }
+    }
+    let mut top: Vec<(usize, &K)> = heap
+        .into_iter()
+        .map(|Reverse((count, Reverse(key)))| (count, key))
+        .collect();
+    top.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    top
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +529,27 @@ mod tests {
     }
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn top_channels_by_subscribers_is_bounded_and_ordered() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let mut k = 0;
+        for (name, subs) in [("a", 1), ("b", 3), ("c", 2), ("d", 3), ("e", 1)] {
+            for _ in 0..subs {
+                k += 1;
+                ch.subscribe(conn(k), b(name), Subscription::line(), &mut out);
+            }
+        }
+        ch.subscribe_all(conn(99), Subscription::line(), &mut out);
+        assert_eq!(
+            ch.top_by_subscribers(3),
+            [(b("b"), 3), (b("d"), 3), (b("c"), 2)]
+        );
+        assert_eq!(ch.top_by_subscribers(10).len(), 5);
+        assert!(ch.top_by_subscribers(0).is_empty());
+        assert_eq!(ch.root_subscribers(), 1);
     }
 
     #[test]

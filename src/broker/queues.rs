@@ -245,6 +245,33 @@ impl Queues {
             .max()
     }
 
+    /// The `n` addresses with the most messages waiting (most first), with
+    /// their depth and how long their oldest live message has waited at
+    /// `now` (ms). One pass over the addresses with a heap of at most `n`:
+    /// for a page someone looks at, never for a hot path.
+    pub fn top_by_depth(&self, n: usize, now: Millis) -> Vec<(Bytes, usize, Millis)> {
+        let depths = self.addresses.iter().filter_map(|(name, a)| {
+            let live = a.messages.len().saturating_sub(a.expired_inside);
+            (live > 0).then_some((live, name))
+        });
+        super::channels::top_n(depths, n)
+            .into_iter()
+            .map(|(depth, name)| {
+                let age = self
+                    .addresses
+                    .get(name)
+                    .and_then(|a| a.messages.iter().find(|m| m.deadline > now))
+                    .map_or(0, |m| {
+                        let arrived = m
+                            .deadline
+                            .saturating_sub(m.timeout_s.min(MAX_TIMEOUT_S) * 1000);
+                        now.saturating_sub(arrived)
+                    });
+                (name.clone(), depth, age)
+            })
+            .collect()
+    }
+
     /// Receivers waiting.
     pub fn waiting(&self) -> usize {
         self.waits.len()
@@ -645,6 +672,22 @@ mod tests {
             }
             Ready::Waiting(w) => Some(w),
         }
+    }
+
+    #[test]
+    fn top_queues_by_depth_with_the_oldest_age() {
+        let mut q = Queues::new(0);
+        let mut out = RecordingOutbox::default();
+        for (addr, n, at) in [("x", 1, 0), ("y", 3, 1_000), ("z", 2, 500)] {
+            for _ in 0..n {
+                q.send(at, b(addr), None, 60, b("m"), &mut out).unwrap();
+            }
+        }
+        assert_eq!(
+            q.top_by_depth(2, 3_000),
+            [(b("y"), 3, 2_000), (b("z"), 2, 2_500)]
+        );
+        assert_eq!(q.top_by_depth(5, 3_000).len(), 3);
     }
 
     fn send(

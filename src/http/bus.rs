@@ -3,7 +3,8 @@
 //! Owns: `GET/HEAD /msgbus/CH` (subscribe: multipart, chunked or plain,
 //! Server-Sent Events, their JSON form, `?type=` and `?sender=` filters),
 //! `POST /msgbus/CH` (publish), `/msgbus-stats` (the stats page),
-//! `/metrics` and `/healthz` (answered by `metrics.rs`), static
+//! `/metrics` and `/healthz` (answered by `metrics.rs`), the dashboard
+//! under `/switchboard/` (`dashboard.rs`), static
 //! files for every other path (`files.rs`), the stream a subscribed
 //! connection becomes ([`BusStream`]), the WebSocket a `GET` with `Upgrade:
 //! websocket` becomes ([`WsStream`]: deliveries out, publishes in), and
@@ -16,7 +17,6 @@
 //! messages, and whatever it sends is read and discarded, as in msgbus; or a
 //! [`WsStream`], whose client's messages are publishes to its channel.
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -52,25 +52,27 @@ pub const SSE_OPENING: &[u8] = b"retry: 3000\n: subscribed\n\n";
 const WS_TEXT_TYPE: &[u8] = b"text/plain";
 const WS_BINARY_TYPE: &[u8] = b"application/octet-stream";
 
-/// What every bus connection shares, prepared once at start-up.
+/// What every bus connection shares, prepared once at start-up. (The
+/// docroot is not here: a reload may change it, so it is read from
+/// [`Cx::live`] per request.)
 struct Shared {
-    /// Canonical path of the document root.
-    docroot: Option<PathBuf>,
     started: Instant,
     /// Silence after which a stream gets a heartbeat, in ms (0: never).
     heartbeat_ms: Millis,
     /// The largest message a WebSocket client may send (`--max-body`).
     max_message: usize,
+    /// The dashboard's latest snapshot, shared by its watchers.
+    dashboard: Rc<super::dashboard::Snapshots>,
 }
 
 /// The bus door's constructor: its settings are read from `config` once.
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings::from_config(config, REALM));
     let shared = Rc::new(Shared {
-        docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
         heartbeat_ms: config.heartbeat_s.saturating_mul(1000),
         max_message: config.limits.max_body,
+        dashboard: Rc::new(super::dashboard::Snapshots::new(true)),
     });
     Box::new(move || {
         let routes = Bus {
@@ -130,6 +132,9 @@ impl Routes for Bus {
         if let Some(response) = super::metrics::route(&req, cx) {
             return Reply::Respond(response);
         }
+        if let Some(reply) = super::dashboard::route(&req, cx, &self.shared.dashboard) {
+            return reply;
+        }
         if path == STATS_PATH && matches!(req.method, Method::Get | Method::Head) {
             let body = stats_json(cx.broker, cx.stats, self.shared.started);
             return Reply::Respond(
@@ -138,11 +143,11 @@ impl Routes for Bus {
                     .body("application/json", body),
             );
         }
-        let segments = match files::check(&req, self.shared.docroot.as_deref()) {
+        let segments = match files::check(&req, cx.live.docroot.as_deref()) {
             Ok(segments) => segments,
             Err(answer) => return Reply::Respond(answer),
         };
-        let Some(root) = self.shared.docroot.clone() else {
+        let Some(root) = cx.live.docroot.clone() else {
             return Reply::Respond(files::busy());
         };
         // Opening and reading may block (a slow disk, a network file
@@ -681,15 +686,15 @@ mod tests {
 
     fn bus_conn() -> Box<dyn Door> {
         let settings = Rc::new(Settings {
-            access: crate::auth::Access::default(),
+            checks_credentials: false,
             realm: REALM,
             limits: codec::Limits::default(),
         });
         let shared = Rc::new(Shared {
-            docroot: None,
             started: Instant::now(),
             heartbeat_ms: 0,
             max_message: 1 << 20,
+            dashboard: Rc::new(crate::http::dashboard::Snapshots::new(true)),
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
     }

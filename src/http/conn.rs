@@ -37,21 +37,25 @@ use crate::door::{CloseReason, Cx, Door, Next};
 /// Settings an HTTP door's connections share (one `Rc` per door).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// With a secret, every request needs HTTP Basic credentials whose
-    /// password is the secret (any user name), or a token; with a token
-    /// key, a token (`Authorization: Bearer`, or `?token=`); with neither,
-    /// credentials are optional and name the sender.
-    pub access: Access,
+    /// The door asks for credentials: `--secret` and `--token-key`
+    /// ([`crate::door::Live::access`], read per request, so a reload applies
+    /// to the next request). With a secret, every request needs HTTP Basic
+    /// credentials whose password is the secret (any user name), or a
+    /// token; with a token key, a token (`Authorization: Bearer`, or
+    /// `?token=`); with neither, credentials are optional and name the
+    /// sender. A door that never asks for credentials sets `false`.
+    pub checks_credentials: bool,
     /// The Basic auth realm of the `401` challenge.
     pub realm: &'static str,
     pub limits: codec::Limits,
 }
 
 impl Settings {
-    /// The settings of `--secret`, `--max-header` and `--max-body`.
+    /// The settings of a door that follows `--secret`, with `--max-header`
+    /// and `--max-body`.
     pub fn from_config(config: &Config, realm: &'static str) -> Settings {
         Settings {
-            access: config.access(),
+            checks_credentials: true,
             realm,
             limits: codec::Limits {
                 max_head: config.limits.max_header,
@@ -201,10 +205,16 @@ impl<R: Routes> HttpConn<R> {
             head_only: req.method == Method::Head,
             keep_alive: req.keep_alive,
         };
-        let caller = match authenticate(&req, &self.settings.access) {
+        let no_credentials = Access::default();
+        let access = if self.settings.checks_credentials {
+            &cx.live.access
+        } else {
+            &no_credentials
+        };
+        let caller = match authenticate(&req, access) {
             Ok(caller) => caller,
             Err(refusal) => {
-                let refusal = unauthorized(&self.settings, &refusal);
+                let refusal = unauthorized(&self.settings, access, &refusal);
                 self.send(refusal, how, cx);
                 return;
             }
@@ -529,8 +539,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// The `401` for a request whose credentials are missing or refused.
-fn unauthorized(settings: &Settings, refusal: &Refusal) -> Response {
-    let access = &settings.access;
+fn unauthorized(settings: &Settings, access: &Access, refusal: &Refusal) -> Response {
     if access.tokens.is_none() {
         // The shared secret alone: HTTP Basic, as msgbus answered.
         let challenge = format!("Basic realm=\"{}\"", settings.realm);
@@ -730,6 +739,7 @@ mod tests {
         broker: Broker,
         out: RecordingOutbox,
         stats: Stats,
+        live: crate::door::Live,
         door: Box<dyn Door>,
         input: BytesMut,
         now: Millis,
@@ -741,10 +751,7 @@ mod tests {
     impl Shell {
         fn new(secret: Option<&str>) -> Shell {
             let settings = Rc::new(Settings {
-                access: crate::auth::Access {
-                    secret: secret.map(str::to_string),
-                    tokens: None,
-                },
+                checks_credentials: true,
                 realm: "test",
                 limits: codec::Limits::default(),
             });
@@ -752,6 +759,13 @@ mod tests {
                 broker: Broker::new(),
                 out: RecordingOutbox::default(),
                 stats: Stats::default(),
+                live: crate::door::Live {
+                    access: crate::auth::Access {
+                        secret: secret.map(str::to_string),
+                        tokens: None,
+                    },
+                    docroot: None,
+                },
                 door: Box::new(HttpConn::new(settings, TestRoutes)),
                 input: BytesMut::new(),
                 now: 1_000,
@@ -779,7 +793,8 @@ mod tests {
 
         /// Runs the door over the input it holds.
         fn resume(&mut self) -> Next {
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             let next = self.door.on_input(&mut cx, &mut self.input);
             let (wake, progressed) = (cx.wake_requested(), cx.progressed());
             self.after(wake, progressed);
@@ -788,7 +803,8 @@ mod tests {
 
         fn timer(&mut self, now: Millis) -> Next {
             self.now = now;
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             let next = self.door.on_timer(&mut cx);
             let (wake, progressed) = (cx.wake_requested(), cx.progressed());
             self.after(wake, progressed);
@@ -796,7 +812,8 @@ mod tests {
         }
 
         fn close(&mut self) {
-            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats);
+            let mut cx = Cx::new(ME, self.now, &mut self.broker, &mut self.out, &self.stats)
+                .with_live(&self.live);
             self.door.on_close(&mut cx);
         }
 

@@ -445,31 +445,45 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
 /// The metrics door's realm (it asks for no credentials).
 const REALM: &str = "metrics";
 
-/// The metrics door of `--metrics-listen`: `/metrics` and `/healthz`, and a
+/// The metrics door of `--metrics-listen`: `/metrics`, `/healthz` and the
+/// dashboard (without names, see `dashboard.rs`), and a
 /// `404` for anything else. It asks for no credentials, whatever `--secret`
 /// says: bind it where only the scraper can reach it.
 pub fn opener(config: &Config) -> Opener {
     let settings = Rc::new(Settings {
-        access: crate::auth::Access::default(),
+        checks_credentials: false,
         ..Settings::from_config(config, REALM)
     });
-    Box::new(move || Box::new(HttpConn::new(Rc::clone(&settings), MetricsRoutes)))
+    // No credentials here, so no channel or queue names either.
+    let dashboard = Rc::new(super::dashboard::Snapshots::new(false));
+    Box::new(move || {
+        let routes = MetricsRoutes {
+            dashboard: Rc::clone(&dashboard),
+        };
+        Box::new(HttpConn::new(Rc::clone(&settings), routes))
+    })
 }
 
 /// The routes of the metrics door.
-pub struct MetricsRoutes;
+pub struct MetricsRoutes {
+    /// The dashboard's latest snapshot, shared by its watchers.
+    dashboard: Rc<super::dashboard::Snapshots>,
+}
 
 impl Routes for MetricsRoutes {
     type Parked = Infallible;
 
     fn handle(&mut self, req: Request, _caller: Caller, cx: &mut Cx<'_>) -> Reply<Infallible> {
-        match route(&req, cx) {
-            Some(response) => Reply::Respond(response),
-            None => Reply::Respond(Response::text(
-                404,
-                "this address serves /metrics and /healthz only",
-            )),
+        if let Some(response) = route(&req, cx) {
+            return Reply::Respond(response);
         }
+        if let Some(reply) = super::dashboard::route(&req, cx, &self.dashboard) {
+            return reply;
+        }
+        Reply::Respond(Response::text(
+            404,
+            "this address serves /metrics, /healthz and the dashboard /switchboard/ only",
+        ))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod chunked;
 pub mod client;
 pub mod codec;
 pub mod conn;
+pub mod dashboard;
 pub mod files;
 pub mod hooks;
 pub mod metrics;

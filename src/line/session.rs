@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
-use crate::auth::{self, Access, Action, Grant};
+use crate::auth::{self, Action, Grant};
 use crate::broker::{Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
@@ -38,22 +38,7 @@ pub fn opener(config: &Config) -> Opener {
         config.limits.max_body,
         config.limits.max_subscriptions,
     );
-    let access = config.access();
-    let access = access.required().then(|| std::rc::Rc::new(access));
-    Box::new(move || {
-        let mut session = LineSession::new(max_line, max_body, max_subs);
-        if let Some(access) = &access {
-            session = session.with_access(std::rc::Rc::clone(access));
-        }
-        Box::new(session)
-    })
-}
-
-/// What a connection that must authenticate has shown.
-struct Auth {
-    access: std::rc::Rc<Access>,
-    /// Set by a good `@`.
-    grant: Option<Grant>,
+    Box::new(move || Box::new(LineSession::new(max_line, max_body, max_subs)))
 }
 
 pub struct LineSession {
@@ -65,9 +50,9 @@ pub struct LineSession {
     subscriptions: HashSet<Bytes>,
     /// Set once the connection must close (after `.`, or malformed input).
     closing: Option<CloseReason>,
-    /// With `--secret` or `--token-key`: the credentials shown (`None`:
-    /// nothing is required, and nothing is checked).
-    auth: Option<Auth>,
+    /// What a good `@` showed. Whether credentials are required at all is
+    /// read per command (`Cx::live`, so a reload applies to the next one).
+    grant: Option<Grant>,
 }
 
 impl LineSession {
@@ -78,18 +63,8 @@ impl LineSession {
             waiting: None,
             subscriptions: HashSet::new(),
             closing: None,
-            auth: None,
-        }
-    }
-
-    /// Requires an `@` with a credential `access` takes before any other
-    /// command, and checks each command against what it allows.
-    pub fn with_access(mut self, access: std::rc::Rc<Access>) -> LineSession {
-        self.auth = Some(Auth {
-            access,
             grant: None,
-        });
-        self
+        }
     }
 
     /// Refuses with `- unauthorized: reason` and closes.
@@ -105,10 +80,10 @@ impl LineSession {
     /// `action` on each of `names` (`- forbidden: …` otherwise; the
     /// connection stays open). `None` checks only the credential.
     fn allowed(&mut self, cx: &mut Cx<'_>, action: Option<Action>, names: &[&[u8]]) -> bool {
-        let Some(auth) = &self.auth else {
+        if !cx.live.access.required() {
             return true;
-        };
-        let Some(grant) = &auth.grant else {
+        }
+        let Some(grant) = &self.grant else {
             self.unauthorized(cx, "authenticate first: @ credential");
             return false;
         };
@@ -133,9 +108,8 @@ impl LineSession {
 
     /// The sender written into this connection's publishes: a token's subject.
     fn sender(&self) -> Option<&[u8]> {
-        self.auth
+        self.grant
             .as_ref()
-            .and_then(|a| a.grant.as_ref())
             .and_then(|g| g.subject.as_deref())
             .map(str::as_bytes)
     }
@@ -283,12 +257,12 @@ impl LineSession {
                 );
             }
             Command::Auth { credential } => {
-                let Some(auth) = &mut self.auth else {
+                if !cx.live.access.required() {
                     // Nothing is required: an `@` changes nothing.
                     return;
-                };
-                match auth.access.check(&credential) {
-                    Ok(grant) => auth.grant = Some(grant),
+                }
+                match cx.live.access.check(&credential) {
+                    Ok(grant) => self.grant = Some(grant),
                     Err(refusal) => self.unauthorized(cx, &refusal.to_string()),
                 }
             }
@@ -332,7 +306,7 @@ impl Door for LineSession {
                 body,
             } = raw
             {
-                if self.auth.is_some() {
+                if cx.live.access.required() {
                     // Checked, and its sender set, on the owned path.
                     let ranges = Ranges::of(&raw, input);
                     let frame = input.split_to(n).freeze();

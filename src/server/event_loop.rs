@@ -22,6 +22,7 @@
 //! same slab: `connect.rs`, a child module, does their lookups, connects and
 //! deadlines; from their connect on they are served like any other.
 
+use std::ffi::OsString;
 use std::io::{self, Read};
 use std::mem;
 use std::time::{Duration, Instant};
@@ -38,9 +39,10 @@ use super::post::Post;
 use super::transport::Transport;
 use crate::broker::{Answer, Broker, ConnId, Millis, Outbox};
 use crate::config::{Config, Limits};
-use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
+use crate::door::{CloseReason, Cx, Door, Live, Next, Opener, Stats};
 use crate::doors::DOORS;
 use crate::server::blocking::{self, Blocking};
+use crate::server::reload::{Reload, Reloaded};
 use crate::timer::Timers;
 
 #[path = "connect.rs"]
@@ -50,6 +52,8 @@ mod connect;
 /// slab keys and never get there.
 const LISTENER_BASE: usize = usize::MAX - 64;
 const SIGNAL: Token = Token(usize::MAX - 1);
+/// SIGHUP's socket pair (the waker is `usize::MAX - 2`).
+const HANGUP: Token = Token(usize::MAX - 3);
 
 /// Bytes read from one connection per turn before others get a go.
 const READ_BUDGET: usize = 256 * 1024;
@@ -111,6 +115,13 @@ pub struct Server {
     /// The longest loop turn of the current window, and when it started.
     turn_window: (Millis, u64),
     signal: Option<UnixStream>,
+    /// SIGHUP's end of its socket pair.
+    hangup: Option<UnixStream>,
+    /// What a reload needs (`None`: the server was not given its command
+    /// line, and SIGHUP only says so).
+    reload: Option<Reload>,
+    /// The settings a reload may change, lent to every door call.
+    live: Live,
     shutting_down: bool,
     outbound: connect::Outbound,
     /// The doors' blocking work (started on first use).
@@ -118,11 +129,29 @@ pub struct Server {
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
-/// serves until SIGINT or SIGTERM.
-pub fn run(config: Config) -> io::Result<()> {
+/// serves until SIGINT or SIGTERM; SIGHUP reloads what may change while
+/// connections stay open, reading `argv` (the command line `config` was
+/// made from, before its `--config` file was read) again.
+pub fn run(config: Config, argv: Vec<OsString>) -> io::Result<()> {
+    // Caught before the listeners open: a SIGHUP sent as soon as the
+    // server says it listens waits in the pair instead of ending it.
+    let hangup = signal_pair(&[signal_hook::consts::SIGHUP])?;
     let mut server = Server::bind(&config)?;
+    server.reload = Some(Reload::new(argv).map_err(io::Error::other)?);
     server.catch_signals()?;
+    server.watch_hangup(hangup)?;
     server.serve()
+}
+
+/// A socket pair whose write end the signals `sigs` write to; its read end.
+fn signal_pair(sigs: &[i32]) -> io::Result<UnixStream> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    read.set_nonblocking(true)?;
+    write.set_nonblocking(true)?;
+    for &sig in sigs {
+        signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+    }
+    Ok(UnixStream::from_std(read))
 }
 
 fn is_would_block(e: &io::Error) -> bool {
@@ -170,6 +199,10 @@ impl Server {
         };
         let stats = Stats::for_doors(connect::door_names());
         let outbound = connect::Outbound::new(config, poll.registry())?;
+        let live = Live {
+            access: config.access(),
+            docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
+        };
         Ok(Server {
             poll,
             listeners: bound.listeners,
@@ -192,6 +225,9 @@ impl Server {
             accept_logged_at: None,
             turn_window: (0, 0),
             signal: None,
+            hangup: None,
+            reload: None,
+            live,
             shutting_down: false,
             outbound,
             blocking: None,
@@ -200,17 +236,21 @@ impl Server {
 
     /// Routes SIGINT and SIGTERM into the loop through a socket pair.
     pub fn catch_signals(&mut self) -> io::Result<()> {
-        let (read, write) = std::os::unix::net::UnixStream::pair()?;
-        read.set_nonblocking(true)?;
-        write.set_nonblocking(true)?;
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
-        }
-        let mut read = UnixStream::from_std(read);
+        let mut read = signal_pair(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
         self.poll
             .registry()
             .register(&mut read, SIGNAL, Interest::READABLE)?;
         self.signal = Some(read);
+        Ok(())
+    }
+
+    /// Watches the socket pair SIGHUP writes to (see [`run`]): each SIGHUP
+    /// reloads, one that came before this call too.
+    fn watch_hangup(&mut self, mut read: UnixStream) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut read, HANGUP, Interest::READABLE)?;
+        self.hangup = Some(read);
         Ok(())
     }
 
@@ -243,9 +283,11 @@ impl Server {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         match token {
             SIGNAL => self.on_signal(),
+            HANGUP => self.on_hangup(),
             connect::WAKER => {
                 self.on_wake();
                 self.on_blocking_done();
+                self.on_reload_done();
             }
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
@@ -338,6 +380,13 @@ impl Server {
     /// Splits the server into the broker and the outbox over the
     /// connections, so a door call or a broker call can use both.
     fn split(&mut self, now: Millis) -> (&mut Broker, Post<'_>) {
+        let (broker, post, _) = self.split_live(now);
+        (broker, post)
+    }
+
+    /// [`Server::split`], and the settings a reload may change, for a door
+    /// call.
+    fn split_live(&mut self, now: Millis) -> (&mut Broker, Post<'_>, &Live) {
         (
             &mut self.broker,
             Post {
@@ -349,6 +398,7 @@ impl Server {
                 stats: &self.stats,
                 now,
             },
+            &self.live,
         )
     }
 
@@ -372,9 +422,10 @@ impl Server {
             .map_or(blocking::MAX_PENDING, Blocking::room);
         let messages_before = self.broker.messages_in();
         let (next, progressed, wake, stop, jobs) = {
-            let (broker, mut post) = self.split(now);
+            let (broker, mut post, live) = self.split_live(now);
             let stats = post.stats;
             let mut cx = Cx::new(id, now, broker, &mut post, stats)
+                .with_live(live)
                 .with_unsent(unsent)
                 .with_job_room(job_room)
                 .with_last_write(last_write);
@@ -446,6 +497,84 @@ impl Server {
         }
         log::info!("signal received: shutting down");
         self.shutting_down = true;
+    }
+
+    /// SIGHUP: reads the configuration again on a helper thread (see
+    /// [`Server::on_reload_done`]).
+    fn on_hangup(&mut self) {
+        if let Some(s) = &mut self.hangup {
+            let mut buf = [0u8; 64];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        let waker = self.outbound.waker();
+        match &mut self.reload {
+            Some(reload) => {
+                log::info!("SIGHUP received: reloading the configuration");
+                reload.start(waker);
+            }
+            None => log::warn!("SIGHUP received: this server cannot reload; ignored"),
+        }
+    }
+
+    /// A reload's result came back: swaps in what may change, or keeps
+    /// everything when it failed.
+    fn on_reload_done(&mut self) {
+        let Some((result, again)) = self.reload.as_mut().and_then(Reload::take) else {
+            return;
+        };
+        match result {
+            Ok(new) => self.apply_reload(new),
+            Err(e) => log::error!("reload failed, the running settings stay: {e}"),
+        }
+        if again {
+            let waker = self.outbound.waker();
+            if let Some(reload) = &mut self.reload {
+                reload.start(waker);
+            }
+        }
+    }
+
+    fn apply_reload(&mut self, new: Reloaded) {
+        let Some(reload) = &mut self.reload else {
+            return;
+        };
+        for key in reload.needs_restart(&new.effective) {
+            log::warn!("reload: `{key}` changed and needs a restart; the running value stays");
+        }
+        let changed = reload.take_reloaded(&new.effective);
+        let had_tls = self.listeners.iter().any(Listener::is_tls);
+        let tls = match (&new.config.tls, had_tls) {
+            (Some(t), true) => {
+                for l in &mut self.listeners {
+                    l.set_tls(&t.config);
+                }
+                "; new TLS handshakes use the certificate and key read now"
+            }
+            (None, true) => {
+                log::warn!(
+                    "reload: no TLS certificate any more; the TLS listeners keep the running \
+                     one until a restart closes them"
+                );
+                ""
+            }
+            (Some(_), false) => {
+                log::warn!(
+                    "reload: a TLS certificate was given, but TLS listeners open only at a restart"
+                );
+                ""
+            }
+            (None, false) => "",
+        };
+        self.live = Live {
+            access: new.config.access(),
+            docroot: new.docroot,
+        };
+        let changed = if changed.is_empty() {
+            "nothing".to_string()
+        } else {
+            changed.join(", ")
+        };
+        log::info!("reload done: changed {changed}{tls}");
     }
 
     fn accept_all(&mut self) {
@@ -999,9 +1128,9 @@ impl Server {
                 );
             }
             {
-                let (broker, mut post) = self.split(now);
+                let (broker, mut post, live) = self.split_live(now);
                 let stats = post.stats;
-                let mut cx = Cx::new(c.id, now, broker, &mut post, stats);
+                let mut cx = Cx::new(c.id, now, broker, &mut post, stats).with_live(live);
                 c.door.on_close(&mut cx);
                 broker.seal(&mut post);
             }

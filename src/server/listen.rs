@@ -98,6 +98,20 @@ impl Listener {
         }
     }
 
+    /// True for a TLS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Gives a TLS listener new settings (a reloaded certificate): the
+    /// connections it accepts from now on handshake with them; those
+    /// accepted before keep theirs. A listener without TLS stays so.
+    pub fn set_tls(&mut self, config: &Arc<rustls::ServerConfig>) {
+        if let Some(tls) = &mut self.tls {
+            *tls = Arc::clone(config);
+        }
+    }
+
     /// Removes the socket file of a Unix listener (at shutdown).
     pub fn remove_socket_file(&self) {
         if let Socket::Unix(_, path) = &self.socket {

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod listen;
 pub mod outq;
 pub mod post;
+pub mod reload;
 pub mod resolve;
 pub mod tls;
 pub mod transport;
