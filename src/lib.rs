@@ -9,6 +9,8 @@
 //! - [`line`]: the line protocol codec and session.
 //! - [`http`]: HTTP/1.x codec, responses and the HTTP bus door.
 //! - [`client`]: a blocking client for the CLI and tests.
+//! - [`store`]: queued messages on disk with `--data-dir` (a journal the
+//!   broker appends to, a segment log written by a helper thread).
 
 // Unit tests may unwrap, index and panic; the code they test may not
 // (`[lints.clippy]` in Cargo.toml).
@@ -30,4 +32,5 @@ pub mod doors;
 pub mod http;
 pub mod line;
 pub mod server;
+pub mod store;
 pub mod timer;
