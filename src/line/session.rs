@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
-use crate::broker::{Ready, Subscription, WaitId};
+use crate::broker::{QueueFull, Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
 
@@ -24,6 +24,15 @@ pub const TIMEOUT_FRAME: &[u8] = b"*\r\n";
 /// The answer to a send refused because its queue is full; the connection
 /// stays open.
 pub const QUEUE_FULL_FRAME: &[u8] = b"- queue full\r\n";
+/// The answer to a send the store could not record (`--data-dir`).
+pub const STORE_FRAME: &[u8] = b"- store unavailable\r\n";
+
+fn refused_frame(e: QueueFull) -> Bytes {
+    Bytes::from_static(match e {
+        QueueFull::Full => QUEUE_FULL_FRAME,
+        QueueFull::Store => STORE_FRAME,
+    })
+}
 
 /// Bodies from this size on are sent as they are, between a header frame
 /// and a CRLF, instead of being copied into one frame.
@@ -105,12 +114,8 @@ impl LineSession {
                 timeout_s,
                 body,
             } => {
-                if cx
-                    .broker
-                    .send(now, to, reply, timeout_s, body, cx.out)
-                    .is_err()
-                {
-                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                if let Err(e) = cx.broker.send(now, to, reply, timeout_s, body, cx.out) {
+                    cx.send(refused_frame(e));
                 }
             }
             Command::Ready {
@@ -126,8 +131,8 @@ impl LineSession {
                 body,
             } => match cx.broker.query(now, me, timeout_s, to, body, cx.out) {
                 Ok(ready) => self.took(cx, ready),
-                Err(_) => {
-                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                Err(e) => {
+                    cx.send(refused_frame(e));
                 }
             },
             Command::Quit => self.closing = Some(CloseReason::Quit),

@@ -44,6 +44,8 @@ use crate::timer::Timers;
 
 #[path = "connect.rs"]
 mod connect;
+#[path = "durable.rs"]
+mod durable;
 
 /// Listener tokens sit at the top of the token space; connection tokens are
 /// slab keys and never get there.
@@ -112,6 +114,8 @@ pub struct Server {
     signal: Option<UnixStream>,
     shutting_down: bool,
     outbound: connect::Outbound,
+    /// `--data-dir`: the store and the connections whose output waits for it.
+    durable: Option<durable::Durable>,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -158,20 +162,39 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let epoch_ms = u64::try_from(since_epoch.as_millis()).unwrap_or(0);
-        let broker = Broker {
-            queues: crate::broker::Queues::new(since_epoch.as_secs())
-                .with_limits(config.limits.queues),
-            switch: crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues),
+        let outbound = connect::Outbound::new(config, poll.registry())?;
+        let (durable, state, epoch_s) = match &config.data_dir {
+            Some(dir) => {
+                let opened =
+                    crate::store::Store::open(dir, config.fsync, epoch_ms, outbound.waker())
+                        .map_err(io::Error::other)?;
+                let d = durable::Durable::new(opened.store, opened.epoch_s);
+                (Some(d), Some(opened.state), opened.epoch_s)
+            }
+            None => (None, None, since_epoch.as_secs()),
+        };
+        let mut queues = crate::broker::Queues::new(epoch_s).with_limits(config.limits.queues);
+        let mut switch = crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues);
+        if let Some(d) = &durable {
+            queues = queues.with_journal(d.store.journal.clone());
+            switch = switch.with_journal(d.store.journal.clone());
+        }
+        let mut broker = Broker {
+            queues,
+            switch,
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             ..Broker::default()
         };
+        if let Some(state) = state {
+            let (line, switch) = broker.restore(0, epoch_ms, state);
+            log::info!("restored {line} queued line messages and {switch} switch messages");
+        }
         let door_names = connect::door_names();
         let stats = Stats {
             open: vec![0; door_names.len()],
             door_names,
             ..Stats::default()
         };
-        let outbound = connect::Outbound::new(config, poll.registry())?;
         Ok(Server {
             poll,
             listeners: bound.listeners,
@@ -196,6 +219,7 @@ impl Server {
             signal: None,
             shutting_down: false,
             outbound,
+            durable,
         })
     }
 
@@ -244,7 +268,10 @@ impl Server {
     fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
         match token {
             SIGNAL => self.on_signal(),
-            connect::WAKER => self.on_wake(),
+            connect::WAKER => {
+                self.on_wake();
+                self.on_store_wake();
+            }
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
                 let Some(c) = self.conns.get_mut(key) else {
@@ -291,6 +318,7 @@ impl Server {
         }
         loop {
             let linked = self.run_link_requests();
+            self.store_turn();
             self.flush_dirty();
             if self.to_close.is_empty() && !linked {
                 break;
@@ -328,6 +356,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.timers.next())
+            .chain(self.store_deadline(now))
             .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
@@ -361,6 +390,7 @@ impl Server {
         let c = self.conns.get_mut(key)?;
         let id = c.id;
         let unsent = c.outq.bytes();
+        let recorded = self.durable.as_ref().map(|d| d.store.journal.records());
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let (next, progressed, wake, stop) = {
             let (broker, mut post) = self.split(now);
@@ -378,6 +408,9 @@ impl Server {
         }
         if let Some(next_door) = door.upgrade() {
             door = next_door;
+        }
+        if let Some(before) = recorded {
+            self.hold_if_recorded(key, before);
         }
         let c = self.conns.get_mut(key)?;
         c.door = door;
@@ -840,6 +873,10 @@ impl Server {
             if c.is_closing() || !c.writable {
                 continue;
             }
+            if c.hold > 0 {
+                // Its answers wait for the store (durable::release).
+                continue;
+            }
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
@@ -939,6 +976,7 @@ impl Server {
         for l in self.listeners.drain(..) {
             l.remove_socket_file();
         }
+        self.close_store();
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_FLUSH_MS);
         let mut events = Events::with_capacity(1024);
         loop {
