@@ -425,3 +425,94 @@ fn kill_9_under_load_loses_no_answered_send_and_brings_back_nothing_taken() {
     );
     assert!(!switch_ids.is_empty() && !line_delivered.is_empty());
 }
+
+#[test]
+fn a_failing_write_fails_its_answers_and_the_server_serves_on() {
+    let dir = TempDir::new("durable-full");
+    let path = dir.path().to_str().unwrap();
+    // Files may not grow past 256 KiB (in 512-byte blocks); the signal that
+    // a write past it would raise is ignored, so the write fails (EFBIG),
+    // as on a full disk.
+    let args = [
+        "--bus-listen",
+        "off",
+        "--switch-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path,
+        "--fsync",
+        "always",
+    ];
+    let server = Server::start_in_shell(&args, Some("trap '' XFSZ && ulimit -f 512"));
+    let mut s = switch(&server, "producer");
+    s.create_persistent("big").unwrap();
+    let payload = vec![b'x'; 4096];
+    let mut kept = Vec::new();
+    let mut refused = None;
+    let mut acker = switch(&server, "consumer");
+    // The log grows past the limit while the live data stays small: nine
+    // of ten messages are acked at once, so that a snapshot fits.
+    for i in 0..1000 {
+        match s.call("POST", "/request/big/", &payload) {
+            Ok(r) if r.status == 200 => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                let n = v[0][1].as_u64().unwrap();
+                if i % 10 == 0 {
+                    kept.push(n);
+                } else {
+                    acker.ack(&("big".to_string(), n)).unwrap();
+                }
+            }
+            Ok(r) => {
+                refused = Some(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
+                break;
+            }
+            // The request whose write failed: its connection closes unanswered.
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a write past the file size limit must fail a send");
+    eprintln!("{} sends kept, then: {refused}", kept.len());
+    assert!(kept.len() > 2, "{} kept, then {refused}", kept.len());
+    // Right after, sends are refused with a reason, and everything else is
+    // served: a line round trip, a switch listing.
+    let mut s = switch(&server, "producer");
+    let r = s.call("POST", "/request/big/", &payload).unwrap();
+    if r.status != 200 {
+        assert_eq!(r.status, 503);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains("store unavailable"), "{body}");
+    }
+    let mut c = line(&server);
+    c.sync().unwrap();
+    assert_eq!(s.list("b", false).unwrap(), vec!["big".to_string()]);
+    // A second later the store writes a snapshot (a new, small file) and
+    // takes sends again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.call("POST", "/request/big/", b"after").unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never recovered");
+        assert_eq!(r.status, 503);
+        // Polls for the end of the refusal (it lasts about a second).
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(s);
+    drop(acker);
+    kill(server);
+    // Every answered send is there after a restart (without the limit).
+    let server = start(&dir, "always");
+    let mut s = switch(&server, "checker");
+    let t = s.transfer(None, 0.0, &["big"]).unwrap();
+    let after = t.messages.iter().filter(|m| m.payload == "after").count();
+    assert_eq!(after, 1);
+    let there: HashSet<u64> = t.messages.iter().map(|m| m.id.1).collect();
+    for n in kept {
+        assert!(there.contains(&n), "answered send {n} is lost");
+    }
+}
