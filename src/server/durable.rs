@@ -25,6 +25,8 @@ pub(super) struct Durable {
     epoch_s: u64,
     /// Connections whose output waits for a batch, and the batch.
     held: Vec<(ConnId, u64)>,
+    /// Connections not read while the writer is far behind.
+    unread: Vec<ConnId>,
 }
 
 impl Durable {
@@ -33,6 +35,7 @@ impl Durable {
             store,
             epoch_s,
             held: Vec::new(),
+            unread: Vec::new(),
         }
     }
 }
@@ -82,6 +85,22 @@ impl Server {
         }
     }
 
+    /// True (and the connection noted) when input must not be read now
+    /// because the writer is far behind; it is read again once the writer
+    /// has caught up ([`Server::on_store_wake`]).
+    pub(super) fn store_is_behind(&mut self, key: usize) -> bool {
+        let Some(d) = &mut self.durable else {
+            return false;
+        };
+        if !d.store.behind() {
+            return false;
+        }
+        if let Some(c) = self.conns.get(key) {
+            d.unread.push(c.id);
+        }
+        true
+    }
+
     /// When the loop must wake for the store without an event: the end of
     /// a refusal after a failed write.
     pub(super) fn store_deadline(&self, now: Millis) -> Option<Millis> {
@@ -125,6 +144,18 @@ impl Server {
         }
         d.held = keep;
         d.store.update_refusal();
+        if !d.store.behind() {
+            for id in std::mem::take(&mut d.unread) {
+                if let Some(c) = self
+                    .conns
+                    .get_mut(id.key as usize)
+                    .filter(|c| c.id == id && c.readable && !c.ready_listed)
+                {
+                    c.ready_listed = true;
+                    self.still_ready.push(id.key as usize);
+                }
+            }
+        }
         for key in close {
             self.mark_close(key, CloseReason::WriteError);
         }

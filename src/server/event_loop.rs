@@ -157,7 +157,9 @@ impl Server {
     /// Opens every listener of `config`; nothing is served until [`Server::serve`].
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
+        // The clock's 0 and the wall clock read together: restored deadlines
+        // (wall clock) become instants on this clock.
+        let start = Instant::now();
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -189,6 +191,9 @@ impl Server {
             let (line, switch) = broker.restore(0, epoch_ms, state);
             log::info!("restored {line} queued line messages and {switch} switch messages");
         }
+        // The doors are printed once the store is read: a client that
+        // waits for `listening` finds the queues restored.
+        let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
         let door_names = connect::door_names();
         let stats = Stats {
             open: vec![0; door_names.len()],
@@ -202,7 +207,7 @@ impl Server {
             conns: Slab::new(),
             broker,
             limits: config.limits.clone(),
-            start: Instant::now(),
+            start,
             next_gen: 0,
             dirty: Vec::new(),
             resume: Vec::new(),
@@ -530,6 +535,11 @@ impl Server {
     fn on_readable(&mut self, key: usize) {
         let mut budget = READ_BUDGET;
         loop {
+            // The store's writer is far behind: input waits (read again
+            // once it caught up).
+            if self.durable.is_some() && self.store_is_behind(key) {
+                return;
+            }
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };

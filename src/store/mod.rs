@@ -51,7 +51,8 @@ pub enum Fsync {
 }
 
 /// Bytes handed to the writer and not yet written, at most: past it the
-/// store refuses what it would have to record (the disk cannot keep up).
+/// loop stops reading input until the writer is back below half of it (the
+/// disk cannot keep up; the loop itself still never waits for it).
 pub const MAX_PENDING: u64 = 256 << 20;
 
 /// The segments are compacted once they hold more than this …
@@ -67,8 +68,6 @@ const FAILED_PAUSE: Duration = Duration::from_secs(1);
 pub enum Refusal {
     /// A write or an fsync failed a moment ago.
     Failed,
-    /// The disk is behind by [`MAX_PENDING`] bytes.
-    Behind,
 }
 
 struct Inner {
@@ -180,6 +179,8 @@ pub struct Store {
     failed_until: Option<Instant>,
     /// A failed write left the disk behind the memory: write a snapshot.
     want_snapshot: bool,
+    /// Snapshots handed to the writer (one at a time).
+    snapshots_sent: u64,
     /// Kept open (and locked) while the server runs.
     _lock: File,
 }
@@ -283,6 +284,7 @@ impl Store {
                 synced: 0,
                 failed_until: None,
                 want_snapshot: false,
+                snapshots_sent: 0,
                 _lock: lock,
             },
             state,
@@ -341,7 +343,9 @@ impl Store {
     /// [`COMPACT_MIN`] and [`COMPACT_FACTOR`] × `live` bytes, or a failed
     /// write left them behind.
     pub fn wants_snapshot(&self, live: u64) -> bool {
-        if self.failed_until.is_some() {
+        if self.failed_until.is_some()
+            || self.shared.snapshots.load(Ordering::Relaxed) < self.snapshots_sent
+        {
             return false;
         }
         let disk = self.disk_bytes() + self.shared.pending.load(Ordering::Relaxed);
@@ -354,6 +358,7 @@ impl Store {
     pub fn snapshot(&mut self, data: Vec<u8>) {
         debug_assert_eq!(self.journal.pending(), 0);
         self.want_snapshot = false;
+        self.snapshots_sent += 1;
         self.send(writer::Job::Snapshot {
             n: self.next_batch,
             data,
@@ -380,16 +385,20 @@ impl Store {
         out
     }
 
-    /// Updates what the journal refuses: after a failure, for a moment;
-    /// while the writer is [`MAX_PENDING`] bytes behind.
+    /// True while the writer is more than [`MAX_PENDING`] bytes behind:
+    /// the loop reads no input meanwhile (the writer wakes it once it is
+    /// back below half of that).
+    pub fn behind(&self) -> bool {
+        self.shared.pending.load(Ordering::Relaxed) > MAX_PENDING
+    }
+
+    /// Updates what the journal refuses: after a failure, for a moment.
     pub fn update_refusal(&mut self) {
         if self.failed_until.is_some_and(|t| Instant::now() >= t) {
             self.failed_until = None;
         }
         let refusal = if self.failed_until.is_some() {
             Some(Refusal::Failed)
-        } else if self.shared.pending.load(Ordering::Relaxed) > MAX_PENDING {
-            Some(Refusal::Behind)
         } else {
             None
         };

@@ -48,6 +48,8 @@ pub struct Shared {
     pub pending: AtomicU64,
     /// Bytes of the segments on disk.
     pub disk: AtomicU64,
+    /// Snapshots written (or failed) so far.
+    pub snapshots: AtomicU64,
 }
 
 pub struct Thread {
@@ -112,11 +114,22 @@ impl Thread {
                 for job in jobs {
                     let (n, bytes, result) = match job {
                         Job::Batch { n, data } => (n, data.len(), self.append(&data)),
-                        Job::Snapshot { n, data } => (n, data.len(), self.snapshot(&data)),
+                        Job::Snapshot { n, data } => {
+                            let result = self.snapshot(&data);
+                            self.shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                            (n, data.len(), result)
+                        }
                     };
-                    self.shared
+                    let was = self
+                        .shared
                         .pending
                         .fetch_sub(bytes as u64, Ordering::Relaxed);
+                    // The loop stopped reading while this far behind.
+                    if was > super::MAX_PENDING && was - bytes as u64 <= super::MAX_PENDING / 2 {
+                        if let Err(e) = self.waker.wake() {
+                            log::warn!("store: waking the loop: {e}");
+                        }
+                    }
                     last = Some(n);
                     if let Err(e) = result {
                         failed = Some(e.to_string());
