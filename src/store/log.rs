@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -268,13 +268,18 @@ pub fn replay(dir: &Path) -> Result<Replayed, ReplayError> {
                     why,
                 });
             }
-            let file = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| ReplayError::Io(path.clone(), e))?;
-            file.set_len(offset)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| ReplayError::Io(path.clone(), e))?;
+            if offset < MAGIC.len() as u64 {
+                // Not even the magic: the segment never held a record.
+                fs::remove_file(path).map_err(|e| ReplayError::Io(path.clone(), e))?;
+            } else {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| ReplayError::Io(path.clone(), e))?;
+                file.set_len(offset)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| ReplayError::Io(path.clone(), e))?;
+            }
             out.truncated = Some((path.clone(), offset, len - offset));
             out.bytes += offset;
         } else {
@@ -295,75 +300,56 @@ fn starts_with_snapshot(path: &Path) -> Result<bool, ReplayError> {
     }
 }
 
-/// True when every byte of `r` from here on is zero (a file system may
-/// leave zeros where a write did not land).
-fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf.get(..n).unwrap_or_default().iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-    }
-}
-
-/// Applies the records of one segment; returns how it ended and its length.
+/// Applies the records of one segment; returns how it ended and its
+/// length. The file is read whole (a segment is at most a little over
+/// 64 MiB, a snapshot the size of the live data) and records are decoded in
+/// place: a body is a slice of that buffer until the broker copies it.
 fn read_segment(path: &Path, out: &mut Replayed, last: bool) -> Result<(End, u64), ReplayError> {
     let io_err = |e| ReplayError::Io(path.to_path_buf(), e);
-    let corrupt = |offset: u64, why: String| ReplayError::Corrupt {
+    let corrupt = |offset: usize, why: String| ReplayError::Corrupt {
         file: path.to_path_buf(),
-        offset,
+        offset: offset as u64,
         why,
     };
-    let file = File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut magic = [0u8; MAGIC.len()];
-    if len < MAGIC.len() as u64 {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err)?;
+    let data = Bytes::from(data);
+    let len = data.len();
+    let torn = |at: usize, why: &str| Ok((End::Torn(at as u64, why.to_string()), len as u64));
+    match data.get(..MAGIC.len()) {
+        Some(m) if m == &MAGIC[..] => {}
         // A segment cut before its magic was complete.
-        r.read_exact(magic.get_mut(..len as usize).unwrap_or_default())
-            .map_err(io_err)?;
-        if last && MAGIC.starts_with(magic.get(..len as usize).unwrap_or_default()) {
-            return Ok((End::Torn(0, "the file is cut short".into()), len));
-        }
-        return Err(corrupt(0, "not a log segment (bad magic)".into()));
+        None if last && MAGIC.starts_with(&data) => return torn(0, "the file is cut short"),
+        _ => return Err(corrupt(0, "not a log segment (bad magic)".into())),
     }
-    r.read_exact(&mut magic).map_err(io_err)?;
-    if &magic != MAGIC {
-        return Err(corrupt(0, "not a log segment (bad magic)".into()));
-    }
-    let mut pos = MAGIC.len() as u64;
-    loop {
-        if pos == len {
-            return Ok((End::Clean, len));
-        }
-        let left = len - pos;
-        if left < HEADER as u64 {
-            return Ok((End::Torn(pos, "a record header is cut short".into()), len));
-        }
+    let mut pos = MAGIC.len();
+    while pos < len {
         let mut header = [0u8; HEADER];
-        r.read_exact(&mut header).map_err(io_err)?;
+        match data.get(pos..pos + HEADER) {
+            Some(h) => header.copy_from_slice(h),
+            None => return torn(pos, "a record header is cut short"),
+        }
         let (n, crc) = match record::header_len(&header) {
             Ok(v) => v,
             Err(bad) => {
-                // A header of zeros followed only by zeros: a write that did
-                // not land. Anything else is damage.
-                if header.iter().all(|&b| b == 0) && rest_is_zero(&mut r).map_err(io_err)? {
-                    return Ok((End::Torn(pos, "zeros after the last record".into()), len));
+                // Zeros from here to the end: a write that did not land.
+                // Anything else is damage.
+                if data
+                    .get(pos..)
+                    .is_some_and(|rest| rest.iter().all(|&b| b == 0))
+                {
+                    return torn(pos, "zeros after the last record");
                 }
                 return Err(corrupt(pos, bad.to_string()));
             }
         };
-        if (n as u64) > left - HEADER as u64 {
-            return Ok((End::Torn(pos, "a record is cut short".into()), len));
+        let end = pos + HEADER + n;
+        if end > len {
+            return torn(pos, "a record is cut short");
         }
-        let mut body = vec![0u8; n];
-        r.read_exact(&mut body).map_err(io_err)?;
-        let body = Bytes::from(body);
-        let end = pos + (HEADER + n) as u64;
+        let body = data.slice(pos + HEADER..end);
         match record::decode(&body, crc) {
             Ok(rec) => {
                 out.state.apply(rec);
@@ -371,12 +357,13 @@ fn read_segment(path: &Path, out: &mut Replayed, last: bool) -> Result<(End, u64
             }
             // The last record of the last segment, half written.
             Err(Bad::Checksum) if last && end == len => {
-                return Ok((End::Torn(pos, Bad::Checksum.to_string()), len));
+                return torn(pos, &Bad::Checksum.to_string());
             }
             Err(bad) => return Err(corrupt(pos, bad.to_string())),
         }
         pos = end;
     }
+    Ok((End::Clean, len as u64))
 }
 
 #[cfg(test)]
@@ -483,6 +470,24 @@ mod tests {
             let again = replay(&dir).unwrap();
             assert!(again.truncated.is_none());
             assert_eq!(again.state.line.len(), 3);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_last_segment_cut_inside_its_magic_is_removed() {
+        let dir = tempdir("magic");
+        write_segment(&dir, 1, &[enqueue(0, "kept")]);
+        let path = dir.join(segment_name(2));
+        for cut in 0..MAGIC.len() {
+            fs::write(&path, &MAGIC[..cut]).unwrap();
+            let r = replay(&dir).unwrap();
+            assert_eq!(bodies(&r.state), vec![b("kept")]);
+            assert!(!path.exists(), "cut at {cut}");
+            // The next start (with a newer segment) finds a clean log.
+            write_segment(&dir, 3, &[enqueue(1, "later")]);
+            assert_eq!(replay(&dir).unwrap().state.line.len(), 2);
+            fs::remove_file(dir.join(segment_name(3))).unwrap();
         }
         fs::remove_dir_all(&dir).unwrap();
     }

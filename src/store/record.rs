@@ -306,10 +306,7 @@ pub fn decode(body: &Bytes, crc: u32) -> Result<Record, Bad> {
     if crc32fast::hash(body) != crc {
         return Err(Bad::Checksum);
     }
-    let mut r = Reader {
-        buf: body.clone(),
-        pos: 0,
-    };
+    let mut r = Reader { buf: body, pos: 0 };
     let k = r.u8()?;
     let record = match k {
         kind::BOOT => Record::Boot { epoch_s: r.u64()? },
@@ -377,12 +374,12 @@ pub fn decode(body: &Bytes, crc: u32) -> Result<Record, Bad> {
     Ok(record)
 }
 
-struct Reader {
-    buf: Bytes,
+struct Reader<'a> {
+    buf: &'a Bytes,
     pos: usize,
 }
 
-impl Reader {
+impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<Bytes, Bad> {
         let end = self
             .pos
