@@ -1306,4 +1306,47 @@ mod tests {
         send(&mut q, 1, b("quiet"), None, 60, b("q"), &mut out);
         assert_eq!(text(&out, conn(0)), b"> 1 60 quiet\r\nq\r\n");
     }
+
+    #[test]
+    fn a_journal_records_what_joins_and_leaves_a_queue() {
+        use crate::store::record::{decode_all, Record};
+        let journal = Journal::new(1_000_000);
+        let mut q = Queues::new(1).with_journal(journal.clone());
+        let mut out = RecordingOutbox::default();
+        // Straight to a waiting receiver: nothing to record.
+        assert!(ready(&mut q, 0, conn(1), 5, vec![b("a")], &mut out).is_some());
+        send(&mut q, 0, b("a"), None, 10, b("direct"), &mut out);
+        assert_eq!(journal.pending(), 0);
+        send(&mut q, 0, b("a"), Some(b("r")), 10, b("one"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b("short"), &mut out);
+        send(&mut q, 0, b("b"), None, 10, b("two"), &mut out);
+        assert!(ready(&mut q, 5, conn(2), 5, vec![b("a")], &mut out).is_none());
+        q.on_timers(1_000, &mut out);
+        let got = decode_all(&Bytes::from(journal.take())).unwrap();
+        let enqueue =
+            |seq, deadline, timeout_s, to: &str, reply: Option<&str>, body: &str| Record::Enqueue {
+                seq,
+                deadline,
+                timeout_s,
+                to: b(to),
+                reply: reply.map(b),
+                body: b(body),
+            };
+        assert_eq!(
+            got,
+            vec![
+                enqueue(0, 1_010_000, 10, "a", Some("r"), "one"),
+                enqueue(1, 1_001_000, 1, "a", None, "short"),
+                enqueue(2, 1_010_000, 10, "b", None, "two"),
+                Record::Take { seq: 0 },
+                Record::Expire { seq: 1 },
+            ]
+        );
+        // A refusing journal refuses what it would have to record.
+        journal.set_refusal(Some(crate::store::Refusal::Failed));
+        assert_eq!(
+            q.send(0, b("c"), None, 10, b("x"), &mut out),
+            Err(QueueFull::Store)
+        );
+    }
 }

@@ -156,7 +156,7 @@ impl Journal {
     }
 
     /// Takes the records appended so far.
-    fn take(&self) -> Vec<u8> {
+    pub(crate) fn take(&self) -> Vec<u8> {
         let mut inner = self.0.borrow_mut();
         let cap = inner.buf.capacity().clamp(4096, 1 << 20);
         std::mem::replace(&mut inner.buf, Vec::with_capacity(cap))

@@ -374,6 +374,24 @@ pub fn decode(body: &Bytes, crc: u32) -> Result<Record, Bad> {
     Ok(record)
 }
 
+/// Decodes a buffer of whole records (a batch, a snapshot).
+pub fn decode_all(buf: &Bytes) -> Result<Vec<Record>, Bad> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(buf.get(pos..pos + HEADER).ok_or(Bad::Header)?);
+        let (n, crc) = header_len(&header)?;
+        let end = pos + HEADER + n;
+        if end > buf.len() {
+            return Err(Bad::Body("cut short"));
+        }
+        out.push(decode(&buf.slice(pos + HEADER..end), crc)?);
+        pos = end;
+    }
+    Ok(out)
+}
+
 struct Reader<'a> {
     buf: &'a Bytes,
     pos: usize,
@@ -495,27 +513,13 @@ mod tests {
         ]
     }
 
-    fn decode_all(buf: &[u8]) -> Vec<Record> {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < buf.len() {
-            let mut h = [0u8; HEADER];
-            h.copy_from_slice(&buf[pos..pos + HEADER]);
-            let (n, crc) = header_len(&h).unwrap();
-            let body = Bytes::copy_from_slice(&buf[pos + HEADER..pos + HEADER + n]);
-            out.push(decode(&body, crc).unwrap());
-            pos += HEADER + n;
-        }
-        out
-    }
-
     #[test]
     fn every_kind_round_trips() {
         let mut buf = Vec::new();
         for r in samples() {
             encode(&mut buf, &r);
         }
-        assert_eq!(decode_all(&buf), samples());
+        assert_eq!(decode_all(&Bytes::from(buf)).unwrap(), samples());
     }
 
     #[test]
