@@ -53,10 +53,11 @@ impl Server {
         let batch = d.store.batch();
         if let Some(c) = self.conns.get_mut(key) {
             if c.hold < batch {
+                // An entry for an earlier batch goes stale (it no longer
+                // matches `c.hold`) and is dropped when it comes due.
+                d.held.push((c.id, batch));
                 if c.hold == 0 {
-                    d.held.push((c.id, batch));
-                } else if let Some(h) = d.held.iter_mut().find(|(id, _)| *id == c.id) {
-                    h.1 = batch;
+                    c.hold_from = batch;
                 }
                 c.hold = batch;
             }
@@ -132,11 +133,15 @@ impl Server {
             else {
                 continue;
             };
-            if batch <= failed_upto {
+            // Its held output may answer anything recorded since
+            // `hold_from`: one failed batch among them fails it all.
+            if c.hold_from <= failed_upto {
                 c.hold = 0;
+                c.hold_from = 0;
                 close.push(id.key as usize);
             } else if batch <= synced {
                 c.hold = 0;
+                c.hold_from = 0;
                 mark_dirty(&mut self.dirty, c, id.key as usize);
             } else {
                 keep.push((id, batch));
@@ -171,6 +176,7 @@ impl Server {
         for (id, _) in std::mem::take(&mut d.held) {
             if let Some(c) = self.conns.get_mut(id.key as usize).filter(|c| c.id == id) {
                 c.hold = 0;
+                c.hold_from = 0;
             }
         }
     }
