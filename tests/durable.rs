@@ -435,7 +435,7 @@ fn a_failing_write_fails_its_answers_and_the_server_serves_on() {
     // as on a full disk.
     let args = [
         "--bus-listen",
-        "off",
+        "127.0.0.1:0",
         "--switch-listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -489,6 +489,12 @@ fn a_failing_write_fails_its_answers_and_the_server_serves_on() {
     let mut c = line(&server);
     c.sync().unwrap();
     assert_eq!(s.list("b", false).unwrap(), vec!["big".to_string()]);
+    // The connection closed unanswered is counted as such.
+    let stats = common::Stats::open(server.bus()).get();
+    assert!(
+        common::stat(&stats["connections"]["closed_by"], "store_failed") >= 1,
+        "{stats}"
+    );
     // A second later the store writes a snapshot (a new, small file) and
     // takes sends again.
     let deadline = Instant::now() + Duration::from_secs(10);

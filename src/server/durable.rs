@@ -162,7 +162,7 @@ impl Server {
             }
         }
         for key in close {
-            self.mark_close(key, CloseReason::WriteError);
+            self.mark_close(key, CloseReason::StoreFailed);
         }
     }
 
