@@ -12,6 +12,11 @@
 //! cut off (the file is truncated) and logged. Anything else that does not
 //! decode (in an older segment, or with intact records after it) stops the
 //! start with an error that names the file and the offset.
+//!
+//! Owns: segment names, reading them at start, cutting a torn tail, and the
+//! [`State`] the records describe (applying each record). Must not touch:
+//! writing (the writer thread's), the broker (the shell rebuilds it from the
+//! state).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};

@@ -18,6 +18,11 @@
 //! past a small multiple of the live data, the shell asks the broker for a
 //! snapshot (every live message as records) and hands it to the thread,
 //! which writes it as a new segment and deletes the older ones.
+//!
+//! Owns: the journal's buffer and its refusal, the data directory's lock,
+//! batch numbers, what the writer reported, when to compact. Must not
+//! touch: sockets, connections (the shell holds and releases answers), the
+//! broker's state (it is handed records and snapshots).
 
 pub mod log;
 pub mod record;

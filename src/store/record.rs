@@ -10,8 +10,11 @@
 //! The length is written twice (the second time inverted) so that a flipped
 //! bit in it is told from a record cut short by a crash. Integers are
 //! little-endian `u64`; byte strings are a `u32` length and the bytes; an
-//! optional byte string is a `u8` (0 or 1) before it. Free of IO: the
-//! journal encodes into a `Vec<u8>`, replay decodes from one.
+//! optional byte string is a `u8` (0 or 1) before it.
+//!
+//! Owns: the record kinds and their fields, the encoding and the checks.
+//! Must not touch: files (free of IO: the journal encodes into a `Vec<u8>`,
+//! replay decodes from one), what a record does to the state.
 
 use bytes::Bytes;
 
