@@ -2229,4 +2229,123 @@ mod tests {
         // Nobody waiting any more: dropped.
         assert_eq!(send(&mut br, &mut out, 2, "free", request("y", "")), None);
     }
+
+    /// A broker recording into a journal, with sessions as [`broker`].
+    fn journaled() -> (Broker, RecordingOutbox, Journal) {
+        let journal = Journal::new(1_000_000);
+        let mut br = Broker {
+            queues: crate::broker::Queues::new(1).with_journal(journal.clone()),
+            switch: Switch::new(1_000_000).with_journal(journal.clone()),
+            ..Broker::default()
+        };
+        br.switch_login(conn(1), b"a").unwrap();
+        br.switch_login(conn(2), b"b").unwrap();
+        (br, RecordingOutbox::default(), journal)
+    }
+
+    /// Replays `bytes` (a log's records) into a fresh broker, as a start does.
+    fn replayed(bytes: Vec<u8>, now: Millis, epoch_ms: u64) -> Broker {
+        let mut state = crate::store::log::State::default();
+        for r in rec::decode_all(&Bytes::from(bytes)).unwrap() {
+            state.apply(r);
+        }
+        let mut br = Broker::new();
+        br.restore(now, epoch_ms, state);
+        br
+    }
+
+    /// A persistent switch queue: name, next id, messages (id, payload,
+    /// seen by a transfer).
+    type QueueContents = (Bytes, u64, Vec<(u64, Bytes, bool)>);
+
+    /// What a broker holds, for comparing two: its persistent switch queues
+    /// and each line address's messages (address, body).
+    fn contents(br: &Broker) -> (Vec<QueueContents>, Vec<(Vec<u8>, Bytes)>) {
+        let switch = br
+            .switch
+            .queues()
+            .into_iter()
+            .filter(|(_, q)| q.owner().is_none())
+            .map(|(n, q)| {
+                let m = q
+                    .entries()
+                    .map(|(id, e)| (id, e.message.payload.clone(), e.seen))
+                    .collect();
+                (n.clone(), q.next_id, m)
+            })
+            .collect();
+        let mut line = Vec::new();
+        br.queues.for_each_queued(|_, to, _, _, _, body| {
+            line.push((to.to_vec(), Bytes::copy_from_slice(body)));
+        });
+        line.sort();
+        (switch, line)
+    }
+
+    #[test]
+    fn the_journal_and_a_snapshot_both_rebuild_the_same_broker() {
+        let (mut br, mut out, journal) = journaled();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        create(&mut br, &mut out, conn(1), "mine", true);
+        create(&mut br, &mut out, conn(1), "gone", false);
+        let a = send(&mut br, &mut out, 0, "svc", request("a", "mine")).unwrap();
+        send(&mut br, &mut out, 0, "svc", request("b", "")).unwrap();
+        send(&mut br, &mut out, 0, "svc", request("c", "")).unwrap();
+        send(&mut br, &mut out, 0, "mine", request("transient", "")).unwrap();
+        send(&mut br, &mut out, 0, "gone", request("x", "")).unwrap();
+        br.switch_ack(0, conn(1), b"svc", a.1, &mut out).unwrap();
+        // A transfer hands `b` and `c` over: seen.
+        let t = br.switch_transfer(0, conn(2), Some(a.1), 0, vec![b("svc")], &mut out);
+        assert!(matches!(t, Ok(Poll::Ready(_))));
+        // An id used by a message handed straight to a line receiver.
+        assert!(matches!(
+            br.ready(0, conn(3), 30, vec![b("svc2")], &mut out),
+            Ready::Waiting(_)
+        ));
+        create(&mut br, &mut out, conn(1), "svc2", false);
+        send(&mut br, &mut out, 0, "svc2", request("direct", "")).unwrap();
+        br.switch.destroy(conn(1), b"gone").unwrap();
+        // Line messages: one taken, one expired, two kept.
+        br.send(0, b("q"), None, 1, b("short"), &mut out).unwrap();
+        br.send(0, b("q"), Some(b("r")), 600, b("one"), &mut out)
+            .unwrap();
+        br.send(0, b("q"), None, 600, b("two"), &mut out).unwrap();
+        br.send(0, b("p"), None, 600, b("three"), &mut out).unwrap();
+        br.on_timers(1_000, &mut out);
+        assert!(matches!(
+            br.ready(1_000, conn(4), 0, vec![b("q")], &mut out),
+            Ready::Message(_)
+        ));
+        let log = journal.take();
+        // The records, replayed a second later (wall clock), rebuild it.
+        let from_log = replayed(log, 0, 1_002_000);
+        assert_eq!(contents(&from_log), contents(&br));
+        let (switch, line) = contents(&br);
+        assert_eq!(switch.len(), 2, "{switch:?}");
+        assert_eq!(
+            line,
+            vec![(b"p".to_vec(), b("three")), (b"q".to_vec(), b("two"))]
+        );
+        // `svc2` used id 0 on the line receiver: the next is 1.
+        assert_eq!(switch[1].1, 1);
+        // And so does a snapshot of it.
+        let mut snap = Vec::new();
+        br.snapshot(1_000_000, 1, &mut snap);
+        let from_snapshot = replayed(snap, 0, 1_002_000);
+        assert_eq!(contents(&from_snapshot), contents(&br));
+        // Ids go on after a restart; deadlines hold: sent at wall-clock
+        // 1,000,000 ms for 600 s, due at 1,600,000 ms, which is 598,000 ms
+        // after a start at 1,002,000 ms.
+        let mut again = from_snapshot;
+        again.switch_login(conn(1), b"a").unwrap();
+        let next = again
+            .switch_send(0, conn(1), b("svc"), request("d", ""), &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.1, 3);
+        again.on_timers(597_999, &mut out);
+        assert_eq!(again.queues.queued(), 2);
+        again.on_timers(598_000, &mut out);
+        assert_eq!(again.queues.queued(), 0);
+    }
 }
