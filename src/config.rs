@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 
 use crate::broker::hooks::{Secret, Settings as HookSettings};
+pub use crate::store::Fsync;
 
 /// The msglite proxy door's defaults (the door uses them too).
 pub mod proxy_defaults {
@@ -388,6 +389,21 @@ pub struct Args {
     /// Outbound connections (webhook deliveries) open at once.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_outbound)]
     pub max_outbound: usize,
+
+    /// Keep queued messages on disk in this directory (created if missing):
+    /// line-protocol queued messages with their deadlines, message-switch
+    /// persistent queues and unacknowledged messages, and the id counters
+    /// survive a restart or a crash. Channels stay in memory. Without it
+    /// nothing touches the disk.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// With --data-dir, when records are made durable: `always` before the
+    /// answers that depend on them leave (one fsync per loop turn, on a
+    /// helper thread), `everysec` within about a second, `no` when the
+    /// operating system writes them back.
+    #[arg(long, value_enum, default_value_t = Fsync::EverySec, requires = "data_dir")]
+    pub fsync: Fsync,
 }
 
 impl Config {
@@ -429,6 +445,9 @@ pub struct Config {
     /// TLS settings of outbound connections (with the webhook API on).
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
     pub proxy: ProxyConfig,
+    /// `--data-dir`: where queued messages are kept; `None`: in memory only.
+    pub data_dir: Option<PathBuf>,
+    pub fsync: Fsync,
 }
 
 /// The msglite HTTP proxy door's settings.
@@ -578,6 +597,8 @@ impl Config {
             tokens,
             proxy,
             tls,
+            data_dir: args.data_dir,
+            fsync: args.fsync,
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,

@@ -71,6 +71,9 @@ counted_enum! {
         ConnectFailed,
         /// An outbound connection's peer did not answer in time.
         ResponseTimeout,
+        /// Its answers waited for records the store failed to write
+        /// (`--data-dir`): they are not sent.
+        StoreFailed,
     }
 }
 
@@ -87,6 +90,7 @@ impl CloseReason {
             CloseReason::RequestTimeout => "request timeout",
             CloseReason::ConnectFailed => "connect failed",
             CloseReason::ResponseTimeout => "response timeout",
+            CloseReason::StoreFailed => "store failed",
         }
     }
 
@@ -509,7 +513,7 @@ mod tests {
 
     #[test]
     fn counted_enum_counts() {
-        assert_eq!(CloseReason::COUNT, 10);
+        assert_eq!(CloseReason::COUNT, 11);
         for (i, r) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }

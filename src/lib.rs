@@ -11,6 +11,8 @@
 //! - [`http`]: HTTP/1.x codec, responses and the HTTP bus door.
 //! - [`client`]: a blocking client for the CLI and tests.
 //! - [`logging`]: log lines on stderr, as text or JSON.
+//! - [`store`]: queued messages on disk with `--data-dir` (a journal the
+//!   broker appends to, a segment log written by a helper thread).
 
 // Unit tests may unwrap, index and panic; the code they test may not
 // (`[lints.clippy]` in Cargo.toml).
@@ -35,4 +37,5 @@ pub mod http;
 pub mod line;
 pub mod logging;
 pub mod server;
+pub mod store;
 pub mod timer;

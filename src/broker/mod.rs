@@ -261,6 +261,58 @@ impl Broker {
             .min()
     }
 
+    /// Puts back what a store kept (`--data-dir`): line messages that have
+    /// not expired, persistent switch queues and their messages, the id
+    /// counters. `epoch_ms` is the wall clock at `now`. Returns (line
+    /// messages, switch messages) restored.
+    pub fn restore(
+        &mut self,
+        now: Millis,
+        epoch_ms: u64,
+        state: crate::store::log::State,
+    ) -> (usize, usize) {
+        let line = self
+            .queues
+            .restore(now, epoch_ms, state.next_seq, state.line);
+        let switch = self
+            .switch
+            .restore(now, epoch_ms, state.loose_ids, state.switch);
+        (line, switch)
+    }
+
+    /// Every live record of the durable state, a snapshot marker first
+    /// (`epoch_s`: the start's epoch, kept so that later starts pick a
+    /// later one); `epoch_ms` is the wall clock at `now` 0.
+    pub fn snapshot(&self, epoch_ms: u64, epoch_s: u64, buf: &mut Vec<u8>) {
+        use crate::store::record::{encode, Record};
+        encode(
+            buf,
+            &Record::Snapshot {
+                next_seq: self.queues.next_seq(),
+                loose_ids: self.switch.loose_ids(),
+                epoch_s,
+            },
+        );
+        self.switch.snapshot(epoch_ms, buf);
+        self.queues
+            .for_each_queued(|seq, to, reply, timeout_s, deadline, body| {
+                let w =
+                    crate::store::record::Writer::begin(buf, crate::store::record::kind::ENQUEUE)
+                        .u64(seq)
+                        .u64(epoch_ms.saturating_add(deadline))
+                        .u64(timeout_s)
+                        .bytes(to)
+                        .opt(reply)
+                        .bytes(body);
+                w.end();
+            });
+    }
+
+    /// Bytes of live durable data (what the store's files are compared with).
+    pub fn durable_bytes(&self) -> u64 {
+        (self.queues.queued_bytes() + self.switch.stored_bytes()) as u64
+    }
+
     /// The outbound connections to open or close, asked for since the last
     /// call.
     pub fn take_links(&mut self) -> Vec<LinkRequest> {

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::{Answer, ConnId, Delivery, Millis, Outbox};
+use crate::store::{log::LineMessage, Journal};
 use crate::timer::Timers;
 
 /// The most addresses one `<` may wait on.
@@ -48,13 +49,21 @@ impl Default for QueueLimits {
     }
 }
 
-/// A send refused because the queue is over its byte limits.
+/// A send refused: the queue is over its byte limits (`Full`), or the
+/// store cannot record the message now (`Store`: a failed write a moment
+/// ago, or a disk that is far behind; with `--data-dir` only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueFull;
+pub enum QueueFull {
+    Full,
+    Store,
+}
 
 impl std::fmt::Display for QueueFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("queue full")
+        match self {
+            QueueFull::Full => f.write_str("queue full"),
+            QueueFull::Store => f.write_str("store unavailable"),
+        }
     }
 }
 
@@ -169,6 +178,8 @@ pub struct Queues {
     limits: QueueLimits,
     /// Sends refused because a queue was full.
     refused_full: u64,
+    /// With `--data-dir`: where queued messages are recorded.
+    journal: Option<Journal>,
 }
 
 impl Default for Queues {
@@ -200,6 +211,82 @@ impl Queues {
             bytes_now: 0,
             limits: QueueLimits::default(),
             refused_full: 0,
+            journal: None,
+        }
+    }
+
+    /// Records every message that joins or leaves a queue in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> Queues {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The sequence number the next queued message gets (kept across
+    /// restarts by the store).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Puts back messages a store kept, in sequence order; `epoch_ms` is
+    /// the wall clock at `now`. Expired ones are dropped; the limits are
+    /// not applied (they held these messages before).
+    pub fn restore(
+        &mut self,
+        now: Millis,
+        epoch_ms: u64,
+        next_seq: u64,
+        messages: impl IntoIterator<Item = (u64, LineMessage)>,
+    ) -> usize {
+        self.next_seq = self.next_seq.max(next_seq);
+        let mut restored = 0;
+        for (seq, m) in messages {
+            let wall_now = epoch_ms.saturating_add(now);
+            if m.deadline <= wall_now {
+                if let Some(j) = &self.journal {
+                    j.dequeue(seq, true);
+                }
+                continue;
+            }
+            let msg = Message {
+                reply: m.reply.map(|r| Bytes::copy_from_slice(&r)),
+                timeout_s: m.timeout_s,
+                body: Bytes::copy_from_slice(&m.body),
+                deadline: now.saturating_add(m.deadline - wall_now),
+                seq,
+            };
+            let size = msg.size();
+            let (at, msg_seq) = (msg.deadline, msg.seq);
+            let key = self.key(&m.to);
+            let a = self.addresses.entry(key.clone()).or_default();
+            a.messages.push_back(msg);
+            a.bytes += size;
+            self.bytes_now += size;
+            self.queued_now += 1;
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.add_timer(at, TimerKind::Expire(key, msg_seq));
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Every queued message as the store records it, by address, oldest
+    /// first: `(seq, to, reply, timeout_s, deadline in ms on the clock of
+    /// \`now\`, body)`.
+    pub fn for_each_queued(
+        &self,
+        mut f: impl FnMut(u64, &[u8], Option<&[u8]>, u64, Millis, &[u8]),
+    ) {
+        for (to, a) in &self.addresses {
+            for m in &a.messages {
+                f(
+                    m.seq,
+                    to,
+                    m.reply.as_deref(),
+                    m.timeout_s,
+                    m.deadline,
+                    &m.body,
+                );
+            }
         }
     }
 
@@ -346,7 +433,20 @@ impl Queues {
         let held = self.addresses.get(&to[..]).map_or(0, |a| a.bytes);
         if held + size > self.limits.per_address || self.bytes_now + size > self.limits.total {
             self.refused_full += 1;
-            return Err(QueueFull);
+            return Err(QueueFull::Full);
+        }
+        if let Some(j) = &self.journal {
+            if j.refusal().is_some() {
+                return Err(QueueFull::Store);
+            }
+            j.enqueue(
+                msg.seq,
+                j.epoch_ms().saturating_add(msg.deadline),
+                timeout_s,
+                &to,
+                msg.reply.as_deref(),
+                &msg.body,
+            );
         }
         self.queued_in += 1;
         // A queued message may wait long: its small parts become exact-size
@@ -542,9 +642,13 @@ impl Queues {
         }
         let before = a.messages.len();
         let mut freed = 0;
+        let journal = self.journal.as_ref();
         while a.messages.front().is_some_and(|m| m.deadline <= now) {
             if let Some(m) = a.messages.pop_front() {
                 freed += m.size();
+                if let Some(j) = journal {
+                    j.dequeue(m.seq, true);
+                }
             }
         }
         if a.messages.len() == before {
@@ -554,6 +658,9 @@ impl Queues {
                     let live = m.deadline > now;
                     if !live {
                         freed += m.size();
+                        if let Some(j) = journal {
+                            j.dequeue(m.seq, true);
+                        }
                     }
                     live
                 });
@@ -575,7 +682,11 @@ impl Queues {
             self.queued_now -= 1;
             a.bytes -= m.size();
             self.bytes_now -= m.size();
-            if m.deadline > now {
+            let live = m.deadline > now;
+            if let Some(j) = &self.journal {
+                j.dequeue(m.seq, !live);
+            }
+            if live {
                 found = Some(m);
                 break;
             }
@@ -1030,14 +1141,14 @@ mod tests {
         }
         assert_eq!(
             q.send(0, b("a"), None, 60, body(), &mut out),
-            Err(QueueFull)
+            Err(QueueFull::Full)
         );
         for _ in 0..2 {
             assert_eq!(q.send(0, b("b"), None, 60, body(), &mut out), Ok(()));
         }
         assert_eq!(
             q.send(0, b("c"), None, 60, body(), &mut out),
-            Err(QueueFull)
+            Err(QueueFull::Full)
         );
         assert_eq!(q.refused_full(), 2);
         assert_eq!(q.queued(), 5);
@@ -1063,7 +1174,7 @@ mod tests {
                 Bytes::from(vec![b'x'; 200]),
                 &mut out
             ),
-            Err(QueueFull)
+            Err(QueueFull::Full)
         );
         assert_eq!(q.waiting(), 0);
     }
@@ -1082,7 +1193,7 @@ mod tests {
 
     #[test]
     fn queue_full_reads_as_such() {
-        assert_eq!(QueueFull.to_string(), "queue full");
+        assert_eq!(QueueFull::Full.to_string(), "queue full");
     }
 
     #[test]
@@ -1222,7 +1333,7 @@ mod tests {
         assert_eq!(q.send(1, b("a"), None, 60, Bytes::new(), &mut out), Ok(()));
         assert_eq!(
             q.send(1, b("a"), None, 60, Bytes::new(), &mut out),
-            Err(QueueFull)
+            Err(QueueFull::Full)
         );
     }
 
@@ -1267,5 +1378,48 @@ mod tests {
         assert_eq!(q.waiting(), 20);
         send(&mut q, 1, b("quiet"), None, 60, b("q"), &mut out);
         assert_eq!(text(&out, conn(0)), b"> 1 60 quiet\r\nq\r\n");
+    }
+
+    #[test]
+    fn a_journal_records_what_joins_and_leaves_a_queue() {
+        use crate::store::record::{decode_all, Record};
+        let journal = Journal::new(1_000_000);
+        let mut q = Queues::new(1).with_journal(journal.clone());
+        let mut out = RecordingOutbox::default();
+        // Straight to a waiting receiver: nothing to record.
+        assert!(ready(&mut q, 0, conn(1), 5, vec![b("a")], &mut out).is_some());
+        send(&mut q, 0, b("a"), None, 10, b("direct"), &mut out);
+        assert_eq!(journal.pending(), 0);
+        send(&mut q, 0, b("a"), Some(b("r")), 10, b("one"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b("short"), &mut out);
+        send(&mut q, 0, b("b"), None, 10, b("two"), &mut out);
+        assert!(ready(&mut q, 5, conn(2), 5, vec![b("a")], &mut out).is_none());
+        q.on_timers(1_000, &mut out);
+        let got = decode_all(&Bytes::from(journal.take())).unwrap();
+        let enqueue =
+            |seq, deadline, timeout_s, to: &str, reply: Option<&str>, body: &str| Record::Enqueue {
+                seq,
+                deadline,
+                timeout_s,
+                to: b(to),
+                reply: reply.map(b),
+                body: b(body),
+            };
+        assert_eq!(
+            got,
+            vec![
+                enqueue(0, 1_010_000, 10, "a", Some("r"), "one"),
+                enqueue(1, 1_001_000, 1, "a", None, "short"),
+                enqueue(2, 1_010_000, 10, "b", None, "two"),
+                Record::Take { seq: 0 },
+                Record::Expire { seq: 1 },
+            ]
+        );
+        // A refusing journal refuses what it would have to record.
+        journal.set_refusal(Some(crate::store::Refusal::Failed));
+        assert_eq!(
+            q.send(0, b("c"), None, 10, b("x"), &mut out),
+            Err(QueueFull::Store)
+        );
     }
 }

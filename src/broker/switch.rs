@@ -38,6 +38,9 @@ use slab::Slab;
 
 use super::queues::{QueueFull, QueueLimits, Taken};
 use super::{Answer, Broker, ConnId, Delivery, Millis, Outbox};
+use crate::store::log::SwitchQueue;
+use crate::store::record::{self as rec, Record};
+use crate::store::Journal;
 
 /// The longest queue name or session token.
 pub const MAX_NAME: usize = 1024;
@@ -193,6 +196,9 @@ pub enum SwitchError {
     TooManyTransferQueues,
     /// The queue, or all queues, are at their byte limit.
     Full,
+    /// The store cannot record it now (a failed write a moment ago, or a
+    /// disk far behind; with `--data-dir` only).
+    Store,
 }
 
 impl std::fmt::Display for SwitchError {
@@ -209,6 +215,7 @@ impl std::fmt::Display for SwitchError {
                 "a transfer may name at most {MAX_TRANSFER_QUEUES} queues"
             ),
             SwitchError::Full => f.write_str("queue full"),
+            SwitchError::Store => f.write_str("store unavailable"),
         }
     }
 }
@@ -331,6 +338,9 @@ pub struct Switch {
     /// The wall clock at the server's start, in ms since the Unix epoch:
     /// what the door adds to `now` to print times.
     epoch_ms: u64,
+    /// With `--data-dir`: where persistent queues and their messages are
+    /// recorded (transient ones die with their session, so with a restart).
+    journal: Option<Journal>,
 }
 
 impl Default for Switch {
@@ -360,6 +370,116 @@ impl Switch {
             bytes: 0,
             refused_full: 0,
             epoch_ms,
+            journal: None,
+        }
+    }
+
+    /// Records persistent queues and their messages in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> Switch {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The journal, when `name` is a persistent queue and there is one.
+    fn journal_for(&self, name: &[u8]) -> Option<&Journal> {
+        let j = self.journal.as_ref()?;
+        self.queues
+            .get(name)
+            .is_some_and(|q| q.owner.is_none())
+            .then_some(j)
+    }
+
+    /// `Err(Store)` when a journal refuses records now.
+    fn check_journal(&self) -> Result<(), SwitchError> {
+        match &self.journal {
+            Some(j) if j.refusal().is_some() => Err(SwitchError::Store),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counter of ids of messages handed over on names that are no queue.
+    pub fn loose_ids(&self) -> u64 {
+        self.loose_ids
+    }
+
+    /// Puts back the persistent queues a store kept; `epoch_ms` is the wall
+    /// clock at `now`.
+    pub fn restore(
+        &mut self,
+        now: Millis,
+        epoch_ms: u64,
+        loose_ids: u64,
+        queues: impl IntoIterator<Item = (Bytes, SwitchQueue)>,
+    ) -> usize {
+        self.loose_ids = self.loose_ids.max(loose_ids);
+        let mut restored = 0;
+        for (name, sq) in queues {
+            let mut q = Queue::new(None);
+            q.next_id = sq.next_id;
+            for (id, m) in sq.messages {
+                let message = Message {
+                    payload: Bytes::copy_from_slice(&m.payload),
+                    kind: match m.kind {
+                        rec::SwitchKind::Request(r) => Kind::Request(Bytes::copy_from_slice(&r)),
+                        rec::SwitchKind::Response(rq, n) => {
+                            Kind::Response((Bytes::copy_from_slice(&rq), n))
+                        }
+                    },
+                };
+                let origin = if m.origin.session {
+                    Origin::Name(Bytes::copy_from_slice(&m.origin.name))
+                } else {
+                    Origin::Anonymous(Bytes::copy_from_slice(&m.origin.name))
+                };
+                let size = message.size(&name);
+                if !m.seen {
+                    q.unseen += 1;
+                }
+                q.bytes += size;
+                self.bytes += size;
+                q.next_id = q.next_id.max(id + 1);
+                q.entries.insert(
+                    id,
+                    Entry {
+                        origin,
+                        time: now.saturating_sub(epoch_ms.saturating_sub(m.time)),
+                        message,
+                        seen: m.seen,
+                    },
+                );
+                restored += 1;
+            }
+            self.queues.insert(Bytes::copy_from_slice(&name), q);
+        }
+        restored
+    }
+
+    /// Every persistent queue and its messages as records (for a
+    /// snapshot); `epoch_ms` is the wall clock at `now` 0.
+    pub fn snapshot(&self, epoch_ms: u64, buf: &mut Vec<u8>) {
+        for (name, q) in &self.queues {
+            if q.owner.is_some() {
+                continue;
+            }
+            rec::encode(
+                buf,
+                &Record::QueueCreate {
+                    name: name.clone(),
+                    next_id: q.next_id,
+                },
+            );
+            for (id, e) in &q.entries {
+                rec::encode(buf, &store_record(epoch_ms, name, *id, e));
+                if e.seen {
+                    rec::encode(
+                        buf,
+                        &Record::SwitchSeen {
+                            name: name.clone(),
+                            id: *id,
+                        },
+                    );
+                }
+            }
         }
     }
 
@@ -501,7 +621,16 @@ impl Switch {
         if self.queues.len() >= MAX_QUEUES {
             return Err(SwitchError::TooManyQueues);
         }
+        if !transient {
+            self.check_journal()?;
+        }
         let name = Bytes::copy_from_slice(name);
+        if let (false, Some(j)) = (transient, &self.journal) {
+            j.record(&Record::QueueCreate {
+                name: name.clone(),
+                next_id: 0,
+            });
+        }
         let owner = if transient {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.owned.insert(name.clone());
@@ -517,11 +646,19 @@ impl Switch {
     /// Removes a queue and its messages.
     pub fn destroy(&mut self, conn: ConnId, name: &[u8]) -> Result<(), SwitchError> {
         self.session(conn)?;
+        if self.journal_for(name).is_some() {
+            self.check_journal()?;
+        }
         self.remove_queue(name);
         Ok(())
     }
 
     fn remove_queue(&mut self, name: &[u8]) {
+        if let Some(j) = self.journal_for(name) {
+            j.record(&Record::QueueDestroy {
+                name: Bytes::copy_from_slice(name),
+            });
+        }
         let Some(q) = self.queues.remove(name) else {
             return;
         };
@@ -565,6 +702,9 @@ impl Switch {
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), SwitchError> {
         let session = self.session(conn)?;
+        if self.journal_for(name).is_some() {
+            self.check_journal()?;
+        }
         let queue = match self.queues.get_key_value(name) {
             Some((k, _)) => k.clone(),
             None => Bytes::copy_from_slice(name),
@@ -583,8 +723,15 @@ impl Switch {
     }
 
     fn remove_entry(&mut self, name: &[u8], id: u64) -> Option<Entry> {
+        let journal = self.journal_for(name).cloned();
         let q = self.queues.get_mut(name)?;
         let e = q.entries.remove(&id)?;
+        if let Some(j) = journal {
+            j.record(&Record::SwitchAck {
+                name: Bytes::copy_from_slice(name),
+                id,
+            });
+        }
         let size = e.message.size(name);
         q.bytes -= size;
         self.bytes -= size;
@@ -609,6 +756,24 @@ impl Switch {
         }
     }
 
+    /// An id used without a stored message (handed straight to a line
+    /// receiver): recorded, so that it is not given again after a restart.
+    fn record_id_used(&self, name: &[u8]) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        match self.queues.get(name) {
+            Some(q) if q.owner.is_none() => j.record(&Record::SwitchIds {
+                name: Bytes::copy_from_slice(name),
+                next_id: q.next_id,
+            }),
+            Some(_) => {}
+            None => j.record(&Record::LooseIds {
+                next: self.loose_ids,
+            }),
+        }
+    }
+
     /// Stores a message in switch queue `name`, wakes the transfers it
     /// satisfies and traces the send. `None` when there is no such queue.
     fn store(
@@ -626,6 +791,10 @@ impl Switch {
         if q.bytes + size > self.limits.per_address || self.bytes + size > self.limits.total {
             self.refused_full += 1;
             return Err(SwitchError::Full);
+        }
+        let durable = q.owner.is_none();
+        if durable {
+            self.check_journal()?;
         }
         let key = key.clone();
         let input = match &origin {
@@ -645,16 +814,17 @@ impl Switch {
             message: Traced::Message((key.clone(), id), traced(&message)),
             processing_time: None,
         });
+        let entry = Entry {
+            origin,
+            time: now,
+            message,
+            seen: false,
+        };
+        if let (true, Some(j)) = (durable, &self.journal) {
+            j.record(&store_record(j.epoch_ms(), &key, id, &entry));
+        }
         if let Some(q) = self.queues.get_mut(&key) {
-            q.entries.insert(
-                id,
-                Entry {
-                    origin,
-                    time: now,
-                    message,
-                    seen: false,
-                },
-            );
+            q.entries.insert(id, entry);
             q.unseen += 1;
             q.bytes += size;
             self.bytes += size;
@@ -697,7 +867,8 @@ impl Switch {
         self.wake_traces(out);
         match stored {
             Ok(_) => Ok(()),
-            Err(_) => Err(QueueFull),
+            Err(SwitchError::Store) => Err(QueueFull::Store),
+            Err(_) => Err(QueueFull::Full),
         }
     }
 
@@ -785,6 +956,12 @@ impl Switch {
                     if !e.seen {
                         e.seen = true;
                         q.unseen -= 1;
+                        if let (None, Some(j)) = (&q.owner, &self.journal) {
+                            j.record(&Record::SwitchSeen {
+                                name: queue.clone(),
+                                id: *id,
+                            });
+                        }
                     }
                 }
             }
@@ -1055,6 +1232,31 @@ impl Switch {
     }
 }
 
+/// The record of a stored message; `epoch_ms` is the wall clock at `now` 0.
+fn store_record(epoch_ms: u64, name: &Bytes, id: u64, e: &Entry) -> Record {
+    let origin = match &e.origin {
+        Origin::Name(n) => rec::Origin {
+            session: true,
+            name: n.clone(),
+        },
+        Origin::Anonymous(n) => rec::Origin {
+            session: false,
+            name: n.clone(),
+        },
+    };
+    Record::SwitchStore {
+        name: name.clone(),
+        id,
+        time: epoch_ms.saturating_add(e.time),
+        origin,
+        kind: match &e.message.kind {
+            Kind::Request(r) => rec::SwitchKind::Request(r.clone()),
+            Kind::Response((q, n)) => rec::SwitchKind::Response(q.clone(), *n),
+        },
+        payload: e.message.payload.clone(),
+    }
+}
+
 /// The message as a trace event keeps it: its payload cut to
 /// [`TRACE_PAYLOAD`] bytes, in a buffer of its own.
 fn traced(m: &Message) -> Message {
@@ -1132,6 +1334,7 @@ impl Broker {
         };
         if self.queues.hand_to_waiter(delivery, out) {
             let id = self.switch.next_id(&name);
+            self.switch.record_id_used(&name);
             self.switch.trace(Event {
                 time: now,
                 input: Some(session),
@@ -2025,5 +2228,124 @@ mod tests {
         assert_eq!(out.answers_for(worker).len(), 1);
         // Nobody waiting any more: dropped.
         assert_eq!(send(&mut br, &mut out, 2, "free", request("y", "")), None);
+    }
+
+    /// A broker recording into a journal, with sessions as [`broker`].
+    fn journaled() -> (Broker, RecordingOutbox, Journal) {
+        let journal = Journal::new(1_000_000);
+        let mut br = Broker {
+            queues: crate::broker::Queues::new(1).with_journal(journal.clone()),
+            switch: Switch::new(1_000_000).with_journal(journal.clone()),
+            ..Broker::default()
+        };
+        br.switch_login(conn(1), b"a").unwrap();
+        br.switch_login(conn(2), b"b").unwrap();
+        (br, RecordingOutbox::default(), journal)
+    }
+
+    /// Replays `bytes` (a log's records) into a fresh broker, as a start does.
+    fn replayed(bytes: Vec<u8>, now: Millis, epoch_ms: u64) -> Broker {
+        let mut state = crate::store::log::State::default();
+        for r in rec::decode_all(&Bytes::from(bytes)).unwrap() {
+            state.apply(r);
+        }
+        let mut br = Broker::new();
+        br.restore(now, epoch_ms, state);
+        br
+    }
+
+    /// A persistent switch queue: name, next id, messages (id, payload,
+    /// seen by a transfer).
+    type QueueContents = (Bytes, u64, Vec<(u64, Bytes, bool)>);
+
+    /// What a broker holds, for comparing two: its persistent switch queues
+    /// and each line address's messages (address, body).
+    fn contents(br: &Broker) -> (Vec<QueueContents>, Vec<(Vec<u8>, Bytes)>) {
+        let switch = br
+            .switch
+            .queues()
+            .into_iter()
+            .filter(|(_, q)| q.owner().is_none())
+            .map(|(n, q)| {
+                let m = q
+                    .entries()
+                    .map(|(id, e)| (id, e.message.payload.clone(), e.seen))
+                    .collect();
+                (n.clone(), q.next_id, m)
+            })
+            .collect();
+        let mut line = Vec::new();
+        br.queues.for_each_queued(|_, to, _, _, _, body| {
+            line.push((to.to_vec(), Bytes::copy_from_slice(body)));
+        });
+        line.sort();
+        (switch, line)
+    }
+
+    #[test]
+    fn the_journal_and_a_snapshot_both_rebuild_the_same_broker() {
+        let (mut br, mut out, journal) = journaled();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        create(&mut br, &mut out, conn(1), "mine", true);
+        create(&mut br, &mut out, conn(1), "gone", false);
+        let a = send(&mut br, &mut out, 0, "svc", request("a", "mine")).unwrap();
+        send(&mut br, &mut out, 0, "svc", request("b", "")).unwrap();
+        send(&mut br, &mut out, 0, "svc", request("c", "")).unwrap();
+        send(&mut br, &mut out, 0, "mine", request("transient", "")).unwrap();
+        send(&mut br, &mut out, 0, "gone", request("x", "")).unwrap();
+        br.switch_ack(0, conn(1), b"svc", a.1, &mut out).unwrap();
+        // A transfer hands `b` and `c` over: seen.
+        let t = br.switch_transfer(0, conn(2), Some(a.1), 0, vec![b("svc")], &mut out);
+        assert!(matches!(t, Ok(Poll::Ready(_))));
+        // An id used by a message handed straight to a line receiver.
+        assert!(matches!(
+            br.ready(0, conn(3), 30, vec![b("svc2")], &mut out),
+            Ready::Waiting(_)
+        ));
+        create(&mut br, &mut out, conn(1), "svc2", false);
+        send(&mut br, &mut out, 0, "svc2", request("direct", "")).unwrap();
+        br.switch.destroy(conn(1), b"gone").unwrap();
+        // Line messages: one taken, one expired, two kept.
+        br.send(0, b("q"), None, 1, b("short"), &mut out).unwrap();
+        br.send(0, b("q"), Some(b("r")), 600, b("one"), &mut out)
+            .unwrap();
+        br.send(0, b("q"), None, 600, b("two"), &mut out).unwrap();
+        br.send(0, b("p"), None, 600, b("three"), &mut out).unwrap();
+        br.on_timers(1_000, &mut out);
+        assert!(matches!(
+            br.ready(1_000, conn(4), 0, vec![b("q")], &mut out),
+            Ready::Message(_)
+        ));
+        let log = journal.take();
+        // The records, replayed a second later (wall clock), rebuild it.
+        let from_log = replayed(log, 0, 1_002_000);
+        assert_eq!(contents(&from_log), contents(&br));
+        let (switch, line) = contents(&br);
+        assert_eq!(switch.len(), 2, "{switch:?}");
+        assert_eq!(
+            line,
+            vec![(b"p".to_vec(), b("three")), (b"q".to_vec(), b("two"))]
+        );
+        // `svc2` used id 0 on the line receiver: the next is 1.
+        assert_eq!(switch[1].1, 1);
+        // And so does a snapshot of it.
+        let mut snap = Vec::new();
+        br.snapshot(1_000_000, 1, &mut snap);
+        let from_snapshot = replayed(snap, 0, 1_002_000);
+        assert_eq!(contents(&from_snapshot), contents(&br));
+        // Ids go on after a restart; deadlines hold: sent at wall-clock
+        // 1,000,000 ms for 600 s, due at 1,600,000 ms, which is 598,000 ms
+        // after a start at 1,002,000 ms.
+        let mut again = from_snapshot;
+        again.switch_login(conn(1), b"a").unwrap();
+        let next = again
+            .switch_send(0, conn(1), b("svc"), request("d", ""), &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.1, 3);
+        again.on_timers(597_999, &mut out);
+        assert_eq!(again.queues.queued(), 2);
+        again.on_timers(598_000, &mut out);
+        assert_eq!(again.queues.queued(), 0);
     }
 }

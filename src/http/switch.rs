@@ -286,7 +286,9 @@ fn refusal(e: SwitchError) -> Response {
     match e {
         SwitchError::NotLoggedIn => not_logged_in(),
         SwitchError::BadName | SwitchError::TooManyTransferQueues => bad(&e.to_string()),
-        SwitchError::TooManyQueues | SwitchError::Full => Response::text(503, &e.to_string()),
+        SwitchError::TooManyQueues | SwitchError::Full | SwitchError::Store => {
+            Response::text(503, &e.to_string())
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
 use crate::auth::{self, Action, Grant};
-use crate::broker::{Ready, Subscription, WaitId};
+use crate::broker::{QueueFull, Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
 
@@ -25,6 +25,15 @@ pub const TIMEOUT_FRAME: &[u8] = b"*\r\n";
 /// The answer to a send refused because its queue is full; the connection
 /// stays open.
 pub const QUEUE_FULL_FRAME: &[u8] = b"- queue full\r\n";
+/// The answer to a send the store could not record (`--data-dir`).
+pub const STORE_FRAME: &[u8] = b"- store unavailable\r\n";
+
+fn refused_frame(e: QueueFull) -> Bytes {
+    Bytes::from_static(match e {
+        QueueFull::Full => QUEUE_FULL_FRAME,
+        QueueFull::Store => STORE_FRAME,
+    })
+}
 
 /// Bodies from this size on are sent as they are, between a header frame
 /// and a CRLF, instead of being copied into one frame.
@@ -50,9 +59,11 @@ pub struct LineSession {
     subscriptions: HashSet<Bytes>,
     /// Set once the connection must close (after `.`, or malformed input).
     closing: Option<CloseReason>,
-    /// What a good `@` showed. Whether credentials are required at all is
-    /// read per command (`Cx::live`, so a reload applies to the next one).
-    grant: Option<Grant>,
+    /// What a good `@` showed (boxed: most connections never show one, and
+    /// an idle connection stays small). Whether credentials are required at
+    /// all is read per command (`Cx::live`, so a reload applies to the next
+    /// one).
+    grant: Option<Box<Grant>>,
 }
 
 impl LineSession {
@@ -161,12 +172,8 @@ impl LineSession {
                 if !self.allowed(cx, Some(Action::Send), &[&to]) {
                     return;
                 }
-                if cx
-                    .broker
-                    .send(now, to, reply, timeout_s, body, cx.out)
-                    .is_err()
-                {
-                    cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                if let Err(e) = cx.broker.send(now, to, reply, timeout_s, body, cx.out) {
+                    cx.send(refused_frame(e));
                 }
             }
             Command::Ready {
@@ -191,8 +198,8 @@ impl LineSession {
                 }
                 match cx.broker.query(now, me, timeout_s, to, body, cx.out) {
                     Ok(ready) => self.took(cx, ready),
-                    Err(_) => {
-                        cx.send(Bytes::from_static(QUEUE_FULL_FRAME));
+                    Err(e) => {
+                        cx.send(refused_frame(e));
                     }
                 }
             }
@@ -262,7 +269,7 @@ impl LineSession {
                     return;
                 }
                 match cx.live.access.check(&credential) {
-                    Ok(grant) => self.grant = Some(grant),
+                    Ok(grant) => self.grant = Some(Box::new(grant)),
                     Err(refusal) => self.unauthorized(cx, &refusal.to_string()),
                 }
             }

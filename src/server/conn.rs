@@ -40,6 +40,11 @@ pub struct Conn {
     pub writable: bool,
     /// On the loop's dirty list.
     pub dirty: bool,
+    /// With `--fsync always`: its output waits until the store's batch with
+    /// this number is durable (0: nothing to wait for).
+    pub hold: u64,
+    /// The first batch its held output waits for (0: none held).
+    pub hold_from: u64,
     /// Has a request-timeout deadline in the shell's timers.
     pub request_timer: bool,
     /// On the loop's still-ready list (at most once a turn).
@@ -84,6 +89,8 @@ impl Conn {
             readable: false,
             writable,
             dirty: false,
+            hold: 0,
+            hold_from: 0,
             request_timer: false,
             ready_listed: false,
             held_back: false,

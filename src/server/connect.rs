@@ -38,7 +38,8 @@ use crate::server::resolve::Resolver;
 use crate::server::tls::TlsStream;
 use crate::server::transport::Transport;
 
-/// The loop's waker: other threads (the name lookups) wake `poll` with it.
+/// The loop's waker: other threads (the name lookups, the store's writer)
+/// wake `poll` with it.
 pub(super) const WAKER: Token = Token(usize::MAX - 2);
 
 /// What the shell keeps for outbound connections.
@@ -56,6 +57,11 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
+    /// The loop's waker, for another helper thread.
+    pub(super) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
     pub(super) fn new(config: &Config, registry: &mio::Registry) -> io::Result<Outbound> {
         Ok(Outbound {
             waker: Arc::new(Waker::new(registry, WAKER)?),
@@ -64,13 +70,6 @@ impl Outbound {
             tls: config.client_tls.clone(),
             names: HashMap::new(),
         })
-    }
-}
-
-impl Outbound {
-    /// The loop's waker, for other helper threads.
-    pub(super) fn waker(&self) -> Arc<Waker> {
-        Arc::clone(&self.waker)
     }
 }
 

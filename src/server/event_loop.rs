@@ -47,6 +47,8 @@ use crate::timer::Timers;
 
 #[path = "connect.rs"]
 mod connect;
+#[path = "durable.rs"]
+mod durable;
 
 /// Listener tokens sit at the top of the token space; connection tokens are
 /// slab keys and never get there.
@@ -126,6 +128,8 @@ pub struct Server {
     outbound: connect::Outbound,
     /// The doors' blocking work (started on first use).
     blocking: Option<Blocking>,
+    /// `--data-dir`: the store and the connections whose output waits for it.
+    durable: Option<durable::Durable>,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -185,20 +189,44 @@ impl Server {
     /// Opens every listener of `config`; nothing is served until [`Server::serve`].
     pub fn bind(config: &Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
+        // The clock's 0 and the wall clock read together: restored deadlines
+        // (wall clock) become instants on this clock.
+        let start = Instant::now();
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let epoch_ms = u64::try_from(since_epoch.as_millis()).unwrap_or(0);
-        let broker = Broker {
-            queues: crate::broker::Queues::new(since_epoch.as_secs())
-                .with_limits(config.limits.queues),
-            switch: crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues),
+        let outbound = connect::Outbound::new(config, poll.registry())?;
+        let (durable, state, epoch_s) = match &config.data_dir {
+            Some(dir) => {
+                let opened =
+                    crate::store::Store::open(dir, config.fsync, epoch_ms, outbound.waker())
+                        .map_err(io::Error::other)?;
+                let d = durable::Durable::new(opened.store, opened.epoch_s);
+                (Some(d), Some(opened.state), opened.epoch_s)
+            }
+            None => (None, None, since_epoch.as_secs()),
+        };
+        let mut queues = crate::broker::Queues::new(epoch_s).with_limits(config.limits.queues);
+        let mut switch = crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues);
+        if let Some(d) = &durable {
+            queues = queues.with_journal(d.store.journal.clone());
+            switch = switch.with_journal(d.store.journal.clone());
+        }
+        let mut broker = Broker {
+            queues,
+            switch,
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             channels: crate::broker::Channels::default().with_max_frame(config.limits.max_frame()),
         };
+        if let Some(state) = state {
+            let (line, switch) = broker.restore(0, epoch_ms, state);
+            log::info!("restored {line} queued line messages and {switch} switch messages");
+        }
+        // The doors are printed once the store is read: a client that
+        // waits for `listening` finds the queues restored.
+        let bound = listen::bind_all(config, poll.registry(), LISTENER_BASE)?;
         let stats = Stats::for_doors(connect::door_names());
-        let outbound = connect::Outbound::new(config, poll.registry())?;
         let live = Live {
             access: config.access(),
             docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
@@ -210,7 +238,7 @@ impl Server {
             conns: Slab::new(),
             broker,
             limits: config.limits.clone(),
-            start: Instant::now(),
+            start,
             next_gen: 0,
             dirty: Vec::new(),
             resume: Vec::new(),
@@ -231,6 +259,7 @@ impl Server {
             shutting_down: false,
             outbound,
             blocking: None,
+            durable,
         })
     }
 
@@ -288,6 +317,7 @@ impl Server {
                 self.on_wake();
                 self.on_blocking_done();
                 self.on_reload_done();
+                self.on_store_wake();
             }
             Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
             Token(key) => {
@@ -335,6 +365,7 @@ impl Server {
         }
         loop {
             let linked = self.run_link_requests();
+            self.store_turn();
             self.flush_dirty();
             if self.to_close.is_empty() && !linked {
                 break;
@@ -373,6 +404,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.timers.next())
+            .chain(self.store_deadline(now))
             .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
@@ -415,6 +447,7 @@ impl Server {
         let id = c.id;
         let (unsent, last_write) = (c.outq.bytes(), c.last_write);
         let door_ix = c.door_ix;
+        let recorded = self.durable.as_ref().map(|d| d.store.journal.records());
         let mut door = mem::replace(&mut c.door, Box::new(Detached));
         let job_room = self
             .blocking
@@ -460,6 +493,9 @@ impl Server {
         }
         if let Some(next_door) = door.upgrade() {
             door = next_door;
+        }
+        if let Some(before) = recorded {
+            self.hold_if_recorded(key, before);
         }
         let c = self.conns.get_mut(key)?;
         c.door = door;
@@ -678,6 +714,11 @@ impl Server {
     fn on_readable(&mut self, key: usize) {
         let mut budget = READ_BUDGET;
         loop {
+            // The store's writer is far behind: input waits (read again
+            // once it caught up).
+            if self.durable.is_some() && self.store_is_behind(key) {
+                return;
+            }
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
@@ -1042,6 +1083,10 @@ impl Server {
             if c.is_closing() || !c.writable {
                 continue;
             }
+            if c.hold > 0 {
+                // Its answers wait for the store (durable::release).
+                continue;
+            }
             let reason = match c.outq.flush(&mut c.transport, FLUSH_BUDGET) {
                 Ok((n, outcome)) => {
                     self.stats.bytes_out += n as u64;
@@ -1147,6 +1192,7 @@ impl Server {
         for l in self.listeners.drain(..) {
             l.remove_socket_file();
         }
+        self.close_store();
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_FLUSH_MS);
         let mut events = Events::with_capacity(1024);
         loop {

@@ -32,6 +32,13 @@ impl Server {
     /// Like [`Server::start`], with the open-file limit of the server
     /// process lowered to `nofile` (through `sh -c 'ulimit -n N; exec ...'`).
     pub fn start_limited(args: &[&str], nofile: Option<u32>) -> Server {
+        let setup = nofile.map(|n| format!("ulimit -n {n}"));
+        Server::start_in_shell(args, setup.as_deref())
+    }
+
+    /// Like [`Server::start`], with the server started by `sh -c 'SETUP &&
+    /// exec switchboard …'` (resource limits, signal dispositions).
+    pub fn start_in_shell(args: &[&str], setup: Option<&str>) -> Server {
         let mut all: Vec<String> = Vec::new();
         if !args.contains(&"--line-listen") {
             all.extend(["--line-listen".into(), "127.0.0.1:0".into()]);
@@ -43,12 +50,12 @@ impl Server {
             all.extend(["--log-level".into(), "warn".into()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut cmd = match nofile {
+        let mut cmd = match setup {
             None => Command::new(env!("CARGO_BIN_EXE_switchboard")),
-            Some(n) => {
+            Some(setup) => {
                 let mut c = Command::new(program("sh"));
                 c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(format!("{setup} && exec \"$0\" \"$@\""))
                     .arg(env!("CARGO_BIN_EXE_switchboard"));
                 c
             }

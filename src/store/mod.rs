@@ -1,0 +1,553 @@
+//! The store: queued messages kept on disk with `--data-dir`.
+//!
+//! Two halves:
+//!
+//! - the [`Journal`], free of IO, which the broker appends records to as
+//!   its point-to-point state changes (a line message queued, taken or
+//!   expired; a switch queue created or destroyed; a switch message stored,
+//!   handed over or acked; the id counters). It is a byte buffer shared by
+//!   the line queues and the switch within the loop's thread;
+//! - the [`Store`], owned by the IO shell: once per loop turn it hands the
+//!   journal's bytes (one batch) to a helper thread ([`writer`]), which
+//!   writes them to the open segment and, with `--fsync always`, fsyncs
+//!   once for everything waiting and reports back through the loop's waker.
+//!   The loop never waits for the disk.
+//!
+//! At start, [`Store::open`] replays the segments ([`log`]) into a
+//! [`log::State`] that the broker is rebuilt from. When the segments grow
+//! past a small multiple of the live data, the shell asks the broker for a
+//! snapshot (every live message as records) and hands it to the thread,
+//! which writes it as a new segment and deletes the older ones.
+//!
+//! Owns: the journal's buffer and its refusal, the data directory's lock,
+//! batch numbers, what the writer reported, when to compact. Must not
+//! touch: sockets, connections (the shell holds and releases answers), the
+//! broker's state (it is handed records and snapshots).
+
+pub mod log;
+pub mod record;
+pub mod writer;
+
+use std::cell::RefCell;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use mio::Waker;
+
+use record::{kind, Record, Writer};
+
+/// When written records are made durable (Redis' vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Before the answers that depend on them leave (group commit: one
+    /// fsync for everything written meanwhile).
+    Always,
+    /// At most a second after they are written.
+    #[value(name = "everysec")]
+    EverySec,
+    /// When the operating system writes them back.
+    No,
+}
+
+/// Bytes handed to the writer and not yet written, at most: past it the
+/// loop stops reading input until the writer is back below half of it (the
+/// disk cannot keep up; the loop itself still never waits for it).
+pub const MAX_PENDING: u64 = 256 << 20;
+
+/// The segments are compacted once they hold more than this …
+pub const COMPACT_MIN: u64 = 64 << 20;
+/// … and more than this many times the live data.
+pub const COMPACT_FACTOR: u64 = 4;
+
+/// How long the store refuses new records after a failed write.
+const FAILED_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why the store refuses to record (and the send is refused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A write or an fsync failed a moment ago.
+    Failed,
+}
+
+struct Inner {
+    buf: Vec<u8>,
+    records: u64,
+    epoch_ms: u64,
+    refusal: Option<Refusal>,
+}
+
+/// The broker's side of the store: records appended to a buffer that the
+/// shell takes once per turn. Cloned into the line queues and the switch;
+/// all clones share one buffer.
+#[derive(Clone)]
+pub struct Journal(Rc<RefCell<Inner>>);
+
+impl Journal {
+    /// `epoch_ms`: the wall clock at the server's start; the broker's
+    /// `now` plus it is a wall time, which is what records keep.
+    pub fn new(epoch_ms: u64) -> Journal {
+        Journal(Rc::new(RefCell::new(Inner {
+            buf: Vec::with_capacity(64 * 1024),
+            records: 0,
+            epoch_ms,
+            refusal: None,
+        })))
+    }
+
+    pub fn epoch_ms(&self) -> u64 {
+        self.0.borrow().epoch_ms
+    }
+
+    /// Set when the store cannot take records now.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.0.borrow().refusal
+    }
+
+    pub fn set_refusal(&self, refusal: Option<Refusal>) {
+        self.0.borrow_mut().refusal = refusal;
+    }
+
+    /// Records appended since start.
+    pub fn records(&self) -> u64 {
+        self.0.borrow().records
+    }
+
+    /// Bytes appended and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.0.borrow().buf.len()
+    }
+
+    /// A line message joined queue `to`.
+    pub fn enqueue(
+        &self,
+        seq: u64,
+        deadline: u64,
+        timeout_s: u64,
+        to: &[u8],
+        reply: Option<&[u8]>,
+        body: &[u8],
+    ) {
+        let mut inner = self.0.borrow_mut();
+        inner.records += 1;
+        Writer::begin(&mut inner.buf, kind::ENQUEUE)
+            .u64(seq)
+            .u64(deadline)
+            .u64(timeout_s)
+            .bytes(to)
+            .opt(reply)
+            .bytes(body)
+            .end();
+    }
+
+    /// Line message `seq` left its queue: taken (`expired` false) or expired.
+    pub fn dequeue(&self, seq: u64, expired: bool) {
+        let mut inner = self.0.borrow_mut();
+        inner.records += 1;
+        let k = if expired { kind::EXPIRE } else { kind::TAKE };
+        Writer::begin(&mut inner.buf, k).u64(seq).end();
+    }
+
+    /// Any other record.
+    pub fn record(&self, r: &Record) {
+        let mut inner = self.0.borrow_mut();
+        inner.records += 1;
+        record::encode(&mut inner.buf, r);
+    }
+
+    /// Takes the records appended so far.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let mut inner = self.0.borrow_mut();
+        let cap = inner.buf.capacity().clamp(4096, 1 << 20);
+        std::mem::replace(&mut inner.buf, Vec::with_capacity(cap))
+    }
+}
+
+/// The shell's side of the store.
+pub struct Store {
+    pub journal: Journal,
+    mode: Fsync,
+    dir: PathBuf,
+    jobs: Option<Sender<writer::Job>>,
+    reports: Receiver<writer::Report>,
+    shared: Arc<writer::Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The number the records appended now will have as a batch.
+    next_batch: u64,
+    /// Every batch up to this one is durable (`--fsync always`).
+    synced: u64,
+    failed_until: Option<Instant>,
+    /// A failed write left the disk behind the memory: write a snapshot.
+    want_snapshot: bool,
+    /// Snapshots handed to the writer (one at a time).
+    snapshots_sent: u64,
+    /// Kept open (and locked) while the server runs.
+    _lock: File,
+}
+
+/// What [`Store::open`] found, and the epoch (seconds) to start with: later
+/// than every earlier start's, so that reply addresses made from it are
+/// new.
+pub struct Opened {
+    pub store: Store,
+    pub state: log::State,
+    pub epoch_s: u64,
+}
+
+impl Store {
+    /// Opens (or creates) `dir`, replays it, and starts the writer on a new
+    /// segment. `epoch_ms` is the wall clock at start.
+    pub fn open(
+        dir: &Path,
+        mode: Fsync,
+        epoch_ms: u64,
+        waker: Arc<Waker>,
+    ) -> Result<Opened, String> {
+        let shown = dir.display();
+        fs::create_dir_all(dir).map_err(|e| format!("--data-dir {shown}: {e}"))?;
+        let lock =
+            File::create(dir.join("LOCK")).map_err(|e| format!("--data-dir {shown}: {e}"))?;
+        if lock.try_lock().is_err() {
+            return Err(format!(
+                "--data-dir {shown}: another server is using this directory"
+            ));
+        }
+        for entry in fs::read_dir(dir)
+            .map_err(|e| format!("--data-dir {shown}: {e}"))?
+            .flatten()
+        {
+            // A snapshot that was not finished.
+            if entry.file_name().to_string_lossy().ends_with(".log.tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let started = Instant::now();
+        let replayed = log::replay(dir).map_err(|e| format!("--data-dir: {e}"))?;
+        if let Some((file, offset, cut)) = &replayed.truncated {
+            ::log::warn!(
+                "{}: a torn record at byte offset {offset} ({cut} bytes, the write a crash \
+                 interrupted) was cut off",
+                file.display()
+            );
+        }
+        for old in &replayed.obsolete {
+            if let Err(e) = fs::remove_file(old) {
+                ::log::warn!("{}: {e}", old.display());
+            }
+        }
+        let state = replayed.state;
+        ::log::info!(
+            "data directory {shown}: {} records, {} bytes replayed in {} ms: {} line messages, \
+             {} switch queues",
+            replayed.records,
+            replayed.bytes,
+            started.elapsed().as_millis(),
+            state.line.len(),
+            state.switch.len()
+        );
+        let epoch_s = (epoch_ms / 1000).max(state.epoch_s.saturating_add(1));
+        let mut boot = Vec::new();
+        record::encode(&mut boot, &Record::Boot { epoch_s });
+        let segment = replayed.last_segment + 1;
+        let file = writer::create_segment(dir, segment, &boot)
+            .map_err(|e| format!("--data-dir {shown}: {e}"))?;
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (reports_tx, reports_rx) = mpsc::channel();
+        let shared = Arc::new(writer::Shared::default());
+        let len = (log::MAGIC.len() + boot.len()) as u64;
+        shared.disk.store(replayed.bytes + len, Ordering::Relaxed);
+        let t = writer::Thread {
+            dir: dir.to_path_buf(),
+            mode,
+            file,
+            segment,
+            len,
+            jobs: jobs_rx,
+            reports: reports_tx,
+            shared: Arc::clone(&shared),
+            waker,
+        };
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || t.run())
+            .map_err(|e| format!("--data-dir: starting the writer: {e}"))?;
+        Ok(Opened {
+            store: Store {
+                journal: Journal::new(epoch_ms),
+                mode,
+                dir: dir.to_path_buf(),
+                jobs: Some(jobs_tx),
+                reports: reports_rx,
+                shared,
+                thread: Some(thread),
+                next_batch: 1,
+                synced: 0,
+                failed_until: None,
+                want_snapshot: false,
+                snapshots_sent: 0,
+                _lock: lock,
+            },
+            state,
+            epoch_s,
+        })
+    }
+
+    pub fn mode(&self) -> Fsync {
+        self.mode
+    }
+
+    /// The batch records appended now will belong to.
+    pub fn batch(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// Every batch up to this one is durable (`--fsync always`).
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// Bytes of the segments on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.disk.load(Ordering::Relaxed)
+    }
+
+    /// Hands the records of this turn to the writer. True when there were any.
+    pub fn submit(&mut self) -> bool {
+        if self.journal.pending() == 0 {
+            return false;
+        }
+        let data = self.journal.take();
+        self.send(writer::Job::Batch {
+            n: self.next_batch,
+            data,
+        });
+        true
+    }
+
+    fn send(&mut self, job: writer::Job) {
+        let (n, len) = match &job {
+            writer::Job::Batch { n, data } | writer::Job::Snapshot { n, data } => {
+                (*n, data.len() as u64)
+            }
+        };
+        self.shared.pending.fetch_add(len, Ordering::Relaxed);
+        self.next_batch = n + 1;
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            ::log::error!("data directory {}: the writer is gone", self.dir.display());
+            self.failed_until = Some(Instant::now() + FAILED_PAUSE);
+        }
+    }
+
+    /// True when the segments should be compacted: they hold more than
+    /// [`COMPACT_MIN`] and [`COMPACT_FACTOR`] × `live` bytes, or a failed
+    /// write left them behind.
+    pub fn wants_snapshot(&self, live: u64) -> bool {
+        if self.failed_until.is_some()
+            || self.shared.snapshots.load(Ordering::Relaxed) < self.snapshots_sent
+        {
+            return false;
+        }
+        let disk = self.disk_bytes() + self.shared.pending.load(Ordering::Relaxed);
+        self.want_snapshot || (disk > COMPACT_MIN && disk > COMPACT_FACTOR.saturating_mul(live))
+    }
+
+    /// Hands a snapshot to the writer: `data` holds every live record, the
+    /// snapshot marker first. Records appended before it must have been
+    /// submitted.
+    pub fn snapshot(&mut self, data: Vec<u8>) {
+        debug_assert_eq!(self.journal.pending(), 0);
+        self.want_snapshot = false;
+        self.snapshots_sent += 1;
+        self.send(writer::Job::Snapshot {
+            n: self.next_batch,
+            data,
+        });
+    }
+
+    /// Takes the writer's reports: the batch now durable (`Ok`), or a
+    /// failure up to a batch (`Err`), whose held answers must not leave.
+    pub fn take_reports(&mut self) -> Vec<Result<u64, u64>> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.reports.try_recv() {
+            match r {
+                writer::Report::Synced(n) => {
+                    self.synced = self.synced.max(n);
+                    out.push(Ok(n));
+                }
+                writer::Report::Failed(n, _) => {
+                    self.failed_until = Some(Instant::now() + FAILED_PAUSE);
+                    self.want_snapshot = true;
+                    out.push(Err(n));
+                }
+            }
+        }
+        out
+    }
+
+    /// True while the writer is more than [`MAX_PENDING`] bytes behind:
+    /// the loop reads no input meanwhile (the writer wakes it once it is
+    /// back below half of that).
+    pub fn behind(&self) -> bool {
+        self.shared.pending.load(Ordering::Relaxed) > MAX_PENDING
+    }
+
+    /// Updates what the journal refuses: after a failure, for a moment.
+    pub fn update_refusal(&mut self) {
+        if self.failed_until.is_some_and(|t| Instant::now() >= t) {
+            self.failed_until = None;
+        }
+        let refusal = if self.failed_until.is_some() {
+            Some(Refusal::Failed)
+        } else {
+            None
+        };
+        if self.journal.refusal() != refusal {
+            self.journal.set_refusal(refusal);
+        }
+    }
+
+    /// When a refusal after a failure ends (the loop wakes for it).
+    pub fn refusal_ends(&self) -> Option<Instant> {
+        self.failed_until
+    }
+
+    /// Writes what is left and stops the writer (it fsyncs at the end
+    /// unless `--fsync no`).
+    pub fn close(&mut self) {
+        self.submit();
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                ::log::error!("data directory {}: the writer failed", self.dir.display());
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mio::{Poll, Token};
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn waker(poll: &Poll) -> Arc<Waker> {
+        Arc::new(Waker::new(poll.registry(), Token(1)).unwrap())
+    }
+
+    fn open(dir: &Path, mode: Fsync, waker: &Arc<Waker>) -> Opened {
+        Store::open(dir, mode, 1_000_000, Arc::clone(waker)).unwrap()
+    }
+
+    #[test]
+    fn records_written_in_batches_come_back_after_a_restart() {
+        let dir = tempdir("restart");
+        let mut poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let mut opened = open(&dir, Fsync::Always, &w);
+        assert!(opened.state.line.is_empty());
+        let first_epoch = opened.epoch_s;
+        let s = &mut opened.store;
+        s.journal.enqueue(0, u64::MAX, 60, b"q", None, b"one");
+        s.journal.enqueue(1, u64::MAX, 60, b"q", Some(b"r"), b"two");
+        assert!(s.submit());
+        assert!(!s.submit());
+        s.journal.dequeue(0, false);
+        assert!(s.submit());
+        // Both batches are reported durable, through the waker.
+        let mut events = mio::Events::with_capacity(4);
+        while s.synced() < 2 {
+            poll.poll(&mut events, None).unwrap();
+            for r in s.take_reports() {
+                assert!(r.is_ok(), "{r:?}");
+            }
+        }
+        drop(opened);
+        let again = open(&dir, Fsync::Always, &w);
+        let bodies: Vec<Bytes> = again.state.line.values().map(|m| m.body.clone()).collect();
+        assert_eq!(bodies, vec![Bytes::from_static(b"two")]);
+        assert_eq!(again.state.next_seq, 2);
+        assert!(again.epoch_s > first_epoch);
+        drop(again);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_older_segments() {
+        let dir = tempdir("snapshot");
+        let poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let mut opened = open(&dir, Fsync::No, &w);
+        let s = &mut opened.store;
+        for seq in 0..100 {
+            s.journal.enqueue(seq, u64::MAX, 60, b"q", None, b"old");
+        }
+        s.submit();
+        let mut snap = Vec::new();
+        record::encode(
+            &mut snap,
+            &Record::Snapshot {
+                next_seq: 200,
+                loose_ids: 0,
+                epoch_s: 1,
+            },
+        );
+        record::encode(
+            &mut snap,
+            &Record::Enqueue {
+                seq: 150,
+                deadline: u64::MAX,
+                timeout_s: 60,
+                to: Bytes::from_static(b"q"),
+                reply: None,
+                body: Bytes::from_static(b"kept"),
+            },
+        );
+        s.snapshot(snap);
+        s.journal.enqueue(200, u64::MAX, 60, b"q", None, b"after");
+        s.submit();
+        drop(opened);
+        let segments = log::segments(&dir).unwrap();
+        let again = open(&dir, Fsync::No, &w);
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let bodies: Vec<Bytes> = again.state.line.values().map(|m| m.body.clone()).collect();
+        assert_eq!(
+            bodies,
+            vec![Bytes::from_static(b"kept"), Bytes::from_static(b"after")]
+        );
+        drop(again);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_directory_is_refused() {
+        let dir = tempdir("lock");
+        let poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let first = open(&dir, Fsync::No, &w);
+        let err = Store::open(&dir, Fsync::No, 1, Arc::clone(&w))
+            .err()
+            .unwrap();
+        assert!(err.contains("another server"), "{err}");
+        drop(first);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

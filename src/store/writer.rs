@@ -1,0 +1,256 @@
+//! The store's helper thread: it owns the open segment, writes what the
+//! loop hands it, makes it durable as `--fsync` says, and reports back
+//! through the loop's waker. The loop never waits for it.
+//!
+//! Owns: the segment file being appended to, its length, segment rotation,
+//! snapshots (a new segment written under a temporary name, made durable,
+//! renamed, then the older segments deleted), the once-a-second fsync of
+//! `everysec`. Must not touch: what the records mean.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::Waker;
+
+use super::log::{segment_name, MAGIC};
+use super::Fsync;
+
+/// A segment is closed and a new one started past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// What the loop asks of the thread.
+pub enum Job {
+    /// Records of one loop turn, batch number `n`.
+    Batch { n: u64, data: Vec<u8> },
+    /// A snapshot (its records, the snapshot marker first) as of batch `n`:
+    /// it starts a new segment and replaces every older one.
+    Snapshot { n: u64, data: Vec<u8> },
+}
+
+/// What the thread tells the loop.
+#[derive(Debug)]
+pub enum Report {
+    /// Every batch up to `n` is durable (with `--fsync always`).
+    Synced(u64),
+    /// Batches up to `n` may not be on disk: the write or fsync failed.
+    Failed(u64, String),
+}
+
+/// Counters the thread keeps for the loop to read.
+#[derive(Default)]
+pub struct Shared {
+    /// Bytes handed to the thread and not yet written.
+    pub pending: AtomicU64,
+    /// Bytes of the segments on disk.
+    pub disk: AtomicU64,
+    /// Snapshots written (or failed) so far.
+    pub snapshots: AtomicU64,
+}
+
+pub struct Thread {
+    pub dir: PathBuf,
+    pub mode: Fsync,
+    pub file: File,
+    pub segment: u64,
+    /// Bytes of the open segment known to be written whole.
+    pub len: u64,
+    pub jobs: Receiver<Job>,
+    pub reports: Sender<Report>,
+    pub shared: Arc<Shared>,
+    pub waker: Arc<Waker>,
+}
+
+/// Creates segment `n` in `dir` (magic written, file and directory
+/// synced) and returns it open for appending.
+pub fn create_segment(dir: &Path, n: u64, first: &[u8]) -> io::Result<File> {
+    let path = dir.join(segment_name(n));
+    let mut f = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let mut head = MAGIC.to_vec();
+    head.extend_from_slice(first);
+    f.write_all(&head)?;
+    f.sync_all()?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Thread {
+    pub fn run(mut self) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = if self.mode == Fsync::EverySec && unsynced {
+                let left = Duration::from_secs(1).saturating_sub(last_sync.elapsed());
+                match self.jobs.recv_timeout(left) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            };
+            let mut last = None;
+            let mut failed = None;
+            if let Some(job) = first {
+                // Take everything that is waiting: one write run, one fsync.
+                let mut jobs = vec![job];
+                while let Ok(more) = self.jobs.try_recv() {
+                    jobs.push(more);
+                }
+                for job in jobs {
+                    let (n, bytes, result) = match job {
+                        Job::Batch { n, data } => (n, data.len(), self.append(&data)),
+                        Job::Snapshot { n, data } => {
+                            let result = self.snapshot(&data);
+                            self.shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                            (n, data.len(), result)
+                        }
+                    };
+                    let was = self
+                        .shared
+                        .pending
+                        .fetch_sub(bytes as u64, Ordering::Relaxed);
+                    // The loop stopped reading while this far behind.
+                    if was > super::MAX_PENDING && was - bytes as u64 <= super::MAX_PENDING / 2 {
+                        if let Err(e) = self.waker.wake() {
+                            log::warn!("store: waking the loop: {e}");
+                        }
+                    }
+                    last = Some(n);
+                    if let Err(e) = result {
+                        failed = Some(e.to_string());
+                    }
+                }
+                unsynced = true;
+            }
+            let due = match self.mode {
+                Fsync::Always => last.is_some(),
+                Fsync::EverySec => unsynced && last_sync.elapsed() >= Duration::from_secs(1),
+                Fsync::No => false,
+            };
+            if due && failed.is_none() {
+                if let Err(e) = self.file.sync_data() {
+                    failed = Some(format!("fsync: {e}"));
+                }
+                last_sync = Instant::now();
+                unsynced = false;
+            }
+            let report = match (failed, last) {
+                (Some(why), n) => {
+                    log::error!(
+                        "data directory {}: {why}; the writes of this moment may be lost",
+                        self.dir.display()
+                    );
+                    Some(Report::Failed(n.unwrap_or(0), why))
+                }
+                (None, Some(n)) if self.mode == Fsync::Always => Some(Report::Synced(n)),
+                _ => None,
+            };
+            if let Some(r) = report {
+                if self.reports.send(r).is_err() {
+                    break;
+                }
+                if let Err(e) = self.waker.wake() {
+                    log::warn!("store: waking the loop: {e}");
+                }
+            }
+        }
+        if self.mode != Fsync::No {
+            if let Err(e) = self.file.sync_data() {
+                log::error!("data directory {}: fsync at stop: {e}", self.dir.display());
+            }
+        }
+    }
+
+    /// Appends a batch to the open segment; a failed write is cut back off,
+    /// so that the segment never holds a half record before later ones.
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Err(e) = self.file.write_all(data) {
+            if let Err(t) = self.file.set_len(self.len) {
+                log::error!(
+                    "data directory {}: cutting a failed write off {}: {t}",
+                    self.dir.display(),
+                    segment_name(self.segment)
+                );
+            }
+            return Err(io::Error::new(e.kind(), format!("write: {e}")));
+        }
+        self.len += data.len() as u64;
+        self.shared
+            .disk
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.len >= SEGMENT_BYTES {
+            self.rotate(&[])?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open segment (durable unless `--fsync no`) and starts the next.
+    fn rotate(&mut self, first: &[u8]) -> io::Result<()> {
+        if self.mode != Fsync::No {
+            self.file.sync_data()?;
+        }
+        let next = self.segment + 1;
+        self.file = create_segment(&self.dir, next, first)?;
+        self.segment = next;
+        self.len = (MAGIC.len() + first.len()) as u64;
+        self.shared.disk.fetch_add(self.len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes a snapshot as the next segment (under a temporary name until
+    /// it is durable), then deletes every older segment.
+    fn snapshot(&mut self, data: &[u8]) -> io::Result<()> {
+        let next = self.segment + 1;
+        let tmp = self.dir.join(format!("{}.tmp", segment_name(next)));
+        let done = self.dir.join(segment_name(next));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &done)?;
+            sync_dir(&self.dir)?;
+            OpenOptions::new().append(true).open(&done)
+        })();
+        let file = match written {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(io::Error::new(e.kind(), format!("snapshot: {e}")));
+            }
+        };
+        self.file = file;
+        self.segment = next;
+        self.len = (MAGIC.len() + data.len()) as u64;
+        let mut disk = self.len;
+        for (n, path) in super::log::segments(&self.dir)? {
+            if n < next {
+                if let Err(e) = fs::remove_file(&path) {
+                    log::warn!("store: removing {}: {e}", path.display());
+                    disk += fs::metadata(&path).map_or(0, |m| m.len());
+                }
+            }
+        }
+        self.shared.disk.store(disk, Ordering::Relaxed);
+        Ok(())
+    }
+}
