@@ -401,8 +401,9 @@ pub struct Args {
     /// With --data-dir, when records are made durable: `always` before the
     /// answers that depend on them leave (one fsync per loop turn, on a
     /// helper thread), `everysec` within about a second, `no` when the
-    /// operating system writes them back.
-    #[arg(long, value_enum, default_value_t = Fsync::EverySec, requires = "data_dir")]
+    /// operating system writes them back. Without --data-dir it changes nothing
+    /// (so that `--print-config` output, which names it, reads back).
+    #[arg(long, value_enum, default_value_t = Fsync::EverySec)]
     pub fsync: Fsync,
 }
 
