@@ -223,9 +223,15 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().backlog)]
     pub backlog_limit: usize,
 
-    /// Channels one line-protocol connection may subscribe to.
+    /// Channels and patterns one connection may subscribe to (a line
+    /// connection in all, an HTTP subscription in its `?channel=` list).
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_subscriptions)]
     pub max_subscriptions: usize,
+
+    /// Publish a JSON event on `$presence.CHANNEL` whenever a subscription
+    /// to CHANNEL starts or ends.
+    #[arg(long)]
+    pub presence_events: bool,
 
     /// Seconds a connection may sit on an incomplete request, command or TLS
     /// handshake before it is closed (0: never). Idle connections with
@@ -337,6 +343,17 @@ pub struct Config {
     /// TLS settings of outbound connections (with the webhook API on).
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
     pub proxy: ProxyConfig,
+    /// `--presence-events`.
+    pub presence_events: bool,
+}
+
+impl Config {
+    /// The broker's channels as the flags set them up.
+    pub fn channels(&self) -> crate::broker::Channels {
+        crate::broker::Channels::default()
+            .with_max_frame(self.limits.max_frame())
+            .with_presence_events(self.presence_events)
+    }
 }
 
 /// The msglite HTTP proxy door's settings.
@@ -488,6 +505,7 @@ impl Config {
             hooks_listen: args.hooks_listen,
             hooks,
             client_tls,
+            presence_events: args.presence_events,
             limits: Limits {
                 max_line: args.max_line,
                 max_body: args.max_body,

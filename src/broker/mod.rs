@@ -11,12 +11,13 @@ pub mod channels;
 pub mod filter;
 pub mod frames;
 pub mod hooks;
+pub mod pattern;
 pub mod queues;
 pub mod switch;
 
 use bytes::Bytes;
 
-pub use channels::{Channels, Subscription};
+pub use channels::{Channels, Presence, PresenceKind, Subscription};
 pub use queues::{QueueFull, Queues, Ready, WaitId};
 pub use switch::Switch;
 

@@ -21,10 +21,11 @@ use super::codec::{Method, Request};
 use super::conn::{HttpConn, Reply, Routes, Settings};
 use super::files;
 use super::response::Response;
-use super::uri::query_param;
+use super::uri::{query_param, query_params};
 use crate::broker::filter::Filter;
 use crate::broker::frames::{multipart_opening, Framing};
-use crate::broker::{Answer, Broker, Subscription};
+use crate::broker::pattern;
+use crate::broker::{Answer, Broker, PresenceKind, Subscription};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 
@@ -32,6 +33,8 @@ use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 pub const BUS_PREFIX: &str = "/msgbus/";
 /// The stats page.
 pub const STATS_PATH: &str = "/msgbus-stats";
+/// The presence endpoint: `GET /msgbus-presence/NAME`.
+pub const PRESENCE_PREFIX: &str = "/msgbus-presence/";
 /// The Basic auth realm.
 pub const REALM: &str = "msgbus";
 /// `204` to an HTTP/1.1 keep-alive publish (msgbus' reason phrase), the
@@ -44,6 +47,8 @@ struct Shared {
     /// Canonical path of the document root.
     docroot: Option<PathBuf>,
     started: Instant,
+    /// Names one subscription may list (`--max-subscriptions`).
+    max_subscriptions: usize,
 }
 
 /// The bus door's constructor: its settings are read from `config` once.
@@ -52,6 +57,7 @@ pub fn opener(config: &Config) -> Opener {
     let shared = Rc::new(Shared {
         docroot: config.docroot.as_ref().and_then(|d| d.canonicalize().ok()),
         started: Instant::now(),
+        max_subscriptions: config.limits.max_subscriptions,
     });
     Box::new(move || {
         let routes = Bus {
@@ -77,13 +83,21 @@ impl Routes for Bus {
         if let Some(channel) = path.strip_prefix(BUS_PREFIX) {
             let channel = channel.as_bytes();
             return match req.method {
-                Method::Get | Method::Head => subscribe(&req, channel, cx),
+                Method::Get | Method::Head => {
+                    subscribe(&req, channel, self.shared.max_subscriptions, cx)
+                }
                 Method::Post => publish(&req, channel, user, cx),
                 _ => Reply::Respond(Response::text(
                     501,
                     "the bus takes GET (subscribe) and POST (publish)",
                 )),
             };
+        }
+        if let Some(name) = path.strip_prefix(PRESENCE_PREFIX) {
+            if !matches!(req.method, Method::Get | Method::Head) {
+                return Reply::Respond(Response::text(501, "presence takes GET"));
+            }
+            return Reply::Respond(presence(cx.broker, name.as_bytes()));
         }
         if path == STATS_PATH && matches!(req.method, Method::Get | Method::Head) {
             let body = stats_json(cx.broker, cx.stats, self.shared.started);
@@ -123,10 +137,19 @@ impl Routes for Bus {
     }
 }
 
-fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<FileRead> {
+fn subscribe(
+    req: &Request,
+    channel: &[u8],
+    max_subscriptions: usize,
+    cx: &mut Cx<'_>,
+) -> Reply<FileRead> {
     let query = req.query().unwrap_or("");
     let filter = match subscription_filter(query) {
         Ok(filter) => filter,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
+    let names = match subscription_names(channel, query, max_subscriptions) {
+        Ok(names) => names,
         Err(refusal) => return Reply::Respond(refusal),
     };
     let sse = req
@@ -161,20 +184,110 @@ fn subscribe(req: &Request, channel: &[u8], cx: &mut Cx<'_>) -> Reply<FileRead> 
         // The head a subscribe would get, and no subscription.
         return Reply::Respond(head);
     }
-    let sub = Subscription { framing, filter };
-    let stream = if channel.is_empty() {
-        cx.broker.channels.subscribe_all(cx.me, sub, cx.out);
-        BusStream { channel: None }
-    } else {
-        let channel = Bytes::copy_from_slice(channel);
-        cx.broker
+    // A subscriber of several names must be told which channel each
+    // message came from.
+    let named = names.len() > 1;
+    for (i, name) in names.iter().enumerate() {
+        let sub = Subscription {
+            framing,
+            filter: filter.clone(),
+            named,
+        };
+        if let Err(e) = cx
+            .broker
             .channels
-            .subscribe(cx.me, channel.clone(), sub, cx.out);
-        BusStream {
-            channel: Some(channel),
+            .subscribe(cx.me, name.clone(), sub, cx.out)
+        {
+            for done in names.iter().take(i) {
+                cx.broker.channels.unsubscribe(cx.me, done, cx.out);
+            }
+            return Reply::Respond(Response::text(503, &e.to_string()));
+        }
+    }
+    let names = match <[Bytes; 1]>::try_from(names) {
+        Ok([one]) => Names::One(one),
+        Err(many) => Names::Many(many.into_boxed_slice()),
+    };
+    Reply::Stream(head, Box::new(BusStream { names }))
+}
+
+/// What one subscription names: the path's channel or pattern (`*` for
+/// `/msgbus/`, every channel), or the `?channel=` list of a `/msgbus/`
+/// subscription; each one checked, repeats dropped, at most
+/// `max_subscriptions` of them.
+fn subscription_names(
+    channel: &[u8],
+    query: &str,
+    max_subscriptions: usize,
+) -> Result<Vec<Bytes>, Response> {
+    let listed = query_params(query, "channel");
+    let mut names: Vec<Bytes> = if listed.is_empty() {
+        let name = if channel.is_empty() { b"*" } else { channel };
+        vec![Bytes::copy_from_slice(name)]
+    } else if !channel.is_empty() {
+        return Err(Response::text(
+            400,
+            "?channel= lists the channels of a subscription to /msgbus/ only",
+        ));
+    } else {
+        listed
+            .iter()
+            .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+            .collect()
+    };
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > max_subscriptions {
+        return Err(Response::text(
+            400,
+            &format!("too many channels in one subscription (limit {max_subscriptions})"),
+        ));
+    }
+    for name in &names {
+        if name.is_empty() {
+            return Err(Response::text(400, "?channel= names an empty channel"));
+        }
+        if let Err(e) = pattern::classify(name) {
+            return Err(Response::text(400, &e.to_string()));
+        }
+    }
+    Ok(names)
+}
+
+/// How many subscribe to a channel, a pattern, or (`/msgbus-presence/`)
+/// every channel, as JSON.
+fn presence(broker: &Broker, name: &[u8]) -> Response {
+    let name = if name.is_empty() { &b"*"[..] } else { name };
+    let p = match broker.channels.presence(name) {
+        Some(p) => p,
+        None => {
+            let e = pattern::classify(name).err();
+            let text = e.map_or_else(|| "malformed name".to_string(), |e| e.to_string());
+            return Response::text(400, &text);
         }
     };
-    Reply::Stream(head, Box::new(stream))
+    let doors: serde_json::Map<String, serde_json::Value> = p
+        .per_door()
+        .iter()
+        .map(|&(door, n)| (door.to_string(), serde_json::json!(n)))
+        .collect();
+    let kind = match p.kind {
+        PresenceKind::Channel => "channel",
+        PresenceKind::Pattern => "pattern",
+        PresenceKind::All => "all",
+    };
+    let v = serde_json::json!({
+        "name": String::from_utf8_lossy(name),
+        "kind": kind,
+        "subscribers": p.total(),
+        "doors": doors,
+        "receivers": p.receivers,
+    });
+    let mut body = v.to_string();
+    body.push('\n');
+    Response::new(200)
+        .header("Cache-Control", "no-cache")
+        .body("application/json", body)
 }
 
 /// The subscriber's filter from `?type=` and `?sender=`; patterns over the
@@ -198,6 +311,10 @@ fn publish(
     let Some(content_type) = req.header("Content-Type") else {
         return Reply::Respond(Response::text(400, "a publish needs a Content-Type"));
     };
+    if pattern::is_wildcard(channel) {
+        let refusal = pattern::PatternError::PublishToPattern;
+        return Reply::Respond(Response::text(400, &refusal.to_string()));
+    }
     cx.broker.channels.publish(
         channel,
         content_type,
@@ -214,8 +331,14 @@ fn publish(
 /// A subscribed bus connection: pushed messages go out, input is read and
 /// discarded. It is all an idle subscriber costs.
 pub struct BusStream {
-    /// `None`: subscribed to every channel.
-    channel: Option<Bytes>,
+    names: Names,
+}
+
+/// What a stream is subscribed to: channels, patterns, or `*` (every
+/// channel).
+enum Names {
+    One(Bytes),
+    Many(Box<[Bytes]>),
 }
 
 impl Door for BusStream {
@@ -234,13 +357,13 @@ impl Door for BusStream {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
-        match self.channel.take() {
-            Some(channel) => {
-                cx.broker.channels.unsubscribe(cx.me, &channel, cx.out);
-            }
-            None => {
-                cx.broker.channels.unsubscribe_all(cx.me, cx.out);
-            }
+        let names = std::mem::replace(&mut self.names, Names::Many(Box::default()));
+        let names = match &names {
+            Names::One(name) => std::slice::from_ref(name),
+            Names::Many(names) => names,
+        };
+        for name in names {
+            cx.broker.channels.unsubscribe(cx.me, name, cx.out);
         }
     }
 }
@@ -276,6 +399,7 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
             "closed": stats.closed,
         },
         "channels": broker.channels.channel_count(),
+        "patterns": broker.channels.pattern_count(),
         "subscribers": broker.channels.subscription_count(),
         "oversized": broker.channels.oversized(),
         "queues": {
@@ -329,6 +453,7 @@ mod tests {
         let shared = Rc::new(Shared {
             docroot: None,
             started: Instant::now(),
+            max_subscriptions: 100,
         });
         Box::new(HttpConn::new(settings, Bus { shared }))
     }

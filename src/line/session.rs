@@ -11,6 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
+use crate::broker::pattern::{self, Name};
 use crate::broker::{Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
@@ -131,22 +132,35 @@ impl LineSession {
                 }
             },
             Command::Quit => self.closing = Some(CloseReason::Quit),
-            Command::Subscribe { channel } => {
+            Command::Presence { name } => {
+                let answer = presence_line(cx, &name);
+                cx.send(answer);
+            }
+            Command::Subscribe { channel, since } => {
+                if since.is_some() && !cx.broker.channels.keeps_history() {
+                    self.fail(cx, LineError::HistoryOff);
+                    return;
+                }
+                // `*` and `>` alone are one subscription: every channel.
+                let channel = match pattern::classify(&channel) {
+                    Ok(Name::All) => Bytes::from_static(ALL_CHANNELS),
+                    _ => channel,
+                };
                 if self.subscriptions.contains(&channel) {
                     return;
                 }
+                // Patterns count as subscriptions like channels do.
                 if self.subscriptions.len() >= self.max_subscriptions {
                     self.fail(cx, LineError::TooManySubscriptions(self.max_subscriptions));
                     return;
                 }
-                if channel == ALL_CHANNELS {
-                    cx.broker
-                        .channels
-                        .subscribe_all(me, Subscription::line(), cx.out);
-                } else {
+                let subscribed =
                     cx.broker
                         .channels
                         .subscribe(me, channel.clone(), Subscription::line(), cx.out);
+                if let Err(e) = subscribed {
+                    self.fail(cx, LineError::Pattern(e));
+                    return;
                 }
                 // An exact-size copy: a slice would keep the whole read
                 // buffer it came from alive for as long as the subscription
@@ -154,6 +168,10 @@ impl LineSession {
                 self.subscriptions.insert(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
+                let channel = match pattern::classify(&channel) {
+                    Ok(Name::All) => Bytes::from_static(ALL_CHANNELS),
+                    _ => channel,
+                };
                 unsubscribe(cx, &channel);
                 self.subscriptions.remove(&channel);
                 if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
@@ -174,12 +192,24 @@ impl LineSession {
     }
 }
 
-fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
-    if channel == ALL_CHANNELS {
-        cx.broker.channels.unsubscribe_all(cx.me, cx.out);
-    } else {
-        cx.broker.channels.unsubscribe(cx.me, channel, cx.out);
+/// `= NAME TOTAL line=N http=N receivers=N`: the subscriptions to a
+/// channel or pattern, per door, and (for a channel) how many subscriptions
+/// a message published there reaches. A malformed pattern counts nothing.
+fn presence_line(cx: &Cx<'_>, name: &[u8]) -> Bytes {
+    let p = cx.broker.channels.presence(name).unwrap_or_default();
+    let mut line = BytesMut::with_capacity(name.len() + 64);
+    line.put_slice(b"= ");
+    line.put_slice(name);
+    line.put_slice(format!(" {}", p.total()).as_bytes());
+    for (door, n) in p.per_door() {
+        line.put_slice(format!(" {door}={n}").as_bytes());
     }
+    line.put_slice(format!(" receivers={}\r\n", p.receivers).as_bytes());
+    line.freeze()
+}
+
+fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
+    cx.broker.channels.unsubscribe(cx.me, channel, cx.out);
 }
 
 impl Door for LineSession {

@@ -166,7 +166,7 @@ impl Server {
                 .with_limits(config.limits.queues),
             switch: crate::broker::Switch::new(epoch_ms).with_limits(config.limits.queues),
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
-            channels: crate::broker::Channels::default().with_max_frame(config.limits.max_frame()),
+            channels: config.channels(),
         };
         let door_names = connect::door_names();
         let stats = Stats {
