@@ -233,6 +233,19 @@ pub struct Args {
     #[arg(long)]
     pub presence_events: bool,
 
+    /// Messages kept per channel for subscribers that resume (`?since=`,
+    /// `Last-Event-ID`, `+ CH SINCE`); 0 keeps none and numbers nothing.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: usize,
+
+    /// Bytes the kept messages of one channel may hold.
+    #[arg(long, value_name = "BYTES", default_value_t = HistoryLimits::default().per_channel_bytes)]
+    pub history_bytes: usize,
+
+    /// Bytes the kept messages of all channels may hold; the oldest go first.
+    #[arg(long, value_name = "BYTES", default_value_t = HistoryLimits::default().total_bytes)]
+    pub history_total_bytes: usize,
+
     /// Seconds a connection may sit on an incomplete request, command or TLS
     /// handshake before it is closed (0: never). Idle connections with
     /// nothing pending are never timed out.
@@ -345,7 +358,11 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `--presence-events`.
     pub presence_events: bool,
+    /// `--history`, `--history-bytes`, `--history-total-bytes`.
+    pub history: HistoryLimits,
 }
+
+pub use crate::broker::history::HistoryLimits;
 
 impl Config {
     /// The broker's channels as the flags set them up.
@@ -353,6 +370,7 @@ impl Config {
         crate::broker::Channels::default()
             .with_max_frame(self.limits.max_frame())
             .with_presence_events(self.presence_events)
+            .with_history(self.history)
     }
 }
 
@@ -506,6 +524,11 @@ impl Config {
             hooks,
             client_tls,
             presence_events: args.presence_events,
+            history: HistoryLimits {
+                messages: args.history,
+                per_channel_bytes: args.history_bytes,
+                total_bytes: args.history_total_bytes,
+            },
             limits: Limits {
                 max_line: args.max_line,
                 max_body: args.max_body,

@@ -346,3 +346,249 @@ fn presence_counts_subscribers_as_they_come_and_go_on_both_doors() {
     );
     assert!(show(&got).contains("! "));
 }
+
+#[test]
+fn history_resumes_on_every_framing_and_tells_of_gaps() {
+    let server = Server::start(&["--history", "3"]);
+    let mut publisher = connect(server.line());
+    for i in 1..=5 {
+        send(
+            &mut publisher,
+            format!("! 2 news text/plain\r\nm{i}\r\n").as_bytes(),
+        );
+    }
+    // A round trip (that publishes nothing, so takes no id).
+    line_presence(&mut publisher, "news");
+
+    // Ids 3, 4, 5 are kept (1 and 2 are gone). Resuming after 3 on the
+    // event stream: 4 and 5, with their ids, then live ones.
+    let mut sse = Streaming::spawn({
+        let mut c = curl();
+        c.args([
+            "-N",
+            "-H",
+            "Accept: text/event-stream",
+            "-H",
+            "Last-Event-ID: 3",
+        ])
+        .arg(format!("http://{}/msgbus/news", server.bus()));
+        c
+    });
+    let replayed = show(&sse.until(b"data: m5\n\n"));
+    assert_eq!(
+        replayed,
+        ": subscribed\n\n\
+         : channel=news type=text/plain\nid: 4\ndata: m4\n\n\
+         : channel=news type=text/plain\nid: 5\ndata: m5\n\n"
+    );
+    // Resuming after 1 on multipart: a gap part first (2 is gone; the
+    // first it gets is 3).
+    let mut multipart = Streaming::spawn({
+        let mut c = curl();
+        c.arg("-N")
+            .arg(format!("http://{}/msgbus/news?since=1", server.bus()));
+        c
+    });
+    let parts = show(&multipart.until(b"m5\r\n--00MsgBus00\r\n"));
+    assert!(
+        parts.starts_with(
+            "--00MsgBus00\r\nContent-Type: application/x-msgbus-gap\r\nGap-First-Id: 3\r\n\
+             Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\nEvent-Id: 3\r\n"
+        ),
+        "{parts}"
+    );
+    let ids: Vec<&str> = parts
+        .lines()
+        .filter_map(|l| l.strip_prefix("Event-Id: "))
+        .collect();
+    assert_eq!(ids, ["3", "4", "5"]);
+    // The line protocol: `+ CH SINCE`, ids as a fifth field; `@` for a gap.
+    let mut line = connect(server.line());
+    send(&mut line, b"+ news 4\r\n");
+    let want = "! 2 news text/plain 5\r\nm5\r\n";
+    assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
+    let mut behind = connect(server.line());
+    send(&mut behind, b"+ news 0\r\n");
+    let want = "@ news 3\r\n! 2 news text/plain 3\r\nm3\r\n";
+    assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
+
+    // Live messages follow, once, with the next id.
+    send(&mut publisher, b"! 2 news text/plain\r\nm6\r\n");
+    assert_eq!(
+        show(&sse.until(b"data: m6\n\n")),
+        ": channel=news type=text/plain\nid: 6\ndata: m6\n\n"
+    );
+    let want = "! 2 news text/plain 6\r\nm6\r\n";
+    assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
+    let want = "! 2 news text/plain 4\r\nm4\r\n! 2 news text/plain 5\r\nm5\r\n! 2 news text/plain 6\r\nm6\r\n";
+    assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
+
+    // Malformed ids are refused.
+    let bad = curl()
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{}/msgbus/news?since=x", server.bus()))
+        .output()
+        .unwrap();
+    assert!(
+        show(&bad.stdout).ends_with("\n400"),
+        "{}",
+        show(&bad.stdout)
+    );
+    let mut bad = connect(server.line());
+    send(&mut bad, b"+ news -1\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut bad)),
+        "- invalid since id format\r\n"
+    );
+}
+
+#[test]
+fn since_is_refused_without_history() {
+    let server = Server::start(&[]);
+    let out = curl()
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{}/msgbus/news?since=1", server.bus()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        show(&out.stdout),
+        "400 Bad Request: no history is kept (--history 0): no ?since=\n\n400"
+    );
+    let mut line = connect(server.line());
+    send(&mut line, b"+ news 1\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut line)),
+        "- no history is kept (--history 0): no since id\r\n"
+    );
+}
+
+/// A TCP relay between a client and the server that the test can cut, as a
+/// network that drops connections does: both sides see their connection end.
+struct Relay {
+    addr: String,
+    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let upstream = upstream.to_string();
+        let registry = live.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                {
+                    let mut live = registry.lock().unwrap();
+                    live.push(client.try_clone().unwrap());
+                    live.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        // Ends when either side is closed or cut.
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, live }
+    }
+
+    /// Cuts every connection relayed so far.
+    fn cut(&self) {
+        for s in self.live.lock().unwrap().drain(..) {
+            s.shutdown(std::net::Shutdown::Both).unwrap_or(());
+        }
+    }
+}
+
+const RESUME_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>resume</title>
+<style>body{font:16px sans-serif} li{margin:2px}</style></head>
+<body><h1>EventSource resume</h1><p id="state">connecting</p><ol id="got"></ol>
+<script>
+window.seen = []; window.opens = 0; window.gaps = 0;
+const state = document.getElementById('state');
+const es = new EventSource('/msgbus/feed');
+es.onopen = () => { window.opens++; state.textContent = 'open (' + window.opens + ')'; };
+es.onerror = () => { state.textContent = 'reconnecting'; };
+es.addEventListener('gap', () => { window.gaps++; });
+es.onmessage = (e) => {
+  window.seen.push(e.data + '@' + e.lastEventId);
+  const li = document.createElement('li');
+  li.textContent = e.data + ' (id ' + e.lastEventId + ')';
+  document.getElementById('got').appendChild(li);
+};
+</script></body></html>
+"#;
+
+#[test]
+fn an_event_source_cut_off_mid_stream_resumes_without_loss_or_repeat() {
+    use common::webdriver::Browser;
+
+    let docroot = common::TempDir::new("resume-page");
+    std::fs::write(docroot.path().join("resume.html"), RESUME_PAGE).unwrap();
+    let server = Server::start(&[
+        "--history",
+        "100",
+        "--docroot",
+        docroot.path().to_str().unwrap(),
+    ]);
+    let relay = Relay::start(server.bus());
+    let browser = Browser::launch();
+    browser.navigate(&format!("http://{}/resume.html", relay.addr));
+    browser.wait_until("the EventSource to open", "return window.opens === 1;");
+    let subscribed = |n: u64| {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while presence(server.bus(), "feed")["subscribers"] != n {
+            assert!(Instant::now() < deadline, "never {n} subscribers of feed");
+        }
+    };
+    subscribed(1);
+    let mut publisher = connect(server.line());
+    let publish = |p: &mut TcpStream, range: std::ops::RangeInclusive<u32>| {
+        for i in range {
+            send(p, format!("! 3 feed text/plain\r\nm{i:02}\r\n").as_bytes());
+        }
+    };
+    publish(&mut publisher, 1..=5);
+    browser.wait_until("five messages", "return window.seen.length === 5;");
+
+    // The connection drops mid-stream; the server sees its subscriber go.
+    relay.cut();
+    subscribed(0);
+    // Published while the page is cut off.
+    publish(&mut publisher, 6..=10);
+    // They were published while nobody subscribed.
+    assert_eq!(
+        line_presence(&mut publisher, "feed"),
+        "= feed 0 line=0 http=0 receivers=0\r\n"
+    );
+    // The EventSource reconnects by itself, with Last-Event-ID.
+    browser.wait_until("the EventSource to reopen", "return window.opens === 2;");
+    subscribed(1);
+    publish(&mut publisher, 11..=15);
+    browser.wait_until("fifteen messages", "return window.seen.length >= 15;");
+
+    let seen = browser.script("return window.seen;");
+    let want: Vec<String> = (1..=15).map(|i| format!("m{i:02}@{i}")).collect();
+    assert_eq!(
+        seen,
+        serde_json::json!(want),
+        "every message once, in order"
+    );
+    assert_eq!(browser.script("return window.gaps;"), serde_json::json!(0));
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/subscribers-resume.png");
+    browser.screenshot(&shot);
+    eprintln!("screenshot: {}", shot.display());
+}

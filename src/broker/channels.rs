@@ -14,8 +14,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::filter::Filter;
 use super::frames::{self, Framing, Publication, FRAMINGS};
+use super::history::{History, HistoryLimits};
 use super::pattern::{self, Name, PatternError, Trie};
 use super::{ConnId, Outbox};
+
+/// The most a returning subscriber is sent of the history at once, counted
+/// as the kept messages' bytes: older ones are reported as a gap.
+pub const REPLAY_BYTES: usize = 1024 * 1024;
 
 /// A batch is sealed once one of its frame buffers reaches this size.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -219,6 +224,8 @@ pub struct Channels {
     oversized: u64,
     /// Publish join and leave events on `$presence.CHANNEL`.
     presence_events: bool,
+    /// The last messages of each channel (`--history`), when kept.
+    history: Option<Box<History>>,
 }
 
 impl Default for Channels {
@@ -235,6 +242,7 @@ impl Default for Channels {
             max_frame: DEFAULT_MAX_FRAME,
             oversized: 0,
             presence_events: false,
+            history: None,
         }
     }
 }
@@ -315,9 +323,68 @@ impl Channels {
         self.publish(&companion, b"application/json", None, body.as_bytes(), out);
     }
 
+    /// Keeps the last messages of each channel, and numbers every message,
+    /// when `limits.messages` is not 0.
+    pub fn with_history(mut self, limits: HistoryLimits) -> Channels {
+        self.history = (limits.messages > 0).then(|| Box::new(History::new(limits)));
+        self
+    }
+
     /// True when channel messages are kept for late subscribers.
     pub fn keeps_history(&self) -> bool {
-        false
+        self.history.is_some()
+    }
+
+    /// (messages, bytes, channels) kept in the history.
+    pub fn history_size(&self) -> (usize, usize, usize) {
+        self.history.as_ref().map_or((0, 0, 0), |h| {
+            let (messages, bytes) = h.size();
+            (messages, bytes, h.channel_count())
+        })
+    }
+
+    /// The frames, in `framing`, of the kept messages after `since` that a
+    /// subscription to `names` with `filter` takes, oldest first, appended
+    /// to `out`; preceded by a gap notice ([`frames::gap`]) when some of
+    /// the messages after `since` are no longer kept (or more than
+    /// [`REPLAY_BYTES`] are). A subscriber that subscribes and then sends
+    /// these before anything else gets every message after `since` once:
+    /// the subscription seals the open batch first, and every message
+    /// published before it is in the history. Without history nothing is
+    /// appended.
+    pub fn replay(
+        &self,
+        names: &[Bytes],
+        since: u64,
+        framing: Framing,
+        filter: &Filter,
+        out: &mut BytesMut,
+    ) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let replay = history.replay(names, since, REPLAY_BYTES);
+        let named = names.len() > 1
+            || names
+                .iter()
+                .any(|n| pattern::classify(n) != Ok(Name::Exact));
+        if let Some(first) = replay.gap {
+            let name = names.first().map_or(&b"*"[..], |n| &n[..]);
+            frames::gap(out, framing, name, first);
+        }
+        for (channel, m) in replay.messages {
+            if !filter.is_empty() && !filter.accepts(&m.content_type, m.sender.as_deref()) {
+                continue;
+            }
+            let p = Publication {
+                channel,
+                content_type: &m.content_type,
+                sender: m.sender.as_deref(),
+                body: &m.body,
+                id: m.id,
+            };
+            append_bounded(out, framing, &p, named, self.max_frame);
+        }
     }
 
     /// Deliveries not made because the frame would pass the frame limit.
@@ -483,6 +550,10 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
+        let id = match self.history.as_deref_mut() {
+            Some(history) => history.record(channel, content_type, sender, body),
+            None => 0,
+        };
         if !self.taps.is_empty() && self.taps.contains_key(channel) {
             self.tapped.push(Published {
                 channel: Bytes::copy_from_slice(channel),
@@ -531,6 +602,7 @@ impl Channels {
             content_type,
             sender,
             body,
+            id,
         };
         let mut full = false;
         for &framing in Framing::ALL {

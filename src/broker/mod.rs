@@ -10,6 +10,7 @@
 pub mod channels;
 pub mod filter;
 pub mod frames;
+pub mod history;
 pub mod hooks;
 pub mod pattern;
 pub mod queues;

@@ -165,20 +165,36 @@ fn subscribe(
     } else {
         Framing::MultipartChunked
     };
+    let since = match resume_point(req, query, cx.broker.channels.keeps_history()) {
+        Ok(since) => since,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
+    // The kept messages after `since` follow the opening bytes, before any
+    // live message (see `Channels::replay`).
+    let opening = |opening: &'static [u8]| -> Bytes {
+        let Some(since) = since.filter(|_| req.method != Method::Head) else {
+            return Bytes::from_static(opening);
+        };
+        let mut bytes = BytesMut::from(opening);
+        cx.broker
+            .channels
+            .replay(&names, since, framing, &filter, &mut bytes);
+        bytes.freeze()
+    };
     let head = match framing {
         Framing::EventStream | Framing::EventStreamJson => Response::new(200)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
-            .stream(&b": subscribed\n\n"[..]),
+            .stream(opening(b": subscribed\n\n")),
         Framing::MultipartChunked => Response::new(200)
             .header("Content-Type", MULTIPART_TYPE)
             .header("Cache-Control", "no-cache")
             .header("Transfer-Encoding", "chunked")
-            .stream(multipart_opening(true)),
-        Framing::MultipartPlain | Framing::Line => Response::new(200)
+            .stream(opening(multipart_opening(true))),
+        Framing::MultipartPlain | Framing::Line | Framing::LineIds => Response::new(200)
             .header("Content-Type", MULTIPART_TYPE)
             .header("Cache-Control", "no-cache")
-            .stream(multipart_opening(false)),
+            .stream(opening(multipart_opening(false))),
     };
     if req.method == Method::Head {
         // The head a subscribe would get, and no subscription.
@@ -209,6 +225,35 @@ fn subscribe(
         Err(many) => Names::Many(many.into_boxed_slice()),
     };
     Reply::Stream(head, Box::new(BusStream { names }))
+}
+
+/// Where a returning subscriber resumes: `?since=ID`, else the
+/// `Last-Event-ID` header an EventSource sends when it reconnects. Without
+/// history `?since=` is refused and the header ignored.
+fn resume_point(req: &Request, query: &str, history: bool) -> Result<Option<u64>, Response> {
+    let bad = |what: &str| {
+        Response::text(
+            400,
+            &format!("{what} must be a message id (a decimal number)"),
+        )
+    };
+    if let Some(since) = query_param(query, "since") {
+        if !history {
+            return Err(Response::text(
+                400,
+                "no history is kept (--history 0): no ?since=",
+            ));
+        }
+        return since.trim().parse().map(Some).map_err(|_| bad("?since="));
+    }
+    match req.header("Last-Event-ID") {
+        Some(id) if history => std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| bad("Last-Event-ID")),
+        _ => Ok(None),
+    }
 }
 
 /// What one subscription names: the path's channel or pattern (`*` for
@@ -400,6 +445,11 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         },
         "channels": broker.channels.channel_count(),
         "patterns": broker.channels.pattern_count(),
+        "history": {
+            "messages": broker.channels.history_size().0,
+            "bytes": broker.channels.history_size().1,
+            "channels": broker.channels.history_size().2,
+        },
         "subscribers": broker.channels.subscription_count(),
         "oversized": broker.channels.oversized(),
         "queues": {

@@ -11,6 +11,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
+use crate::broker::filter::Filter;
+use crate::broker::frames::Framing;
 use crate::broker::pattern::{self, Name};
 use crate::broker::{Ready, Subscription, WaitId};
 use crate::config::Config;
@@ -146,21 +148,43 @@ impl LineSession {
                     Ok(Name::All) => Bytes::from_static(ALL_CHANNELS),
                     _ => channel,
                 };
-                if self.subscriptions.contains(&channel) {
+                let known = self.subscriptions.contains(&channel);
+                if known && since.is_none() {
                     return;
                 }
                 // Patterns count as subscriptions like channels do.
-                if self.subscriptions.len() >= self.max_subscriptions {
+                if !known && self.subscriptions.len() >= self.max_subscriptions {
                     self.fail(cx, LineError::TooManySubscriptions(self.max_subscriptions));
                     return;
                 }
-                let subscribed =
-                    cx.broker
-                        .channels
-                        .subscribe(me, channel.clone(), Subscription::line(), cx.out);
+                // A subscription that resumes gets each message's id (the
+                // fifth field of `!`), to resume from again later.
+                let sub = match since {
+                    Some(_) => Subscription::new(Framing::LineIds, Filter::default()),
+                    None => Subscription::line(),
+                };
+                let subscribed = cx
+                    .broker
+                    .channels
+                    .subscribe(me, channel.clone(), sub, cx.out);
                 if let Err(e) = subscribed {
                     self.fail(cx, LineError::Pattern(e));
                     return;
+                }
+                if let Some(since) = since {
+                    let mut replay = BytesMut::new();
+                    let names = std::slice::from_ref(&channel);
+                    let framing = Framing::LineIds;
+                    cx.broker.channels.replay(
+                        names,
+                        since,
+                        framing,
+                        &Filter::default(),
+                        &mut replay,
+                    );
+                    if !replay.is_empty() {
+                        cx.send(replay.freeze());
+                    }
                 }
                 // An exact-size copy: a slice would keep the whole read
                 // buffer it came from alive for as long as the subscription
