@@ -16,7 +16,7 @@
 //! (it may be reported where nothing was lost on that very channel).
 //! Nothing here knows about framing or connections.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -215,25 +215,54 @@ impl History {
     }
 
     /// The kept messages after `since` of every channel one of `names` (a
-    /// channel, a pattern, or `*`) takes, oldest first, at most `max_bytes`
-    /// of them (the newest; what is left out is a gap).
+    /// channel, a pattern, or `*`) takes, oldest first and each once, at
+    /// most `max_bytes` of them (the newest; what is left out is a gap).
+    /// Exact names are looked up; patterns and `*` cost one pass over the
+    /// kept channels, each matched once against a trie of the patterns.
     pub fn replay(&self, names: &[Bytes], since: u64, max_bytes: usize) -> Replay<'_> {
-        let mut replay = Replay::default();
+        let mut patterns: pattern::Trie<bool> = pattern::Trie::default();
+        let mut exact: HashSet<&[u8]> = HashSet::new();
+        let mut all = false;
+        for name in names {
+            match pattern::classify(name) {
+                Ok(pattern::Name::Exact) => {
+                    exact.insert(name);
+                }
+                Ok(pattern::Name::All) => all = true,
+                Ok(pattern::Name::Pattern) => {
+                    if let Ok(slot) = patterns.entry(name) {
+                        *slot = true;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
         // An id from the future: from an earlier run of the server.
         let mut gap = since > self.last_id;
-        let exact = names
-            .iter()
-            .all(|n| pattern::classify(n) == Ok(pattern::Name::Exact));
-        // A dropped ring may have been one of the names'.
-        gap |= self.forgotten > since && !exact;
         let mut messages: Vec<(&Bytes, &Kept)> = Vec::new();
-        if exact {
-            for name in names {
-                match self.rings.get_key_value(&name[..]) {
+        if all || !patterns.is_empty() {
+            // A dropped ring may have been one that matches.
+            gap |= self.forgotten > since;
+            for (channel, ring) in &self.rings {
+                let mut matched = all || exact.contains(&channel[..]);
+                if !matched {
+                    patterns.for_each_match(channel, |_| matched = true);
+                }
+                if matched {
+                    gap |= ring.let_go > since;
+                    messages.extend(
+                        ring.kept
+                            .iter()
+                            .filter(|m| m.id > since)
+                            .map(|m| (channel, m)),
+                    );
+                }
+            }
+        } else {
+            for name in exact {
+                match self.rings.get_key_value(name) {
                     Some((channel, ring)) => {
-                        if ring.let_go > since {
-                            gap = true;
-                        }
+                        gap |= ring.let_go > since;
                         messages.extend(
                             ring.kept
                                 .iter()
@@ -243,21 +272,6 @@ impl History {
                     }
                     None => gap |= self.forgotten > since,
                 }
-            }
-        } else {
-            for (channel, ring) in &self.rings {
-                if !names.iter().any(|n| pattern::matches(n, channel)) {
-                    continue;
-                }
-                if ring.let_go > since {
-                    gap = true;
-                }
-                messages.extend(
-                    ring.kept
-                        .iter()
-                        .filter(|m| m.id > since)
-                        .map(|m| (channel, m)),
-                );
             }
         }
         messages.sort_unstable_by_key(|(_, m)| m.id);
@@ -273,11 +287,10 @@ impl History {
             first = i;
         }
         messages.drain(..first);
-        if gap {
-            replay.gap = Some(messages.first().map_or(self.last_id + 1, |(_, m)| m.id));
+        Replay {
+            gap: gap.then(|| messages.first().map_or(self.last_id + 1, |(_, m)| m.id)),
+            messages,
         }
-        replay.messages = messages;
-        replay
     }
 }
 
@@ -322,6 +335,9 @@ mod tests {
         let r = h.replay(&names(&["b", "a.*"]), 1, 1 << 20);
         assert_eq!(ids(&r), [("b".into(), 2), ("a.x".into(), 4)]);
         assert_eq!(h.replay(&names(&["*"]), 0, 1 << 20).messages.len(), 4);
+        // A channel two names take is replayed once.
+        let r = h.replay(&names(&["a.x", "a.*", "*.x"]), 0, 1 << 20);
+        assert_eq!(ids(&r), [("a.x".into(), 4)]);
         // Up to date.
         let r = h.replay(&names(&["a"]), 4, 1 << 20);
         assert!(r.messages.is_empty() && r.gap.is_none());
