@@ -299,9 +299,28 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().backlog)]
     pub backlog_limit: usize,
 
-    /// Channels one line-protocol connection may subscribe to.
+    /// Channels and patterns one connection may subscribe to (a line
+    /// connection in all, an HTTP subscription in its `?channel=` list).
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_subscriptions)]
     pub max_subscriptions: usize,
+
+    /// Publish a JSON event on `$presence.CHANNEL` whenever a subscription
+    /// to CHANNEL starts or ends.
+    #[arg(long)]
+    pub presence_events: bool,
+
+    /// Messages kept per channel for subscribers that resume (`?since=`,
+    /// `Last-Event-ID`, `+ CH SINCE`); 0 keeps none and numbers nothing.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: usize,
+
+    /// Bytes the kept messages of one channel may hold.
+    #[arg(long, value_name = "BYTES", default_value_t = HistoryLimits::default().per_channel_bytes)]
+    pub history_bytes: usize,
+
+    /// Bytes the kept messages of all channels may hold; the oldest go first.
+    #[arg(long, value_name = "BYTES", default_value_t = HistoryLimits::default().total_bytes)]
+    pub history_total_bytes: usize,
 
     /// Seconds a connection may sit on an incomplete request, command or TLS
     /// handshake before it is closed (0: never). Idle connections with
@@ -449,6 +468,22 @@ pub struct Config {
     /// `--data-dir`: where queued messages are kept; `None`: in memory only.
     pub data_dir: Option<PathBuf>,
     pub fsync: Fsync,
+    /// `--presence-events`.
+    pub presence_events: bool,
+    /// `--history`, `--history-bytes`, `--history-total-bytes`.
+    pub history: HistoryLimits,
+}
+
+pub use crate::broker::history::HistoryLimits;
+
+impl Config {
+    /// The broker's channels as the flags set them up.
+    pub fn channels(&self) -> crate::broker::Channels {
+        crate::broker::Channels::default()
+            .with_max_frame(self.limits.max_frame())
+            .with_presence_events(self.presence_events)
+            .with_history(self.history)
+    }
 }
 
 /// The msglite HTTP proxy door's settings.
@@ -615,6 +650,12 @@ impl Config {
             hooks_listen: args.hooks_listen,
             hooks,
             client_tls,
+            presence_events: args.presence_events,
+            history: HistoryLimits {
+                messages: args.history,
+                per_channel_bytes: args.history_bytes,
+                total_bytes: args.history_total_bytes,
+            },
             limits: Limits {
                 max_line: args.max_line,
                 max_body: args.max_body,

@@ -825,7 +825,7 @@ fn bad_input_gets_a_reason_and_a_close() {
         (
             "subscribe without channel",
             b"+\r\n".to_vec(),
-            "subscribe format: + channel",
+            "subscribe format: + channel [sinceId]",
         ),
         (
             "unsubscribe with two channels",

@@ -55,7 +55,9 @@ fn check(cmd: &Command) {
             assert!(body.len() <= MAX_BODY);
         }
         Command::Quit => {}
-        Command::Subscribe { channel } | Command::Unsubscribe { channel } => check_field(channel),
+        Command::Subscribe { channel, .. }
+        | Command::Unsubscribe { channel }
+        | Command::Presence { name: channel } => check_field(channel),
         Command::Publish {
             channel,
             content_type,

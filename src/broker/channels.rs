@@ -14,7 +14,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::filter::Filter;
 use super::frames::{self, Framing, Publication, FRAMINGS};
+use super::history::{History, HistoryLimits};
+use super::pattern::{self, Name, PatternError, Trie};
 use super::{ConnId, Outbox};
+
+/// The most a returning subscriber is sent of the history at once, counted
+/// as the kept messages' bytes: older ones are reported as a gap.
+pub const REPLAY_BYTES: usize = 1024 * 1024;
 
 /// A batch is sealed once one of its frame buffers reaches this size.
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -28,13 +34,22 @@ pub const DEFAULT_MAX_FRAME: usize = 24 * 1024 * 1024 + 64 * 1024;
 pub struct Subscription {
     pub framing: Framing,
     pub filter: Filter,
+    /// Frames that name the channel (the root's variants), as a subscriber
+    /// of several channels needs; pattern and root subscribers always get
+    /// them.
+    pub named: bool,
 }
 
 impl Subscription {
     pub fn line() -> Subscription {
+        Subscription::new(Framing::Line, Filter::default())
+    }
+
+    pub fn new(framing: Framing, filter: Filter) -> Subscription {
         Subscription {
-            framing: Framing::Line,
-            filter: Filter::default(),
+            framing,
+            filter,
+            named: false,
         }
     }
 }
@@ -42,38 +57,57 @@ impl Subscription {
 struct Subscriber {
     conn: ConnId,
     framing: Framing,
+    named: bool,
     filter: Option<Box<Filter>>,
 }
 
-/// The subscribers of one channel (or of all channels, for the root).
+/// The subscribers of one channel (or of all channels, for the root, or of
+/// one pattern).
 #[derive(Default)]
 struct Audience {
     subs: Vec<Subscriber>,
     index: HashMap<ConnId, usize>,
+    /// Subscribers per framing that get the plain frames.
     per_framing: [u32; FRAMINGS],
+    /// Subscribers per framing that get the frames naming the channel.
+    named: [u32; FRAMINGS],
 }
 
 impl Audience {
-    fn add(&mut self, conn: ConnId, sub: Subscription) {
+    fn count(&mut self, framing: Framing, named: bool) -> Option<&mut u32> {
+        let counts = if named {
+            &mut self.named
+        } else {
+            &mut self.per_framing
+        };
+        counts.get_mut(framing as usize)
+    }
+
+    /// Adds or replaces `conn`'s subscription; true when it is new.
+    fn add(&mut self, conn: ConnId, sub: Subscription) -> bool {
+        let mut new = true;
         if let Some(&i) = self.index.get(&conn) {
-            if let Some(old) = self.subs.get(i) {
-                if let Some(n) = self.per_framing.get_mut(old.framing as usize) {
+            if let Some((framing, named)) = self.subs.get(i).map(|s| (s.framing, s.named)) {
+                if let Some(n) = self.count(framing, named) {
                     *n -= 1;
                 }
             }
             self.subs.swap_remove(i);
             self.fix_index(i);
             self.index.remove(&conn);
+            new = false;
         }
-        if let Some(n) = self.per_framing.get_mut(sub.framing as usize) {
+        if let Some(n) = self.count(sub.framing, sub.named) {
             *n += 1;
         }
         self.index.insert(conn, self.subs.len());
         self.subs.push(Subscriber {
             conn,
             framing: sub.framing,
+            named: sub.named,
             filter: (!sub.filter.is_empty()).then(|| Box::new(sub.filter)),
         });
+        new
     }
 
     fn remove(&mut self, conn: ConnId) -> bool {
@@ -82,7 +116,7 @@ impl Audience {
         };
         if i < self.subs.len() {
             let old = self.subs.swap_remove(i);
-            if let Some(n) = self.per_framing.get_mut(old.framing as usize) {
+            if let Some(n) = self.count(old.framing, old.named) {
                 *n -= 1;
             }
             self.fix_index(i);
@@ -119,6 +153,47 @@ struct Batch {
     root_left_out: [u32; FRAMINGS],
 }
 
+/// How many subscribe to one name, from [`Channels::presence`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// What the name is: a channel, a pattern, or every channel.
+    pub kind: PresenceKind,
+    /// Subscriptions to the name itself, per framing.
+    pub per_framing: [u32; FRAMINGS],
+    /// Subscriptions a message published to the name reaches: its own,
+    /// the root's and those of every pattern it matches (for a channel;
+    /// the same as the name's own for a pattern or the root).
+    pub receivers: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PresenceKind {
+    #[default]
+    Channel,
+    Pattern,
+    All,
+}
+
+impl Presence {
+    /// Subscriptions to the name itself.
+    pub fn total(&self) -> u64 {
+        self.per_framing.iter().map(|&n| u64::from(n)).sum()
+    }
+
+    /// Subscriptions to the name per door: the line protocol's (TCP and
+    /// Unix socket) and HTTP's (the bus, with or without TLS).
+    pub fn per_door(&self) -> [(&'static str, u64); 2] {
+        let line = self
+            .per_framing
+            .get(Framing::Line as usize)
+            .map_or(0, |&n| u64::from(n));
+        [("line", line), ("http", self.total() - line)]
+    }
+}
+
+/// The companion channel of presence events for `channel`.
+pub const PRESENCE_PREFIX: &[u8] = b"$presence.";
+
 /// A message published to a tapped channel, kept whole for the broker
 /// part that tapped it (webhook receivers attached to the channel).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +208,8 @@ pub struct Published {
 pub struct Channels {
     channels: HashMap<Bytes, Audience>,
     root: Audience,
+    /// Pattern subscriptions (`a.*.c`, `a.>`), one audience per pattern.
+    patterns: Trie<Audience>,
     open: Option<Batch>,
     published: u64,
     fanned_out: u64,
@@ -145,6 +222,10 @@ pub struct Channels {
     max_frame: usize,
     /// Deliveries not made because the message's frame would pass `max_frame`.
     oversized: u64,
+    /// Publish join and leave events on `$presence.CHANNEL`.
+    presence_events: bool,
+    /// The last messages of each channel (`--history`), when kept.
+    history: Option<Box<History>>,
 }
 
 impl Default for Channels {
@@ -152,6 +233,7 @@ impl Default for Channels {
         Channels {
             channels: HashMap::new(),
             root: Audience::default(),
+            patterns: Trie::default(),
             open: None,
             published: 0,
             fanned_out: 0,
@@ -159,6 +241,8 @@ impl Default for Channels {
             tapped: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
             oversized: 0,
+            presence_events: false,
+            history: None,
         }
     }
 }
@@ -176,6 +260,133 @@ impl Channels {
         self
     }
 
+    /// Publishes a JSON event on `$presence.CHANNEL` whenever a connection
+    /// starts or ends a subscription to CHANNEL (a channel, not a pattern or
+    /// the root; not for `$presence.` channels themselves).
+    pub fn with_presence_events(mut self, on: bool) -> Channels {
+        self.presence_events = on;
+        self
+    }
+
+    /// How many subscribe to `name` (a channel, a pattern, or `*`); `None`
+    /// for a malformed pattern.
+    pub fn presence(&self, name: &[u8]) -> Option<Presence> {
+        let own = |a: &Audience| {
+            let mut counts = a.per_framing;
+            add_counts(&mut counts, &a.named);
+            counts
+        };
+        let total = |a: &Audience| a.subs.len() as u64;
+        Some(match pattern::classify(name).ok()? {
+            Name::All => Presence {
+                kind: PresenceKind::All,
+                per_framing: own(&self.root),
+                receivers: total(&self.root),
+            },
+            Name::Pattern => {
+                let audience = self.patterns.get(name);
+                Presence {
+                    kind: PresenceKind::Pattern,
+                    per_framing: audience.map(own).unwrap_or_default(),
+                    receivers: audience.map_or(0, total),
+                }
+            }
+            Name::Exact => {
+                let audience = self.channels.get(name);
+                let mut receivers = audience.map_or(0, total) + total(&self.root);
+                self.patterns
+                    .for_each_match(name, |a| receivers += total(a));
+                Presence {
+                    kind: PresenceKind::Channel,
+                    per_framing: audience.map(own).unwrap_or_default(),
+                    receivers,
+                }
+            }
+        })
+    }
+
+    /// Publishes a join or leave event of `channel`, when asked to.
+    fn presence_event(&mut self, channel: &[u8], joined: bool, out: &mut (impl Outbox + ?Sized)) {
+        if !self.presence_events || channel.starts_with(PRESENCE_PREFIX) {
+            return;
+        }
+        let subscribers = self.channels.get(channel).map_or(0, |a| a.subs.len());
+        let event = serde_json::json!({
+            "channel": String::from_utf8_lossy(channel),
+            "event": if joined { "join" } else { "leave" },
+            "subscribers": subscribers,
+        });
+        let mut companion = Vec::with_capacity(PRESENCE_PREFIX.len() + channel.len());
+        companion.extend_from_slice(PRESENCE_PREFIX);
+        companion.extend_from_slice(channel);
+        let body = event.to_string();
+        self.publish(&companion, b"application/json", None, body.as_bytes(), out);
+    }
+
+    /// Keeps the last messages of each channel, and numbers every message,
+    /// when `limits.messages` is not 0.
+    pub fn with_history(mut self, limits: HistoryLimits) -> Channels {
+        self.history = (limits.messages > 0).then(|| Box::new(History::new(limits)));
+        self
+    }
+
+    /// True when channel messages are kept for late subscribers.
+    pub fn keeps_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// (messages, bytes, channels) kept in the history.
+    pub fn history_size(&self) -> (usize, usize, usize) {
+        self.history.as_ref().map_or((0, 0, 0), |h| {
+            let (messages, bytes) = h.size();
+            (messages, bytes, h.channel_count())
+        })
+    }
+
+    /// The frames, in `framing`, of the kept messages after `since` that a
+    /// subscription to `names` with `filter` takes, oldest first, appended
+    /// to `out`; preceded by a gap notice ([`frames::gap`]) when some of
+    /// the messages after `since` are no longer kept (or more than
+    /// [`REPLAY_BYTES`] are). A subscriber that subscribes and then sends
+    /// these before anything else gets every message after `since` once:
+    /// the subscription seals the open batch first, and every message
+    /// published before it is in the history. Without history nothing is
+    /// appended.
+    pub fn replay(
+        &self,
+        names: &[Bytes],
+        since: u64,
+        framing: Framing,
+        filter: &Filter,
+        out: &mut BytesMut,
+    ) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let replay = history.replay(names, since, REPLAY_BYTES);
+        let named = names.len() > 1
+            || names
+                .iter()
+                .any(|n| pattern::classify(n) != Ok(Name::Exact));
+        if let Some(first) = replay.gap {
+            let name = names.first().map_or(&b"*"[..], |n| &n[..]);
+            frames::gap(out, framing, name, first);
+        }
+        for (channel, m) in replay.messages {
+            if !filter.is_empty() && !filter.accepts(&m.content_type, m.sender.as_deref()) {
+                continue;
+            }
+            let p = Publication {
+                channel,
+                content_type: &m.content_type,
+                sender: m.sender.as_deref(),
+                body: &m.body,
+                id: m.id,
+            };
+            append_bounded(out, framing, &p, named, self.max_frame);
+        }
+    }
+
     /// Deliveries not made because the frame would pass the frame limit.
     pub fn oversized(&self) -> u64 {
         self.oversized
@@ -190,9 +401,9 @@ impl Channels {
         self.channels.len()
     }
 
-    /// Subscriptions over all channels, the root's included.
-    pub fn subscription_count(&self) -> usize {
-        self.channels.values().map(|a| a.subs.len()).sum::<usize>() + self.root.subs.len()
+    /// Distinct patterns subscribed to.
+    pub fn pattern_count(&self) -> usize {
+        self.patterns.len()
     }
 
     /// Subscribers of the root (every channel at once).
@@ -213,52 +424,102 @@ impl Channels {
         .collect()
     }
 
-    /// Subscribes `conn` to `channel`, replacing an earlier subscription of it.
+    /// Subscriptions over all channels, the root's and the patterns' included.
+    pub fn subscription_count(&self) -> usize {
+        let mut patterns = 0;
+        self.patterns.for_each(|a| patterns += a.subs.len());
+        self.channels.values().map(|a| a.subs.len()).sum::<usize>()
+            + self.root.subs.len()
+            + patterns
+    }
+
+    /// Subscribes `conn` to `name`, replacing an earlier subscription of it:
+    /// a channel, a pattern (see [`pattern`]) or, for `*` and `>` alone,
+    /// every channel. A malformed pattern, or one more pattern than the
+    /// trie may hold, is refused.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
-        channel: Bytes,
-        sub: Subscription,
+        name: Bytes,
+        mut sub: Subscription,
         out: &mut (impl Outbox + ?Sized),
-    ) {
+    ) -> Result<(), PatternError> {
+        match pattern::classify(&name)? {
+            Name::Exact => {}
+            Name::All => {
+                self.subscribe_all(conn, sub, out);
+                return Ok(());
+            }
+            Name::Pattern => {
+                self.seal(out);
+                sub.named = true;
+                self.patterns.entry(&name)?.add(conn, sub);
+                return Ok(());
+            }
+        }
         self.seal(out);
-        match self.channels.get_mut(&channel[..]) {
+        let joined = match self.channels.get_mut(&name[..]) {
             Some(audience) => audience.add(conn, sub),
             None => {
                 // An exact-size key, not a slice pinning an input buffer.
                 let mut audience = Audience::default();
                 audience.add(conn, sub);
                 self.channels
-                    .insert(Bytes::copy_from_slice(&channel), audience);
+                    .insert(Bytes::copy_from_slice(&name), audience);
+                true
             }
+        };
+        if joined {
+            self.presence_event(&name, true, out);
         }
+        Ok(())
     }
 
     /// Subscribes `conn` to every channel.
     pub fn subscribe_all(
         &mut self,
         conn: ConnId,
-        sub: Subscription,
+        mut sub: Subscription,
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.seal(out);
+        sub.named = true;
         self.root.add(conn, sub);
     }
 
-    /// Ends a subscription; returns false when there was none.
+    /// Ends a subscription to a channel, a pattern or (`*`, `>`) every
+    /// channel; returns false when there was none.
     pub fn unsubscribe(
         &mut self,
         conn: ConnId,
-        channel: &[u8],
+        name: &[u8],
         out: &mut (impl Outbox + ?Sized),
     ) -> bool {
+        match pattern::classify(name) {
+            Ok(Name::Exact) => {}
+            Ok(Name::All) => return self.unsubscribe_all(conn, out),
+            Ok(Name::Pattern) => {
+                self.seal(out);
+                return self
+                    .patterns
+                    .update(name, |a| {
+                        let removed = a.remove(conn);
+                        (removed, a.is_empty())
+                    })
+                    .unwrap_or(false);
+            }
+            Err(_) => return false,
+        }
         self.seal(out);
-        let Some(audience) = self.channels.get_mut(channel) else {
+        let Some(audience) = self.channels.get_mut(name) else {
             return false;
         };
         let removed = audience.remove(conn);
         if audience.is_empty() {
-            self.channels.remove(channel);
+            self.channels.remove(name);
+        }
+        if removed {
+            self.presence_event(name, false, out);
         }
         removed
     }
@@ -307,6 +568,10 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
+        let id = match self.history.as_deref_mut() {
+            Some(history) => history.record(channel, content_type, sender, body),
+            None => 0,
+        };
         if !self.taps.is_empty() && self.taps.contains_key(channel) {
             self.tapped.push(Published {
                 channel: Bytes::copy_from_slice(channel),
@@ -322,11 +587,14 @@ impl Channels {
         });
         if !same {
             self.seal(out);
-            let wanted = self
+            let (wanted, mut root_wanted) = self
                 .channels
                 .get(channel)
-                .map_or([0; FRAMINGS], |a| a.per_framing);
-            let root_wanted = self.root.per_framing;
+                .map_or(([0; FRAMINGS], [0; FRAMINGS]), |a| (a.per_framing, a.named));
+            add_counts(&mut root_wanted, &self.root.named);
+            // Consulted only while some pattern is subscribed to.
+            self.patterns
+                .for_each_match(channel, |a| add_counts(&mut root_wanted, &a.named));
             if wanted.iter().chain(root_wanted.iter()).all(|&n| n == 0) {
                 return;
             }
@@ -352,6 +620,7 @@ impl Channels {
             content_type,
             sender,
             body,
+            id,
         };
         let mut full = false;
         for &framing in Framing::ALL {
@@ -410,10 +679,17 @@ impl Channels {
             sender: batch.sender.as_deref(),
             messages: left_out.map(|n| batch.messages.saturating_sub(n)),
         };
+        let plain = (&frames, &key(batch.left_out));
+        let named = (&root_frames, &key(batch.root_left_out));
         if let Some(audience) = self.channels.get(&batch.channel) {
-            self.fanned_out += fan_out(audience, &frames, &key(batch.left_out), out);
+            self.fanned_out += fan_out(audience, plain, named, out);
         }
-        self.fanned_out += fan_out(&self.root, &root_frames, &key(batch.root_left_out), out);
+        self.fanned_out += fan_out(&self.root, plain, named, out);
+        let mut fanned = 0;
+        self.patterns.for_each_match(&batch.channel, |a| {
+            fanned += fan_out(a, plain, named, &mut *out);
+        });
+        self.fanned_out += fanned;
     }
 }
 
@@ -464,12 +740,52 @@ struct BatchKey<'a> {
     messages: [u32; FRAMINGS],
 }
 
+fn add_counts(to: &mut [u32; FRAMINGS], from: &[u32; FRAMINGS]) {
+    for (t, f) in to.iter_mut().zip(from) {
+        *t += f;
+    }
+}
+
+type Frames<'a> = (&'a [Bytes; FRAMINGS], &'a BatchKey<'a>);
+
+/// Queues the batch to each subscriber of `audience`: the plain frames, or
+/// the ones naming the channel to those that asked for them.
 fn fan_out(
     audience: &Audience,
-    frames: &[Bytes; FRAMINGS],
-    key: &BatchKey,
+    plain: Frames,
+    named: Frames,
     out: &mut (impl Outbox + ?Sized),
 ) -> u64 {
+    // The usual audience, a channel's with no subscriber of several names:
+    // one loop with no choice per subscriber.
+    if audience.named.iter().all(|&n| n == 0) {
+        return fan_out_of(audience, plain, out);
+    }
+    let mut delivered = 0u64;
+    for sub in &audience.subs {
+        let (frames, key) = if sub.named { named } else { plain };
+        if let Some(filter) = &sub.filter {
+            if !filter.accepts(key.content_type, key.sender) {
+                continue;
+            }
+        }
+        let i = sub.framing as usize;
+        let (Some(frame), Some(&messages)) = (frames.get(i), key.messages.get(i)) else {
+            continue;
+        };
+        // Every message of the batch was left out of this framing.
+        if messages == 0 {
+            continue;
+        }
+        if out.deliver(sub.conn, frame.clone(), messages) {
+            delivered += u64::from(messages);
+        }
+    }
+    delivered
+}
+
+/// [`fan_out`] to an audience whose subscribers all take the same frames.
+fn fan_out_of(audience: &Audience, (frames, key): Frames, out: &mut (impl Outbox + ?Sized)) -> u64 {
     let mut delivered = 0u64;
     for sub in &audience.subs {
         if let Some(filter) = &sub.filter {
@@ -539,7 +855,8 @@ mod tests {
         for (name, subs) in [("a", 1), ("b", 3), ("c", 2), ("d", 3), ("e", 1)] {
             for _ in 0..subs {
                 k += 1;
-                ch.subscribe(conn(k), b(name), Subscription::line(), &mut out);
+                ch.subscribe(conn(k), b(name), Subscription::line(), &mut out)
+                    .unwrap();
             }
         }
         ch.subscribe_all(conn(99), Subscription::line(), &mut out);
@@ -557,9 +874,11 @@ mod tests {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
         for k in 0..3 {
-            ch.subscribe(conn(k), b("news"), Subscription::line(), &mut out);
+            ch.subscribe(conn(k), b("news"), Subscription::line(), &mut out)
+                .unwrap();
         }
-        ch.subscribe(conn(9), b("other"), Subscription::line(), &mut out);
+        ch.subscribe(conn(9), b("other"), Subscription::line(), &mut out)
+            .unwrap();
         for body in ["a", "b", "c"] {
             ch.publish(b"news", b"text/plain", None, body.as_bytes(), &mut out);
         }
@@ -581,8 +900,10 @@ mod tests {
     fn order_across_channels_is_kept() {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
-        ch.subscribe(conn(1), b("y"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(1), b("y"), Subscription::line(), &mut out)
+            .unwrap();
         ch.publish(b"x", b"t", None, b"1", &mut out);
         ch.publish(b"y", b"t", None, b"2", &mut out);
         ch.publish(b"x", b"t", None, b"3", &mut out);
@@ -597,7 +918,8 @@ mod tests {
     fn unsubscribe_seals_first_and_stops_delivery() {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
         ch.publish(b"x", b"t", None, b"1", &mut out);
         assert!(ch.unsubscribe(conn(1), b"x", &mut out));
         ch.publish(b"x", b"t", None, b"2", &mut out);
@@ -614,8 +936,9 @@ mod tests {
         let images = Subscription {
             framing: Framing::Line,
             filter: Filter::new(Some(b"image/*"), None),
+            named: false,
         };
-        ch.subscribe(conn(1), b("x"), images, &mut out);
+        ch.subscribe(conn(1), b("x"), images, &mut out).unwrap();
         ch.subscribe_all(conn(2), Subscription::line(), &mut out);
         ch.publish(b"x", b"text/plain", None, b"t", &mut out);
         ch.publish(b"x", b"image/png", None, b"i", &mut out);
@@ -642,8 +965,9 @@ mod tests {
             let sub = Subscription {
                 framing,
                 filter: Filter::default(),
+                named: false,
             };
-            ch.subscribe(conn(k as u32), b("x"), sub, &mut out);
+            ch.subscribe(conn(k as u32), b("x"), sub, &mut out).unwrap();
         }
         // 900 line breaks: a 900-byte line frame and multipart part, but
         // 6,300 bytes of event stream and 1,800 of escaped JSON.
@@ -685,6 +1009,7 @@ mod tests {
         let http = Subscription {
             framing: Framing::MultipartChunked,
             filter: Filter::default(),
+            named: false,
         };
         for k in 0..100 {
             let sub = if k % 2 == 0 {
@@ -692,7 +1017,7 @@ mod tests {
             } else {
                 http.clone()
             };
-            ch.subscribe(conn(k), b("x"), sub, &mut out);
+            ch.subscribe(conn(k), b("x"), sub, &mut out).unwrap();
         }
         ch.publish(b"x", b"t", None, b"body", &mut out);
         ch.seal(&mut out);
@@ -705,8 +1030,10 @@ mod tests {
     fn resubscribe_replaces() {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
         ch.publish(b"x", b"t", None, b"1", &mut out);
         ch.seal(&mut out);
         assert_eq!(out.frames.len(), 1);
@@ -722,7 +1049,8 @@ mod tests {
             if root {
                 ch.subscribe_all(conn(1), Subscription::line(), &mut out);
             } else {
-                ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+                ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+                    .unwrap();
             }
             // Each message is a 1,014-byte frame: `! 1000 x t\r\n`, body, CRLF.
             let body = vec![b'm'; 1000];
@@ -745,7 +1073,8 @@ mod tests {
     fn nothing_is_built_for_a_channel_nobody_hears() {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
         ch.publish(b"y", b"t", None, b"m", &mut out);
         assert!(ch.open.is_none());
         assert_eq!(ch.stats(), (1, 0));
@@ -758,9 +1087,11 @@ mod tests {
         let http = Subscription {
             framing: Framing::MultipartChunked,
             filter: Filter::default(),
+            named: false,
         };
-        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out);
-        ch.subscribe(conn(1), b("x"), http, &mut out);
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(1), b("x"), http, &mut out).unwrap();
         let counts = ch.channels.get(&b("x")).map(|a| a.per_framing);
         let mut want = [0; FRAMINGS];
         want[Framing::MultipartChunked as usize] = 1;
@@ -774,7 +1105,8 @@ mod tests {
         let mut ch = Channels::default();
         let mut out = RecordingOutbox::default();
         for k in 1..=3 {
-            ch.subscribe(conn(k), b("x"), Subscription::line(), &mut out);
+            ch.subscribe(conn(k), b("x"), Subscription::line(), &mut out)
+                .unwrap();
         }
         ch.subscribe_all(conn(4), Subscription::line(), &mut out);
         assert_eq!((ch.channel_count(), ch.subscription_count()), (1, 4));
@@ -795,5 +1127,54 @@ mod tests {
         assert!(ch.unsubscribe_all(conn(4), &mut out));
         assert!(!ch.unsubscribe_all(conn(4), &mut out));
         assert_eq!(ch.subscription_count(), 1);
+    }
+    #[test]
+    fn patterns_and_named_subscribers_get_frames_naming_the_channel() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let sse = |named| Subscription {
+            framing: Framing::EventStream,
+            filter: Filter::default(),
+            named,
+        };
+        ch.subscribe(conn(1), b("sensors.*.temp"), sse(false), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("sensors.>"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(3), b("sensors.a.temp"), sse(true), &mut out)
+            .unwrap();
+        ch.subscribe(conn(4), b("sensors.a.temp"), sse(false), &mut out)
+            .unwrap();
+        assert_eq!(ch.pattern_count(), 2);
+        assert_eq!(ch.subscription_count(), 4);
+        ch.publish(b"sensors.a.temp", b"t", None, b"21", &mut out);
+        ch.publish(b"sensors.b.hum", b"t", None, b"40", &mut out);
+        ch.publish(b"other", b"t", None, b"x", &mut out);
+        ch.seal(&mut out);
+        let named = b": channel=sensors.a.temp type=t\nevent: sensors.a.temp\ndata: 21\n\n";
+        assert_eq!(out.bytes_for(conn(1)), named);
+        assert_eq!(out.bytes_for(conn(3)), named);
+        assert_eq!(
+            out.bytes_for(conn(4)),
+            b": channel=sensors.a.temp type=t\ndata: 21\n\n"
+        );
+        assert_eq!(
+            out.bytes_for(conn(2)),
+            b"! 2 sensors.a.temp t\r\n21\r\n! 2 sensors.b.hum t\r\n40\r\n"
+        );
+        assert_eq!(ch.stats(), (3, 5));
+        assert!(ch.unsubscribe(conn(1), b"sensors.*.temp", &mut out));
+        assert!(!ch.unsubscribe(conn(1), b"sensors.*.temp", &mut out));
+        assert!(ch.unsubscribe(conn(2), b"sensors.>", &mut out));
+        assert_eq!(ch.pattern_count(), 0);
+        // `*` and `>` alone are the root.
+        ch.subscribe(conn(5), b(">"), Subscription::line(), &mut out)
+            .unwrap();
+        assert_eq!(ch.root.subs.len(), 1);
+        assert!(ch.unsubscribe(conn(5), b"*", &mut out));
+        assert_eq!(
+            ch.subscribe(conn(6), b("a.>.b"), Subscription::line(), &mut out),
+            Err(PatternError::GtNotLast)
+        );
     }
 }

@@ -33,6 +33,9 @@ crate::counted_enum! {
         /// One WebSocket text frame per message holding the JSON object of
         /// [`Framing::EventStreamJson`] (`?format=json`).
         WebSocketJson,
+        /// `! LEN CHANNEL TYPE ID\r\n` + body + `\r\n`: the line framing of a
+        /// subscription that asked for history (`+ CH SINCE`).
+        LineIds,
     }
 }
 
@@ -45,6 +48,10 @@ pub struct Publication<'a> {
     pub content_type: &'a [u8],
     pub sender: Option<&'a [u8]>,
     pub body: &'a [u8],
+    /// Its id in the channel history; 0 when no history is kept. Each
+    /// framing that can carry it does (SSE `id:`, multipart `Event-Id:`,
+    /// the JSON form's `id`, [`Framing::LineIds`]' fifth field).
+    pub id: u64,
 }
 
 /// The content type of a publication that names none.
@@ -128,6 +135,26 @@ pub fn line_publication(out: &mut BytesMut, p: &Publication) {
     }
 }
 
+/// Appends `! LEN CHANNEL TYPE ID\r\n` + body + `\r\n`: a line frame with
+/// the message's id as a fifth field.
+pub fn line_publication_id(out: &mut BytesMut, p: &Publication) {
+    let content_type = type_field(p.content_type);
+    out.reserve(p.channel.len() + content_type.len() + p.body.len() + 52);
+    out.put_slice(b"! ");
+    put_decimal(out, p.body.len() as u64);
+    out.put_u8(b' ');
+    out.put_slice(p.channel);
+    out.put_u8(b' ');
+    out.put_slice(&content_type);
+    out.put_u8(b' ');
+    put_decimal(out, p.id);
+    out.put_slice(b"\r\n");
+    if !p.body.is_empty() {
+        out.put_slice(p.body);
+        out.put_slice(b"\r\n");
+    }
+}
+
 /// The bytes that open a multipart stream, sent with the response head.
 pub fn multipart_opening(chunked: bool) -> &'static [u8] {
     if chunked {
@@ -144,6 +171,7 @@ pub fn multipart_opening(chunked: bool) -> &'static [u8] {
 /// part's length is known before it is written.
 pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: bool) {
     const FROM: &[u8] = b"From: ";
+    const ID: &[u8] = b"Event-Id: ";
     const LOCATION: &[u8] = b"Content-Location: /msgbus/";
     const TYPE: &[u8] = b"Content-Type: ";
     const LENGTH: &[u8] = b"\r\nContent-Length: ";
@@ -155,6 +183,9 @@ pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: 
     }
     if root {
         len += LOCATION.len() + p.channel.len() + 2;
+    }
+    if p.id != 0 {
+        len += ID.len() + decimal_len(p.id) + 2;
     }
     out.reserve(len + 24);
     if chunked {
@@ -169,6 +200,11 @@ pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: 
     if root {
         out.put_slice(LOCATION);
         out.put_slice(p.channel);
+        out.put_slice(b"\r\n");
+    }
+    if p.id != 0 {
+        out.put_slice(ID);
+        put_decimal(out, p.id);
         out.put_slice(b"\r\n");
     }
     out.put_slice(TYPE);
@@ -208,6 +244,11 @@ pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
         out.put_slice(user);
     }
     out.put_slice(b"\n");
+    if p.id != 0 {
+        out.put_slice(b"id: ");
+        put_decimal(out, p.id);
+        out.put_slice(b"\n");
+    }
     if root {
         out.put_slice(b"event: ");
         out.put_slice(p.channel);
@@ -244,18 +285,30 @@ pub fn event_stream(out: &mut BytesMut, p: &Publication, root: bool) {
 /// made, so a field added here reaches both.
 pub fn publication_json(p: &Publication) -> String {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    serde_json::json!({
+    let mut event = serde_json::json!({
         "channel": text(p.channel),
         "type": text(p.content_type),
         "from": p.sender.map(text),
         "body": text(p.body),
-    })
-    .to_string()
+    });
+    if p.id != 0 {
+        if let Some(fields) = event.as_object_mut() {
+            fields.insert("id".into(), p.id.into());
+        }
+    }
+    event.to_string()
 }
 
 /// Appends one Server-Sent Event whose data is [`publication_json`]: a
-/// body's line breaks stay inside the one `data:` line.
+/// body's line breaks stay inside the one `data:` line. With an id (history
+/// on), an `id:` line comes first, so a reconnecting EventSource sends it
+/// back as `Last-Event-ID`.
 pub fn event_stream_json(out: &mut BytesMut, p: &Publication) {
+    if p.id != 0 {
+        out.put_slice(b"id: ");
+        put_decimal(out, p.id);
+        out.put_slice(b"\n");
+    }
     out.put_slice(b"data: ");
     out.put_slice(publication_json(p).as_bytes());
     out.put_slice(b"\n\n");
@@ -344,6 +397,56 @@ pub fn append(out: &mut BytesMut, framing: Framing, p: &Publication, root: bool)
         Framing::EventStreamJson => event_stream_json(out, p),
         Framing::WebSocket => websocket_message(out, p, false),
         Framing::WebSocketJson => websocket_message(out, p, true),
+        Framing::LineIds => line_publication_id(out, p),
+    }
+}
+
+/// Appends the notice that messages after the id a subscriber asked for
+/// are no longer kept: the first it gets (or will get) is `first`. `name`
+/// is what it subscribed to. An event stream gets `event: gap` with the id
+/// as data; a multipart stream an empty part of type
+/// `application/x-msgbus-gap` with a `Gap-First-Id:` header; a line
+/// subscriber `@ NAME FIRST`.
+pub fn gap(out: &mut BytesMut, framing: Framing, name: &[u8], first: u64) {
+    match framing {
+        Framing::EventStream | Framing::EventStreamJson => {
+            out.put_slice(b"event: gap\ndata: ");
+            put_decimal(out, first);
+            out.put_slice(b"\n\n");
+        }
+        Framing::MultipartChunked | Framing::MultipartPlain => {
+            let mut part = BytesMut::new();
+            part.put_slice(b"Content-Type: application/x-msgbus-gap\r\nGap-First-Id: ");
+            put_decimal(&mut part, first);
+            part.put_slice(b"\r\nContent-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n");
+            if framing == Framing::MultipartChunked {
+                put_hex(out, part.len());
+                out.put_slice(b"\r\n");
+                out.put_slice(&part);
+                out.put_slice(b"\r\n");
+            } else {
+                out.put_slice(&part);
+            }
+        }
+        // A plain WebSocket frame has no room for a notice: the JSON form
+        // gets an object `{"gap": FIRST}`, the plain one a text frame
+        // `gap FIRST`.
+        Framing::WebSocket | Framing::WebSocketJson => {
+            let text = if framing == Framing::WebSocketJson {
+                format!("{{\"gap\":{first}}}")
+            } else {
+                format!("gap {first}")
+            };
+            websocket_header(out, OP_TEXT, text.len());
+            out.put_slice(text.as_bytes());
+        }
+        Framing::Line | Framing::LineIds => {
+            out.put_slice(b"@ ");
+            out.put_slice(name);
+            out.put_u8(b' ');
+            put_decimal(out, first);
+            out.put_slice(b"\r\n");
+        }
     }
 }
 
@@ -357,6 +460,7 @@ mod tests {
             content_type: b"text/plain",
             sender,
             body,
+            id: 0,
         }
     }
 
@@ -409,6 +513,7 @@ mod tests {
                 content_type,
                 sender: None,
                 body: b"abc",
+                id: 0,
             };
             line_publication(&mut out, &p);
             assert_eq!(
@@ -424,6 +529,7 @@ mod tests {
             content_type: b"text/plain; charset=utf-8",
             sender: None,
             body: b"abc",
+            id: 0,
         };
         out.clear();
         multipart_part(&mut out, &p, false, false);
@@ -469,6 +575,7 @@ mod tests {
                     content_type: b"text/plain",
                     sender,
                     body: &body,
+                    id: 0,
                 };
                 let mut plain = BytesMut::new();
                 multipart_part(&mut plain, &p, root, false);
@@ -515,6 +622,7 @@ mod tests {
                 content_type,
                 sender: None,
                 body,
+                id: 0,
             };
             websocket_message(&mut out, &p, false);
             assert_eq!(out[0], first, "{:?}", String::from_utf8_lossy(content_type));
@@ -533,6 +641,7 @@ mod tests {
                 content_type: b"image/png",
                 sender: None,
                 body: &body,
+                id: 0,
             };
             websocket_message(&mut out, &p, false);
             assert!(out.starts_with(head), "{len}");

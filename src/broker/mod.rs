@@ -10,13 +10,15 @@
 pub mod channels;
 pub mod filter;
 pub mod frames;
+pub mod history;
 pub mod hooks;
+pub mod pattern;
 pub mod queues;
 pub mod switch;
 
 use bytes::Bytes;
 
-pub use channels::{Channels, Subscription};
+pub use channels::{Channels, Presence, PresenceKind, Subscription};
 pub use queues::{QueueFull, Queues, Ready, WaitId};
 pub use switch::Switch;
 

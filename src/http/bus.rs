@@ -26,12 +26,13 @@ use super::codec::{Method, Request};
 use super::conn::{Caller, HttpConn, Reply, Routes, Settings};
 use super::files;
 use super::response::Response;
-use super::uri::query_param;
+use super::uri::{query_param, query_params};
 use super::websocket::{self, Event as WsEvent};
 use crate::auth::Action;
 use crate::broker::filter::Filter;
 use crate::broker::frames::{multipart_opening, Framing, OP_CLOSE, OP_PONG};
-use crate::broker::{Answer, Broker, Millis, Subscription};
+use crate::broker::pattern;
+use crate::broker::{Answer, Broker, Millis, PresenceKind, Subscription};
 use crate::config::Config;
 use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 
@@ -39,6 +40,8 @@ use crate::door::{CloseReason, Cx, Door, Next, Opener, Stats};
 pub const BUS_PREFIX: &str = "/msgbus/";
 /// The stats page.
 pub const STATS_PATH: &str = "/msgbus-stats";
+/// The presence endpoint: `GET /msgbus-presence/NAME`.
+pub const PRESENCE_PREFIX: &str = "/msgbus-presence/";
 /// The Basic auth realm.
 pub const REALM: &str = "msgbus";
 /// `204` to an HTTP/1.1 keep-alive publish (msgbus' reason phrase), the
@@ -59,6 +62,8 @@ struct Shared {
     started: Instant,
     /// Silence after which a stream gets a heartbeat, in ms (0: never).
     heartbeat_ms: Millis,
+    /// Names one subscription may list (`--max-subscriptions`).
+    max_subscriptions: usize,
     /// The largest message a WebSocket client may send (`--max-body`).
     max_message: usize,
     /// The dashboard's latest snapshot, shared by its watchers.
@@ -71,6 +76,7 @@ pub fn opener(config: &Config) -> Opener {
     let shared = Rc::new(Shared {
         started: Instant::now(),
         heartbeat_ms: config.heartbeat_s.saturating_mul(1000),
+        max_subscriptions: config.limits.max_subscriptions,
         max_message: config.limits.max_body,
         dashboard: Rc::new(super::dashboard::Snapshots::new(true)),
     });
@@ -99,15 +105,25 @@ impl Routes for Bus {
             let channel = channel.as_bytes();
             return match req.method {
                 Method::Get | Method::Head => {
-                    // The root subscription (every channel) is the pattern `>`.
-                    let asked: &[u8] = if channel.is_empty() { b">" } else { channel };
-                    if !caller.may(Action::Subscribe, asked) {
-                        return Reply::Respond(Caller::forbidden(Action::Subscribe, asked));
+                    // What a token must cover: each name subscribed to;
+                    // every channel is the pattern `>`.
+                    let listed = query_params(req.query().unwrap_or(""), "channel");
+                    let asked: Vec<&[u8]> = if !channel.is_empty() {
+                        vec![token_name(channel)]
+                    } else if listed.is_empty() {
+                        vec![b">"]
+                    } else {
+                        listed.iter().map(|c| token_name(c.as_bytes())).collect()
+                    };
+                    if let Some(name) = asked.iter().find(|n| !caller.may(Action::Subscribe, n)) {
+                        return Reply::Respond(Caller::forbidden(Action::Subscribe, name));
                     }
                     if req.method == Method::Get && wants_websocket(&req) {
-                        // What the client sends is published to the channel:
-                        // checked here, once for the connection's life.
-                        let publishes = caller.may(Action::Publish, channel);
+                        // What the client sends is published to the channel
+                        // (never to a pattern): checked here, once for the
+                        // connection's life.
+                        let publishes =
+                            caller.may(Action::Publish, channel) && !pattern::is_wildcard(channel);
                         return websocket_subscribe(
                             &req,
                             channel,
@@ -128,6 +144,16 @@ impl Routes for Bus {
                     "the bus takes GET (subscribe) and POST (publish)",
                 )),
             };
+        }
+        if let Some(name) = path.strip_prefix(PRESENCE_PREFIX) {
+            if !matches!(req.method, Method::Get | Method::Head) {
+                return Reply::Respond(Response::text(501, "presence takes GET"));
+            }
+            // Counts say who listens: a token must let its holder listen.
+            if !caller.may(Action::Subscribe, token_name(name.as_bytes())) {
+                return Reply::Respond(Caller::forbidden(Action::Subscribe, name.as_bytes()));
+            }
+            return Reply::Respond(presence(cx.broker, name.as_bytes()));
         }
         if let Some(response) = super::metrics::route(&req, cx) {
             return Reply::Respond(response);
@@ -179,6 +205,10 @@ fn subscribe(req: &Request, channel: &[u8], shared: &Shared, cx: &mut Cx<'_>) ->
         Ok(filter) => filter,
         Err(refusal) => return Reply::Respond(refusal),
     };
+    let names = match subscription_names(channel, query, shared.max_subscriptions) {
+        Ok(names) => names,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
     let sse = req
         .header("Accept")
         .is_some_and(|v| contains_token(v, b"text/event-stream"));
@@ -192,22 +222,40 @@ fn subscribe(req: &Request, channel: &[u8], shared: &Shared, cx: &mut Cx<'_>) ->
     } else {
         Framing::MultipartChunked
     };
+    let since = match resume_point(req, query, cx.broker.channels.keeps_history()) {
+        Ok(since) => since,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
+    // The kept messages after `since` follow the opening bytes, before any
+    // live message (see `Channels::replay`).
+    let opening = |opening: &'static [u8]| -> Bytes {
+        let Some(since) = since.filter(|_| req.method != Method::Head) else {
+            return Bytes::from_static(opening);
+        };
+        let mut bytes = BytesMut::from(opening);
+        cx.broker
+            .channels
+            .replay(&names, since, framing, &filter, &mut bytes);
+        bytes.freeze()
+    };
     let head = match framing {
         Framing::EventStream | Framing::EventStreamJson => Response::new(200)
             .header("Content-Type", "text/event-stream")
             .header("Cache-Control", "no-cache")
-            .stream(SSE_OPENING),
+            .stream(opening(SSE_OPENING)),
         Framing::MultipartChunked => Response::new(200)
             .header("Content-Type", MULTIPART_TYPE)
             .header("Cache-Control", "no-cache")
             .header("Transfer-Encoding", "chunked")
-            .stream(multipart_opening(true)),
-        Framing::MultipartPlain | Framing::Line | Framing::WebSocket | Framing::WebSocketJson => {
-            Response::new(200)
-                .header("Content-Type", MULTIPART_TYPE)
-                .header("Cache-Control", "no-cache")
-                .stream(multipart_opening(false))
-        }
+            .stream(opening(multipart_opening(true))),
+        Framing::MultipartPlain
+        | Framing::Line
+        | Framing::LineIds
+        | Framing::WebSocket
+        | Framing::WebSocketJson => Response::new(200)
+            .header("Content-Type", MULTIPART_TYPE)
+            .header("Cache-Control", "no-cache")
+            .stream(opening(multipart_opening(false))),
     };
     if req.method == Method::Head {
         // The head a subscribe would get, and no subscription.
@@ -218,26 +266,173 @@ fn subscribe(req: &Request, channel: &[u8], shared: &Shared, cx: &mut Cx<'_>) ->
         Framing::MultipartChunked => Beat::MultipartChunked,
         _ => Beat::MultipartPlain,
     };
-    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
+    // A subscriber of several names must be told which channel each
+    // message came from.
+    let named = names.len() > 1;
+    for (i, name) in names.iter().enumerate() {
+        let sub = Subscription {
+            framing,
+            filter: filter.clone(),
+            named,
+        };
+        if let Err(e) = cx
+            .broker
+            .channels
+            .subscribe(cx.me, name.clone(), sub, cx.out)
+        {
+            for done in names.iter().take(i) {
+                cx.broker.channels.unsubscribe(cx.me, done, cx.out);
+            }
+            return Reply::Respond(Response::text(503, &e.to_string()));
+        }
+    }
+    let names = match <[Bytes; 1]>::try_from(names) {
+        Ok([one]) => Names::One(one),
+        Err(many) => Names::Many(many.into_boxed_slice()),
+    };
     let stream = BusStream {
-        channel,
+        names,
         heartbeat: Heartbeat::start(shared.heartbeat_ms, beat, cx),
     };
     Reply::Stream(head, Box::new(stream))
 }
 
-/// Subscribes the connection to `channel` (to every channel when empty);
-/// returns what it must unsubscribe from.
-fn subscribe_to(channel: &[u8], sub: Subscription, cx: &mut Cx<'_>) -> Option<Bytes> {
+/// Where a returning subscriber resumes: `?since=ID`, else the
+/// `Last-Event-ID` header an EventSource sends when it reconnects. Without
+/// history `?since=` is refused and the header ignored.
+fn resume_point(req: &Request, query: &str, history: bool) -> Result<Option<u64>, Response> {
+    let bad = |what: &str| {
+        Response::text(
+            400,
+            &format!("{what} must be a message id (a decimal number)"),
+        )
+    };
+    if let Some(since) = query_param(query, "since") {
+        if !history {
+            return Err(Response::text(
+                400,
+                "no history is kept (--history 0): no ?since=",
+            ));
+        }
+        return since.trim().parse().map(Some).map_err(|_| bad("?since="));
+    }
+    match req.header("Last-Event-ID") {
+        Some(id) if history => std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| bad("Last-Event-ID")),
+        _ => Ok(None),
+    }
+}
+
+/// What one subscription names: the path's channel or pattern (`*` for
+/// `/msgbus/`, every channel), or the `?channel=` list of a `/msgbus/`
+/// subscription; each one checked, repeats dropped, at most
+/// `max_subscriptions` of them.
+fn subscription_names(
+    channel: &[u8],
+    query: &str,
+    max_subscriptions: usize,
+) -> Result<Vec<Bytes>, Response> {
+    let listed = query_params(query, "channel");
+    let mut names: Vec<Bytes> = if listed.is_empty() {
+        let name = if channel.is_empty() { b"*" } else { channel };
+        vec![Bytes::copy_from_slice(name)]
+    } else if !channel.is_empty() {
+        return Err(Response::text(
+            400,
+            "?channel= lists the channels of a subscription to /msgbus/ only",
+        ));
+    } else {
+        listed
+            .iter()
+            .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+            .collect()
+    };
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > max_subscriptions {
+        return Err(Response::text(
+            400,
+            &format!("too many channels in one subscription (limit {max_subscriptions})"),
+        ));
+    }
+    for name in &names {
+        if name.is_empty() {
+            return Err(Response::text(400, "?channel= names an empty channel"));
+        }
+        if let Err(e) = pattern::classify(name) {
+            return Err(Response::text(400, &e.to_string()));
+        }
+    }
+    Ok(names)
+}
+
+/// How many subscribe to a channel, a pattern, or (`/msgbus-presence/`)
+/// every channel, as JSON.
+fn presence(broker: &Broker, name: &[u8]) -> Response {
+    let name = if name.is_empty() { &b"*"[..] } else { name };
+    let p = match broker.channels.presence(name) {
+        Some(p) => p,
+        None => {
+            let e = pattern::classify(name).err();
+            let text = e.map_or_else(|| "malformed name".to_string(), |e| e.to_string());
+            return Response::text(400, &text);
+        }
+    };
+    let doors: serde_json::Map<String, serde_json::Value> = p
+        .per_door()
+        .iter()
+        .map(|&(door, n)| (door.to_string(), serde_json::json!(n)))
+        .collect();
+    let kind = match p.kind {
+        PresenceKind::Channel => "channel",
+        PresenceKind::Pattern => "pattern",
+        PresenceKind::All => "all",
+    };
+    let v = serde_json::json!({
+        "name": String::from_utf8_lossy(name),
+        "kind": kind,
+        "subscribers": p.total(),
+        "doors": doors,
+        "receivers": p.receivers,
+    });
+    let mut body = v.to_string();
+    body.push('\n');
+    Response::new(200)
+        .header("Cache-Control", "no-cache")
+        .body("application/json", body)
+}
+
+/// The name a token must cover for a subscription to `name`: `*` and `>`
+/// alone mean every channel, the pattern `>`.
+fn token_name(name: &[u8]) -> &[u8] {
+    if name == b"*" || name == b">" {
+        b">"
+    } else {
+        name
+    }
+}
+
+/// Subscribes the connection to `channel` (to every channel when empty; a
+/// pattern is one too); returns what it must unsubscribe from, or the
+/// refusal of a malformed pattern.
+fn subscribe_to(
+    channel: &[u8],
+    sub: Subscription,
+    cx: &mut Cx<'_>,
+) -> Result<Option<Bytes>, Response> {
     if channel.is_empty() {
         cx.broker.channels.subscribe_all(cx.me, sub, cx.out);
-        None
+        Ok(None)
     } else {
         let channel = Bytes::copy_from_slice(channel);
         cx.broker
             .channels
-            .subscribe(cx.me, channel.clone(), sub, cx.out);
-        Some(channel)
+            .subscribe(cx.me, channel.clone(), sub, cx.out)
+            .map_err(|e| Response::text(400, &e.to_string()))?;
+        Ok(Some(channel))
     }
 }
 
@@ -316,12 +511,15 @@ fn websocket_subscribe(
     } else {
         Framing::WebSocket
     };
+    let channel = match subscribe_to(channel, Subscription::new(framing, filter), cx) {
+        Ok(channel) => channel,
+        Err(refusal) => return Reply::Respond(refusal),
+    };
     let head = Response::new(101)
         .header("Upgrade", "websocket")
         .header("Connection", "Upgrade")
         .header("Sec-WebSocket-Accept", websocket::accept_key(key))
         .stream(Bytes::new());
-    let channel = subscribe_to(channel, Subscription { framing, filter }, cx);
     let stream = WsStream {
         channel,
         sender: user.map(Bytes::from),
@@ -353,6 +551,10 @@ fn publish(
     let Some(content_type) = req.header("Content-Type") else {
         return Reply::Respond(Response::text(400, "a publish needs a Content-Type"));
     };
+    if pattern::is_wildcard(channel) {
+        let refusal = pattern::PatternError::PublishToPattern;
+        return Reply::Respond(Response::text(400, &refusal.to_string()));
+    }
     cx.broker.channels.publish(
         channel,
         content_type,
@@ -369,9 +571,15 @@ fn publish(
 /// A subscribed bus connection: pushed messages go out, input is read and
 /// discarded. It is all an idle subscriber costs.
 pub struct BusStream {
-    /// `None`: subscribed to every channel.
-    channel: Option<Bytes>,
+    names: Names,
     heartbeat: Heartbeat,
+}
+
+/// What a stream is subscribed to: channels, patterns, or `*` (every
+/// channel).
+enum Names {
+    One(Bytes),
+    Many(Box<[Bytes]>),
 }
 
 impl Door for BusStream {
@@ -395,7 +603,14 @@ impl Door for BusStream {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
-        unsubscribe_from(self.channel.take(), cx);
+        let names = std::mem::replace(&mut self.names, Names::Many(Box::default()));
+        let names = match &names {
+            Names::One(name) => std::slice::from_ref(name),
+            Names::Many(names) => names,
+        };
+        for name in names {
+            cx.broker.channels.unsubscribe(cx.me, name, cx.out);
+        }
     }
 }
 
@@ -641,6 +856,12 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         },
         "channels": broker.channels.channel_count(),
         "subscribers": broker.channels.subscription_count(),
+        "patterns": broker.channels.pattern_count(),
+        "history": {
+            "messages": broker.channels.history_size().0,
+            "bytes": broker.channels.history_size().1,
+            "channels": broker.channels.history_size().2,
+        },
         "oversized": broker.channels.oversized(),
         "queues": {
             "queued": broker.queues.queued(),
@@ -693,6 +914,7 @@ mod tests {
         let shared = Rc::new(Shared {
             started: Instant::now(),
             heartbeat_ms: 0,
+            max_subscriptions: 100,
             max_message: 1 << 20,
             dashboard: Rc::new(crate::http::dashboard::Snapshots::new(true)),
         });

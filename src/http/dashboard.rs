@@ -258,12 +258,15 @@ mod tests {
                 key: 10 + k,
                 gen: 1,
             };
-            broker.channels.subscribe(
-                c,
-                Bytes::from_static(b"busy"),
-                Subscription::line(),
-                &mut out,
-            );
+            broker
+                .channels
+                .subscribe(
+                    c,
+                    Bytes::from_static(b"busy"),
+                    Subscription::line(),
+                    &mut out,
+                )
+                .unwrap();
         }
         broker
             .queues

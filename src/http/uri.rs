@@ -29,6 +29,18 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
         .map(|(_, value)| value)
 }
 
+/// The decoded values of every parameter called `name` in `query`, in
+/// order (as [`query_param`] decodes the first).
+pub fn query_params<'q>(query: &'q str, name: &str) -> Vec<Cow<'q, str>> {
+    query
+        .split('&')
+        .filter(|pair| pair.contains('='))
+        .flat_map(|pair| form_urlencoded::parse(pair.as_bytes()))
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +71,7 @@ mod tests {
             Some("text/*,image/*")
         );
         assert_eq!(query_param("type=a&type=b", "type").as_deref(), Some("a"));
+        assert_eq!(query_params("type=a&x=1&type=b%2Ec", "type"), ["a", "b.c"]);
         assert_eq!(query_param("type", "type"), None);
         assert_eq!(query_param("type&type=b", "type").as_deref(), Some("b"));
         assert_eq!(query_param("", "type"), None);

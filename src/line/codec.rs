@@ -12,6 +12,7 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 
 use super::wire::{is_space, number};
+use crate::broker::pattern::{self, PatternError};
 use crate::broker::queues::MAX_ADDRESSES;
 
 /// One client command.
@@ -37,10 +38,13 @@ pub enum Command {
     },
     /// `.`
     Quit,
-    /// `+ CHANNEL`, or `+ *` for every channel.
-    Subscribe { channel: Bytes },
+    /// `+ CHANNEL [SINCE]`, or `+ *` for every channel; SINCE asks for the
+    /// retained messages after that id first.
+    Subscribe { channel: Bytes, since: Option<u64> },
     /// `~ CHANNEL`, or `~ *`.
     Unsubscribe { channel: Bytes },
+    /// `= NAME`: how many subscribe to a channel or a pattern.
+    Presence { name: Bytes },
     /// `! LEN CHANNEL [TYPE]` + body.
     Publish {
         channel: Bytes,
@@ -60,6 +64,10 @@ pub enum LineError {
     QueryFormat,
     SubscribeFormat,
     UnsubscribeFormat,
+    PresenceFormat,
+    InvalidSince,
+    /// A since id while the server keeps no history.
+    HistoryOff,
     PublishFormat,
     AuthFormat,
     InvalidLength,
@@ -69,6 +77,8 @@ pub enum LineError {
     LineTooLong(usize),
     BodyTooLarge(usize),
     TooManySubscriptions(usize),
+    /// A malformed pattern, a publish to one, or the pattern limit.
+    Pattern(PatternError),
 }
 
 impl fmt::Display for LineError {
@@ -82,8 +92,11 @@ impl fmt::Display for LineError {
                 f.write_str("message format: > bodyLen timeout toAddr [replyAddr]")
             }
             LineError::QueryFormat => f.write_str("query format: ? bodyLen timeout toAddr"),
-            LineError::SubscribeFormat => f.write_str("subscribe format: + channel"),
+            LineError::SubscribeFormat => f.write_str("subscribe format: + channel [sinceId]"),
             LineError::UnsubscribeFormat => f.write_str("unsubscribe format: ~ channel"),
+            LineError::PresenceFormat => f.write_str("presence format: = channel"),
+            LineError::InvalidSince => f.write_str("invalid since id format"),
+            LineError::HistoryOff => f.write_str("no history is kept (--history 0): no since id"),
             LineError::PublishFormat => {
                 f.write_str("publish format: ! bodyLen channel [contentType]")
             }
@@ -99,6 +112,7 @@ impl fmt::Display for LineError {
             LineError::TooManySubscriptions(n) => {
                 write!(f, "too many subscriptions (limit {n} per connection)")
             }
+            LineError::Pattern(e) => e.fmt(f),
         }
     }
 }
@@ -130,12 +144,16 @@ pub enum Raw<'a> {
     Quit,
     Subscribe {
         channel: &'a [u8],
+        since: Option<u64>,
     },
     Auth {
         credential: &'a [u8],
     },
     Unsubscribe {
         channel: &'a [u8],
+    },
+    Presence {
+        name: &'a [u8],
     },
     Publish {
         channel: &'a [u8],
@@ -428,7 +446,14 @@ impl Decoder {
             }
             b"." => Ok(Head::Done(Raw::Quit)),
             b"+" => match args {
-                [channel] if !overflow => Ok(Head::Done(Raw::Subscribe { channel })),
+                [channel, since @ ..] if since.len() <= 1 && !overflow => {
+                    let since = match since.first() {
+                        Some(id) => Some(number(id).ok_or(LineError::InvalidSince)?),
+                        None => None,
+                    };
+                    pattern::classify(channel).map_err(LineError::Pattern)?;
+                    Ok(Head::Done(Raw::Subscribe { channel, since }))
+                }
                 _ => Err(LineError::SubscribeFormat),
             },
             b"~" => match args {
@@ -439,6 +464,10 @@ impl Decoder {
                 [credential] if !overflow => Ok(Head::Done(Raw::Auth { credential })),
                 _ => Err(LineError::AuthFormat),
             },
+            b"=" => match args {
+                [name] if !overflow => Ok(Head::Done(Raw::Presence { name })),
+                _ => Err(LineError::PresenceFormat),
+            },
             b"!" => {
                 let [len, channel, rest @ ..] = args else {
                     return Err(LineError::PublishFormat);
@@ -447,6 +476,9 @@ impl Decoder {
                     return Err(LineError::PublishFormat);
                 }
                 let len = self.length(len)?;
+                if pattern::is_wildcard(channel) {
+                    return Err(LineError::Pattern(PatternError::PublishToPattern));
+                }
                 Ok(Head::Body(
                     Raw::Publish {
                         channel,
@@ -531,9 +563,11 @@ impl Ranges {
                 to: at(to),
                 body: at(body),
             },
-            Raw::Subscribe { channel } => Raw::Subscribe {
+            Raw::Subscribe { channel, since } => Raw::Subscribe {
                 channel: at(channel),
+                since,
             },
+            Raw::Presence { name } => Raw::Presence { name: at(name) },
             Raw::Unsubscribe { channel } => Raw::Unsubscribe {
                 channel: at(channel),
             },
@@ -598,7 +632,11 @@ impl Ranges {
                     body: next(),
                 }
             }
-            Raw::Subscribe { .. } => Command::Subscribe { channel: next() },
+            Raw::Subscribe { since, .. } => Command::Subscribe {
+                channel: next(),
+                since,
+            },
+            Raw::Presence { .. } => Command::Presence { name: next() },
             Raw::Unsubscribe { .. } => Command::Unsubscribe { channel: next() },
             Raw::Auth { .. } => Command::Auth { credential: next() },
             Raw::Publish { content_type, .. } => {
@@ -675,7 +713,10 @@ mod tests {
                 timeout_s: 1,
                 body: Bytes::new(),
             },
-            Command::Subscribe { channel: b("news") },
+            Command::Subscribe {
+                channel: b("news"),
+                since: None,
+            },
             Command::Publish {
                 channel: b("news"),
                 content_type: Some(b("text/plain")),
@@ -924,7 +965,8 @@ mod tests {
                 field().prop_map(|ch| (
                     format!("+ {ch}\r\n").into_bytes(),
                     Command::Subscribe {
-                        channel: Bytes::from(ch)
+                        channel: Bytes::from(ch),
+                        since: None,
                     }
                 )),
             ]

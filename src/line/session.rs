@@ -12,6 +12,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
 use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
 use crate::auth::{self, Action, Grant};
+use crate::broker::filter::Filter;
+use crate::broker::frames::Framing;
+use crate::broker::pattern::{self, Name};
 use crate::broker::{QueueFull, Ready, Subscription, WaitId};
 use crate::config::Config;
 use crate::door::{Answer, CloseReason, Cx, Door, Next, Opener};
@@ -204,8 +207,25 @@ impl LineSession {
                 }
             }
             Command::Quit => self.closing = Some(CloseReason::Quit),
-            Command::Subscribe { channel } => {
-                // `+ *` is every channel: the pattern `>`.
+            Command::Presence { name } => {
+                // Counts say who listens: the token must let it listen too.
+                if !self.allowed(cx, Some(Action::Subscribe), &[&name]) {
+                    return;
+                }
+                let answer = presence_line(cx, &name);
+                cx.send(answer);
+            }
+            Command::Subscribe { channel, since } => {
+                if since.is_some() && !cx.broker.channels.keeps_history() {
+                    self.fail(cx, LineError::HistoryOff);
+                    return;
+                }
+                // `*` and `>` alone are one subscription: every channel.
+                let channel = match pattern::classify(&channel) {
+                    Ok(Name::All) => Bytes::from_static(ALL_CHANNELS),
+                    _ => channel,
+                };
+                // Every channel is the pattern `>` to a token.
                 let asked: &[u8] = if channel == ALL_CHANNELS {
                     b">"
                 } else {
@@ -214,21 +234,43 @@ impl LineSession {
                 if !self.allowed(cx, Some(Action::Subscribe), &[asked]) {
                     return;
                 }
-                if self.subscriptions.contains(&channel) {
+                let known = self.subscriptions.contains(&channel);
+                if known && since.is_none() {
                     return;
                 }
-                if self.subscriptions.len() >= self.max_subscriptions {
+                // Patterns count as subscriptions like channels do.
+                if !known && self.subscriptions.len() >= self.max_subscriptions {
                     self.fail(cx, LineError::TooManySubscriptions(self.max_subscriptions));
                     return;
                 }
-                if channel == ALL_CHANNELS {
-                    cx.broker
-                        .channels
-                        .subscribe_all(me, Subscription::line(), cx.out);
-                } else {
-                    cx.broker
-                        .channels
-                        .subscribe(me, channel.clone(), Subscription::line(), cx.out);
+                // A subscription that resumes gets each message's id (the
+                // fifth field of `!`), to resume from again later.
+                let sub = match since {
+                    Some(_) => Subscription::new(Framing::LineIds, Filter::default()),
+                    None => Subscription::line(),
+                };
+                let subscribed = cx
+                    .broker
+                    .channels
+                    .subscribe(me, channel.clone(), sub, cx.out);
+                if let Err(e) = subscribed {
+                    self.fail(cx, LineError::Pattern(e));
+                    return;
+                }
+                if let Some(since) = since {
+                    let mut replay = BytesMut::new();
+                    let names = std::slice::from_ref(&channel);
+                    let framing = Framing::LineIds;
+                    cx.broker.channels.replay(
+                        names,
+                        since,
+                        framing,
+                        &Filter::default(),
+                        &mut replay,
+                    );
+                    if !replay.is_empty() {
+                        cx.send(replay.freeze());
+                    }
                 }
                 // An exact-size copy: a slice would keep the whole read
                 // buffer it came from alive for as long as the subscription
@@ -239,6 +281,10 @@ impl LineSession {
                 if !self.allowed(cx, None, &[]) {
                     return;
                 }
+                let channel = match pattern::classify(&channel) {
+                    Ok(Name::All) => Bytes::from_static(ALL_CHANNELS),
+                    _ => channel,
+                };
                 unsubscribe(cx, &channel);
                 self.subscriptions.remove(&channel);
                 if self.subscriptions.len() * 2 < self.subscriptions.capacity() {
@@ -277,12 +323,24 @@ impl LineSession {
     }
 }
 
-fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
-    if channel == ALL_CHANNELS {
-        cx.broker.channels.unsubscribe_all(cx.me, cx.out);
-    } else {
-        cx.broker.channels.unsubscribe(cx.me, channel, cx.out);
+/// `= NAME TOTAL line=N http=N receivers=N`: the subscriptions to a
+/// channel or pattern, per door, and (for a channel) how many subscriptions
+/// a message published there reaches. A malformed pattern counts nothing.
+fn presence_line(cx: &Cx<'_>, name: &[u8]) -> Bytes {
+    let p = cx.broker.channels.presence(name).unwrap_or_default();
+    let mut line = BytesMut::with_capacity(name.len() + 64);
+    line.put_slice(b"= ");
+    line.put_slice(name);
+    line.put_slice(format!(" {}", p.total()).as_bytes());
+    for (door, n) in p.per_door() {
+        line.put_slice(format!(" {door}={n}").as_bytes());
     }
+    line.put_slice(format!(" receivers={}\r\n", p.receivers).as_bytes());
+    line.freeze()
+}
+
+fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
+    cx.broker.channels.unsubscribe(cx.me, channel, cx.out);
 }
 
 impl Door for LineSession {

@@ -322,6 +322,7 @@ mod tests {
                     content_type: &content_type,
                     sender: None,
                     body: &body,
+                    id: 0,
                 });
                 let written = type_field(&content_type);
                 prop_assert_eq!(

@@ -217,7 +217,7 @@ impl Server {
             queues,
             switch,
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
-            channels: crate::broker::Channels::default().with_max_frame(config.limits.max_frame()),
+            channels: config.channels(),
         };
         if let Some(state) = state {
             let (line, switch) = broker.restore(0, epoch_ms, state);

@@ -140,7 +140,7 @@ pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 /// How long any one awaited condition may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 /// The W3C WebDriver key of an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+pub const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver process with one browser session; both end on drop.
 pub struct Browser {
@@ -194,7 +194,7 @@ impl Browser {
         browser
     }
 
-    fn wait_for_driver(&mut self) {
+    pub fn wait_for_driver(&mut self) {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.driver.try_wait() {

@@ -1,0 +1,393 @@
+//! Channel history: the last messages of each channel, kept in memory for
+//! subscribers that come back (`?since=ID`, `Last-Event-ID`, `+ CH SINCE`).
+//!
+//! Off unless `--history N` is given. Every message published while it is on
+//! gets an id from one server-wide counter, so ids increase on every channel
+//! and one id also says where a subscriber of several channels or of a
+//! pattern stopped. Each channel keeps its last N messages in a ring, at most
+//! `--history-bytes` of them; all rings together at most
+//! `--history-total-bytes`, the oldest message of all going first. Each
+//! message counts its body, content type, sender and [`ENTRY_OVERHEAD`].
+//!
+//! A ring remembers the highest id it let go, so that a subscriber asking
+//! for messages after an older id is told it missed some (a gap) instead of
+//! silently getting fewer. A ring left empty is dropped; the highest id a
+//! dropped ring let go is remembered server-wide, so a gap is never missed
+//! (it may be reported where nothing was lost on that very channel).
+//! Nothing here knows about framing or connections.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::pattern;
+
+/// What each kept message costs besides its bytes, counted against the
+/// byte bounds: the ring's slot (104 bytes), the global order entry (40),
+/// the allocator's rounding of its two copies and the queues' spare room;
+/// measured: 224 to 228 bytes a message (`benches/history-memory.sh`).
+pub const ENTRY_OVERHEAD: usize = 224;
+
+/// How much history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Messages per channel; 0 turns history off.
+    pub messages: usize,
+    /// Bytes per channel.
+    pub per_channel_bytes: usize,
+    /// Bytes over all channels.
+    pub total_bytes: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            messages: 0,
+            per_channel_bytes: 1024 * 1024,
+            total_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One kept message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub id: u64,
+    pub content_type: Bytes,
+    pub sender: Option<Bytes>,
+    pub body: Bytes,
+}
+
+impl Kept {
+    fn size(&self) -> usize {
+        self.body.len()
+            + self.content_type.len()
+            + self.sender.as_ref().map_or(0, Bytes::len)
+            + ENTRY_OVERHEAD
+    }
+}
+
+struct Ring {
+    kept: VecDeque<Kept>,
+    bytes: usize,
+    /// The highest id this channel let go (0: none).
+    let_go: u64,
+}
+
+/// What a returning subscriber gets: the kept messages after its id, in id
+/// order, and whether some it should have had are gone.
+#[derive(Debug, Default)]
+pub struct Replay<'a> {
+    pub messages: Vec<(&'a Bytes, &'a Kept)>,
+    /// Some messages after the id asked for are no longer kept: the id of
+    /// the first message the subscriber gets (the next id to be given when
+    /// it gets none).
+    pub gap: Option<u64>,
+}
+
+/// The kept messages of every channel.
+pub struct History {
+    limits: HistoryLimits,
+    rings: HashMap<Bytes, Ring>,
+    /// (id, channel) of kept messages, oldest first, for the total bound.
+    /// Entries of messages a ring already let go are skipped, and swept
+    /// once they are half of it.
+    order: VecDeque<(u64, Bytes)>,
+    kept: usize,
+    total_bytes: usize,
+    last_id: u64,
+    /// The highest id let go by a ring that was then dropped.
+    forgotten: u64,
+}
+
+impl History {
+    pub fn new(limits: HistoryLimits) -> History {
+        History {
+            limits,
+            rings: HashMap::new(),
+            order: VecDeque::new(),
+            kept: 0,
+            total_bytes: 0,
+            last_id: 0,
+            forgotten: 0,
+        }
+    }
+
+    /// The id of the last message published (0: none yet).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Messages and bytes kept over all channels.
+    pub fn size(&self) -> (usize, usize) {
+        (self.kept, self.total_bytes)
+    }
+
+    /// Channels with kept messages.
+    pub fn channel_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Keeps a copy of one message of `channel`; returns its id.
+    pub fn record(
+        &mut self,
+        channel: &[u8],
+        content_type: &[u8],
+        sender: Option<&[u8]>,
+        body: &[u8],
+    ) -> u64 {
+        self.last_id += 1;
+        let id = self.last_id;
+        let message = Kept {
+            id,
+            content_type: Bytes::copy_from_slice(content_type),
+            sender: sender.map(Bytes::copy_from_slice),
+            body: Bytes::copy_from_slice(body),
+        };
+        let size = message.size();
+        let key = match self.rings.get_key_value(channel) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key = Bytes::copy_from_slice(channel);
+                let ring = Ring {
+                    kept: VecDeque::new(),
+                    bytes: 0,
+                    let_go: self.forgotten,
+                };
+                self.rings.insert(key.clone(), ring);
+                key
+            }
+        };
+        if let Some(ring) = self.rings.get_mut(&key) {
+            ring.kept.push_back(message);
+            ring.bytes += size;
+            self.kept += 1;
+            self.total_bytes += size;
+            while ring.kept.len() > self.limits.messages
+                || ring.bytes > self.limits.per_channel_bytes
+            {
+                let Some(old) = ring.kept.pop_front() else {
+                    break;
+                };
+                ring.bytes -= old.size();
+                ring.let_go = old.id;
+                self.kept -= 1;
+                self.total_bytes -= old.size();
+            }
+        }
+        self.order.push_back((id, key.clone()));
+        self.drop_if_empty(&key);
+        while self.total_bytes > self.limits.total_bytes {
+            let Some((old, channel)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(ring) = self.rings.get_mut(&channel) {
+                if ring.kept.front().is_some_and(|m| m.id == old) {
+                    if let Some(m) = ring.kept.pop_front() {
+                        ring.bytes -= m.size();
+                        ring.let_go = m.id;
+                        self.kept -= 1;
+                        self.total_bytes -= m.size();
+                    }
+                }
+            }
+            self.drop_if_empty(&channel);
+        }
+        if self.order.len() > 2 * self.kept + 64 {
+            let rings = &self.rings;
+            self.order.retain(|(id, channel)| {
+                rings
+                    .get(channel)
+                    .and_then(|r| r.kept.front())
+                    .is_some_and(|first| first.id <= *id)
+            });
+        }
+        id
+    }
+
+    fn drop_if_empty(&mut self, channel: &[u8]) {
+        if let Some(ring) = self.rings.get(channel) {
+            if ring.kept.is_empty() {
+                self.forgotten = self.forgotten.max(ring.let_go);
+                self.rings.remove(channel);
+            }
+        }
+    }
+
+    /// The kept messages after `since` of every channel one of `names` (a
+    /// channel, a pattern, or `*`) takes, oldest first and each once, at
+    /// most `max_bytes` of them (the newest; what is left out is a gap).
+    /// Exact names are looked up; patterns and `*` cost one pass over the
+    /// kept channels, each matched once against a trie of the patterns.
+    pub fn replay(&self, names: &[Bytes], since: u64, max_bytes: usize) -> Replay<'_> {
+        let mut patterns: pattern::Trie<bool> = pattern::Trie::default();
+        let mut exact: HashSet<&[u8]> = HashSet::new();
+        let mut all = false;
+        for name in names {
+            match pattern::classify(name) {
+                Ok(pattern::Name::Exact) => {
+                    exact.insert(name);
+                }
+                Ok(pattern::Name::All) => all = true,
+                Ok(pattern::Name::Pattern) => {
+                    if let Ok(slot) = patterns.entry(name) {
+                        *slot = true;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        // An id from the future: from an earlier run of the server.
+        let mut gap = since > self.last_id;
+        let mut messages: Vec<(&Bytes, &Kept)> = Vec::new();
+        if all || !patterns.is_empty() {
+            // A dropped ring may have been one that matches.
+            gap |= self.forgotten > since;
+            for (channel, ring) in &self.rings {
+                let mut matched = all || exact.contains(&channel[..]);
+                if !matched {
+                    patterns.for_each_match(channel, |_| matched = true);
+                }
+                if matched {
+                    gap |= ring.let_go > since;
+                    messages.extend(
+                        ring.kept
+                            .iter()
+                            .filter(|m| m.id > since)
+                            .map(|m| (channel, m)),
+                    );
+                }
+            }
+        } else {
+            for name in exact {
+                match self.rings.get_key_value(name) {
+                    Some((channel, ring)) => {
+                        gap |= ring.let_go > since;
+                        messages.extend(
+                            ring.kept
+                                .iter()
+                                .filter(|m| m.id > since)
+                                .map(|m| (channel, m)),
+                        );
+                    }
+                    None => gap |= self.forgotten > since,
+                }
+            }
+        }
+        messages.sort_unstable_by_key(|(_, m)| m.id);
+        // The newest that fit in `max_bytes`.
+        let mut bytes = 0usize;
+        let mut first = messages.len();
+        for (i, (channel, m)) in messages.iter().enumerate().rev() {
+            bytes += m.size() + channel.len();
+            if bytes > max_bytes {
+                gap = true;
+                break;
+            }
+            first = i;
+        }
+        messages.drain(..first);
+        Replay {
+            gap: gap.then(|| messages.first().map_or(self.last_id + 1, |(_, m)| m.id)),
+            messages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(messages: usize, per_channel_bytes: usize, total_bytes: usize) -> HistoryLimits {
+        HistoryLimits {
+            messages,
+            per_channel_bytes,
+            total_bytes,
+        }
+    }
+
+    fn ids(r: &Replay) -> Vec<(String, u64)> {
+        r.messages
+            .iter()
+            .map(|(c, m)| (String::from_utf8_lossy(c).into_owned(), m.id))
+            .collect()
+    }
+
+    fn names(list: &[&str]) -> Vec<Bytes> {
+        list.iter()
+            .map(|n| Bytes::copy_from_slice(n.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn ids_increase_and_a_replay_has_no_gap_while_all_is_kept() {
+        let mut h = History::new(limits(3, 1 << 20, 1 << 20));
+        for ch in ["a", "b", "a", "a.x"] {
+            h.record(ch.as_bytes(), b"t", None, b"m");
+        }
+        assert_eq!(h.last_id(), 4);
+        let r = h.replay(&names(&["a"]), 0, 1 << 20);
+        assert_eq!(ids(&r), [("a".into(), 1), ("a".into(), 3)]);
+        assert_eq!(r.gap, None);
+        let r = h.replay(&names(&["a"]), 1, 1 << 20);
+        assert_eq!(ids(&r), [("a".into(), 3)]);
+        // Several names and patterns: one id order.
+        let r = h.replay(&names(&["b", "a.*"]), 1, 1 << 20);
+        assert_eq!(ids(&r), [("b".into(), 2), ("a.x".into(), 4)]);
+        assert_eq!(h.replay(&names(&["*"]), 0, 1 << 20).messages.len(), 4);
+        // A channel two names take is replayed once.
+        let r = h.replay(&names(&["a.x", "a.*", "*.x"]), 0, 1 << 20);
+        assert_eq!(ids(&r), [("a.x".into(), 4)]);
+        // Up to date.
+        let r = h.replay(&names(&["a"]), 4, 1 << 20);
+        assert!(r.messages.is_empty() && r.gap.is_none());
+    }
+
+    #[test]
+    fn what_was_let_go_is_a_gap() {
+        let mut h = History::new(limits(2, 1 << 20, 1 << 20));
+        for _ in 0..5 {
+            h.record(b"a", b"t", None, b"m");
+        }
+        // 1..=3 are gone.
+        let r = h.replay(&names(&["a"]), 1, 1 << 20);
+        assert_eq!(ids(&r), [("a".into(), 4), ("a".into(), 5)]);
+        assert_eq!(r.gap, Some(4));
+        assert_eq!(h.replay(&names(&["a"]), 3, 1 << 20).gap, None);
+        // An id from the future (an earlier run).
+        assert_eq!(h.replay(&names(&["a"]), 99, 1 << 20).gap, Some(6));
+        // The newest that fit in the replay's bytes; the rest is a gap.
+        let r = h.replay(&names(&["a"]), 3, ENTRY_OVERHEAD + 5);
+        assert_eq!(ids(&r), [("a".into(), 5)]);
+        assert_eq!(r.gap, Some(5));
+    }
+
+    #[test]
+    fn byte_bounds_per_channel_and_in_all() {
+        let each = ENTRY_OVERHEAD + 1 + 10;
+        let mut h = History::new(limits(100, 3 * each, 5 * each));
+        for _ in 0..4 {
+            h.record(b"a", b"t", None, b"0123456789");
+        }
+        assert_eq!(h.size(), (3, 3 * each));
+        for _ in 0..3 {
+            h.record(b"b", b"t", None, b"0123456789");
+        }
+        // In all at most 5: a's oldest went first.
+        assert_eq!(h.size(), (5, 5 * each));
+        let r = h.replay(&names(&["a"]), 0, 1 << 20);
+        assert_eq!(ids(&r), [("a".into(), 3), ("a".into(), 4)]);
+        assert_eq!(r.gap, Some(3));
+        // A message larger than a channel may keep is not kept, and its
+        // channel (now empty) is dropped, remembered as a gap.
+        h.record(b"c", b"t", None, &[0u8; 1000]);
+        assert_eq!(h.channel_count(), 2);
+        assert_eq!(h.replay(&names(&["c"]), 7, 1 << 20).gap, Some(9));
+        // The order list stays bounded whatever is published.
+        for i in 0..10_000u32 {
+            h.record(format!("x{}", i % 7).as_bytes(), b"t", None, b"0123456789");
+        }
+        assert!(h.order.len() <= 2 * h.kept + 64);
+        assert!(h.size().1 <= 5 * each);
+    }
+}

@@ -1,0 +1,594 @@
+//! What subscribers ask for, end to end against the real binary with real
+//! clients: wildcard and multi-channel subscriptions (the line protocol and
+//! curl), presence counts, and history with resume (curl, the line
+//! protocol, and an EventSource in headless Chromium cut off mid-stream).
+//!
+//! Ordering is never left to timing: a subscription is known to be in place
+//! from the stats page or the presence endpoint (each fetch a round trip
+//! through the server's loop), and "nothing else arrived" is checked only
+//! after a probe message that must arrive after anything that should not.
+
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{connect, read_exact_n, read_to_close, read_until, send, stat, Server, Stats};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `curl`, which must be installed (.ci/run installs it).
+fn curl() -> Command {
+    let mut c = Command::new("curl");
+    // A hung curl fails its test (exit 28) instead of hanging it.
+    c.arg("--silent")
+        .arg("--show-error")
+        .args(["--max-time", "60"]);
+    c
+}
+
+/// A child process whose stdout is read by a thread, so that a test can
+/// wait for output with a deadline.
+struct Streaming {
+    child: Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    got: Vec<u8>,
+}
+
+impl Streaming {
+    fn spawn(mut cmd: Command) -> Streaming {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?} (is it installed?): {e}"));
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Streaming {
+            child,
+            rx,
+            got: Vec::new(),
+        }
+    }
+
+    /// Everything up to and including `needle`, waiting for it.
+    fn until(&mut self, needle: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(i) = self.got.windows(needle.len()).position(|w| w == needle) {
+                return self.got.drain(..i + needle.len()).collect();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(bytes) => self.got.extend(bytes),
+                Err(_) => panic!(
+                    "no {:?} in the child's output: {}",
+                    show(needle),
+                    show(&self.got)
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes over HTTP with curl; returns the status.
+fn curl_publish(bus: &str, channel: &str, body: &str) -> String {
+    let out = curl()
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-H", "Content-Type: text/plain", "--data-binary", body])
+        .arg(format!("http://{bus}/msgbus/{channel}"))
+        .output()
+        .unwrap();
+    show(&out.stdout)
+}
+
+/// Waits until the server holds `n` subscriptions in all.
+fn wait_subscribers(stats: &mut Stats, n: u64) {
+    stats.wait_for(&format!("{n} subscriptions"), |v| {
+        stat(v, "subscribers") == n
+    });
+}
+
+#[test]
+fn wildcards_and_several_channels_on_the_line_and_over_curl() {
+    let server = Server::start(&[]);
+    let mut stats = Stats::open(server.bus());
+    let mut one = connect(server.line());
+    send(&mut one, b"+ sensors.*.temp\r\n");
+    let mut rest = connect(server.line());
+    send(&mut rest, b"+ sensors.>\r\n");
+    // A pattern, as multipart: each part names its channel.
+    let mut multipart = Streaming::spawn({
+        let mut c = curl();
+        c.args(["-N", &format!("http://{}/msgbus/sensors.>", server.bus())]);
+        c
+    });
+    // Two names in one subscription, as an event stream: each event is
+    // named after its channel.
+    let mut sse = Streaming::spawn({
+        let mut c = curl();
+        c.args(["-N", "-H", "Accept: text/event-stream"])
+            .arg(format!(
+                "http://{}/msgbus/?channel=news&channel=sensors.*.temp",
+                server.bus()
+            ));
+        c
+    });
+    wait_subscribers(&mut stats, 5);
+
+    let mut publisher = connect(server.line());
+    send(
+        &mut publisher,
+        b"! 2 sensors.a.temp text/plain\r\n21\r\n\
+          ! 2 sensors.b.hum text/plain\r\n40\r\n\
+          ! 1 news text/plain\r\nn\r\n\
+          ! 1 sensors text/plain\r\ns\r\n\
+          ! 1 other.a.temp text/plain\r\no\r\n",
+    );
+    // The probe: every subscriber hears it, after everything before it.
+    assert_eq!(curl_publish(server.bus(), "sensors.z.temp", "end"), "204");
+
+    let probe = b"! 3 sensors.z.temp text/plain\r\nend\r\n";
+    assert_eq!(
+        show(&read_until(&mut one, probe)),
+        show(b"! 2 sensors.a.temp text/plain\r\n21\r\n! 3 sensors.z.temp text/plain\r\nend\r\n")
+    );
+    assert_eq!(
+        show(&read_until(&mut rest, probe)),
+        show(
+            b"! 2 sensors.a.temp text/plain\r\n21\r\n! 2 sensors.b.hum text/plain\r\n40\r\n\
+              ! 3 sensors.z.temp text/plain\r\nend\r\n"
+        )
+    );
+    let parts = show(&multipart.until(b"end\r\n--00MsgBus00\r\n"));
+    let locations: Vec<&str> = parts
+        .lines()
+        .filter_map(|l| l.strip_prefix("Content-Location: "))
+        .collect();
+    assert_eq!(
+        locations,
+        [
+            "/msgbus/sensors.a.temp",
+            "/msgbus/sensors.b.hum",
+            "/msgbus/sensors.z.temp"
+        ],
+        "{parts}"
+    );
+    let events = show(&sse.until(b"data: end\n\n"));
+    let names: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        names,
+        ["sensors.a.temp", "news", "sensors.z.temp"],
+        "{events}"
+    );
+
+    // A malformed pattern, and a publish to a wildcard name, on both doors.
+    let mut bad = connect(server.line());
+    send(&mut bad, b"+ a.>.b\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut bad)),
+        "- `>` may only be the last token of a pattern\r\n"
+    );
+    let mut bad = connect(server.line());
+    send(&mut bad, b"! 1 sensors.*.temp\r\nx\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut bad)),
+        "- cannot publish to a channel name with a wildcard token (* or >)\r\n"
+    );
+    let refused = curl()
+        .args(["-w", "\n%{http_code}", "-H", "Content-Type: text/plain"])
+        .args(["--data-binary", "x"])
+        .arg(format!("http://{}/msgbus/sensors.>", server.bus()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        show(&refused.stdout),
+        "400 Bad Request: cannot publish to a channel name with a wildcard token (* or >)\n\n400"
+    );
+    let listed_twice = curl()
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{}/msgbus/news?channel=x", server.bus()))
+        .output()
+        .unwrap();
+    assert!(show(&listed_twice.stdout).ends_with("\n400"));
+
+    // Unsubscribing a pattern stops it; the probe proves nothing came.
+    send(&mut one, b"~ sensors.*.temp\r\n+ probe\r\n");
+    common::line_sync(&mut one, "one");
+    send(
+        &mut publisher,
+        b"! 1 sensors.c.temp\r\nx\r\n! 1 probe\r\np\r\n",
+    );
+    let want = b"! 1 probe application/octet-stream\r\np\r\n";
+    assert_eq!(show(&read_exact_n(&mut one, want.len())), show(want));
+}
+
+/// `GET /msgbus-presence/NAME` as JSON, on a connection of its own.
+fn presence(bus: &str, name: &str) -> serde_json::Value {
+    let mut s = connect(bus);
+    let req =
+        format!("GET /msgbus-presence/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    send(&mut s, req.as_bytes());
+    let got = read_to_close(&mut s);
+    let text = show(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
+/// `= NAME` on the line protocol: the answer line.
+fn line_presence(s: &mut TcpStream, name: &str) -> String {
+    send(s, format!("= {name}\r\n").as_bytes());
+    show(&read_until(s, b"\r\n"))
+}
+
+#[test]
+fn presence_counts_subscribers_as_they_come_and_go_on_both_doors() {
+    let server = Server::start(&["--presence-events"]);
+    let mut asker = connect(server.line());
+    // Join and leave events of `room`, seen by a pattern subscriber.
+    let mut watcher = connect(server.line());
+    send(&mut watcher, b"+ $presence.>\r\n");
+    assert_eq!(
+        line_presence(&mut watcher, "$presence.>"),
+        "= $presence.> 1 line=1 http=0 receivers=1\r\n"
+    );
+    assert_eq!(
+        line_presence(&mut asker, "room"),
+        "= room 0 line=0 http=0 receivers=0\r\n"
+    );
+
+    let mut a = connect(server.line());
+    send(&mut a, b"+ room\r\n+ room.*\r\n");
+    common::line_sync(&mut a, "a");
+    let mut sse = Streaming::spawn({
+        let mut c = curl();
+        c.args(["-N", "-H", "Accept: text/event-stream"])
+            .arg(format!("http://{}/msgbus/room", server.bus()));
+        c
+    });
+    sse.until(b": subscribed\n\n");
+    let mut multi = Streaming::spawn({
+        let mut c = curl();
+        c.args(["-N"]).arg(format!(
+            "http://{}/msgbus/?channel=room&channel=room.*",
+            server.bus()
+        ));
+        c
+    });
+    multi.until(b"--00MsgBus00");
+    let v = presence(server.bus(), "room");
+    assert_eq!(v["kind"], "channel");
+    assert_eq!(v["subscribers"], 3, "{v}");
+    assert_eq!(v["doors"]["line"], 1);
+    assert_eq!(v["doors"]["http"], 2);
+    assert_eq!(v["receivers"], 3);
+    let v = presence(server.bus(), "room.*");
+    assert_eq!(v["kind"], "pattern");
+    assert_eq!(
+        (v["subscribers"].as_u64(), v["doors"]["http"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // A channel the pattern matches: nobody subscribes to it by name.
+    assert_eq!(
+        line_presence(&mut asker, "room.7"),
+        "= room.7 0 line=0 http=0 receivers=2\r\n"
+    );
+
+    // The event-stream subscriber goes away.
+    drop(sse);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while presence(server.bus(), "room")["subscribers"] != 2 {
+        assert!(Instant::now() < deadline, "the subscriber never left");
+    }
+    assert_eq!(presence(server.bus(), "room")["doors"]["http"], 1);
+    send(&mut a, b"~ room\r\n");
+    assert_eq!(
+        line_presence(&mut a, "room"),
+        "= room 1 line=0 http=1 receivers=1\r\n"
+    );
+    drop(multi);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while line_presence(&mut asker, "room") != "= room 0 line=0 http=0 receivers=0\r\n" {
+        assert!(Instant::now() < deadline, "the last subscriber never left");
+    }
+    // Every join and leave of `room`, in order, as the watcher saw them.
+    let mut events = Vec::new();
+    let mut got = Vec::new();
+    while events.len() < 6 {
+        got.extend(read_until(&mut watcher, b"}\r\n"));
+        let text = show(&got);
+        events = text
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            // The round trips through `sync.*` channels have events too.
+            .filter(|v| v["channel"] == "room")
+            .map(|v| format!("{} {}", v["event"].as_str().unwrap(), v["subscribers"]))
+            .collect();
+    }
+    assert_eq!(
+        events,
+        ["join 1", "join 2", "join 3", "leave 2", "leave 1", "leave 0"]
+    );
+    assert!(show(&got).contains("! "));
+}
+
+#[test]
+fn history_resumes_on_every_framing_and_tells_of_gaps() {
+    let server = Server::start(&["--history", "3"]);
+    let mut publisher = connect(server.line());
+    for i in 1..=5 {
+        send(
+            &mut publisher,
+            format!("! 2 news text/plain\r\nm{i}\r\n").as_bytes(),
+        );
+    }
+    // A round trip (that publishes nothing, so takes no id).
+    line_presence(&mut publisher, "news");
+
+    // Ids 3, 4, 5 are kept (1 and 2 are gone). Resuming after 3 on the
+    // event stream: 4 and 5, with their ids, then live ones.
+    let mut sse = Streaming::spawn({
+        let mut c = curl();
+        c.args([
+            "-N",
+            "-H",
+            "Accept: text/event-stream",
+            "-H",
+            "Last-Event-ID: 3",
+        ])
+        .arg(format!("http://{}/msgbus/news", server.bus()));
+        c
+    });
+    let replayed = show(&sse.until(b"data: m5\n\n"));
+    assert_eq!(
+        replayed,
+        ": subscribed\n\n\
+         : channel=news type=text/plain\nid: 4\ndata: m4\n\n\
+         : channel=news type=text/plain\nid: 5\ndata: m5\n\n"
+    );
+    // Resuming after 1 on multipart: a gap part first (2 is gone; the
+    // first it gets is 3).
+    let mut multipart = Streaming::spawn({
+        let mut c = curl();
+        c.arg("-N")
+            .arg(format!("http://{}/msgbus/news?since=1", server.bus()));
+        c
+    });
+    let parts = show(&multipart.until(b"m5\r\n--00MsgBus00\r\n"));
+    assert!(
+        parts.starts_with(
+            "--00MsgBus00\r\nContent-Type: application/x-msgbus-gap\r\nGap-First-Id: 3\r\n\
+             Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\nEvent-Id: 3\r\n"
+        ),
+        "{parts}"
+    );
+    let ids: Vec<&str> = parts
+        .lines()
+        .filter_map(|l| l.strip_prefix("Event-Id: "))
+        .collect();
+    assert_eq!(ids, ["3", "4", "5"]);
+    // The line protocol: `+ CH SINCE`, ids as a fifth field; `@` for a gap.
+    let mut line = connect(server.line());
+    send(&mut line, b"+ news 4\r\n");
+    let want = "! 2 news text/plain 5\r\nm5\r\n";
+    assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
+    let mut behind = connect(server.line());
+    send(&mut behind, b"+ news 0\r\n");
+    let want = "@ news 3\r\n! 2 news text/plain 3\r\nm3\r\n";
+    assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
+
+    // Live messages follow, once, with the next id.
+    send(&mut publisher, b"! 2 news text/plain\r\nm6\r\n");
+    assert_eq!(
+        show(&sse.until(b"data: m6\n\n")),
+        ": channel=news type=text/plain\nid: 6\ndata: m6\n\n"
+    );
+    let want = "! 2 news text/plain 6\r\nm6\r\n";
+    assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
+    let want = "! 2 news text/plain 4\r\nm4\r\n! 2 news text/plain 5\r\nm5\r\n! 2 news text/plain 6\r\nm6\r\n";
+    assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
+
+    // Malformed ids are refused.
+    let bad = curl()
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{}/msgbus/news?since=x", server.bus()))
+        .output()
+        .unwrap();
+    assert!(
+        show(&bad.stdout).ends_with("\n400"),
+        "{}",
+        show(&bad.stdout)
+    );
+    let mut bad = connect(server.line());
+    send(&mut bad, b"+ news -1\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut bad)),
+        "- invalid since id format\r\n"
+    );
+}
+
+#[test]
+fn since_is_refused_without_history() {
+    let server = Server::start(&[]);
+    let out = curl()
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{}/msgbus/news?since=1", server.bus()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        show(&out.stdout),
+        "400 Bad Request: no history is kept (--history 0): no ?since=\n\n400"
+    );
+    let mut line = connect(server.line());
+    send(&mut line, b"+ news 1\r\n");
+    assert_eq!(
+        show(&read_to_close(&mut line)),
+        "- no history is kept (--history 0): no since id\r\n"
+    );
+}
+
+/// A TCP relay between a client and the server that the test can cut, as a
+/// network that drops connections does: both sides see their connection end.
+struct Relay {
+    addr: String,
+    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: &str) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let upstream = upstream.to_string();
+        let registry = live.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                {
+                    let mut live = registry.lock().unwrap();
+                    live.push(client.try_clone().unwrap());
+                    live.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        // Ends when either side is closed or cut.
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, live }
+    }
+
+    /// Cuts every connection relayed so far.
+    fn cut(&self) {
+        for s in self.live.lock().unwrap().drain(..) {
+            s.shutdown(std::net::Shutdown::Both).unwrap_or(());
+        }
+    }
+}
+
+const RESUME_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>resume</title>
+<style>body{font:16px sans-serif} li{margin:2px}</style></head>
+<body><h1>EventSource resume</h1><p id="state">connecting</p><ol id="got"></ol>
+<script>
+window.seen = []; window.opens = 0; window.gaps = 0;
+const state = document.getElementById('state');
+const es = new EventSource('/msgbus/feed');
+es.onopen = () => { window.opens++; state.textContent = 'open (' + window.opens + ')'; };
+es.onerror = () => { state.textContent = 'reconnecting'; };
+es.addEventListener('gap', () => { window.gaps++; });
+es.onmessage = (e) => {
+  window.seen.push(e.data + '@' + e.lastEventId);
+  const li = document.createElement('li');
+  li.textContent = e.data + ' (id ' + e.lastEventId + ')';
+  document.getElementById('got').appendChild(li);
+};
+</script></body></html>
+"#;
+
+#[test]
+fn an_event_source_cut_off_mid_stream_resumes_without_loss_or_repeat() {
+    use common::webdriver::Browser;
+
+    let docroot = common::TempDir::new("resume-page");
+    std::fs::write(docroot.path().join("resume.html"), RESUME_PAGE).unwrap();
+    let server = Server::start(&[
+        "--history",
+        "100",
+        "--docroot",
+        docroot.path().to_str().unwrap(),
+    ]);
+    let relay = Relay::start(server.bus());
+    let browser = Browser::launch();
+    browser.navigate(&format!("http://{}/resume.html", relay.addr));
+    browser.wait_until("the EventSource to open", "return window.opens === 1;");
+    let subscribed = |n: u64| {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while presence(server.bus(), "feed")["subscribers"] != n {
+            assert!(Instant::now() < deadline, "never {n} subscribers of feed");
+        }
+    };
+    subscribed(1);
+    let mut publisher = connect(server.line());
+    let publish = |p: &mut TcpStream, range: std::ops::RangeInclusive<u32>| {
+        for i in range {
+            send(p, format!("! 3 feed text/plain\r\nm{i:02}\r\n").as_bytes());
+        }
+    };
+    publish(&mut publisher, 1..=5);
+    browser.wait_until("five messages", "return window.seen.length === 5;");
+
+    // The connection drops mid-stream; the server sees its subscriber go.
+    relay.cut();
+    subscribed(0);
+    // Published while the page is cut off.
+    publish(&mut publisher, 6..=10);
+    // They were published while nobody subscribed.
+    assert_eq!(
+        line_presence(&mut publisher, "feed"),
+        "= feed 0 line=0 http=0 receivers=0\r\n"
+    );
+    // The EventSource reconnects by itself, with Last-Event-ID.
+    browser.wait_until("the EventSource to reopen", "return window.opens === 2;");
+    subscribed(1);
+    publish(&mut publisher, 11..=15);
+    browser.wait_until("fifteen messages", "return window.seen.length >= 15;");
+
+    let seen = browser.script("return window.seen;");
+    let want: Vec<String> = (1..=15).map(|i| format!("m{i:02}@{i}")).collect();
+    assert_eq!(
+        seen,
+        serde_json::json!(want),
+        "every message once, in order"
+    );
+    assert_eq!(browser.script("return window.gaps;"), serde_json::json!(0));
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/subscribers-resume.png");
+    browser.screenshot(&shot);
+    eprintln!("screenshot: {}", shot.display());
+}
