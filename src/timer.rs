@@ -81,6 +81,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn equal_deadlines_keep_the_order_of_adding_whatever_the_keys() {
+        let mut t = Timers::default();
+        assert!(t.is_empty());
+        t.add(10, "z");
+        t.add(10, "a");
+        assert!(!t.is_empty());
+        assert_eq!(t.pop_due(10), Some((10, "z")));
+        assert_eq!(t.pop_due(10), Some((10, "a")));
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn due_in_order_of_deadline_then_of_adding() {
         let mut t = Timers::default();
         t.add(30, "c");

@@ -377,7 +377,7 @@ fn history_resumes_on_every_framing_and_tells_of_gaps() {
     let replayed = show(&sse.until(b"data: m5\n\n"));
     assert_eq!(
         replayed,
-        ": subscribed\n\n\
+        "retry: 3000\n: subscribed\n\n\
          : channel=news type=text/plain\nid: 4\ndata: m4\n\n\
          : channel=news type=text/plain\nid: 5\ndata: m5\n\n"
     );
