@@ -68,6 +68,7 @@ where
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 17))
         .margin(6)
+        .margin_right(24)
         .x_label_area_size(26)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
