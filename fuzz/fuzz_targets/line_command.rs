@@ -57,7 +57,10 @@ fn check(cmd: &Command) {
         Command::Quit => {}
         Command::Subscribe { channel, .. }
         | Command::Unsubscribe { channel }
-        | Command::Presence { name: channel } => check_field(channel),
+        | Command::Presence { name: channel }
+        | Command::Auth {
+            credential: channel,
+        } => check_field(channel),
         Command::Publish {
             channel,
             content_type,

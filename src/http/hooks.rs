@@ -89,14 +89,32 @@ fn json_response(status: u16, v: &Value) -> Response {
     Response::new(status).body("application/json", text)
 }
 
-/// One API call: its JSON object in, its answer out.
-fn api_call(route: &str, body: &[u8], cx: &mut Cx<'_>) -> Result<Value, Refused> {
+/// One API call as its JSON body asks for it, checked but not yet done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Connect {
+        url: String,
+        mode: Mode,
+        channel: Option<String>,
+    },
+    Send {
+        id: ClientId,
+        body: String,
+    },
+    Disconnect {
+        id: ClientId,
+    },
+}
+
+/// Reads the JSON body of the API call at `route` (`/connect`, `/send`;
+/// any other route is `/disconnect`). Touches nothing: [`api_call`] does
+/// the call.
+pub fn parse_call(route: &str, body: &[u8]) -> Result<Call, Refused> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| Refused::Bad(format!("the body is not JSON: {e}")))?;
     let Value::Object(obj) = v else {
         return Err(Refused::Bad("the body must be a JSON object".into()));
     };
-    let hooks = &mut cx.broker.hooks;
     match route {
         "/connect" => {
             let url = string(&obj, "ClientURL")?
@@ -118,19 +136,40 @@ fn api_call(route: &str, body: &[u8], cx: &mut Cx<'_>) -> Result<Value, Refused>
             if url.len() > crate::broker::hooks::url::MAX_URL {
                 return Err(Refused::Bad("ClientURL is longer than 2048 bytes".into()));
             }
-            let channel = string(&obj, "channel")?;
-            let id = hooks.connect(url, mode, channel, &mut cx.broker.channels)?;
-            Ok(json!({ "id": id }))
+            Ok(Call::Connect {
+                url: url.to_string(),
+                mode,
+                channel: string(&obj, "channel")?.map(str::to_string),
+            })
         }
         "/send" => {
             let id = client_id(&obj)?;
             let body =
                 string(&obj, "body")?.ok_or_else(|| Refused::Bad("body is missing".into()))?;
-            hooks.send(cx.now, id, body, cx.out)?;
+            Ok(Call::Send {
+                id,
+                body: body.to_string(),
+            })
+        }
+        _ => Ok(Call::Disconnect {
+            id: client_id(&obj)?,
+        }),
+    }
+}
+
+/// One API call: its JSON object in, its answer out.
+fn api_call(route: &str, body: &[u8], cx: &mut Cx<'_>) -> Result<Value, Refused> {
+    let hooks = &mut cx.broker.hooks;
+    match parse_call(route, body)? {
+        Call::Connect { url, mode, channel } => {
+            let id = hooks.connect(&url, mode, channel.as_deref(), &mut cx.broker.channels)?;
+            Ok(json!({ "id": id }))
+        }
+        Call::Send { id, body } => {
+            hooks.send(cx.now, id, &body, cx.out)?;
             Ok(json!({ "status": "Message enqueued.", "id": id }))
         }
-        _ => {
-            let id = client_id(&obj)?;
+        Call::Disconnect { id } => {
             hooks.disconnect(id, &mut cx.broker.channels)?;
             Ok(json!({ "id": id, "message": "Disconnected." }))
         }

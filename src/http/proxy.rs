@@ -468,21 +468,21 @@ fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
 
 /// A handler's reply head, checked.
 #[derive(Debug, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    reason: &'static str,
+pub struct Head {
+    pub status: u16,
+    pub reason: &'static str,
     /// End-to-end headers as given (hop-by-hop ones and Content-Length
     /// taken out).
-    headers: Vec<(String, String)>,
-    content_length: Option<u64>,
+    pub headers: Vec<(String, String)>,
+    pub content_length: Option<u64>,
     /// The handler named its own `Server`.
-    has_server: bool,
+    pub has_server: bool,
 }
 
 /// Checks `["STATUS", ["Name", "value", …]]`. The status is a string of
 /// three digits (msglite's form) or a number, and must be a final status
 /// with a registered meaning.
-fn parse_head(body: &[u8]) -> Result<Head, String> {
+pub fn parse_head(body: &[u8]) -> Result<Head, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
     let Value::Array(items) = value else {
         return Err("not a JSON array".into());

@@ -238,7 +238,7 @@ fn route(method: Method, path: &str) -> Result<Call, Response> {
 
 /// Seconds as a JSON number → milliseconds, clamped to what the server
 /// honours; a negative or NaN timeout is 0.
-fn timeout_ms(seconds: f64) -> Millis {
+pub fn timeout_ms(seconds: f64) -> Millis {
     if seconds.is_nan() || seconds <= 0.0 {
         return 0;
     }
@@ -247,7 +247,7 @@ fn timeout_ms(seconds: f64) -> Millis {
 }
 
 /// A transfer's body: `{"from": "N"?, "timeout": seconds, "queues": [...]}`.
-fn parse_transfer(body: &[u8]) -> Result<(Option<u64>, f64, Vec<Bytes>), Response> {
+pub fn parse_transfer(body: &[u8]) -> Result<(Option<u64>, f64, Vec<Bytes>), Response> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| bad(&format!("a transfer's body is JSON: {e}")))?;
     let Some(obj) = v.as_object() else {
