@@ -163,7 +163,12 @@ def sse_open(path):
         raise ValueError(f"event stream refused: {status!r}")
     while r.line() != b"":
         pass
-    if r.line() != b": subscribed":
+    # The stream opens with fields of its own (`retry:`) and the comment
+    # `: subscribed`, within its first few lines.
+    for _ in range(4):
+        if r.line() == b": subscribed":
+            break
+    else:
         raise ValueError("no `: subscribed`")
     return sock, r
 

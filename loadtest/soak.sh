@@ -104,7 +104,7 @@ subs=()
 for proto in line http; do
   addr=$line
   [ "$proto" = http ] && addr=$bus
-  "$bin/flood-sub" --proto "$proto" -l "${addr%:*}" -p "${addr##*:}" -c "soak-$proto" -n 8 \
+  "$bin/flood-sub" --proto "$proto" --address "$addr" -c "soak-$proto" --connections 8 \
     --count "$count" --interval 10 --idle-timeout 60 --json \
     >"$out/$proto-sub.json" 2>"$out/$proto-sub.err" &
   subs+=($!)
@@ -115,7 +115,7 @@ pubs=()
 for proto in line http; do
   addr=$line
   [ "$proto" = http ] && addr=$bus
-  "$bin/flood-pub" --proto "$proto" -l "${addr%:*}" -p "${addr##*:}" -c "soak-$proto" -n 2 \
+  "$bin/flood-pub" --proto "$proto" --address "$addr" -c "soak-$proto" --connections 2 \
     --count "$count" -r "$rate" --interval 60 --json \
     >"$out/$proto-pub.json" 2>"$out/$proto-pub.err" &
   pubs+=($!)
