@@ -55,6 +55,7 @@ fn check(cmd: &Command) {
             assert!(body.len() <= MAX_BODY);
         }
         Command::Quit => {}
+        Command::Auth { credential } => check_field(credential),
         Command::Subscribe { channel } | Command::Unsubscribe { channel } => check_field(channel),
         Command::Publish {
             channel,

@@ -8,6 +8,7 @@
 //! same `Bytes` goes to every connection that wants that framing.
 
 pub mod channels;
+pub mod cluster;
 pub mod filter;
 pub mod frames;
 pub mod hooks;

@@ -1,0 +1,3 @@
+//! Channels across nodes through Redis (see docs/cluster.md).
+
+pub mod resp;
