@@ -129,6 +129,15 @@ pub struct Published {
     pub body: Bytes,
 }
 
+/// A change of local interest, noted for the cluster link while
+/// [`Channels::mirror`] is on: a channel gained its first (`true`) or lost
+/// its last (`false`) subscriber; the root did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interest {
+    Channel(Bytes, bool),
+    All(bool),
+}
+
 /// All channels and the root (all-channels) audience.
 pub struct Channels {
     channels: HashMap<Bytes, Audience>,
@@ -145,6 +154,13 @@ pub struct Channels {
     max_frame: usize,
     /// Deliveries not made because the message's frame would pass `max_frame`.
     oversized: u64,
+    /// Keep every local publication and every change of interest for the
+    /// cluster link ([`Channels::take_mirrored`]).
+    mirror: bool,
+    mirrored: Vec<Published>,
+    interest: Vec<Interest>,
+    /// Set while a message from another node is published here.
+    remote: bool,
 }
 
 impl Default for Channels {
@@ -159,6 +175,10 @@ impl Default for Channels {
             tapped: Vec::new(),
             max_frame: DEFAULT_MAX_FRAME,
             oversized: 0,
+            mirror: false,
+            mirrored: Vec::new(),
+            interest: Vec::new(),
+            remote: false,
         }
     }
 }
@@ -174,6 +194,35 @@ impl Channels {
     pub fn with_max_frame(mut self, max_frame: usize) -> Channels {
         self.max_frame = max_frame;
         self
+    }
+
+    /// Keeps local publications and changes of interest for the cluster
+    /// link, which takes them whenever the broker seals.
+    pub fn mirror(&mut self) {
+        self.mirror = true;
+    }
+
+    /// The local publications and changes of interest since the last call.
+    pub fn take_mirrored(&mut self) -> (Vec<Published>, Vec<Interest>) {
+        (
+            std::mem::take(&mut self.mirrored),
+            std::mem::take(&mut self.interest),
+        )
+    }
+
+    /// Publishes a message that another node published: as
+    /// [`Channels::publish`], but not mirrored back.
+    pub fn publish_remote(
+        &mut self,
+        channel: &[u8],
+        content_type: &[u8],
+        sender: Option<&[u8]>,
+        body: &[u8],
+        out: &mut (impl Outbox + ?Sized),
+    ) {
+        self.remote = true;
+        self.publish(channel, content_type, sender, body, out);
+        self.remote = false;
     }
 
     /// Deliveries not made because the frame would pass the frame limit.
@@ -228,8 +277,11 @@ impl Channels {
                 // An exact-size key, not a slice pinning an input buffer.
                 let mut audience = Audience::default();
                 audience.add(conn, sub);
-                self.channels
-                    .insert(Bytes::copy_from_slice(&channel), audience);
+                let name = Bytes::copy_from_slice(&channel);
+                if self.mirror {
+                    self.interest.push(Interest::Channel(name.clone(), true));
+                }
+                self.channels.insert(name, audience);
             }
         }
     }
@@ -242,6 +294,9 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.seal(out);
+        if self.mirror && self.root.is_empty() {
+            self.interest.push(Interest::All(true));
+        }
         self.root.add(conn, sub);
     }
 
@@ -258,14 +313,22 @@ impl Channels {
         };
         let removed = audience.remove(conn);
         if audience.is_empty() {
-            self.channels.remove(channel);
+            if let Some((name, _)) = self.channels.remove_entry(channel) {
+                if self.mirror {
+                    self.interest.push(Interest::Channel(name, false));
+                }
+            }
         }
         removed
     }
 
     pub fn unsubscribe_all(&mut self, conn: ConnId, out: &mut (impl Outbox + ?Sized)) -> bool {
         self.seal(out);
-        self.root.remove(conn)
+        let removed = self.root.remove(conn);
+        if removed && self.mirror && self.root.is_empty() {
+            self.interest.push(Interest::All(false));
+        }
+        removed
     }
 
     /// Keeps every later publish to `channel` (a copy of it) until
@@ -307,6 +370,14 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
+        if self.mirror && !self.remote {
+            self.mirrored.push(Published {
+                channel: Bytes::copy_from_slice(channel),
+                content_type: Bytes::copy_from_slice(content_type),
+                sender: sender.map(Bytes::copy_from_slice),
+                body: Bytes::copy_from_slice(body),
+            });
+        }
         if !self.taps.is_empty() && self.taps.contains_key(channel) {
             self.tapped.push(Published {
                 channel: Bytes::copy_from_slice(channel),

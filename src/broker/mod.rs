@@ -140,6 +140,8 @@ pub struct Broker {
     pub switch: Switch,
     /// Webhook delivery (off until configured).
     pub hooks: hooks::Hooks,
+    /// Channels across nodes (off without `--cluster`).
+    pub cluster: cluster::Cluster,
 }
 
 impl Broker {
@@ -171,6 +173,9 @@ impl Broker {
     pub fn seal(&mut self, out: &mut (impl Outbox + ?Sized)) {
         self.channels.seal(out);
         self.hooks.take_published(&mut self.channels);
+        if self.cluster.is_on() {
+            self.cluster.after_seal(&mut self.channels, out);
+        }
     }
 
     /// Sends a message to queue address `to` (see [`Queues::send`]); an
@@ -251,6 +256,7 @@ impl Broker {
         self.seal(out);
         self.queues.on_timers(now, out);
         self.hooks.on_timers(now, out);
+        self.cluster.on_timers(now);
     }
 
     /// The earliest pending deadline, for the poll timeout.
@@ -259,6 +265,7 @@ impl Broker {
             .next_deadline()
             .into_iter()
             .chain(self.hooks.next_deadline())
+            .chain(self.cluster.next_deadline())
             .min()
     }
 
@@ -317,7 +324,9 @@ impl Broker {
     /// The outbound connections to open or close, asked for since the last
     /// call.
     pub fn take_links(&mut self) -> Vec<LinkRequest> {
-        self.hooks.take_links()
+        let mut links = self.hooks.take_links();
+        links.extend(self.cluster.take_links());
+        links
     }
 }
 
