@@ -625,6 +625,7 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
     let c = broker.cluster.stats();
     serde_json::json!({
         "up": c.up,
+        "links_up": c.links_up,
         "node": String::from_utf8_lossy(broker.cluster.node_id()),
         "sent": c.sent,
         "received": c.received,

@@ -161,6 +161,8 @@ impl Link {
 pub struct ClusterStats {
     /// Both links are up.
     pub up: bool,
+    /// Links up (of 2).
+    pub links_up: u64,
     /// Messages published to Redis.
     pub sent: u64,
     /// Messages from other nodes delivered here.
@@ -252,6 +254,11 @@ impl Cluster {
     pub fn stats(&self) -> ClusterStats {
         ClusterStats {
             up: self.is_up(),
+            links_up: self
+                .links
+                .iter()
+                .filter(|l| matches!(l.state, State::Up(_)))
+                .count() as u64,
             subscriptions: self.channels.len() as u64 + u64::from(self.root),
             ..self.stats
         }
