@@ -376,17 +376,14 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
         }
     });
     let url = format!("redis://127.0.0.1:{port}");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "--cluster",
-            &url,
-            "--line-listen",
-            "127.0.0.1:0",
-            "--bus-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = run_to_exit(&[
+        "--cluster",
+        &url,
+        "--line-listen",
+        "127.0.0.1:0",
+        "--bus-listen",
+        "127.0.0.1:0",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -394,10 +391,7 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
         "{err}"
     );
 
-    let bad = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["--cluster", "http://x"])
-        .output()
-        .unwrap();
+    let bad = run_to_exit(&["--cluster", "http://x"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--cluster:"));
 
@@ -419,6 +413,30 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     wait_joined(&lone, 0);
     let health = http_get(lone.bus(), "/healthz");
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+}
+
+/// Runs the server with `args` and waits for it to exit by itself: one
+/// that is still running after 20 s is killed and the test fails.
+fn run_to_exit(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "switchboard {args:?} did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// One GET on its own connection; the whole answer.
