@@ -424,6 +424,25 @@ pub struct Args {
     /// (so that `--print-config` output, which names it, reads back).
     #[arg(long, value_enum, default_value_t = Fsync::EverySec)]
     pub fsync: Fsync,
+
+    /// Join the other nodes that name the same Redis: channel messages
+    /// published on any node reach subscribers on every node
+    /// (docs/cluster.md). `redis://HOST:PORT[/DB]`, or `rediss://` for TLS
+    /// (roots from --hooks-ca or the system bundle). Redis unreachable at
+    /// start stops the start, unless --cluster-optional.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// Prepended to every channel name in Redis (several deployments can
+    /// share one Redis with different prefixes).
+    #[arg(long, value_name = "PREFIX", default_value = "switchboard:")]
+    pub cluster_prefix: String,
+
+    /// With --cluster: start even when Redis is unreachable (serving local
+    /// subscribers only) and join when it comes; `/healthz` then stays 200
+    /// while the cluster link is down.
+    #[arg(long, requires = "cluster")]
+    pub cluster_optional: bool,
 }
 
 impl Config {
@@ -468,6 +487,8 @@ pub struct Config {
     /// `--data-dir`: where queued messages are kept; `None`: in memory only.
     pub data_dir: Option<PathBuf>,
     pub fsync: Fsync,
+    /// `--cluster`: the Redis the nodes share; `None`: this node alone.
+    pub cluster: Option<crate::broker::cluster::Settings>,
     /// `--presence-events`.
     pub presence_events: bool,
     /// `--history`, `--history-bytes`, `--history-total-bytes`.
@@ -597,9 +618,32 @@ impl Config {
             Some(text) => Some(Secret::parse(text).map_err(|e| format!("--hooks-secret: {e}"))?),
             None => None,
         };
-        let client_tls = match args.hooks_listen {
-            Listen::At(_) => Some(crate::server::tls::client_config(args.hooks_ca.as_deref())?),
-            Listen::Off => None,
+        let cluster = match &args.cluster {
+            Some(url) => {
+                let (host, port, tls, db) = crate::broker::cluster::parse_url(url)
+                    .map_err(|e| format!("--cluster: {e}"))?;
+                if args.cluster_prefix.is_empty() {
+                    return Err("--cluster-prefix: an empty prefix would subscribe to every channel of the Redis".to_string());
+                }
+                Some(crate::broker::cluster::Settings {
+                    host,
+                    port,
+                    tls,
+                    db,
+                    prefix: bytes::Bytes::from(args.cluster_prefix.clone().into_bytes()),
+                    optional: args.cluster_optional,
+                    max_pending: crate::broker::cluster::DEFAULT_MAX_PENDING,
+                    max_body: args.max_body,
+                })
+            }
+            None => None,
+        };
+        let needs_client_tls =
+            matches!(args.hooks_listen, Listen::At(_)) || cluster.as_ref().is_some_and(|c| c.tls);
+        let client_tls = if needs_client_tls {
+            Some(crate::server::tls::client_config(args.hooks_ca.as_deref())?)
+        } else {
+            None
         };
         let hooks = HookSettings {
             workers: args.hook_workers,
@@ -635,6 +679,7 @@ impl Config {
             tls,
             data_dir: args.data_dir,
             fsync: args.fsync,
+            cluster,
             line_listen: args.line_listen,
             line_unix: args.line_unix,
             bus_listen: args.bus_listen,

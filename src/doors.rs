@@ -83,10 +83,16 @@ pub struct DialSpec {
 }
 
 /// Every dial door.
-pub const DIALS: &[DialSpec] = &[DialSpec {
-    name: crate::http::hooks::DIAL_DOOR,
-    opener: crate::http::hooks::dial_opener,
-}];
+pub const DIALS: &[DialSpec] = &[
+    DialSpec {
+        name: crate::http::hooks::DIAL_DOOR,
+        opener: crate::http::hooks::dial_opener,
+    },
+    DialSpec {
+        name: crate::cluster::DIAL_DOOR,
+        opener: crate::cluster::dial_opener,
+    },
+];
 
 fn tcp(name: &'static str, flag: &'static str, listen: &Listen) -> Option<Bind> {
     match listen {

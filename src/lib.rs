@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod door;

@@ -204,6 +204,15 @@ pub struct Published {
     pub body: Bytes,
 }
 
+/// A change of local interest, noted for the cluster link while
+/// [`Channels::mirror`] is on: a channel gained its first (`true`) or lost
+/// its last (`false`) subscriber; the root did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interest {
+    Channel(Bytes, bool),
+    All(bool),
+}
+
 /// All channels and the root (all-channels) audience.
 pub struct Channels {
     channels: HashMap<Bytes, Audience>,
@@ -226,6 +235,13 @@ pub struct Channels {
     presence_events: bool,
     /// The last messages of each channel (`--history`), when kept.
     history: Option<Box<History>>,
+    /// Keep every local publication and every change of interest for the
+    /// cluster link ([`Channels::take_mirrored`]).
+    mirror: bool,
+    mirrored: Vec<Published>,
+    interest: Vec<Interest>,
+    /// Set while a message from another node is published here.
+    remote: bool,
 }
 
 impl Default for Channels {
@@ -243,6 +259,10 @@ impl Default for Channels {
             oversized: 0,
             presence_events: false,
             history: None,
+            mirror: false,
+            mirrored: Vec::new(),
+            interest: Vec::new(),
+            remote: false,
         }
     }
 }
@@ -387,6 +407,35 @@ impl Channels {
         }
     }
 
+    /// Keeps local publications and changes of interest for the cluster
+    /// link, which takes them whenever the broker seals.
+    pub fn mirror(&mut self) {
+        self.mirror = true;
+    }
+
+    /// The local publications and changes of interest since the last call.
+    pub fn take_mirrored(&mut self) -> (Vec<Published>, Vec<Interest>) {
+        (
+            std::mem::take(&mut self.mirrored),
+            std::mem::take(&mut self.interest),
+        )
+    }
+
+    /// Publishes a message that another node published: as
+    /// [`Channels::publish`], but not mirrored back.
+    pub fn publish_remote(
+        &mut self,
+        channel: &[u8],
+        content_type: &[u8],
+        sender: Option<&[u8]>,
+        body: &[u8],
+        out: &mut (impl Outbox + ?Sized),
+    ) {
+        self.remote = true;
+        self.publish(channel, content_type, sender, body, out);
+        self.remote = false;
+    }
+
     /// Deliveries not made because the frame would pass the frame limit.
     pub fn oversized(&self) -> u64 {
         self.oversized
@@ -464,8 +513,11 @@ impl Channels {
                 // An exact-size key, not a slice pinning an input buffer.
                 let mut audience = Audience::default();
                 audience.add(conn, sub);
-                self.channels
-                    .insert(Bytes::copy_from_slice(&name), audience);
+                let key = Bytes::copy_from_slice(&name);
+                if self.mirror {
+                    self.interest.push(Interest::Channel(key.clone(), true));
+                }
+                self.channels.insert(key, audience);
                 true
             }
         };
@@ -484,6 +536,9 @@ impl Channels {
     ) {
         self.seal(out);
         sub.named = true;
+        if self.mirror && self.root.is_empty() {
+            self.interest.push(Interest::All(true));
+        }
         self.root.add(conn, sub);
     }
 
@@ -516,7 +571,11 @@ impl Channels {
         };
         let removed = audience.remove(conn);
         if audience.is_empty() {
-            self.channels.remove(name);
+            if let Some((key, _)) = self.channels.remove_entry(name) {
+                if self.mirror {
+                    self.interest.push(Interest::Channel(key, false));
+                }
+            }
         }
         if removed {
             self.presence_event(name, false, out);
@@ -526,7 +585,11 @@ impl Channels {
 
     pub fn unsubscribe_all(&mut self, conn: ConnId, out: &mut (impl Outbox + ?Sized)) -> bool {
         self.seal(out);
-        self.root.remove(conn)
+        let removed = self.root.remove(conn);
+        if removed && self.mirror && self.root.is_empty() {
+            self.interest.push(Interest::All(false));
+        }
+        removed
     }
 
     /// Keeps every later publish to `channel` (a copy of it) until
@@ -568,6 +631,14 @@ impl Channels {
         out: &mut (impl Outbox + ?Sized),
     ) {
         self.published += 1;
+        if self.mirror && !self.remote {
+            self.mirrored.push(Published {
+                channel: Bytes::copy_from_slice(channel),
+                content_type: Bytes::copy_from_slice(content_type),
+                sender: sender.map(Bytes::copy_from_slice),
+                body: Bytes::copy_from_slice(body),
+            });
+        }
         let id = match self.history.as_deref_mut() {
             Some(history) => history.record(channel, content_type, sender, body),
             None => 0,

@@ -8,6 +8,7 @@
 //! same `Bytes` goes to every connection that wants that framing.
 
 pub mod channels;
+pub mod cluster;
 pub mod filter;
 pub mod frames;
 pub mod history;
@@ -141,6 +142,8 @@ pub struct Broker {
     pub switch: Switch,
     /// Webhook delivery (off until configured).
     pub hooks: hooks::Hooks,
+    /// Channels across nodes (off without `--cluster`).
+    pub cluster: cluster::Cluster,
 }
 
 impl Broker {
@@ -172,6 +175,9 @@ impl Broker {
     pub fn seal(&mut self, out: &mut (impl Outbox + ?Sized)) {
         self.channels.seal(out);
         self.hooks.take_published(&mut self.channels);
+        if self.cluster.is_on() {
+            self.cluster.after_seal(&mut self.channels, out);
+        }
     }
 
     /// Sends a message to queue address `to` (see [`Queues::send`]); an
@@ -252,6 +258,7 @@ impl Broker {
         self.seal(out);
         self.queues.on_timers(now, out);
         self.hooks.on_timers(now, out);
+        self.cluster.on_timers(now);
     }
 
     /// The earliest pending deadline, for the poll timeout.
@@ -260,6 +267,7 @@ impl Broker {
             .next_deadline()
             .into_iter()
             .chain(self.hooks.next_deadline())
+            .chain(self.cluster.next_deadline())
             .min()
     }
 
@@ -318,7 +326,9 @@ impl Broker {
     /// The outbound connections to open or close, asked for since the last
     /// call.
     pub fn take_links(&mut self) -> Vec<LinkRequest> {
-        self.hooks.take_links()
+        let mut links = self.hooks.take_links();
+        links.extend(self.cluster.take_links());
+        links
     }
 }
 

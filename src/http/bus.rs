@@ -832,6 +832,27 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
     })
 }
 
+/// The cluster link's state and counters (`null` without `--cluster`).
+fn cluster_json(broker: &Broker) -> serde_json::Value {
+    if !broker.cluster.is_on() {
+        return serde_json::Value::Null;
+    }
+    let c = broker.cluster.stats();
+    serde_json::json!({
+        "up": c.up,
+        "links_up": c.links_up,
+        "node": String::from_utf8_lossy(broker.cluster.node_id()),
+        "sent": c.sent,
+        "received": c.received,
+        "echoes": c.echoes,
+        "dropped": c.dropped,
+        "link_downs": c.link_downs,
+        "errors": c.errors,
+        "subscriptions": c.subscriptions,
+        "confirmed": c.confirmed,
+    })
+}
+
 /// The stats page: the loop's and the broker's counters as one JSON object.
 fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
     let b = broker.stats();
@@ -890,6 +911,7 @@ fn stats_json(broker: &Broker, stats: &Stats, started: Instant) -> String {
         "slow_disconnects": stats.slow_disconnects.get(),
         "loop_turn_max_us": stats.turn_max_us,
         "loop_turn_max_10s_us": stats.turn_max_recent_us,
+        "cluster": cluster_json(broker),
     });
     let mut s = v.to_string();
     s.push('\n');

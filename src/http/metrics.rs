@@ -40,20 +40,28 @@ pub fn route(req: &Request, cx: &Cx<'_>) -> Option<Response> {
                 .header("Cache-Control", "no-cache")
                 .body(CONTENT_TYPE, exposition(cx.broker, cx.stats, cx.now)),
         ),
-        HEALTH_PATH => Some(health()),
+        HEALTH_PATH => Some(health(cx.broker)),
         _ => None,
     }
 }
 
 /// `200` while the loop turns and every configured outbound link is up,
 /// `503` otherwise. A loop that does not turn answers nothing, so a probe's
-/// own timeout is the failure for that case. The server has no permanent
-/// outbound links today (webhook links are opened on demand and are not
-/// part of health), so once answered the server is healthy.
-fn health() -> Response {
-    Response::new(200)
+/// own timeout is the failure for that case. The one permanent outbound
+/// link is the cluster's (`--cluster`): while it is down the answer is
+/// `503`, or `200` with `--cluster-optional` (the node serves its own
+/// subscribers, as it was asked to); the body says which. Webhook links
+/// are opened on demand and are not part of health.
+fn health(broker: &Broker) -> Response {
+    let (status, text) = match broker.cluster.settings() {
+        Some(_) if broker.cluster.is_up() => (200, "ok\n"),
+        Some(s) if s.optional => (200, "ok; cluster link down: local delivery only\n"),
+        Some(_) => (503, "cluster link down\n"),
+        None => (200, "ok\n"),
+    };
+    Response::new(status)
         .header("Cache-Control", "no-cache")
-        .body("text/plain; charset=utf-8", "ok\n")
+        .body("text/plain; charset=utf-8", text)
 }
 
 /// Writes one exposition: each family's `# HELP` and `# TYPE`, then its
@@ -439,6 +447,46 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
         "The longest loop turn of the last 10 seconds.",
         seconds(stats.turn_max_recent_us),
     );
+    // The cluster link (only with --cluster).
+    if broker.cluster.is_on() {
+        let c = broker.cluster.stats();
+        e.one(
+            "switchboard_cluster_up",
+            "gauge",
+            "1 while both links to the cluster's Redis are up.",
+            u8::from(c.up),
+        );
+        e.one(
+            "switchboard_cluster_sent_total",
+            "counter",
+            "Channel messages published to Redis for the other nodes.",
+            c.sent,
+        );
+        e.one(
+            "switchboard_cluster_received_total",
+            "counter",
+            "Channel messages from other nodes delivered here.",
+            c.received,
+        );
+        e.one(
+            "switchboard_cluster_dropped_total",
+            "counter",
+            "Local publishes not sent to the other nodes (link down or Redis behind).",
+            c.dropped,
+        );
+        e.one(
+            "switchboard_cluster_link_downs_total",
+            "counter",
+            "Times a link to Redis was lost after being up.",
+            c.link_downs,
+        );
+        e.one(
+            "switchboard_cluster_errors_total",
+            "counter",
+            "Error answers and unreadable messages from Redis.",
+            c.errors,
+        );
+    }
     e.out
 }
 

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::{Token, Waker};
 
@@ -314,6 +315,48 @@ impl Server {
         self.with_door(key, |door, cx| door.on_connect(cx, Err(&e)));
         self.mark_close(key, CloseReason::ConnectFailed);
     }
+}
+
+/// Whether the cluster's Redis answers at start (`--cluster` without
+/// `--cluster-optional`): a blocking connect and, without TLS, a `PING`,
+/// each within `timeout`. Run before the loop starts.
+pub fn check_redis(host: &str, port: u16, tls: bool, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<std::net::SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("{host} resolves to no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(mut s) => {
+                if tls {
+                    return Ok(());
+                }
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                s.set_write_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                s.write_all(b"*1\r\n$4\r\nPING\r\n")
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                let mut answer = [0u8; 256];
+                let n = s.read(&mut answer).map_err(|e| format!("{addr}: {e}"))?;
+                let text = String::from_utf8_lossy(answer.get(..n).unwrap_or(&[]));
+                return if text.starts_with("+PONG") {
+                    Ok(())
+                } else if n == 0 {
+                    Err(format!(
+                        "{addr} closed the connection without answering PING"
+                    ))
+                } else {
+                    Err(format!("{addr} answered PING with {:?}", text.trim_end()))
+                };
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ use crate::timer::Timers;
 
 #[path = "connect.rs"]
 mod connect;
+pub use connect::check_redis;
 #[path = "durable.rs"]
 mod durable;
 
@@ -185,6 +186,31 @@ fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Conn, key: usize) {
     }
 }
 
+/// A node id for the cluster link: 16 random hex digits, new at each start.
+fn node_id() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 8];
+    let mut id = [b'0'; 16];
+    if ring::rand::SystemRandom::new().fill(&mut raw).is_err() {
+        // No system randomness: the clock and the process id still differ
+        // between nodes.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        raw = (t ^ (u64::from(std::process::id()) << 40)).to_be_bytes();
+    }
+    for (i, b) in raw.iter().enumerate() {
+        let hex = b"0123456789abcdef";
+        if let (Some(hi), Some(lo)) = (hex.get(usize::from(b >> 4)), hex.get(usize::from(b & 15))) {
+            if let Some(slot) = id.get_mut(2 * i..2 * i + 2) {
+                slot.copy_from_slice(&[*hi, *lo]);
+            }
+        }
+    }
+    id
+}
+
 impl Server {
     /// Opens every listener of `config`; nothing is served until [`Server::serve`].
     pub fn bind(config: &Config) -> io::Result<Server> {
@@ -218,7 +244,12 @@ impl Server {
             switch,
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             channels: config.channels(),
+            cluster: crate::broker::cluster::Cluster::new(config.cluster.clone(), node_id()),
         };
+        if broker.cluster.is_on() {
+            // The links are dialed by the first turn's timers.
+            broker.channels.mirror();
+        }
         if let Some(state) = state {
             let (line, switch) = broker.restore(0, epoch_ms, state);
             log::info!("restored {line} queued line messages and {switch} switch messages");

@@ -15,4 +15,4 @@ pub mod resolve;
 pub mod tls;
 pub mod transport;
 
-pub use event_loop::{run, Server};
+pub use event_loop::{check_redis, run, Server};

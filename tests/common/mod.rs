@@ -248,6 +248,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("kill", "procps"),
     ("sh", "dash"),
     ("bash", "bash"),
+    ("redis-server", "redis-server"),
 ];
 
 /// A program the tests run, found on `PATH` (then in `/usr/sbin` and

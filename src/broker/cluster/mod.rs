@@ -1,0 +1,972 @@
+//! Channels across nodes through Redis (see docs/cluster.md).
+//!
+//! With `--cluster`, every node keeps two outbound connections to one
+//! Redis: the *subscriber link*, in pub/sub mode, subscribed to
+//! `PREFIX + channel` for each channel that has local subscribers (and to
+//! the pattern `PREFIX*` while the node has all-channel subscribers), and
+//! the *publisher link*, which carries one pipelined `PUBLISH` per local
+//! publish. Local subscribers get a message straight from the channels, as
+//! without a cluster; each message in Redis carries the publishing node's
+//! id, and a node drops its own echo. Every subscription is sent again
+//! whenever the subscriber link comes back. Free of IO like the rest of the
+//! broker: the links are dials (`LINK_DOOR`), their bytes go through the
+//! `Outbox`, and their door hands decoded frames back ([`Cluster::on_frame`]).
+
+pub mod resp;
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::channels::{Channels, Interest};
+use super::{ConnId, Dial, LinkRequest, Millis, Outbox};
+use resp::Frame;
+
+/// The dial door of the links (a row of `crate::doors::DIALS`).
+pub const LINK_DOOR: &str = "cluster";
+/// Bytes of `PUBLISH` commands written and not yet answered, by default;
+/// past it (Redis slow) publishes are dropped and counted, as they are
+/// while the publisher link is down.
+pub const DEFAULT_MAX_PENDING: usize = 16 * 1024 * 1024;
+/// The first retry after a link is lost; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Millis = 100;
+pub const BACKOFF_MAX: Millis = 5_000;
+/// How long a link's name lookup and connect may take.
+const CONNECT_TIMEOUT: Millis = 5_000;
+/// Channels named in one `SUBSCRIBE` when a link (re)subscribes.
+const SUBSCRIBE_CHUNK: usize = 256;
+/// The first bytes of a message's payload in Redis (the format's version).
+const MAGIC: &[u8] = b"sb1 ";
+
+/// Where the cluster's Redis is and how the node uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// The database of the URL; pub/sub ignores databases (the prefix
+    /// separates deployments), so it is kept for what else may use Redis.
+    pub db: u32,
+    /// Prepended to every channel name in Redis.
+    pub prefix: Bytes,
+    /// Start without Redis and join when it comes; `/healthz` stays 200.
+    pub optional: bool,
+    pub max_pending: usize,
+    /// The largest message body (bigger bulks from Redis are an error).
+    pub max_body: usize,
+}
+
+/// Parses `redis://HOST:PORT[/DB]` or `rediss://…` (TLS). The port is
+/// 6379 when left out; `[::1]` is an IPv6 host.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool, u32), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("rediss://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "{url:?} is not a redis:// or rediss:// URL (redis://HOST:PORT[/DB])"
+        ));
+    };
+    let (authority, db) = match rest.split_once('/') {
+        Some((a, "")) => (a, 0),
+        Some((a, db)) => (
+            a,
+            db.parse::<u32>()
+                .map_err(|_| format!("{url:?}: the database {db:?} is not a number"))?,
+        ),
+        None => (rest, 0),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?}: credentials in the URL are not supported (no AUTH yet)"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: an IPv6 host without its ']'"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: no host"));
+    }
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{url:?}: the port {p:?} is not a port number"))?,
+        None => 6379,
+    };
+    Ok((host.to_string(), port, tls, db))
+}
+
+/// The two links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Sub = 0,
+    Pub = 1,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Sub => "subscriber",
+            Role::Pub => "publisher",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Not connected; dialed again at `retry_at`.
+    Down {
+        retry_at: Millis,
+    },
+    Connecting,
+    Up(ConnId),
+}
+
+struct Link {
+    state: State,
+    /// Bumped at each dial: a report about an earlier dial is ignored.
+    gen: u64,
+    backoff: Millis,
+    /// When it went down (for the gap's length in the log), if ever up.
+    down_since: Option<Millis>,
+    /// Commands written this turn, not yet handed to the connection.
+    out: BytesMut,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            state: State::Down { retry_at: 0 },
+            gen: 0,
+            backoff: BACKOFF_MIN,
+            down_since: None,
+            out: BytesMut::new(),
+        }
+    }
+}
+
+/// The cluster link's counters (the stats page, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Both links are up.
+    pub up: bool,
+    /// Links up (of 2).
+    pub links_up: u64,
+    /// Messages published to Redis.
+    pub sent: u64,
+    /// Messages from other nodes delivered here.
+    pub received: u64,
+    /// This node's own messages coming back, dropped.
+    pub echoes: u64,
+    /// Publishes not sent to Redis: the publisher link was down or over
+    /// its pending limit (local subscribers still got them).
+    pub dropped: u64,
+    /// Times a link went down after being up.
+    pub link_downs: u64,
+    /// Error replies and malformed messages from Redis.
+    pub errors: u64,
+    /// Channels (and the pattern) this node wants to be subscribed to.
+    pub subscriptions: u64,
+    /// Subscriptions Redis has confirmed on the subscriber link (its count
+    /// in the last subscribe or unsubscribe answer; 0 while it is down).
+    pub confirmed: u64,
+}
+
+/// The engine; off (does nothing) without `--cluster`.
+pub struct Cluster {
+    settings: Option<Settings>,
+    node: [u8; 16],
+    links: [Link; 2],
+    requests: Vec<LinkRequest>,
+    /// Channels with local subscribers (names without the prefix).
+    channels: HashSet<Bytes>,
+    /// The node has all-channel subscribers.
+    root: bool,
+    /// The pattern subscription is confirmed: `pmessage` carries every
+    /// message, and a `message` (a copy) is dropped.
+    pattern_on: bool,
+    /// Sizes of the `PUBLISH` commands written and not yet answered.
+    pending: VecDeque<usize>,
+    pending_bytes: usize,
+    stats: ClusterStats,
+    limits: resp::Limits,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new(None, [b'0'; 16])
+    }
+}
+
+impl Cluster {
+    /// The engine with `node` as this node's id (16 bytes, random per start).
+    pub fn new(settings: Option<Settings>, node: [u8; 16]) -> Cluster {
+        let limits = resp::Limits {
+            max_bulk: settings
+                .as_ref()
+                .map_or(resp::Limits::default().max_bulk, |s| s.max_body + 64 * 1024),
+            max_array: 16,
+            max_depth: 2,
+        };
+        Cluster {
+            settings,
+            node,
+            links: [Link::new(), Link::new()],
+            requests: Vec::new(),
+            channels: HashSet::new(),
+            root: false,
+            pattern_on: false,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            stats: ClusterStats::default(),
+            limits,
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.settings.is_some()
+    }
+
+    pub fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref()
+    }
+
+    pub fn node_id(&self) -> &[u8] {
+        &self.node
+    }
+
+    /// Both links are up (always false when off).
+    pub fn is_up(&self) -> bool {
+        self.is_on() && self.links.iter().all(|l| matches!(l.state, State::Up(_)))
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            up: self.is_up(),
+            links_up: self
+                .links
+                .iter()
+                .filter(|l| matches!(l.state, State::Up(_)))
+                .count() as u64,
+            subscriptions: self.channels.len() as u64 + u64::from(self.root),
+            ..self.stats
+        }
+    }
+
+    /// The decoder limits of the links.
+    pub fn limits(&self) -> resp::Limits {
+        self.limits
+    }
+
+    /// The dials asked for since the last call.
+    pub fn take_links(&mut self) -> Vec<LinkRequest> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// The earliest retry.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        if !self.is_on() {
+            return None;
+        }
+        self.links
+            .iter()
+            .filter_map(|l| match l.state {
+                State::Down { retry_at } => Some(retry_at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Dials every link whose retry is due.
+    pub fn on_timers(&mut self, now: Millis) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        for (i, link) in self.links.iter_mut().enumerate() {
+            if let State::Down { retry_at } = link.state {
+                if retry_at <= now {
+                    link.gen += 1;
+                    link.state = State::Connecting;
+                    self.requests.push(LinkRequest::Dial(Dial {
+                        door: LINK_DOOR,
+                        tag: link.gen << 1 | i as u64,
+                        host: s.host.clone(),
+                        port: s.port,
+                        tls: s.tls,
+                        timeout_ms: CONNECT_TIMEOUT,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The link a tag names, if the tag is its current dial.
+    fn link_of(&mut self, tag: u64) -> Option<(Role, &mut Link)> {
+        let role = if tag & 1 == 0 { Role::Sub } else { Role::Pub };
+        let link = self.links.get_mut(role as usize)?;
+        (link.gen == tag >> 1).then_some((role, link))
+    }
+
+    /// A link's connect finished. False: the connection is not wanted
+    /// (a stale dial), close it.
+    pub fn link_up(
+        &mut self,
+        tag: u64,
+        conn: ConnId,
+        now: Millis,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> bool {
+        let Some((role, link)) = self.link_of(tag) else {
+            return false;
+        };
+        if link.state != State::Connecting {
+            return false;
+        }
+        link.state = State::Up(conn);
+        link.backoff = BACKOFF_MIN;
+        let gap = link.down_since.take().map(|t| now.saturating_sub(t));
+        log::info!(
+            "cluster: {} link up{}",
+            role.name(),
+            gap.map_or(String::new(), |ms| format!(" again after {ms} ms"))
+        );
+        if role == Role::Sub {
+            self.pattern_on = false;
+            self.resubscribe();
+        } else {
+            self.pending.clear();
+            self.pending_bytes = 0;
+        }
+        if self.is_up() {
+            log::info!(
+                "cluster: joined through Redis at {}:{} (node {}; {} publishes not sent while the link was down, in all)",
+                self.settings.as_ref().map_or("", |s| s.host.as_str()),
+                self.settings.as_ref().map_or(0, |s| s.port),
+                String::from_utf8_lossy(&self.node),
+                self.stats.dropped
+            );
+        }
+        self.flush(out);
+        true
+    }
+
+    /// A link's dial failed (lookup, connect, timeout).
+    pub fn link_failed(&mut self, tag: u64, why: &str, now: Millis) {
+        let host = self
+            .settings
+            .as_ref()
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .unwrap_or_default();
+        let Some((role, link)) = self.link_of(tag) else {
+            return;
+        };
+        if link.state != State::Connecting {
+            return;
+        }
+        if link.backoff == BACKOFF_MIN || link.backoff >= BACKOFF_MAX {
+            log::warn!(
+                "cluster: {} link to Redis at {host} failed: {why}; retrying in {} ms",
+                role.name(),
+                link.backoff
+            );
+        }
+        Self::down(link, now);
+    }
+
+    fn down(link: &mut Link, now: Millis) {
+        link.state = State::Down {
+            retry_at: now.saturating_add(link.backoff),
+        };
+        link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
+        link.out.clear();
+    }
+
+    /// A link's connection closed.
+    pub fn link_closed(&mut self, tag: u64, now: Millis) {
+        let Some((role, link)) = self.link_of(tag) else {
+            return;
+        };
+        match link.state {
+            State::Up(_) => {
+                log::warn!(
+                    "cluster: {} link to Redis lost; cross-node delivery stops until it is back (local delivery goes on)",
+                    role.name()
+                );
+                link.down_since = Some(now);
+                Self::down(link, now);
+                self.stats.link_downs += 1;
+                if role == Role::Sub {
+                    self.pattern_on = false;
+                    self.stats.confirmed = 0;
+                } else {
+                    self.pending.clear();
+                    self.pending_bytes = 0;
+                }
+            }
+            State::Connecting => Self::down(link, now),
+            State::Down { .. } => {}
+        }
+    }
+
+    /// Writes every subscription onto the subscriber link.
+    fn resubscribe(&mut self) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let [link, _] = &mut self.links;
+        let names: Vec<&Bytes> = self.channels.iter().collect();
+        for chunk in names.chunks(SUBSCRIBE_CHUNK) {
+            subscribe_command(&mut link.out, b"SUBSCRIBE", &s.prefix, chunk);
+        }
+        if self.root {
+            pattern_command(&mut link.out, b"PSUBSCRIBE", &s.prefix);
+        }
+    }
+
+    /// Takes what the channels noted since the last seal (publications
+    /// to send, channels that gained their first or lost their last local
+    /// subscriber) and writes the commands.
+    pub fn after_seal(&mut self, channels: &mut Channels, out: &mut (impl Outbox + ?Sized)) {
+        if self.settings.is_none() {
+            return;
+        }
+        let (published, interest) = channels.take_mirrored();
+        for change in interest {
+            self.interest(change);
+        }
+        for p in published {
+            self.publish(&p.channel, &p.content_type, p.sender.as_deref(), &p.body);
+        }
+        self.flush(out);
+    }
+
+    fn interest(&mut self, change: Interest) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let [sub, _] = &mut self.links;
+        let up = matches!(sub.state, State::Up(_));
+        let buf = &mut sub.out;
+        match change {
+            Interest::Channel(name, true) => {
+                if up {
+                    subscribe_command(buf, b"SUBSCRIBE", &s.prefix, &[&name]);
+                }
+                self.channels.insert(name);
+            }
+            Interest::Channel(name, false) => {
+                if up {
+                    subscribe_command(buf, b"UNSUBSCRIBE", &s.prefix, &[&name]);
+                }
+                self.channels.remove(&name);
+            }
+            Interest::All(on) => {
+                if up {
+                    let cmd: &[u8] = if on { b"PSUBSCRIBE" } else { b"PUNSUBSCRIBE" };
+                    pattern_command(buf, cmd, &s.prefix);
+                }
+                self.root = on;
+            }
+        }
+    }
+
+    fn publish(&mut self, channel: &[u8], content_type: &[u8], sender: Option<&[u8]>, body: &[u8]) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let [_, link] = &mut self.links;
+        let mut header = BytesMut::with_capacity(64);
+        header.put_slice(MAGIC);
+        header.put_slice(&self.node);
+        header.put_slice(format!(" {} ", content_type.len()).as_bytes());
+        match sender {
+            Some(name) => header.put_slice(name.len().to_string().as_bytes()),
+            None => header.put_u8(b'-'),
+        }
+        header.put_u8(b'\n');
+        let payload =
+            header.len() + content_type.len() + sender.map_or(0, <[u8]>::len) + body.len();
+        let size = payload + s.prefix.len() + channel.len() + 64;
+        let up = matches!(link.state, State::Up(_));
+        if !up || self.pending_bytes + size > s.max_pending {
+            self.stats.dropped += 1;
+            // The first, then at each power of two: the log stays short.
+            if self.stats.dropped.is_power_of_two() {
+                log::warn!(
+                    "cluster: a publish to {} was not sent to other nodes ({}); {} dropped so far",
+                    String::from_utf8_lossy(channel),
+                    if up {
+                        "Redis is behind"
+                    } else {
+                        "the link to Redis is down"
+                    },
+                    self.stats.dropped
+                );
+            }
+            return;
+        }
+        let buf = &mut link.out;
+        let before = buf.len();
+        resp::header(buf, b'*', 3);
+        resp::header(buf, b'$', 7);
+        buf.put_slice(b"PUBLISH\r\n");
+        resp::header(buf, b'$', s.prefix.len() + channel.len());
+        buf.put_slice(&s.prefix);
+        buf.put_slice(channel);
+        buf.put_slice(b"\r\n");
+        resp::header(buf, b'$', payload);
+        buf.put_slice(&header);
+        buf.put_slice(content_type);
+        if let Some(name) = sender {
+            buf.put_slice(name);
+        }
+        buf.put_slice(body);
+        buf.put_slice(b"\r\n");
+        let written = buf.len() - before;
+        self.pending.push_back(written);
+        self.pending_bytes += written;
+        self.stats.sent += 1;
+    }
+
+    /// Hands each link's written commands to its connection.
+    fn flush(&mut self, out: &mut (impl Outbox + ?Sized)) {
+        for link in &mut self.links {
+            if link.out.is_empty() {
+                continue;
+            }
+            match link.state {
+                State::Up(conn) => {
+                    out.deliver(conn, link.out.split().freeze(), 0);
+                }
+                _ => link.out.clear(),
+            }
+        }
+    }
+
+    /// A frame from a link. False: the link misbehaves, close it.
+    pub fn on_frame(
+        &mut self,
+        tag: u64,
+        frame: Frame,
+        channels: &mut Channels,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> bool {
+        let Some((role, _)) = self.link_of(tag) else {
+            return false;
+        };
+        if let Frame::Error(e) = &frame {
+            self.stats.errors += 1;
+            log::warn!(
+                "cluster: Redis answered the {} link with an error: {}",
+                role.name(),
+                String::from_utf8_lossy(e)
+            );
+        }
+        if role == Role::Pub {
+            if let Some(n) = self.pending.pop_front() {
+                self.pending_bytes -= n;
+            }
+            return true;
+        }
+        let Frame::Array(Some(items)) = frame else {
+            return true;
+        };
+        let word = |i: usize| items.get(i).and_then(Frame::as_bytes);
+        let Some(kind) = word(0) else {
+            return true;
+        };
+        match &kind[..] {
+            b"message" if !self.pattern_on => {
+                if let (Some(ch), Some(payload)) = (word(1), word(2)) {
+                    self.deliver(ch, payload, channels, out);
+                }
+            }
+            b"pmessage" => {
+                if let (Some(ch), Some(payload)) = (word(2), word(3)) {
+                    self.deliver(ch, payload, channels, out);
+                }
+            }
+            b"psubscribe" => self.pattern_on = true,
+            b"punsubscribe" => self.pattern_on = false,
+            _ => {}
+        }
+        if matches!(
+            &kind[..],
+            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe"
+        ) {
+            if let Some(Frame::Integer(n)) = items.get(2) {
+                self.stats.confirmed = u64::try_from(*n).unwrap_or(0);
+            }
+        }
+        true
+    }
+
+    fn deliver(
+        &mut self,
+        ch: &Bytes,
+        payload: &Bytes,
+        channels: &mut Channels,
+        out: &mut (impl Outbox + ?Sized),
+    ) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let Some(channel) = ch.strip_prefix(&s.prefix[..]) else {
+            return;
+        };
+        let Some(m) = parse_payload(payload) else {
+            self.stats.errors += 1;
+            log::warn!(
+                "cluster: a message on {} is not from a switchboard node; dropped",
+                String::from_utf8_lossy(ch)
+            );
+            return;
+        };
+        if m.node == &self.node[..] {
+            self.stats.echoes += 1;
+            return;
+        }
+        self.stats.received += 1;
+        channels.publish_remote(channel, m.content_type, m.sender, m.body, out);
+    }
+}
+
+fn subscribe_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8], names: &[&Bytes]) {
+    resp::header(buf, b'*', names.len() + 1);
+    resp::header(buf, b'$', cmd.len());
+    buf.put_slice(cmd);
+    buf.put_slice(b"\r\n");
+    for name in names {
+        resp::header(buf, b'$', prefix.len() + name.len());
+        buf.put_slice(prefix);
+        buf.put_slice(name);
+        buf.put_slice(b"\r\n");
+    }
+}
+
+/// `PSUBSCRIBE PREFIX*`, the prefix's glob characters escaped.
+fn pattern_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8]) {
+    let mut pattern = Vec::with_capacity(prefix.len() + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            pattern.push(b'\\');
+        }
+        pattern.push(b);
+    }
+    pattern.push(b'*');
+    resp::command(buf, &[cmd, &pattern]);
+}
+
+/// A message as another node published it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Remote<'a> {
+    pub node: &'a [u8],
+    pub content_type: &'a [u8],
+    pub sender: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+/// `sb1 NODE CTLEN SENDERLEN|-\n` + content type + sender + body.
+pub fn parse_payload(p: &[u8]) -> Option<Remote<'_>> {
+    let rest = p.strip_prefix(MAGIC)?;
+    let nl = rest.iter().take(64).position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(rest.get(..nl)?).ok()?;
+    let data = rest.get(nl + 1..)?;
+    let mut fields = head.split(' ');
+    let node = fields.next()?.as_bytes();
+    let ct_len: usize = fields.next()?.parse().ok()?;
+    let sender_len: Option<usize> = match fields.next()? {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    if fields.next().is_some() || node.len() != 16 {
+        return None;
+    }
+    let content_type = data.get(..ct_len)?;
+    let after = data.get(ct_len..)?;
+    let (sender, body) = match sender_len {
+        Some(n) => (Some(after.get(..n)?), after.get(n..)?),
+        None => (None, after),
+    };
+    Some(Remote {
+        node,
+        content_type,
+        sender,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{RecordingOutbox, Subscription};
+
+    const NODE: [u8; 16] = *b"aaaaaaaaaaaaaaaa";
+    const OTHER: &[u8] = b"bbbbbbbbbbbbbbbb";
+
+    fn settings() -> Settings {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            tls: false,
+            db: 0,
+            prefix: Bytes::from_static(b"sb:"),
+            optional: false,
+            max_pending: 1024,
+            max_body: 1024,
+        }
+    }
+
+    fn conn(key: u32) -> ConnId {
+        ConnId { key, gen: 0 }
+    }
+
+    fn bulk(s: &[u8]) -> Frame {
+        Frame::Bulk(Some(Bytes::copy_from_slice(s)))
+    }
+
+    fn msg(kind: &[u8], channel: &[u8], payload: &[u8]) -> Frame {
+        let mut items = vec![bulk(kind)];
+        if kind == b"pmessage" {
+            items.push(bulk(b"sb:*"));
+        }
+        items.push(bulk(channel));
+        items.push(bulk(payload));
+        Frame::Array(Some(items))
+    }
+
+    fn payload(node: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut p = format!("sb1 {} 10 -\n", String::from_utf8_lossy(node)).into_bytes();
+        p.extend_from_slice(b"text/plain");
+        p.extend_from_slice(body);
+        p
+    }
+
+    /// The engine with both links dialed and up (subscriber = conn 100,
+    /// publisher = conn 101).
+    fn up(out: &mut RecordingOutbox) -> Cluster {
+        let mut c = Cluster::new(Some(settings()), NODE);
+        c.on_timers(0);
+        let dials = c.take_links();
+        assert_eq!(dials.len(), 2);
+        assert!(c.link_up(1 << 1, conn(100), 0, out));
+        assert!(c.link_up(1 << 1 | 1, conn(101), 0, out));
+        assert!(c.is_up());
+        c
+    }
+
+    fn sent_to(out: &RecordingOutbox, key: u32) -> String {
+        String::from_utf8_lossy(&out.bytes_for(conn(key))).into_owned()
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("redis://h:7/2").unwrap(),
+            ("h".into(), 7, false, 2)
+        );
+        assert_eq!(
+            parse_url("rediss://[::1]").unwrap(),
+            ("::1".into(), 6379, true, 0)
+        );
+        for bad in [
+            "http://h",
+            "redis://:1",
+            "redis://h:0",
+            "redis://h:x",
+            "redis://u:p@h",
+            "redis://h/x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn payloads_round_trip_and_junk_is_refused() {
+        let p = payload(OTHER, b"body");
+        let r = parse_payload(&p).unwrap();
+        assert_eq!(r.node, OTHER);
+        assert_eq!(r.content_type, b"text/plain");
+        assert_eq!(r.sender, None);
+        assert_eq!(r.body, b"body");
+        for junk in [
+            &b"hello"[..],
+            b"sb1 short 1 -\nx",
+            b"sb1 bbbbbbbbbbbbbbbb 99 -\nx",
+        ] {
+            assert!(parse_payload(junk).is_none());
+        }
+    }
+
+    #[test]
+    fn subscriptions_follow_local_interest_and_come_back_after_a_reconnect() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = Channels::default();
+        ch.mirror();
+        ch.subscribe(
+            conn(1),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            &mut out,
+        )
+        .unwrap();
+        ch.subscribe(
+            conn(2),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            &mut out,
+        )
+        .unwrap();
+        ch.subscribe_all(conn(3), Subscription::line(), &mut out);
+        c.after_seal(&mut ch, &mut out);
+        let s = sent_to(&out, 100);
+        assert_eq!(s.matches("SUBSCRIBE").count(), 2, "{s}");
+        assert!(s.contains("$7\r\nsb:news\r\n") && s.contains("PSUBSCRIBE\r\n$4\r\nsb:*"));
+        // The link goes down and comes back: everything is asked again.
+        c.link_closed(1 << 1, 10);
+        assert!(!c.is_up());
+        assert_eq!(c.next_deadline(), Some(10 + BACKOFF_MIN));
+        c.on_timers(10 + BACKOFF_MIN);
+        assert_eq!(c.take_links().len(), 1);
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        let s = sent_to(&out, 102);
+        assert!(s.contains("sb:news") && s.contains("PSUBSCRIBE"), "{s}");
+        // The last local subscribers go: so do the subscriptions.
+        let mut out = RecordingOutbox::default();
+        ch.unsubscribe(conn(1), b"news", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert!(out.frames.is_empty());
+        ch.unsubscribe(conn(2), b"news", &mut out);
+        ch.unsubscribe_all(conn(3), &mut out);
+        c.after_seal(&mut ch, &mut out);
+        let s = sent_to(&out, 102);
+        assert!(
+            s.contains("UNSUBSCRIBE\r\n$7\r\nsb:news") && s.contains("PUNSUBSCRIBE"),
+            "{s}"
+        );
+        assert_eq!(c.stats().subscriptions, 0);
+    }
+
+    #[test]
+    fn publishes_go_out_once_and_come_in_without_echo_or_copies() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = Channels::default();
+        ch.mirror();
+        ch.subscribe(
+            conn(1),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            &mut out,
+        )
+        .unwrap();
+        c.after_seal(&mut ch, &mut out);
+        ch.publish(b"news", b"text/plain", None, b"one", &mut out);
+        ch.seal(&mut out);
+        c.after_seal(&mut ch, &mut out);
+        let s = sent_to(&out, 101);
+        assert_eq!(s.matches("PUBLISH").count(), 1);
+        assert!(s.contains("$7\r\nsb:news\r\n$"), "{s}");
+        assert!(
+            s.contains("sb1 aaaaaaaaaaaaaaaa 10 -\ntext/plainone"),
+            "{s}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.bytes_for(conn(1))),
+            "! 3 news text/plain\r\none\r\n"
+        );
+        // Its echo is dropped; another node's message is delivered.
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(
+            2,
+            msg(b"message", b"sb:news", &payload(&NODE, b"one")),
+            &mut ch,
+            &mut out
+        ));
+        assert!(c.on_frame(
+            2,
+            msg(b"message", b"sb:news", &payload(OTHER, b"two")),
+            &mut ch,
+            &mut out
+        ));
+        ch.seal(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.bytes_for(conn(1))),
+            "! 3 news text/plain\r\ntwo\r\n"
+        );
+        assert_eq!(c.stats().echoes, 1);
+        assert_eq!(c.stats().received, 1);
+        // Nothing received was published back.
+        c.after_seal(&mut ch, &mut out);
+        assert!(out.bytes_for(conn(101)).is_empty());
+        // With the pattern confirmed, `message` copies are dropped and
+        // `pmessage` delivers.
+        let confirm = Frame::Array(Some(vec![
+            bulk(b"psubscribe"),
+            bulk(b"sb:*"),
+            Frame::Integer(2),
+        ]));
+        assert!(c.on_frame(2, confirm, &mut ch, &mut out));
+        assert_eq!(c.stats().confirmed, 2);
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(
+            2,
+            msg(b"message", b"sb:news", &payload(OTHER, b"3")),
+            &mut ch,
+            &mut out
+        ));
+        assert!(c.on_frame(
+            2,
+            msg(b"pmessage", b"sb:news", &payload(OTHER, b"3")),
+            &mut ch,
+            &mut out
+        ));
+        ch.seal(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.bytes_for(conn(1))),
+            "! 1 news text/plain\r\n3\r\n"
+        );
+    }
+
+    #[test]
+    fn publishes_are_dropped_and_counted_while_the_link_is_down_or_behind() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = Channels::default();
+        ch.mirror();
+        // Unanswered publishes up to the pending limit (1024 bytes).
+        let body = [b'x'; 300];
+        for _ in 0..4 {
+            ch.publish(b"news", b"text/plain", None, &body, &mut out);
+        }
+        c.after_seal(&mut ch, &mut out);
+        assert_eq!(c.stats().sent, 2);
+        assert_eq!(c.stats().dropped, 2);
+        // Answers free room.
+        assert!(c.on_frame(3, Frame::Integer(0), &mut ch, &mut out));
+        ch.publish(b"news", b"text/plain", None, &body, &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert_eq!(c.stats().sent, 3);
+        c.link_closed(3, 5);
+        ch.publish(b"news", b"text/plain", None, b"y", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert_eq!(c.stats().dropped, 3);
+        assert_eq!(c.stats().link_downs, 1);
+        // A second report of the same close changes nothing.
+        c.link_closed(3, 6);
+        assert_eq!(c.stats().link_downs, 1);
+    }
+}

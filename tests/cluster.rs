@@ -1,0 +1,448 @@
+//! Several nodes as one bus through Redis (`--cluster`): Debian's
+//! `redis-server`, started here on a free loopback port, and real
+//! switchboard nodes.
+//!
+//! The port: one the kernel hands out for a listener bound to port 0,
+//! released and given to `redis-server --port`; if another process takes
+//! it first, Redis fails to bind and exits, and the start is retried on a
+//! new port. (`--port 0` makes Redis listen on no TCP port at all.) A
+//! restart reuses the port it had.
+
+// Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, program, send, stat, Server, Stats, TempDir};
+
+/// A `redis-server` of this test, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts Redis on a free port.
+    fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(child) = spawn_redis(port, &dir) {
+                return Redis { child, port, dir };
+            }
+        }
+        panic!("redis-server did not start on any of 20 free ports");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once (no shutdown: connections just break).
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts it again on the same port.
+    fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = spawn_redis(self.port, &self.dir) {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again on port {}",
+                self.port
+            );
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `redis-server` on `port`; `None` when it exits before it is ready
+/// (the port was taken).
+fn spawn_redis(port: u16, dir: &TempDir) -> Option<Child> {
+    let mut child = Command::new(program("redis-server"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<bool>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Ready to accept connections") {
+                let _ = tx.send(true);
+            }
+        }
+        let _ = tx.send(false);
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(true) => Some(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+fn node(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--cluster", url.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Waits until the node's cluster link is up and Redis has confirmed
+/// `subscriptions` subscriptions of it.
+fn wait_joined(server: &Server, subscriptions: u64) {
+    Stats::open(server.bus()).wait_for("the cluster link", |v| {
+        v["cluster"]["up"] == true && stat(v, "cluster.confirmed") == subscriptions
+    });
+}
+
+/// A subscriber on the line door or as an event stream on the HTTP bus;
+/// it collects message bodies.
+enum Sub {
+    Line(BufReader<TcpStream>),
+    Sse(BufReader<TcpStream>),
+}
+
+impl Sub {
+    fn line(server: &Server, channel: &str) -> Sub {
+        let mut s = connect(server.line());
+        send(&mut s, format!("+ {channel}\r\n").as_bytes());
+        Sub::Line(BufReader::new(s))
+    }
+
+    fn sse(server: &Server, channel: &str) -> Sub {
+        let mut s = connect(server.bus());
+        send(
+            &mut s,
+            format!(
+                "GET /msgbus/{channel} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let mut r = BufReader::new(s);
+        let mut head = Vec::new();
+        while !head.ends_with(b": subscribed\n\n") {
+            let mut b = [0u8; 1];
+            r.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        Sub::Sse(r)
+    }
+
+    /// The next message body.
+    fn next(&mut self) -> String {
+        match self {
+            Sub::Line(r) => {
+                let mut head = String::new();
+                r.read_line(&mut head).unwrap();
+                let fields: Vec<&str> = head.split_whitespace().collect();
+                assert!(
+                    fields.len() == 4 && fields[0] == "!",
+                    "not a message: {head:?}"
+                );
+                let len: usize = fields[1].parse().unwrap();
+                let mut body = vec![0u8; len + 2];
+                r.read_exact(&mut body).unwrap();
+                body.truncate(len);
+                String::from_utf8(body).unwrap()
+            }
+            Sub::Sse(r) => loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                assert!(!line.is_empty(), "the event stream ended");
+                if let Some(data) = line.strip_prefix("data: ") {
+                    return data.trim_end_matches('\n').to_string();
+                }
+            },
+        }
+    }
+}
+
+/// Publishes `p{publisher}-{i}` for `range` to `channel` on a line
+/// connection.
+fn publish(s: &mut TcpStream, channel: &str, publisher: usize, range: std::ops::Range<usize>) {
+    let mut out = Vec::new();
+    for i in range {
+        let body = format!("p{publisher}-{i}");
+        out.extend_from_slice(
+            format!("! {} {channel} text/plain\r\n{body}\r\n", body.len()).as_bytes(),
+        );
+    }
+    send(s, &out);
+}
+
+/// Reads `count` messages and checks that each publisher's come in
+/// order and once each; returns the numbers seen per publisher.
+fn collect(sub: &mut Sub, count: usize) -> HashMap<usize, Vec<usize>> {
+    let mut seen: HashMap<usize, Vec<usize>> = HashMap::new();
+    for _ in 0..count {
+        let body = sub.next();
+        let (p, i) = body
+            .strip_prefix('p')
+            .and_then(|r| r.split_once('-'))
+            .unwrap_or_else(|| panic!("not a test message: {body:?}"));
+        let (p, i): (usize, usize) = (p.parse().unwrap(), i.parse().unwrap());
+        let list = seen.entry(p).or_default();
+        if let Some(&last) = list.last() {
+            assert!(i > last, "publisher {p}: {i} after {last}");
+        }
+        list.push(i);
+    }
+    seen
+}
+
+#[test]
+fn every_subscriber_on_every_node_gets_every_message_once_in_order() {
+    const N: usize = 300;
+    let redis = Redis::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let mut subs = Vec::new();
+    for n in &nodes {
+        subs.push(Sub::line(n, "feed"));
+        subs.push(Sub::sse(n, "feed"));
+    }
+    // An all-channel subscriber on the last node: it subscribes by
+    // pattern too, and must still get each message once.
+    subs.push(Sub::line(&nodes[2], "*"));
+    for (i, n) in nodes.iter().enumerate() {
+        wait_joined(n, if i == 2 { 2 } else { 1 });
+    }
+    let mut publishers: Vec<TcpStream> = nodes.iter().map(|n| connect(n.line())).collect();
+    for (p, s) in publishers.iter_mut().enumerate() {
+        publish(s, "feed", p, 0..N);
+    }
+    for sub in &mut subs {
+        let seen = collect(sub, 3 * N);
+        for p in 0..3 {
+            assert_eq!(seen[&p], (0..N).collect::<Vec<_>>(), "publisher {p}");
+        }
+    }
+    for n in &nodes {
+        let v = Stats::open(n.bus()).get();
+        assert_eq!(stat(&v, "cluster.sent"), N as u64);
+        assert_eq!(stat(&v, "cluster.dropped"), 0);
+    }
+}
+
+#[test]
+fn a_killed_node_costs_the_others_nothing() {
+    const N: usize = 400;
+    let redis = Redis::start();
+    let mut nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    let mut subs: Vec<Sub> = vec![Sub::line(&nodes[0], "feed"), Sub::sse(&nodes[1], "feed")];
+    let _doomed_sub = Sub::line(&nodes[2], "feed");
+    for n in &nodes {
+        wait_joined(n, 1);
+    }
+    let mut publishers: Vec<TcpStream> = nodes.iter().map(|n| connect(n.line())).collect();
+    for (p, s) in publishers.iter_mut().enumerate() {
+        publish(s, "feed", p, 0..N / 2);
+    }
+    // Node 2 dies mid-stream; the others go on publishing.
+    let mut gone = nodes.pop().unwrap();
+    gone.signal(9);
+    gone.wait_exit(Duration::from_secs(10));
+    for (p, s) in publishers.iter_mut().enumerate().take(2) {
+        publish(s, "feed", p, N / 2..N);
+    }
+    // A probe from each live node after everything else: once both have
+    // arrived, every message of the live publishers has.
+    for (p, s) in publishers.iter_mut().enumerate().take(2) {
+        let probe = format!("probe{p}");
+        send(
+            s,
+            format!("! {} feed text/plain\r\n{probe}\r\n", probe.len()).as_bytes(),
+        );
+    }
+    for sub in &mut subs {
+        let mut seen: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut probes = 0;
+        while probes < 2 {
+            let body = sub.next();
+            if body.starts_with("probe") {
+                probes += 1;
+                continue;
+            }
+            let (p, i) = body[1..].split_once('-').unwrap();
+            let (p, i): (usize, usize) = (p.parse().unwrap(), i.parse().unwrap());
+            let list = seen.entry(p).or_default();
+            assert!(
+                list.last().is_none_or(|&l| i > l),
+                "publisher {p} out of order"
+            );
+            list.push(i);
+        }
+        for p in 0..2 {
+            assert_eq!(seen[&p], (0..N).collect::<Vec<_>>(), "publisher {p}");
+        }
+        // What the dead node published before it died: a prefix, in order.
+        let dead = seen.get(&2).cloned().unwrap_or_default();
+        assert_eq!(dead, (0..dead.len()).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn after_a_redis_restart_delivery_resumes_and_the_gap_is_counted() {
+    let mut redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut remote = Sub::sse(&b, "feed");
+    let mut local = Sub::line(&a, "feed");
+    let mut root = Sub::line(&b, "*");
+    wait_joined(&a, 1);
+    wait_joined(&b, 2);
+    let mut publisher = connect(a.line());
+    publish(&mut publisher, "feed", 0, 0..50);
+    for sub in [&mut remote, &mut local, &mut root] {
+        assert_eq!(collect(sub, 50)[&0], (0..50).collect::<Vec<_>>());
+    }
+
+    redis.kill();
+    for n in [&a, &b] {
+        Stats::open(n.bus()).wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+        let health = http_get(n.bus(), "/healthz");
+        assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+    }
+    // While Redis is away local subscribers still get everything; the
+    // other node's get nothing, and the publishes are counted as dropped.
+    publish(&mut publisher, "feed", 0, 50..70);
+    assert_eq!(collect(&mut local, 20)[&0], (50..70).collect::<Vec<_>>());
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.dropped"), 20);
+
+    redis.restart();
+    // Node b's subscriptions (the channel and the pattern) are restored.
+    wait_joined(&a, 1);
+    wait_joined(&b, 2);
+    publish(&mut publisher, "feed", 0, 70..120);
+    // The first message after the gap is 70: nothing of the gap is
+    // delivered late, nothing after it is lost.
+    for sub in [&mut remote, &mut root] {
+        assert_eq!(collect(sub, 50)[&0], (70..120).collect::<Vec<_>>());
+    }
+    assert_eq!(collect(&mut local, 50)[&0], (70..120).collect::<Vec<_>>());
+    for n in [&a, &b] {
+        let v = Stats::open(n.bus()).get();
+        assert!(stat(&v, "cluster.link_downs") >= 2, "{v}");
+        let health = http_get(n.bus(), "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 "), "{health}");
+    }
+}
+
+#[test]
+fn redis_unreachable_at_start_exits_2_unless_optional() {
+    // A port that takes connections and closes them unanswered: nobody
+    // else can be listening there while the test holds it.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = mute.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in mute.incoming() {
+            drop(conn);
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = run_to_exit(&[
+        "--cluster",
+        &url,
+        "--line-listen",
+        "127.0.0.1:0",
+        "--bus-listen",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("--cluster-optional"),
+        "{err}"
+    );
+
+    let bad = run_to_exit(&["--cluster", "http://x"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cluster:"));
+
+    // Optional: it starts alone, healthy, and says the link is down.
+    let redis = Redis::start();
+    let url = redis.url();
+    let mut gone = redis;
+    gone.kill();
+    let lone = Server::start(&["--cluster", &url, "--cluster-optional"]);
+    let health = http_get(lone.bus(), "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200 ") && health.contains("cluster link down"),
+        "{health}"
+    );
+    let v = Stats::open(lone.bus()).get();
+    assert_eq!(v["cluster"]["up"], false);
+    // Redis comes: the node joins.
+    gone.restart();
+    wait_joined(&lone, 0);
+    let health = http_get(lone.bus(), "/healthz");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+}
+
+/// Runs the server with `args` and waits for it to exit by itself: one
+/// that is still running after 20 s is killed and the test fails.
+fn run_to_exit(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "switchboard {args:?} did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// One GET on its own connection; the whole answer.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = connect(addr);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    String::from_utf8_lossy(&common::read_to_close(&mut s)).into_owned()
+}
