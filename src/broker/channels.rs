@@ -151,6 +151,11 @@ struct Batch {
     /// Messages of the batch left out of a framing (over the frame limit).
     left_out: [u32; FRAMINGS],
     root_left_out: [u32; FRAMINGS],
+    /// The framings someone wants, `(framing, root)`, worked out once when
+    /// the batch opens: a publish appends to these only, however many
+    /// framings exist (usually one or two).
+    active: [(Framing, bool); 2 * FRAMINGS],
+    active_len: usize,
 }
 
 /// How many subscribe to one name, from [`Channels::presence`].
@@ -669,6 +674,19 @@ impl Channels {
             if wanted.iter().chain(root_wanted.iter()).all(|&n| n == 0) {
                 return;
             }
+            let mut active = [(Framing::Line, false); 2 * FRAMINGS];
+            let mut active_len = 0;
+            for &framing in Framing::ALL {
+                let i = framing as usize;
+                for (counts, root) in [(&wanted, false), (&root_wanted, true)] {
+                    if counts.get(i).is_some_and(|&n| n > 0) {
+                        if let Some(slot) = active.get_mut(active_len) {
+                            *slot = (framing, root);
+                            active_len += 1;
+                        }
+                    }
+                }
+            }
             self.open = Some(Batch {
                 channel: Bytes::copy_from_slice(channel),
                 content_type: Bytes::copy_from_slice(content_type),
@@ -680,6 +698,8 @@ impl Channels {
                 root_frames: Default::default(),
                 left_out: [0; FRAMINGS],
                 root_left_out: [0; FRAMINGS],
+                active,
+                active_len,
             });
         }
         let Some(batch) = self.open.as_mut() else {
@@ -694,29 +714,36 @@ impl Channels {
             id,
         };
         let mut full = false;
-        for &framing in Framing::ALL {
+        let Batch {
+            wanted: plain_wanted,
+            root_wanted,
+            frames,
+            root_frames,
+            left_out: plain_left_out,
+            root_left_out,
+            active,
+            active_len,
+            ..
+        } = batch;
+        for &(framing, root) in active.get(..*active_len).unwrap_or_default() {
             let i = framing as usize;
-            let lists = [
+            let (wanted, buf, left_out) = if root {
                 (
-                    batch.wanted.get(i),
-                    batch.frames.get_mut(i),
-                    batch.left_out.get_mut(i),
-                    false,
-                ),
+                    root_wanted.get(i),
+                    root_frames.get_mut(i),
+                    root_left_out.get_mut(i),
+                )
+            } else {
                 (
-                    batch.root_wanted.get(i),
-                    batch.root_frames.get_mut(i),
-                    batch.root_left_out.get_mut(i),
-                    true,
-                ),
-            ];
-            for (wanted, buf, left_out, root) in lists {
+                    plain_wanted.get(i),
+                    frames.get_mut(i),
+                    plain_left_out.get_mut(i),
+                )
+            };
+            {
                 let (Some(&wanted), Some(buf), Some(left_out)) = (wanted, buf, left_out) else {
                     continue;
                 };
-                if wanted == 0 {
-                    continue;
-                }
                 if append_bounded(buf, framing, &p, root, self.max_frame) {
                     full |= buf.len() >= BATCH_BYTES;
                 } else {
