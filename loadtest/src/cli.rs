@@ -21,6 +21,12 @@ pub enum Proto {
     Sse,
     /// WebSocket on the HTTP bus (subscribe, and publish on its own connections).
     Ws,
+    /// Another server: NATS (`SUB`/`PUB`), default port 4222.
+    Nats,
+    /// Another server: Redis pub/sub (`SUBSCRIBE`/`PUBLISH`), default port 6379.
+    Redis,
+    /// Another server: an MQTT 3.1.1 broker at QoS 0, default port 1883.
+    Mqtt,
 }
 
 impl Proto {
@@ -30,7 +36,21 @@ impl Proto {
             Proto::Http => "http",
             Proto::Sse => "sse",
             Proto::Ws => "ws",
+            Proto::Nats => "nats",
+            Proto::Redis => "redis",
+            Proto::Mqtt => "mqtt",
         }
+    }
+
+    /// A protocol of another server (not one of switchboard's doors).
+    pub fn is_peer(self) -> bool {
+        matches!(self, Proto::Nats | Proto::Redis | Proto::Mqtt)
+    }
+
+    /// Channels travel in a line or a length-prefixed field with no room
+    /// for spaces or line breaks.
+    pub fn needs_plain_channel(self) -> bool {
+        matches!(self, Proto::Line | Proto::Nats | Proto::Redis | Proto::Mqtt)
     }
 }
 
@@ -49,12 +69,14 @@ pub struct TargetArgs {
     pub address: String,
 
     /// Server port, when --address has none [default: 9813 for line, 8888
-    /// for http, sse and ws, 4444 for those with --tls]
+    /// for http, sse and ws, 4444 for those with --tls; 4222 nats, 6379
+    /// redis, 1883 mqtt]
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     pub port: Option<u16>,
 
     /// Protocol: the line protocol, or the HTTP bus as multipart (http),
-    /// Server-Sent Events (sse) or WebSocket (ws)
+    /// Server-Sent Events (sse) or WebSocket (ws); or, to load the servers
+    /// switchboard is compared with, NATS, Redis pub/sub or MQTT 3.1.1
     #[arg(long = "proto", value_enum, default_value = "http")]
     pub proto: Proto,
 
@@ -99,6 +121,9 @@ impl TargetArgs {
     pub fn default_port(&self) -> u16 {
         match (self.proto, self.tls) {
             (Proto::Line, _) => 9813,
+            (Proto::Nats, _) => 4222,
+            (Proto::Redis, _) => 6379,
+            (Proto::Mqtt, _) => 1883,
             (Proto::Http | Proto::Sse | Proto::Ws, false) => 8888,
             (Proto::Http | Proto::Sse | Proto::Ws, true) => 4444,
         }

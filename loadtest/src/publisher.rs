@@ -24,7 +24,7 @@ use crate::codec::Event;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::PubTotals;
 use crate::stamp::{self, Body, Stamp};
-use crate::{http, line, ws};
+use crate::{http, line, peers, ws};
 
 /// Everything a publisher run needs to know.
 #[derive(Clone)]
@@ -84,6 +84,7 @@ enum Parser {
     Line(line::Parser),
     Http(http::RespParser),
     Ws(ws::WsParser),
+    Peer(peers::Parser),
 }
 
 struct Conn {
@@ -194,7 +195,10 @@ impl<'a> Loop<'a> {
         while !self.stopping
             && c.sent < limit
             && c.out.len() - c.out_pos < OUT_HIGH
-            && (matches!(opts.proto, Proto::Line | Proto::Ws) || c.inflight < opts.pipeline)
+            && (matches!(
+                opts.proto,
+                Proto::Line | Proto::Ws | Proto::Nats | Proto::Mqtt
+            ) || c.inflight < opts.pipeline)
         {
             let body = self.body.stamp(Stamp {
                 sent_ns: now_ns(),
@@ -218,6 +222,14 @@ impl<'a> Loop<'a> {
                     let text = opts.ctype.starts_with("text/");
                     ws::encode_message(&mut c.out, text, body, mask_of(c.publisher, c.sent));
                 }
+                Proto::Nats | Proto::Mqtt => {
+                    peers::publish(&mut c.out, opts.proto, &opts.channel, body)
+                }
+                // Every PUBLISH is answered.
+                Proto::Redis => {
+                    peers::publish(&mut c.out, opts.proto, &opts.channel, body);
+                    c.inflight += 1;
+                }
                 // Refused at start: SSE only subscribes.
                 Proto::Sse => {}
             }
@@ -232,6 +244,8 @@ impl<'a> Loop<'a> {
             } else if opts.proto == Proto::Ws {
                 // Answered once the server has taken every message before.
                 ws::encode_close(&mut c.out, mask_of(c.publisher, c.sent));
+            } else if peers::end_publisher(&mut c.out, opts.proto) {
+                // The Pong ends it.
             } else if c.inflight == 0 {
                 c.phase = Phase::Done;
                 c.done_ns = now;
@@ -250,7 +264,11 @@ impl<'a> Loop<'a> {
         // Answers other than 2xx: how many, and the first status.
         let mut refused = 0u64;
         let mut first_refused: Option<u16> = None;
+        let mut pings = 0u32;
         while let Some(io) = c.io.as_mut() {
+            for _ in 0..std::mem::take(&mut pings) {
+                peers::answer_ping(&mut c.out, self.opts.proto);
+            }
             let n = match io.read(scratch) {
                 // A WebSocket closes after the close handshake.
                 Ok(0) if c.phase == Phase::Done => return Ok(()),
@@ -285,10 +303,16 @@ impl<'a> Loop<'a> {
                     }
                     _ => {}
                 },
-                Event::Subscribed if *phase == Phase::Starting => {
+                Event::Subscribed | Event::Pong if *phase == Phase::Starting => {
                     *phase = Phase::Ready;
                     *was_ready = true;
                 }
+                Event::Pong if *phase == Phase::Ending => {
+                    *phase = Phase::Done;
+                    *confirmed = *sent;
+                    *done_ns = now;
+                }
+                Event::Ping => pings += 1,
                 Event::Closed { .. } if *phase == Phase::Ending => {
                     *phase = Phase::Done;
                     *confirmed = *sent;
@@ -314,6 +338,7 @@ impl<'a> Loop<'a> {
                 Parser::Line(p) => p.feed(data, &mut on),
                 Parser::Http(p) => p.feed(data, &mut on),
                 Parser::Ws(p) => p.feed(data, &mut on),
+                Parser::Peer(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -341,6 +366,12 @@ impl<'a> Loop<'a> {
                         line::encode_subscribe(&mut c.out, &c.probe);
                         line::encode_publish(&mut c.out, &c.probe, "text/plain", b"s");
                         c.phase = Phase::Starting;
+                    } else if peers::start_publisher(
+                        &mut c.out,
+                        opts.proto,
+                        &peers::client_id("pub", c.index),
+                    ) {
+                        c.phase = Phase::Starting;
                     } else if opts.proto == Proto::Ws {
                         ws::encode_handshake(
                             &mut c.out,
@@ -367,6 +398,11 @@ impl<'a> Loop<'a> {
             return;
         }
         if let Err(e) = self.read(i) {
+            self.fail(i, e);
+            return;
+        }
+        // Answers to the server's pings (written now, or with the publishes).
+        if let Err(e) = self.flush(i) {
             self.fail(i, e);
             return;
         }
@@ -427,6 +463,10 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
                 Proto::Line => Parser::Line(line::Parser::default()),
                 Proto::Http | Proto::Sse => Parser::Http(http::RespParser::default()),
                 Proto::Ws => Parser::Ws(ws::WsParser::default()),
+                Proto::Nats | Proto::Redis | Proto::Mqtt => match peers::Parser::new(opts.proto) {
+                    Some(p) => Parser::Peer(p),
+                    None => Parser::Line(line::Parser::default()),
+                },
             },
             publisher: ((pid << 16) | index as u64) & stamp::MAX_PUBLISHER,
             probe: format!("{}.pub.{pid}.{index}", opts.channel),

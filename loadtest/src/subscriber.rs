@@ -23,7 +23,7 @@ use crate::hist::Histogram;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::SubTotals;
 use crate::seqset::PerPublisher;
-use crate::{http, line, sse, stamp, ws};
+use crate::{http, line, peers, sse, stamp, ws};
 
 /// Everything a subscriber run needs to know.
 #[derive(Clone)]
@@ -88,6 +88,7 @@ enum Parser {
     Http(Box<http::SubParser>),
     Sse(Box<sse::SseParser>),
     Ws(Box<ws::WsParser>),
+    Peer(Box<peers::Parser>),
 }
 
 struct Conn {
@@ -130,7 +131,7 @@ struct Ctx<'a> {
 /// Bytes of the scratch read buffer.
 const SCRATCH: usize = 256 * 1024;
 
-fn subscribe_request(opts: &SubOptions, probe: Option<&str>) -> Vec<u8> {
+fn subscribe_request(opts: &SubOptions, probe: Option<&str>, index: usize) -> Vec<u8> {
     let mut out = Vec::new();
     match opts.proto {
         Proto::Line => {
@@ -162,6 +163,10 @@ fn subscribe_request(opts: &SubOptions, probe: Option<&str>) -> Vec<u8> {
                 opts.auth.as_deref(),
             );
         }
+        Proto::Nats | Proto::Redis | Proto::Mqtt => {
+            let client = peers::client_id("sub", index);
+            peers::subscribe(&mut out, opts.proto, &opts.channel, &client);
+        }
     }
     out
 }
@@ -178,8 +183,9 @@ fn on_event(
     ctx: &Ctx<'_>,
 ) -> bool {
     match ev {
-        Event::Subscribed => true,
-        Event::Response { .. } | Event::Closed { .. } => false,
+        // A NATS subscriber's PONG: its SUB is in place.
+        Event::Subscribed | Event::Pong => true,
+        Event::Response { .. } | Event::Closed { .. } | Event::Ping => false,
         Event::Message {
             channel,
             ctype,
@@ -367,7 +373,15 @@ impl<'a> Loop<'a> {
         let stats = &mut self.stats;
         let scratch = &mut self.scratch;
         let mut confirmed = false;
+        let mut pings = 0u32;
+        let proto = self.opts.proto;
         loop {
+            if pings > 0 {
+                // Answered after the read, on the same connection.
+                for _ in 0..std::mem::take(&mut pings) {
+                    peers::answer_ping(&mut c.out, proto);
+                }
+            }
             let Some(io) = c.io.as_mut() else {
                 return Ok(confirmed);
             };
@@ -387,6 +401,9 @@ impl<'a> Loop<'a> {
                 ..
             } = &mut *c;
             let mut on = |ev: Event<'_>| {
+                if ev == Event::Ping {
+                    pings += 1;
+                }
                 if on_event(ev, now, probe, seen, unique, stats, &ctx) {
                     confirmed = true;
                 }
@@ -397,6 +414,7 @@ impl<'a> Loop<'a> {
                 Parser::Http(p) => p.feed(data, &mut on),
                 Parser::Sse(p) => p.feed(data, &mut on),
                 Parser::Ws(p) => p.feed(data, &mut on),
+                Parser::Peer(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -411,7 +429,7 @@ impl<'a> Loop<'a> {
             match net::connect_finished(io.socket()) {
                 Ok(true) => {
                     c.phase = Phase::Subscribing;
-                    c.out = subscribe_request(self.opts, c.probe.as_deref());
+                    c.out = subscribe_request(self.opts, c.probe.as_deref(), c.index);
                     c.out_pos = 0;
                 }
                 Ok(false) => return,
@@ -431,6 +449,13 @@ impl<'a> Loop<'a> {
             Ok(false) => {}
             Err(e) => {
                 // A confirmation in the same read still counts.
+                self.fail(i, e);
+                return;
+            }
+        }
+        // Answers to the server's pings.
+        if self.conns.get(i).is_some_and(|c| c.out_pos < c.out.len()) {
+            if let Err(e) = self.flush(i) {
                 self.fail(i, e);
             }
         }
@@ -516,6 +541,10 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
                 Proto::Http => Parser::Http(Box::default()),
                 Proto::Sse => Parser::Sse(Box::default()),
                 Proto::Ws => Parser::Ws(Box::default()),
+                Proto::Nats | Proto::Redis | Proto::Mqtt => match peers::Parser::new(opts.proto) {
+                    Some(p) => Parser::Peer(Box::new(p)),
+                    None => Parser::Line(line::Parser::default()),
+                },
             },
             probe: (opts.proto == Proto::Line)
                 .then(|| format!("{}.probe.{pid}.{index}", opts.channel)),

@@ -144,7 +144,7 @@ fn main() {
     if args.ctype.is_empty() || args.ctype.bytes().any(|b| b == b'\r' || b == b'\n') {
         cli::die(TOOL, "-t must be a non-empty content type on one line");
     }
-    if args.target.proto == cli::Proto::Line {
+    if args.target.proto.needs_plain_channel() {
         if let Err(e) = cli::check_channel(&args.channel) {
             cli::die(TOOL, &e);
         }

@@ -135,7 +135,7 @@ fn main() {
     if args.count == Some(0) {
         cli::die(TOOL, "--count must be at least 1");
     }
-    if args.target.proto == cli::Proto::Line {
+    if args.target.proto.needs_plain_channel() {
         if let Err(e) = cli::check_channel(&args.channel) {
             cli::die(TOOL, &e);
         }
@@ -144,6 +144,15 @@ fn main() {
         cli::die(
             TOOL,
             "--expect-type: a WebSocket message carries no content type",
+        );
+    }
+    if args.target.proto.is_peer() && args.expect_type.is_some() {
+        cli::die(
+            TOOL,
+            &format!(
+                "--type: a {} message carries no content type",
+                args.target.proto.name()
+            ),
         );
     }
     let target = args.target.resolve().unwrap_or_else(|e| cli::die(TOOL, &e));
