@@ -103,6 +103,11 @@ pub struct TargetArgs {
     /// HTTP: user name for Basic auth (with --secret) [default: $USER]
     #[arg(long = "user", value_name = "NAME")]
     pub user: Option<String>,
+
+    /// HTTP, SSE, WebSocket: the request path is PREFIX followed by the
+    /// channel (`/sub/` for an nginx + nchan location `/sub/CHANNEL`)
+    #[arg(long = "http-path", value_name = "PREFIX", default_value = "/msgbus/")]
+    pub http_path: String,
 }
 
 /// A resolved target.
@@ -115,6 +120,15 @@ pub struct Target {
     pub tls: Option<TlsSetup>,
     /// `Authorization:` header value.
     pub auth: Option<String>,
+    /// What comes before the channel in an HTTP request path.
+    pub http_path: String,
+}
+
+impl Target {
+    /// The HTTP request path of `channel`.
+    pub fn path_of(&self, channel: &str) -> String {
+        format!("{}{channel}", self.http_path)
+    }
 }
 
 impl TargetArgs {
@@ -196,12 +210,21 @@ impl TargetArgs {
         } else {
             format!("{host_name}:{port}")
         };
+        if !self.http_path.starts_with('/')
+            || self.http_path.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return Err(format!(
+                "--http-path {}: must start with / and hold no spaces or control characters",
+                self.http_path
+            ));
+        }
         Ok(Target {
             proto: self.proto,
             addr,
             host,
             tls,
             auth,
+            http_path: self.http_path.clone(),
         })
     }
 }
@@ -273,6 +296,7 @@ mod tests {
             insecure: false,
             secret: None,
             user: None,
+            http_path: "/msgbus/".into(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct PubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
+    /// HTTP, WebSocket: the request path (`/msgbus/CHANNEL`).
+    pub path: String,
     pub ctype: String,
     /// The body template (padding or file contents after the stamp).
     pub body: Body,
@@ -211,7 +213,7 @@ impl<'a> Loop<'a> {
                     http::encode_publish(
                         &mut c.out,
                         &opts.host,
-                        &opts.channel,
+                        &opts.path,
                         &opts.ctype,
                         body,
                         opts.auth.as_deref(),
@@ -376,7 +378,7 @@ impl<'a> Loop<'a> {
                         ws::encode_handshake(
                             &mut c.out,
                             &opts.host,
-                            &opts.channel,
+                            &opts.path,
                             true,
                             opts.auth.as_deref(),
                         );

@@ -146,7 +146,7 @@ impl Announcer {
                 http::encode_publish(
                     &mut req,
                     &self.target.host,
-                    &self.channel,
+                    &self.target.path_of(&self.channel),
                     "text/plain",
                     body.as_bytes(),
                     self.target.auth.as_deref(),
@@ -194,7 +194,7 @@ pub fn wait_for(
         Proto::Http | Proto::Sse | Proto::Ws => http::encode_subscribe(
             &mut req,
             &target.host,
-            channel,
+            &target.path_of(channel),
             false,
             target.auth.as_deref(),
         ),

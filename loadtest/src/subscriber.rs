@@ -32,6 +32,8 @@ pub struct SubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
+    /// HTTP, SSE, WebSocket: the request path (`/msgbus/CHANNEL`).
+    pub path: String,
     /// Global connection numbers this process opens (source address and
     /// probe channel follow the global number).
     pub range: Range<usize>,
@@ -146,19 +148,19 @@ fn subscribe_request(opts: &SubOptions, probe: Option<&str>, index: usize) -> Ve
             http::encode_subscribe(
                 &mut out,
                 &opts.host,
-                &opts.channel,
+                &opts.path,
                 opts.http10,
                 opts.auth.as_deref(),
             );
         }
         Proto::Sse => {
-            sse::encode_subscribe(&mut out, &opts.host, &opts.channel, opts.auth.as_deref());
+            sse::encode_subscribe(&mut out, &opts.host, &opts.path, opts.auth.as_deref());
         }
         Proto::Ws => {
             ws::encode_handshake(
                 &mut out,
                 &opts.host,
-                &opts.channel,
+                &opts.path,
                 false,
                 opts.auth.as_deref(),
             );

@@ -210,6 +210,7 @@ fn main() {
         addr: target.addr,
         host: target.host.clone(),
         channel: args.channel.clone(),
+        path: target.path_of(&args.channel),
         ctype: args.ctype.clone(),
         body,
         connections: args.connections,

@@ -190,6 +190,7 @@ fn main() {
         addr: target.addr,
         host: target.host.clone(),
         channel: args.channel.clone(),
+        path: target.path_of(&args.channel),
         range: 0..args.connections,
         count: args.count,
         duration: args.duration,
