@@ -229,6 +229,26 @@ impl TargetArgs {
     }
 }
 
+/// Most channels `--channels` may name.
+pub const MAX_CHANNELS: usize = 100_000;
+
+/// The name of channel `k` of `count`: the channel itself when there is
+/// one, `CHANNEL.k` when there are several (`--channels`).
+pub fn channel_name(base: &str, k: usize, count: usize) -> String {
+    if count <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}.{k}")
+    }
+}
+
+/// The names of all `count` channels.
+pub fn channel_names(base: &str, count: usize) -> Vec<String> {
+    (0..count.max(1))
+        .map(|k| channel_name(base, k, count))
+        .collect()
+}
+
 /// Parses seconds, fractions allowed (`--duration 2.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
@@ -323,6 +343,8 @@ mod tests {
 
     #[test]
     fn channels() {
+        assert_eq!(channel_names("f", 1), vec!["f".to_string()]);
+        assert_eq!(channel_names("f", 3), vec!["f.0", "f.1", "f.2"]);
         assert!(check_channel("flood").is_ok());
         assert!(check_channel("a b").is_err());
         assert!(check_channel("").is_err());

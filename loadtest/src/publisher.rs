@@ -33,8 +33,14 @@ pub struct PubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
-    /// HTTP, WebSocket: the request path (`/msgbus/CHANNEL`).
-    pub path: String,
+    /// With more than one, message n of connection j goes to channel
+    /// `CHANNEL.K`, K = (n × connections + j) mod `channels`: with a
+    /// count that is a multiple of both, every channel gets count /
+    /// channels messages.
+    pub channels: usize,
+    /// HTTP, WebSocket: what comes before the channel in the request path
+    /// (`/msgbus/`).
+    pub http_path: String,
     pub ctype: String,
     /// The body template (padding or file contents after the stamp).
     pub body: Body,
@@ -115,6 +121,9 @@ const SCRATCH: usize = 64 * 1024;
 
 struct Loop<'a> {
     opts: &'a PubOptions,
+    /// The channel names, and their HTTP request paths.
+    names: Vec<String>,
+    paths: Vec<String>,
     poll: Poll,
     conns: Vec<Conn>,
     body: Body,
@@ -194,6 +203,9 @@ impl<'a> Loop<'a> {
             .min(by_rate)
             .min(stamp::MAX_SEQ + 1);
         let opts = self.opts;
+        let k = self.names.len() as u64;
+        let n_conns = self.conns.len() as u64 % k;
+        let c = &mut self.conns[i];
         while !self.stopping
             && c.sent < limit
             && c.out.len() - c.out_pos < OUT_HIGH
@@ -202,18 +214,20 @@ impl<'a> Loop<'a> {
                 Proto::Line | Proto::Ws | Proto::Nats | Proto::Mqtt
             ) || c.inflight < opts.pipeline)
         {
+            let ch = ((c.sent % k) * n_conns + c.index as u64 % k) % k;
+            let name = &self.names[ch as usize];
             let body = self.body.stamp(Stamp {
                 sent_ns: now_ns(),
                 publisher: c.publisher,
                 seq: c.sent,
             });
             match opts.proto {
-                Proto::Line => line::encode_publish(&mut c.out, &opts.channel, &opts.ctype, body),
+                Proto::Line => line::encode_publish(&mut c.out, name, &opts.ctype, body),
                 Proto::Http => {
                     http::encode_publish(
                         &mut c.out,
                         &opts.host,
-                        &opts.path,
+                        &self.paths[ch as usize],
                         &opts.ctype,
                         body,
                         opts.auth.as_deref(),
@@ -224,12 +238,10 @@ impl<'a> Loop<'a> {
                     let text = opts.ctype.starts_with("text/");
                     ws::encode_message(&mut c.out, text, body, mask_of(c.publisher, c.sent));
                 }
-                Proto::Nats | Proto::Mqtt => {
-                    peers::publish(&mut c.out, opts.proto, &opts.channel, body)
-                }
+                Proto::Nats | Proto::Mqtt => peers::publish(&mut c.out, opts.proto, name, body),
                 // Every PUBLISH is answered.
                 Proto::Redis => {
-                    peers::publish(&mut c.out, opts.proto, &opts.channel, body);
+                    peers::publish(&mut c.out, opts.proto, name, body);
                     c.inflight += 1;
                 }
                 // Refused at start: SSE only subscribes.
@@ -378,7 +390,7 @@ impl<'a> Loop<'a> {
                         ws::encode_handshake(
                             &mut c.out,
                             &opts.host,
-                            &opts.path,
+                            &format!("{}{}", opts.http_path, opts.channel),
                             true,
                             opts.auth.as_deref(),
                         );
@@ -439,8 +451,15 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
     let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
     let pid = u64::from(std::process::id());
     let n = opts.connections.max(1);
+    let names = crate::cli::channel_names(&opts.channel, opts.channels);
+    let paths = names
+        .iter()
+        .map(|n| format!("{}{n}", opts.http_path))
+        .collect();
     let mut lp = Loop {
         opts,
+        names,
+        paths,
         poll,
         conns: Vec::with_capacity(n),
         body: opts.body.clone(),

@@ -32,8 +32,12 @@ pub struct SubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
-    /// HTTP, SSE, WebSocket: the request path (`/msgbus/CHANNEL`).
-    pub path: String,
+    /// With more than one: connection number i subscribes to `CHANNEL.K`,
+    /// K = i mod `channels` (see `cli::channel_name`).
+    pub channels: usize,
+    /// HTTP, SSE, WebSocket: what comes before the channel in the request
+    /// path (`/msgbus/`).
+    pub http_path: String,
     /// Global connection numbers this process opens (source address and
     /// probe channel follow the global number).
     pub range: Range<usize>,
@@ -133,11 +137,17 @@ struct Ctx<'a> {
 /// Bytes of the scratch read buffer.
 const SCRATCH: usize = 256 * 1024;
 
-fn subscribe_request(opts: &SubOptions, probe: Option<&str>, index: usize) -> Vec<u8> {
+fn subscribe_request(
+    opts: &SubOptions,
+    probe: Option<&str>,
+    index: usize,
+    channel: &str,
+) -> Vec<u8> {
     let mut out = Vec::new();
+    let path = format!("{}{channel}", opts.http_path);
     match opts.proto {
         Proto::Line => {
-            line::encode_subscribe(&mut out, &opts.channel);
+            line::encode_subscribe(&mut out, channel);
             if let Some(p) = probe {
                 line::encode_subscribe(&mut out, p);
                 line::encode_publish(&mut out, p, "text/plain", b"p");
@@ -148,26 +158,20 @@ fn subscribe_request(opts: &SubOptions, probe: Option<&str>, index: usize) -> Ve
             http::encode_subscribe(
                 &mut out,
                 &opts.host,
-                &opts.path,
+                &path,
                 opts.http10,
                 opts.auth.as_deref(),
             );
         }
         Proto::Sse => {
-            sse::encode_subscribe(&mut out, &opts.host, &opts.path, opts.auth.as_deref());
+            sse::encode_subscribe(&mut out, &opts.host, &path, opts.auth.as_deref());
         }
         Proto::Ws => {
-            ws::encode_handshake(
-                &mut out,
-                &opts.host,
-                &opts.path,
-                false,
-                opts.auth.as_deref(),
-            );
+            ws::encode_handshake(&mut out, &opts.host, &path, false, opts.auth.as_deref());
         }
         Proto::Nats | Proto::Redis | Proto::Mqtt => {
             let client = peers::client_id("sub", index);
-            peers::subscribe(&mut out, opts.proto, &opts.channel, &client);
+            peers::subscribe(&mut out, opts.proto, channel, &client);
         }
     }
     out
@@ -248,6 +252,8 @@ fn on_event(
 
 struct Loop<'a> {
     opts: &'a SubOptions,
+    /// The channel names; connection i subscribes to `names[i % len]`.
+    names: Vec<String>,
     poll: Poll,
     conns: Vec<Conn>,
     stats: Stats,
@@ -364,8 +370,10 @@ impl<'a> Loop<'a> {
     /// Reads until the socket would block; `Ok(true)` when the subscription
     /// was confirmed during this read.
     fn read(&mut self, i: usize) -> Result<bool, String> {
+        let index = self.conns.get(i).map_or(0, |c| c.index);
+        let name = &self.names[index % self.names.len()];
         let ctx = Ctx {
-            channel: self.opts.channel.as_bytes(),
+            channel: name.as_bytes(),
             expect_type: self.opts.expect_type.as_deref().map(str::as_bytes),
             count: self.opts.count,
         };
@@ -431,7 +439,8 @@ impl<'a> Loop<'a> {
             match net::connect_finished(io.socket()) {
                 Ok(true) => {
                     c.phase = Phase::Subscribing;
-                    c.out = subscribe_request(self.opts, c.probe.as_deref(), c.index);
+                    let name = &self.names[c.index % self.names.len()];
+                    c.out = subscribe_request(self.opts, c.probe.as_deref(), c.index, name);
                     c.out_pos = 0;
                 }
                 Ok(false) => return,
@@ -557,6 +566,7 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
         .collect();
     let mut lp = Loop {
         opts,
+        names: crate::cli::channel_names(&opts.channel, opts.channels),
         poll,
         conns,
         stats: Stats::default(),

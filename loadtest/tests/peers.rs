@@ -243,9 +243,22 @@ struct Run {
 /// flood-sub with `subs` connections expecting `expect` messages each, and
 /// flood-pub publishing `count` once they are subscribed.
 fn run(proto: &[&str], port: u16, subs: usize, expect: u64, count: u64) -> Run {
+    run_with(proto, port, (subs, &[]), expect, (2, &[]), count)
+}
+
+/// `run` with the numbers of connections and extra arguments of each tool.
+fn run_with(
+    proto: &[&str],
+    port: u16,
+    (subs, sub_args): (usize, &[&str]),
+    expect: u64,
+    (pubs, pub_args): (usize, &[&str]),
+    count: u64,
+) -> Run {
     let addr = format!("127.0.0.1:{port}");
     let sub = Command::new(SUB)
         .args(proto)
+        .args(sub_args)
         .args([
             "-a",
             &addr,
@@ -267,7 +280,9 @@ fn run(proto: &[&str], port: u16, subs: usize, expect: u64, count: u64) -> Run {
     // which goes through the same protocol.
     let publ = Command::new(PUB)
         .args(proto)
-        .args(["-a", &addr, "--connections", "2", "--size", "100"])
+        .args(pub_args)
+        .args(["-a", &addr, "--size", "100"])
+        .args(["--connections", &pubs.to_string()])
         .args([
             "--wait-subscribers",
             &subs.to_string(),
@@ -351,5 +366,27 @@ fn a_missing_message_fails_the_run() {
         // The 100 published messages arrived (the barrier), the 101st not.
         assert_eq!(run.sub["unique"], 300, "{proto}: {}", run.sub);
         assert_eq!(run.sub["lost"], 3, "{proto}: {}", run.sub);
+    }
+}
+
+/// Many channels with many publishers (`--channels`), and many publishers
+/// into one subscriber: every subscriber gets its channel's share, once.
+#[test]
+fn many_channels_and_fan_in() {
+    let r = redis();
+    let n = nats();
+    for (proto, port) in [("redis", r.port), ("nats", n.port)] {
+        // 20 channels x 3 subscribers, 4 publishers, 400 messages: 20 a channel.
+        let ch: &[&str] = &["--channels", "20"];
+        let run = run_with(&["--proto", proto], port, (60, ch), 20, (4, ch), 400);
+        assert!(run.pub_ok, "{proto}: flood-pub failed: {}", run.pub_out);
+        assert!(run.sub_ok, "{proto}: flood-sub failed: {}", run.sub);
+        assert_eq!(run.sub["unique"], 60 * 20, "{proto}: {}", run.sub);
+        assert_eq!(run.sub["duplicated"], 0, "{proto}: {}", run.sub);
+        // 50 publishers, one subscriber.
+        let run = run_with(&["--proto", proto], port, (1, &[]), 500, (50, &[]), 500);
+        assert!(run.pub_ok, "{proto}: flood-pub failed: {}", run.pub_out);
+        assert!(run.sub_ok, "{proto}: flood-sub failed: {}", run.sub);
+        assert_eq!(run.sub["unique"], 500, "{proto}: {}", run.sub);
     }
 }
