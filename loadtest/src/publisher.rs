@@ -113,6 +113,10 @@ struct Conn {
     done_ns: u64,
     /// Reached `Ready` once (counts as connected).
     was_ready: bool,
+    /// The last write would have blocked: the socket's writable edge will
+    /// wake the loop. When false and there is more to send, nothing else
+    /// will, and the loop must come back at once.
+    blocked: bool,
 }
 
 /// Bytes buffered per connection before waiting for the socket.
@@ -165,11 +169,15 @@ impl<'a> Loop<'a> {
             return Ok(());
         };
         io.flush().map_err(|e| format!("write: {e}"))?;
+        c.blocked = false;
         while c.out_pos < c.out.len() {
             match io.write(&c.out[c.out_pos..]) {
                 Ok(0) => return Err("write: the socket accepted nothing".into()),
                 Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("write: {e}")),
             }
@@ -498,6 +506,7 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
             rate: opts.rate.map(|r| r / n as f64),
             done_ns: 0,
             was_ready: false,
+            blocked: false,
         });
         let src = net::source_for(index, opts.sources);
         let io = net::connect(opts.addr, src).and_then(|s| Transport::new(s, opts.tls.as_ref()));
@@ -645,23 +654,33 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
     Ok(lp.totals(now_ns()))
 }
 
-/// How long `poll` may sleep: until the next rate-limited publish is due,
-/// at most 100 ms.
 /// A client frame's mask: it need not be secret here, only vary.
 fn mask_of(publisher: u64, seq: u64) -> [u8; 4] {
     ((seq as u32).wrapping_mul(0x9e37_79b1) ^ publisher as u32).to_be_bytes()
 }
 
+/// How long `poll` may sleep: until the next rate-limited publish is due,
+/// at most 100 ms; not at all while a connection could send more and no
+/// socket event would say so.
 fn next_wakeup(lp: &Loop<'_>, now: u64) -> Duration {
     let cap = 100_000_000u64;
     let (Some(t0), false) = (lp.t0, lp.stopping) else {
         return Duration::from_nanos(cap);
     };
     let mut wait = cap;
+    let pipelined = matches!(lp.opts.proto, Proto::Http | Proto::Redis);
     for c in lp.conns.iter().filter(|c| c.phase == Phase::Sending) {
         match c.rate {
-            // Unlimited: socket readiness drives sending.
-            None => {}
+            // Unlimited: socket readiness drives sending while the socket
+            // is full, answers while the pipeline is; otherwise nothing
+            // would wake the loop before its next timeout.
+            None => {
+                let more = c.quota.is_none_or(|q| c.sent < q);
+                let room = !pipelined || c.inflight < lp.opts.pipeline;
+                if more && room && !c.blocked {
+                    return Duration::ZERO;
+                }
+            }
             Some(r) if r > 0.0 => {
                 let due = t0 + (c.sent as f64 * 1e9 / r) as u64;
                 wait = wait.min(due.saturating_sub(now));
