@@ -51,7 +51,7 @@ pub struct PubOptions {
     pub duration: Option<Duration>,
     /// Messages per second in all.
     pub rate: Option<f64>,
-    /// HTTP: most unanswered POSTs per connection.
+    /// HTTP and Redis: most unanswered POSTs (PUBLISHes) per connection.
     pub pipeline: u64,
     pub auth: Option<String>,
     pub tls: Option<TlsSetup>,

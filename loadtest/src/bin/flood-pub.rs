@@ -102,7 +102,7 @@ struct Args {
     #[arg(long = "json")]
     json: bool,
 
-    /// HTTP: most unanswered POSTs per connection
+    /// HTTP and Redis: most unanswered POSTs (PUBLISHes) per connection
     #[arg(long = "pipeline", value_name = "N", default_value_t = 64)]
     pipeline: u64,
 
