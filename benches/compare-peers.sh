@@ -4,7 +4,8 @@
 # neutral fan-out benchmark that sits beside the repository in
 # ../shared/tools/fanbench: every server started fresh for every run, pinned
 # to CPU 0, the load on CPU 1. This is the command behind the comparison
-# tables of docs/benchmarks.md.
+# tables of docs/benchmarks.md. benches/compare-peers-own.sh runs the
+# same comparison with the project's own flood tools and nothing outside it.
 #
 # usage: benches/compare-peers.sh [SCENARIOS] [REPS] [SYSTEMS]
 #   SCENARIOS  default a,b,c,d,e,f      REPS  default 3

@@ -21,6 +21,12 @@ pub enum Proto {
     Sse,
     /// WebSocket on the HTTP bus (subscribe, and publish on its own connections).
     Ws,
+    /// Another server: NATS (`SUB`/`PUB`), default port 4222.
+    Nats,
+    /// Another server: Redis pub/sub (`SUBSCRIBE`/`PUBLISH`), default port 6379.
+    Redis,
+    /// Another server: an MQTT 3.1.1 broker at QoS 0, default port 1883.
+    Mqtt,
 }
 
 impl Proto {
@@ -30,7 +36,21 @@ impl Proto {
             Proto::Http => "http",
             Proto::Sse => "sse",
             Proto::Ws => "ws",
+            Proto::Nats => "nats",
+            Proto::Redis => "redis",
+            Proto::Mqtt => "mqtt",
         }
+    }
+
+    /// A protocol of another server (not one of switchboard's doors).
+    pub fn is_peer(self) -> bool {
+        matches!(self, Proto::Nats | Proto::Redis | Proto::Mqtt)
+    }
+
+    /// Channels travel in a line or a length-prefixed field with no room
+    /// for spaces or line breaks.
+    pub fn needs_plain_channel(self) -> bool {
+        matches!(self, Proto::Line | Proto::Nats | Proto::Redis | Proto::Mqtt)
     }
 }
 
@@ -49,12 +69,14 @@ pub struct TargetArgs {
     pub address: String,
 
     /// Server port, when --address has none [default: 9813 for line, 8888
-    /// for http, sse and ws, 4444 for those with --tls]
+    /// for http, sse and ws, 4444 for those with --tls; 4222 nats, 6379
+    /// redis, 1883 mqtt]
     #[arg(short = 'p', long = "port", value_name = "PORT")]
     pub port: Option<u16>,
 
     /// Protocol: the line protocol, or the HTTP bus as multipart (http),
-    /// Server-Sent Events (sse) or WebSocket (ws)
+    /// Server-Sent Events (sse) or WebSocket (ws); or, to load the servers
+    /// switchboard is compared with, NATS, Redis pub/sub or MQTT 3.1.1
     #[arg(long = "proto", value_enum, default_value = "http")]
     pub proto: Proto,
 
@@ -81,6 +103,11 @@ pub struct TargetArgs {
     /// HTTP: user name for Basic auth (with --secret) [default: $USER]
     #[arg(long = "user", value_name = "NAME")]
     pub user: Option<String>,
+
+    /// HTTP, SSE, WebSocket: the request path is PREFIX followed by the
+    /// channel (`/sub/` for an nginx + nchan location `/sub/CHANNEL`)
+    #[arg(long = "http-path", value_name = "PREFIX", default_value = "/msgbus/")]
+    pub http_path: String,
 }
 
 /// A resolved target.
@@ -93,12 +120,24 @@ pub struct Target {
     pub tls: Option<TlsSetup>,
     /// `Authorization:` header value.
     pub auth: Option<String>,
+    /// What comes before the channel in an HTTP request path.
+    pub http_path: String,
+}
+
+impl Target {
+    /// The HTTP request path of `channel`.
+    pub fn path_of(&self, channel: &str) -> String {
+        format!("{}{channel}", self.http_path)
+    }
 }
 
 impl TargetArgs {
     pub fn default_port(&self) -> u16 {
         match (self.proto, self.tls) {
             (Proto::Line, _) => 9813,
+            (Proto::Nats, _) => 4222,
+            (Proto::Redis, _) => 6379,
+            (Proto::Mqtt, _) => 1883,
             (Proto::Http | Proto::Sse | Proto::Ws, false) => 8888,
             (Proto::Http | Proto::Sse | Proto::Ws, true) => 4444,
         }
@@ -171,14 +210,43 @@ impl TargetArgs {
         } else {
             format!("{host_name}:{port}")
         };
+        if !self.http_path.starts_with('/')
+            || self.http_path.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return Err(format!(
+                "--http-path {}: must start with / and hold no spaces or control characters",
+                self.http_path
+            ));
+        }
         Ok(Target {
             proto: self.proto,
             addr,
             host,
             tls,
             auth,
+            http_path: self.http_path.clone(),
         })
     }
+}
+
+/// Most channels `--channels` may name.
+pub const MAX_CHANNELS: usize = 100_000;
+
+/// The name of channel `k` of `count`: the channel itself when there is
+/// one, `CHANNEL.k` when there are several (`--channels`).
+pub fn channel_name(base: &str, k: usize, count: usize) -> String {
+    if count <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}.{k}")
+    }
+}
+
+/// The names of all `count` channels.
+pub fn channel_names(base: &str, count: usize) -> Vec<String> {
+    (0..count.max(1))
+        .map(|k| channel_name(base, k, count))
+        .collect()
 }
 
 /// Parses seconds, fractions allowed (`--duration 2.5`).
@@ -248,6 +316,7 @@ mod tests {
             insecure: false,
             secret: None,
             user: None,
+            http_path: "/msgbus/".into(),
         }
     }
 
@@ -274,6 +343,8 @@ mod tests {
 
     #[test]
     fn channels() {
+        assert_eq!(channel_names("f", 1), vec!["f".to_string()]);
+        assert_eq!(channel_names("f", 3), vec!["f.0", "f.1", "f.2"]);
         assert!(check_channel("flood").is_ok());
         assert!(check_channel("a b").is_err());
         assert!(check_channel("").is_err());

@@ -32,6 +32,11 @@ pub enum Event<'a> {
     /// WebSocket: the server's close frame, with its status code (1005
     /// when it had none).
     Closed { code: u16 },
+    /// NATS: the server asks for a `PONG` (the caller writes it).
+    Ping,
+    /// NATS `PONG`, MQTT `PINGRESP`: the server has processed everything
+    /// the connection sent before its ping.
+    Pong,
 }
 
 /// Why a stream cannot be parsed further; the connection is then closed.
@@ -227,6 +232,8 @@ pub fn show(ev: &Event<'_>) -> String {
         Event::Subscribed => "subscribed".to_string(),
         Event::Response { status } => format!("response {status}"),
         Event::Closed { code } => format!("closed {code}"),
+        Event::Ping => "ping".to_string(),
+        Event::Pong => "pong".to_string(),
     }
 }
 

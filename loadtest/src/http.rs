@@ -36,16 +36,18 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-/// `GET /msgbus/CHANNEL` (HTTP/1.1, or HTTP/1.0 with `http10`).
+/// `GET PATH` (HTTP/1.1, or HTTP/1.0 with `http10`), PATH being
+/// `/msgbus/CHANNEL` on switchboard. It accepts `multipart/mixed`, which
+/// switchboard does not need and nchan does to answer with a stream.
 pub fn encode_subscribe(
     out: &mut Vec<u8>,
     host: &str,
-    channel: &str,
+    path: &str,
     http10: bool,
     auth: Option<&str>,
 ) {
-    out.extend_from_slice(b"GET /msgbus/");
-    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(if http10 {
         b" HTTP/1.0\r\n"
     } else {
@@ -53,7 +55,7 @@ pub fn encode_subscribe(
     });
     out.extend_from_slice(b"Host: ");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\r\nAccept: multipart/mixed\r\n");
     if let Some(a) = auth {
         out.extend_from_slice(b"Authorization: ");
         out.extend_from_slice(a.as_bytes());
@@ -62,17 +64,17 @@ pub fn encode_subscribe(
     out.extend_from_slice(b"\r\n");
 }
 
-/// `POST /msgbus/CHANNEL` with the body, on a keep-alive HTTP/1.1 connection.
+/// `POST PATH` with the body, on a keep-alive HTTP/1.1 connection.
 pub fn encode_publish(
     out: &mut Vec<u8>,
     host: &str,
-    channel: &str,
+    path: &str,
     ctype: &str,
     body: &[u8],
     auth: Option<&str>,
 ) {
-    out.extend_from_slice(b"POST /msgbus/");
-    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");
@@ -783,16 +785,19 @@ mod tests {
     #[test]
     fn encoders() {
         let mut out = Vec::new();
-        encode_subscribe(&mut out, "h", "flood", false, None);
-        assert_eq!(out, b"GET /msgbus/flood HTTP/1.1\r\nHost: h\r\n\r\n");
-        out.clear();
-        encode_subscribe(&mut out, "h", "c", true, Some("Basic x"));
+        encode_subscribe(&mut out, "h", "/msgbus/flood", false, None);
         assert_eq!(
             out,
-            b"GET /msgbus/c HTTP/1.0\r\nHost: h\r\nAuthorization: Basic x\r\n\r\n"
+            b"GET /msgbus/flood HTTP/1.1\r\nHost: h\r\nAccept: multipart/mixed\r\n\r\n"
         );
         out.clear();
-        encode_publish(&mut out, "h", "c", "text/plain", b"hi", None);
+        encode_subscribe(&mut out, "h", "/sub/c", true, Some("Basic x"));
+        assert_eq!(
+            out,
+            b"GET /sub/c HTTP/1.0\r\nHost: h\r\nAccept: multipart/mixed\r\nAuthorization: Basic x\r\n\r\n"
+        );
+        out.clear();
+        encode_publish(&mut out, "h", "/msgbus/c", "text/plain", b"hi", None);
         assert_eq!(
             out,
             b"POST /msgbus/c HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"

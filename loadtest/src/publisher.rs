@@ -24,7 +24,7 @@ use crate::codec::Event;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::PubTotals;
 use crate::stamp::{self, Body, Stamp};
-use crate::{http, line, ws};
+use crate::{http, line, peers, ws};
 
 /// Everything a publisher run needs to know.
 #[derive(Clone)]
@@ -33,6 +33,14 @@ pub struct PubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
+    /// With more than one, message n of connection j goes to channel
+    /// `CHANNEL.K`, K = (n × connections + j) mod `channels`: with a
+    /// count that is a multiple of both, every channel gets count /
+    /// channels messages.
+    pub channels: usize,
+    /// HTTP, WebSocket: what comes before the channel in the request path
+    /// (`/msgbus/`).
+    pub http_path: String,
     pub ctype: String,
     /// The body template (padding or file contents after the stamp).
     pub body: Body,
@@ -43,7 +51,7 @@ pub struct PubOptions {
     pub duration: Option<Duration>,
     /// Messages per second in all.
     pub rate: Option<f64>,
-    /// HTTP: most unanswered POSTs per connection.
+    /// HTTP and Redis: most unanswered POSTs (PUBLISHes) per connection.
     pub pipeline: u64,
     pub auth: Option<String>,
     pub tls: Option<TlsSetup>,
@@ -84,6 +92,7 @@ enum Parser {
     Line(line::Parser),
     Http(http::RespParser),
     Ws(ws::WsParser),
+    Peer(peers::Parser),
 }
 
 struct Conn {
@@ -104,6 +113,10 @@ struct Conn {
     done_ns: u64,
     /// Reached `Ready` once (counts as connected).
     was_ready: bool,
+    /// The last write would have blocked: the socket's writable edge will
+    /// wake the loop. When false and there is more to send, nothing else
+    /// will, and the loop must come back at once.
+    blocked: bool,
 }
 
 /// Bytes buffered per connection before waiting for the socket.
@@ -112,6 +125,9 @@ const SCRATCH: usize = 64 * 1024;
 
 struct Loop<'a> {
     opts: &'a PubOptions,
+    /// The channel names, and their HTTP request paths.
+    names: Vec<String>,
+    paths: Vec<String>,
     poll: Poll,
     conns: Vec<Conn>,
     body: Body,
@@ -153,11 +169,15 @@ impl<'a> Loop<'a> {
             return Ok(());
         };
         io.flush().map_err(|e| format!("write: {e}"))?;
+        c.blocked = false;
         while c.out_pos < c.out.len() {
             match io.write(&c.out[c.out_pos..]) {
                 Ok(0) => return Err("write: the socket accepted nothing".into()),
                 Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("write: {e}")),
             }
@@ -191,23 +211,31 @@ impl<'a> Loop<'a> {
             .min(by_rate)
             .min(stamp::MAX_SEQ + 1);
         let opts = self.opts;
+        let k = self.names.len() as u64;
+        let n_conns = self.conns.len() as u64 % k;
+        let c = &mut self.conns[i];
         while !self.stopping
             && c.sent < limit
             && c.out.len() - c.out_pos < OUT_HIGH
-            && (matches!(opts.proto, Proto::Line | Proto::Ws) || c.inflight < opts.pipeline)
+            && (matches!(
+                opts.proto,
+                Proto::Line | Proto::Ws | Proto::Nats | Proto::Mqtt
+            ) || c.inflight < opts.pipeline)
         {
+            let ch = ((c.sent % k) * n_conns + c.index as u64 % k) % k;
+            let name = &self.names[ch as usize];
             let body = self.body.stamp(Stamp {
                 sent_ns: now_ns(),
                 publisher: c.publisher,
                 seq: c.sent,
             });
             match opts.proto {
-                Proto::Line => line::encode_publish(&mut c.out, &opts.channel, &opts.ctype, body),
+                Proto::Line => line::encode_publish(&mut c.out, name, &opts.ctype, body),
                 Proto::Http => {
                     http::encode_publish(
                         &mut c.out,
                         &opts.host,
-                        &opts.channel,
+                        &self.paths[ch as usize],
                         &opts.ctype,
                         body,
                         opts.auth.as_deref(),
@@ -217,6 +245,12 @@ impl<'a> Loop<'a> {
                 Proto::Ws => {
                     let text = opts.ctype.starts_with("text/");
                     ws::encode_message(&mut c.out, text, body, mask_of(c.publisher, c.sent));
+                }
+                Proto::Nats | Proto::Mqtt => peers::publish(&mut c.out, opts.proto, name, body),
+                // Every PUBLISH is answered.
+                Proto::Redis => {
+                    peers::publish(&mut c.out, opts.proto, name, body);
+                    c.inflight += 1;
                 }
                 // Refused at start: SSE only subscribes.
                 Proto::Sse => {}
@@ -232,6 +266,8 @@ impl<'a> Loop<'a> {
             } else if opts.proto == Proto::Ws {
                 // Answered once the server has taken every message before.
                 ws::encode_close(&mut c.out, mask_of(c.publisher, c.sent));
+            } else if peers::end_publisher(&mut c.out, opts.proto) {
+                // The Pong ends it.
             } else if c.inflight == 0 {
                 c.phase = Phase::Done;
                 c.done_ns = now;
@@ -250,7 +286,11 @@ impl<'a> Loop<'a> {
         // Answers other than 2xx: how many, and the first status.
         let mut refused = 0u64;
         let mut first_refused: Option<u16> = None;
+        let mut pings = 0u32;
         while let Some(io) = c.io.as_mut() {
+            for _ in 0..std::mem::take(&mut pings) {
+                peers::answer_ping(&mut c.out, self.opts.proto);
+            }
             let n = match io.read(scratch) {
                 // A WebSocket closes after the close handshake.
                 Ok(0) if c.phase == Phase::Done => return Ok(()),
@@ -285,10 +325,16 @@ impl<'a> Loop<'a> {
                     }
                     _ => {}
                 },
-                Event::Subscribed if *phase == Phase::Starting => {
+                Event::Subscribed | Event::Pong if *phase == Phase::Starting => {
                     *phase = Phase::Ready;
                     *was_ready = true;
                 }
+                Event::Pong if *phase == Phase::Ending => {
+                    *phase = Phase::Done;
+                    *confirmed = *sent;
+                    *done_ns = now;
+                }
+                Event::Ping => pings += 1,
                 Event::Closed { .. } if *phase == Phase::Ending => {
                     *phase = Phase::Done;
                     *confirmed = *sent;
@@ -314,6 +360,7 @@ impl<'a> Loop<'a> {
                 Parser::Line(p) => p.feed(data, &mut on),
                 Parser::Http(p) => p.feed(data, &mut on),
                 Parser::Ws(p) => p.feed(data, &mut on),
+                Parser::Peer(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -341,11 +388,17 @@ impl<'a> Loop<'a> {
                         line::encode_subscribe(&mut c.out, &c.probe);
                         line::encode_publish(&mut c.out, &c.probe, "text/plain", b"s");
                         c.phase = Phase::Starting;
+                    } else if peers::start_publisher(
+                        &mut c.out,
+                        opts.proto,
+                        &peers::client_id("pub", c.index),
+                    ) {
+                        c.phase = Phase::Starting;
                     } else if opts.proto == Proto::Ws {
                         ws::encode_handshake(
                             &mut c.out,
                             &opts.host,
-                            &opts.channel,
+                            &format!("{}{}", opts.http_path, opts.channel),
                             true,
                             opts.auth.as_deref(),
                         );
@@ -367,6 +420,11 @@ impl<'a> Loop<'a> {
             return;
         }
         if let Err(e) = self.read(i) {
+            self.fail(i, e);
+            return;
+        }
+        // Answers to the server's pings (written now, or with the publishes).
+        if let Err(e) = self.flush(i) {
             self.fail(i, e);
             return;
         }
@@ -401,8 +459,15 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
     let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
     let pid = u64::from(std::process::id());
     let n = opts.connections.max(1);
+    let names = crate::cli::channel_names(&opts.channel, opts.channels);
+    let paths = names
+        .iter()
+        .map(|n| format!("{}{n}", opts.http_path))
+        .collect();
     let mut lp = Loop {
         opts,
+        names,
+        paths,
         poll,
         conns: Vec::with_capacity(n),
         body: opts.body.clone(),
@@ -427,6 +492,10 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
                 Proto::Line => Parser::Line(line::Parser::default()),
                 Proto::Http | Proto::Sse => Parser::Http(http::RespParser::default()),
                 Proto::Ws => Parser::Ws(ws::WsParser::default()),
+                Proto::Nats | Proto::Redis | Proto::Mqtt => match peers::Parser::new(opts.proto) {
+                    Some(p) => Parser::Peer(p),
+                    None => Parser::Line(line::Parser::default()),
+                },
             },
             publisher: ((pid << 16) | index as u64) & stamp::MAX_PUBLISHER,
             probe: format!("{}.pub.{pid}.{index}", opts.channel),
@@ -437,6 +506,7 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
             rate: opts.rate.map(|r| r / n as f64),
             done_ns: 0,
             was_ready: false,
+            blocked: false,
         });
         let src = net::source_for(index, opts.sources);
         let io = net::connect(opts.addr, src).and_then(|s| Transport::new(s, opts.tls.as_ref()));
@@ -584,23 +654,33 @@ pub fn run(opts: &PubOptions, report: &mut dyn FnMut(PubReport)) -> Result<PubTo
     Ok(lp.totals(now_ns()))
 }
 
-/// How long `poll` may sleep: until the next rate-limited publish is due,
-/// at most 100 ms.
 /// A client frame's mask: it need not be secret here, only vary.
 fn mask_of(publisher: u64, seq: u64) -> [u8; 4] {
     ((seq as u32).wrapping_mul(0x9e37_79b1) ^ publisher as u32).to_be_bytes()
 }
 
+/// How long `poll` may sleep: until the next rate-limited publish is due,
+/// at most 100 ms; not at all while a connection could send more and no
+/// socket event would say so.
 fn next_wakeup(lp: &Loop<'_>, now: u64) -> Duration {
     let cap = 100_000_000u64;
     let (Some(t0), false) = (lp.t0, lp.stopping) else {
         return Duration::from_nanos(cap);
     };
     let mut wait = cap;
+    let pipelined = matches!(lp.opts.proto, Proto::Http | Proto::Redis);
     for c in lp.conns.iter().filter(|c| c.phase == Phase::Sending) {
         match c.rate {
-            // Unlimited: socket readiness drives sending.
-            None => {}
+            // Unlimited: socket readiness drives sending while the socket
+            // is full, answers while the pipeline is; otherwise nothing
+            // would wake the loop before its next timeout.
+            None => {
+                let more = c.quota.is_none_or(|q| c.sent < q);
+                let room = !pipelined || c.inflight < lp.opts.pipeline;
+                if more && room && !c.blocked {
+                    return Duration::ZERO;
+                }
+            }
             Some(r) if r > 0.0 => {
                 let due = t0 + (c.sent as f64 * 1e9 / r) as u64;
                 wait = wait.min(due.saturating_sub(now));

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Proto, Target};
 use crate::codec::Event;
-use crate::{http, line};
+use crate::{http, line, peers};
 
 /// The ready channel of a load channel, unless `--ready-channel` says
 /// otherwise.
@@ -107,14 +107,26 @@ impl Announcer {
         let body = format!("{} {subscribed}", self.id);
         let what = |e: io::Error| format!("ready channel {}: {e}", self.channel);
         match self.target.proto {
-            Proto::Line => {
+            Proto::Line | Proto::Nats | Proto::Redis | Proto::Mqtt => {
+                let proto = self.target.proto;
                 let mut frame = Vec::new();
-                line::encode_publish(&mut frame, &self.channel, "text/plain", body.as_bytes());
+                if proto == Proto::Line {
+                    line::encode_publish(&mut frame, &self.channel, "text/plain", body.as_bytes());
+                } else {
+                    peers::publish(&mut frame, proto, &self.channel, body.as_bytes());
+                }
                 // One retry on a fresh connection: the kept one may have
                 // been closed since the last announcement.
                 for attempt in 0..2 {
                     if self.line.is_none() {
-                        self.line = Some(open(&self.target, IO_TIMEOUT).map_err(what)?);
+                        let mut s = open(&self.target, IO_TIMEOUT).map_err(what)?;
+                        // What the other servers want first (CONNECT); the
+                        // answers are never read: this connection only
+                        // writes, a few bytes a second.
+                        let mut hello = Vec::new();
+                        peers::start_publisher(&mut hello, proto, &peers::client_id("ready", 0));
+                        s.write_all(&hello).map_err(what)?;
+                        self.line = Some(s);
                     }
                     let sent = match self.line.as_mut() {
                         Some(s) => s.write_all(&frame).and_then(|()| s.flush()),
@@ -134,7 +146,7 @@ impl Announcer {
                 http::encode_publish(
                     &mut req,
                     &self.target.host,
-                    &self.channel,
+                    &self.target.path_of(&self.channel),
                     "text/plain",
                     body.as_bytes(),
                     self.target.auth.as_deref(),
@@ -171,10 +183,18 @@ pub fn wait_for(
     let mut req = Vec::new();
     match target.proto {
         Proto::Line => line::encode_subscribe(&mut req, channel),
+        Proto::Nats | Proto::Redis | Proto::Mqtt => {
+            peers::subscribe(
+                &mut req,
+                target.proto,
+                channel,
+                &peers::client_id("wait", 0),
+            );
+        }
         Proto::Http | Proto::Sse | Proto::Ws => http::encode_subscribe(
             &mut req,
             &target.host,
-            channel,
+            &target.path_of(channel),
             false,
             target.auth.as_deref(),
         ),
@@ -182,6 +202,8 @@ pub fn wait_for(
     s.write_all(&req).and_then(|()| s.flush()).map_err(what)?;
     let mut line_parser = line::Parser::default();
     let mut http_parser = http::SubParser::default();
+    let mut peer_parser = peers::Parser::new(target.proto);
+    let mut pings = 0u32;
     let mut counts: HashMap<String, u64> = HashMap::new();
     let mut total = 0;
     let deadline = Instant::now() + patience;
@@ -216,6 +238,9 @@ pub fn wait_for(
         };
         let data = buf.get(..n).unwrap_or_default();
         let mut on = |ev: Event<'_>| {
+            if ev == Event::Ping {
+                pings += 1;
+            }
             if let Event::Message { prefix, .. } = ev {
                 let text = String::from_utf8_lossy(prefix);
                 let mut words = text.split_whitespace();
@@ -228,11 +253,19 @@ pub fn wait_for(
                 }
             }
         };
-        let fed = match target.proto {
-            Proto::Line => line_parser.feed(data, &mut on),
-            Proto::Http | Proto::Sse | Proto::Ws => http_parser.feed(data, &mut on),
+        let fed = match (target.proto, peer_parser.as_mut()) {
+            (Proto::Line, _) => line_parser.feed(data, &mut on),
+            (_, Some(p)) => p.feed(data, &mut on),
+            _ => http_parser.feed(data, &mut on),
         };
         fed.map_err(|e| format!("ready channel {channel}: {e}"))?;
+        if pings > 0 {
+            let mut pong = Vec::new();
+            for _ in 0..std::mem::take(&mut pings) {
+                peers::answer_ping(&mut pong, target.proto);
+            }
+            s.write_all(&pong).map_err(what)?;
+        }
         let now = counts.values().sum();
         if now != total {
             total = now;

@@ -19,10 +19,10 @@ const MAX_COMMENT: usize = 1024;
 /// Longest field name recognised (`data`, `event`, `retry`, `id`).
 const MAX_FIELD: usize = 8;
 
-/// `GET /msgbus/CHANNEL` asking for an event stream.
-pub fn encode_subscribe(out: &mut Vec<u8>, host: &str, channel: &str, auth: Option<&str>) {
-    out.extend_from_slice(b"GET /msgbus/");
-    out.extend_from_slice(channel.as_bytes());
+/// `GET PATH` (`/msgbus/CHANNEL` on switchboard) asking for an event stream.
+pub fn encode_subscribe(out: &mut Vec<u8>, host: &str, path: &str, auth: Option<&str>) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nAccept: text/event-stream\r\n");

@@ -23,7 +23,7 @@ use crate::hist::Histogram;
 use crate::net::{self, TlsSetup, Transport};
 use crate::report::SubTotals;
 use crate::seqset::PerPublisher;
-use crate::{http, line, sse, stamp, ws};
+use crate::{http, line, peers, sse, stamp, ws};
 
 /// Everything a subscriber run needs to know.
 #[derive(Clone)]
@@ -32,6 +32,12 @@ pub struct SubOptions {
     pub addr: SocketAddr,
     pub host: String,
     pub channel: String,
+    /// With more than one: connection number i subscribes to `CHANNEL.K`,
+    /// K = i mod `channels` (see `cli::channel_name`).
+    pub channels: usize,
+    /// HTTP, SSE, WebSocket: what comes before the channel in the request
+    /// path (`/msgbus/`).
+    pub http_path: String,
     /// Global connection numbers this process opens (source address and
     /// probe channel follow the global number).
     pub range: Range<usize>,
@@ -88,6 +94,7 @@ enum Parser {
     Http(Box<http::SubParser>),
     Sse(Box<sse::SseParser>),
     Ws(Box<ws::WsParser>),
+    Peer(Box<peers::Parser>),
 }
 
 struct Conn {
@@ -130,11 +137,17 @@ struct Ctx<'a> {
 /// Bytes of the scratch read buffer.
 const SCRATCH: usize = 256 * 1024;
 
-fn subscribe_request(opts: &SubOptions, probe: Option<&str>) -> Vec<u8> {
+fn subscribe_request(
+    opts: &SubOptions,
+    probe: Option<&str>,
+    index: usize,
+    channel: &str,
+) -> Vec<u8> {
     let mut out = Vec::new();
+    let path = format!("{}{channel}", opts.http_path);
     match opts.proto {
         Proto::Line => {
-            line::encode_subscribe(&mut out, &opts.channel);
+            line::encode_subscribe(&mut out, channel);
             if let Some(p) = probe {
                 line::encode_subscribe(&mut out, p);
                 line::encode_publish(&mut out, p, "text/plain", b"p");
@@ -145,22 +158,20 @@ fn subscribe_request(opts: &SubOptions, probe: Option<&str>) -> Vec<u8> {
             http::encode_subscribe(
                 &mut out,
                 &opts.host,
-                &opts.channel,
+                &path,
                 opts.http10,
                 opts.auth.as_deref(),
             );
         }
         Proto::Sse => {
-            sse::encode_subscribe(&mut out, &opts.host, &opts.channel, opts.auth.as_deref());
+            sse::encode_subscribe(&mut out, &opts.host, &path, opts.auth.as_deref());
         }
         Proto::Ws => {
-            ws::encode_handshake(
-                &mut out,
-                &opts.host,
-                &opts.channel,
-                false,
-                opts.auth.as_deref(),
-            );
+            ws::encode_handshake(&mut out, &opts.host, &path, false, opts.auth.as_deref());
+        }
+        Proto::Nats | Proto::Redis | Proto::Mqtt => {
+            let client = peers::client_id("sub", index);
+            peers::subscribe(&mut out, opts.proto, channel, &client);
         }
     }
     out
@@ -178,8 +189,9 @@ fn on_event(
     ctx: &Ctx<'_>,
 ) -> bool {
     match ev {
-        Event::Subscribed => true,
-        Event::Response { .. } | Event::Closed { .. } => false,
+        // A NATS subscriber's PONG: its SUB is in place.
+        Event::Subscribed | Event::Pong => true,
+        Event::Response { .. } | Event::Closed { .. } | Event::Ping => false,
         Event::Message {
             channel,
             ctype,
@@ -240,6 +252,8 @@ fn on_event(
 
 struct Loop<'a> {
     opts: &'a SubOptions,
+    /// The channel names; connection i subscribes to `names[i % len]`.
+    names: Vec<String>,
     poll: Poll,
     conns: Vec<Conn>,
     stats: Stats,
@@ -356,8 +370,10 @@ impl<'a> Loop<'a> {
     /// Reads until the socket would block; `Ok(true)` when the subscription
     /// was confirmed during this read.
     fn read(&mut self, i: usize) -> Result<bool, String> {
+        let index = self.conns.get(i).map_or(0, |c| c.index);
+        let name = &self.names[index % self.names.len()];
         let ctx = Ctx {
-            channel: self.opts.channel.as_bytes(),
+            channel: name.as_bytes(),
             expect_type: self.opts.expect_type.as_deref().map(str::as_bytes),
             count: self.opts.count,
         };
@@ -367,7 +383,15 @@ impl<'a> Loop<'a> {
         let stats = &mut self.stats;
         let scratch = &mut self.scratch;
         let mut confirmed = false;
+        let mut pings = 0u32;
+        let proto = self.opts.proto;
         loop {
+            if pings > 0 {
+                // Answered after the read, on the same connection.
+                for _ in 0..std::mem::take(&mut pings) {
+                    peers::answer_ping(&mut c.out, proto);
+                }
+            }
             let Some(io) = c.io.as_mut() else {
                 return Ok(confirmed);
             };
@@ -387,6 +411,9 @@ impl<'a> Loop<'a> {
                 ..
             } = &mut *c;
             let mut on = |ev: Event<'_>| {
+                if ev == Event::Ping {
+                    pings += 1;
+                }
                 if on_event(ev, now, probe, seen, unique, stats, &ctx) {
                     confirmed = true;
                 }
@@ -397,6 +424,7 @@ impl<'a> Loop<'a> {
                 Parser::Http(p) => p.feed(data, &mut on),
                 Parser::Sse(p) => p.feed(data, &mut on),
                 Parser::Ws(p) => p.feed(data, &mut on),
+                Parser::Peer(p) => p.feed(data, &mut on),
             };
             r.map_err(|e| e.to_string())?;
         }
@@ -411,7 +439,8 @@ impl<'a> Loop<'a> {
             match net::connect_finished(io.socket()) {
                 Ok(true) => {
                     c.phase = Phase::Subscribing;
-                    c.out = subscribe_request(self.opts, c.probe.as_deref());
+                    let name = &self.names[c.index % self.names.len()];
+                    c.out = subscribe_request(self.opts, c.probe.as_deref(), c.index, name);
                     c.out_pos = 0;
                 }
                 Ok(false) => return,
@@ -431,6 +460,13 @@ impl<'a> Loop<'a> {
             Ok(false) => {}
             Err(e) => {
                 // A confirmation in the same read still counts.
+                self.fail(i, e);
+                return;
+            }
+        }
+        // Answers to the server's pings.
+        if self.conns.get(i).is_some_and(|c| c.out_pos < c.out.len()) {
+            if let Err(e) = self.flush(i) {
                 self.fail(i, e);
             }
         }
@@ -516,6 +552,10 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
                 Proto::Http => Parser::Http(Box::default()),
                 Proto::Sse => Parser::Sse(Box::default()),
                 Proto::Ws => Parser::Ws(Box::default()),
+                Proto::Nats | Proto::Redis | Proto::Mqtt => match peers::Parser::new(opts.proto) {
+                    Some(p) => Parser::Peer(Box::new(p)),
+                    None => Parser::Line(line::Parser::default()),
+                },
             },
             probe: (opts.proto == Proto::Line)
                 .then(|| format!("{}.probe.{pid}.{index}", opts.channel)),
@@ -526,6 +566,7 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
         .collect();
     let mut lp = Loop {
         opts,
+        names: crate::cli::channel_names(&opts.channel, opts.channels),
         poll,
         conns,
         stats: Stats::default(),

@@ -24,12 +24,12 @@ const OP_PONG: u8 = 0xA;
 pub fn encode_handshake(
     out: &mut Vec<u8>,
     host: &str,
-    channel: &str,
+    path: &str,
     publisher: bool,
     auth: Option<&str>,
 ) {
-    out.extend_from_slice(b"GET /msgbus/");
-    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
     if publisher {
         out.extend_from_slice(b"?type=!*");
     }
@@ -269,7 +269,7 @@ mod tests {
                     format!("msg {} {}", len, String::from_utf8_lossy(prefix))
                 }
                 Event::Closed { code } => format!("closed {code}"),
-                Event::Response { status } => format!("response {status}"),
+                other => format!("{other:?}"),
             })
         });
         (seen, r)
@@ -325,7 +325,7 @@ mod tests {
         encode_message(&mut out, false, &[0; 300], [1, 2, 3, 4]);
         assert_eq!(&out[..4], &[0x82, 0xfe, 0x01, 0x2c]);
         out.clear();
-        encode_handshake(&mut out, "h", "flood", true, None);
+        encode_handshake(&mut out, "h", "/msgbus/flood", true, None);
         assert!(out.starts_with(b"GET /msgbus/flood?type=!* HTTP/1.1\r\nHost: h\r\n"));
     }
 }

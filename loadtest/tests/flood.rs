@@ -319,6 +319,52 @@ fn line_protocol_every_message_once() {
     );
 }
 
+/// `--channels`: subscribers spread over 10 channels, 5 publishers
+/// round-robin over them; each subscriber gets its channel's 50 messages
+/// once, on both doors.
+#[test]
+fn many_channels_many_publishers() {
+    let s = start_server();
+    for (proto, p) in [("line", port(s.line)), ("http", port(s.bus))] {
+        let ch = format!("lt.many.{proto}");
+        let sub = start_sub(&[
+            "--proto",
+            proto,
+            "-p",
+            &p,
+            "-c",
+            &ch,
+            "--channels",
+            "10",
+            "--connections",
+            "30",
+            "--count",
+            "50",
+        ]);
+        let published = run_pub(&[
+            "--proto",
+            proto,
+            "-p",
+            &p,
+            "-c",
+            &ch,
+            "--channels",
+            "10",
+            "--connections",
+            "5",
+            "--count",
+            "500",
+            "--json",
+        ]);
+        assert!(published.status.success(), "{proto}: {published:?}");
+        let (ok, j, stderr) = sub.finish();
+        assert_eq!(j["unique"], 30 * 50, "{proto}: {j} {stderr:#?}");
+        assert_eq!(j["received"], 30 * 50, "{proto}: {j}");
+        assert_eq!(j["lost"], 0, "{proto}: {j}");
+        assert!(ok, "{proto}: {j} {stderr:#?}");
+    }
+}
+
 #[test]
 fn http_bus_every_message_once() {
     let s = start_server();

@@ -53,6 +53,13 @@ struct Args {
     #[arg(short = 'r', long = "rate", value_name = "MSGS_PER_SEC")]
     rate: Option<f64>,
 
+    /// Spread over this many channels, CHANNEL.0 ... CHANNEL.K-1 (1: CHANNEL
+    /// itself): message n of connection j goes to
+    /// CHANNEL.((n × N + j) mod K), N connections; with --count a multiple of
+    /// K and N every channel gets COUNT / K messages
+    #[arg(long = "channels", value_name = "K", default_value_t = 1)]
+    channels: usize,
+
     /// Number of publisher connections (messages and rate are split evenly)
     #[arg(long = "connections", value_name = "N", default_value_t = 1)]
     connections: usize,
@@ -95,7 +102,7 @@ struct Args {
     #[arg(long = "json")]
     json: bool,
 
-    /// HTTP: most unanswered POSTs per connection
+    /// HTTP and Redis: most unanswered POSTs (PUBLISHes) per connection
     #[arg(long = "pipeline", value_name = "N", default_value_t = 64)]
     pipeline: u64,
 
@@ -135,6 +142,18 @@ fn main() {
             cli::die(TOOL, "-r must be a positive number of messages per second");
         }
     }
+    if args.channels == 0 || args.channels > cli::MAX_CHANNELS {
+        cli::die(
+            TOOL,
+            &format!("--channels must be between 1 and {}", cli::MAX_CHANNELS),
+        );
+    }
+    if args.channels > 1 && args.target.proto == cli::Proto::Ws {
+        cli::die(
+            TOOL,
+            "--channels: a WebSocket publisher is bound to the channel of its connection",
+        );
+    }
     if args.pipeline == 0 {
         cli::die(TOOL, "--pipeline must be at least 1");
     }
@@ -144,7 +163,7 @@ fn main() {
     if args.ctype.is_empty() || args.ctype.bytes().any(|b| b == b'\r' || b == b'\n') {
         cli::die(TOOL, "-t must be a non-empty content type on one line");
     }
-    if args.target.proto == cli::Proto::Line {
+    if args.target.proto.needs_plain_channel() {
         if let Err(e) = cli::check_channel(&args.channel) {
             cli::die(TOOL, &e);
         }
@@ -210,6 +229,8 @@ fn main() {
         addr: target.addr,
         host: target.host.clone(),
         channel: args.channel.clone(),
+        channels: args.channels,
+        http_path: target.http_path.clone(),
         ctype: args.ctype.clone(),
         body,
         connections: args.connections,

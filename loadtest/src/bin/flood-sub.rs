@@ -43,6 +43,11 @@ struct Args {
     #[arg(short = 'c', long = "channel", default_value = "flood")]
     channel: String,
 
+    /// Spread over this many channels, CHANNEL.0 ... CHANNEL.K-1 (1: CHANNEL
+    /// itself): connection i subscribes to CHANNEL.(i mod K)
+    #[arg(long = "channels", value_name = "K", default_value_t = 1)]
+    channels: usize,
+
     /// Number of subscriber connections (over all processes)
     #[arg(long = "connections", value_name = "N", default_value_t = 1)]
     connections: usize,
@@ -132,10 +137,16 @@ fn main() {
     if args.concurrency == 0 {
         cli::die(TOOL, "--concurrency must be at least 1");
     }
+    if args.channels == 0 || args.channels > cli::MAX_CHANNELS {
+        cli::die(
+            TOOL,
+            &format!("--channels must be between 1 and {}", cli::MAX_CHANNELS),
+        );
+    }
     if args.count == Some(0) {
         cli::die(TOOL, "--count must be at least 1");
     }
-    if args.target.proto == cli::Proto::Line {
+    if args.target.proto.needs_plain_channel() {
         if let Err(e) = cli::check_channel(&args.channel) {
             cli::die(TOOL, &e);
         }
@@ -144,6 +155,15 @@ fn main() {
         cli::die(
             TOOL,
             "--expect-type: a WebSocket message carries no content type",
+        );
+    }
+    if args.target.proto.is_peer() && args.expect_type.is_some() {
+        cli::die(
+            TOOL,
+            &format!(
+                "--type: a {} message carries no content type",
+                args.target.proto.name()
+            ),
         );
     }
     let target = args.target.resolve().unwrap_or_else(|e| cli::die(TOOL, &e));
@@ -181,6 +201,8 @@ fn main() {
         addr: target.addr,
         host: target.host.clone(),
         channel: args.channel.clone(),
+        channels: args.channels,
+        http_path: target.http_path.clone(),
         range: 0..args.connections,
         count: args.count,
         duration: args.duration,
