@@ -15,6 +15,9 @@
 #       RUNS       runs per build (default 3)
 #       PROTOS     the doors (default "line http"; the flood tools send
 #                  credentials on the HTTP bus only)
+#       NEW_CHANNEL  the channel against NEW (default ab); on the HTTP bus a
+#                  token rides along as `ab?token=TOKEN` (both the
+#                  subscribe and the publish paths end in the channel)
 # Needs valgrind and the release flood tools
 # (cargo build --release -p loadtest --bin flood-pub --bin flood-sub).
 set -euo pipefail
@@ -39,7 +42,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # run BINARY PROTO SERVER_ARGS TOOL_ARGS: prints the server's instruction count.
 run() {
-  local bin=$1 proto=$2 sargs=$3 targs=$4 out=$WORK/out err=$WORK/vg
+  local bin=$1 proto=$2 sargs=$3 targs=$4 ch=${5:-ab} out=$WORK/out err=$WORK/vg
   # shellcheck disable=SC2086
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \
     "$bin" --line-listen 127.0.0.1:0 --bus-listen 127.0.0.1:0 --log-level warn \
@@ -57,11 +60,11 @@ run() {
   done
   [ -n "$port" ] || { echo "the server did not start: $(cat "$err")" >&2; exit 1; }
   # shellcheck disable=SC2086
-  "$FS" --proto "$proto" -a "127.0.0.1:$port" -c ab --connections "$SUBS" \
+  "$FS" --proto "$proto" -a "127.0.0.1:$port" -c "$ch" --connections "$SUBS" \
     --count "$COUNT" --json --setup-timeout 120 --timeout 600 $targs >"$WORK/sub.json" 2>"$WORK/sub.err" &
   local sub=$!
   # shellcheck disable=SC2086
-  "$FP" --proto "$proto" -a "127.0.0.1:$port" -c ab --count "$COUNT" --size 64 \
+  "$FP" --proto "$proto" -a "127.0.0.1:$port" -c "$ch" --count "$COUNT" --size 64 \
     --wait-subscribers "$SUBS" --wait-timeout 300 --json $targs >/dev/null 2>"$WORK/pub.err"
   wait "$sub" || { echo "flood-sub failed: $(tail -3 "$WORK/sub.err")" >&2; exit 1; }
   kill -TERM "$vpid"
@@ -77,7 +80,7 @@ for proto in ${PROTOS:-line http}; do
       if [ "$build" = base ]; then
         n=$(run "$BASE" "$proto" "" "")
       else
-        n=$(run "$NEW" "$proto" "${NEW_ARGS:-}" "${TOOL_ARGS:-}")
+        n=$(run "$NEW" "$proto" "${NEW_ARGS:-}" "${TOOL_ARGS:-}" "${NEW_CHANNEL:-ab}")
       fi
       echo "$proto $build $r $n $(awk -v n="$n" -v d=$((COUNT * SUBS)) 'BEGIN { printf "%.1f", n / d }')"
     done

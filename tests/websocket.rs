@@ -852,3 +852,69 @@ fn read_frame_skipping_pings(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
         }
     }
 }
+
+/// With `--token-key`, a WebSocket takes its token from `?token=` (a
+/// browser's WebSocket cannot set headers): the handshake needs subscribe
+/// rights on the channel, and what the client sends is published only when
+/// the token allows publishing there; otherwise the first message closes
+/// the connection with 1008 and reaches nobody.
+#[test]
+fn tokens_decide_what_a_websocket_may_do() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let dir = TempDir::new("ws-tokens");
+    let secret = "a websocket test secret, longer than 32 bytes";
+    let key = dir.path().join("hs.key");
+    std::fs::write(&key, secret).unwrap();
+    let server = Server::start(&["--token-key", key.to_str().unwrap()]);
+    let bus = server.bus().to_string();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |claims: serde_json::Value| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let reader = token(serde_json::json!({"exp": exp, "subscribe": ["room"]}));
+    let talker = token(
+        serde_json::json!({"sub": "dan", "exp": exp, "subscribe": ["room"], "publish": ["room"]}),
+    );
+
+    // No token, and a channel the token does not cover: refused before 101.
+    for (path, want) in [
+        ("/msgbus/room".to_string(), "HTTP/1.1 401 "),
+        (format!("/msgbus/other?token={reader}"), "HTTP/1.1 403 "),
+    ] {
+        let mut s = connect(&bus);
+        send(&mut s, handshake_request(&path, "").as_bytes());
+        let head = String::from_utf8_lossy(&read_until(&mut s, b"\r\n\r\n")).into_owned();
+        assert!(head.starts_with(want), "{path}: {head}");
+    }
+
+    // A subscriber that watches the channel (by header).
+    let mut watcher = connect(&bus);
+    send(
+        &mut watcher,
+        format!("GET /msgbus/room HTTP/1.0\r\nAuthorization: Bearer {reader}\r\n\r\n").as_bytes(),
+    );
+    read_until(&mut watcher, b"--00MsgBus00\r\n");
+
+    // The reader's WebSocket may listen, not talk.
+    let mut ws = open_ws(&bus, &format!("/msgbus/room?token={reader}"));
+    send(&mut ws, &frame(true, 0x1, b"not allowed", true));
+    let (code, _) = read_close(&mut ws);
+    assert_eq!(code, 1008);
+
+    // The talker's is published, with its token's subject as the sender;
+    // it is the first part the watcher gets.
+    let mut ws = open_ws(&bus, &format!("/msgbus/room?token={talker}"));
+    send(&mut ws, &frame(true, 0x1, b"hello", true));
+    let want = "From: dan\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n--00MsgBus00\r\n";
+    let got = read_exact_n(&mut watcher, want.len());
+    assert_eq!(String::from_utf8_lossy(&got), want);
+}
