@@ -399,6 +399,26 @@ fn a_reload_reads_the_token_key_again() {
         serde_json::json!({"exp": now() + 600, "subscribe": ["news", "sync.>"], "publish": ["sync.>"]}),
     );
     let mut before = line_auth(&server, &old, "before");
+    // A keep-alive HTTP connection that presented the old token (twice:
+    // the second is taken from what the connection verified).
+    let mut kept = connect(server.bus());
+    let stats =
+        format!("GET /msgbus-stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {old}\r\n\r\n");
+    for _ in 0..2 {
+        send(&mut kept, stats.as_bytes());
+        let got = read_until(&mut kept, b"\r\n\r\n");
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        read_exact_n(&mut kept, len - (got.len() - end));
+    }
     let new_secret = "the next secret, also of more than thirty-two bytes";
     std::fs::write(dir.path().join("hs.key"), new_secret).unwrap();
     server.signal(1); // SIGHUP
@@ -416,6 +436,10 @@ fn a_reload_reads_the_token_key_again() {
         &format!("GET /msgbus/news HTTP/1.0\r\n{}\r\n", bearer(&old)),
     );
     assert!(got.starts_with("HTTP/1.0 401 "), "{got}");
+    // The kept connection too: what it verified was under the old key.
+    send(&mut kept, stats.as_bytes());
+    let head = String::from_utf8_lossy(&read_until(&mut kept, b"\r\n\r\n")).into_owned();
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
     let new = encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({"exp": now() + 600, "subscribe": ["news", "sync.>"], "publish": ["sync.>"]}),
