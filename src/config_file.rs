@@ -41,10 +41,18 @@ pub enum ArgsError {
 /// if it names one, placed before its own flags.
 pub fn with_file(argv: Vec<OsString>) -> Result<Vec<OsString>, ArgsError> {
     let cmd = Args::command();
-    let matches = cmd
-        .clone()
-        .try_get_matches_from(&argv)
-        .map_err(ArgsError::Clap)?;
+    // Only `--config` and the flags given are wanted here: what the
+    // command line needs from the file (a `--line-tls-listen` whose
+    // certificate the file names) is checked once both are merged.
+    let matches = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => cmd
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&argv)
+            .map_err(ArgsError::Clap)?,
+        Err(e) => return Err(ArgsError::Clap(e)),
+    };
     let Some(path) = matches.get_one::<std::path::PathBuf>("config") else {
         return Ok(argv);
     };

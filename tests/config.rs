@@ -218,3 +218,32 @@ fn log_format_json_writes_one_object_per_line() {
         );
     }
 }
+
+/// A flag on the command line that needs another one the file gives
+/// (`--cluster-optional` needs `--cluster`): the two are checked together,
+/// once merged; without the file the same command line is refused.
+#[test]
+fn a_flag_may_need_what_the_file_gives() {
+    let dir = TempDir::new("config-requires");
+    let conf = write(&dir, "c.toml", "cluster = \"redis://127.0.0.1:1\"\n");
+    let out = run(&["--config", &conf, "--cluster-optional", "--print-config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.lines().any(|l| l == "cluster-optional = true"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|l| l == "cluster = \"redis://127.0.0.1:1\""),
+        "{printed}"
+    );
+    let alone = run(&["--cluster-optional", "--print-config"]);
+    assert!(!alone.status.success());
+    assert!(
+        text(&alone.stderr).contains("--cluster"),
+        "{}",
+        text(&alone.stderr)
+    );
+}
