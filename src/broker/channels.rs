@@ -855,37 +855,25 @@ fn fan_out(
     out: &mut (impl Outbox + ?Sized),
 ) -> u64 {
     // The usual audience, a channel's with no subscriber of several names:
-    // one loop with no choice per subscriber.
+    // the loop is compiled with no choice per subscriber.
     if audience.named.iter().all(|&n| n == 0) {
-        return fan_out_of(audience, plain, out);
+        deliver_each(audience, out, |_| plain)
+    } else {
+        deliver_each(audience, out, |sub| if sub.named { named } else { plain })
     }
-    let mut delivered = 0u64;
-    for sub in &audience.subs {
-        let (frames, key) = if sub.named { named } else { plain };
-        if let Some(filter) = &sub.filter {
-            if !filter.accepts(key.content_type, key.sender) {
-                continue;
-            }
-        }
-        let i = sub.framing as usize;
-        let (Some(frame), Some(&messages)) = (frames.get(i), key.messages.get(i)) else {
-            continue;
-        };
-        // Every message of the batch was left out of this framing.
-        if messages == 0 {
-            continue;
-        }
-        if out.deliver(sub.conn, frame.clone(), messages) {
-            delivered += u64::from(messages);
-        }
-    }
-    delivered
 }
 
-/// [`fan_out`] to an audience whose subscribers all take the same frames.
-fn fan_out_of(audience: &Audience, (frames, key): Frames, out: &mut (impl Outbox + ?Sized)) -> u64 {
+/// Queues to each subscriber of `audience` the frame of its framing from
+/// the frames `pick` gives it, unless its filter refuses the batch or
+/// every message of the batch was left out of that framing.
+fn deliver_each<'a>(
+    audience: &Audience,
+    out: &mut (impl Outbox + ?Sized),
+    pick: impl Fn(&Subscriber) -> Frames<'a>,
+) -> u64 {
     let mut delivered = 0u64;
     for sub in &audience.subs {
+        let (frames, key) = pick(sub);
         if let Some(filter) = &sub.filter {
             if !filter.accepts(key.content_type, key.sender) {
                 continue;
@@ -895,7 +883,6 @@ fn fan_out_of(audience: &Audience, (frames, key): Frames, out: &mut (impl Outbox
         let (Some(frame), Some(&messages)) = (frames.get(i), key.messages.get(i)) else {
             continue;
         };
-        // Every message of the batch was left out of this framing.
         if messages == 0 {
             continue;
         }
