@@ -300,14 +300,9 @@ impl LineSession {
                     return;
                 }
                 let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
-                let sender = self.sender().map(<[u8]>::to_vec);
-                cx.broker.channels.publish(
-                    &channel,
-                    content_type,
-                    sender.as_deref(),
-                    &body,
-                    cx.out,
-                );
+                cx.broker
+                    .channels
+                    .publish(&channel, content_type, self.sender(), &body, cx.out);
             }
             Command::Auth { credential } => {
                 if !cx.live.access.required() {
@@ -371,19 +366,14 @@ impl Door for LineSession {
                 body,
             } = raw
             {
-                if cx.live.access.required() {
-                    // Checked, and its sender set, on the owned path.
-                    let ranges = Ranges::of(&raw, input);
-                    let frame = input.split_to(n).freeze();
-                    if let Some(cmd) = ranges.to_command(&frame) {
-                        self.apply(cx, cmd);
-                    }
-                    continue;
+                // With credentials required, the grant is checked and its
+                // subject is the sender; without, nothing is checked.
+                if self.allowed(cx, Some(Action::Publish), &[channel]) {
+                    let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
+                    cx.broker
+                        .channels
+                        .publish(channel, content_type, self.sender(), body, cx.out);
                 }
-                let content_type = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
-                cx.broker
-                    .channels
-                    .publish(channel, content_type, None, body, cx.out);
                 input.advance(n);
                 continue;
             }
