@@ -286,7 +286,7 @@ impl Server {
             }
         }
         if self.after_input(key, next) {
-            self.on_readable(key);
+            self.on_readable(key, false);
         }
         let now = self.now();
         self.note_progress(key, now, false);

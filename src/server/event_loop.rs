@@ -331,7 +331,16 @@ impl Server {
             }
             let turn = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token(), event.is_readable(), event.is_writable());
+                // A read that comes back short ends the reading of a socket
+                // whose peer has not shut down: edge-triggered readiness
+                // reports the next data or the shutdown as a new event.
+                let short_read_drains = !(event.is_read_closed() || event.is_error());
+                self.dispatch(
+                    event.token(),
+                    event.is_readable(),
+                    event.is_writable(),
+                    short_read_drains,
+                );
             }
             self.after_events();
             self.count_turn(turn.elapsed());
@@ -340,7 +349,7 @@ impl Server {
         Ok(())
     }
 
-    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool, short_read_drains: bool) {
         match token {
             SIGNAL => self.on_signal(),
             HANGUP => self.on_hangup(),
@@ -370,7 +379,7 @@ impl Server {
                 }
                 if readable {
                     c.readable = true;
-                    self.on_readable(key);
+                    self.on_readable(key, short_read_drains);
                 }
             }
         }
@@ -392,7 +401,7 @@ impl Server {
             if let Some(c) = self.conns.get_mut(key) {
                 c.ready_listed = false;
             }
-            self.on_readable(key);
+            self.on_readable(key, false);
         }
         loop {
             let linked = self.run_link_requests();
@@ -742,7 +751,13 @@ impl Server {
 
     /// Reads and processes input until the socket would block, the connection
     /// pauses or closes, or its budget for this turn is spent.
-    fn on_readable(&mut self, key: usize) {
+    /// Reads and runs a connection's input until `WouldBlock` or the budget.
+    /// With `short_read_drains`, a plain socket's read that fills less than
+    /// the buffer also ends it (the socket was empty: the `WouldBlock` read
+    /// after it is saved); never for TLS, whose reads come from its own
+    /// buffer, nor when the peer may have shut down (its end of file would
+    /// never be reported again).
+    fn on_readable(&mut self, key: usize, short_read_drains: bool) {
         let mut budget = READ_BUDGET;
         loop {
             // The store's writer is far behind: input waits (read again
@@ -782,6 +797,13 @@ impl Server {
             let n = match got {
                 Ok(n) => {
                     buf.extend_from_slice(self.read_buf.get(..n).unwrap_or_default());
+                    if short_read_drains
+                        && n > 0
+                        && n < self.read_buf.len()
+                        && c.transport.is_plain_socket()
+                    {
+                        c.readable = false;
+                    }
                     n
                 }
                 Err(e) => {
@@ -987,7 +1009,7 @@ impl Server {
         if !self.after_input(key, next) {
             return;
         }
-        self.on_readable(key);
+        self.on_readable(key, false);
     }
 
     /// Runs the shell's deadlines that are due.

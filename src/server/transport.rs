@@ -105,6 +105,12 @@ impl Transport {
         };
     }
 
+    /// A TCP or Unix stream socket: one read takes all it holds, up to the
+    /// buffer's size, so a short read means it is empty.
+    pub fn is_plain_socket(&self) -> bool {
+        matches!(self, Transport::Tcp(_) | Transport::Unix(_))
+    }
+
     /// The peer, for logs.
     pub fn peer(&self) -> String {
         match self {
