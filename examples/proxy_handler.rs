@@ -3,13 +3,17 @@
 //! body with its `Content-Length`.
 //!
 //! ```text
-//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE]
-//! cargo run --release --example proxy_handler -- /tmp/line.sock [CONNECTIONS] [QUEUE]
+//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE] [threads|loop]
+//! cargo run --release --example proxy_handler -- /tmp/line.sock [CONNECTIONS] [QUEUE] [threads|loop]
 //! ```
 //!
-//! Each connection (one thread) pipelines: once it has a request, one write
-//! carries the wait for the request's body, the head, the body, the end and
-//! the wait for the next request; then it reads the two answers.
+//! Each connection pipelines: once it has a request, one write carries the
+//! wait for the request's body, the head, the body, the end and the wait for
+//! the next request; then it reads the two answers. With `threads` (the
+//! default) each connection has a thread of its own and blocking sockets;
+//! with `loop` one thread serves every connection from a readiness loop, as
+//! an upstream server in one process does, so a wake-up serves every
+//! connection that has input.
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
 #![allow(
@@ -90,6 +94,154 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str) -> Option<()> {
     }
 }
 
+/// One connection of the `loop` mode.
+struct LoopConn {
+    sock: LoopSock,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// The next answer is the request body (not a request).
+    body_next: bool,
+}
+
+enum LoopSock {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl LoopSock {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            LoopSock::Tcp(s) => s,
+            LoopSock::Unix(s) => s,
+        }
+    }
+}
+
+impl Read for LoopSock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            LoopSock::Tcp(s) => s.read(buf),
+            LoopSock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for LoopSock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LoopSock::Tcp(s) => s.write(buf),
+            LoopSock::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One complete answer at the front of `input`: its length in bytes, the
+/// reply address (`None` for `*` or another line), the body's range.
+fn parse_answer(input: &[u8]) -> Option<(usize, Option<&str>, std::ops::Range<usize>)> {
+    let eol = input.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&input[..eol]).ok()?;
+    let mut f = line.split_ascii_whitespace();
+    if f.next() != Some(">") {
+        return Some((eol + 2, None, 0..0));
+    }
+    let len: usize = f.next()?.parse().ok()?;
+    let reply = f.nth(2);
+    let start = eol + 2;
+    if len == 0 {
+        return Some((start, reply, start..start));
+    }
+    if input.len() < start + len + 2 {
+        return None;
+    }
+    Some((start + len + 2, reply, start..start + len))
+}
+
+/// The `loop` mode: one thread, one poll, `n` connections.
+fn serve_loop(addr: &str, n: usize, queue: &str) -> Option<()> {
+    use mio::{Events, Interest, Poll, Token};
+    let mut poll = Poll::new().ok()?;
+    let head = format!(
+        r#"["200", ["Content-Type", "text/plain", "Content-Length", "{}"]]"#,
+        BODY.len()
+    );
+    let wait = format!("< 60 {queue}\r\n");
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut sock = if addr.starts_with('/') {
+            let s = UnixStream::connect(addr).ok()?;
+            s.set_nonblocking(true).ok()?;
+            LoopSock::Unix(mio::net::UnixStream::from_std(s))
+        } else {
+            let s = TcpStream::connect(addr).ok()?;
+            s.set_nodelay(true).ok()?;
+            s.set_nonblocking(true).ok()?;
+            LoopSock::Tcp(mio::net::TcpStream::from_std(s))
+        };
+        poll.registry()
+            .register(sock.source(), Token(i), Interest::READABLE | Interest::WRITABLE)
+            .ok()?;
+        conns.push(LoopConn {
+            sock,
+            input: Vec::with_capacity(64 * 1024),
+            output: wait.clone().into_bytes(),
+            body_next: false,
+        });
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        poll.poll(&mut events, None).ok()?;
+        for event in events.iter() {
+            let c = conns.get_mut(event.token().0)?;
+            loop {
+                match c.sock.read(&mut buf) {
+                    Ok(0) => return Some(()),
+                    Ok(k) => c.input.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return None,
+                }
+            }
+            let mut used = 0;
+            while let Some((len, reply, body)) = parse_answer(&c.input[used..]) {
+                let at = used;
+                used += len;
+                if std::mem::take(&mut c.body_next) {
+                    continue;
+                }
+                let Some(reply) = reply else {
+                    // `*`: nothing came in 60 s.
+                    c.output.extend_from_slice(wait.as_bytes());
+                    continue;
+                };
+                let env = std::str::from_utf8(&c.input[at + body.start..at + body.end]).ok()?;
+                let body_addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
+                let out = &mut c.output;
+                write!(out, "< 5 {body_addr}\r\n").ok()?;
+                write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
+                write!(out, "> {} 180 {reply}\r\n", BODY.len()).ok()?;
+                out.extend_from_slice(BODY);
+                write!(out, "\r\n> 0 180 {reply}\r\n{wait}").ok()?;
+                c.body_next = true;
+            }
+            c.input.drain(..used);
+            while !c.output.is_empty() {
+                match c.sock.write(&c.output) {
+                    Ok(k) => {
+                        c.output.drain(..k);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return None,
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let addr = args
@@ -101,6 +253,10 @@ fn main() {
         .get(3)
         .cloned()
         .unwrap_or_else(|| "msglite.httpRequests".into());
+    if args.get(4).map(String::as_str) == Some("loop") {
+        serve_loop(&addr, n, &queue);
+        return;
+    }
     let threads: Vec<_> = (0..n)
         .map(|_| {
             let (addr, queue) = (addr.clone(), queue.clone());
