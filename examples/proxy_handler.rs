@@ -181,7 +181,11 @@ fn serve_loop(addr: &str, n: usize, queue: &str) -> Option<()> {
             LoopSock::Tcp(mio::net::TcpStream::from_std(s))
         };
         poll.registry()
-            .register(sock.source(), Token(i), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                sock.source(),
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .ok()?;
         conns.push(LoopConn {
             sock,

@@ -200,7 +200,9 @@ struct Verified {
     /// The key it was verified with (a reload loads a new one; holding it
     /// keeps it from being mistaken for a new key at the same address).
     key: Option<std::sync::Arc<crate::auth::Tokens>>,
-    grant: Grant,
+    /// Shared with each request's [`Caller`]: a request costs no copy of
+    /// the token's pattern lists.
+    grant: Rc<Grant>,
 }
 
 impl<R: Routes> HttpConn<R> {
@@ -490,7 +492,7 @@ pub struct Caller {
     /// token's `sub`.
     pub user: Option<String>,
     /// What its credentials allow; `None` when the door requires none.
-    pub grant: Option<Grant>,
+    pub grant: Option<Rc<Grant>>,
 }
 
 impl Caller {
@@ -530,7 +532,7 @@ fn authenticate(
         if access.is_secret(password.as_bytes()) {
             return Ok(Caller {
                 user: Some(user),
-                grant: Some(Grant::everything()),
+                grant: Some(everything()),
             });
         }
         return Err(Refusal::Invalid("wrong password".to_string()));
@@ -557,24 +559,36 @@ fn authenticate(
             }
             return Ok(Caller {
                 user: v.grant.subject.clone(),
-                grant: Some(v.grant.clone()),
+                grant: Some(Rc::clone(&v.grant)),
             });
         }
     }
-    let grant = access.check(&token)?;
     // The secret itself (a bearer of `--secret`) is checked every time: it
     // costs nothing, and a reload may change it.
-    if !access.is_secret(&token) {
-        *verified = Some(Box::new(Verified {
-            token,
-            key,
-            grant: grant.clone(),
-        }));
+    if access.is_secret(&token) {
+        return Ok(Caller {
+            user: None,
+            grant: Some(everything()),
+        });
     }
+    let grant = Rc::new(access.check(&token)?);
+    *verified = Some(Box::new(Verified {
+        token,
+        key,
+        grant: Rc::clone(&grant),
+    }));
     Ok(Caller {
         user: grant.subject.clone(),
         grant: Some(grant),
     })
+}
+
+/// The grant of the secret's bearers, made once per thread.
+fn everything() -> Rc<Grant> {
+    thread_local! {
+        static EVERYTHING: Rc<Grant> = Rc::new(Grant::everything());
+    }
+    EVERYTHING.with(Rc::clone)
 }
 
 /// `Bearer TOKEN`.
