@@ -427,9 +427,10 @@ pub struct Args {
 
     /// Join the other nodes that name the same Redis: channel messages
     /// published on any node reach subscribers on every node
-    /// (docs/cluster.md). `redis://HOST:PORT[/DB]`, or `rediss://` for TLS
-    /// (roots from --hooks-ca or the system bundle). Redis unreachable at
-    /// start stops the start, unless --cluster-optional.
+    /// (docs/cluster.md). `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or
+    /// `rediss://` for TLS (roots from --hooks-ca or the system bundle).
+    /// Redis unreachable or refusing the password at start stops the
+    /// start, unless --cluster-optional.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 
@@ -620,7 +621,13 @@ impl Config {
         };
         let cluster = match &args.cluster {
             Some(url) => {
-                let (host, port, tls, db) = crate::broker::cluster::parse_url(url)
+                let crate::broker::cluster::url::RedisUrl {
+                    host,
+                    port,
+                    tls,
+                    db,
+                    auth,
+                } = crate::broker::cluster::url::parse(url)
                     .map_err(|e| format!("--cluster: {e}"))?;
                 if args.cluster_prefix.is_empty() {
                     return Err("--cluster-prefix: an empty prefix would subscribe to every channel of the Redis".to_string());
@@ -634,6 +641,7 @@ impl Config {
                     optional: args.cluster_optional,
                     max_pending: crate::broker::cluster::DEFAULT_MAX_PENDING,
                     max_body: args.max_body,
+                    auth,
                 })
             }
             None => None,

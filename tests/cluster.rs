@@ -31,20 +31,33 @@ struct Redis {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// Settings given to `redis-server` after the port's.
+    args: Vec<String>,
 }
 
 impl Redis {
     /// Starts Redis on a free port.
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts Redis on a free port with more settings (`--requirepass`).
+    fn start_with(args: &[&str]) -> Redis {
         let dir = TempDir::new("redis");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         for _ in 0..20 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            if let Some(child) = spawn_redis(port, &dir) {
-                return Redis { child, port, dir };
+            if let Some(child) = spawn_redis(port, &dir, &args) {
+                return Redis {
+                    child,
+                    port,
+                    dir,
+                    args,
+                };
             }
         }
         panic!("redis-server did not start on any of 20 free ports");
@@ -64,7 +77,7 @@ impl Redis {
     fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = spawn_redis(self.port, &self.dir) {
+            if let Some(child) = spawn_redis(self.port, &self.dir, &self.args) {
                 self.child = child;
                 return;
             }
@@ -86,12 +99,13 @@ impl Drop for Redis {
 
 /// Runs `redis-server` on `port`; `None` when it exits before it is ready
 /// (the port was taken).
-fn spawn_redis(port: u16, dir: &TempDir) -> Option<Child> {
+fn spawn_redis(port: u16, dir: &TempDir, args: &[String]) -> Option<Child> {
     let mut child = Command::new(program("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(dir.path())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -401,6 +415,12 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     let mut gone = redis;
     gone.kill();
     let lone = Server::start(&["--cluster", &url, "--cluster-optional"]);
+    // The failed connect names the address it tried.
+    let log = wait_log(&lone, "link to Redis at");
+    assert!(
+        log.contains(&format!("failed: connect 127.0.0.1:{}: ", gone.port)),
+        "{log}"
+    );
     let health = http_get(lone.bus(), "/healthz");
     assert!(
         health.starts_with("HTTP/1.1 200 ") && health.contains("cluster link down"),
@@ -413,6 +433,102 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     wait_joined(&lone, 0);
     let health = http_get(lone.bus(), "/healthz");
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+}
+
+#[test]
+fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_never_logged() {
+    const PASSWORD: &str = "s3cret-default";
+    const ALICE: &str = "w0nderland-alice";
+    const WRONG: &str = "n0t-the-password";
+    let redis = Redis::start_with(&[
+        "--requirepass",
+        PASSWORD,
+        "--user",
+        "alice",
+        "on",
+        &format!(">{ALICE}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let at = format!("127.0.0.1:{}", redis.port);
+    // The default user (`:PASSWORD@`) and an ACL user (`USER:PASSWORD@`,
+    // its password %-escaped in part).
+    let default_url = format!("redis://:{PASSWORD}@{at}");
+    let alice_url = format!("redis://alice:w0nderland%2Dalice@{at}/0");
+    let a = Server::start(&["--cluster", &default_url, "--log-level", "debug"]);
+    let b = Server::start(&["--cluster", &alice_url, "--log-level", "debug"]);
+    let mut remote = Sub::line(&b, "feed");
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    let mut publisher = connect(a.line());
+    publish(&mut publisher, "feed", 0, 0..20);
+    assert_eq!(collect(&mut remote, 20)[&0], (0..20).collect::<Vec<_>>());
+
+    // A wrong password, or none: exit 2 with a reason, the password not in it.
+    let wrong_url = format!("redis://:{WRONG}@{at}");
+    for (url, reason) in [
+        (wrong_url.as_str(), "refused the user and password"),
+        (redis.url().as_str(), "wants a password"),
+    ] {
+        let out = run_to_exit(&[
+            "--cluster",
+            url,
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(reason) && !err.contains(WRONG), "{err}");
+    }
+    // A URL that cannot be read is refused without showing the password.
+    let bad = run_to_exit(&["--cluster", &format!("redis://:{WRONG}@{at}/x")]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("***@") && !err.contains(WRONG), "{err}");
+
+    // With --cluster-optional the node starts, says why its links are
+    // refused, and counts it; the link is not up.
+    let refused = Server::start(&[
+        "--cluster",
+        &wrong_url,
+        "--cluster-optional",
+        "--log-level",
+        "debug",
+    ]);
+    let log = wait_log(&refused, "refused the publisher link");
+    wait_log(&refused, "refused the subscriber link");
+    assert!(log.contains("WRONGPASS"), "{log}");
+    let v = Stats::open(refused.bus()).get();
+    assert_eq!(v["cluster"]["up"], false);
+    assert!(stat(&v, "cluster.errors") >= 2, "{v}");
+    let health = http_get(refused.bus(), "/healthz");
+    assert!(health.contains("cluster link down"), "{health}");
+
+    for (server, secret) in [(&a, PASSWORD), (&b, ALICE), (&refused, WRONG)] {
+        let log = server.stderr_text();
+        assert!(log.contains("cluster"), "{log}");
+        assert!(!log.contains(secret), "the password is in the log: {log}");
+    }
+}
+
+/// Waits until the server's log holds `needle` (it is written after the
+/// event that causes it, so it is awaited, for up to 20 s); the whole log.
+fn wait_log(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.stderr_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs the server with `args` and waits for it to exit by itself: one

@@ -13,6 +13,7 @@
 //! `Outbox`, and their door hands decoded frames back ([`Cluster::on_frame`]).
 
 pub mod resp;
+pub mod url;
 
 use std::collections::{HashSet, VecDeque};
 
@@ -54,57 +55,8 @@ pub struct Settings {
     pub max_pending: usize,
     /// The largest message body (bigger bulks from Redis are an error).
     pub max_body: usize,
-}
-
-/// Parses `redis://HOST:PORT[/DB]` or `rediss://…` (TLS). The port is
-/// 6379 when left out; `[::1]` is an IPv6 host.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool, u32), String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("rediss://") {
-        (true, r)
-    } else {
-        return Err(format!(
-            "{url:?} is not a redis:// or rediss:// URL (redis://HOST:PORT[/DB])"
-        ));
-    };
-    let (authority, db) = match rest.split_once('/') {
-        Some((a, "")) => (a, 0),
-        Some((a, db)) => (
-            a,
-            db.parse::<u32>()
-                .map_err(|_| format!("{url:?}: the database {db:?} is not a number"))?,
-        ),
-        None => (rest, 0),
-    };
-    if authority.contains('@') {
-        return Err(format!(
-            "{url:?}: credentials in the URL are not supported (no AUTH yet)"
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: an IPv6 host without its ']'"))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{url:?}: the port {p:?} is not a port number"))?,
-        None => 6379,
-    };
-    Ok((host.to_string(), port, tls, db))
+    /// Sent with `AUTH` first on each link.
+    pub auth: Option<url::Auth>,
 }
 
 /// The two links.
@@ -130,6 +82,10 @@ enum State {
         retry_at: Millis,
     },
     Connecting,
+    /// Connected; the first command (`AUTH`, or `PING` without
+    /// credentials) is sent and its answer awaited. Nothing else is
+    /// written: a link is up once Redis has accepted it.
+    Hello(ConnId),
     Up(ConnId),
 }
 
@@ -318,19 +274,58 @@ impl Cluster {
         (link.gen == tag >> 1).then_some((role, link))
     }
 
-    /// A link's connect finished. False: the connection is not wanted
-    /// (a stale dial), close it.
+    /// A link's connect finished: the first command is written, and the
+    /// link is up once Redis has answered it ([`Cluster::on_frame`]).
+    /// False: the connection is not wanted (a stale dial), close it.
     pub fn link_up(
         &mut self,
         tag: u64,
         conn: ConnId,
-        now: Millis,
+        _now: Millis,
         out: &mut (impl Outbox + ?Sized),
     ) -> bool {
-        let Some((role, link)) = self.link_of(tag) else {
+        let Some(s) = &self.settings else {
+            return false;
+        };
+        let auth = s.auth.clone();
+        let Some((_, link)) = self.link_of(tag) else {
             return false;
         };
         if link.state != State::Connecting {
+            return false;
+        }
+        link.state = State::Hello(conn);
+        link.out.clear();
+        hello_command(&mut link.out, auth.as_ref());
+        self.flush(out);
+        true
+    }
+
+    /// The answer to a link's first command: up, or refused (false: close
+    /// the link; it is dialed again after its back-off).
+    fn hello_answer(&mut self, role: Role, conn: ConnId, frame: &Frame, now: Millis) -> bool {
+        let with_auth = self.settings.as_ref().is_some_and(|s| s.auth.is_some());
+        let address = self.address();
+        let Some(link) = self.links.get_mut(role as usize) else {
+            return false;
+        };
+        if let Frame::Error(e) = frame {
+            let e = String::from_utf8_lossy(e);
+            if link.backoff == BACKOFF_MIN || link.backoff >= BACKOFF_MAX {
+                let hint = if with_auth {
+                    "check the user and password of --cluster"
+                } else if e.starts_with("NOAUTH") {
+                    "Redis wants a password: --cluster redis://:PASSWORD@HOST:PORT"
+                } else {
+                    "Redis does not take the link"
+                };
+                log::warn!(
+                    "cluster: Redis at {address} refused the {} link: {e} ({hint}); retrying in {} ms",
+                    role.name(),
+                    link.backoff
+                );
+            }
+            self.stats.errors += 1;
             return false;
         }
         link.state = State::Up(conn);
@@ -350,24 +345,26 @@ impl Cluster {
         }
         if self.is_up() {
             log::info!(
-                "cluster: joined through Redis at {}:{} (node {}; {} publishes not sent while the link was down, in all)",
-                self.settings.as_ref().map_or("", |s| s.host.as_str()),
-                self.settings.as_ref().map_or(0, |s| s.port),
+                "cluster: joined through Redis at {} (node {}; {} publishes not sent while the link was down, in all)",
+                self.address(),
                 String::from_utf8_lossy(&self.node),
                 self.stats.dropped
             );
         }
-        self.flush(out);
         true
+    }
+
+    /// `HOST:PORT` of the Redis, for logs (never the credentials).
+    fn address(&self) -> String {
+        self.settings
+            .as_ref()
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .unwrap_or_default()
     }
 
     /// A link's dial failed (lookup, connect, timeout).
     pub fn link_failed(&mut self, tag: u64, why: &str, now: Millis) {
-        let host = self
-            .settings
-            .as_ref()
-            .map(|s| format!("{}:{}", s.host, s.port))
-            .unwrap_or_default();
+        let host = self.address();
         let Some((role, link)) = self.link_of(tag) else {
             return;
         };
@@ -414,7 +411,7 @@ impl Cluster {
                     self.pending_bytes = 0;
                 }
             }
-            State::Connecting => Self::down(link, now),
+            State::Connecting | State::Hello(_) => Self::down(link, now),
             State::Down { .. } => {}
         }
     }
@@ -546,7 +543,7 @@ impl Cluster {
                 continue;
             }
             match link.state {
-                State::Up(conn) => {
+                State::Hello(conn) | State::Up(conn) => {
                     out.deliver(conn, link.out.split().freeze(), 0);
                 }
                 _ => link.out.clear(),
@@ -559,12 +556,23 @@ impl Cluster {
         &mut self,
         tag: u64,
         frame: Frame,
+        now: Millis,
         channels: &mut Channels,
         out: &mut (impl Outbox + ?Sized),
     ) -> bool {
-        let Some((role, _)) = self.link_of(tag) else {
+        let Some((role, link)) = self.link_of(tag) else {
             return false;
         };
+        match link.state {
+            State::Hello(conn) => {
+                let up = self.hello_answer(role, conn, &frame, now);
+                self.flush(out);
+                return up;
+            }
+            State::Up(_) => {}
+            // Nothing is read before the connect, or after the close.
+            State::Connecting | State::Down { .. } => return false,
+        }
         if let Frame::Error(e) = &frame {
             self.stats.errors += 1;
             log::warn!(
@@ -639,6 +647,22 @@ impl Cluster {
         }
         self.stats.received += 1;
         channels.publish_remote(channel, m.content_type, m.sender, m.body, out);
+    }
+}
+
+/// A link's first command: `AUTH [USER] PASSWORD`, or `PING` (which a
+/// Redis that wants a password refuses with `NOAUTH`).
+fn hello_command(buf: &mut BytesMut, auth: Option<&url::Auth>) {
+    match auth {
+        Some(url::Auth {
+            user: Some(user),
+            password,
+        }) => resp::command(buf, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
+        Some(url::Auth {
+            user: None,
+            password,
+        }) => resp::command(buf, &[b"AUTH", password.as_bytes()]),
+        None => resp::command(buf, &[b"PING"]),
     }
 }
 
@@ -725,6 +749,7 @@ mod tests {
             optional: false,
             max_pending: 1024,
             max_body: 1024,
+            auth: None,
         }
     }
 
@@ -760,10 +785,20 @@ mod tests {
         c.on_timers(0);
         let dials = c.take_links();
         assert_eq!(dials.len(), 2);
-        assert!(c.link_up(1 << 1, conn(100), 0, out));
-        assert!(c.link_up(1 << 1 | 1, conn(101), 0, out));
+        let mut ch = Channels::default();
+        for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+            assert!(c.link_up(tag, conn(key), 0, out));
+            assert!(!c.is_up());
+            assert_eq!(sent_to(out, key), "*1\r\n$4\r\nPING\r\n");
+            assert!(c.on_frame(tag, pong(), 0, &mut ch, out));
+        }
         assert!(c.is_up());
+        *out = RecordingOutbox::default();
         c
+    }
+
+    fn pong() -> Frame {
+        Frame::Simple(Bytes::from_static(b"PONG"))
     }
 
     fn sent_to(out: &RecordingOutbox, key: u32) -> String {
@@ -771,25 +806,59 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
+    fn credentials_go_first_and_a_refusal_closes_the_link() {
+        let mut with = settings();
+        with.auth = Some(url::Auth {
+            user: Some("alice".into()),
+            password: "pw".into(),
+        });
+        let mut c = Cluster::new(Some(with), NODE);
+        let mut ch = Channels::default();
+        ch.mirror();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(
+            conn(1),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            &mut out,
+        )
+        .unwrap();
+        c.after_seal(&mut ch, &mut out);
+        c.on_timers(0);
+        assert_eq!(c.take_links().len(), 2);
+        assert!(c.link_up(1 << 1, conn(100), 0, &mut out));
         assert_eq!(
-            parse_url("redis://h:7/2").unwrap(),
-            ("h".into(), 7, false, 2)
+            sent_to(&out, 100),
+            "*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$2\r\npw\r\n"
         );
-        assert_eq!(
-            parse_url("rediss://[::1]").unwrap(),
-            ("::1".into(), 6379, true, 0)
-        );
-        for bad in [
-            "http://h",
-            "redis://:1",
-            "redis://h:0",
-            "redis://h:x",
-            "redis://u:p@h",
-            "redis://h/x",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
+        // Refused: the link closes and is dialed again after its back-off;
+        // nothing else was written on it.
+        let refusal = Frame::Error(Bytes::from_static(
+            b"WRONGPASS invalid username-password pair",
+        ));
+        let mut out = RecordingOutbox::default();
+        assert!(!c.on_frame(1 << 1, refusal, 0, &mut ch, &mut out));
+        assert!(out.frames.is_empty());
+        c.link_closed(1 << 1, 0);
+        assert_eq!(c.stats().errors, 1);
+        assert_eq!(c.stats().link_downs, 0);
+        assert!(!c.is_up());
+        // Accepted: the subscriptions follow.
+        c.on_timers(BACKOFF_MIN);
+        assert_eq!(c.take_links().len(), 1);
+        assert!(c.link_up(2 << 1, conn(102), 0, &mut out));
+        let ok = Frame::Simple(Bytes::from_static(b"OK"));
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(2 << 1, ok, 0, &mut ch, &mut out));
+        assert!(sent_to(&out, 102).contains("SUBSCRIBE\r\n$7\r\nsb:news"));
+        // Auth without a user is the one-argument form.
+        let mut buf = BytesMut::new();
+        let only = url::Auth {
+            user: None,
+            password: "pw".into(),
+        };
+        hello_command(&mut buf, Some(&only));
+        assert_eq!(&buf[..], b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
     }
 
     #[test]
@@ -842,6 +911,10 @@ mod tests {
         assert_eq!(c.take_links().len(), 1);
         let mut out = RecordingOutbox::default();
         assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        // Nothing but the first command until Redis has answered it.
+        assert_eq!(sent_to(&out, 102), "*1\r\n$4\r\nPING\r\n");
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
         let s = sent_to(&out, 102);
         assert!(s.contains("sb:news") && s.contains("PSUBSCRIBE"), "{s}");
         // The last local subscribers go: so do the subscriptions.
@@ -893,12 +966,14 @@ mod tests {
         assert!(c.on_frame(
             2,
             msg(b"message", b"sb:news", &payload(&NODE, b"one")),
+            0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
             msg(b"message", b"sb:news", &payload(OTHER, b"two")),
+            0,
             &mut ch,
             &mut out
         ));
@@ -919,18 +994,20 @@ mod tests {
             bulk(b"sb:*"),
             Frame::Integer(2),
         ]));
-        assert!(c.on_frame(2, confirm, &mut ch, &mut out));
+        assert!(c.on_frame(2, confirm, 0, &mut ch, &mut out));
         assert_eq!(c.stats().confirmed, 2);
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
             2,
             msg(b"message", b"sb:news", &payload(OTHER, b"3")),
+            0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
             msg(b"pmessage", b"sb:news", &payload(OTHER, b"3")),
+            0,
             &mut ch,
             &mut out
         ));
@@ -956,7 +1033,7 @@ mod tests {
         assert_eq!(c.stats().sent, 2);
         assert_eq!(c.stats().dropped, 2);
         // Answers free room.
-        assert!(c.on_frame(3, Frame::Integer(0), &mut ch, &mut out));
+        assert!(c.on_frame(3, Frame::Integer(0), 0, &mut ch, &mut out));
         ch.publish(b"news", b"text/plain", None, &body, &mut out);
         c.after_seal(&mut ch, &mut out);
         assert_eq!(c.stats().sent, 3);
