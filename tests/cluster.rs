@@ -378,6 +378,73 @@ fn after_a_redis_restart_delivery_resumes_and_the_gap_is_counted() {
     }
 }
 
+/// One message with body `body` to `channel`.
+fn publish_one(s: &mut TcpStream, channel: &str, body: &str) {
+    send(
+        s,
+        format!("! {} {channel} text/plain\r\n{body}\r\n", body.len()).as_bytes(),
+    );
+}
+
+#[test]
+fn pattern_subscribers_get_other_nodes_messages_once_also_after_a_redis_restart() {
+    const N: usize = 100;
+    let mut redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    // On node b, four subscriptions that each match sensors.x.temp: Redis
+    // sends b one copy per match (the channel, two globs, the root's).
+    let mut star = Sub::line(&b, "sensors.*.temp");
+    let mut exact = Sub::line(&b, "sensors.x.temp");
+    let mut rest = Sub::line(&b, "sensors.>");
+    let mut root = Sub::line(&b, "*");
+    // On the publishing node: its own messages once, no echo.
+    let mut local = Sub::line(&a, "sensors.*.temp");
+    wait_joined(&a, 1);
+    wait_joined(&b, 4);
+    let mut publisher = connect(a.line());
+    for round in 0..2 {
+        let range = round * N..(round + 1) * N;
+        publish(&mut publisher, "sensors.x.temp", 0, range.clone());
+        // Matches `sensors.>` and the root only (Redis' glob for
+        // `sensors.*.temp` matches it too: b must not deliver it there).
+        publish_one(&mut publisher, "sensors.x.y.temp", "deeper");
+        publish_one(&mut publisher, "sensors.x.temp", "probe");
+        for sub in [&mut star, &mut exact, &mut local] {
+            assert_eq!(collect(sub, N)[&0], range.clone().collect::<Vec<_>>());
+            assert_eq!(sub.next(), "probe");
+        }
+        for sub in [&mut rest, &mut root] {
+            assert_eq!(collect(sub, N)[&0], range.clone().collect::<Vec<_>>());
+            assert_eq!(sub.next(), "deeper");
+            assert_eq!(sub.next(), "probe");
+        }
+        if round == 0 {
+            // Redis restarts: the patterns are asked for again.
+            redis.kill();
+            for n in [&a, &b] {
+                Stats::open(n.bus())
+                    .wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+            }
+            redis.restart();
+            wait_joined(&a, 1);
+            wait_joined(&b, 4);
+        }
+    }
+    let v = Stats::open(b.bus()).get();
+    assert_eq!(stat(&v, "cluster.received"), 2 * (N as u64 + 2), "{v}");
+    assert_eq!(
+        stat(&v, "cluster.copies"),
+        2 * (3 * N as u64 + 3 + 2),
+        "{v}"
+    );
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.echoes"), 2 * (N as u64 + 2), "{v}");
+    // The pattern's last subscriber on b leaves: so does b's subscription.
+    drop(star);
+    wait_joined(&b, 3);
+}
+
 #[test]
 fn redis_unreachable_at_start_exits_2_unless_optional() {
     // A port that takes connections and closes them unanswered: nobody

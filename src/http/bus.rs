@@ -845,6 +845,7 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
         "sent": c.sent,
         "received": c.received,
         "echoes": c.echoes,
+        "copies": c.copies,
         "dropped": c.dropped,
         "link_downs": c.link_downs,
         "errors": c.errors,

@@ -15,7 +15,7 @@
 pub mod resp;
 pub mod url;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -37,7 +37,7 @@ const CONNECT_TIMEOUT: Millis = 5_000;
 /// Channels named in one `SUBSCRIBE` when a link (re)subscribes.
 const SUBSCRIBE_CHUNK: usize = 256;
 /// The first bytes of a message's payload in Redis (the format's version).
-const MAGIC: &[u8] = b"sb1 ";
+const MAGIC: &[u8] = b"sb2 ";
 
 /// Where the cluster's Redis is and how the node uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +125,10 @@ pub struct ClusterStats {
     pub received: u64,
     /// This node's own messages coming back, dropped.
     pub echoes: u64,
+    /// Further copies of one message, dropped: Redis sends one per
+    /// subscription of the link that matches its channel (the channel,
+    /// patterns, the all-channel pattern).
+    pub copies: u64,
     /// Publishes not sent to Redis: the publisher link was down or over
     /// its pending limit (local subscribers still got them).
     pub dropped: u64,
@@ -147,11 +151,17 @@ pub struct Cluster {
     requests: Vec<LinkRequest>,
     /// Channels with local subscribers (names without the prefix).
     channels: HashSet<Bytes>,
-    /// The node has all-channel subscribers.
-    root: bool,
-    /// The pattern subscription is confirmed: `pmessage` carries every
-    /// message, and a `message` (a copy) is dropped.
-    pattern_on: bool,
+    /// The Redis globs the node subscribes to, each with the number of
+    /// local patterns it stands for (`a.*` and `a.>` are both `PREFIXa.*`;
+    /// the all-channel subscribers, `PREFIX*`, count as one).
+    globs: HashMap<Vec<u8>, u32>,
+    /// The number of this node's next publish (in its payload).
+    seq: u64,
+    /// The origin and number of the last message delivered from Redis:
+    /// Redis sends the copies of one publish (one per matching
+    /// subscription of the link) one after the other, so a copy is a
+    /// message with the same origin and number as the one before.
+    last: Option<([u8; 16], u64)>,
     /// Sizes of the `PUBLISH` commands written and not yet answered.
     pending: VecDeque<usize>,
     pending_bytes: usize,
@@ -181,8 +191,9 @@ impl Cluster {
             links: [Link::new(), Link::new()],
             requests: Vec::new(),
             channels: HashSet::new(),
-            root: false,
-            pattern_on: false,
+            globs: HashMap::new(),
+            seq: 0,
+            last: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
             stats: ClusterStats::default(),
@@ -215,7 +226,7 @@ impl Cluster {
                 .iter()
                 .filter(|l| matches!(l.state, State::Up(_)))
                 .count() as u64,
-            subscriptions: self.channels.len() as u64 + u64::from(self.root),
+            subscriptions: (self.channels.len() + self.globs.len()) as u64,
             ..self.stats
         }
     }
@@ -337,7 +348,7 @@ impl Cluster {
             gap.map_or(String::new(), |ms| format!(" again after {ms} ms"))
         );
         if role == Role::Sub {
-            self.pattern_on = false;
+            self.last = None;
             self.resubscribe();
         } else {
             self.pending.clear();
@@ -404,7 +415,7 @@ impl Cluster {
                 Self::down(link, now);
                 self.stats.link_downs += 1;
                 if role == Role::Sub {
-                    self.pattern_on = false;
+                    self.last = None;
                     self.stats.confirmed = 0;
                 } else {
                     self.pending.clear();
@@ -426,8 +437,9 @@ impl Cluster {
         for chunk in names.chunks(SUBSCRIBE_CHUNK) {
             subscribe_command(&mut link.out, b"SUBSCRIBE", &s.prefix, chunk);
         }
-        if self.root {
-            pattern_command(&mut link.out, b"PSUBSCRIBE", &s.prefix);
+        let globs: Vec<&[u8]> = self.globs.keys().map(Vec::as_slice).collect();
+        for chunk in globs.chunks(SUBSCRIBE_CHUNK) {
+            resp::command_with(&mut link.out, b"PSUBSCRIBE", chunk);
         }
     }
 
@@ -468,13 +480,48 @@ impl Cluster {
                 }
                 self.channels.remove(&name);
             }
-            Interest::All(on) => {
-                if up {
-                    let cmd: &[u8] = if on { b"PSUBSCRIBE" } else { b"PUNSUBSCRIBE" };
-                    pattern_command(buf, cmd, &s.prefix);
-                }
-                self.root = on;
+            Interest::Pattern(pattern, on) => {
+                let g = glob(&s.prefix, &pattern);
+                Self::count_glob(&mut self.globs, g, on, up.then_some(buf));
             }
+            Interest::All(on) => {
+                let g = glob(&s.prefix, b">");
+                Self::count_glob(&mut self.globs, g, on, up.then_some(buf));
+            }
+        }
+    }
+
+    /// One more (`on`) or one less local pattern for `glob`; the first
+    /// subscribes to it, the last unsubscribes, written to `buf` when the
+    /// link is up.
+    fn count_glob(
+        globs: &mut HashMap<Vec<u8>, u32>,
+        glob: Vec<u8>,
+        on: bool,
+        buf: Option<&mut BytesMut>,
+    ) {
+        let cmd: &[u8] = if on {
+            let n = globs.entry(glob.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                return;
+            }
+            b"PSUBSCRIBE"
+        } else {
+            match globs.get_mut(&glob) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    globs.remove(&glob);
+                }
+                None => return,
+            }
+            b"PUNSUBSCRIBE"
+        };
+        if let Some(buf) = buf {
+            resp::command_with(buf, cmd, &[&glob]);
         }
     }
 
@@ -486,7 +533,8 @@ impl Cluster {
         let mut header = BytesMut::with_capacity(64);
         header.put_slice(MAGIC);
         header.put_slice(&self.node);
-        header.put_slice(format!(" {} ", content_type.len()).as_bytes());
+        self.seq += 1;
+        header.put_slice(format!(" {} {} ", self.seq, content_type.len()).as_bytes());
         match sender {
             Some(name) => header.put_slice(name.len().to_string().as_bytes()),
             None => header.put_u8(b'-'),
@@ -595,7 +643,7 @@ impl Cluster {
             return true;
         };
         match &kind[..] {
-            b"message" if !self.pattern_on => {
+            b"message" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
                     self.deliver(ch, payload, channels, out);
                 }
@@ -605,8 +653,6 @@ impl Cluster {
                     self.deliver(ch, payload, channels, out);
                 }
             }
-            b"psubscribe" => self.pattern_on = true,
-            b"punsubscribe" => self.pattern_on = false,
             _ => {}
         }
         if matches!(
@@ -641,6 +687,18 @@ impl Cluster {
             );
             return;
         };
+        // A copy of the message before (the link's subscriptions that
+        // match a channel each bring one, one after the other).
+        if self
+            .last
+            .is_some_and(|(node, seq)| node[..] == *m.node && seq == m.seq)
+        {
+            self.stats.copies += 1;
+            return;
+        }
+        let mut node = [0u8; 16];
+        node.copy_from_slice(m.node);
+        self.last = Some((node, m.seq));
         if m.node == &self.node[..] {
             self.stats.echoes += 1;
             return;
@@ -679,36 +737,54 @@ fn subscribe_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8], names: &[&By
     }
 }
 
-/// `PSUBSCRIBE PREFIX*`, the prefix's glob characters escaped.
-fn pattern_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8]) {
-    let mut pattern = Vec::with_capacity(prefix.len() + 1);
-    for &b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            pattern.push(b'\\');
+/// The Redis glob of a subscription pattern (`a.*.c`, `a.>`, or `>` for
+/// every channel) under `prefix`: a wildcard token becomes `*`, every
+/// other byte is literal (glob characters escaped). Redis' `*` also
+/// matches dots, so the glob matches a superset of the pattern's
+/// channels; the node's own pattern matching picks the subscribers.
+pub fn glob(prefix: &[u8], pattern: &[u8]) -> Vec<u8> {
+    fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
+        for &b in bytes {
+            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
         }
-        pattern.push(b);
     }
-    pattern.push(b'*');
-    resp::command(buf, &[cmd, &pattern]);
+    let mut out = Vec::with_capacity(prefix.len() + pattern.len() + 4);
+    literal(&mut out, prefix);
+    for (i, token) in pattern.split(|&b| b == b'.').enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        match token {
+            b"*" | b">" => out.push(b'*'),
+            _ => literal(&mut out, token),
+        }
+    }
+    out
 }
 
 /// A message as another node published it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Remote<'a> {
     pub node: &'a [u8],
+    /// The number of the publish on its node (1, 2, …).
+    pub seq: u64,
     pub content_type: &'a [u8],
     pub sender: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
-/// `sb1 NODE CTLEN SENDERLEN|-\n` + content type + sender + body.
+/// `sb2 NODE SEQ CTLEN SENDERLEN|-\n` + content type + sender + body.
 pub fn parse_payload(p: &[u8]) -> Option<Remote<'_>> {
     let rest = p.strip_prefix(MAGIC)?;
-    let nl = rest.iter().take(64).position(|&b| b == b'\n')?;
+    let nl = rest.iter().take(96).position(|&b| b == b'\n')?;
     let head = std::str::from_utf8(rest.get(..nl)?).ok()?;
     let data = rest.get(nl + 1..)?;
     let mut fields = head.split(' ');
     let node = fields.next()?.as_bytes();
+    let seq: u64 = fields.next()?.parse().ok()?;
     let ct_len: usize = fields.next()?.parse().ok()?;
     let sender_len: Option<usize> = match fields.next()? {
         "-" => None,
@@ -725,6 +801,7 @@ pub fn parse_payload(p: &[u8]) -> Option<Remote<'_>> {
     };
     Some(Remote {
         node,
+        seq,
         content_type,
         sender,
         body,
@@ -771,8 +848,8 @@ mod tests {
         Frame::Array(Some(items))
     }
 
-    fn payload(node: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut p = format!("sb1 {} 10 -\n", String::from_utf8_lossy(node)).into_bytes();
+    fn payload(node: &[u8], seq: u64, body: &[u8]) -> Vec<u8> {
+        let mut p = format!("sb2 {} {seq} 10 -\n", String::from_utf8_lossy(node)).into_bytes();
         p.extend_from_slice(b"text/plain");
         p.extend_from_slice(body);
         p
@@ -863,16 +940,19 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_and_junk_is_refused() {
-        let p = payload(OTHER, b"body");
+        let p = payload(OTHER, 7, b"body");
         let r = parse_payload(&p).unwrap();
+        assert_eq!(r.seq, 7);
         assert_eq!(r.node, OTHER);
         assert_eq!(r.content_type, b"text/plain");
         assert_eq!(r.sender, None);
         assert_eq!(r.body, b"body");
         for junk in [
             &b"hello"[..],
-            b"sb1 short 1 -\nx",
-            b"sb1 bbbbbbbbbbbbbbbb 99 -\nx",
+            b"sb2 short 1 1 -\nx",
+            b"sb2 bbbbbbbbbbbbbbbb 1 99 -\nx",
+            b"sb2 bbbbbbbbbbbbbbbb x 1 -\nx",
+            b"sb1 bbbbbbbbbbbbbbbb 1 -\nx",
         ] {
             assert!(parse_payload(junk).is_none());
         }
@@ -954,7 +1034,7 @@ mod tests {
         assert_eq!(s.matches("PUBLISH").count(), 1);
         assert!(s.contains("$7\r\nsb:news\r\n$"), "{s}");
         assert!(
-            s.contains("sb1 aaaaaaaaaaaaaaaa 10 -\ntext/plainone"),
+            s.contains("sb2 aaaaaaaaaaaaaaaa 1 10 -\ntext/plainone"),
             "{s}"
         );
         assert_eq!(
@@ -965,14 +1045,14 @@ mod tests {
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(&NODE, b"one")),
+            msg(b"message", b"sb:news", &payload(&NODE, 1, b"one")),
             0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(OTHER, b"two")),
+            msg(b"message", b"sb:news", &payload(OTHER, 1, b"two")),
             0,
             &mut ch,
             &mut out
@@ -987,8 +1067,7 @@ mod tests {
         // Nothing received was published back.
         c.after_seal(&mut ch, &mut out);
         assert!(out.bytes_for(conn(101)).is_empty());
-        // With the pattern confirmed, `message` copies are dropped and
-        // `pmessage` delivers.
+        // The copies of one message (its channel, patterns) are dropped.
         let confirm = Frame::Array(Some(vec![
             bulk(b"psubscribe"),
             bulk(b"sb:*"),
@@ -999,14 +1078,21 @@ mod tests {
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(OTHER, b"3")),
+            msg(b"message", b"sb:news", &payload(OTHER, 2, b"3")),
             0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
-            msg(b"pmessage", b"sb:news", &payload(OTHER, b"3")),
+            msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
+            0,
+            &mut ch,
+            &mut out
+        ));
+        assert!(c.on_frame(
+            2,
+            msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
             0,
             &mut ch,
             &mut out
@@ -1015,6 +1101,73 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out.bytes_for(conn(1))),
             "! 1 news text/plain\r\n3\r\n"
+        );
+        assert_eq!(c.stats().copies, 2);
+    }
+
+    #[test]
+    fn patterns_subscribe_by_glob_once_per_glob() {
+        assert_eq!(glob(b"sb:", b"a.*.c"), b"sb:a.*.c");
+        assert_eq!(glob(b"s*b:", b"a.>"), b"s\\*b:a.*");
+        assert_eq!(glob(b"sb:", b"x?.[y].*"), b"sb:x\\?.\\[y\\].*");
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = Channels::default();
+        ch.mirror();
+        for (key, name) in [(1, "a.*"), (2, "a.>"), (3, "a.*"), (4, "x.*.t")] {
+            ch.subscribe(
+                conn(key),
+                Bytes::copy_from_slice(name.as_bytes()),
+                Subscription::line(),
+                &mut out,
+            )
+            .unwrap();
+        }
+        c.after_seal(&mut ch, &mut out);
+        let s = sent_to(&out, 100);
+        // `a.*` and `a.>` are one glob: asked once.
+        assert_eq!(s.matches("PSUBSCRIBE").count(), 2, "{s}");
+        assert!(s.contains("$6\r\nsb:a.*\r\n") && s.contains("$8\r\nsb:x.*.t\r\n"));
+        assert_eq!(c.stats().subscriptions, 2);
+        // The glob stays while a pattern of it has subscribers.
+        let mut out = RecordingOutbox::default();
+        ch.unsubscribe(conn(1), b"a.*", &mut out);
+        ch.unsubscribe(conn(3), b"a.*", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert!(sent_to(&out, 100).is_empty());
+        ch.unsubscribe(conn(2), b"a.>", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$12\r\nPUNSUBSCRIBE\r\n$6\r\nsb:a.*\r\n"
+        );
+        // A reconnect asks for what is left.
+        c.link_closed(1 << 1, 10);
+        c.on_timers(10 + BACKOFF_MIN);
+        assert_eq!(c.take_links().len(), 1);
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
+        assert_eq!(
+            sent_to(&out, 102),
+            "*1\r\n$4\r\nPING\r\n*2\r\n$10\r\nPSUBSCRIBE\r\n$8\r\nsb:x.*.t\r\n"
+        );
+        // A pattern's message from another node reaches its subscriber
+        // (and only a channel the pattern matches: the glob matches more).
+        let mut out = RecordingOutbox::default();
+        for (seq, channel) in [(1, "sb:x.1.t"), (2, "sb:x.1.2.t")] {
+            let frame = Frame::Array(Some(vec![
+                bulk(b"pmessage"),
+                bulk(b"sb:x.*.t"),
+                bulk(channel.as_bytes()),
+                bulk(&payload(OTHER, seq, channel.as_bytes())),
+            ]));
+            assert!(c.on_frame(2 << 1, frame, 200, &mut ch, &mut out));
+        }
+        ch.seal(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.bytes_for(conn(4))),
+            "! 8 x.1.t text/plain\r\nsb:x.1.t\r\n"
         );
     }
 
