@@ -444,6 +444,14 @@ pub struct Args {
     /// while the cluster link is down.
     #[arg(long, requires = "cluster")]
     pub cluster_optional: bool,
+
+    /// With --cluster: channels go through Redis' sharded pub/sub
+    /// (SSUBSCRIBE, SPUBLISH; Redis 7.0 or later, classic pub/sub when it
+    /// lacks them). SPUBLISH does not reach patterns: pattern and
+    /// all-channel subscribers then get only their own node's messages and
+    /// classic ones. Give it to every node or to none (docs/cluster.md).
+    #[arg(long, requires = "cluster")]
+    pub cluster_sharded: bool,
 }
 
 impl Config {
@@ -642,6 +650,7 @@ impl Config {
                     max_pending: crate::broker::cluster::DEFAULT_MAX_PENDING,
                     max_body: args.max_body,
                     auth,
+                    sharded: args.cluster_sharded,
                 })
             }
             None => None,

@@ -445,6 +445,129 @@ fn pattern_subscribers_get_other_nodes_messages_once_also_after_a_redis_restart(
     wait_joined(&b, 3);
 }
 
+/// The installed `redis-server`'s major version.
+fn redis_major() -> u32 {
+    let out = Command::new(program("redis-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
+}
+
+/// `PUBSUB what channel` on its own connection to Redis: the number it
+/// answers for the channel.
+fn pubsub_count(redis: &Redis, what: &str, channel: &str) -> i64 {
+    let mut s = connect(&format!("127.0.0.1:{}", redis.port));
+    let args = ["PUBSUB", what, channel];
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    send(&mut s, cmd.as_bytes());
+    // *2, the channel, then :N
+    let mut answer = Vec::new();
+    let mut count = None;
+    while count.is_none() {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        answer.push(b[0]);
+        if answer.ends_with(b"\r\n") {
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            count = text
+                .rsplit_once("\r\n:")
+                .map(|(_, n)| n.trim().parse::<i64>().unwrap());
+        }
+    }
+    assert!(answer.starts_with(b"*2\r\n"), "{answer:?}");
+    count.unwrap()
+}
+
+#[test]
+fn sharded_pub_sub_when_redis_has_it_and_restored_after_a_restart() {
+    let mut redis = Redis::start();
+    let sharded = redis_major() >= 7;
+    let a = node(&redis, &["--cluster-sharded"]);
+    let b = node(&redis, &["--cluster-sharded"]);
+    let mut remote = Sub::line(&b, "feed");
+    let mut local = Sub::line(&a, "feed");
+    let mut publisher = connect(a.line());
+    for round in 0..2 {
+        wait_joined(&a, 1);
+        wait_joined(&b, 1);
+        for n in [&a, &b] {
+            let v = Stats::open(n.bus()).get();
+            assert_eq!(v["cluster"]["sharded"], sharded, "{v}");
+        }
+        // Redis holds the subscriptions as shard channels (or classic
+        // ones, before 7.0).
+        let (kind, other) = if sharded {
+            ("SHARDNUMSUB", "NUMSUB")
+        } else {
+            ("NUMSUB", "NUMSUB")
+        };
+        assert_eq!(pubsub_count(&redis, kind, "switchboard:feed"), 2);
+        if sharded {
+            assert_eq!(pubsub_count(&redis, other, "switchboard:feed"), 0);
+        }
+        let range = round * 50..(round + 1) * 50;
+        publish(&mut publisher, "feed", 0, range.clone());
+        for sub in [&mut remote, &mut local] {
+            assert_eq!(collect(sub, 50)[&0], range.clone().collect::<Vec<_>>());
+        }
+        if round == 0 {
+            redis.kill();
+            for n in [&a, &b] {
+                Stats::open(n.bus())
+                    .wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+            }
+            redis.restart();
+        }
+    }
+}
+
+#[test]
+fn sharded_pub_sub_falls_back_to_classic_when_redis_refuses_it() {
+    if redis_major() < 7 {
+        // The test above checks the fallback on this Redis: it has no
+        // sharded pub/sub (and its ACLs do not know the commands).
+        return;
+    }
+    // An ACL user that may not use the sharded commands.
+    let redis = Redis::start_with(&[
+        "--user",
+        "plain",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-ssubscribe",
+        "-sunsubscribe",
+        "-spublish",
+    ]);
+    let url = format!("redis://plain:pw@127.0.0.1:{}", redis.port);
+    let a = Server::start(&["--cluster", &url, "--cluster-sharded"]);
+    let b = Server::start(&["--cluster", &url, "--cluster-sharded"]);
+    let mut remote = Sub::line(&b, "feed");
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    for n in [&a, &b] {
+        let v = Stats::open(n.bus()).get();
+        assert_eq!(v["cluster"]["sharded"], false, "{v}");
+        let log = wait_log(n, "has no sharded pub/sub");
+        assert!(log.contains("NOPERM"), "{log}");
+    }
+    assert_eq!(pubsub_count(&redis, "NUMSUB", "switchboard:feed"), 1);
+    let mut publisher = connect(a.line());
+    publish(&mut publisher, "feed", 0, 0..50);
+    assert_eq!(collect(&mut remote, 50)[&0], (0..50).collect::<Vec<_>>());
+}
+
 #[test]
 fn redis_unreachable_at_start_exits_2_unless_optional() {
     // A port that takes connections and closes them unanswered: nobody

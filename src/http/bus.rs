@@ -851,6 +851,7 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
         "errors": c.errors,
         "subscriptions": c.subscriptions,
         "confirmed": c.confirmed,
+        "sharded": c.sharded,
     })
 }
 

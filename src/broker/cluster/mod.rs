@@ -57,6 +57,9 @@ pub struct Settings {
     pub max_body: usize,
     /// Sent with `AUTH` first on each link.
     pub auth: Option<url::Auth>,
+    /// Channels through sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`) when
+    /// Redis has it (7.0); classic otherwise.
+    pub sharded: bool,
 }
 
 /// The two links.
@@ -98,6 +101,14 @@ struct Link {
     down_since: Option<Millis>,
     /// Commands written this turn, not yet handed to the connection.
     out: BytesMut,
+    /// While [`State::Hello`]: the answer to the first command came.
+    greeted: bool,
+    /// While [`State::Hello`]: the answer to the sharded pub/sub probe
+    /// (`SUNSUBSCRIBE` without channels) is still to come.
+    probing: bool,
+    /// The connection uses sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`):
+    /// asked for, and the probe answered.
+    sharded: bool,
 }
 
 impl Link {
@@ -108,6 +119,9 @@ impl Link {
             backoff: BACKOFF_MIN,
             down_since: None,
             out: BytesMut::new(),
+            greeted: false,
+            probing: false,
+            sharded: false,
         }
     }
 }
@@ -136,10 +150,13 @@ pub struct ClusterStats {
     pub link_downs: u64,
     /// Error replies and malformed messages from Redis.
     pub errors: u64,
-    /// Channels (and the pattern) this node wants to be subscribed to.
+    /// Channels and globs this node wants to be subscribed to.
     pub subscriptions: u64,
-    /// Subscriptions Redis has confirmed on the subscriber link (its count
-    /// in the last subscribe or unsubscribe answer; 0 while it is down).
+    /// Both links use sharded pub/sub (`--cluster-sharded`, Redis 7).
+    pub sharded: bool,
+    /// Subscriptions Redis has confirmed on the subscriber link (the
+    /// counts in the last classic and sharded subscribe or unsubscribe
+    /// answers, added; 0 while it is down).
     pub confirmed: u64,
 }
 
@@ -155,6 +172,13 @@ pub struct Cluster {
     /// local patterns it stands for (`a.*` and `a.>` are both `PREFIXa.*`;
     /// the all-channel subscribers, `PREFIX*`, count as one).
     globs: HashMap<Vec<u8>, u32>,
+    /// The subscription counts of Redis' last answers: classic (channels
+    /// and patterns), sharded (channels).
+    confirmed: [u64; 2],
+    /// The node said that its patterns miss sharded publishes.
+    warned_patterns: bool,
+    /// The node said that Redis has no sharded pub/sub for it.
+    warned_classic: bool,
     /// The number of this node's next publish (in its payload).
     seq: u64,
     /// The origin and number of the last message delivered from Redis:
@@ -192,6 +216,9 @@ impl Cluster {
             requests: Vec::new(),
             channels: HashSet::new(),
             globs: HashMap::new(),
+            confirmed: [0; 2],
+            warned_patterns: false,
+            warned_classic: false,
             seq: 0,
             last: None,
             pending: VecDeque::new(),
@@ -227,6 +254,8 @@ impl Cluster {
                 .filter(|l| matches!(l.state, State::Up(_)))
                 .count() as u64,
             subscriptions: (self.channels.len() + self.globs.len()) as u64,
+            sharded: self.is_up() && self.links.iter().all(|l| l.sharded),
+            confirmed: self.confirmed[0] + self.confirmed[1],
             ..self.stats
         }
     }
@@ -299,6 +328,7 @@ impl Cluster {
             return false;
         };
         let auth = s.auth.clone();
+        let probe = s.sharded;
         let Some((_, link)) = self.link_of(tag) else {
             return false;
         };
@@ -306,21 +336,42 @@ impl Cluster {
             return false;
         }
         link.state = State::Hello(conn);
+        link.greeted = false;
+        link.probing = probe;
+        link.sharded = false;
         link.out.clear();
         hello_command(&mut link.out, auth.as_ref());
+        if probe {
+            // Redis before 7.0 does not know it ("unknown command"); an
+            // ACL user may not be allowed it ("NOPERM"): classic then.
+            resp::command(&mut link.out, &[b"SUNSUBSCRIBE"]);
+        }
         self.flush(out);
         true
     }
 
-    /// The answer to a link's first command: up, or refused (false: close
-    /// the link; it is dialed again after its back-off).
+    /// The answers to a link's first commands: up, or refused (false:
+    /// close the link; it is dialed again after its back-off).
     fn hello_answer(&mut self, role: Role, conn: ConnId, frame: &Frame, now: Millis) -> bool {
         let with_auth = self.settings.as_ref().is_some_and(|s| s.auth.is_some());
         let address = self.address();
         let Some(link) = self.links.get_mut(role as usize) else {
             return false;
         };
-        if let Frame::Error(e) = frame {
+        if link.greeted {
+            // The probe's answer.
+            link.probing = false;
+            link.sharded = !matches!(frame, Frame::Error(_));
+            if let Frame::Error(e) = frame {
+                if !self.warned_classic {
+                    self.warned_classic = true;
+                    log::warn!(
+                        "cluster: Redis at {address} has no sharded pub/sub for this node ({}); the links use classic PUBLISH and SUBSCRIBE (every node must then, or cross-node messages are lost)",
+                        String::from_utf8_lossy(e)
+                    );
+                }
+            }
+        } else if let Frame::Error(e) = frame {
             let e = String::from_utf8_lossy(e);
             if link.backoff == BACKOFF_MIN || link.backoff >= BACKOFF_MAX {
                 let hint = if with_auth {
@@ -338,6 +389,11 @@ impl Cluster {
             }
             self.stats.errors += 1;
             return false;
+        } else {
+            link.greeted = true;
+            if link.probing {
+                return true;
+            }
         }
         link.state = State::Up(conn);
         link.backoff = BACKOFF_MIN;
@@ -416,7 +472,7 @@ impl Cluster {
                 self.stats.link_downs += 1;
                 if role == Role::Sub {
                     self.last = None;
-                    self.stats.confirmed = 0;
+                    self.confirmed = [0; 2];
                 } else {
                     self.pending.clear();
                     self.pending_bytes = 0;
@@ -433,9 +489,14 @@ impl Cluster {
             return;
         };
         let [link, _] = &mut self.links;
+        let cmd: &[u8] = if link.sharded {
+            b"SSUBSCRIBE"
+        } else {
+            b"SUBSCRIBE"
+        };
         let names: Vec<&Bytes> = self.channels.iter().collect();
         for chunk in names.chunks(SUBSCRIBE_CHUNK) {
-            subscribe_command(&mut link.out, b"SUBSCRIBE", &s.prefix, chunk);
+            subscribe_command(&mut link.out, cmd, &s.prefix, chunk);
         }
         let globs: Vec<&[u8]> = self.globs.keys().map(Vec::as_slice).collect();
         for chunk in globs.chunks(SUBSCRIBE_CHUNK) {
@@ -466,17 +527,31 @@ impl Cluster {
         };
         let [sub, _] = &mut self.links;
         let up = matches!(sub.state, State::Up(_));
+        let (subscribe, unsubscribe): (&[u8], &[u8]) = if sub.sharded {
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
+        } else {
+            (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        };
         let buf = &mut sub.out;
+        if s.sharded
+            && !self.warned_patterns
+            && matches!(change, Interest::Pattern(_, true) | Interest::All(true))
+        {
+            self.warned_patterns = true;
+            log::warn!(
+                "cluster: --cluster-sharded: pattern and all-channel subscribers get the messages published on their own node only (SPUBLISH does not reach Redis patterns; docs/cluster.md)"
+            );
+        }
         match change {
             Interest::Channel(name, true) => {
                 if up {
-                    subscribe_command(buf, b"SUBSCRIBE", &s.prefix, &[&name]);
+                    subscribe_command(buf, subscribe, &s.prefix, &[&name]);
                 }
                 self.channels.insert(name);
             }
             Interest::Channel(name, false) => {
                 if up {
-                    subscribe_command(buf, b"UNSUBSCRIBE", &s.prefix, &[&name]);
+                    subscribe_command(buf, unsubscribe, &s.prefix, &[&name]);
                 }
                 self.channels.remove(&name);
             }
@@ -561,11 +636,17 @@ impl Cluster {
             }
             return;
         }
+        let cmd: &[u8] = if link.sharded {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
         let buf = &mut link.out;
         let before = buf.len();
         resp::header(buf, b'*', 3);
-        resp::header(buf, b'$', 7);
-        buf.put_slice(b"PUBLISH\r\n");
+        resp::header(buf, b'$', cmd.len());
+        buf.put_slice(cmd);
+        buf.put_slice(b"\r\n");
         resp::header(buf, b'$', s.prefix.len() + channel.len());
         buf.put_slice(&s.prefix);
         buf.put_slice(channel);
@@ -643,7 +724,7 @@ impl Cluster {
             return true;
         };
         match &kind[..] {
-            b"message" => {
+            b"message" | b"smessage" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
                     self.deliver(ch, payload, channels, out);
                 }
@@ -655,12 +736,14 @@ impl Cluster {
             }
             _ => {}
         }
-        if matches!(
-            &kind[..],
-            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe"
-        ) {
-            if let Some(Frame::Integer(n)) = items.get(2) {
-                self.stats.confirmed = u64::try_from(*n).unwrap_or(0);
+        let counted = match &kind[..] {
+            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" => Some(0),
+            b"ssubscribe" | b"sunsubscribe" => Some(1),
+            _ => None,
+        };
+        if let (Some(i), Some(Frame::Integer(n))) = (counted, items.get(2)) {
+            if let Some(c) = self.confirmed.get_mut(i) {
+                *c = u64::try_from(*n).unwrap_or(0);
             }
         }
         true
@@ -827,6 +910,7 @@ mod tests {
             max_pending: 1024,
             max_body: 1024,
             auth: None,
+            sharded: false,
         }
     }
 
@@ -936,6 +1020,83 @@ mod tests {
         };
         hello_command(&mut buf, Some(&only));
         assert_eq!(&buf[..], b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
+    }
+
+    #[test]
+    fn sharded_pub_sub_when_the_probe_is_answered_and_classic_when_refused() {
+        for refused in [false, true] {
+            let mut sharded = settings();
+            sharded.sharded = true;
+            let mut c = Cluster::new(Some(sharded), NODE);
+            let mut ch = Channels::default();
+            ch.mirror();
+            let mut out = RecordingOutbox::default();
+            ch.subscribe(
+                conn(1),
+                Bytes::from_static(b"news"),
+                Subscription::line(),
+                &mut out,
+            )
+            .unwrap();
+            c.after_seal(&mut ch, &mut out);
+            c.on_timers(0);
+            assert_eq!(c.take_links().len(), 2);
+            let probe = if refused {
+                Frame::Error(Bytes::from_static(b"ERR unknown command 'SUNSUBSCRIBE'"))
+            } else {
+                Frame::Array(Some(vec![
+                    bulk(b"sunsubscribe"),
+                    Frame::Bulk(None),
+                    Frame::Integer(0),
+                ]))
+            };
+            for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+                assert!(c.link_up(tag, conn(key), 0, &mut out));
+                assert_eq!(
+                    sent_to(&out, key),
+                    "*1\r\n$4\r\nPING\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n"
+                );
+                assert!(c.on_frame(tag, pong(), 0, &mut ch, &mut out));
+                assert!(!c.is_up(), "up before the probe is answered");
+                assert!(c.on_frame(tag, probe.clone(), 0, &mut ch, &mut out));
+            }
+            assert!(c.is_up());
+            assert_eq!(c.stats().sharded, !refused);
+            let s = sent_to(&out, 100);
+            let want = if refused {
+                "*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\nsb:news\r\n"
+            } else {
+                "*2\r\n$10\r\nSSUBSCRIBE\r\n$7\r\nsb:news\r\n"
+            };
+            assert!(s.ends_with(want), "{s}");
+            let mut out = RecordingOutbox::default();
+            ch.publish(b"news", b"text/plain", None, b"x", &mut out);
+            ch.seal(&mut out);
+            c.after_seal(&mut ch, &mut out);
+            let s = sent_to(&out, 101);
+            let want = if refused {
+                "$7\r\nPUBLISH"
+            } else {
+                "$8\r\nSPUBLISH"
+            };
+            assert!(s.starts_with(&format!("*3\r\n{want}\r\n")), "{s}");
+            // Sharded answers and messages.
+            let confirm = Frame::Array(Some(vec![
+                bulk(b"ssubscribe"),
+                bulk(b"sb:news"),
+                Frame::Integer(1),
+            ]));
+            assert!(c.on_frame(1 << 1, confirm, 0, &mut ch, &mut out));
+            assert_eq!(c.stats().confirmed, 1);
+            let m = msg(b"smessage", b"sb:news", &payload(OTHER, 1, b"y"));
+            let mut out = RecordingOutbox::default();
+            assert!(c.on_frame(1 << 1, m, 0, &mut ch, &mut out));
+            ch.seal(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out.bytes_for(conn(1))),
+                "! 1 news text/plain\r\ny\r\n"
+            );
+        }
     }
 
     #[test]
