@@ -2,12 +2,17 @@
 //!
 //! With `--cluster`, every node keeps two outbound connections to one
 //! Redis: the *subscriber link*, in pub/sub mode, subscribed to
-//! `PREFIX + channel` for each channel that has local subscribers (and to
-//! the pattern `PREFIX*` while the node has all-channel subscribers), and
-//! the *publisher link*, which carries one pipelined `PUBLISH` per local
-//! publish. Local subscribers get a message straight from the channels, as
-//! without a cluster; each message in Redis carries the publishing node's
-//! id, and a node drops its own echo. Every subscription is sent again
+//! `PREFIX + channel` for each channel that has local subscribers, to the
+//! Redis glob of each pattern that has (see [`glob`]) and to `PREFIX*`
+//! while the node has all-channel subscribers, and the *publisher link*,
+//! which carries one pipelined `PUBLISH` per local publish (`SSUBSCRIBE`
+//! and `SPUBLISH` for channels with `--cluster-sharded`, when Redis has
+//! them). Each link starts with `AUTH` (or `PING`) and is up once Redis
+//! has accepted it. Local subscribers get a message straight from the
+//! channels, as without a cluster; each message in Redis carries the
+//! publishing node's id and its number there: a node drops its own echo,
+//! and the further copies Redis sends when several of its subscriptions
+//! match one channel. Every subscription is sent again
 //! whenever the subscriber link comes back. Free of IO like the rest of the
 //! broker: the links are dials (`LINK_DOOR`), their bytes go through the
 //! `Outbox`, and their door hands decoded frames back ([`Cluster::on_frame`]).
@@ -86,8 +91,9 @@ enum State {
     },
     Connecting,
     /// Connected; the first command (`AUTH`, or `PING` without
-    /// credentials) is sent and its answer awaited. Nothing else is
-    /// written: a link is up once Redis has accepted it.
+    /// credentials), and with `--cluster-sharded` the probe, are sent and
+    /// their answers awaited. Nothing else is written: a link is up once
+    /// Redis has accepted it.
     Hello(ConnId),
     Up(ConnId),
 }
@@ -179,7 +185,7 @@ pub struct Cluster {
     warned_patterns: bool,
     /// The node said that Redis has no sharded pub/sub for it.
     warned_classic: bool,
-    /// The number of this node's next publish (in its payload).
+    /// The number of this node's last publish (in each payload).
     seq: u64,
     /// The origin and number of the last message delivered from Redis:
     /// Redis sends the copies of one publish (one per matching
