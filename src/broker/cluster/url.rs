@@ -202,4 +202,39 @@ mod tests {
         assert_eq!(shown("redis://u:p@h:1/2"), "redis://***@h:1/2");
         assert_eq!(shown("redis://h:1"), "redis://h:1");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any password, in any URL around it, well formed or not: parsing
+        /// never panics, a URL that parses gives the password back, and an
+        /// error never holds it.
+        #[test]
+        fn a_password_comes_back_or_stays_hidden(
+            password in "[ -~]{6,24}",
+            scheme in prop::sample::select(vec!["redis://", "rediss://", "http://", ""]),
+            user in prop::sample::select(vec!["", "alice"]),
+            rest in prop::sample::select(vec!["h", "h:7", "h:7/1", "[::1]:9", "", "h:x", "h/x", "[::1"]),
+        ) {
+            // Written as a client should: `%` escaped.
+            let escaped = password.replace('%', "%25");
+            let url = format!("{scheme}{user}:{escaped}@{rest}");
+            match parse(&url) {
+                Ok(u) => {
+                    let auth = u.auth.clone().unwrap();
+                    prop_assert_eq!(auth.password, password.clone());
+                    prop_assert_eq!(auth.user.as_deref(), (!user.is_empty()).then_some(user));
+                    // Its Debug print does not depend on the password.
+                    let other = parse(&format!("{scheme}{user}:x@{rest}")).unwrap();
+                    prop_assert_eq!(format!("{u:?}"), format!("{other:?}"));
+                }
+                Err(e) => {
+                    prop_assert!(!e.contains(&password), "{}", e);
+                    prop_assert!(!e.contains(&escaped), "{}", e);
+                }
+            }
+        }
+    }
 }
