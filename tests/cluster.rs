@@ -630,7 +630,7 @@ fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_neve
     const PASSWORD: &str = "s3cret-default";
     const ALICE: &str = "w0nderland-alice";
     const WRONG: &str = "n0t-the-password";
-    let redis = Redis::start_with(&[
+    let mut redis = Redis::start_with(&[
         "--requirepass",
         PASSWORD,
         "--user",
@@ -654,6 +654,16 @@ fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_neve
     let mut publisher = connect(a.line());
     publish(&mut publisher, "feed", 0, 0..20);
     assert_eq!(collect(&mut remote, 20)[&0], (0..20).collect::<Vec<_>>());
+    // Redis restarts: each link authenticates again before it subscribes.
+    redis.kill();
+    for n in [&a, &b] {
+        Stats::open(n.bus()).wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+    }
+    redis.restart();
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    publish(&mut publisher, "feed", 0, 20..40);
+    assert_eq!(collect(&mut remote, 20)[&0], (20..40).collect::<Vec<_>>());
 
     // A wrong password, or none: exit 2 with a reason, the password not in it.
     let wrong_url = format!("redis://:{WRONG}@{at}");
