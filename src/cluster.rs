@@ -50,10 +50,13 @@ impl Door for RedisLink {
                 Ok(Some(frame)) => {
                     cx.progress();
                     let broker = &mut *cx.broker;
-                    if !broker
-                        .cluster
-                        .on_frame(self.tag, frame, &mut broker.channels, cx.out)
-                    {
+                    if !broker.cluster.on_frame(
+                        self.tag,
+                        frame,
+                        cx.now,
+                        &mut broker.channels,
+                        cx.out,
+                    ) {
                         input.clear();
                         return Next::Close(CloseReason::Quit);
                     }

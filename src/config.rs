@@ -427,9 +427,10 @@ pub struct Args {
 
     /// Join the other nodes that name the same Redis: channel messages
     /// published on any node reach subscribers on every node
-    /// (docs/cluster.md). `redis://HOST:PORT[/DB]`, or `rediss://` for TLS
-    /// (roots from --hooks-ca or the system bundle). Redis unreachable at
-    /// start stops the start, unless --cluster-optional.
+    /// (docs/cluster.md). `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or
+    /// `rediss://` for TLS (roots from --hooks-ca or the system bundle).
+    /// Redis unreachable or refusing the password at start stops the
+    /// start, unless --cluster-optional.
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 
@@ -443,6 +444,14 @@ pub struct Args {
     /// while the cluster link is down.
     #[arg(long, requires = "cluster")]
     pub cluster_optional: bool,
+
+    /// With --cluster: channels go through Redis' sharded pub/sub
+    /// (SSUBSCRIBE, SPUBLISH; Redis 7.0 or later, classic pub/sub when it
+    /// lacks them). SPUBLISH does not reach patterns: pattern and
+    /// all-channel subscribers then get only their own node's messages and
+    /// classic ones. Give it to every node or to none (docs/cluster.md).
+    #[arg(long, requires = "cluster")]
+    pub cluster_sharded: bool,
 }
 
 impl Config {
@@ -620,7 +629,13 @@ impl Config {
         };
         let cluster = match &args.cluster {
             Some(url) => {
-                let (host, port, tls, db) = crate::broker::cluster::parse_url(url)
+                let crate::broker::cluster::url::RedisUrl {
+                    host,
+                    port,
+                    tls,
+                    db,
+                    auth,
+                } = crate::broker::cluster::url::parse(url)
                     .map_err(|e| format!("--cluster: {e}"))?;
                 if args.cluster_prefix.is_empty() {
                     return Err("--cluster-prefix: an empty prefix would subscribe to every channel of the Redis".to_string());
@@ -634,6 +649,8 @@ impl Config {
                     optional: args.cluster_optional,
                     max_pending: crate::broker::cluster::DEFAULT_MAX_PENDING,
                     max_body: args.max_body,
+                    auth,
+                    sharded: args.cluster_sharded,
                 })
             }
             None => None,

@@ -31,20 +31,33 @@ struct Redis {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// Settings given to `redis-server` after the port's.
+    args: Vec<String>,
 }
 
 impl Redis {
     /// Starts Redis on a free port.
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts Redis on a free port with more settings (`--requirepass`).
+    fn start_with(args: &[&str]) -> Redis {
         let dir = TempDir::new("redis");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         for _ in 0..20 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            if let Some(child) = spawn_redis(port, &dir) {
-                return Redis { child, port, dir };
+            if let Some(child) = spawn_redis(port, &dir, &args) {
+                return Redis {
+                    child,
+                    port,
+                    dir,
+                    args,
+                };
             }
         }
         panic!("redis-server did not start on any of 20 free ports");
@@ -64,7 +77,7 @@ impl Redis {
     fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = spawn_redis(self.port, &self.dir) {
+            if let Some(child) = spawn_redis(self.port, &self.dir, &self.args) {
                 self.child = child;
                 return;
             }
@@ -86,12 +99,13 @@ impl Drop for Redis {
 
 /// Runs `redis-server` on `port`; `None` when it exits before it is ready
 /// (the port was taken).
-fn spawn_redis(port: u16, dir: &TempDir) -> Option<Child> {
+fn spawn_redis(port: u16, dir: &TempDir, args: &[String]) -> Option<Child> {
     let mut child = Command::new(program("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(dir.path())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -364,6 +378,196 @@ fn after_a_redis_restart_delivery_resumes_and_the_gap_is_counted() {
     }
 }
 
+/// One message with body `body` to `channel`.
+fn publish_one(s: &mut TcpStream, channel: &str, body: &str) {
+    send(
+        s,
+        format!("! {} {channel} text/plain\r\n{body}\r\n", body.len()).as_bytes(),
+    );
+}
+
+#[test]
+fn pattern_subscribers_get_other_nodes_messages_once_also_after_a_redis_restart() {
+    const N: usize = 100;
+    let mut redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    // On node b, four subscriptions that each match sensors.x.temp: Redis
+    // sends b one copy per match (the channel, two globs, the root's).
+    let mut star = Sub::line(&b, "sensors.*.temp");
+    let mut exact = Sub::line(&b, "sensors.x.temp");
+    let mut rest = Sub::line(&b, "sensors.>");
+    let mut root = Sub::line(&b, "*");
+    // On the publishing node: its own messages once, no echo.
+    let mut local = Sub::line(&a, "sensors.*.temp");
+    wait_joined(&a, 1);
+    wait_joined(&b, 4);
+    let mut publisher = connect(a.line());
+    for round in 0..2 {
+        let range = round * N..(round + 1) * N;
+        publish(&mut publisher, "sensors.x.temp", 0, range.clone());
+        // Matches `sensors.>` and the root only (Redis' glob for
+        // `sensors.*.temp` matches it too: b must not deliver it there).
+        publish_one(&mut publisher, "sensors.x.y.temp", "deeper");
+        publish_one(&mut publisher, "sensors.x.temp", "probe");
+        for sub in [&mut star, &mut exact, &mut local] {
+            assert_eq!(collect(sub, N)[&0], range.clone().collect::<Vec<_>>());
+            assert_eq!(sub.next(), "probe");
+        }
+        for sub in [&mut rest, &mut root] {
+            assert_eq!(collect(sub, N)[&0], range.clone().collect::<Vec<_>>());
+            assert_eq!(sub.next(), "deeper");
+            assert_eq!(sub.next(), "probe");
+        }
+        if round == 0 {
+            // Redis restarts: the patterns are asked for again.
+            redis.kill();
+            for n in [&a, &b] {
+                Stats::open(n.bus())
+                    .wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+            }
+            redis.restart();
+            wait_joined(&a, 1);
+            wait_joined(&b, 4);
+        }
+    }
+    let v = Stats::open(b.bus()).get();
+    assert_eq!(stat(&v, "cluster.received"), 2 * (N as u64 + 2), "{v}");
+    assert_eq!(
+        stat(&v, "cluster.copies"),
+        2 * (3 * N as u64 + 3 + 2),
+        "{v}"
+    );
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.echoes"), 2 * (N as u64 + 2), "{v}");
+    // The pattern's last subscriber on b leaves: so does b's subscription.
+    drop(star);
+    wait_joined(&b, 3);
+}
+
+/// The installed `redis-server`'s major version.
+fn redis_major() -> u32 {
+    let out = Command::new(program("redis-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {text:?}"))
+}
+
+/// `PUBSUB what channel` on its own connection to Redis: the number it
+/// answers for the channel.
+fn pubsub_count(redis: &Redis, what: &str, channel: &str) -> i64 {
+    let mut s = connect(&format!("127.0.0.1:{}", redis.port));
+    let args = ["PUBSUB", what, channel];
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    send(&mut s, cmd.as_bytes());
+    // *2, the channel, then :N
+    let mut answer = Vec::new();
+    let mut count = None;
+    while count.is_none() {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        answer.push(b[0]);
+        if answer.ends_with(b"\r\n") {
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            count = text
+                .rsplit_once("\r\n:")
+                .map(|(_, n)| n.trim().parse::<i64>().unwrap());
+        }
+    }
+    assert!(answer.starts_with(b"*2\r\n"), "{answer:?}");
+    count.unwrap()
+}
+
+#[test]
+fn sharded_pub_sub_when_redis_has_it_and_restored_after_a_restart() {
+    let mut redis = Redis::start();
+    let sharded = redis_major() >= 7;
+    let a = node(&redis, &["--cluster-sharded"]);
+    let b = node(&redis, &["--cluster-sharded"]);
+    let mut remote = Sub::line(&b, "feed");
+    let mut local = Sub::line(&a, "feed");
+    let mut publisher = connect(a.line());
+    for round in 0..2 {
+        wait_joined(&a, 1);
+        wait_joined(&b, 1);
+        for n in [&a, &b] {
+            let v = Stats::open(n.bus()).get();
+            assert_eq!(v["cluster"]["sharded"], sharded, "{v}");
+        }
+        // Redis holds the subscriptions as shard channels (or classic
+        // ones, before 7.0).
+        let (kind, other) = if sharded {
+            ("SHARDNUMSUB", "NUMSUB")
+        } else {
+            ("NUMSUB", "NUMSUB")
+        };
+        assert_eq!(pubsub_count(&redis, kind, "switchboard:feed"), 2);
+        if sharded {
+            assert_eq!(pubsub_count(&redis, other, "switchboard:feed"), 0);
+        }
+        let range = round * 50..(round + 1) * 50;
+        publish(&mut publisher, "feed", 0, range.clone());
+        for sub in [&mut remote, &mut local] {
+            assert_eq!(collect(sub, 50)[&0], range.clone().collect::<Vec<_>>());
+        }
+        if round == 0 {
+            redis.kill();
+            for n in [&a, &b] {
+                Stats::open(n.bus())
+                    .wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+            }
+            redis.restart();
+        }
+    }
+}
+
+#[test]
+fn sharded_pub_sub_falls_back_to_classic_when_redis_refuses_it() {
+    if redis_major() < 7 {
+        // The test above checks the fallback on this Redis: it has no
+        // sharded pub/sub (and its ACLs do not know the commands).
+        return;
+    }
+    // An ACL user that may not use the sharded commands.
+    let redis = Redis::start_with(&[
+        "--user",
+        "plain",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-ssubscribe",
+        "-sunsubscribe",
+        "-spublish",
+    ]);
+    let url = format!("redis://plain:pw@127.0.0.1:{}", redis.port);
+    let a = Server::start(&["--cluster", &url, "--cluster-sharded"]);
+    let b = Server::start(&["--cluster", &url, "--cluster-sharded"]);
+    let mut remote = Sub::line(&b, "feed");
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    for n in [&a, &b] {
+        let v = Stats::open(n.bus()).get();
+        assert_eq!(v["cluster"]["sharded"], false, "{v}");
+        let log = wait_log(n, "has no sharded pub/sub");
+        assert!(log.contains("NOPERM"), "{log}");
+    }
+    assert_eq!(pubsub_count(&redis, "NUMSUB", "switchboard:feed"), 1);
+    let mut publisher = connect(a.line());
+    publish(&mut publisher, "feed", 0, 0..50);
+    assert_eq!(collect(&mut remote, 50)[&0], (0..50).collect::<Vec<_>>());
+}
+
 #[test]
 fn redis_unreachable_at_start_exits_2_unless_optional() {
     // A port that takes connections and closes them unanswered: nobody
@@ -401,6 +605,12 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     let mut gone = redis;
     gone.kill();
     let lone = Server::start(&["--cluster", &url, "--cluster-optional"]);
+    // The failed connect names the address it tried.
+    let log = wait_log(&lone, "link to Redis at");
+    assert!(
+        log.contains(&format!("failed: connect 127.0.0.1:{}: ", gone.port)),
+        "{log}"
+    );
     let health = http_get(lone.bus(), "/healthz");
     assert!(
         health.starts_with("HTTP/1.1 200 ") && health.contains("cluster link down"),
@@ -413,6 +623,112 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     wait_joined(&lone, 0);
     let health = http_get(lone.bus(), "/healthz");
     assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+}
+
+#[test]
+fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_never_logged() {
+    const PASSWORD: &str = "s3cret-default";
+    const ALICE: &str = "w0nderland-alice";
+    const WRONG: &str = "n0t-the-password";
+    let mut redis = Redis::start_with(&[
+        "--requirepass",
+        PASSWORD,
+        "--user",
+        "alice",
+        "on",
+        &format!(">{ALICE}"),
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let at = format!("127.0.0.1:{}", redis.port);
+    // The default user (`:PASSWORD@`) and an ACL user (`USER:PASSWORD@`,
+    // its password %-escaped in part).
+    let default_url = format!("redis://:{PASSWORD}@{at}");
+    let alice_url = format!("redis://alice:w0nderland%2Dalice@{at}/0");
+    let a = Server::start(&["--cluster", &default_url, "--log-level", "debug"]);
+    let b = Server::start(&["--cluster", &alice_url, "--log-level", "debug"]);
+    let mut remote = Sub::line(&b, "feed");
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    let mut publisher = connect(a.line());
+    publish(&mut publisher, "feed", 0, 0..20);
+    assert_eq!(collect(&mut remote, 20)[&0], (0..20).collect::<Vec<_>>());
+    // Redis restarts: each link authenticates again before it subscribes.
+    redis.kill();
+    for n in [&a, &b] {
+        Stats::open(n.bus()).wait_for("both links down", |v| stat(v, "cluster.links_up") == 0);
+    }
+    redis.restart();
+    wait_joined(&a, 0);
+    wait_joined(&b, 1);
+    publish(&mut publisher, "feed", 0, 20..40);
+    assert_eq!(collect(&mut remote, 20)[&0], (20..40).collect::<Vec<_>>());
+
+    // A wrong password, or none: exit 2 with a reason, the password not in it.
+    let wrong_url = format!("redis://:{WRONG}@{at}");
+    for (url, reason) in [
+        (wrong_url.as_str(), "refused the user and password"),
+        (redis.url().as_str(), "wants a password"),
+    ] {
+        let out = run_to_exit(&[
+            "--cluster",
+            url,
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(reason) && !err.contains(WRONG), "{err}");
+    }
+    // A URL that cannot be read is refused without showing the password.
+    let bad = run_to_exit(&["--cluster", &format!("redis://:{WRONG}@{at}/x")]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("***@") && !err.contains(WRONG), "{err}");
+
+    // With --cluster-optional the node starts, says why its links are
+    // refused, and counts it; the link is not up.
+    let refused = Server::start(&[
+        "--cluster",
+        &wrong_url,
+        "--cluster-optional",
+        "--log-level",
+        "debug",
+    ]);
+    let log = wait_log(&refused, "refused the publisher link");
+    wait_log(&refused, "refused the subscriber link");
+    assert!(log.contains("WRONGPASS"), "{log}");
+    let v = Stats::open(refused.bus()).get();
+    assert_eq!(v["cluster"]["up"], false);
+    assert!(stat(&v, "cluster.errors") >= 2, "{v}");
+    let health = http_get(refused.bus(), "/healthz");
+    assert!(health.contains("cluster link down"), "{health}");
+
+    for (server, secret) in [(&a, PASSWORD), (&b, ALICE), (&refused, WRONG)] {
+        let log = server.stderr_text();
+        assert!(log.contains("cluster"), "{log}");
+        assert!(!log.contains(secret), "the password is in the log: {log}");
+    }
+}
+
+/// Waits until the server's log holds `needle` (it is written after the
+/// event that causes it, so it is awaited, for up to 20 s); the whole log.
+fn wait_log(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.stderr_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in the log: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs the server with `args` and waits for it to exit by itself: one

@@ -211,10 +211,11 @@ pub struct Published {
 
 /// A change of local interest, noted for the cluster link while
 /// [`Channels::mirror`] is on: a channel gained its first (`true`) or lost
-/// its last (`false`) subscriber; the root did.
+/// its last (`false`) subscriber; a pattern did; the root did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interest {
     Channel(Bytes, bool),
+    Pattern(Bytes, bool),
     All(bool),
 }
 
@@ -507,7 +508,13 @@ impl Channels {
             Name::Pattern => {
                 self.seal(out);
                 sub.named = true;
-                self.patterns.entry(&name)?.add(conn, sub);
+                let audience = self.patterns.entry(&name)?;
+                let first = audience.is_empty();
+                audience.add(conn, sub);
+                if first && self.mirror {
+                    self.interest
+                        .push(Interest::Pattern(Bytes::copy_from_slice(&name), true));
+                }
                 return Ok(());
             }
         }
@@ -560,13 +567,18 @@ impl Channels {
             Ok(Name::All) => return self.unsubscribe_all(conn, out),
             Ok(Name::Pattern) => {
                 self.seal(out);
-                return self
+                let (removed, last) = self
                     .patterns
                     .update(name, |a| {
                         let removed = a.remove(conn);
-                        (removed, a.is_empty())
+                        ((removed, a.is_empty()), a.is_empty())
                     })
-                    .unwrap_or(false);
+                    .unwrap_or((false, false));
+                if removed && last && self.mirror {
+                    self.interest
+                        .push(Interest::Pattern(Bytes::copy_from_slice(name), false));
+                }
+                return removed;
             }
             Err(_) => return false,
         }

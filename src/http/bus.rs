@@ -845,11 +845,13 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
         "sent": c.sent,
         "received": c.received,
         "echoes": c.echoes,
+        "copies": c.copies,
         "dropped": c.dropped,
         "link_downs": c.link_downs,
         "errors": c.errors,
         "subscriptions": c.subscriptions,
         "confirmed": c.confirmed,
+        "sharded": c.sharded,
     })
 }
 

@@ -55,6 +55,9 @@ pub(super) struct Outbound {
     /// The TLS server name (or `None`: plain TCP) of each connection not
     /// yet connecting, until its socket is made.
     names: HashMap<ConnId, Option<String>>,
+    /// The address each connecting socket is connecting to (a socket that
+    /// is not connected has no peer address): for the failure's message.
+    dialing: HashMap<ConnId, SocketAddr>,
 }
 
 impl Outbound {
@@ -70,6 +73,7 @@ impl Outbound {
             openers: DIALS.iter().map(|d| (d.opener)(config)).collect(),
             tls: config.client_tls.clone(),
             names: HashMap::new(),
+            dialing: HashMap::new(),
         })
     }
 }
@@ -145,6 +149,13 @@ impl Server {
         let Ok(door_ix) = u8::try_from(DOORS.len() + ix) else {
             return;
         };
+        // Connections closed while connecting (a hang-up, the shutdown)
+        // leave their address behind: dropped here, so the map holds no
+        // more than the connections connecting.
+        let conns = &self.conns;
+        self.outbound
+            .dialing
+            .retain(|id, _| conns.get(id.key as usize).is_some_and(|c| c.id == *id));
         let door = opener(dial.tag);
         self.next_gen = self.next_gen.wrapping_add(1);
         let entry = self.conns.vacant_entry();
@@ -255,6 +266,7 @@ impl Server {
         if let Err(e) = transport.register(self.poll.registry(), Token(key)) {
             return self.connect_failed(key, e);
         }
+        self.outbound.dialing.insert(c.id, addr);
         c.transport = transport;
     }
 
@@ -267,8 +279,10 @@ impl Server {
         let Some(result) = c.transport.connect_result() else {
             return;
         };
+        let addr = self.outbound.dialing.remove(&c.id);
         if let Err(e) = result {
-            let e = io::Error::new(e.kind(), format!("connect {}: {e}", c.transport.peer()));
+            let to = addr.map_or_else(|| c.transport.peer(), |a| a.to_string());
+            let e = io::Error::new(e.kind(), format!("connect {to}: {e}"));
             return self.connect_failed(key, e);
         }
         c.life = Life::Open;
@@ -311,6 +325,7 @@ impl Server {
         }
         let id = c.id;
         self.outbound.names.remove(&id);
+        self.outbound.dialing.remove(&id);
         log::debug!("conn {key}: {e}");
         self.with_door(key, |door, cx| door.on_connect(cx, Err(&e)));
         self.mark_close(key, CloseReason::ConnectFailed);
@@ -318,10 +333,17 @@ impl Server {
 }
 
 /// Whether the cluster's Redis answers at start (`--cluster` without
-/// `--cluster-optional`): a blocking connect and, without TLS, a `PING`,
-/// each within `timeout`. Run before the loop starts.
-pub fn check_redis(host: &str, port: u16, tls: bool, timeout: Duration) -> Result<(), String> {
-    use std::io::{Read, Write};
+/// `--cluster-optional`): a blocking connect and, without TLS, `AUTH` (with
+/// credentials) and `PING`, each within `timeout`. Run before the loop
+/// starts. The message never holds the password.
+pub fn check_redis(
+    host: &str,
+    port: u16,
+    tls: bool,
+    auth: Option<&crate::broker::cluster::url::Auth>,
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::io::Write;
     use std::net::ToSocketAddrs;
     let addrs: Vec<std::net::SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -338,25 +360,62 @@ pub fn check_redis(host: &str, port: u16, tls: bool, timeout: Duration) -> Resul
                     .map_err(|e| e.to_string())?;
                 s.set_write_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
+                if let Some(a) = auth {
+                    let mut command = bytes::BytesMut::new();
+                    let mut args: Vec<&[u8]> = vec![b"AUTH"];
+                    args.extend(a.user.as_deref().map(str::as_bytes));
+                    args.push(a.password.as_bytes());
+                    crate::broker::cluster::resp::command(&mut command, &args);
+                    s.write_all(&command).map_err(|e| format!("{addr}: {e}"))?;
+                    let answer = answer_line(&mut s, addr, "AUTH")?;
+                    if !answer.starts_with("+OK") {
+                        return Err(format!(
+                            "{addr} refused the user and password of the URL: {}",
+                            answer.trim_start_matches('-')
+                        ));
+                    }
+                }
                 s.write_all(b"*1\r\n$4\r\nPING\r\n")
                     .map_err(|e| format!("{addr}: {e}"))?;
-                let mut answer = [0u8; 256];
-                let n = s.read(&mut answer).map_err(|e| format!("{addr}: {e}"))?;
-                let text = String::from_utf8_lossy(answer.get(..n).unwrap_or(&[]));
-                return if text.starts_with("+PONG") {
+                let answer = answer_line(&mut s, addr, "PING")?;
+                return if answer.starts_with("+PONG") {
                     Ok(())
-                } else if n == 0 {
+                } else if answer.starts_with("-NOAUTH") {
                     Err(format!(
-                        "{addr} closed the connection without answering PING"
+                        "{addr} wants a password: give it in the URL, redis://:PASSWORD@HOST:PORT"
                     ))
                 } else {
-                    Err(format!("{addr} answered PING with {:?}", text.trim_end()))
+                    Err(format!("{addr} answered PING with {answer:?}"))
                 };
             }
             Err(e) => last = format!("{addr}: {e}"),
         }
     }
     Err(last)
+}
+
+/// The first line of an answer (without its CRLF), read a byte at a time
+/// so that nothing after it is taken; at most 256 bytes.
+fn answer_line(
+    s: &mut std::net::TcpStream,
+    addr: SocketAddr,
+    command: &str,
+) -> Result<String, String> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") && line.len() < 256 {
+        match s.read(&mut byte) {
+            Ok(0) => {
+                return Err(format!(
+                    "{addr} closed the connection without answering {command}"
+                ))
+            }
+            Ok(_) => line.extend_from_slice(&byte),
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
 }
 
 #[cfg(test)]

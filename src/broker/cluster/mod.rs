@@ -2,19 +2,25 @@
 //!
 //! With `--cluster`, every node keeps two outbound connections to one
 //! Redis: the *subscriber link*, in pub/sub mode, subscribed to
-//! `PREFIX + channel` for each channel that has local subscribers (and to
-//! the pattern `PREFIX*` while the node has all-channel subscribers), and
-//! the *publisher link*, which carries one pipelined `PUBLISH` per local
-//! publish. Local subscribers get a message straight from the channels, as
-//! without a cluster; each message in Redis carries the publishing node's
-//! id, and a node drops its own echo. Every subscription is sent again
+//! `PREFIX + channel` for each channel that has local subscribers, to the
+//! Redis glob of each pattern that has (see [`glob`]) and to `PREFIX*`
+//! while the node has all-channel subscribers, and the *publisher link*,
+//! which carries one pipelined `PUBLISH` per local publish (`SSUBSCRIBE`
+//! and `SPUBLISH` for channels with `--cluster-sharded`, when Redis has
+//! them). Each link starts with `AUTH` (or `PING`) and is up once Redis
+//! has accepted it. Local subscribers get a message straight from the
+//! channels, as without a cluster; each message in Redis carries the
+//! publishing node's id and its number there: a node drops its own echo,
+//! and the further copies Redis sends when several of its subscriptions
+//! match one channel. Every subscription is sent again
 //! whenever the subscriber link comes back. Free of IO like the rest of the
 //! broker: the links are dials (`LINK_DOOR`), their bytes go through the
 //! `Outbox`, and their door hands decoded frames back ([`Cluster::on_frame`]).
 
 pub mod resp;
+pub mod url;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -36,7 +42,7 @@ const CONNECT_TIMEOUT: Millis = 5_000;
 /// Channels named in one `SUBSCRIBE` when a link (re)subscribes.
 const SUBSCRIBE_CHUNK: usize = 256;
 /// The first bytes of a message's payload in Redis (the format's version).
-const MAGIC: &[u8] = b"sb1 ";
+const MAGIC: &[u8] = b"sb2 ";
 
 /// Where the cluster's Redis is and how the node uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,57 +60,11 @@ pub struct Settings {
     pub max_pending: usize,
     /// The largest message body (bigger bulks from Redis are an error).
     pub max_body: usize,
-}
-
-/// Parses `redis://HOST:PORT[/DB]` or `rediss://…` (TLS). The port is
-/// 6379 when left out; `[::1]` is an IPv6 host.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool, u32), String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("redis://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("rediss://") {
-        (true, r)
-    } else {
-        return Err(format!(
-            "{url:?} is not a redis:// or rediss:// URL (redis://HOST:PORT[/DB])"
-        ));
-    };
-    let (authority, db) = match rest.split_once('/') {
-        Some((a, "")) => (a, 0),
-        Some((a, db)) => (
-            a,
-            db.parse::<u32>()
-                .map_err(|_| format!("{url:?}: the database {db:?} is not a number"))?,
-        ),
-        None => (rest, 0),
-    };
-    if authority.contains('@') {
-        return Err(format!(
-            "{url:?}: credentials in the URL are not supported (no AUTH yet)"
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: an IPv6 host without its ']'"))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?}: no host"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{url:?}: the port {p:?} is not a port number"))?,
-        None => 6379,
-    };
-    Ok((host.to_string(), port, tls, db))
+    /// Sent with `AUTH` first on each link.
+    pub auth: Option<url::Auth>,
+    /// Channels through sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`) when
+    /// Redis has it (7.0); classic otherwise.
+    pub sharded: bool,
 }
 
 /// The two links.
@@ -130,6 +90,11 @@ enum State {
         retry_at: Millis,
     },
     Connecting,
+    /// Connected; the first command (`AUTH`, or `PING` without
+    /// credentials), and with `--cluster-sharded` the probe, are sent and
+    /// their answers awaited. Nothing else is written: a link is up once
+    /// Redis has accepted it.
+    Hello(ConnId),
     Up(ConnId),
 }
 
@@ -142,6 +107,14 @@ struct Link {
     down_since: Option<Millis>,
     /// Commands written this turn, not yet handed to the connection.
     out: BytesMut,
+    /// While [`State::Hello`]: the answer to the first command came.
+    greeted: bool,
+    /// While [`State::Hello`]: the answer to the sharded pub/sub probe
+    /// (`SUNSUBSCRIBE` without channels) is still to come.
+    probing: bool,
+    /// The connection uses sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`):
+    /// asked for, and the probe answered.
+    sharded: bool,
 }
 
 impl Link {
@@ -152,6 +125,9 @@ impl Link {
             backoff: BACKOFF_MIN,
             down_since: None,
             out: BytesMut::new(),
+            greeted: false,
+            probing: false,
+            sharded: false,
         }
     }
 }
@@ -169,6 +145,10 @@ pub struct ClusterStats {
     pub received: u64,
     /// This node's own messages coming back, dropped.
     pub echoes: u64,
+    /// Further copies of one message, dropped: Redis sends one per
+    /// subscription of the link that matches its channel (the channel,
+    /// patterns, the all-channel pattern).
+    pub copies: u64,
     /// Publishes not sent to Redis: the publisher link was down or over
     /// its pending limit (local subscribers still got them).
     pub dropped: u64,
@@ -176,10 +156,13 @@ pub struct ClusterStats {
     pub link_downs: u64,
     /// Error replies and malformed messages from Redis.
     pub errors: u64,
-    /// Channels (and the pattern) this node wants to be subscribed to.
+    /// Channels and globs this node wants to be subscribed to.
     pub subscriptions: u64,
-    /// Subscriptions Redis has confirmed on the subscriber link (its count
-    /// in the last subscribe or unsubscribe answer; 0 while it is down).
+    /// Both links use sharded pub/sub (`--cluster-sharded`, Redis 7).
+    pub sharded: bool,
+    /// Subscriptions Redis has confirmed on the subscriber link (the
+    /// counts in the last classic and sharded subscribe or unsubscribe
+    /// answers, added; 0 while it is down).
     pub confirmed: u64,
 }
 
@@ -191,11 +174,24 @@ pub struct Cluster {
     requests: Vec<LinkRequest>,
     /// Channels with local subscribers (names without the prefix).
     channels: HashSet<Bytes>,
-    /// The node has all-channel subscribers.
-    root: bool,
-    /// The pattern subscription is confirmed: `pmessage` carries every
-    /// message, and a `message` (a copy) is dropped.
-    pattern_on: bool,
+    /// The Redis globs the node subscribes to, each with the number of
+    /// local patterns it stands for (`a.*` and `a.>` are both `PREFIXa.*`;
+    /// the all-channel subscribers, `PREFIX*`, count as one).
+    globs: HashMap<Vec<u8>, u32>,
+    /// The subscription counts of Redis' last answers: classic (channels
+    /// and patterns), sharded (channels).
+    confirmed: [u64; 2],
+    /// The node said that its patterns miss sharded publishes.
+    warned_patterns: bool,
+    /// The node said that Redis has no sharded pub/sub for it.
+    warned_classic: bool,
+    /// The number of this node's last publish (in each payload).
+    seq: u64,
+    /// The origin and number of the last message delivered from Redis:
+    /// Redis sends the copies of one publish (one per matching
+    /// subscription of the link) one after the other, so a copy is a
+    /// message with the same origin and number as the one before.
+    last: Option<([u8; 16], u64)>,
     /// Sizes of the `PUBLISH` commands written and not yet answered.
     pending: VecDeque<usize>,
     pending_bytes: usize,
@@ -225,8 +221,12 @@ impl Cluster {
             links: [Link::new(), Link::new()],
             requests: Vec::new(),
             channels: HashSet::new(),
-            root: false,
-            pattern_on: false,
+            globs: HashMap::new(),
+            confirmed: [0; 2],
+            warned_patterns: false,
+            warned_classic: false,
+            seq: 0,
+            last: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
             stats: ClusterStats::default(),
@@ -259,7 +259,9 @@ impl Cluster {
                 .iter()
                 .filter(|l| matches!(l.state, State::Up(_)))
                 .count() as u64,
-            subscriptions: self.channels.len() as u64 + u64::from(self.root),
+            subscriptions: (self.channels.len() + self.globs.len()) as u64,
+            sharded: self.is_up() && self.links.iter().all(|l| l.sharded),
+            confirmed: self.confirmed[0] + self.confirmed[1],
             ..self.stats
         }
     }
@@ -318,20 +320,86 @@ impl Cluster {
         (link.gen == tag >> 1).then_some((role, link))
     }
 
-    /// A link's connect finished. False: the connection is not wanted
-    /// (a stale dial), close it.
+    /// A link's connect finished: the first command is written, and the
+    /// link is up once Redis has answered it ([`Cluster::on_frame`]).
+    /// False: the connection is not wanted (a stale dial), close it.
     pub fn link_up(
         &mut self,
         tag: u64,
         conn: ConnId,
-        now: Millis,
+        _now: Millis,
         out: &mut (impl Outbox + ?Sized),
     ) -> bool {
-        let Some((role, link)) = self.link_of(tag) else {
+        let Some(s) = &self.settings else {
+            return false;
+        };
+        let auth = s.auth.clone();
+        let probe = s.sharded;
+        let Some((_, link)) = self.link_of(tag) else {
             return false;
         };
         if link.state != State::Connecting {
             return false;
+        }
+        link.state = State::Hello(conn);
+        link.greeted = false;
+        link.probing = probe;
+        link.sharded = false;
+        link.out.clear();
+        hello_command(&mut link.out, auth.as_ref());
+        if probe {
+            // Redis before 7.0 does not know it ("unknown command"); an
+            // ACL user may not be allowed it ("NOPERM"): classic then.
+            resp::command(&mut link.out, &[b"SUNSUBSCRIBE"]);
+        }
+        self.flush(out);
+        true
+    }
+
+    /// The answers to a link's first commands: up, or refused (false:
+    /// close the link; it is dialed again after its back-off).
+    fn hello_answer(&mut self, role: Role, conn: ConnId, frame: &Frame, now: Millis) -> bool {
+        let with_auth = self.settings.as_ref().is_some_and(|s| s.auth.is_some());
+        let address = self.address();
+        let Some(link) = self.links.get_mut(role as usize) else {
+            return false;
+        };
+        if link.greeted {
+            // The probe's answer.
+            link.probing = false;
+            link.sharded = !matches!(frame, Frame::Error(_));
+            if let Frame::Error(e) = frame {
+                if !self.warned_classic {
+                    self.warned_classic = true;
+                    log::warn!(
+                        "cluster: Redis at {address} has no sharded pub/sub for this node ({}); the links use classic PUBLISH and SUBSCRIBE (every node must then, or cross-node messages are lost)",
+                        String::from_utf8_lossy(e)
+                    );
+                }
+            }
+        } else if let Frame::Error(e) = frame {
+            let e = String::from_utf8_lossy(e);
+            if link.backoff == BACKOFF_MIN || link.backoff >= BACKOFF_MAX {
+                let hint = if with_auth {
+                    "check the user and password of --cluster"
+                } else if e.starts_with("NOAUTH") {
+                    "Redis wants a password: --cluster redis://:PASSWORD@HOST:PORT"
+                } else {
+                    "Redis does not take the link"
+                };
+                log::warn!(
+                    "cluster: Redis at {address} refused the {} link: {e} ({hint}); retrying in {} ms",
+                    role.name(),
+                    link.backoff
+                );
+            }
+            self.stats.errors += 1;
+            return false;
+        } else {
+            link.greeted = true;
+            if link.probing {
+                return true;
+            }
         }
         link.state = State::Up(conn);
         link.backoff = BACKOFF_MIN;
@@ -342,7 +410,7 @@ impl Cluster {
             gap.map_or(String::new(), |ms| format!(" again after {ms} ms"))
         );
         if role == Role::Sub {
-            self.pattern_on = false;
+            self.last = None;
             self.resubscribe();
         } else {
             self.pending.clear();
@@ -350,24 +418,26 @@ impl Cluster {
         }
         if self.is_up() {
             log::info!(
-                "cluster: joined through Redis at {}:{} (node {}; {} publishes not sent while the link was down, in all)",
-                self.settings.as_ref().map_or("", |s| s.host.as_str()),
-                self.settings.as_ref().map_or(0, |s| s.port),
+                "cluster: joined through Redis at {} (node {}; {} publishes not sent while the link was down, in all)",
+                self.address(),
                 String::from_utf8_lossy(&self.node),
                 self.stats.dropped
             );
         }
-        self.flush(out);
         true
+    }
+
+    /// `HOST:PORT` of the Redis, for logs (never the credentials).
+    fn address(&self) -> String {
+        self.settings
+            .as_ref()
+            .map(|s| format!("{}:{}", s.host, s.port))
+            .unwrap_or_default()
     }
 
     /// A link's dial failed (lookup, connect, timeout).
     pub fn link_failed(&mut self, tag: u64, why: &str, now: Millis) {
-        let host = self
-            .settings
-            .as_ref()
-            .map(|s| format!("{}:{}", s.host, s.port))
-            .unwrap_or_default();
+        let host = self.address();
         let Some((role, link)) = self.link_of(tag) else {
             return;
         };
@@ -407,14 +477,14 @@ impl Cluster {
                 Self::down(link, now);
                 self.stats.link_downs += 1;
                 if role == Role::Sub {
-                    self.pattern_on = false;
-                    self.stats.confirmed = 0;
+                    self.last = None;
+                    self.confirmed = [0; 2];
                 } else {
                     self.pending.clear();
                     self.pending_bytes = 0;
                 }
             }
-            State::Connecting => Self::down(link, now),
+            State::Connecting | State::Hello(_) => Self::down(link, now),
             State::Down { .. } => {}
         }
     }
@@ -425,12 +495,18 @@ impl Cluster {
             return;
         };
         let [link, _] = &mut self.links;
+        let cmd: &[u8] = if link.sharded {
+            b"SSUBSCRIBE"
+        } else {
+            b"SUBSCRIBE"
+        };
         let names: Vec<&Bytes> = self.channels.iter().collect();
         for chunk in names.chunks(SUBSCRIBE_CHUNK) {
-            subscribe_command(&mut link.out, b"SUBSCRIBE", &s.prefix, chunk);
+            subscribe_command(&mut link.out, cmd, &s.prefix, chunk);
         }
-        if self.root {
-            pattern_command(&mut link.out, b"PSUBSCRIBE", &s.prefix);
+        let globs: Vec<&[u8]> = self.globs.keys().map(Vec::as_slice).collect();
+        for chunk in globs.chunks(SUBSCRIBE_CHUNK) {
+            resp::command_with(&mut link.out, b"PSUBSCRIBE", chunk);
         }
     }
 
@@ -457,27 +533,76 @@ impl Cluster {
         };
         let [sub, _] = &mut self.links;
         let up = matches!(sub.state, State::Up(_));
+        let (subscribe, unsubscribe): (&[u8], &[u8]) = if sub.sharded {
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
+        } else {
+            (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        };
         let buf = &mut sub.out;
+        if s.sharded
+            && !self.warned_patterns
+            && matches!(change, Interest::Pattern(_, true) | Interest::All(true))
+        {
+            self.warned_patterns = true;
+            log::warn!(
+                "cluster: --cluster-sharded: pattern and all-channel subscribers get the messages published on their own node only (SPUBLISH does not reach Redis patterns; docs/cluster.md)"
+            );
+        }
         match change {
             Interest::Channel(name, true) => {
                 if up {
-                    subscribe_command(buf, b"SUBSCRIBE", &s.prefix, &[&name]);
+                    subscribe_command(buf, subscribe, &s.prefix, &[&name]);
                 }
                 self.channels.insert(name);
             }
             Interest::Channel(name, false) => {
                 if up {
-                    subscribe_command(buf, b"UNSUBSCRIBE", &s.prefix, &[&name]);
+                    subscribe_command(buf, unsubscribe, &s.prefix, &[&name]);
                 }
                 self.channels.remove(&name);
             }
-            Interest::All(on) => {
-                if up {
-                    let cmd: &[u8] = if on { b"PSUBSCRIBE" } else { b"PUNSUBSCRIBE" };
-                    pattern_command(buf, cmd, &s.prefix);
-                }
-                self.root = on;
+            Interest::Pattern(pattern, on) => {
+                let g = glob(&s.prefix, &pattern);
+                Self::count_glob(&mut self.globs, g, on, up.then_some(buf));
             }
+            Interest::All(on) => {
+                let g = glob(&s.prefix, b">");
+                Self::count_glob(&mut self.globs, g, on, up.then_some(buf));
+            }
+        }
+    }
+
+    /// One more (`on`) or one less local pattern for `glob`; the first
+    /// subscribes to it, the last unsubscribes, written to `buf` when the
+    /// link is up.
+    fn count_glob(
+        globs: &mut HashMap<Vec<u8>, u32>,
+        glob: Vec<u8>,
+        on: bool,
+        buf: Option<&mut BytesMut>,
+    ) {
+        let cmd: &[u8] = if on {
+            let n = globs.entry(glob.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                return;
+            }
+            b"PSUBSCRIBE"
+        } else {
+            match globs.get_mut(&glob) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    globs.remove(&glob);
+                }
+                None => return,
+            }
+            b"PUNSUBSCRIBE"
+        };
+        if let Some(buf) = buf {
+            resp::command_with(buf, cmd, &[&glob]);
         }
     }
 
@@ -489,7 +614,8 @@ impl Cluster {
         let mut header = BytesMut::with_capacity(64);
         header.put_slice(MAGIC);
         header.put_slice(&self.node);
-        header.put_slice(format!(" {} ", content_type.len()).as_bytes());
+        self.seq += 1;
+        header.put_slice(format!(" {} {} ", self.seq, content_type.len()).as_bytes());
         match sender {
             Some(name) => header.put_slice(name.len().to_string().as_bytes()),
             None => header.put_u8(b'-'),
@@ -516,11 +642,17 @@ impl Cluster {
             }
             return;
         }
+        let cmd: &[u8] = if link.sharded {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        };
         let buf = &mut link.out;
         let before = buf.len();
         resp::header(buf, b'*', 3);
-        resp::header(buf, b'$', 7);
-        buf.put_slice(b"PUBLISH\r\n");
+        resp::header(buf, b'$', cmd.len());
+        buf.put_slice(cmd);
+        buf.put_slice(b"\r\n");
         resp::header(buf, b'$', s.prefix.len() + channel.len());
         buf.put_slice(&s.prefix);
         buf.put_slice(channel);
@@ -546,7 +678,7 @@ impl Cluster {
                 continue;
             }
             match link.state {
-                State::Up(conn) => {
+                State::Hello(conn) | State::Up(conn) => {
                     out.deliver(conn, link.out.split().freeze(), 0);
                 }
                 _ => link.out.clear(),
@@ -559,12 +691,23 @@ impl Cluster {
         &mut self,
         tag: u64,
         frame: Frame,
+        now: Millis,
         channels: &mut Channels,
         out: &mut (impl Outbox + ?Sized),
     ) -> bool {
-        let Some((role, _)) = self.link_of(tag) else {
+        let Some((role, link)) = self.link_of(tag) else {
             return false;
         };
+        match link.state {
+            State::Hello(conn) => {
+                let up = self.hello_answer(role, conn, &frame, now);
+                self.flush(out);
+                return up;
+            }
+            State::Up(_) => {}
+            // Nothing is read before the connect, or after the close.
+            State::Connecting | State::Down { .. } => return false,
+        }
         if let Frame::Error(e) = &frame {
             self.stats.errors += 1;
             log::warn!(
@@ -587,7 +730,7 @@ impl Cluster {
             return true;
         };
         match &kind[..] {
-            b"message" if !self.pattern_on => {
+            b"message" | b"smessage" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
                     self.deliver(ch, payload, channels, out);
                 }
@@ -597,16 +740,16 @@ impl Cluster {
                     self.deliver(ch, payload, channels, out);
                 }
             }
-            b"psubscribe" => self.pattern_on = true,
-            b"punsubscribe" => self.pattern_on = false,
             _ => {}
         }
-        if matches!(
-            &kind[..],
-            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe"
-        ) {
-            if let Some(Frame::Integer(n)) = items.get(2) {
-                self.stats.confirmed = u64::try_from(*n).unwrap_or(0);
+        let counted = match &kind[..] {
+            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" => Some(0),
+            b"ssubscribe" | b"sunsubscribe" => Some(1),
+            _ => None,
+        };
+        if let (Some(i), Some(Frame::Integer(n))) = (counted, items.get(2)) {
+            if let Some(c) = self.confirmed.get_mut(i) {
+                *c = u64::try_from(*n).unwrap_or(0);
             }
         }
         true
@@ -633,12 +776,40 @@ impl Cluster {
             );
             return;
         };
+        // A copy of the message before (the link's subscriptions that
+        // match a channel each bring one, one after the other).
+        if self
+            .last
+            .is_some_and(|(node, seq)| node[..] == *m.node && seq == m.seq)
+        {
+            self.stats.copies += 1;
+            return;
+        }
+        let mut node = [0u8; 16];
+        node.copy_from_slice(m.node);
+        self.last = Some((node, m.seq));
         if m.node == &self.node[..] {
             self.stats.echoes += 1;
             return;
         }
         self.stats.received += 1;
         channels.publish_remote(channel, m.content_type, m.sender, m.body, out);
+    }
+}
+
+/// A link's first command: `AUTH [USER] PASSWORD`, or `PING` (which a
+/// Redis that wants a password refuses with `NOAUTH`).
+fn hello_command(buf: &mut BytesMut, auth: Option<&url::Auth>) {
+    match auth {
+        Some(url::Auth {
+            user: Some(user),
+            password,
+        }) => resp::command(buf, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
+        Some(url::Auth {
+            user: None,
+            password,
+        }) => resp::command(buf, &[b"AUTH", password.as_bytes()]),
+        None => resp::command(buf, &[b"PING"]),
     }
 }
 
@@ -655,36 +826,54 @@ fn subscribe_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8], names: &[&By
     }
 }
 
-/// `PSUBSCRIBE PREFIX*`, the prefix's glob characters escaped.
-fn pattern_command(buf: &mut BytesMut, cmd: &[u8], prefix: &[u8]) {
-    let mut pattern = Vec::with_capacity(prefix.len() + 1);
-    for &b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            pattern.push(b'\\');
+/// The Redis glob of a subscription pattern (`a.*.c`, `a.>`, or `>` for
+/// every channel) under `prefix`: a wildcard token becomes `*`, every
+/// other byte is literal (glob characters escaped). Redis' `*` also
+/// matches dots, so the glob matches a superset of the pattern's
+/// channels; the node's own pattern matching picks the subscribers.
+pub fn glob(prefix: &[u8], pattern: &[u8]) -> Vec<u8> {
+    fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
+        for &b in bytes {
+            if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
         }
-        pattern.push(b);
     }
-    pattern.push(b'*');
-    resp::command(buf, &[cmd, &pattern]);
+    let mut out = Vec::with_capacity(prefix.len() + pattern.len() + 4);
+    literal(&mut out, prefix);
+    for (i, token) in pattern.split(|&b| b == b'.').enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        match token {
+            b"*" | b">" => out.push(b'*'),
+            _ => literal(&mut out, token),
+        }
+    }
+    out
 }
 
 /// A message as another node published it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Remote<'a> {
     pub node: &'a [u8],
+    /// The number of the publish on its node (1, 2, …).
+    pub seq: u64,
     pub content_type: &'a [u8],
     pub sender: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
-/// `sb1 NODE CTLEN SENDERLEN|-\n` + content type + sender + body.
+/// `sb2 NODE SEQ CTLEN SENDERLEN|-\n` + content type + sender + body.
 pub fn parse_payload(p: &[u8]) -> Option<Remote<'_>> {
     let rest = p.strip_prefix(MAGIC)?;
-    let nl = rest.iter().take(64).position(|&b| b == b'\n')?;
+    let nl = rest.iter().take(96).position(|&b| b == b'\n')?;
     let head = std::str::from_utf8(rest.get(..nl)?).ok()?;
     let data = rest.get(nl + 1..)?;
     let mut fields = head.split(' ');
     let node = fields.next()?.as_bytes();
+    let seq: u64 = fields.next()?.parse().ok()?;
     let ct_len: usize = fields.next()?.parse().ok()?;
     let sender_len: Option<usize> = match fields.next()? {
         "-" => None,
@@ -701,6 +890,7 @@ pub fn parse_payload(p: &[u8]) -> Option<Remote<'_>> {
     };
     Some(Remote {
         node,
+        seq,
         content_type,
         sender,
         body,
@@ -725,6 +915,8 @@ mod tests {
             optional: false,
             max_pending: 1024,
             max_body: 1024,
+            auth: None,
+            sharded: false,
         }
     }
 
@@ -746,8 +938,8 @@ mod tests {
         Frame::Array(Some(items))
     }
 
-    fn payload(node: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut p = format!("sb1 {} 10 -\n", String::from_utf8_lossy(node)).into_bytes();
+    fn payload(node: &[u8], seq: u64, body: &[u8]) -> Vec<u8> {
+        let mut p = format!("sb2 {} {seq} 10 -\n", String::from_utf8_lossy(node)).into_bytes();
         p.extend_from_slice(b"text/plain");
         p.extend_from_slice(body);
         p
@@ -760,10 +952,20 @@ mod tests {
         c.on_timers(0);
         let dials = c.take_links();
         assert_eq!(dials.len(), 2);
-        assert!(c.link_up(1 << 1, conn(100), 0, out));
-        assert!(c.link_up(1 << 1 | 1, conn(101), 0, out));
+        let mut ch = Channels::default();
+        for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+            assert!(c.link_up(tag, conn(key), 0, out));
+            assert!(!c.is_up());
+            assert_eq!(sent_to(out, key), "*1\r\n$4\r\nPING\r\n");
+            assert!(c.on_frame(tag, pong(), 0, &mut ch, out));
+        }
         assert!(c.is_up());
+        *out = RecordingOutbox::default();
         c
+    }
+
+    fn pong() -> Frame {
+        Frame::Simple(Bytes::from_static(b"PONG"))
     }
 
     fn sent_to(out: &RecordingOutbox, key: u32) -> String {
@@ -771,39 +973,153 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
+    fn credentials_go_first_and_a_refusal_closes_the_link() {
+        let mut with = settings();
+        with.auth = Some(url::Auth {
+            user: Some("alice".into()),
+            password: "pw".into(),
+        });
+        let mut c = Cluster::new(Some(with), NODE);
+        let mut ch = Channels::default();
+        ch.mirror();
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(
+            conn(1),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            &mut out,
+        )
+        .unwrap();
+        c.after_seal(&mut ch, &mut out);
+        c.on_timers(0);
+        assert_eq!(c.take_links().len(), 2);
+        assert!(c.link_up(1 << 1, conn(100), 0, &mut out));
         assert_eq!(
-            parse_url("redis://h:7/2").unwrap(),
-            ("h".into(), 7, false, 2)
+            sent_to(&out, 100),
+            "*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$2\r\npw\r\n"
         );
-        assert_eq!(
-            parse_url("rediss://[::1]").unwrap(),
-            ("::1".into(), 6379, true, 0)
-        );
-        for bad in [
-            "http://h",
-            "redis://:1",
-            "redis://h:0",
-            "redis://h:x",
-            "redis://u:p@h",
-            "redis://h/x",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
+        // Refused: the link closes and is dialed again after its back-off;
+        // nothing else was written on it.
+        let refusal = Frame::Error(Bytes::from_static(
+            b"WRONGPASS invalid username-password pair",
+        ));
+        let mut out = RecordingOutbox::default();
+        assert!(!c.on_frame(1 << 1, refusal, 0, &mut ch, &mut out));
+        assert!(out.frames.is_empty());
+        c.link_closed(1 << 1, 0);
+        assert_eq!(c.stats().errors, 1);
+        assert_eq!(c.stats().link_downs, 0);
+        assert!(!c.is_up());
+        // Accepted: the subscriptions follow.
+        c.on_timers(BACKOFF_MIN);
+        assert_eq!(c.take_links().len(), 1);
+        assert!(c.link_up(2 << 1, conn(102), 0, &mut out));
+        let ok = Frame::Simple(Bytes::from_static(b"OK"));
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(2 << 1, ok, 0, &mut ch, &mut out));
+        assert!(sent_to(&out, 102).contains("SUBSCRIBE\r\n$7\r\nsb:news"));
+        // Auth without a user is the one-argument form.
+        let mut buf = BytesMut::new();
+        let only = url::Auth {
+            user: None,
+            password: "pw".into(),
+        };
+        hello_command(&mut buf, Some(&only));
+        assert_eq!(&buf[..], b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n");
+    }
+
+    #[test]
+    fn sharded_pub_sub_when_the_probe_is_answered_and_classic_when_refused() {
+        for refused in [false, true] {
+            let mut sharded = settings();
+            sharded.sharded = true;
+            let mut c = Cluster::new(Some(sharded), NODE);
+            let mut ch = Channels::default();
+            ch.mirror();
+            let mut out = RecordingOutbox::default();
+            ch.subscribe(
+                conn(1),
+                Bytes::from_static(b"news"),
+                Subscription::line(),
+                &mut out,
+            )
+            .unwrap();
+            c.after_seal(&mut ch, &mut out);
+            c.on_timers(0);
+            assert_eq!(c.take_links().len(), 2);
+            let probe = if refused {
+                Frame::Error(Bytes::from_static(b"ERR unknown command 'SUNSUBSCRIBE'"))
+            } else {
+                Frame::Array(Some(vec![
+                    bulk(b"sunsubscribe"),
+                    Frame::Bulk(None),
+                    Frame::Integer(0),
+                ]))
+            };
+            for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+                assert!(c.link_up(tag, conn(key), 0, &mut out));
+                assert_eq!(
+                    sent_to(&out, key),
+                    "*1\r\n$4\r\nPING\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n"
+                );
+                assert!(c.on_frame(tag, pong(), 0, &mut ch, &mut out));
+                assert!(!c.is_up(), "up before the probe is answered");
+                assert!(c.on_frame(tag, probe.clone(), 0, &mut ch, &mut out));
+            }
+            assert!(c.is_up());
+            assert_eq!(c.stats().sharded, !refused);
+            let s = sent_to(&out, 100);
+            let want = if refused {
+                "*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\nsb:news\r\n"
+            } else {
+                "*2\r\n$10\r\nSSUBSCRIBE\r\n$7\r\nsb:news\r\n"
+            };
+            assert!(s.ends_with(want), "{s}");
+            let mut out = RecordingOutbox::default();
+            ch.publish(b"news", b"text/plain", None, b"x", &mut out);
+            ch.seal(&mut out);
+            c.after_seal(&mut ch, &mut out);
+            let s = sent_to(&out, 101);
+            let want = if refused {
+                "$7\r\nPUBLISH"
+            } else {
+                "$8\r\nSPUBLISH"
+            };
+            assert!(s.starts_with(&format!("*3\r\n{want}\r\n")), "{s}");
+            // Sharded answers and messages.
+            let confirm = Frame::Array(Some(vec![
+                bulk(b"ssubscribe"),
+                bulk(b"sb:news"),
+                Frame::Integer(1),
+            ]));
+            assert!(c.on_frame(1 << 1, confirm, 0, &mut ch, &mut out));
+            assert_eq!(c.stats().confirmed, 1);
+            let m = msg(b"smessage", b"sb:news", &payload(OTHER, 1, b"y"));
+            let mut out = RecordingOutbox::default();
+            assert!(c.on_frame(1 << 1, m, 0, &mut ch, &mut out));
+            ch.seal(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out.bytes_for(conn(1))),
+                "! 1 news text/plain\r\ny\r\n"
+            );
         }
     }
 
     #[test]
     fn payloads_round_trip_and_junk_is_refused() {
-        let p = payload(OTHER, b"body");
+        let p = payload(OTHER, 7, b"body");
         let r = parse_payload(&p).unwrap();
+        assert_eq!(r.seq, 7);
         assert_eq!(r.node, OTHER);
         assert_eq!(r.content_type, b"text/plain");
         assert_eq!(r.sender, None);
         assert_eq!(r.body, b"body");
         for junk in [
             &b"hello"[..],
-            b"sb1 short 1 -\nx",
-            b"sb1 bbbbbbbbbbbbbbbb 99 -\nx",
+            b"sb2 short 1 1 -\nx",
+            b"sb2 bbbbbbbbbbbbbbbb 1 99 -\nx",
+            b"sb2 bbbbbbbbbbbbbbbb x 1 -\nx",
+            b"sb1 bbbbbbbbbbbbbbbb 1 -\nx",
         ] {
             assert!(parse_payload(junk).is_none());
         }
@@ -842,6 +1158,10 @@ mod tests {
         assert_eq!(c.take_links().len(), 1);
         let mut out = RecordingOutbox::default();
         assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        // Nothing but the first command until Redis has answered it.
+        assert_eq!(sent_to(&out, 102), "*1\r\n$4\r\nPING\r\n");
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
         let s = sent_to(&out, 102);
         assert!(s.contains("sb:news") && s.contains("PSUBSCRIBE"), "{s}");
         // The last local subscribers go: so do the subscriptions.
@@ -881,7 +1201,7 @@ mod tests {
         assert_eq!(s.matches("PUBLISH").count(), 1);
         assert!(s.contains("$7\r\nsb:news\r\n$"), "{s}");
         assert!(
-            s.contains("sb1 aaaaaaaaaaaaaaaa 10 -\ntext/plainone"),
+            s.contains("sb2 aaaaaaaaaaaaaaaa 1 10 -\ntext/plainone"),
             "{s}"
         );
         assert_eq!(
@@ -892,13 +1212,15 @@ mod tests {
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(&NODE, b"one")),
+            msg(b"message", b"sb:news", &payload(&NODE, 1, b"one")),
+            0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(OTHER, b"two")),
+            msg(b"message", b"sb:news", &payload(OTHER, 1, b"two")),
+            0,
             &mut ch,
             &mut out
         ));
@@ -912,25 +1234,33 @@ mod tests {
         // Nothing received was published back.
         c.after_seal(&mut ch, &mut out);
         assert!(out.bytes_for(conn(101)).is_empty());
-        // With the pattern confirmed, `message` copies are dropped and
-        // `pmessage` delivers.
+        // The copies of one message (its channel, patterns) are dropped.
         let confirm = Frame::Array(Some(vec![
             bulk(b"psubscribe"),
             bulk(b"sb:*"),
             Frame::Integer(2),
         ]));
-        assert!(c.on_frame(2, confirm, &mut ch, &mut out));
+        assert!(c.on_frame(2, confirm, 0, &mut ch, &mut out));
         assert_eq!(c.stats().confirmed, 2);
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
             2,
-            msg(b"message", b"sb:news", &payload(OTHER, b"3")),
+            msg(b"message", b"sb:news", &payload(OTHER, 2, b"3")),
+            0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
             2,
-            msg(b"pmessage", b"sb:news", &payload(OTHER, b"3")),
+            msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
+            0,
+            &mut ch,
+            &mut out
+        ));
+        assert!(c.on_frame(
+            2,
+            msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
+            0,
             &mut ch,
             &mut out
         ));
@@ -938,6 +1268,73 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out.bytes_for(conn(1))),
             "! 1 news text/plain\r\n3\r\n"
+        );
+        assert_eq!(c.stats().copies, 2);
+    }
+
+    #[test]
+    fn patterns_subscribe_by_glob_once_per_glob() {
+        assert_eq!(glob(b"sb:", b"a.*.c"), b"sb:a.*.c");
+        assert_eq!(glob(b"s*b:", b"a.>"), b"s\\*b:a.*");
+        assert_eq!(glob(b"sb:", b"x?.[y].*"), b"sb:x\\?.\\[y\\].*");
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = Channels::default();
+        ch.mirror();
+        for (key, name) in [(1, "a.*"), (2, "a.>"), (3, "a.*"), (4, "x.*.t")] {
+            ch.subscribe(
+                conn(key),
+                Bytes::copy_from_slice(name.as_bytes()),
+                Subscription::line(),
+                &mut out,
+            )
+            .unwrap();
+        }
+        c.after_seal(&mut ch, &mut out);
+        let s = sent_to(&out, 100);
+        // `a.*` and `a.>` are one glob: asked once.
+        assert_eq!(s.matches("PSUBSCRIBE").count(), 2, "{s}");
+        assert!(s.contains("$6\r\nsb:a.*\r\n") && s.contains("$8\r\nsb:x.*.t\r\n"));
+        assert_eq!(c.stats().subscriptions, 2);
+        // The glob stays while a pattern of it has subscribers.
+        let mut out = RecordingOutbox::default();
+        ch.unsubscribe(conn(1), b"a.*", &mut out);
+        ch.unsubscribe(conn(3), b"a.*", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert!(sent_to(&out, 100).is_empty());
+        ch.unsubscribe(conn(2), b"a.>", &mut out);
+        c.after_seal(&mut ch, &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$12\r\nPUNSUBSCRIBE\r\n$6\r\nsb:a.*\r\n"
+        );
+        // A reconnect asks for what is left.
+        c.link_closed(1 << 1, 10);
+        c.on_timers(10 + BACKOFF_MIN);
+        assert_eq!(c.take_links().len(), 1);
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
+        assert_eq!(
+            sent_to(&out, 102),
+            "*1\r\n$4\r\nPING\r\n*2\r\n$10\r\nPSUBSCRIBE\r\n$8\r\nsb:x.*.t\r\n"
+        );
+        // A pattern's message from another node reaches its subscriber
+        // (and only a channel the pattern matches: the glob matches more).
+        let mut out = RecordingOutbox::default();
+        for (seq, channel) in [(1, "sb:x.1.t"), (2, "sb:x.1.2.t")] {
+            let frame = Frame::Array(Some(vec![
+                bulk(b"pmessage"),
+                bulk(b"sb:x.*.t"),
+                bulk(channel.as_bytes()),
+                bulk(&payload(OTHER, seq, channel.as_bytes())),
+            ]));
+            assert!(c.on_frame(2 << 1, frame, 200, &mut ch, &mut out));
+        }
+        ch.seal(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out.bytes_for(conn(4))),
+            "! 8 x.1.t text/plain\r\nsb:x.1.t\r\n"
         );
     }
 
@@ -956,7 +1353,7 @@ mod tests {
         assert_eq!(c.stats().sent, 2);
         assert_eq!(c.stats().dropped, 2);
         // Answers free room.
-        assert!(c.on_frame(3, Frame::Integer(0), &mut ch, &mut out));
+        assert!(c.on_frame(3, Frame::Integer(0), 0, &mut ch, &mut out));
         ch.publish(b"news", b"text/plain", None, &body, &mut out);
         c.after_seal(&mut ch, &mut out);
         assert_eq!(c.stats().sent, 3);

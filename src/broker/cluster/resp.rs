@@ -101,6 +101,16 @@ pub fn command(buf: &mut BytesMut, args: &[&[u8]]) {
     }
 }
 
+/// Appends one command: `cmd` and then each of `args`.
+pub fn command_with(buf: &mut BytesMut, cmd: &[u8], args: &[&[u8]]) {
+    header(buf, b'*', args.len() + 1);
+    for a in std::iter::once(&cmd).chain(args) {
+        header(buf, b'$', a.len());
+        buf.put_slice(a);
+        buf.put_slice(b"\r\n");
+    }
+}
+
 /// Appends `*N\r\n` or `$N\r\n`: for a command whose last argument the
 /// caller writes in parts.
 pub fn header(buf: &mut BytesMut, kind: u8, n: usize) {
