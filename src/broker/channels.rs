@@ -355,6 +355,16 @@ impl Channels {
         self
     }
 
+    /// Numbers messages from `epoch + 1` on (the shell gives the wall
+    /// clock at start, in microseconds), so that ids go on increasing after
+    /// a restart and an earlier run's are known as such. Called before
+    /// anything is published; nothing without history.
+    pub fn start_ids_after(&mut self, epoch: u64) {
+        if let Some(history) = self.history.as_deref_mut() {
+            *history = History::starting_after(history.limits(), epoch);
+        }
+    }
+
     /// True when channel messages are kept for late subscribers.
     pub fn keeps_history(&self) -> bool {
         self.history.is_some()

@@ -246,6 +246,13 @@ impl Server {
             channels: config.channels(),
             cluster: crate::broker::cluster::Cluster::new(config.cluster.clone(), node_id()),
         };
+        // History ids start after the wall clock in microseconds (after
+        // the store's epoch too, which is later than every earlier start
+        // kept in the data directory): below 2^53 until the year 2255.
+        let epoch_us = u64::try_from(since_epoch.as_micros())
+            .unwrap_or(0)
+            .max(epoch_s.saturating_mul(1_000_000));
+        broker.channels.start_ids_after(epoch_us);
         if broker.cluster.is_on() {
             // The links are dialed by the first turn's timers.
             broker.channels.mirror();
