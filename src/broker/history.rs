@@ -397,8 +397,14 @@ mod tests {
             assert_eq!(ids(&r), [("a".into(), epoch + 1), ("a".into(), epoch + 2)]);
             assert_eq!(r.gap, Some(epoch + 1));
             // On a channel with nothing kept, and on a pattern, too.
-            assert_eq!(h.replay(&names(&["b"]), since, 1 << 20).gap, Some(epoch + 3));
-            assert_eq!(h.replay(&names(&["*"]), since, 1 << 20).gap, Some(epoch + 1));
+            assert_eq!(
+                h.replay(&names(&["b"]), since, 1 << 20).gap,
+                Some(epoch + 3)
+            );
+            assert_eq!(
+                h.replay(&names(&["*"]), since, 1 << 20).gap,
+                Some(epoch + 1)
+            );
         }
         // 0 (everything kept) and ids of this run: no gap.
         for since in [0, epoch, epoch + 1] {
@@ -407,7 +413,10 @@ mod tests {
         }
         assert_eq!(h.replay(&names(&["a"]), 0, 1 << 20).messages.len(), 2);
         // From the future.
-        assert_eq!(h.replay(&names(&["a"]), epoch + 9, 1 << 20).gap, Some(epoch + 3));
+        assert_eq!(
+            h.replay(&names(&["a"]), epoch + 9, 1 << 20).gap,
+            Some(epoch + 3)
+        );
     }
 
     #[test]
