@@ -1058,8 +1058,9 @@ impl Server {
     /// the period or more for its heartbeat ([`Door::heartbeat`]; doors
     /// that are not streams have none). An idle stream thus gets one every
     /// three quarters to one whole period, and is never silent for longer
-    /// than the period (plus the loop's lateness). A pass costs a few
-    /// nanoseconds a connection, four times a period.
+    /// than the period (plus the loop's lateness). A pass reads each
+    /// connection's state once and calls no door but those due, four times
+    /// a period; it is not timed here, and all of it runs in one turn.
     fn sweep_heartbeats(&mut self, now: Millis) {
         if self.heartbeat_ms == 0 || now < self.next_sweep {
             return;
