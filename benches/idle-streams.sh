@@ -34,7 +34,7 @@ for spec in "$@"; do
   for kind in $KINDS; do
     start_server --line-listen off --bus-listen 127.0.0.1:0 --log-level warn "${flags[@]}"
     before=$(kib "$SB_PID" VmRSS)
-    start_sub --proto "$kind" -p "${PORT[bus]}" -c idle -n "$N" --sources 4
+    start_sub --proto "$kind" -p "${PORT[bus]}" -c idle --connections "$N" --sources 4
     after=$(kib "$SB_PID" VmRSS)
     kill -INT "$SUB_PID"
     wait "$SUB_PID" || true

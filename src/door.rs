@@ -282,6 +282,17 @@ pub trait Door {
         Next::Read
     }
 
+    /// A stream that must not fall silent behind proxies (`--heartbeat`)
+    /// returns the bytes of one heartbeat. The shell's heartbeat sweep asks
+    /// an open connection that has nothing queued and has written nothing
+    /// since `last_write` for most of the period, at `now`; it queues what
+    /// comes back. Other doors return `None` (the default). No per-stream
+    /// timer is kept for it.
+    fn heartbeat(&mut self, now: Millis, last_write: Millis) -> Option<&'static [u8]> {
+        let _ = (now, last_write);
+        None
+    }
+
     /// The connection is closing: withdraw everything held in the broker.
     /// Called once.
     fn on_close(&mut self, cx: &mut Cx<'_>);

@@ -347,9 +347,24 @@ fn presence_counts_subscribers_as_they_come_and_go_on_both_doors() {
     assert!(show(&got).contains("! "));
 }
 
+/// The id of each `! LEN CHANNEL TYPE ID` frame in `frames` (a line
+/// subscriber's that resumed).
+fn line_ids(frames: &str) -> Vec<u64> {
+    frames
+        .lines()
+        .filter(|l| l.starts_with("! "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn history_resumes_on_every_framing_and_tells_of_gaps() {
     let server = Server::start(&["--history", "3"]);
+    // A watcher that resumes from 0 (everything kept: nothing yet) learns
+    // the ids: they start after the server's epoch, not at 1.
+    let mut watcher = connect(server.line());
+    send(&mut watcher, b"+ news 0\r\n");
+    line_presence(&mut watcher, "news");
     let mut publisher = connect(server.line());
     for i in 1..=5 {
         send(
@@ -359,68 +374,94 @@ fn history_resumes_on_every_framing_and_tells_of_gaps() {
     }
     // A round trip (that publishes nothing, so takes no id).
     line_presence(&mut publisher, "news");
+    let seen = show(&read_until(&mut watcher, b"m5\r\n"));
+    let ids = line_ids(&seen);
+    assert_eq!(ids.len(), 5, "{seen}");
+    let base = ids[0] - 1;
+    assert_eq!(ids, (1..=5).map(|k| base + k).collect::<Vec<_>>());
+    // Larger than any id a run that started earlier could have given,
+    // and still a safe integer for JavaScript.
+    assert!(base > 1_700_000_000_000_000 && base < 1 << 53, "{base}");
+    let id = |k: u64| base + k;
 
     // Ids 3, 4, 5 are kept (1 and 2 are gone). Resuming after 3 on the
     // event stream: 4 and 5, with their ids, then live ones.
     let mut sse = Streaming::spawn({
         let mut c = curl();
-        c.args([
-            "-N",
-            "-H",
-            "Accept: text/event-stream",
-            "-H",
-            "Last-Event-ID: 3",
-        ])
-        .arg(format!("http://{}/msgbus/news", server.bus()));
+        c.args(["-N", "-H", "Accept: text/event-stream", "-H"])
+            .arg(format!("Last-Event-ID: {}", id(3)))
+            .arg(format!("http://{}/msgbus/news", server.bus()));
         c
     });
     let replayed = show(&sse.until(b"data: m5\n\n"));
     assert_eq!(
         replayed,
-        "retry: 3000\n: subscribed\n\n\
-         : channel=news type=text/plain\nid: 4\ndata: m4\n\n\
-         : channel=news type=text/plain\nid: 5\ndata: m5\n\n"
+        format!(
+            "retry: 3000\n: subscribed\n\n\
+             : channel=news type=text/plain\nid: {}\ndata: m4\n\n\
+             : channel=news type=text/plain\nid: {}\ndata: m5\n\n",
+            id(4),
+            id(5)
+        )
     );
     // Resuming after 1 on multipart: a gap part first (2 is gone; the
     // first it gets is 3).
     let mut multipart = Streaming::spawn({
         let mut c = curl();
-        c.arg("-N")
-            .arg(format!("http://{}/msgbus/news?since=1", server.bus()));
+        c.arg("-N").arg(format!(
+            "http://{}/msgbus/news?since={}",
+            server.bus(),
+            id(1)
+        ));
         c
     });
     let parts = show(&multipart.until(b"m5\r\n--00MsgBus00\r\n"));
     assert!(
-        parts.starts_with(
-            "--00MsgBus00\r\nContent-Type: application/x-msgbus-gap\r\nGap-First-Id: 3\r\n\
-             Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\nEvent-Id: 3\r\n"
-        ),
+        parts.starts_with(&format!(
+            "--00MsgBus00\r\nContent-Type: application/x-msgbus-gap\r\nGap-First-Id: {}\r\n\
+             Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\nEvent-Id: {}\r\n",
+            id(3),
+            id(3)
+        )),
         "{parts}"
     );
-    let ids: Vec<&str> = parts
+    let ids: Vec<u64> = parts
         .lines()
         .filter_map(|l| l.strip_prefix("Event-Id: "))
+        .map(|i| i.parse().unwrap())
         .collect();
-    assert_eq!(ids, ["3", "4", "5"]);
+    assert_eq!(ids, [id(3), id(4), id(5)]);
     // The line protocol: `+ CH SINCE`, ids as a fifth field; `@` for a gap.
     let mut line = connect(server.line());
-    send(&mut line, b"+ news 4\r\n");
-    let want = "! 2 news text/plain 5\r\nm5\r\n";
+    send(&mut line, format!("+ news {}\r\n", id(4)).as_bytes());
+    let want = format!("! 2 news text/plain {}\r\nm5\r\n", id(5));
     assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
     let mut behind = connect(server.line());
     send(&mut behind, b"+ news 0\r\n");
-    let want = "@ news 3\r\n! 2 news text/plain 3\r\nm3\r\n";
+    let want = format!(
+        "@ news {}\r\n! 2 news text/plain {}\r\nm3\r\n",
+        id(3),
+        id(3)
+    );
     assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
 
     // Live messages follow, once, with the next id.
     send(&mut publisher, b"! 2 news text/plain\r\nm6\r\n");
     assert_eq!(
         show(&sse.until(b"data: m6\n\n")),
-        ": channel=news type=text/plain\nid: 6\ndata: m6\n\n"
+        format!(
+            ": channel=news type=text/plain\nid: {}\ndata: m6\n\n",
+            id(6)
+        )
     );
-    let want = "! 2 news text/plain 6\r\nm6\r\n";
+    let want = format!("! 2 news text/plain {}\r\nm6\r\n", id(6));
     assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
-    let want = "! 2 news text/plain 4\r\nm4\r\n! 2 news text/plain 5\r\nm5\r\n! 2 news text/plain 6\r\nm6\r\n";
+    let want = format!(
+        "! 2 news text/plain {}\r\nm4\r\n! 2 news text/plain {}\r\nm5\r\n! 2 news text/plain {}\r\nm6\r\n",
+        id(4),
+        id(5),
+        id(6)
+    );
     assert_eq!(show(&read_exact_n(&mut behind, want.len())), want);
 
     // Malformed ids are refused.
@@ -440,6 +481,72 @@ fn history_resumes_on_every_framing_and_tells_of_gaps() {
         show(&read_to_close(&mut bad)),
         "- invalid since id format\r\n"
     );
+}
+
+/// Ids go on increasing across a restart, and a subscriber that resumes
+/// from an id the previous run gave (by then higher than 1 plus what the
+/// new run published, as ids restarting at 1 would have made it) is told
+/// of a gap, with the first id it gets, on the event stream and on the
+/// line protocol.
+#[test]
+fn an_id_from_before_a_restart_is_a_gap() {
+    let publish_three = |server: &Server| -> Vec<u64> {
+        let mut watcher = connect(server.line());
+        send(&mut watcher, b"+ news 0\r\n");
+        line_presence(&mut watcher, "news");
+        let mut publisher = connect(server.line());
+        for i in 1..=3 {
+            send(
+                &mut publisher,
+                format!("! 2 news text/plain\r\nm{i}\r\n").as_bytes(),
+            );
+        }
+        line_ids(&show(&read_until(&mut watcher, b"m3\r\n")))
+    };
+    let mut first = Server::start(&["--history", "10"]);
+    let old = publish_three(&first);
+    assert_eq!(old.len(), 3);
+    // The last id a subscriber of the first run saw.
+    let last_seen = old[2];
+    assert_eq!(first.interrupt().code(), Some(0));
+
+    let second = Server::start(&["--history", "10"]);
+    let new = publish_three(&second);
+    assert_eq!(new.len(), 3);
+    assert!(new[0] > last_seen, "{new:?} after {old:?}");
+
+    // SSE: Last-Event-ID from the first run (what a browser sends when it
+    // reconnects to the restarted server): a gap naming the first id kept,
+    // then every kept message.
+    let mut sse = Streaming::spawn({
+        let mut c = curl();
+        c.args(["-N", "-H", "Accept: text/event-stream", "-H"])
+            .arg(format!("Last-Event-ID: {last_seen}"))
+            .arg(format!("http://{}/msgbus/news", second.bus()));
+        c
+    });
+    assert_eq!(
+        show(&sse.until(b"data: m3\n\n")),
+        format!(
+            "retry: 3000\n: subscribed\n\n\
+             event: gap\ndata: {0}\n\n\
+             : channel=news type=text/plain\nid: {0}\ndata: m1\n\n\
+             : channel=news type=text/plain\nid: {1}\ndata: m2\n\n\
+             : channel=news type=text/plain\nid: {2}\ndata: m3\n\n",
+            new[0], new[1], new[2]
+        )
+    );
+    // The line protocol, on every channel too.
+    for name in ["news", "*"] {
+        let mut line = connect(second.line());
+        send(&mut line, format!("+ {name} {}\r\n", old[0]).as_bytes());
+        let want = format!(
+            "@ {name} {0}\r\n! 2 news text/plain {0}\r\nm1\r\n! 2 news text/plain {1}\r\nm2\r\n\
+             ! 2 news text/plain {2}\r\nm3\r\n",
+            new[0], new[1], new[2]
+        );
+        assert_eq!(show(&read_exact_n(&mut line, want.len())), want);
+    }
 }
 
 #[test]
@@ -580,7 +687,18 @@ fn an_event_source_cut_off_mid_stream_resumes_without_loss_or_repeat() {
     browser.wait_until("fifteen messages", "return window.seen.length >= 15;");
 
     let seen = browser.script("return window.seen;");
-    let want: Vec<String> = (1..=15).map(|i| format!("m{i:02}@{i}")).collect();
+    // Ids follow one another from the run's first.
+    let first: u64 = seen[0]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want: Vec<String> = (1..=15u64)
+        .map(|i| format!("m{i:02}@{}", first - 1 + i))
+        .collect();
     assert_eq!(
         seen,
         serde_json::json!(want),

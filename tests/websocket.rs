@@ -239,6 +239,138 @@ fn json_format_and_the_root_subscription() {
     assert_eq!(read_frame(&mut filtered), (true, 0x2, b"\x00".to_vec()));
 }
 
+/// The JSON frame of one message, as a value.
+fn read_json(s: &mut impl Read) -> serde_json::Value {
+    let (_, op, payload) = read_frame(s);
+    assert_eq!(op, 0x1, "{payload:?}");
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// Opens a WebSocket whose first frames may come in the same read as the
+/// `101` (a resume's replay); returns a reader of the frames.
+fn open_ws_frames(bus: &str, path: &str) -> impl Read {
+    let mut s = connect(bus);
+    send(&mut s, handshake_request(path, "").as_bytes());
+    let got = read_until(&mut s, b"\r\n\r\n");
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..end]);
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    std::io::Cursor::new(got[end..].to_vec()).chain(s)
+}
+
+/// Plain frames carry the body alone, so a subscription whose messages
+/// come from more than one channel (a pattern, a `?channel=` list) must ask
+/// for the JSON form, which names each message's channel; such a
+/// subscription has no channel to publish to. A list is the subscription
+/// (not every channel), and `?since=` resumes as on the other framings.
+#[test]
+fn patterns_and_lists_take_the_json_form() {
+    let server = Server::start(&["--history", "10"]);
+    let bus = server.bus();
+    for path in [
+        "/msgbus/sensors.*.temp",
+        "/msgbus/sensors.>",
+        "/msgbus/?channel=news&channel=weather",
+        "/msgbus/?channel=sensors.*.temp",
+    ] {
+        let mut s = connect(bus);
+        send(&mut s, handshake_request(path, "").as_bytes());
+        let got = String::from_utf8_lossy(&read_until(&mut s, b"not its channel\n")).into_owned();
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{path}: {got}"
+        );
+        assert!(got.contains("needs ?format=json"), "{path}: {got}");
+    }
+    // One channel in a list, and the root, stay plain (the root's frames
+    // carry no channel, as documented).
+    let mut one = open_ws(bus, "/msgbus/?channel=news");
+    let mut root = open_ws(bus, "/msgbus/");
+    let mut pattern = open_ws(bus, "/msgbus/sensors.*.temp?format=json");
+    let mut list = open_ws(
+        bus,
+        "/msgbus/?channel=news&channel=sensors.a.temp&format=json",
+    );
+    for (channel, body) in [
+        ("sensors.a.temp", "21"),
+        ("sensors.b.hum", "40"),
+        ("news", "n"),
+        ("sensors.z.temp", "end"),
+        ("news", "end"),
+    ] {
+        publish(bus, channel, "text/plain", body.as_bytes());
+    }
+    let got = |s: &mut TcpStream, n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|_| {
+                let v = read_json(s);
+                let text = |k: &str| v[k].as_str().unwrap().to_string();
+                (text("channel"), text("body"))
+            })
+            .collect()
+    };
+    let pair = |c: &str, b: &str| (c.to_string(), b.to_string());
+    assert_eq!(
+        got(&mut pattern, 2),
+        [pair("sensors.a.temp", "21"), pair("sensors.z.temp", "end")]
+    );
+    // Only the listed channels: nothing of sensors.b.hum or sensors.z.temp
+    // came before the last message of news.
+    assert_eq!(
+        got(&mut list, 3),
+        [
+            pair("sensors.a.temp", "21"),
+            pair("news", "n"),
+            pair("news", "end")
+        ]
+    );
+    assert_eq!(read_frame(&mut one), (true, 0x1, b"n".to_vec()));
+    assert_eq!(read_frame(&mut one), (true, 0x1, b"end".to_vec()));
+    for body in ["21", "40", "n", "end", "end"] {
+        assert_eq!(read_frame(&mut root), (true, 0x1, body.as_bytes().to_vec()));
+    }
+    // The one channel listed is where its client publishes.
+    send(&mut one, &frame(true, 0x1, b"hi", true));
+    assert_eq!(read_frame(&mut one), (true, 0x1, b"hi".to_vec()));
+    assert_eq!(got(&mut list, 1), [pair("news", "hi")]);
+    // Nowhere to publish to: the client's message closes with 1008.
+    for s in [&mut pattern, &mut list] {
+        send(s, &frame(true, 0x1, b"hi", true));
+        assert_eq!(
+            read_close(s),
+            (
+                1008,
+                "a subscription to a pattern or to several channels does not publish".to_string()
+            )
+        );
+    }
+
+    // Resuming: everything kept from 0; from an id of an earlier run a
+    // gap first, naming the first id it gets.
+    let mut all = open_ws_frames(bus, "/msgbus/sensors.*.temp?format=json&since=0");
+    let first = read_json(&mut all);
+    assert_eq!(
+        (first["channel"].clone(), first["body"].clone()),
+        (json!("sensors.a.temp"), json!("21"))
+    );
+    let first_id = first["id"].as_u64().unwrap();
+    assert_eq!(read_json(&mut all)["body"], json!("end"));
+    let mut behind = open_ws_frames(
+        bus,
+        "/msgbus/?channel=news&channel=sensors.a.temp&format=json&since=1",
+    );
+    assert_eq!(read_json(&mut behind), json!({ "gap": first_id }));
+    assert_eq!(read_json(&mut behind)["id"], json!(first_id));
+    assert_eq!(read_json(&mut behind)["body"], json!("n"));
+    assert_eq!(read_json(&mut behind)["body"], json!("end"));
+    assert_eq!(read_json(&mut behind)["body"], json!("hi"));
+    publish(bus, "news", "text/plain", b"live");
+    assert_eq!(read_json(&mut behind)["body"], json!("live"));
+}
+
 #[test]
 fn bad_handshakes_get_clear_statuses() {
     let server = Server::start(&["--secret", "s3cret"]);

@@ -356,6 +356,16 @@ impl Channels {
         self
     }
 
+    /// Numbers messages from `epoch + 1` on (the shell gives the wall
+    /// clock at start, in microseconds), so that ids go on increasing after
+    /// a restart and an earlier run's are known as such. Called before
+    /// anything is published; nothing without history.
+    pub fn start_ids_after(&mut self, epoch: u64) {
+        if let Some(history) = self.history.as_deref_mut() {
+            *history = History::starting_after(history.limits(), epoch);
+        }
+    }
+
     /// True when channel messages are kept for late subscribers.
     pub fn keeps_history(&self) -> bool {
         self.history.is_some()
@@ -492,18 +502,22 @@ impl Channels {
     /// a channel, a pattern (see [`pattern`]) or, for `*` and `>` alone,
     /// every channel. A malformed pattern, or one more pattern than the
     /// trie may hold, is refused.
+    ///
+    /// Returns the name to unsubscribe with later: for a channel, the
+    /// channel's own key (shared, so a subscriber that keeps it costs no
+    /// copy of the name), else `name`.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
         name: Bytes,
         mut sub: Subscription,
         out: &mut (impl Outbox + ?Sized),
-    ) -> Result<(), PatternError> {
+    ) -> Result<Bytes, PatternError> {
         match pattern::classify(&name)? {
             Name::Exact => {}
             Name::All => {
                 self.subscribe_all(conn, sub, out);
-                return Ok(());
+                return Ok(name);
             }
             Name::Pattern => {
                 self.seal(out);
@@ -515,12 +529,22 @@ impl Channels {
                     self.interest
                         .push(Interest::Pattern(Bytes::copy_from_slice(&name), true));
                 }
-                return Ok(());
+                return Ok(name);
             }
         }
         self.seal(out);
-        let joined = match self.channels.get_mut(&name[..]) {
-            Some(audience) => audience.add(conn, sub),
+        let existing = self
+            .channels
+            .get_key_value(&name[..])
+            .map(|(k, _)| k.clone());
+        let (joined, key) = match existing {
+            Some(key) => {
+                let joined = self
+                    .channels
+                    .get_mut(&key)
+                    .is_some_and(|a| a.add(conn, sub));
+                (joined, key)
+            }
             None => {
                 // An exact-size key, not a slice pinning an input buffer.
                 let mut audience = Audience::default();
@@ -529,14 +553,14 @@ impl Channels {
                 if self.mirror {
                     self.interest.push(Interest::Channel(key.clone(), true));
                 }
-                self.channels.insert(key, audience);
-                true
+                self.channels.insert(key.clone(), audience);
+                (true, key)
             }
         };
         if joined {
             self.presence_event(&name, true, out);
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Subscribes `conn` to every channel.

@@ -4,7 +4,11 @@
 //! Off unless `--history N` is given. Every message published while it is on
 //! gets an id from one server-wide counter, so ids increase on every channel
 //! and one id also says where a subscriber of several channels or of a
-//! pattern stopped. Each channel keeps its last N messages in a ring, at most
+//! pattern stopped. The counter starts at the run's epoch (the shell gives
+//! the wall clock at start in microseconds), so ids keep increasing across
+//! restarts and an id from an earlier run is below every id of this one:
+//! it is reported as a gap, as if this run had let go everything before
+//! its start. Each channel keeps its last N messages in a ring, at most
 //! `--history-bytes` of them; all rings together at most
 //! `--history-total-bytes`, the oldest message of all going first. Each
 //! message counts its body, content type, sender and [`ENTRY_OVERHEAD`].
@@ -96,21 +100,36 @@ pub struct History {
     kept: usize,
     total_bytes: usize,
     last_id: u64,
-    /// The highest id let go by a ring that was then dropped.
+    /// The highest id let go by a ring that was then dropped; at first the
+    /// epoch, below which every id is from an earlier run.
     forgotten: u64,
+    /// The id before this run's first.
+    epoch: u64,
 }
 
 impl History {
+    /// A history whose ids start at 1.
     pub fn new(limits: HistoryLimits) -> History {
+        History::starting_after(limits, 0)
+    }
+
+    /// A history whose first id is `epoch + 1`: ids up to `epoch` are
+    /// taken as an earlier run's, all of whose messages are gone.
+    pub fn starting_after(limits: HistoryLimits, epoch: u64) -> History {
         History {
             limits,
             rings: HashMap::new(),
             order: VecDeque::new(),
             kept: 0,
             total_bytes: 0,
-            last_id: 0,
-            forgotten: 0,
+            last_id: epoch,
+            forgotten: epoch,
+            epoch,
         }
+    }
+
+    pub fn limits(&self) -> HistoryLimits {
+        self.limits
     }
 
     /// The id of the last message published (0: none yet).
@@ -219,7 +238,9 @@ impl History {
     /// most `max_bytes` of them (the newest; what is left out is a gap).
     /// Exact names are looked up; patterns and `*` cost one pass over the
     /// kept channels, each matched once against a trie of the patterns.
+    /// `since` 0 asks for everything kept since this run's start.
     pub fn replay(&self, names: &[Bytes], since: u64, max_bytes: usize) -> Replay<'_> {
+        let since = if since == 0 { self.epoch } else { since };
         let mut patterns: pattern::Trie<bool> = pattern::Trie::default();
         let mut exact: HashSet<&[u8]> = HashSet::new();
         let mut all = false;
@@ -237,7 +258,8 @@ impl History {
                 Err(_) => {}
             }
         }
-        // An id from the future: from an earlier run of the server.
+        // An id from the future: not one this server gave (an earlier
+        // run's whose clock was ahead, or made up).
         let mut gap = since > self.last_id;
         let mut messages: Vec<(&Bytes, &Kept)> = Vec::new();
         if all || !patterns.is_empty() {
@@ -360,6 +382,41 @@ mod tests {
         let r = h.replay(&names(&["a"]), 3, ENTRY_OVERHEAD + 5);
         assert_eq!(ids(&r), [("a".into(), 5)]);
         assert_eq!(r.gap, Some(5));
+    }
+
+    #[test]
+    fn ids_of_an_earlier_run_are_a_gap() {
+        let epoch = 1_800_000_000_000_000;
+        let mut h = History::starting_after(limits(10, 1 << 20, 1 << 20), epoch);
+        assert_eq!(h.record(b"a", b"t", None, b"m"), epoch + 1);
+        assert_eq!(h.record(b"a", b"t", None, b"m"), epoch + 2);
+        // An id from before the restart: everything kept, after a gap
+        // notice naming the first.
+        for since in [1, 5, epoch - 1] {
+            let r = h.replay(&names(&["a"]), since, 1 << 20);
+            assert_eq!(ids(&r), [("a".into(), epoch + 1), ("a".into(), epoch + 2)]);
+            assert_eq!(r.gap, Some(epoch + 1));
+            // On a channel with nothing kept, and on a pattern, too.
+            assert_eq!(
+                h.replay(&names(&["b"]), since, 1 << 20).gap,
+                Some(epoch + 3)
+            );
+            assert_eq!(
+                h.replay(&names(&["*"]), since, 1 << 20).gap,
+                Some(epoch + 1)
+            );
+        }
+        // 0 (everything kept) and ids of this run: no gap.
+        for since in [0, epoch, epoch + 1] {
+            let r = h.replay(&names(&["a", "b.*"]), since, 1 << 20);
+            assert_eq!(r.gap, None, "{since}");
+        }
+        assert_eq!(h.replay(&names(&["a"]), 0, 1 << 20).messages.len(), 2);
+        // From the future.
+        assert_eq!(
+            h.replay(&names(&["a"]), epoch + 9, 1 << 20).gap,
+            Some(epoch + 3)
+        );
     }
 
     #[test]

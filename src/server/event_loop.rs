@@ -27,7 +27,7 @@ use std::io::{self, Read};
 use std::mem;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -131,6 +131,10 @@ pub struct Server {
     blocking: Option<Blocking>,
     /// `--data-dir`: the store and the connections whose output waits for it.
     durable: Option<durable::Durable>,
+    /// `--heartbeat` in ms (0: off), and when the next heartbeat sweep is
+    /// due (see [`Server::sweep_heartbeats`]).
+    heartbeat_ms: Millis,
+    next_sweep: Millis,
 }
 
 /// Binds every door of `config`, prints `listening DOOR ADDRESS` for each, and
@@ -177,6 +181,12 @@ mod libc_errno {
     pub const ENFILE: i32 = 23;
     pub const EMFILE: i32 = 24;
     pub const ENOBUFS: i32 = 105;
+}
+
+/// How often the heartbeat sweep runs for a heartbeat every `every` ms: a
+/// quarter of it (at least 1 ms).
+fn sweep_period(every: Millis) -> Millis {
+    (every / 4).max(1)
 }
 
 fn mark_dirty(dirty: &mut Vec<usize>, c: &mut Conn, key: usize) {
@@ -246,6 +256,13 @@ impl Server {
             channels: config.channels(),
             cluster: crate::broker::cluster::Cluster::new(config.cluster.clone(), node_id()),
         };
+        // History ids start after the wall clock in microseconds (after
+        // the store's epoch too, which is later than every earlier start
+        // kept in the data directory): below 2^53 until the year 2255.
+        let epoch_us = u64::try_from(since_epoch.as_micros())
+            .unwrap_or(0)
+            .max(epoch_s.saturating_mul(1_000_000));
+        broker.channels.start_ids_after(epoch_us);
         if broker.cluster.is_on() {
             // The links are dialed by the first turn's timers.
             broker.channels.mirror();
@@ -291,6 +308,8 @@ impl Server {
             outbound,
             blocking: None,
             durable,
+            heartbeat_ms: config.heartbeat_s.saturating_mul(1000),
+            next_sweep: sweep_period(config.heartbeat_s.saturating_mul(1000)),
         })
     }
 
@@ -394,6 +413,7 @@ impl Server {
             broker.on_timers(now, &mut post);
         }
         self.run_timers(now);
+        self.sweep_heartbeats(now);
         for key in mem::take(&mut self.resume) {
             self.on_resume(key);
         }
@@ -444,6 +464,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.timers.next())
+            .chain((self.heartbeat_ms > 0).then_some(self.next_sweep))
             .chain(self.store_deadline(now))
             .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
@@ -1048,6 +1069,39 @@ impl Server {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Heartbeats for streams that would otherwise fall silent behind
+    /// proxies (`--heartbeat`), without a timer per stream: every quarter
+    /// of the period one pass over the connections asks each open one that
+    /// has nothing queued and has written nothing for three quarters of
+    /// the period or more for its heartbeat ([`Door::heartbeat`]; doors
+    /// that are not streams have none). An idle stream thus gets one every
+    /// three quarters to one whole period, and is never silent for longer
+    /// than the period (plus the loop's lateness). A pass reads each
+    /// connection's state once and calls no door but those due, four times
+    /// a period; it is not timed here, and all of it runs in one turn.
+    fn sweep_heartbeats(&mut self, now: Millis) {
+        if self.heartbeat_ms == 0 || now < self.next_sweep {
+            return;
+        }
+        let period = sweep_period(self.heartbeat_ms);
+        self.next_sweep = now.saturating_add(period);
+        let quiet = self.heartbeat_ms.saturating_sub(period);
+        for (key, c) in self.conns.iter_mut() {
+            if !c.is_open()
+                || !c.outq.is_empty()
+                || c.hold > 0
+                || c.transport.has_pending()
+                || now.saturating_sub(c.last_write) < quiet
+            {
+                continue;
+            }
+            if let Some(beat) = c.door.heartbeat(now, c.last_write) {
+                c.outq.push(Bytes::from_static(beat));
+                mark_dirty(&mut self.dirty, c, key);
             }
         }
     }
