@@ -285,6 +285,21 @@ fn patterns_and_lists_take_the_json_form() {
         );
         assert!(got.contains("needs ?format=json"), "{path}: {got}");
     }
+    // Plain frames carry no ids: resuming one is refused too.
+    for path in ["/msgbus/news?since=0", "/msgbus/?since=3"] {
+        let mut s = connect(bus);
+        send(&mut s, handshake_request(path, "").as_bytes());
+        let got =
+            String::from_utf8_lossy(&read_until(&mut s, b"told from a message\n")).into_owned();
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{path}: {got}"
+        );
+        assert!(
+            got.contains("(?since=) needs ?format=json"),
+            "{path}: {got}"
+        );
+    }
     // One channel in a list, and the root, stay plain (the root's frames
     // carry no channel, as documented).
     let mut one = open_ws(bus, "/msgbus/?channel=news");

@@ -428,9 +428,9 @@ pub fn gap(out: &mut BytesMut, framing: Framing, name: &[u8], first: u64) {
                 out.put_slice(&part);
             }
         }
-        // A plain WebSocket frame has no room for a notice: the JSON form
-        // gets an object `{"gap": FIRST}`, the plain one a text frame
-        // `gap FIRST`.
+        // The JSON form gets an object `{"gap": FIRST}`. A plain WebSocket
+        // never resumes (its handshake with `?since=` is refused), so its
+        // text frame `gap FIRST` is only a fallback.
         Framing::WebSocket | Framing::WebSocketJson => {
             let text = if framing == Framing::WebSocketJson {
                 format!("{{\"gap\":{first}}}")

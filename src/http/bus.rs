@@ -457,6 +457,11 @@ fn header_has_token(req: &Request, name: &str, token: &[u8]) -> bool {
 pub const WS_NEEDS_JSON: &str = "a WebSocket subscription to a pattern or to several channels \
      needs ?format=json: plain frames carry the body alone, not its channel";
 
+/// Plain frames carry no ids to resume from, and a gap notice among them
+/// could not be told from a message.
+pub const WS_RESUME_NEEDS_JSON: &str = "resuming a WebSocket (?since=) needs ?format=json: \
+     plain frames carry no ids, and a gap notice could not be told from a message";
+
 /// The opening handshake (RFC 6455 §4.2): a `101` and a [`WsStream`]
 /// subscribed to the request's names (as [`subscribe`] reads them), or the
 /// status that says what is wrong with the request.
@@ -519,6 +524,9 @@ fn websocket_subscribe(
     let json = query_param(req.query().unwrap_or(""), "format").as_deref() == Some("json");
     if !json && matches!(one, Some(Name::Pattern) | None) {
         return Reply::Respond(Response::text(400, WS_NEEDS_JSON));
+    }
+    if !json && asked.since.is_some() {
+        return Reply::Respond(Response::text(400, WS_RESUME_NEEDS_JSON));
     }
     let framing = if json {
         Framing::WebSocketJson
