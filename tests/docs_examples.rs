@@ -204,6 +204,11 @@ enum Kind {
     HookChannel,
     /// `runs in CI: a channel delivery`: the body a channel receiver gets.
     HookChannelDelivery,
+    /// `runs in CI: the shape of /dashboard/stats.json`: the keys of the
+    /// webhook door's dashboard figures, after the deliveries above.
+    HookDashboard,
+    /// `runs in CI: the log line of a SIGTERM`.
+    LogLine,
     /// `runs in CI: promtool check config`.
     Prometheus,
     /// `runs in CI: JSON`: parsed (one value, or one per line).
@@ -270,6 +275,8 @@ impl Kind {
                 "a webhook delivery" => Ok(Kind::HookDelivery),
                 "a channel receiver" => Ok(Kind::HookChannel),
                 "a channel delivery" => Ok(Kind::HookChannelDelivery),
+                "the shape of /dashboard/stats.json" => Ok(Kind::HookDashboard),
+                "the log line of a SIGTERM" => Ok(Kind::LogLine),
                 "promtool check config" => Ok(Kind::Prometheus),
                 "JSON" => Ok(Kind::Json),
                 _ => Err(format!("unknown `runs in CI` marker {spec:?}")),
@@ -1594,8 +1601,11 @@ fn the_nginx_configurations_of_the_docs_serve() {
             &mut sub,
             b"GET /msgbus/news HTTP/1.1\r\nHost: localhost\r\n\r\n",
         );
-        let head = common::read_until(&mut sub, b"--00MsgBus00");
-        let head = String::from_utf8_lossy(&head);
+        let head = common::read_until(&mut sub, b"\r\n\r\n");
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if head.starts_with("HTTP/1.1 200 OK\r\n") && !head.contains("--00MsgBus00") {
+            common::read_until(&mut sub, b"--00MsgBus00");
+        }
         assert!(
             head.starts_with("HTTP/1.1 200 OK\r\n"),
             "{}: {head}",
@@ -1738,6 +1748,7 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::Transcript | Kind::Answer(_) | Kind::Sent => 1,
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
+            Kind::HookDashboard | Kind::LogLine => 2,
             Kind::Nginx | Kind::Config | Kind::HookCheck | Kind::Prometheus => 2,
             Kind::Json => 3,
             Kind::Elsewhere(_) => 4,
@@ -1999,4 +2010,96 @@ fn the_webhook_examples_of_the_docs_deliver() {
         "{}",
         channel_delivery.at()
     );
+
+    // The dashboard's figures have the keys the doc shows.
+    let dashboard = of(&Kind::HookDashboard);
+    let hooks = block.server.as_ref().unwrap().addr("hooks").to_string();
+    let mut s = common::connect_and_send(
+        &hooks,
+        b"GET /dashboard/stats.json HTTP/1.0\r\nHost: x\r\n\r\n",
+    );
+    let answer = common::read_to_close(&mut s);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 "), "{head}");
+    let real: serde_json::Value = serde_json::from_str(body).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&dashboard.body.join("\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dashboard.at()));
+    if let Err(e) = same_shape(&shown, &real, "") {
+        panic!("{}: {e}; the server answered {real}", dashboard.at());
+    }
+}
+
+/// The doc's JSON has the keys of the real one, recursively (arrays by
+/// their first elements), with values of the same kinds; `null` on either
+/// side matches anything.
+fn same_shape(doc: &serde_json::Value, real: &serde_json::Value, at: &str) -> Result<(), String> {
+    use serde_json::Value;
+    match (doc, real) {
+        (Value::Null, _) | (_, Value::Null) => Ok(()),
+        (Value::Object(d), Value::Object(r)) => {
+            let dk: Vec<&String> = d.keys().collect();
+            let rk: Vec<&String> = r.keys().collect();
+            if dk != rk {
+                return Err(format!("{at}: the doc has keys {dk:?}, the server {rk:?}"));
+            }
+            for (k, v) in d {
+                same_shape(v, &r[k], &format!("{at}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(d), Value::Array(r)) => match (d.first(), r.first()) {
+            (Some(a), Some(b)) => same_shape(a, b, &format!("{at}[0]")),
+            _ => Ok(()),
+        },
+        (Value::Number(_), Value::Number(_))
+        | (Value::String(_), Value::String(_))
+        | (Value::Bool(_), Value::Bool(_)) => Ok(()),
+        _ => Err(format!("{at}: the doc shows {doc}, the server {real}")),
+    }
+}
+
+#[test]
+fn the_log_lines_of_the_docs_are_logged() {
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        if kind != Kind::LogLine {
+            continue;
+        }
+        let shown: serde_json::Value =
+            serde_json::from_str(&b.body.join("\n")).unwrap_or_else(|e| panic!("{}: {e}", b.at()));
+        let mut server = Server::start(&["--log-format", "json", "--log-level", "info"]);
+        let status = server.terminate();
+        assert!(
+            status.success(),
+            "{}: exit status {status}: {}",
+            b.at(),
+            server.stderr_text()
+        );
+        let logged = server.stderr_text();
+        let line = logged
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == shown["message"])
+            .unwrap_or_else(|| panic!("{}: no such line in {logged}", b.at()));
+        same_shape(&shown, &line, "").unwrap_or_else(|e| panic!("{}: {e}", b.at()));
+        for key in ["level", "message", "target"] {
+            assert_eq!(line[key], shown[key], "{}: {key}", b.at());
+        }
+        // RFC 3339, UTC, milliseconds: 2026-01-02T03:04:05.678Z.
+        let time = line["time"].as_str().unwrap();
+        let ok = time.len() == 24
+            && time.ends_with('Z')
+            && time.bytes().enumerate().all(|(i, c)| match i {
+                4 | 7 => c == b'-',
+                10 => c == b'T',
+                13 | 16 => c == b':',
+                19 => c == b'.',
+                23 => c == b'Z',
+                _ => c.is_ascii_digit(),
+            });
+        assert!(ok, "{}: time {time:?}", b.at());
+        ran += 1;
+    }
+    assert!(ran >= 1, "no block marked `the log line of a SIGTERM`");
 }
