@@ -181,6 +181,10 @@ enum Kind {
     Console(Vec<(String, String)>),
     /// `runs in CI: transcript`: connections, what they send and receive.
     Transcript,
+    /// `runs in CI: transcript, with tokens`: the same against a server
+    /// with `--token-key`; a token shown cut short (`@ HEADER.PAYLOAD.…`)
+    /// is sent as a token the test signs with the payload's claims.
+    TokenTranscript,
     /// `runs in CI: what background command N above prints`: the output
     /// so far of a background command of the console block above, which
     /// keeps running.
@@ -209,6 +213,10 @@ enum Kind {
     HookDashboard,
     /// `runs in CI: the log line of a SIGTERM`.
     LogLine,
+    /// `runs in CI: a token's claims`: a token with them (`exp` moved to
+    /// the future) allows on the line protocol what they name, and no
+    /// more.
+    TokenClaims,
     /// `runs in CI: promtool check config`.
     Prometheus,
     /// `runs in CI: JSON`: parsed (one value, or one per line).
@@ -246,6 +254,9 @@ impl Kind {
             if spec == "transcript" {
                 return Ok(Kind::Transcript);
             }
+            if spec == "transcript, with tokens" {
+                return Ok(Kind::TokenTranscript);
+            }
             if let Some(n) = spec
                 .strip_prefix("what background command ")
                 .and_then(|r| r.strip_suffix(" above prints"))
@@ -277,6 +288,7 @@ impl Kind {
                 "a channel delivery" => Ok(Kind::HookChannelDelivery),
                 "the shape of /dashboard/stats.json" => Ok(Kind::HookDashboard),
                 "the log line of a SIGTERM" => Ok(Kind::LogLine),
+                "a token's claims" => Ok(Kind::TokenClaims),
                 "promtool check config" => Ok(Kind::Prometheus),
                 "JSON" => Ok(Kind::Json),
                 _ => Err(format!("unknown `runs in CI` marker {spec:?}")),
@@ -1290,6 +1302,8 @@ struct Transcript<'a> {
     /// Connections whose end the block may leave open or closed.
     may_close: bool,
     probe: Option<(TcpStream, Vec<u8>)>,
+    /// The server checks tokens (`--token-key`).
+    tokens: bool,
 }
 
 impl Transcript<'_> {
@@ -1305,7 +1319,14 @@ impl Transcript<'_> {
             let (addr, hello) = match &line {
                 Some(a) => {
                     let secret = self.block_arg("--secret");
-                    (a.clone(), secret.map(|s| format!("@ {s}\r\n")))
+                    let token = self.tokens.then(|| {
+                        let all = serde_json::json!([">"]);
+                        signed(&serde_json::json!({
+                            "exp": now() + 3600, "subscribe": all, "publish": all,
+                            "send": all, "receive": all,
+                        }))
+                    });
+                    (a.clone(), secret.or(token).map(|s| format!("@ {s}\r\n")))
                 }
                 None => (server.bus().to_string(), None),
             };
@@ -1383,6 +1404,9 @@ impl Transcript<'_> {
                     let mut text = text.clone();
                     for (doc, real) in &self.block.replies {
                         text = text.replace(doc.as_str(), real);
+                    }
+                    if self.tokens {
+                        text = with_signed_token(&text);
                     }
                     let conn = self
                         .conns
@@ -1494,7 +1518,7 @@ fn the_transcripts_of_the_docs_replay() {
     let mut ran = Vec::new();
     for (b, kind) in all_blocks() {
         let (steps, may_close) = match &kind {
-            Kind::Transcript => (transcript_steps(&b), false),
+            Kind::Transcript | Kind::TokenTranscript => (transcript_steps(&b), false),
             Kind::Answer(requests) => (answer_steps(&b, requests), true),
             Kind::Sent => (sent_steps(&b), false),
             _ => continue,
@@ -1512,7 +1536,13 @@ fn the_transcripts_of_the_docs_replay() {
             conns: HashMap::new(),
             may_close,
             probe: None,
+            tokens: kind == Kind::TokenTranscript,
         };
+        if t.tokens {
+            let key = t.block.dir.path().join("token.key");
+            std::fs::write(&key, TOKEN_SECRET).unwrap();
+            t.block.extra_args = vec!["--token-key".into(), key.display().to_string()];
+        }
         t.run(&steps);
         ran.push(b.at());
     }
@@ -1745,10 +1775,10 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
     for (b, k) in all {
         let col = match k {
             Kind::Console(_) | Kind::Printed(_) => 0,
-            Kind::Transcript | Kind::Answer(_) | Kind::Sent => 1,
+            Kind::Transcript | Kind::TokenTranscript | Kind::Answer(_) | Kind::Sent => 1,
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
-            Kind::HookDashboard | Kind::LogLine => 2,
+            Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
             Kind::Nginx | Kind::Config | Kind::HookCheck | Kind::Prometheus => 2,
             Kind::Json => 3,
             Kind::Elsewhere(_) => 4,
@@ -2102,4 +2132,138 @@ fn the_log_lines_of_the_docs_are_logged() {
         ran += 1;
     }
     assert!(ran >= 1, "no block marked `the log line of a SIGTERM`");
+}
+
+/// The HS256 key of `transcript, with tokens` (at least 32 bytes).
+const TOKEN_SECRET: &str = "the docs' examples sign their tokens with this";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token with `claims`, signed with [`TOKEN_SECRET`].
+fn signed(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Unpadded base64url, decoded.
+fn base64url(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {text:?}"),
+        }
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes() {
+        acc = (acc << 6) | value(c);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// `@ HEADER.PAYLOAD.…` (a token cut short) → `@ TOKEN`, a token the test
+/// signs with the claims of PAYLOAD; any other line unchanged.
+fn with_signed_token(line: &str) -> String {
+    let Some(token) = line.strip_prefix("@ ").map(|t| t.trim_end()) else {
+        return line.to_string();
+    };
+    let Some(payload) = token.strip_suffix(".…").and_then(|t| t.split('.').nth(1)) else {
+        return line.to_string();
+    };
+    let claims: serde_json::Value = serde_json::from_slice(&base64url(payload))
+        .unwrap_or_else(|e| panic!("the payload of {token:?} is not JSON: {e}"));
+    format!("@ {}\r\n", signed(&claims))
+}
+
+/// A name a pattern matches: `*` → `x`, a last `>` → `x.y`.
+fn instance(pattern: &str) -> String {
+    pattern
+        .split('.')
+        .map(|t| match t {
+            "*" => "x",
+            ">" => "x.y",
+            t => t,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[test]
+fn the_token_claims_of_the_docs_allow_what_they_name() {
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        if kind != Kind::TokenClaims {
+            continue;
+        }
+        let mut claims: serde_json::Value =
+            serde_json::from_str(&b.body.join("\n")).unwrap_or_else(|e| panic!("{}: {e}", b.at()));
+        assert!(claims["exp"].is_u64(), "{}: no exp", b.at());
+        claims["exp"] = (now() + 3600).into();
+        let dir = TempDir::new("docs-claims");
+        let key = dir.path().join("token.key");
+        std::fs::write(&key, TOKEN_SECRET).unwrap();
+        let server = Server::start(&["--token-key", key.to_str().unwrap()]);
+        let mut s = common::connect(server.line());
+        let mut sent = format!("@ {}\r\n", signed(&claims));
+        let mut want = String::new();
+        let names = |k: &str| -> Vec<String> {
+            claims[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{}: no list {k}", b.at()))
+                .iter()
+                .map(|v| instance(v.as_str().unwrap()))
+                .collect()
+        };
+        let denied = "not.named";
+        for name in names("subscribe") {
+            sent.push_str(&format!("+ {name}\r\n"));
+        }
+        sent.push_str(&format!("+ {denied}\r\n"));
+        want.push_str(&format!("- forbidden: subscribe {denied}\r\n"));
+        for name in names("publish") {
+            sent.push_str(&format!("! 1 {name}\r\nx\r\n"));
+        }
+        sent.push_str(&format!("! 1 {denied}\r\nx\r\n"));
+        want.push_str(&format!("- forbidden: publish {denied}\r\n"));
+        for name in names("send") {
+            sent.push_str(&format!("> 1 0 {name}\r\nx\r\n"));
+        }
+        sent.push_str(&format!("> 1 0 {denied}\r\nx\r\n"));
+        want.push_str(&format!("- forbidden: send {denied}\r\n"));
+        for name in names("receive") {
+            sent.push_str(&format!("< 0 {name}\r\n"));
+            want.push_str("*\r\n");
+        }
+        sent.push_str(&format!("< 0 {denied}\r\n"));
+        want.push_str(&format!("- forbidden: receive {denied}\r\n"));
+        // The last answer comes after every other: nothing else came.
+        let last = names("receive").remove(0);
+        sent.push_str(&format!("< 0 {last}\r\n"));
+        want.push_str("*\r\n");
+        common::send(&mut s, sent.as_bytes());
+        let got = common::read_exact_n(&mut s, want.len());
+        assert_eq!(String::from_utf8_lossy(&got), want, "{}", b.at());
+        common::assert_nothing_pending(&s, &b.at());
+        ran += 1;
+    }
+    assert!(ran >= 1, "no block marked `a token's claims`");
 }
