@@ -197,6 +197,8 @@ enum Kind {
     Sent,
     /// `runs in CI: nginx in front of the bus`.
     Nginx,
+    /// `runs in CI: nginx's stream module in front of three nodes`.
+    NginxStream,
     /// `runs in CI: --config and --print-config`.
     Config,
     /// `runs in CI: a webhook receiver checks a real delivery`.
@@ -281,6 +283,7 @@ impl Kind {
             return match spec {
                 "sent on one line connection, answered by nothing" => Ok(Kind::Sent),
                 "nginx in front of the bus" => Ok(Kind::Nginx),
+                "nginx's stream module in front of three nodes" => Ok(Kind::NginxStream),
                 "--config and --print-config" => Ok(Kind::Config),
                 "a webhook receiver checks a real delivery" => Ok(Kind::HookCheck),
                 "a webhook delivery" => Ok(Kind::HookDelivery),
@@ -1589,41 +1592,9 @@ fn the_nginx_configurations_of_the_docs_serve() {
              server {{\n    listen unix:{};\n{block}\n}}\n}}\n",
             socket.display()
         );
-        let conf_file = dir.path().join("nginx.conf");
-        std::fs::write(&conf_file, conf).unwrap();
-        let mut nginx = Killed(
-            Command::new(common::program("nginx"))
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .arg("-c")
-                .arg(&conf_file)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start nginx"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let connect = || {
-            let s = std::os::unix::net::UnixStream::connect(&socket)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            Ok::<_, std::io::Error>(s)
-        };
-        let mut sub = loop {
-            if let Ok(s) = connect() {
-                break s;
-            }
-            if let Ok(Some(status)) = nginx.0.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("{}: nginx exited ({status}): {log}", b.at());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: nginx did not listen",
-                b.at()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let _nginx = start_nginx(&dir, &conf, &[&socket], &b.at());
+        let connect = || unix_connect(&socket);
+        let mut sub = connect().unwrap();
         // A subscriber through nginx gets its head and the opening
         // delimiter at once (nothing held in a buffer), then a message
         // published through nginx.
@@ -1779,7 +1750,9 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
             Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
-            Kind::Nginx | Kind::Config | Kind::HookCheck | Kind::Prometheus => 2,
+            Kind::Nginx | Kind::NginxStream | Kind::Config | Kind::HookCheck | Kind::Prometheus => {
+                2
+            }
             Kind::Json => 3,
             Kind::Elsewhere(_) => 4,
             Kind::NotRun(_) => 5,
@@ -2282,4 +2255,169 @@ fn the_token_claims_of_the_docs_allow_what_they_name() {
         ran += 1;
     }
     assert!(ran >= 1, "no block marked `a token's claims`");
+}
+
+/// Starts nginx with `conf` in `dir` and waits until it listens on every
+/// socket of `sockets`.
+fn start_nginx(dir: &TempDir, conf: &str, sockets: &[&Path], at: &str) -> Killed {
+    let conf_file = dir.path().join("nginx.conf");
+    std::fs::write(&conf_file, conf).unwrap();
+    let mut nginx = Killed(
+        Command::new(common::program("nginx"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for socket in sockets {
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Ok(Some(status)) = nginx.0.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("{at}: nginx exited ({status}): {log}");
+            }
+            assert!(Instant::now() < deadline, "{at}: nginx did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    nginx
+}
+
+fn unix_connect(socket: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Debian's redis-server on a free loopback port (one a listener bound
+/// to port 0 was given, then released; a start that loses it to another
+/// process is tried again on another).
+fn start_redis(dir: &TempDir) -> (Killed, u16) {
+    use std::io::BufRead;
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(common::program("redis-server"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<bool>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(true);
+                }
+            }
+            let _ = tx.send(false);
+        });
+        let redis = Killed(child);
+        if rx.recv_timeout(Duration::from_secs(20)) == Ok(true) {
+            return (redis, port);
+        }
+    }
+    panic!("redis-server did not start on any of 20 free ports");
+}
+
+#[test]
+fn the_nginx_stream_configurations_of_the_docs_balance_nodes() {
+    let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    assert!(
+        module.is_file(),
+        "{} is missing: install the Debian package `libnginx-mod-stream` (`.ci/setup` does)",
+        module.display()
+    );
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        if kind != Kind::NginxStream {
+            continue;
+        }
+        let dir = TempDir::new("docs-stream");
+        let (_redis, port) = start_redis(&dir);
+        let url = format!("redis://127.0.0.1:{port}");
+        let nodes: Vec<Server> = (0..3)
+            .map(|_| Server::start(&["--cluster", &url]))
+            .collect();
+        let mut stats: Vec<common::Stats> =
+            nodes.iter().map(|n| common::Stats::open(n.bus())).collect();
+        for s in &mut stats {
+            s.wait_for("the cluster link", |v| v["cluster"]["up"] == true);
+        }
+        let line_sock = dir.path().join("line.sock");
+        let bus_sock = dir.path().join("bus.sock");
+        let mut block = b.body.join("\n");
+        for (i, n) in nodes.iter().enumerate() {
+            for (doc, real) in [(":9813;", n.line()), (":8888;", n.bus())] {
+                let doc = format!("server 10.0.0.{}{doc}", i + 1);
+                assert!(block.contains(&doc), "{}: no `{doc}`", b.at());
+                block = block.replace(&doc, &format!("server {real};"));
+            }
+        }
+        for (doc, sock) in [("listen 9813;", &line_sock), ("listen 8888;", &bus_sock)] {
+            assert!(block.contains(doc), "{}: no `{doc}`", b.at());
+            block = block.replace(doc, &format!("listen unix:{};", sock.display()));
+        }
+        let d = dir.path().display();
+        let conf = format!(
+            "load_module {};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 64; }}\n{block}\n",
+            module.display()
+        );
+        let _nginx = start_nginx(&dir, &conf, &[&line_sock, &bus_sock], &b.at());
+        // Three line subscribers through nginx: least_conn puts one on
+        // each node, and Redis confirms each node's subscription.
+        let mut subs: Vec<_> = (0..3)
+            .map(|_| {
+                let mut s = unix_connect(&line_sock).unwrap();
+                common::send(&mut s, b"+ news\r\n");
+                s
+            })
+            .collect();
+        for s in &mut stats {
+            s.wait_for("a subscriber confirmed on each node", |v| {
+                v["subscribers"] == 1 && v["cluster"]["confirmed"] == 1
+            });
+        }
+        // A publisher through nginx reaches one node; the subscribers on
+        // all three get the message.
+        let mut publisher = unix_connect(&bus_sock).unwrap();
+        common::send(
+            &mut publisher,
+            b"POST /msgbus/news HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+              Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+        );
+        let answer = common::read_to_close(&mut publisher);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 204 "),
+            "{}: {}",
+            b.at(),
+            String::from_utf8_lossy(&answer)
+        );
+        for s in &mut subs {
+            let want = b"! 5 news text/plain\r\nhello\r\n";
+            assert_eq!(common::read_exact_n(s, want.len()), want, "{}", b.at());
+        }
+        ran += 1;
+    }
+    assert!(
+        ran >= 1,
+        "no block marked `nginx's stream module in front of three nodes`"
+    );
 }
