@@ -199,6 +199,8 @@ enum Kind {
     Nginx,
     /// `runs in CI: nginx's stream module in front of three nodes`.
     NginxStream,
+    /// `runs in CI: HAProxy in front of three nodes`.
+    Haproxy,
     /// `runs in CI: --config and --print-config`.
     Config,
     /// `runs in CI: a webhook receiver checks a real delivery`.
@@ -284,6 +286,7 @@ impl Kind {
                 "sent on one line connection, answered by nothing" => Ok(Kind::Sent),
                 "nginx in front of the bus" => Ok(Kind::Nginx),
                 "nginx's stream module in front of three nodes" => Ok(Kind::NginxStream),
+                "HAProxy in front of three nodes" => Ok(Kind::Haproxy),
                 "--config and --print-config" => Ok(Kind::Config),
                 "a webhook receiver checks a real delivery" => Ok(Kind::HookCheck),
                 "a webhook delivery" => Ok(Kind::HookDelivery),
@@ -1750,9 +1753,12 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
             Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
-            Kind::Nginx | Kind::NginxStream | Kind::Config | Kind::HookCheck | Kind::Prometheus => {
-                2
-            }
+            Kind::Nginx
+            | Kind::NginxStream
+            | Kind::Haproxy
+            | Kind::Config
+            | Kind::HookCheck
+            | Kind::Prometheus => 2,
             Kind::Json => 3,
             Kind::Elsewhere(_) => 4,
             Kind::NotRun(_) => 5,
@@ -2381,43 +2387,198 @@ fn the_nginx_stream_configurations_of_the_docs_balance_nodes() {
             module.display()
         );
         let _nginx = start_nginx(&dir, &conf, &[&line_sock, &bus_sock], &b.at());
-        // Three line subscribers through nginx: least_conn puts one on
-        // each node, and Redis confirms each node's subscription.
-        let mut subs: Vec<_> = (0..3)
-            .map(|_| {
-                let mut s = unix_connect(&line_sock).unwrap();
-                common::send(&mut s, b"+ news\r\n");
-                s
-            })
-            .collect();
-        for s in &mut stats {
-            s.wait_for("a subscriber confirmed on each node", |v| {
-                v["subscribers"] == 1 && v["cluster"]["confirmed"] == 1
-            });
-        }
-        // A publisher through nginx reaches one node; the subscribers on
-        // all three get the message.
-        let mut publisher = unix_connect(&bus_sock).unwrap();
-        common::send(
-            &mut publisher,
-            b"POST /msgbus/news HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
-              Content-Length: 5\r\nConnection: close\r\n\r\nhello",
-        );
-        let answer = common::read_to_close(&mut publisher);
-        assert!(
-            answer.starts_with(b"HTTP/1.1 204 "),
-            "{}: {}",
-            b.at(),
-            String::from_utf8_lossy(&answer)
-        );
-        for s in &mut subs {
-            let want = b"! 5 news text/plain\r\nhello\r\n";
-            assert_eq!(common::read_exact_n(s, want.len()), want, "{}", b.at());
-        }
+        three_nodes_as_one(&mut stats, &line_sock, &bus_sock, &b.at());
         ran += 1;
     }
     assert!(
         ran >= 1,
         "no block marked `nginx's stream module in front of three nodes`"
+    );
+}
+
+/// Three line subscribers through the balancer's line socket land on the
+/// three nodes (each node's subscription confirmed by Redis), and a
+/// publish through its bus socket reaches them all.
+fn three_nodes_as_one(stats: &mut [common::Stats], line_sock: &Path, bus_sock: &Path, at: &str) {
+    let mut subs: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = unix_connect(line_sock).unwrap();
+            common::send(&mut s, b"+ news\r\n");
+            s
+        })
+        .collect();
+    for s in stats.iter_mut() {
+        s.wait_for("a subscriber confirmed on each node", |v| {
+            v["subscribers"] == 1 && v["cluster"]["confirmed"] == 1
+        });
+    }
+    let mut publisher = unix_connect(bus_sock).unwrap();
+    common::send(
+        &mut publisher,
+        b"POST /msgbus/news HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+          Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let answer = common::read_to_close(&mut publisher);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 204 "),
+        "{at}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    for s in &mut subs {
+        let want = b"! 5 news text/plain\r\nhello\r\n";
+        assert_eq!(common::read_exact_n(s, want.len()), want, "{at}");
+    }
+}
+
+#[test]
+fn the_haproxy_configurations_of_the_docs_balance_nodes() {
+    let haproxy = common::program("haproxy");
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        if kind != Kind::Haproxy {
+            continue;
+        }
+        let dir = TempDir::new("docs-haproxy");
+        let (mut redis, port) = start_redis(&dir);
+        let url = format!("redis://127.0.0.1:{port}");
+        let nodes: Vec<Server> = (0..3)
+            .map(|_| Server::start(&["--cluster", &url, "--metrics-listen", "127.0.0.1:0"]))
+            .collect();
+        let mut stats: Vec<common::Stats> =
+            nodes.iter().map(|n| common::Stats::open(n.bus())).collect();
+        for s in &mut stats {
+            s.wait_for("the cluster link", |v| v["cluster"]["up"] == true);
+        }
+        let line_sock = dir.path().join("line.sock");
+        let bus_sock = dir.path().join("bus.sock");
+        // Each node's doors, and its metrics port for the health checks
+        // (the nodes share one host here, so each has a port of its own).
+        let mut conf = String::new();
+        for l in &b.body {
+            let mut l = l.clone();
+            // HAProxy wants twice maxconn open files; CI has fewer.
+            if l.trim() == "maxconn 200000" {
+                l = l.replace("200000", "1000");
+            }
+            if l.trim_start().starts_with("default-server") {
+                assert!(l.contains(" port 9100"), "{}: {l}", b.at());
+                l = l.replace(" port 9100", "");
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                for (doc, real) in [(":9813", n.line()), (":8888", n.bus())] {
+                    let doc = format!(" 10.0.0.{}{doc}", i + 1);
+                    if l.ends_with(&doc) {
+                        let metrics = n.addr("metrics").rsplit_once(':').unwrap().1;
+                        l = l.replace(&doc, &format!(" {real} port {metrics}"));
+                    }
+                }
+            }
+            for (doc, sock) in [("bind :9813", &line_sock), ("bind :8888", &bus_sock)] {
+                if l.trim() == doc {
+                    l = format!("    bind unix@{}", sock.display());
+                }
+            }
+            conf.push_str(&l);
+            conf.push('\n');
+            // A socket of the test's own, to read HAProxy's view.
+            if l.trim() == "global" {
+                let admin = dir.path().join("admin.sock");
+                conf.push_str(&format!("    stats socket {}\n", admin.display()));
+            }
+        }
+        for n in 1..=3 {
+            assert!(!conf.contains(&format!("10.0.0.{n}")), "{}: {conf}", b.at());
+        }
+        let conf_file = dir.path().join("haproxy.cfg");
+        std::fs::write(&conf_file, &conf).unwrap();
+        let mut child = Killed(
+            Command::new(&haproxy)
+                .arg("-db")
+                .arg("-f")
+                .arg(&conf_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start haproxy"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for sock in [&line_sock, &bus_sock] {
+            while std::os::unix::net::UnixStream::connect(sock).is_err() {
+                if let Ok(Some(status)) = child.0.try_wait() {
+                    let mut err = String::new();
+                    child
+                        .0
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    panic!("{}: haproxy exited ({status}): {err}", b.at());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: haproxy did not listen",
+                    b.at()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // HAProxy's health checks pass on all six servers.
+        let admin = dir.path().join("admin.sock");
+        let servers = |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut s = unix_connect(&admin).unwrap();
+                common::send(&mut s, b"show stat\n");
+                let csv = String::from_utf8_lossy(&common::read_to_close(&mut s)).into_owned();
+                let rows: Vec<&str> = csv
+                    .lines()
+                    .filter(|r| r.starts_with("line_nodes,n") || r.starts_with("bus_nodes,n"))
+                    .collect();
+                if rows.len() == 6 && rows.iter().all(|r| r.contains(want)) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: not every server shows {want}: {csv}",
+                    b.at()
+                );
+                // Polls HAProxy's checks, which run every 2 s.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        servers(",L7OK,");
+        three_nodes_as_one(&mut stats, &line_sock, &bus_sock, &b.at());
+        // Redis gone: every node's /healthz answers 503, HAProxy's checks
+        // take the nodes out, and a new connection through it is closed
+        // without an answer.
+        redis.0.kill().unwrap();
+        redis.0.wait().unwrap();
+        servers(",DOWN,");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut s = unix_connect(&line_sock).unwrap();
+            common::send(&mut s, b"= probe\r\n");
+            let mut got = [0u8; 64];
+            match s.read(&mut got) {
+                Ok(0) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Ok(_) => {}
+                Err(e) => panic!("{}: {e}", b.at()),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: HAProxy still passes connections with Redis gone",
+                b.at()
+            );
+            // Polls for HAProxy's checks (every 2 s) to take the nodes out.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ran += 1;
+    }
+    assert!(
+        ran >= 1,
+        "no block marked `HAProxy in front of three nodes`"
     );
 }
