@@ -201,6 +201,10 @@ enum Kind {
     NginxStream,
     /// `runs in CI: HAProxy in front of three nodes`.
     Haproxy,
+    /// `runs in CI: what `switchboard ARGS` prints, Redis away`: the
+    /// start-up error (and exit status 2) with nothing listening at the
+    /// Redis address of ARGS.
+    StartError(String),
     /// `runs in CI: --config and --print-config`.
     Config,
     /// `runs in CI: a webhook receiver checks a real delivery`.
@@ -257,6 +261,11 @@ impl Kind {
             }
             if spec == "transcript" {
                 return Ok(Kind::Transcript);
+            }
+            if let Some(rest) = spec.strip_prefix("what `switchboard ") {
+                if let Some(args) = rest.strip_suffix("` prints, Redis away") {
+                    return Ok(Kind::StartError(args.to_string()));
+                }
             }
             if spec == "transcript, with tokens" {
                 return Ok(Kind::TokenTranscript);
@@ -1753,6 +1762,7 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
             Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
+            Kind::StartError(_) => 0,
             Kind::Nginx
             | Kind::NginxStream
             | Kind::Haproxy
@@ -2580,5 +2590,45 @@ fn the_haproxy_configurations_of_the_docs_balance_nodes() {
     assert!(
         ran >= 1,
         "no block marked `HAProxy in front of three nodes`"
+    );
+}
+
+#[test]
+fn the_start_up_errors_of_the_docs_are_printed() {
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        let Kind::StartError(args) = kind else {
+            continue;
+        };
+        // A loopback port nothing listens on: one the kernel gave a
+        // listener, which is then closed.
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let doc_addr = "127.0.0.1:6379";
+        assert!(args.contains(doc_addr), "{}: {args}", b.at());
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args.replace(doc_addr, &free).split_whitespace())
+            .args([
+                "--line-listen",
+                "127.0.0.1:0",
+                "--bus-listen",
+                "127.0.0.1:0",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}: the exit status", b.at());
+        let printed = String::from_utf8_lossy(&out.stderr).replace(&free, doc_addr);
+        let printed: Vec<&str> = printed.lines().collect();
+        assert_eq!(printed, b.body, "{}: what it printed", b.at());
+        assert!(out.stdout.is_empty(), "{}: it printed on stdout", b.at());
+        ran += 1;
+    }
+    assert!(
+        ran >= 1,
+        "no block marked `what `switchboard …` prints, Redis away`"
     );
 }
