@@ -201,6 +201,9 @@ enum Kind {
     NginxStream,
     /// `runs in CI: HAProxy in front of three nodes`.
     Haproxy,
+    /// `runs in CI: with an application myapp.py`: the WSGI adapter's
+    /// command, serving a small application through the proxy door.
+    Wsgi,
     /// `runs in CI: what `switchboard ARGS` prints, Redis away`: the
     /// start-up error (and exit status 2) with nothing listening at the
     /// Redis address of ARGS.
@@ -296,6 +299,7 @@ impl Kind {
                 "nginx in front of the bus" => Ok(Kind::Nginx),
                 "nginx's stream module in front of three nodes" => Ok(Kind::NginxStream),
                 "HAProxy in front of three nodes" => Ok(Kind::Haproxy),
+                "with an application myapp.py" => Ok(Kind::Wsgi),
                 "--config and --print-config" => Ok(Kind::Config),
                 "a webhook receiver checks a real delivery" => Ok(Kind::HookCheck),
                 "a webhook delivery" => Ok(Kind::HookDelivery),
@@ -1762,7 +1766,7 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
             Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
-            Kind::StartError(_) => 0,
+            Kind::StartError(_) | Kind::Wsgi => 0,
             Kind::Nginx
             | Kind::NginxStream
             | Kind::Haproxy
@@ -2631,4 +2635,84 @@ fn the_start_up_errors_of_the_docs_are_printed() {
         ran >= 1,
         "no block marked `what `switchboard …` prints, Redis away`"
     );
+}
+
+/// The application the WSGI command of the docs serves in CI.
+const MYAPP: &str = "def app(environ, start_response):\n    \
+    start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+    return [b'hello from ' + environ['PATH_INFO'].encode() + b'\\n']\n";
+
+#[test]
+fn the_wsgi_commands_of_the_docs_serve() {
+    let mut ran = 0;
+    for (b, kind) in all_blocks() {
+        if kind != Kind::Wsgi {
+            continue;
+        }
+        let server = Server::start(&["--proxy-listen", "127.0.0.1:0"]);
+        let dir = TempDir::new("docs-wsgi");
+        std::fs::write(dir.path().join("myapp.py"), MYAPP).unwrap();
+        let [cmd] = &b.body[..] else {
+            panic!("{}: one command", b.at());
+        };
+        assert!(cmd.contains("127.0.0.1:9813"), "{}: {cmd}", b.at());
+        let cmd = cmd.replace("127.0.0.1:9813", server.line());
+        let clients = Path::new(REPO).join("clients/python");
+        let mut adapter = Command::new(common::program("bash"))
+            .arg("-c")
+            .arg(format!("exec {cmd}"))
+            .current_dir(dir.path())
+            .env("PYTHONPATH", format!("{}:.", clients.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its workers in its group, so that all of them are stopped.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = format!("-{}", adapter.id());
+        let signal_group = |sig: &str| {
+            Command::new(common::program("kill"))
+                .args(["-s", sig, "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+        };
+        // A request waits in the queue until a worker takes it.
+        for path in ["/first", "/second"] {
+            let mut s = common::connect_and_send(
+                server.addr("proxy"),
+                format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            let answer = String::from_utf8_lossy(&common::read_to_close(&mut s)).into_owned();
+            assert!(
+                answer.starts_with("HTTP/1.0 200 OK\r\n"),
+                "{}: {answer}",
+                b.at()
+            );
+            assert!(
+                answer.ends_with(&format!("\r\n\r\nhello from {path}\n")),
+                "{}: {answer}",
+                b.at()
+            );
+        }
+        // SIGTERM stops the workers after their request, then the adapter.
+        assert!(signal_group("TERM").success(), "{}", b.at());
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = adapter.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                signal_group("KILL");
+                panic!("{}: the adapter did not stop on SIGTERM", b.at());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Whatever is left of the group (nothing, when it stopped well).
+        signal_group("KILL");
+        assert!(status.success(), "{}: the adapter exited {status}", b.at());
+        ran += 1;
+    }
+    assert!(ran >= 1, "no block marked `with an application myapp.py`");
 }
