@@ -204,6 +204,9 @@ enum Kind {
     /// `runs in CI: with an application myapp.py`: the WSGI adapter's
     /// command, serving a small application through the proxy door.
     Wsgi,
+    /// `runs in CI: the shape of WHAT of the RPC pattern`: compared with
+    /// the switch door's real answers (`same_shape`) in the RPC pattern.
+    SwitchShape(String),
     /// `runs in CI: what `switchboard ARGS` prints, Redis away`: the
     /// start-up error (and exit status 2) with nothing listening at the
     /// Redis address of ARGS.
@@ -300,6 +303,11 @@ impl Kind {
                 "nginx's stream module in front of three nodes" => Ok(Kind::NginxStream),
                 "HAProxy in front of three nodes" => Ok(Kind::Haproxy),
                 "with an application myapp.py" => Ok(Kind::Wsgi),
+                what if what.starts_with("the shape of ")
+                    && what.ends_with(" of the RPC pattern") =>
+                {
+                    Ok(Kind::SwitchShape(what.to_string()))
+                }
                 "--config and --print-config" => Ok(Kind::Config),
                 "a webhook receiver checks a real delivery" => Ok(Kind::HookCheck),
                 "a webhook delivery" => Ok(Kind::HookDelivery),
@@ -1766,6 +1774,7 @@ fn inventory(all: &[(DocBlock, Kind)]) -> String {
             Kind::HookChannel => 0,
             Kind::HookDelivery | Kind::HookChannelDelivery => 1,
             Kind::HookDashboard | Kind::LogLine | Kind::TokenClaims => 2,
+            Kind::SwitchShape(_) => 1,
             Kind::StartError(_) | Kind::Wsgi => 0,
             Kind::Nginx
             | Kind::NginxStream
@@ -2715,4 +2724,137 @@ fn the_wsgi_commands_of_the_docs_serve() {
         ran += 1;
     }
     assert!(ran >= 1, "no block marked `with an application myapp.py`");
+}
+
+/// A keep-alive HTTP/1.1 connection to the switch door: one session.
+struct Session {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Session {
+    fn open(addr: &str, name: &str) -> Session {
+        let mut session = Session {
+            s: common::connect(addr),
+            buf: Vec::new(),
+        };
+        session.call("GET", &format!("/login/{name}"), "");
+        session
+    }
+
+    /// A request and its answer's body, as JSON when it is.
+    fn call(&mut self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        common::send(&mut self.s, req.as_bytes());
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("read");
+            assert!(n > 0, "{path}: closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{method} {path}: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while self.buf.len() < end + len {
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("read");
+            assert!(n > 0, "{path}: closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = self.buf.drain(..end + len).skip(end).collect();
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned().into())
+    }
+}
+
+#[test]
+fn the_json_of_the_switch_docs_is_what_the_rpc_pattern_gets() {
+    let shown: Vec<(DocBlock, String)> = all_blocks()
+        .into_iter()
+        .filter_map(|(b, k)| match k {
+            Kind::SwitchShape(what) => Some((b, what)),
+            _ => None,
+        })
+        .collect();
+    let server = Server::start(&["--switch-listen", "127.0.0.1:0"]);
+    let door = server.addr("switch").to_string();
+    // The RPC pattern of switch.md, call by call.
+    let mut client = Session::open(&door, "client");
+    client.call("GET", "/transient/client.reply", "");
+    client.call("GET", "/persistent/svc", "");
+    client.call("POST", "/request/svc/client.reply", "hello");
+    let mut service = Session::open(&door, "service");
+    let request = service.call("POST", "/transfer", r#"{"timeout": 5, "queues": ["svc"]}"#);
+    let response_ids = service.call("POST", "/response/client.reply/svc/0", "HELLO");
+    assert_eq!(response_ids, serde_json::json!([["client.reply", 0]]));
+    service.call("GET", "/ack/svc/0", "");
+    let response = client.call(
+        "POST",
+        "/transfer",
+        r#"{"timeout": 5, "queues": ["client.reply"]}"#,
+    );
+    client.call("GET", "/ack/client.reply/0", "");
+    client.call("POST", "/request/svc/client.reply", "again");
+    let trace = Session::open(&door, "reader").call("GET", "/trace/0/5", "");
+    let diagnostics = Session::open(&door, "reader2").call("GET", "/", "");
+    let answers = [
+        (
+            "the shape of the transfer's answer of the RPC pattern",
+            vec![request.clone()],
+        ),
+        ("the shape of a trace of the RPC pattern", vec![trace]),
+        (
+            "the shape of the diagnostics of the RPC pattern",
+            vec![diagnostics],
+        ),
+        (
+            "the shape of an id and the messages of the RPC pattern",
+            vec![
+                request["messages"][0][0].clone(),
+                request["messages"][0][1].clone(),
+                response["messages"][0][1].clone(),
+            ],
+        ),
+    ];
+    let mut ran = 0;
+    for (b, what) in &shown {
+        let (_, real) = answers
+            .iter()
+            .find(|(w, _)| w == what)
+            .unwrap_or_else(|| panic!("{}: no answer for {what:?}", b.at()));
+        let docs: Vec<serde_json::Value> = if real.len() == 1 {
+            vec![serde_json::from_str(&b.body.join("\n"))
+                .unwrap_or_else(|e| panic!("{}: {e}", b.at()))]
+        } else {
+            b.body
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", b.at())))
+                .collect()
+        };
+        assert_eq!(docs.len(), real.len(), "{}: one value per answer", b.at());
+        for (d, r) in docs.iter().zip(real) {
+            if let Err(e) = same_shape(d, r, "") {
+                panic!("{}: {e}; the server answered {r}", b.at());
+            }
+        }
+        ran += 1;
+    }
+    assert_eq!(
+        ran,
+        answers.len(),
+        "every answer has its block in switch.md"
+    );
 }
