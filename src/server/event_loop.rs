@@ -142,12 +142,14 @@ pub struct Server {
 /// connections stay open, reading `argv` (the command line `config` was
 /// made from, before its `--config` file was read) again.
 pub fn run(config: Config, argv: Vec<OsString>) -> io::Result<()> {
-    // Caught before the listeners open: a SIGHUP sent as soon as the
-    // server says it listens waits in the pair instead of ending it.
+    // Caught before the listeners open: a signal sent as soon as the
+    // server says it listens waits in its pair instead of ending it (a
+    // SIGTERM then still stops it cleanly, with exit status 0).
     let hangup = signal_pair(&[signal_hook::consts::SIGHUP])?;
+    let stop = signal_pair(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let mut server = Server::bind(&config)?;
     server.reload = Some(Reload::new(argv).map_err(io::Error::other)?);
-    server.catch_signals()?;
+    server.catch_signals(stop)?;
     server.watch_hangup(hangup)?;
     server.serve()
 }
@@ -313,9 +315,9 @@ impl Server {
         })
     }
 
-    /// Routes SIGINT and SIGTERM into the loop through a socket pair.
-    pub fn catch_signals(&mut self) -> io::Result<()> {
-        let mut read = signal_pair(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    /// Routes SIGINT and SIGTERM into the loop through the socket pair
+    /// they write to (see [`run`]).
+    fn catch_signals(&mut self, mut read: UnixStream) -> io::Result<()> {
         self.poll
             .registry()
             .register(&mut read, SIGNAL, Interest::READABLE)?;

@@ -249,6 +249,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sh", "dash"),
     ("bash", "bash"),
     ("redis-server", "redis-server"),
+    ("haproxy", "haproxy"),
 ];
 
 /// A program the tests run, found on `PATH` (then in `/usr/sbin` and
