@@ -3,7 +3,12 @@
 # file, in one run.
 # usage: benches/durable-compare.sh [SECONDS] [CONNECTIONS] [PIPELINE] [BODY_BYTES]
 #        (default 5 16 16 100)
-# env: ROUNDS=N runs every pattern N times in turn (default 1); compare medians.
+# env: ROUNDS=N runs every pattern N times in turn (default 1), the order
+#        reversed every other round; compare medians.
+#      PATTERNS="line-none line-everysec" runs only these patterns (default:
+#        all of line-none line-everysec line-always switch-none
+#        switch-everysec switch-always redis-everysec redis-always), e.g. to
+#        run two of them interleaved many times.
 # needs: redis-server and redis-benchmark (Debian: apt-get install -y redis-server)
 #
 # switchboard, each pattern on a fresh server and a fresh data directory:
@@ -74,15 +79,27 @@ redis() {
   wait "$PID" 2>/dev/null || true; PID=
 }
 
+# One pattern by its name: its label and its figure.
+pattern() {
+  case $1 in
+    line-none) printf '%-34s %12s\n' "line, no --data-dir" "$(sb line)" ;;
+    line-everysec) printf '%-34s %12s\n' "line, --fsync everysec" "$(sb line --data-dir "$dir/data" --fsync everysec)" ;;
+    line-always) printf '%-34s %12s\n' "line, --fsync always" "$(sb line --data-dir "$dir/data" --fsync always)" ;;
+    switch-none) printf '%-34s %12s\n' "switch, no --data-dir" "$(sb switch)" ;;
+    switch-everysec) printf '%-34s %12s\n' "switch, --fsync everysec" "$(sb switch --data-dir "$dir/data" --fsync everysec)" ;;
+    switch-always) printf '%-34s %12s\n' "switch, --fsync always" "$(sb switch --data-dir "$dir/data" --fsync always)" ;;
+    redis-everysec) printf '%-34s %12s\n' "redis XADD, appendfsync everysec" "$(redis everysec $((300000 * SECS)))" ;;
+    redis-always) printf '%-34s %12s\n' "redis XADD, appendfsync always" "$(redis always $((30000 * SECS)))" ;;
+    *) echo "unknown pattern $1" >&2; exit 2 ;;
+  esac
+}
+
+read -r -a patterns <<<"${PATTERNS:-line-none line-everysec line-always switch-none switch-everysec switch-always redis-everysec redis-always}"
 printf '%-34s %12s\n' pattern 'sends/s'
-for _ in $(seq "${ROUNDS:-1}"); do
-  printf '%-34s %12s\n' "line, no --data-dir" "$(sb line)"
-  printf '%-34s %12s\n' "line, --fsync everysec" "$(sb line --data-dir "$dir/data" --fsync everysec)"
-  printf '%-34s %12s\n' "line, --fsync always" "$(sb line --data-dir "$dir/data" --fsync always)"
-  printf '%-34s %12s\n' "switch, no --data-dir" "$(sb switch)"
-  printf '%-34s %12s\n' "switch, --fsync everysec" "$(sb switch --data-dir "$dir/data" --fsync everysec)"
-  printf '%-34s %12s\n' "switch, --fsync always" "$(sb switch --data-dir "$dir/data" --fsync always)"
-  printf '%-34s %12s\n' "redis XADD, appendfsync everysec" "$(redis everysec $((300000 * SECS)))"
-  printf '%-34s %12s\n' "redis XADD, appendfsync always" "$(redis always $((30000 * SECS)))"
+for round in $(seq "${ROUNDS:-1}"); do
+  if [ $((round % 2)) = 1 ]; then order=("${patterns[@]}"); else
+    order=(); for ((i = ${#patterns[@]} - 1; i >= 0; i--)); do order+=("${patterns[i]}"); done
+  fi
+  for p in "${order[@]}"; do pattern "$p"; done
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::broker::hooks::{Secret, Settings as HookSettings};
 pub use crate::store::Fsync;
+use crate::store::Sizes as StoreSizes;
 
 /// The msglite proxy door's defaults (the door uses them too).
 pub mod proxy_defaults {
@@ -22,6 +23,30 @@ pub mod proxy_defaults {
 
     /// Requests waiting for a handler's head at once, by default.
     pub const DEFAULT_MAX_PENDING: usize = 10_000;
+}
+
+/// A byte count for `--segment-bytes` or `--compact-min-bytes`: at least
+/// 1 MiB, and at most `max` (1 GiB for a segment) when there is one.
+fn parse_store_size(s: &str, max: Option<u64>) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (a whole number)"))?;
+    let min = crate::store::MIN_SIZE;
+    if n < min {
+        return Err(format!("at least {min} (1 MiB)"));
+    }
+    if let Some(max) = max.filter(|&max| n > max) {
+        return Err(format!("at most {max} (1 GiB)"));
+    }
+    Ok(n)
+}
+
+fn parse_segment_bytes(s: &str) -> Result<u64, String> {
+    parse_store_size(s, Some(crate::store::MAX_SEGMENT))
+}
+
+fn parse_compact_min_bytes(s: &str) -> Result<u64, String> {
+    parse_store_size(s, None)
 }
 
 /// A listen address that may be switched off with `off`.
@@ -425,6 +450,21 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Fsync::EverySec)]
     pub fsync: Fsync,
 
+    /// With --data-dir, a log segment is closed and the next begun once it
+    /// holds this many bytes (1 MiB to 1 GiB; a start reads each segment
+    /// whole).
+    #[arg(long, value_name = "BYTES", default_value_t = StoreSizes::default().segment,
+          value_parser = parse_segment_bytes)]
+    pub segment_bytes: u64,
+
+    /// With --data-dir, the log is compacted (rewritten as a snapshot of
+    /// the live messages, the older segments deleted) once its segments
+    /// hold more than this many bytes and more than 4 times the live data
+    /// (at least 1 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = StoreSizes::default().compact_min,
+          value_parser = parse_compact_min_bytes)]
+    pub compact_min_bytes: u64,
+
     /// Join the other nodes that name the same Redis: channel messages
     /// published on any node reach subscribers on every node
     /// (docs/cluster.md). `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or
@@ -496,6 +536,8 @@ pub struct Config {
     /// `--data-dir`: where queued messages are kept; `None`: in memory only.
     pub data_dir: Option<PathBuf>,
     pub fsync: Fsync,
+    /// `--segment-bytes`, `--compact-min-bytes`.
+    pub store_sizes: StoreSizes,
     /// `--cluster`: the Redis the nodes share; `None`: this node alone.
     pub cluster: Option<crate::broker::cluster::Settings>,
     /// `--presence-events`.
@@ -696,6 +738,10 @@ impl Config {
             tls,
             data_dir: args.data_dir,
             fsync: args.fsync,
+            store_sizes: StoreSizes {
+                segment: args.segment_bytes,
+                compact_min: args.compact_min_bytes,
+            },
             cluster,
             line_listen: args.line_listen,
             line_unix: args.line_unix,
@@ -833,6 +879,42 @@ mod tests {
         ] {
             let err = parse_listen(bad).unwrap_err();
             assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn store_sizes_have_a_floor_and_a_segment_a_ceiling() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["switchboard"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(|a| Config::from_args(a).unwrap().store_sizes)
+        };
+        let default = parse(&[]).unwrap();
+        assert_eq!(default.segment, 64 << 20);
+        assert_eq!(default.compact_min, 64 << 20);
+        let set = parse(&[
+            "--segment-bytes",
+            "1048576",
+            "--compact-min-bytes",
+            "2000000",
+        ])
+        .unwrap();
+        assert_eq!(set.segment, 1 << 20);
+        assert_eq!(set.compact_min, 2_000_000);
+        assert_eq!(
+            parse(&["--compact-min-bytes", "1099511627776"])
+                .unwrap()
+                .compact_min,
+            1 << 40
+        );
+        for (flag, bad, why) in [
+            ("--segment-bytes", "1048575", "at least 1048576"),
+            ("--compact-min-bytes", "0", "at least 1048576"),
+            ("--segment-bytes", "1073741825", "at most 1073741824"),
+            ("--compact-min-bytes", "64M", "not a byte count"),
+        ] {
+            let err = parse(&[flag, bad]).unwrap_err().to_string();
+            assert!(err.contains(why), "{flag} {bad}: {err}");
         }
     }
 }

@@ -237,9 +237,14 @@ impl Server {
         let outbound = connect::Outbound::new(config, poll.registry())?;
         let (durable, state, epoch_s) = match &config.data_dir {
             Some(dir) => {
-                let opened =
-                    crate::store::Store::open(dir, config.fsync, epoch_ms, outbound.waker())
-                        .map_err(io::Error::other)?;
+                let opened = crate::store::Store::open(
+                    dir,
+                    config.fsync,
+                    config.store_sizes,
+                    epoch_ms,
+                    outbound.waker(),
+                )
+                .map_err(io::Error::other)?;
                 let d = durable::Durable::new(opened.store, opened.epoch_s);
                 (Some(d), Some(opened.state), opened.epoch_s)
             }

@@ -307,7 +307,8 @@ fn starts_with_snapshot(path: &Path) -> Result<bool, ReplayError> {
 
 /// Applies the records of one segment; returns how it ended and its
 /// length. The file is read whole (a segment is at most a little over
-/// 64 MiB, a snapshot the size of the live data) and records are decoded in
+/// `--segment-bytes`, 64 MiB by default and 1 GiB at most, or one record
+/// past it; a snapshot is the size of the live data) and records are decoded in
 /// place: a body is a slice of that buffer until the broker copies it.
 fn read_segment(path: &Path, out: &mut Replayed, last: bool) -> Result<(End, u64), ReplayError> {
     let io_err = |e| ReplayError::Io(path.to_path_buf(), e);

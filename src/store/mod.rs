@@ -32,9 +32,9 @@ use std::cell::RefCell;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -60,10 +60,37 @@ pub enum Fsync {
 /// disk cannot keep up; the loop itself still never waits for it).
 pub const MAX_PENDING: u64 = 256 << 20;
 
-/// The segments are compacted once they hold more than this …
+/// The segments are compacted once they hold more than this
+/// (`--compact-min-bytes`) …
 pub const COMPACT_MIN: u64 = 64 << 20;
 /// … and more than this many times the live data.
 pub const COMPACT_FACTOR: u64 = 4;
+/// The least `--segment-bytes` and `--compact-min-bytes` may be: below it
+/// a busy server would close segments and compact many times a second.
+pub const MIN_SIZE: u64 = 1 << 20;
+/// The most `--segment-bytes` may be: replay reads a segment whole.
+pub const MAX_SEGMENT: u64 = 1 << 30;
+
+/// When segments are closed and when they are compacted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// A segment is closed and the next begun once it holds this many
+    /// bytes (`--segment-bytes`).
+    pub segment: u64,
+    /// The segments are compacted once they hold more than this many bytes
+    /// and more than [`COMPACT_FACTOR`] times the live data
+    /// (`--compact-min-bytes`).
+    pub compact_min: u64,
+}
+
+impl Default for Sizes {
+    fn default() -> Sizes {
+        Sizes {
+            segment: writer::SEGMENT_BYTES,
+            compact_min: COMPACT_MIN,
+        }
+    }
+}
 
 /// How long the store refuses new records after a failed write.
 const FAILED_PAUSE: Duration = Duration::from_secs(1);
@@ -172,6 +199,7 @@ impl Journal {
 pub struct Store {
     pub journal: Journal,
     mode: Fsync,
+    sizes: Sizes,
     dir: PathBuf,
     jobs: Option<Sender<writer::Job>>,
     reports: Receiver<writer::Report>,
@@ -190,6 +218,23 @@ pub struct Store {
     _lock: File,
 }
 
+/// A write past the file-size limit (`ulimit -f`, `RLIMIT_FSIZE`) raises
+/// SIGXFSZ, whose default action ends the process. With a handler
+/// installed the write fails with `EFBIG` instead, which the writer reports
+/// as it reports a full disk. Installed once, by the first store opened.
+fn catch_file_size_signal() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        signal_hook::flag::register(
+            signal_hook::consts::SIGXFSZ,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .map(|_| ())
+        .map_err(|e| format!("catching SIGXFSZ: {e}"))
+    })
+    .clone()
+}
+
 /// What [`Store::open`] found, and the epoch (seconds) to start with: later
 /// than every earlier start's, so that reply addresses made from it are
 /// new.
@@ -205,10 +250,12 @@ impl Store {
     pub fn open(
         dir: &Path,
         mode: Fsync,
+        sizes: Sizes,
         epoch_ms: u64,
         waker: Arc<Waker>,
     ) -> Result<Opened, String> {
         let shown = dir.display();
+        catch_file_size_signal().map_err(|e| format!("--data-dir {shown}: {e}"))?;
         fs::create_dir_all(dir).map_err(|e| format!("--data-dir {shown}: {e}"))?;
         let lock =
             File::create(dir.join("LOCK")).map_err(|e| format!("--data-dir {shown}: {e}"))?;
@@ -264,6 +311,7 @@ impl Store {
         let t = writer::Thread {
             dir: dir.to_path_buf(),
             mode,
+            segment_bytes: sizes.segment,
             file,
             segment,
             len,
@@ -280,6 +328,7 @@ impl Store {
             store: Store {
                 journal: Journal::new(epoch_ms),
                 mode,
+                sizes,
                 dir: dir.to_path_buf(),
                 jobs: Some(jobs_tx),
                 reports: reports_rx,
@@ -345,8 +394,8 @@ impl Store {
     }
 
     /// True when the segments should be compacted: they hold more than
-    /// [`COMPACT_MIN`] and [`COMPACT_FACTOR`] × `live` bytes, or a failed
-    /// write left them behind.
+    /// [`Sizes::compact_min`] and [`COMPACT_FACTOR`] × `live` bytes, or a
+    /// failed write left them behind.
     pub fn wants_snapshot(&self, live: u64) -> bool {
         if self.failed_until.is_some()
             || self.shared.snapshots.load(Ordering::Relaxed) < self.snapshots_sent
@@ -354,7 +403,8 @@ impl Store {
             return false;
         }
         let disk = self.disk_bytes() + self.shared.pending.load(Ordering::Relaxed);
-        self.want_snapshot || (disk > COMPACT_MIN && disk > COMPACT_FACTOR.saturating_mul(live))
+        self.want_snapshot
+            || (disk > self.sizes.compact_min && disk > COMPACT_FACTOR.saturating_mul(live))
     }
 
     /// Hands a snapshot to the writer: `data` holds every live record, the
@@ -454,7 +504,7 @@ mod tests {
     }
 
     fn open(dir: &Path, mode: Fsync, waker: &Arc<Waker>) -> Opened {
-        Store::open(dir, mode, 1_000_000, Arc::clone(waker)).unwrap()
+        Store::open(dir, mode, Sizes::default(), 1_000_000, Arc::clone(waker)).unwrap()
     }
 
     #[test]
@@ -543,7 +593,7 @@ mod tests {
         let poll = Poll::new().unwrap();
         let w = waker(&poll);
         let first = open(&dir, Fsync::No, &w);
-        let err = Store::open(&dir, Fsync::No, 1, Arc::clone(&w))
+        let err = Store::open(&dir, Fsync::No, Sizes::default(), 1, Arc::clone(&w))
             .err()
             .unwrap();
         assert!(err.contains("another server"), "{err}");

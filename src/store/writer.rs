@@ -20,7 +20,8 @@ use mio::Waker;
 use super::log::{segment_name, MAGIC};
 use super::Fsync;
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (the default
+/// of `--segment-bytes`).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// What the loop asks of the thread.
@@ -55,6 +56,8 @@ pub struct Shared {
 pub struct Thread {
     pub dir: PathBuf,
     pub mode: Fsync,
+    /// The open segment is closed past this size.
+    pub segment_bytes: u64,
     pub file: File,
     pub segment: u64,
     /// Bytes of the open segment known to be written whole.
@@ -193,7 +196,7 @@ impl Thread {
         self.shared
             .disk
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if self.len >= SEGMENT_BYTES {
+        if self.len >= self.segment_bytes {
             self.rotate(&[])?;
         }
         Ok(())
