@@ -172,8 +172,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     for (area, pct) in [(p50, "p50"), (p99, "p99")] {
         let mut series = Vec::new();
-        for (i, (col, label)) in LATENCIES.iter().enumerate() {
-            series.push((*label, samples.series(&format!("{col}_{pct}_us"), 1000.0)?, COLORS[i]));
+        for ((col, label), color) in LATENCIES.iter().zip(COLORS) {
+            series.push((
+                *label,
+                samples.series(&format!("{col}_{pct}_us"), 1000.0)?,
+                color,
+            ));
         }
         panel(
             area,
