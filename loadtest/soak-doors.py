@@ -259,7 +259,10 @@ def proxy_keepalive_client(rate):
 
 def proxy_fresh_client(rate):
     """GETs, each on a connection of its own; the answer is the URL,
-    chunked (read to its last chunk before the connection is closed)."""
+    chunked, read to its last chunk before the connection is closed. (With
+    a length, the client could close before the handler's end message is
+    in; the proxy would then withdraw the reply address and that message
+    would expire, counted as `expired` though nothing was lost.)"""
     start = time.monotonic()
     i = 0
     while not STOP.is_set():
