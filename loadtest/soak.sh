@@ -5,10 +5,11 @@
 #   loadtest/soak.sh                  30 minutes
 #   SOAK_MINUTES=2 loadtest/soak.sh   what CI runs
 #
-# Traffic, all at once for the whole run:
-#   - line channels: flood-pub (2 connections, SOAK_RATE msgs/s) to
-#     flood-sub (8 connections), every message counted;
-#   - HTTP bus, multipart: the same through POST and GET /msgbus/CHANNEL;
+# Traffic on every door, all at once for the whole run:
+#   - flood-pub (2 connections, SOAK_RATE msgs/s) to flood-sub, every
+#     message counted, on five channels: the line door and the HTTP bus'
+#     multipart (8 subscribers each), WebSockets on the HTTP bus, the line
+#     door over TLS and the HTTPS bus' multipart (4 subscribers each);
 #   - HTTP bus, event streams: numbered POSTs to one subscriber that stays
 #     (each must arrive, in order) and to plain, JSON and root subscribers
 #     that come and go (loadtest/soak-traffic.py);
@@ -16,19 +17,34 @@
 #     `<` services that reconnect now and then (soak-traffic.py);
 #   - line subscribers that come and drop the connection (soak-traffic.py);
 #   - the message-switch API: `switchboard-cli serve` answers
-#     `switchboard-cli call`s, one process and connection per call.
+#     `switchboard-cli call`s, one process and connection per call;
+#   - the msglite HTTP proxy: requests on kept-alive and fresh connections
+#     answered by two handlers (line door, line door over TLS) that
+#     reconnect every 200 requests (loadtest/soak-doors.py);
+#   - the webhook door: a receiver on loopback that stays and must get
+#     every message, senders that connect, send and disconnect, receivers
+#     that connect and disconnect (soak-doors.py);
+#   - WebSockets on the HTTP and HTTPS buses that publish one message, get
+#     it back and leave; line-over-TLS subscribers that get one message and
+#     leave; HTTPS publishes on fresh connections (soak-doors.py).
+# The TLS doors use a CA and certificate made with openssl in a temporary
+# directory.
 #
 # Every 10 s a row goes to OUT/soak.csv: the server's RSS and open fds, its
 # open connections, the longest loop turn of the last 10 s
 # (`loop_turn_max_10s_us` of /msgbus-stats), the delivery latency p50 and
-# p99 of the last 10 s on the line and HTTP channels (flood-sub's progress
-# lines; empty when none came since the last row) and the server's counts
-# of dropped, expired and slow-disconnected.
+# p99 of the last 10 s on each flood channel (flood-sub's progress lines),
+# of the proxy's requests (round trip) and of the webhooks (send to
+# delivery) (soak-doors.py's lines; a latency is empty when no line came
+# since the last row) and the server's counts of dropped, expired and
+# slow-disconnected.
 # At the end OUT/soak.png is drawn from it (soak-plot).
 #
 # The check (exit status 1 when it fails):
-#   - nothing lost: every flood message, event-stream message, queue call
-#     and switch call arrived (and no drop, expiry or slow disconnect);
+#   - nothing lost: every flood message, event-stream message, queue call,
+#     switch call, proxied request, webhook, WebSocket echo and TLS
+#     subscriber's message arrived, and every publish and API call was
+#     accepted (and no drop, expiry or slow disconnect);
 #   - no growth: the highest RSS of the last third of the samples is at most
 #     the highest of the first third + 10 % + 8 MiB (the first sample, taken
 #     while the traffic starts, is left out);
@@ -59,28 +75,57 @@ cargo build --release --quiet -p switchboard -p loadtest --bins
 bin=target/release
 
 pids=()
+certs=
 cleanup() {
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
+  [ -z "$certs" ] || rm -rf "$certs"
 }
 trap cleanup EXIT
 
+# A CA and a server certificate for localhost and 127.0.0.1.
+certs=$(mktemp -d)
+(
+  cd "$certs"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout ca.key -out ca.pem -days 2 -subj /CN=soak-ca
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout server.key -out server.csr -subj /CN=localhost
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+    -days 2 -extfile san.ext -out server.pem
+) >"$out/openssl.log" 2>&1 || { cat "$out/openssl.log" >&2; exit 1; }
+ca=$certs/ca.pem
+
 "$bin/switchboard" --line-listen 127.0.0.1:0 --bus-listen 127.0.0.1:0 \
-  --switch-listen 127.0.0.1:0 --log-level warn >"$out/server.out" 2>"$out/server.err" &
+  --switch-listen 127.0.0.1:0 --proxy-listen 127.0.0.1:0 --hooks-listen 127.0.0.1:0 \
+  --tls-cert "$certs/server.pem" --tls-key "$certs/server.key" \
+  --bus-tls-listen 127.0.0.1:0 --line-tls-listen 127.0.0.1:0 \
+  --log-level warn >"$out/server.out" 2>"$out/server.err" &
 server=$!
 pids+=("$server")
 door() { awk -v d="$1" '$1 == "listening" && $2 == d { print $3 }' "$out/server.out"; }
+doors=(line bus switch proxy hooks bus-tls line-tls)
+all_doors() {
+  local d
+  for d in "${doors[@]}"; do [ -n "$(door "$d")" ] || return 1; done
+}
 for _ in $(seq 200); do
-  [ -n "$(door line)" ] && [ -n "$(door bus)" ] && [ -n "$(door switch)" ] && break
+  all_doors && break
   kill -0 "$server" 2>/dev/null || { cat "$out/server.err" >&2; exit 1; }
   sleep 0.05
 done
+all_doors || { say "the server did not print all its doors"; cat "$out/server.out" >&2; exit 1; }
 line=$(door line)
 bus=$(door bus)
 switch=$(door switch)
-[ -n "$line" ] && [ -n "$bus" ] && [ -n "$switch" ] || { say "the server printed no doors"; exit 1; }
-say "server $server: line $line, bus $bus, switch $switch; $minutes min, $rate msgs/s per channel"
+proxy=$(door proxy)
+hooks=$(door hooks)
+bus_tls=$(door bus-tls)
+line_tls=$(door line-tls)
+say "server $server: line $line, bus $bus, switch $switch, proxy $proxy, hooks $hooks," \
+  "bus-tls $bus_tls, line-tls $line_tls; $minutes min, $rate msgs/s per flood channel"
 
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$server/status"; }
 fds() { ls "/proc/$server/fd" | wc -l; }
@@ -100,24 +145,38 @@ wait_line() {
   return 1
 }
 
+# The flood channels: NAME PROTO ADDRESS SUBSCRIBERS [TLS]; the channel is
+# soak-NAME.
+floods=(
+  "line line $line 8"
+  "http http $bus 8"
+  "ws ws $bus 4"
+  "tls-line line $line_tls 4 tls"
+  "tls-http http $bus_tls 4 tls"
+)
+flood_args() {
+  local name=$1 proto=$2 addr=$3 tls=${5:-}
+  args=(--proto "$proto" --address "$addr" -c "soak-$name")
+  [ -z "$tls" ] || args+=(--tls --ca "$ca")
+}
 subs=()
-for proto in line http; do
-  addr=$line
-  [ "$proto" = http ] && addr=$bus
-  "$bin/flood-sub" --proto "$proto" --address "$addr" -c "soak-$proto" --connections 8 \
+for f in "${floods[@]}"; do
+  read -r name _ _ n _ <<<"$f"
+  flood_args $f
+  "$bin/flood-sub" "${args[@]}" --connections "$n" \
     --count "$count" --interval 10 --idle-timeout 60 --json \
-    >"$out/$proto-sub.json" 2>"$out/$proto-sub.err" &
+    >"$out/$name-sub.json" 2>"$out/$name-sub.err" &
   subs+=($!)
   pids+=($!)
-  wait_line "$out/$proto-sub.err" "ready:" "${subs[-1]}"
+  wait_line "$out/$name-sub.err" "ready:" "${subs[-1]}"
 done
 pubs=()
-for proto in line http; do
-  addr=$line
-  [ "$proto" = http ] && addr=$bus
-  "$bin/flood-pub" --proto "$proto" --address "$addr" -c "soak-$proto" --connections 2 \
+for f in "${floods[@]}"; do
+  read -r name _ <<<"$f"
+  flood_args $f
+  "$bin/flood-pub" "${args[@]}" --connections 2 \
     --count "$count" -r "$rate" --interval 60 --json \
-    >"$out/$proto-pub.json" 2>"$out/$proto-pub.err" &
+    >"$out/$name-pub.json" 2>"$out/$name-pub.err" &
   pubs+=($!)
   pids+=($!)
 done
@@ -125,6 +184,10 @@ done
 python3 loadtest/soak-traffic.py "$line" "$bus" "$secs" >"$out/traffic.json" 2>"$out/traffic.err" &
 traffic=$!
 pids+=("$traffic")
+python3 loadtest/soak-doors.py "$line" "$line_tls" "$bus" "$bus_tls" "$proxy" "$hooks" \
+  "$ca" "$secs" "$out" >"$out/doors.json" 2>"$out/doors.err" &
+doors_pid=$!
+pids+=("$doors_pid")
 
 cli=("$bin/switchboard-cli" --switch "$switch")
 "${cli[@]}" serve soak.svc --program cat >"$out/serve.log" 2>&1 &
@@ -173,7 +236,11 @@ print(",".join(str(v) for v in (s["connections"]["total"], s["loop_turn_max_10s_
 }
 
 csv=$out/soak.csv
-echo "t_s,rss_kib,fds,connections,loop_turn_max_10s_us,line_p50_us,line_p99_us,http_p50_us,http_p99_us,drops,expired,slow_disconnects" >"$csv"
+lat_names=(line http ws tls_line tls_http proxy hook)
+lat_files=(line-sub.err http-sub.err ws-sub.err tls-line-sub.err tls-http-sub.err proxy.log hooks.log)
+header=t_s,rss_kib,fds,connections,loop_turn_max_10s_us
+for n in "${lat_names[@]}"; do header+=",${n}_p50_us,${n}_p99_us"; done
+echo "$header,drops,expired,slow_disconnects" >"$csv"
 start=$SECONDS
 next=10
 while [ $((SECONDS - start)) -lt "$secs" ]; do
@@ -181,17 +248,18 @@ while [ $((SECONDS - start)) -lt "$secs" ]; do
   kill -0 "$server" 2>/dev/null || { say "the server is gone"; cat "$out/server.err" >&2; exit 1; }
   s=$(stats | stat_fields)
   IFS=, read -r conns turn drops expired slow <<<"$s"
-  latency "$out/line-sub.err"
-  line_lat=$lat
-  latency "$out/http-sub.err"
-  http_lat=$lat
-  echo "$((SECONDS - start)),$(rss),$(fds),$conns,$turn,$line_lat,$http_lat,$drops,$expired,$slow" >>"$csv"
+  lats=
+  for f in "${lat_files[@]}"; do
+    latency "$out/$f"
+    lats+=",$lat"
+  done
+  echo "$((SECONDS - start)),$(rss),$(fds),$conns,$turn$lats,$drops,$expired,$slow" >>"$csv"
   next=$((next + 10))
 done
 
 status=0
 fail() { say "FAILED: $*"; status=1; }
-for pid in "${pubs[@]}" "${subs[@]}" "$traffic" "$calls"; do
+for pid in "${pubs[@]}" "${subs[@]}" "$traffic" "$doors_pid" "$calls"; do
   wait "$pid" || fail "a traffic process ($pid) exited with an error (see $out/*.err)"
 done
 kill "$serve" 2>/dev/null || true
@@ -207,20 +275,36 @@ for _ in $(seq 100); do
 done
 end_rss=$(rss)
 final=$(stats)
+echo "$final" >"$out/stats-end.json"
 
 lost() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
-line_lost=$(lost "$out/line-sub.json" lost)
-http_lost=$(lost "$out/http-sub.json" lost)
+flood_lost=()
+for f in "${floods[@]}"; do
+  read -r name _ <<<"$f"
+  l=$(lost "$out/$name-sub.json" lost)
+  flood_lost+=("$name $l")
+  [ "$l" = 0 ] || fail "flood channel soak-$name: $l messages lost"
+done
 sse_lost=$(lost "$out/traffic.json" sse_lost)
 rpc_failed=$(lost "$out/traffic.json" rpc_failed)
 read -r calls_ok calls_failed <"$out/calls.txt"
 drops=$(python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["drops"] + s["queues"]["expired"] + s["slow_disconnects"])' <<<"$final")
+door_counts=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print(" ".join(str(d[k]) for k in ("proxy_ok", "proxy_failed", "hook_sent", "hook_delivered",
+  "hook_lost", "ws_ok", "wss_ok", "ws_failed", "tls_line_churned", "tls_line_failed",
+  "https_ok", "https_failed")))' "$out/doors.json") || door_counts=
+read -r proxy_ok proxy_failed hook_sent hook_delivered hook_lost ws_ok wss_ok ws_failed \
+  tls_line_ok tls_line_failed https_ok https_failed <<<"$door_counts"
 
-[ "$line_lost" = 0 ] || fail "line channel: $line_lost messages lost"
-[ "$http_lost" = 0 ] || fail "HTTP channel: $http_lost messages lost"
 [ "$sse_lost" = 0 ] || fail "event stream: $sse_lost messages lost"
 [ "$rpc_failed" = 0 ] || fail "line queues: $rpc_failed calls failed"
 [ "$calls_failed" = 0 ] && [ "$calls_ok" -gt 0 ] || fail "switch: $calls_failed of $((calls_ok + calls_failed)) calls failed"
+[ -n "$door_counts" ] || fail "soak-doors.py gave no counts (see $out/doors.err)"
+[ "${proxy_failed:-x}" = 0 ] || fail "proxy: $proxy_failed requests not answered right"
+[ "${hook_lost:-x}" = 0 ] || fail "webhooks: $hook_lost of $hook_sent not delivered"
+[ "${ws_failed:-x}" = 0 ] || fail "WebSockets: $ws_failed failed"
+[ "${tls_line_failed:-x}" = 0 ] || fail "line-TLS subscribers: $tls_line_failed failed"
+[ "${https_failed:-x}" = 0 ] || fail "HTTPS publishes: $https_failed failed"
 [ "$drops" = 0 ] || fail "the server dropped, expired or cut off $drops"
 [ "$end_fds" -le "$base_fds" ] || fail "fds: $end_fds open after the run, $base_fds before"
 
@@ -235,8 +319,8 @@ limit=$((first_max + first_max / 10 + 8192))
 
 "$bin/soak-plot" "$csv" "$out/soak.png" "$font" || fail "no plot"
 
-summary="$minutes min; RSS idle $base_rss KiB, first third max $first_max KiB, last third max $last_max KiB (limit $limit), after $end_rss KiB; fds idle $base_fds, after $end_fds; flood line lost $line_lost, http lost $http_lost of $count each; event stream lost $sse_lost; queue calls failed $rpc_failed; switch calls $calls_ok ok, $calls_failed failed; server drops+expired+slow $drops"
+summary="$minutes min; RSS idle $base_rss KiB, first third max $first_max KiB, last third max $last_max KiB (limit $limit), after $end_rss KiB; fds idle $base_fds, after $end_fds; flood lost (of $count each): ${flood_lost[*]}; event stream lost $sse_lost; queue calls failed $rpc_failed; switch calls $calls_ok ok, $calls_failed failed; proxy $proxy_ok ok, $proxy_failed failed; webhooks $hook_delivered of $hook_sent delivered; WebSockets $ws_ok ws + $wss_ok wss ok, $ws_failed failed; line-TLS subscribers $tls_line_ok ok, $tls_line_failed failed; HTTPS publishes $https_ok ok, $https_failed failed; server drops+expired+slow $drops"
 echo "$summary" | tee "$out/summary.txt"
-cat "$out/traffic.json"
+cat "$out/traffic.json" "$out/doors.json"
 [ "$status" = 0 ] && say "OK" || say "FAILED"
 exit "$status"

@@ -1,7 +1,9 @@
 //! `soak-plot CSV PNG FONT`: draws the samples `loadtest/soak.sh` wrote
 //! (one row every 10 s) as five stacked panels against minutes: the
 //! server's RSS; its open fds and connections; the longest loop turn of
-//! each 10 s; delivery latency p50, and p99, on the line and HTTP channels.
+//! each 10 s; delivery latency p50, and p99, on each door's flood channel
+//! (line, HTTP, WebSocket, line over TLS, HTTPS), of the proxy's requests
+//! and of the webhooks.
 //! FONT is a TrueType file for the labels (DejaVu Sans in soak.sh).
 
 use std::error::Error;
@@ -48,6 +50,27 @@ impl Samples {
     }
 }
 
+/// The latency columns (`NAME_p50_us`, `NAME_p99_us`) and their labels.
+const LATENCIES: [(&str, &str); 7] = [
+    ("line", "line"),
+    ("http", "HTTP"),
+    ("ws", "WebSocket"),
+    ("tls_line", "line TLS"),
+    ("tls_http", "HTTPS"),
+    ("proxy", "proxy"),
+    ("hook", "webhook"),
+];
+
+const COLORS: [RGBColor; 7] = [
+    BLUE,
+    RED,
+    RGBColor(0, 150, 0),
+    MAGENTA,
+    RGBColor(0, 170, 190),
+    BLACK,
+    RGBColor(230, 130, 0),
+];
+
 type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
 fn panel<DB: DrawingBackend>(
@@ -88,7 +111,7 @@ where
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
+        .background_style(WHITE.mix(0.6))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
         .draw()?;
@@ -110,7 +133,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .map_or(1.0, |p| p.0)
         .max(1.0 / 6.0);
 
-    let root = BitMapBackend::new(png, (900, 1250)).into_drawing_area();
+    let root = BitMapBackend::new(png, (1000, 1450)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, rest) = root.split_vertically(34);
     title.draw_text(
@@ -147,24 +170,22 @@ fn main() -> Result<(), Box<dyn Error>> {
             BLUE,
         )],
     )?;
-    panel(
-        p50,
-        "delivery latency p50 in the last 10 s (ms)",
-        x_max,
-        &[
-            ("line", samples.series("line_p50_us", 1000.0)?, BLUE),
-            ("HTTP", samples.series("http_p50_us", 1000.0)?, RED),
-        ],
-    )?;
-    panel(
-        p99,
-        "delivery latency p99 in the last 10 s (ms)",
-        x_max,
-        &[
-            ("line", samples.series("line_p99_us", 1000.0)?, BLUE),
-            ("HTTP", samples.series("http_p99_us", 1000.0)?, RED),
-        ],
-    )?;
+    for (area, pct) in [(p50, "p50"), (p99, "p99")] {
+        let mut series = Vec::new();
+        for ((col, label), color) in LATENCIES.iter().zip(COLORS) {
+            series.push((
+                *label,
+                samples.series(&format!("{col}_{pct}_us"), 1000.0)?,
+                color,
+            ));
+        }
+        panel(
+            area,
+            &format!("delivery latency {pct} in the last 10 s (ms)"),
+            x_max,
+            &series,
+        )?;
+    }
     root.present()?;
     Ok(())
 }
