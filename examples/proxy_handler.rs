@@ -202,7 +202,13 @@ fn serve_loop(addr: &str, n: usize, queue: &str) -> Option<()> {
             let c = conns.get_mut(event.token().0)?;
             loop {
                 match c.sock.read(&mut buf) {
-                    Ok(0) => return Some(()),
+                    Ok(0) => {
+                        eprintln!(
+                            "proxy_handler: the server closed connection {}",
+                            event.token().0
+                        );
+                        return Some(());
+                    }
                     Ok(k) => c.input.extend_from_slice(&buf[..k]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -221,8 +227,15 @@ fn serve_loop(addr: &str, n: usize, queue: &str) -> Option<()> {
                     c.output.extend_from_slice(wait.as_bytes());
                     continue;
                 };
-                let env = std::str::from_utf8(&c.input[at + body.start..at + body.end]).ok()?;
-                let body_addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
+                let env = String::from_utf8_lossy(&c.input[at + body.start..at + body.end]);
+                let Some(body_addr) = env
+                    .split("\"bodyAddr\":\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                else {
+                    eprintln!("proxy_handler: not a request: {env}");
+                    return None;
+                };
                 let out = &mut c.output;
                 write!(out, "< 5 {body_addr}\r\n").ok()?;
                 write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
