@@ -3,8 +3,9 @@
 //! A turn of the loop:
 //! 1. poll, with the timeout of the earliest deadline (the broker's and the
 //!    shell's timers), or zero when work is left over;
-//! 2. dispatch events: accept until `WouldBlock`; read until `WouldBlock` or
-//!    the per-turn budget, running the connection's door as input arrives;
+//! 2. dispatch events: accept until `WouldBlock`; read until `WouldBlock`, a
+//!    plain socket's short read, or the per-turn budget, running the
+//!    connection's door as input arrives;
 //!    note writability;
 //! 3. run due timers, resume doors whose wait was answered, continue
 //!    connections that ran out of budget;
