@@ -128,10 +128,6 @@ impl LineSession {
             .map(str::as_bytes)
     }
 
-    pub fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
-    }
-
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
     }
@@ -291,19 +287,9 @@ impl LineSession {
                     self.subscriptions.shrink_to_fit();
                 }
             }
-            Command::Publish {
-                channel,
-                content_type,
-                body,
-            } => {
-                if !self.allowed(cx, Some(Action::Publish), &[&channel]) {
-                    return;
-                }
-                let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
-                cx.broker
-                    .channels
-                    .publish(&channel, content_type, self.sender(), &body, cx.out);
-            }
+            // Never built here: `on_input` publishes straight from the
+            // input buffer (`Raw::Publish`) and never makes this command.
+            Command::Publish { .. } => {}
             Command::Auth { credential } => {
                 if !cx.live.access.required() {
                     // Nothing is required: an `@` changes nothing.
@@ -530,6 +516,90 @@ mod tests {
         assert_eq!(&sent[0][..], format!("> {SHARED_BODY} 1 a\r\n").as_bytes());
         assert_eq!(sent[1].as_ptr(), body.as_ptr());
         assert_eq!(&sent[2][..], b"\r\n");
+    }
+
+    #[test]
+    fn bodies_under_16_kib_are_copied_into_one_frame() {
+        let body = Bytes::from(vec![b'y'; 16 * 1024 - 1]);
+        let d = Delivery {
+            to: b"a",
+            reply: Some(b"r"),
+            timeout_s: 2,
+            body: &body,
+        };
+        let mut sent = Vec::new();
+        write_answer(Answer::Message(d), &mut |f| sent.push(f));
+        assert_eq!(sent.len(), 1);
+        let mut want = format!("> {} 2 a r\r\n", body.len()).into_bytes();
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(&sent[0][..], &want[..]);
+        // From 16 KiB on, the body goes as it is, between two frames.
+        let body = Bytes::from(vec![b'y'; 16 * 1024]);
+        let d = Delivery {
+            to: b"a",
+            reply: None,
+            timeout_s: 2,
+            body: &body,
+        };
+        let mut sent = Vec::new();
+        write_answer(Answer::Message(d), &mut |f| sent.push(f));
+        assert_eq!(sent.len(), 3);
+        // An empty body is the command line alone.
+        let empty = Bytes::new();
+        let d = Delivery {
+            to: b"a",
+            reply: None,
+            timeout_s: 2,
+            body: &empty,
+        };
+        let mut sent = Vec::new();
+        write_answer(Answer::Message(d), &mut |f| sent.push(f));
+        assert_eq!(sent, vec![Bytes::from_static(b"> 0 2 a\r\n")]);
+    }
+
+    #[test]
+    fn star_and_greater_than_are_one_subscription() {
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20, 100);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b"+ *\r\n+ >\r\n"[..]);
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
+        assert_eq!(s.subscription_count(), 1);
+        let mut buf = BytesMut::from(&b"~ >\r\n"[..]);
+        run(&mut s, me, 0, &mut buf, &mut broker, &mut out);
+        assert_eq!(s.subscription_count(), 0);
+        assert_eq!(broker.channels.subscription_count(), 0);
+    }
+
+    #[test]
+    fn a_line_connection_never_holds_a_request() {
+        // Only a wait pauses it, and a wait is not a request in progress:
+        // the request timeout never closes a line connection.
+        let me = ConnId { key: 1, gen: 1 };
+        let mut s = LineSession::new(4096, 1 << 20, 100);
+        let mut broker = Broker::new();
+        let mut out = RecordingOutbox::default();
+        let mut buf = BytesMut::from(&b"> 5 30 a\r\nhel"[..]);
+        assert_eq!(
+            run(&mut s, me, 0, &mut buf, &mut broker, &mut out),
+            Next::Read
+        );
+        assert!(!s.mid_request());
+        assert!(!s.is_paused());
+        let mut buf = BytesMut::from(&b"< 5 b\r\n"[..]);
+        let mut t = LineSession::new(4096, 1 << 20, 100);
+        let other = ConnId { key: 2, gen: 1 };
+        assert_eq!(
+            run(&mut t, other, 0, &mut buf, &mut broker, &mut out),
+            Next::Paused
+        );
+        assert!(t.is_paused());
+        assert!(!t.mid_request());
     }
 
     #[test]

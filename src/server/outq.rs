@@ -211,6 +211,112 @@ mod tests {
     }
 
     #[test]
+    fn cost_counts_bytes_and_frames() {
+        let mut q = OutQueue::default();
+        assert!(q.is_empty());
+        assert_eq!(q.cost(), 0);
+        q.push(Bytes::from_static(b"*\r\n"));
+        q.push(Bytes::new());
+        q.push(Bytes::from_static(b"0123456789"));
+        assert!(!q.is_empty());
+        assert_eq!(q.bytes(), 13);
+        assert_eq!(q.cost(), 13 + 2 * FRAME_COST);
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_memory() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"one"));
+        q.push(Bytes::from_static(b"two"));
+        q.shrink();
+        assert!(q.frames.capacity() >= 2, "shrunk while frames were queued");
+        let mut w = Trickle {
+            got: Vec::new(),
+            per_call: 100,
+            calls_left: 100,
+        };
+        assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (6, Flushed::All));
+        assert_eq!(q.frames.capacity(), 0);
+        // A queue emptied by a refused write as well.
+        q.push(Bytes::from_static(b"three"));
+        w.calls_left = 0;
+        assert_eq!(
+            q.flush(&mut w, usize::MAX).unwrap(),
+            (0, Flushed::WouldBlock)
+        );
+        assert_eq!(q.bytes(), 5);
+    }
+
+    /// A writer that fails once with `first`, then takes everything.
+    struct FailsOnce {
+        first: Option<io::ErrorKind>,
+        got: Vec<u8>,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if let Some(kind) = self.first.take() {
+                return Err(kind.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                self.got.extend_from_slice(b);
+                n += b.len();
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn interrupted_writes_are_retried_and_errors_returned() {
+        // One frame (a plain write) and two (a vectored one).
+        for frames in [&["whole"][..], &["two ", "frames"]] {
+            let fill = |q: &mut OutQueue| {
+                for f in frames {
+                    q.push(Bytes::copy_from_slice(f.as_bytes()));
+                }
+            };
+            let len: usize = frames.iter().map(|f| f.len()).sum();
+            let mut q = OutQueue::default();
+            fill(&mut q);
+            let mut w = FailsOnce {
+                first: Some(io::ErrorKind::Interrupted),
+                got: Vec::new(),
+            };
+            assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (len, Flushed::All));
+            assert_eq!(w.got, frames.concat().as_bytes());
+
+            let mut q = OutQueue::default();
+            fill(&mut q);
+            let mut w = FailsOnce {
+                first: Some(io::ErrorKind::WouldBlock),
+                got: Vec::new(),
+            };
+            assert_eq!(
+                q.flush(&mut w, usize::MAX).unwrap(),
+                (0, Flushed::WouldBlock)
+            );
+            assert_eq!(q.bytes(), len);
+
+            let mut q = OutQueue::default();
+            fill(&mut q);
+            let mut w = FailsOnce {
+                first: Some(io::ErrorKind::BrokenPipe),
+                got: Vec::new(),
+            };
+            let err = q.flush(&mut w, usize::MAX).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+            assert_eq!(q.bytes(), len);
+        }
+    }
+
+    #[test]
     fn impossible_write_count_is_an_error() {
         struct Liar;
         impl Write for Liar {
