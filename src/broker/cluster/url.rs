@@ -34,7 +34,17 @@ pub struct RedisUrl {
 
 /// The URL with its credentials, if any, as `***`: for messages.
 pub fn shown(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    // A scheme is a letter, then letters, digits, `+`, `-` and `.`; what
+    // is not (`:pw` in `:pw://@host`) may be a password's piece.
+    let is_scheme = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let split = url
+        .split_once("://")
+        .filter(|(scheme, _)| is_scheme(scheme));
+    let Some((scheme, rest)) = split else {
         return if url.contains('@') {
             "(a URL with credentials)".to_string()
         } else {
@@ -204,6 +214,23 @@ mod tests {
     }
 
     use proptest::prelude::*;
+
+    /// Found by the property below: a password holding `://` in a URL
+    /// without a scheme was shown as if its first part were the scheme.
+    #[test]
+    fn a_password_that_looks_like_a_scheme_is_not_shown() {
+        for (url, password) in [
+            (":aAa://@h", "aAa"),
+            ("alice:x://y@h:7", "x:"),
+            (":pw://@", "pw"),
+        ] {
+            let e = parse(url).unwrap_err();
+            assert!(!e.contains(password), "{url}: {e}");
+            assert_eq!(shown(url), "(a URL with credentials)");
+        }
+        assert_eq!(shown("redis://:pw@h:7"), "redis://***@h:7");
+        assert_eq!(shown("rediss://h"), "rediss://h");
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
