@@ -17,8 +17,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{
-    assert_nothing_pending, connect, line_sync, read_exact_n, read_to_close, send, stat, Server,
-    Stats,
+    assert_nothing_pending, connect, line_sync, read_exact_n, read_to_close, read_until, send,
+    stat, Server, Stats,
 };
 
 /// Opens connections until `n` are open (connects succeed into the listen
@@ -296,4 +296,34 @@ fn request_timeout_zero_closes_nothing() {
     );
     let v = Stats::open(off.bus()).get();
     assert_eq!(stat(&v, "connections.closed_by.request_timeout"), 0, "{v}");
+}
+
+/// One message larger than the whole backlog limit still reaches a
+/// subscriber with nothing queued: the limit bounds what waits behind a
+/// frame, not one frame alone. A small message published after it is the
+/// barrier: it arrives after the large one, or alone if that was dropped.
+#[test]
+fn a_message_over_the_backlog_limit_reaches_an_idle_subscriber() {
+    let server = Server::start(&["--backlog-limit", "1000"]);
+    let mut sub = connect(server.line());
+    send(&mut sub, b"+ big\r\n");
+    line_sync(&mut sub, "sub");
+    // 5,000 bytes: above the limit and above the four times the limit a
+    // subscriber whose socket takes everything may queue.
+    let body = vec![b'b'; 5000];
+    let mut publish = b"! 5000 big\r\n".to_vec();
+    publish.extend_from_slice(&body);
+    publish.extend_from_slice(b"\r\n! 5 big\r\nafter\r\n");
+    let mut publ = connect(server.line());
+    send(&mut publ, &publish);
+    let mut want = b"! 5000 big application/octet-stream\r\n".to_vec();
+    want.extend_from_slice(&body);
+    want.extend_from_slice(b"\r\n! 5 big application/octet-stream\r\nafter\r\n");
+    let got = read_until(&mut sub, b"after\r\n");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the large message did not arrive whole"
+    );
+    assert_eq!(got, want);
 }

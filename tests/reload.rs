@@ -328,6 +328,11 @@ fn secret_and_docroot_apply_to_new_requests_and_restart_settings_are_named() {
         !log.contains("\"new\""),
         "the secret is never logged: {log}"
     );
+    // A server without TLS listeners says nothing of TLS certificates.
+    assert!(
+        !log.contains("no TLS certificate any more"),
+        "a server without TLS warned of its certificate: {log}"
+    );
     assert_eq!(get(&bus, "/hello.txt", Some("old")).0, 401);
     assert_eq!(get(&bus, "/hello.txt", Some("new")), (200, "two".into()));
     // The connection from before: its next request meets the new secret.
