@@ -243,6 +243,9 @@ def worker(app, address, queue, multiprocess, credential=None):
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # serve() forks with the stop signals blocked: one sent meanwhile is
+    # delivered now, to this worker's own handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     client = None
     backoff = 0.1
     while not stop.stopping:
@@ -283,8 +286,17 @@ def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1, credenti
     stopping = [False]
     children = {}
 
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+
     def start_one():
+        # A stop signal that comes while the child has no handler of its own
+        # yet would run the parent's handler in it, and the worker would
+        # then serve on: the signals wait, blocked, until the child has its
+        # own handlers (worker() unblocks them).
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         if pid == 0:
             code = 0
             try:
