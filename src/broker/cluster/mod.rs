@@ -964,6 +964,21 @@ mod tests {
         c
     }
 
+    /// Channels mirrored to the cluster, with a line subscriber (conn 1) on
+    /// `news`.
+    fn news_subscriber(out: &mut RecordingOutbox) -> Channels {
+        let mut ch = Channels::default();
+        ch.mirror();
+        ch.subscribe(
+            conn(1),
+            Bytes::from_static(b"news"),
+            Subscription::line(),
+            out,
+        )
+        .unwrap();
+        ch
+    }
+
     fn pong() -> Frame {
         Frame::Simple(Bytes::from_static(b"PONG"))
     }
@@ -1129,15 +1144,7 @@ mod tests {
     fn subscriptions_follow_local_interest_and_come_back_after_a_reconnect() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let mut ch = Channels::default();
-        ch.mirror();
-        ch.subscribe(
-            conn(1),
-            Bytes::from_static(b"news"),
-            Subscription::line(),
-            &mut out,
-        )
-        .unwrap();
+        let mut ch = news_subscriber(&mut out);
         ch.subscribe(
             conn(2),
             Bytes::from_static(b"news"),
@@ -1184,15 +1191,7 @@ mod tests {
     fn publishes_go_out_once_and_come_in_without_echo_or_copies() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let mut ch = Channels::default();
-        ch.mirror();
-        ch.subscribe(
-            conn(1),
-            Bytes::from_static(b"news"),
-            Subscription::line(),
-            &mut out,
-        )
-        .unwrap();
+        let mut ch = news_subscriber(&mut out);
         c.after_seal(&mut ch, &mut out);
         ch.publish(b"news", b"text/plain", None, b"one", &mut out);
         ch.seal(&mut out);
