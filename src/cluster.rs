@@ -1,5 +1,5 @@
-//! The cluster link's door: a dial door on each of the two connections to
-//! Redis (see `crate::broker::cluster`, which owns what is said on them).
+//! The cluster link's door: a dial door on each of the three connections
+//! to Redis (see `crate::broker::cluster`, which owns what is said on them).
 //!
 //! Owns: decoding Redis' answers (RESP2) and handing each frame to the
 //! engine. Must not touch: what the frames mean, sockets, other doors.
@@ -49,14 +49,7 @@ impl Door for RedisLink {
                 Ok(None) => return Next::Read,
                 Ok(Some(frame)) => {
                     cx.progress();
-                    let broker = &mut *cx.broker;
-                    if !broker.cluster.on_frame(
-                        self.tag,
-                        frame,
-                        cx.now,
-                        &mut broker.channels,
-                        cx.out,
-                    ) {
+                    if !cx.broker.cluster_frame(self.tag, frame, cx.now, cx.out) {
                         input.clear();
                         return Next::Close(CloseReason::Quit);
                     }

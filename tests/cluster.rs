@@ -762,3 +762,279 @@ fn http_get(addr: &str, path: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&common::read_to_close(&mut s)).into_owned()
 }
+
+// ---- Line-protocol queues across nodes -------------------------------
+
+/// A message as a receiver reads it: `(to, reply, timeout, body)`, or
+/// `None` for `*` (the wait timed out).
+type QueueMessage = Option<(String, Option<String>, u64, String)>;
+
+/// Reads one answer to `<` or `?`.
+fn read_answer(r: &mut BufReader<TcpStream>) -> QueueMessage {
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    if head == "*\r\n" {
+        return None;
+    }
+    let fields: Vec<&str> = head.split_whitespace().collect();
+    assert!(
+        (4..=5).contains(&fields.len()) && fields[0] == ">",
+        "not a queue message: {head:?}"
+    );
+    let len: usize = fields[1].parse().unwrap();
+    let mut body = vec![0u8; len + 2];
+    r.read_exact(&mut body).unwrap();
+    body.truncate(len);
+    Some((
+        fields[3].to_string(),
+        fields.get(4).map(|s| s.to_string()),
+        fields[2].parse().unwrap(),
+        String::from_utf8(body).unwrap(),
+    ))
+}
+
+/// `> LEN TIMEOUT TO [REPLY]` + body.
+fn queue_send(s: &mut impl Write, to: &str, reply: Option<&str>, timeout: u64, body: &str) {
+    let reply = reply.map_or(String::new(), |r| format!(" {r}"));
+    send(
+        s,
+        format!("> {} {timeout} {to}{reply}\r\n{body}\r\n", body.len()).as_bytes(),
+    );
+}
+
+/// A line connection that waits (`< TIMEOUT ADDRESS`) and reads answers.
+fn receiver(server: &Server) -> BufReader<TcpStream> {
+    BufReader::new(connect(server.line()))
+}
+
+fn ready(r: &mut BufReader<TcpStream>, timeout: u64, address: &str) {
+    send(r.get_mut(), format!("< {timeout} {address}\r\n").as_bytes());
+}
+
+/// Waits until the node listens for `n` queue addresses in Redis
+/// (receivers wait there and the notification channels are subscribed)
+/// and has `waiting` receivers.
+fn wait_listening(server: &Server, n: u64, waiting: u64) {
+    Stats::open(server.bus()).wait_for("the node listening for queue addresses", |v| {
+        stat(v, "cluster.queues.listening") == n
+            && stat(v, "queues.waiting") == waiting
+            && stat(v, "cluster.queues.in_flight") == 0
+    });
+}
+
+/// One command on its own connection to Redis; its answer's first line
+/// (an integer, a simple string, or a bulk's length).
+fn redis_cmd(redis: &Redis, args: &[&str]) -> String {
+    let mut s = connect(&format!("127.0.0.1:{}", redis.port));
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    send(&mut s, cmd.as_bytes());
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn a_queue_message_sent_on_one_node_reaches_a_receiver_on_another() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    // A receiver waits on b; the sender is on a.
+    let mut rx = receiver(&b);
+    ready(&mut rx, 30, "jobs");
+    wait_listening(&b, 1, 1);
+    let mut tx = connect(a.line());
+    queue_send(&mut tx, "jobs", Some("back"), 30, "first");
+    assert_eq!(
+        read_answer(&mut rx),
+        Some(("jobs".into(), Some("back".into()), 30, "first".into()))
+    );
+    // Sent while nobody waits anywhere: kept in Redis, taken by a
+    // receiver that comes later on the other node.
+    queue_send(&mut tx, "later", None, 30, "kept");
+    Stats::open(a.bus()).wait_for("the send in Redis", |v| {
+        stat(v, "cluster.queues.sent") == 2 && stat(v, "cluster.queues.watched") == 0
+    });
+    ready(&mut rx, 30, "later");
+    assert_eq!(
+        read_answer(&mut rx),
+        Some(("later".into(), None, 30, "kept".into()))
+    );
+    let v = Stats::open(b.bus()).get();
+    assert_eq!(stat(&v, "cluster.queues.read"), 2, "{v}");
+    assert_eq!(stat(&v, "queues.queued"), 0, "{v}");
+    // A receiver and a sender on one node: handed over there, not through
+    // Redis.
+    let mut local = receiver(&a);
+    ready(&mut local, 30, "here");
+    wait_listening(&a, 1, 1);
+    queue_send(&mut tx, "here", None, 30, "local");
+    assert_eq!(
+        read_answer(&mut local),
+        Some(("here".into(), None, 30, "local".into()))
+    );
+    assert_eq!(stat(&Stats::open(a.bus()).get(), "cluster.queues.sent"), 2);
+}
+
+#[test]
+fn a_query_on_one_node_is_answered_by_a_handler_on_another() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    let mut handler = receiver(&b);
+    ready(&mut handler, 30, "svc");
+    wait_listening(&b, 1, 1);
+    let mut asker = receiver(&a);
+    send(asker.get_mut(), b"? 4 30 svc\r\nping\r\n");
+    let (to, reply, _, body) = read_answer(&mut handler).unwrap();
+    assert_eq!((to.as_str(), body.as_str()), ("svc", "ping"));
+    let reply = reply.expect("a reply address");
+    // The reply crosses back to the asker's node.
+    queue_send(handler.get_mut(), &reply, None, 30, "pong");
+    assert_eq!(
+        read_answer(&mut asker),
+        Some((reply.clone(), None, 30, "pong".into()))
+    );
+    // The reply address' stream expires from Redis by itself (its
+    // messages' timeout, 30 s, plus a second; here made short by a
+    // query of 1 s).
+    send(asker.get_mut(), b"? 5 1 svc\r\nping2\r\n");
+    ready(&mut handler, 30, "svc");
+    let (_, reply, _, body) = read_answer(&mut handler).unwrap();
+    assert_eq!(body, "ping2");
+    let reply = reply.unwrap();
+    queue_send(handler.get_mut(), &reply, None, 1, "pong2");
+    assert_eq!(read_answer(&mut asker).unwrap().3, "pong2");
+    let key = format!("qswitchboard:{reply}");
+    let ttl: i64 = redis_cmd(&redis, &["PTTL", &key])[1..].parse().unwrap();
+    assert!(ttl > 0 && ttl <= 2_000, "PTTL {key}: {ttl}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_cmd(&redis, &["EXISTS", &key]) != ":0" {
+        assert!(Instant::now() < deadline, "{key} still in Redis");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_senders_queue_messages_keep_their_order_across_nodes() {
+    const N: usize = 300;
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    let mut tx = connect(a.line());
+    let mut rx = receiver(&b);
+    // Half sent before the receiver comes, half while it takes them.
+    let mut out = Vec::new();
+    for i in 0..N / 2 {
+        let body = format!("m{i}");
+        out.extend_from_slice(format!("> {} 30 ordered\r\n{body}\r\n", body.len()).as_bytes());
+    }
+    send(&mut tx, &out);
+    for i in 0..N {
+        if i == N / 2 {
+            let mut out = Vec::new();
+            for j in N / 2..N {
+                let body = format!("m{j}");
+                out.extend_from_slice(
+                    format!("> {} 30 ordered\r\n{body}\r\n", body.len()).as_bytes(),
+                );
+            }
+            send(&mut tx, &out);
+        }
+        ready(&mut rx, 30, "ordered");
+        let got = read_answer(&mut rx).unwrap().3;
+        assert_eq!(got, format!("m{i}"));
+    }
+}
+
+#[test]
+fn a_queue_message_expires_in_redis() {
+    let redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    let mut tx = connect(a.line());
+    // A message of 1 s, then the probe, of 30 s (which also keeps the
+    // stream from expiring as a whole).
+    queue_send(&mut tx, "exp", None, 1, "stale");
+    queue_send(&mut tx, "exp", None, 30, "probe");
+    Stats::open(a.bus()).wait_for("the sends in Redis", |v| {
+        stat(v, "cluster.queues.sent") == 2 && stat(v, "cluster.queues.watched") == 0
+    });
+    // Redis' own clock passes the message's deadline (1 s after it came).
+    let time = |r: &Redis| -> u64 {
+        let mut s = connect(&format!("127.0.0.1:{}", r.port));
+        send(&mut s, b"*1\r\n$4\r\nTIME\r\n");
+        let mut r = BufReader::new(s);
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            lines.push(l.trim_end().to_string());
+        }
+        lines[2].parse::<u64>().unwrap()
+    };
+    let start = time(&redis);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while time(&redis) < start + 2 {
+        assert!(Instant::now() < deadline, "Redis' clock stands still");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The receiver gets the probe, never the expired message before it.
+    let mut rx = receiver(&b);
+    ready(&mut rx, 30, "exp");
+    assert_eq!(read_answer(&mut rx).unwrap().3, "probe");
+    let v = Stats::open(b.bus()).get();
+    assert_eq!(stat(&v, "cluster.queues.expired"), 1, "{v}");
+    assert_eq!(stat(&v, "cluster.queues.read"), 1, "{v}");
+}
+
+#[test]
+fn queue_sends_stay_local_while_redis_is_away_and_cross_again_after() {
+    let mut redis = Redis::start();
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    let mut tx = connect(a.line());
+    let mut rx = receiver(&b);
+    ready(&mut rx, 60, "work");
+    wait_listening(&b, 1, 1);
+    queue_send(&mut tx, "work", None, 30, "before");
+    assert_eq!(read_answer(&mut rx).unwrap().3, "before");
+
+    redis.kill();
+    for n in [&a, &b] {
+        Stats::open(n.bus()).wait_for("the links down", |v| stat(v, "cluster.links_up") == 0);
+    }
+    // While Redis is away a send stays on its node, counted, for that
+    // node's receivers.
+    ready(&mut rx, 60, "work");
+    queue_send(&mut tx, "work", None, 30, "while away");
+    Stats::open(a.bus()).wait_for("the send kept here", |v| {
+        stat(v, "cluster.queues.local") == 1 && stat(v, "queues.queued") == 1
+    });
+    let mut here = receiver(&a);
+    ready(&mut here, 30, "work");
+    assert_eq!(read_answer(&mut here).unwrap().3, "while away");
+
+    redis.restart();
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    // b's receiver, waiting since before, is listened for again.
+    wait_listening(&b, 1, 1);
+    queue_send(&mut tx, "work", None, 30, "after");
+    assert_eq!(read_answer(&mut rx).unwrap().3, "after");
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.queues.sent"), 2, "{v}");
+    assert_eq!(stat(&v, "cluster.queues.local"), 1, "{v}");
+}

@@ -196,7 +196,62 @@ impl Broker {
         if !self.switch.has_no_queues() && self.switch.has_queue(&to) {
             return self.line_send_to_switch(now, to, reply, timeout_s, body, out);
         }
+        if self.cluster.is_on() && timeout_s > 0 {
+            // A receiver waiting here takes it at once, unless Redis holds
+            // (or is being asked for) earlier messages to the address.
+            if !self.cluster.queue_busy(&to) {
+                let d = Delivery {
+                    to: &to,
+                    reply: reply.as_deref(),
+                    timeout_s,
+                    body: &body,
+                };
+                if self.queues.hand_to_waiter(d, out) {
+                    return Ok(());
+                }
+            }
+            if self
+                .cluster
+                .queue_send(&to, reply.as_deref(), timeout_s, &body)
+            {
+                self.queues.count_sent();
+                return Ok(());
+            }
+        }
         self.queues.send(now, to, reply, timeout_s, body, out)
+    }
+
+    /// A frame from a cluster link (see [`cluster::Cluster::on_frame`]),
+    /// and what it brings for queue receivers here. False: close the link.
+    pub fn cluster_frame(
+        &mut self,
+        tag: u64,
+        frame: cluster::resp::Frame,
+        now: Millis,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> bool {
+        let ok = self
+            .cluster
+            .on_frame(tag, frame, now, &mut self.channels, out);
+        self.channels.seal(out);
+        self.cluster.pump(now, &mut self.queues, out);
+        ok
+    }
+
+    /// With `--cluster`: receivers wait on `addresses` here with nothing
+    /// queued here for them; the node listens for and takes what other
+    /// nodes sent them through Redis.
+    fn wanted(
+        &mut self,
+        now: Millis,
+        ready: &Ready,
+        addresses: &[Bytes],
+        out: &mut (impl Outbox + ?Sized),
+    ) {
+        if self.cluster.is_on() && matches!(ready, Ready::Waiting(_)) {
+            self.cluster.queue_wanted(addresses);
+            self.cluster.pump(now, &mut self.queues, out);
+        }
     }
 
     /// Waits on queue addresses (see [`Queues::ready`]); a switch queue
@@ -210,13 +265,19 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Ready {
         self.channels.seal(out);
-        if self.switch.has_no_queues() {
-            return self.queues.ready(now, conn, timeout_s, addresses);
+        let wanted = self.cluster.is_on().then(|| addresses.clone());
+        let ready = if self.switch.has_no_queues() {
+            self.queues.ready(now, conn, timeout_s, addresses)
+        } else {
+            match self.line_take(now, &addresses, out) {
+                Some(taken) => Ready::Message(taken),
+                None => self.queues.wait(now, conn, timeout_s, addresses),
+            }
+        };
+        if let Some(addresses) = wanted {
+            self.wanted(now, &ready, &addresses, out);
         }
-        match self.line_take(now, &addresses, out) {
-            Some(taken) => Ready::Message(taken),
-            None => self.queues.wait(now, conn, timeout_s, addresses),
-        }
+        ready
     }
 
     /// Sends with a fresh reply address and waits on it (see [`Queues::query`]).
@@ -230,12 +291,15 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<Ready, QueueFull> {
         self.channels.seal(out);
-        if self.switch.has_no_queues() || !self.switch.has_queue(&to) {
+        let switch = !self.switch.has_no_queues() && self.switch.has_queue(&to);
+        if !switch && !self.cluster.is_on() {
             return self.queues.query(now, conn, timeout_s, to, body, out);
         }
-        // As [`Queues::query`], with the send going to the switch queue.
+        // As [`Queues::query`], with the send going to the switch queue,
+        // or through the cluster.
         let reply = self.queues.unique_address();
         let ready = self.queues.wait(now, conn, timeout_s, vec![reply.clone()]);
+        self.wanted(now, &ready, std::slice::from_ref(&reply), out);
         if let Err(full) = self.send(now, to, Some(reply), timeout_s, body, out) {
             if let Ready::Waiting(w) = ready {
                 self.queues.cancel(w);
@@ -259,6 +323,7 @@ impl Broker {
         self.queues.on_timers(now, out);
         self.hooks.on_timers(now, out);
         self.cluster.on_timers(now);
+        self.cluster.sweep(now, &self.queues, out);
     }
 
     /// The earliest pending deadline, for the poll timeout.

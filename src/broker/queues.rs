@@ -429,6 +429,14 @@ impl Queues {
             self.expired += 1;
             return Ok(());
         }
+        self.enqueue(to, msg)?;
+        self.queued_in += 1;
+        Ok(())
+    }
+
+    /// Puts `msg` at the end of `to`'s queue, within the limits (and into
+    /// the journal, with one).
+    fn enqueue(&mut self, to: Bytes, msg: Message) -> Result<(), QueueFull> {
         let size = msg.size();
         let held = self.addresses.get(&to[..]).map_or(0, |a| a.bytes);
         if held + size > self.limits.per_address || self.bytes_now + size > self.limits.total {
@@ -442,13 +450,12 @@ impl Queues {
             j.enqueue(
                 msg.seq,
                 j.epoch_ms().saturating_add(msg.deadline),
-                timeout_s,
+                msg.timeout_s,
                 &to,
                 msg.reply.as_deref(),
                 &msg.body,
             );
         }
-        self.queued_in += 1;
         // A queued message may wait long: its small parts become exact-size
         // copies so they do not keep the read buffer they came in alive.
         let mut msg = msg;
@@ -466,6 +473,58 @@ impl Queues {
         self.next_seq += 1;
         self.add_timer(at, TimerKind::Expire(key, msg_seq));
         Ok(())
+    }
+
+    /// Counts a message sent to a queue that went elsewhere (to the
+    /// cluster's Redis), as [`Queues::send`] counts its own.
+    pub fn count_sent(&mut self) {
+        self.queued_in += 1;
+    }
+
+    /// Hands a message that was sent on another node (read from the
+    /// cluster's Redis) to the longest-waiting receiver on `d.to`; it
+    /// counts as delivered here, not as sent here. False: nobody took it.
+    pub fn hand_remote(&mut self, d: Delivery<'_>, out: &mut (impl Outbox + ?Sized)) -> bool {
+        if self.hand_to_waiter(d, out) {
+            self.queued_in -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Keeps a message read from the cluster's Redis for a receiver that
+    /// went away meanwhile: it joins `to`'s local queue with the `left_ms`
+    /// it had left there. False: the local queue is full, it is dropped.
+    pub fn keep_remote(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        left_ms: Millis,
+        body: Bytes,
+    ) -> bool {
+        let msg = Message {
+            reply,
+            timeout_s,
+            body,
+            deadline: now.saturating_add(left_ms.min(MAX_TIMEOUT_S * 1000)),
+            seq: self.next_seq,
+        };
+        self.enqueue(to, msg).is_ok()
+    }
+
+    /// Receivers waiting on `addr` now.
+    pub fn waiters_on(&self, addr: &[u8]) -> usize {
+        self.addresses
+            .get(addr)
+            .map_or(0, |a| a.waits.len().saturating_sub(a.stale))
+    }
+
+    /// Makes the reply addresses of [`Queues::unique_address`] unique
+    /// across the nodes of a cluster too: `node` goes into each.
+    pub fn set_node(&mut self, node: &[u8]) {
+        self.reply_prefix = format!("{}.{}", self.reply_prefix, String::from_utf8_lossy(node));
     }
 
     /// Hands a message for `d.to` to the longest-waiting receiver there.

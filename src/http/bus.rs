@@ -884,6 +884,20 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
         "subscriptions": c.subscriptions,
         "confirmed": c.confirmed,
         "sharded": c.sharded,
+        "queues": {
+            "up": c.queue_up,
+            "sent": c.queue_sent,
+            "read": c.queue_read,
+            "expired": c.queue_expired,
+            "local": c.queue_local,
+            "kept": c.queue_kept,
+            "kept_dropped": c.queue_local_full,
+            "trimmed": c.queue_trimmed,
+            "unconfirmed": c.queue_unconfirmed,
+            "watched": broker.cluster.queue_watches(),
+            "listening": broker.cluster.queue_listening(),
+            "in_flight": broker.cluster.queue_in_flight(),
+        },
     })
 }
 

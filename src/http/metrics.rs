@@ -453,8 +453,38 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
         e.one(
             "switchboard_cluster_up",
             "gauge",
-            "1 while both links to the cluster's Redis are up.",
+            "1 while the three links to the cluster's Redis are up.",
             u8::from(c.up),
+        );
+        e.one(
+            "switchboard_cluster_queue_up",
+            "gauge",
+            "1 while the queue link to the cluster's Redis is up.",
+            u8::from(c.queue_up),
+        );
+        e.one(
+            "switchboard_cluster_queue_sent_total",
+            "counter",
+            "Line queue messages sent into Redis for receivers on any node.",
+            c.queue_sent,
+        );
+        e.one(
+            "switchboard_cluster_queue_read_total",
+            "counter",
+            "Line queue messages taken from Redis for receivers here.",
+            c.queue_read,
+        );
+        e.one(
+            "switchboard_cluster_queue_expired_total",
+            "counter",
+            "Line queue messages found expired in Redis and dropped there.",
+            c.queue_expired,
+        );
+        e.one(
+            "switchboard_cluster_queue_local_total",
+            "counter",
+            "Line queue messages kept on this node: the queue link was down or Redis behind.",
+            c.queue_local,
         );
         e.one(
             "switchboard_cluster_sent_total",

@@ -257,12 +257,17 @@ impl Server {
             queues = queues.with_journal(d.store.journal.clone());
             switch = switch.with_journal(d.store.journal.clone());
         }
+        let node = node_id();
+        if config.cluster.is_some() {
+            // Reply addresses must be unique across the nodes.
+            queues.set_node(&node);
+        }
         let mut broker = Broker {
             queues,
             switch,
             hooks: crate::broker::hooks::Hooks::new(config.hooks_settings(), since_epoch.as_secs()),
             channels: config.channels(),
-            cluster: crate::broker::cluster::Cluster::new(config.cluster.clone(), node_id()),
+            cluster: crate::broker::cluster::Cluster::new(config.cluster.clone(), node),
         };
         // History ids start after the wall clock in microseconds (after
         // the store's epoch too, which is later than every earlier start

@@ -17,6 +17,7 @@
 //! broker: the links are dials (`LINK_DOOR`), their bytes go through the
 //! `Outbox`, and their door hands decoded frames back ([`Cluster::on_frame`]).
 
+pub mod queue_link;
 pub mod resp;
 pub mod url;
 
@@ -67,11 +68,13 @@ pub struct Settings {
     pub sharded: bool,
 }
 
-/// The two links.
+/// The three links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Sub = 0,
     Pub = 1,
+    /// Ordinary commands for line queues (see [`queue_link`]).
+    Queue = 2,
 }
 
 impl Role {
@@ -79,6 +82,7 @@ impl Role {
         match self {
             Role::Sub => "subscriber",
             Role::Pub => "publisher",
+            Role::Queue => "queue",
         }
     }
 }
@@ -135,10 +139,31 @@ impl Link {
 /// The cluster link's counters (the stats page, `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterStats {
-    /// Both links are up.
+    /// All three links are up.
     pub up: bool,
-    /// Links up (of 2).
+    /// Links up (of 3).
     pub links_up: u64,
+    /// The queue link is up.
+    pub queue_up: bool,
+    /// Line queue messages sent into Redis.
+    pub queue_sent: u64,
+    /// Line queue messages taken from Redis for receivers here.
+    pub queue_read: u64,
+    /// Line queue messages found expired in Redis, dropped there.
+    pub queue_expired: u64,
+    /// Line queue messages kept on this node because the queue link was
+    /// down or over its pending bytes.
+    pub queue_local: u64,
+    /// Taken from Redis for a receiver that had gone meanwhile: kept in
+    /// this node's queue.
+    pub queue_kept: u64,
+    /// Of those, dropped because this node's queue was full.
+    pub queue_local_full: u64,
+    /// Old entries trimmed from a full stream (over [`queue_link::STREAM_MAXLEN`]).
+    pub queue_trimmed: u64,
+    /// Sends unanswered when the queue link went down (each reached Redis
+    /// or was lost).
+    pub queue_unconfirmed: u64,
     /// Messages published to Redis.
     pub sent: u64,
     /// Messages from other nodes delivered here.
@@ -170,7 +195,7 @@ pub struct ClusterStats {
 pub struct Cluster {
     settings: Option<Settings>,
     node: [u8; 16],
-    links: [Link; 2],
+    links: [Link; 3],
     requests: Vec<LinkRequest>,
     /// Channels with local subscribers (names without the prefix).
     channels: HashSet<Bytes>,
@@ -197,6 +222,8 @@ pub struct Cluster {
     pending_bytes: usize,
     stats: ClusterStats,
     limits: resp::Limits,
+    /// The queue link's state.
+    q: queue_link::QueueState,
 }
 
 impl Default for Cluster {
@@ -212,13 +239,14 @@ impl Cluster {
             max_bulk: settings
                 .as_ref()
                 .map_or(resp::Limits::default().max_bulk, |s| s.max_body + 64 * 1024),
-            max_array: 16,
+            // A take's answer: three numbers and four strings an entry.
+            max_array: 3 + 4 * queue_link::MAX_TAKE,
             max_depth: 2,
         };
         Cluster {
             settings,
             node,
-            links: [Link::new(), Link::new()],
+            links: [Link::new(), Link::new(), Link::new()],
             requests: Vec::new(),
             channels: HashSet::new(),
             globs: HashMap::new(),
@@ -231,6 +259,7 @@ impl Cluster {
             pending_bytes: 0,
             stats: ClusterStats::default(),
             limits,
+            q: queue_link::QueueState::default(),
         }
     }
 
@@ -246,7 +275,7 @@ impl Cluster {
         &self.node
     }
 
-    /// Both links are up (always false when off).
+    /// All three links are up (always false when off).
     pub fn is_up(&self) -> bool {
         self.is_on() && self.links.iter().all(|l| matches!(l.state, State::Up(_)))
     }
@@ -259,9 +288,12 @@ impl Cluster {
                 .iter()
                 .filter(|l| matches!(l.state, State::Up(_)))
                 .count() as u64,
+            queue_up: self.queues_up(),
             subscriptions: (self.channels.len() + self.globs.len()) as u64,
-            sharded: self.is_up() && self.links.iter().all(|l| l.sharded),
-            confirmed: self.confirmed[0] + self.confirmed[1],
+            sharded: self.is_up() && self.links[..2].iter().all(|l| l.sharded),
+            // The queues' notification channels are not counted.
+            confirmed: self.confirmed[0].saturating_sub(self.q.notify_confirmed)
+                + self.confirmed[1],
             ..self.stats
         }
     }
@@ -287,6 +319,7 @@ impl Cluster {
                 State::Down { retry_at } => Some(retry_at),
                 _ => None,
             })
+            .chain(self.q.sweep_at)
             .min()
     }
 
@@ -302,7 +335,7 @@ impl Cluster {
                     link.state = State::Connecting;
                     self.requests.push(LinkRequest::Dial(Dial {
                         door: LINK_DOOR,
-                        tag: link.gen << 1 | i as u64,
+                        tag: link.gen << 2 | i as u64,
                         host: s.host.clone(),
                         port: s.port,
                         tls: s.tls,
@@ -315,9 +348,14 @@ impl Cluster {
 
     /// The link a tag names, if the tag is its current dial.
     fn link_of(&mut self, tag: u64) -> Option<(Role, &mut Link)> {
-        let role = if tag & 1 == 0 { Role::Sub } else { Role::Pub };
+        let role = match tag & 3 {
+            0 => Role::Sub,
+            1 => Role::Pub,
+            2 => Role::Queue,
+            _ => return None,
+        };
         let link = self.links.get_mut(role as usize)?;
-        (link.gen == tag >> 1).then_some((role, link))
+        (link.gen == tag >> 2).then_some((role, link))
     }
 
     /// A link's connect finished: the first command is written, and the
@@ -335,7 +373,7 @@ impl Cluster {
         };
         let auth = s.auth.clone();
         let probe = s.sharded;
-        let Some((_, link)) = self.link_of(tag) else {
+        let Some((role, link)) = self.link_of(tag) else {
             return false;
         };
         if link.state != State::Connecting {
@@ -343,9 +381,14 @@ impl Cluster {
         }
         link.state = State::Hello(conn);
         link.greeted = false;
-        link.probing = probe;
+        link.probing = probe && role != Role::Queue;
         link.sharded = false;
         link.out.clear();
+        if role == Role::Queue {
+            self.queue_hello();
+            self.flush(out);
+            return true;
+        }
         hello_command(&mut link.out, auth.as_ref());
         if probe {
             // Redis before 7.0 does not know it ("unknown command"); an
@@ -412,19 +455,25 @@ impl Cluster {
         if role == Role::Sub {
             self.last = None;
             self.resubscribe();
+            self.queue_resubscribe();
         } else {
             self.pending.clear();
             self.pending_bytes = 0;
         }
         if self.is_up() {
-            log::info!(
-                "cluster: joined through Redis at {} (node {}; {} publishes not sent while the link was down, in all)",
-                self.address(),
-                String::from_utf8_lossy(&self.node),
-                self.stats.dropped
-            );
+            self.joined_log();
         }
         true
+    }
+
+    fn joined_log(&self) {
+        log::info!(
+            "cluster: joined through Redis at {} (node {}; {} publishes not sent while the link was down, {} queue messages kept on this node, in all)",
+            self.address(),
+            String::from_utf8_lossy(&self.node),
+            self.stats.dropped,
+            self.stats.queue_local
+        );
     }
 
     /// `HOST:PORT` of the Redis, for logs (never the credentials).
@@ -476,15 +525,25 @@ impl Cluster {
                 link.down_since = Some(now);
                 Self::down(link, now);
                 self.stats.link_downs += 1;
-                if role == Role::Sub {
-                    self.last = None;
-                    self.confirmed = [0; 2];
-                } else {
-                    self.pending.clear();
-                    self.pending_bytes = 0;
+                match role {
+                    Role::Sub => {
+                        self.last = None;
+                        self.confirmed = [0; 2];
+                        self.queue_resubscribe();
+                    }
+                    Role::Pub => {
+                        self.pending.clear();
+                        self.pending_bytes = 0;
+                    }
+                    Role::Queue => self.queue_down(),
                 }
             }
-            State::Connecting | State::Hello(_) => Self::down(link, now),
+            State::Connecting | State::Hello(_) => {
+                Self::down(link, now);
+                if role == Role::Queue {
+                    self.queue_down();
+                }
+            }
             State::Down { .. } => {}
         }
     }
@@ -494,7 +553,7 @@ impl Cluster {
         let Some(s) = &self.settings else {
             return;
         };
-        let [link, _] = &mut self.links;
+        let [link, _, _] = &mut self.links;
         let cmd: &[u8] = if link.sharded {
             b"SSUBSCRIBE"
         } else {
@@ -531,7 +590,7 @@ impl Cluster {
         let Some(s) = &self.settings else {
             return;
         };
-        let [sub, _] = &mut self.links;
+        let [sub, _, _] = &mut self.links;
         let up = matches!(sub.state, State::Up(_));
         let (subscribe, unsubscribe): (&[u8], &[u8]) = if sub.sharded {
             (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
@@ -610,7 +669,7 @@ impl Cluster {
         let Some(s) = &self.settings else {
             return;
         };
-        let [_, link] = &mut self.links;
+        let [_, link, _] = &mut self.links;
         let mut header = BytesMut::with_capacity(64);
         header.put_slice(MAGIC);
         header.put_slice(&self.node);
@@ -699,6 +758,11 @@ impl Cluster {
             return false;
         };
         match link.state {
+            State::Hello(_) | State::Up(_) if role == Role::Queue => {
+                let ok = self.queue_answer(frame, now);
+                self.flush(out);
+                return ok;
+            }
             State::Hello(conn) => {
                 let up = self.hello_answer(role, conn, &frame, now);
                 self.flush(out);
@@ -732,7 +796,14 @@ impl Cluster {
         match &kind[..] {
             b"message" | b"smessage" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
-                    self.deliver(ch, payload, channels, out);
+                    if !self.queue_notified(ch, None) {
+                        self.deliver(ch, payload, channels, out);
+                    }
+                }
+            }
+            b"subscribe" | b"unsubscribe" => {
+                if let Some(ch) = word(1) {
+                    self.queue_notified(ch, Some(kind[..] == b"subscribe"[..]));
                 }
             }
             b"pmessage" => {
@@ -951,14 +1022,15 @@ mod tests {
         let mut c = Cluster::new(Some(settings()), NODE);
         c.on_timers(0);
         let dials = c.take_links();
-        assert_eq!(dials.len(), 2);
+        assert_eq!(dials.len(), 3);
         let mut ch = Channels::default();
-        for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+        for (tag, key) in [(1 << 2, 100), (1 << 2 | 1, 101)] {
             assert!(c.link_up(tag, conn(key), 0, out));
             assert!(!c.is_up());
             assert_eq!(sent_to(out, key), "*1\r\n$4\r\nPING\r\n");
             assert!(c.on_frame(tag, pong(), 0, &mut ch, out));
         }
+        queue_link_up(&mut c, out);
         assert!(c.is_up());
         *out = RecordingOutbox::default();
         c
@@ -977,6 +1049,23 @@ mod tests {
         )
         .unwrap();
         ch
+    }
+
+    /// The queue link (conn 110) dialed and answered: PONG and the
+    /// scripts' SHA1s.
+    fn queue_link_up(c: &mut Cluster, out: &mut RecordingOutbox) {
+        let tag = 1 << 2 | 2;
+        assert!(c.link_up(tag, conn(110), 0, out));
+        let s = sent_to(out, 110);
+        assert!(s.starts_with("*1\r\n$4\r\nPING\r\n"), "{s}");
+        assert_eq!(s.matches("SCRIPT").count(), 2, "{s}");
+        let mut ch = Channels::default();
+        assert!(c.on_frame(tag, pong(), 0, &mut ch, out));
+        for sha in [[b'a'; 40], [b'b'; 40]] {
+            assert!(!c.queues_up());
+            assert!(c.on_frame(tag, bulk(&sha), 0, &mut ch, out));
+        }
+        assert!(c.queues_up());
     }
 
     fn pong() -> Frame {
@@ -1007,8 +1096,8 @@ mod tests {
         .unwrap();
         c.after_seal(&mut ch, &mut out);
         c.on_timers(0);
-        assert_eq!(c.take_links().len(), 2);
-        assert!(c.link_up(1 << 1, conn(100), 0, &mut out));
+        assert_eq!(c.take_links().len(), 3);
+        assert!(c.link_up(1 << 2, conn(100), 0, &mut out));
         assert_eq!(
             sent_to(&out, 100),
             "*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$2\r\npw\r\n"
@@ -1019,19 +1108,19 @@ mod tests {
             b"WRONGPASS invalid username-password pair",
         ));
         let mut out = RecordingOutbox::default();
-        assert!(!c.on_frame(1 << 1, refusal, 0, &mut ch, &mut out));
+        assert!(!c.on_frame(1 << 2, refusal, 0, &mut ch, &mut out));
         assert!(out.frames.is_empty());
-        c.link_closed(1 << 1, 0);
+        c.link_closed(1 << 2, 0);
         assert_eq!(c.stats().errors, 1);
         assert_eq!(c.stats().link_downs, 0);
         assert!(!c.is_up());
         // Accepted: the subscriptions follow.
         c.on_timers(BACKOFF_MIN);
         assert_eq!(c.take_links().len(), 1);
-        assert!(c.link_up(2 << 1, conn(102), 0, &mut out));
+        assert!(c.link_up(2 << 2, conn(102), 0, &mut out));
         let ok = Frame::Simple(Bytes::from_static(b"OK"));
         let mut out = RecordingOutbox::default();
-        assert!(c.on_frame(2 << 1, ok, 0, &mut ch, &mut out));
+        assert!(c.on_frame(2 << 2, ok, 0, &mut ch, &mut out));
         assert!(sent_to(&out, 102).contains("SUBSCRIBE\r\n$7\r\nsb:news"));
         // Auth without a user is the one-argument form.
         let mut buf = BytesMut::new();
@@ -1061,7 +1150,7 @@ mod tests {
             .unwrap();
             c.after_seal(&mut ch, &mut out);
             c.on_timers(0);
-            assert_eq!(c.take_links().len(), 2);
+            assert_eq!(c.take_links().len(), 3);
             let probe = if refused {
                 Frame::Error(Bytes::from_static(b"ERR unknown command 'SUNSUBSCRIBE'"))
             } else {
@@ -1071,7 +1160,7 @@ mod tests {
                     Frame::Integer(0),
                 ]))
             };
-            for (tag, key) in [(1 << 1, 100), (1 << 1 | 1, 101)] {
+            for (tag, key) in [(1 << 2, 100), (1 << 2 | 1, 101)] {
                 assert!(c.link_up(tag, conn(key), 0, &mut out));
                 assert_eq!(
                     sent_to(&out, key),
@@ -1081,6 +1170,8 @@ mod tests {
                 assert!(!c.is_up(), "up before the probe is answered");
                 assert!(c.on_frame(tag, probe.clone(), 0, &mut ch, &mut out));
             }
+            assert!(!c.is_up(), "up before the queue link");
+            queue_link_up(&mut c, &mut out);
             assert!(c.is_up());
             assert_eq!(c.stats().sharded, !refused);
             let s = sent_to(&out, 100);
@@ -1107,11 +1198,11 @@ mod tests {
                 bulk(b"sb:news"),
                 Frame::Integer(1),
             ]));
-            assert!(c.on_frame(1 << 1, confirm, 0, &mut ch, &mut out));
+            assert!(c.on_frame(1 << 2, confirm, 0, &mut ch, &mut out));
             assert_eq!(c.stats().confirmed, 1);
             let m = msg(b"smessage", b"sb:news", &payload(OTHER, 1, b"y"));
             let mut out = RecordingOutbox::default();
-            assert!(c.on_frame(1 << 1, m, 0, &mut ch, &mut out));
+            assert!(c.on_frame(1 << 2, m, 0, &mut ch, &mut out));
             ch.seal(&mut out);
             assert_eq!(
                 String::from_utf8_lossy(&out.bytes_for(conn(1))),
@@ -1158,17 +1249,17 @@ mod tests {
         assert_eq!(s.matches("SUBSCRIBE").count(), 2, "{s}");
         assert!(s.contains("$7\r\nsb:news\r\n") && s.contains("PSUBSCRIBE\r\n$4\r\nsb:*"));
         // The link goes down and comes back: everything is asked again.
-        c.link_closed(1 << 1, 10);
+        c.link_closed(1 << 2, 10);
         assert!(!c.is_up());
         assert_eq!(c.next_deadline(), Some(10 + BACKOFF_MIN));
         c.on_timers(10 + BACKOFF_MIN);
         assert_eq!(c.take_links().len(), 1);
         let mut out = RecordingOutbox::default();
-        assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
+        assert!(c.link_up(2 << 2, conn(102), 200, &mut out));
         // Nothing but the first command until Redis has answered it.
         assert_eq!(sent_to(&out, 102), "*1\r\n$4\r\nPING\r\n");
         let mut out = RecordingOutbox::default();
-        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
+        assert!(c.on_frame(2 << 2, pong(), 200, &mut ch, &mut out));
         let s = sent_to(&out, 102);
         assert!(s.contains("sb:news") && s.contains("PSUBSCRIBE"), "{s}");
         // The last local subscribers go: so do the subscriptions.
@@ -1210,14 +1301,14 @@ mod tests {
         // Its echo is dropped; another node's message is delivered.
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
-            2,
+            1 << 2,
             msg(b"message", b"sb:news", &payload(&NODE, 1, b"one")),
             0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
-            2,
+            1 << 2,
             msg(b"message", b"sb:news", &payload(OTHER, 1, b"two")),
             0,
             &mut ch,
@@ -1239,25 +1330,25 @@ mod tests {
             bulk(b"sb:*"),
             Frame::Integer(2),
         ]));
-        assert!(c.on_frame(2, confirm, 0, &mut ch, &mut out));
+        assert!(c.on_frame(1 << 2, confirm, 0, &mut ch, &mut out));
         assert_eq!(c.stats().confirmed, 2);
         let mut out = RecordingOutbox::default();
         assert!(c.on_frame(
-            2,
+            1 << 2,
             msg(b"message", b"sb:news", &payload(OTHER, 2, b"3")),
             0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
-            2,
+            1 << 2,
             msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
             0,
             &mut ch,
             &mut out
         ));
         assert!(c.on_frame(
-            2,
+            1 << 2,
             msg(b"pmessage", b"sb:news", &payload(OTHER, 2, b"3")),
             0,
             &mut ch,
@@ -1308,12 +1399,12 @@ mod tests {
             "*2\r\n$12\r\nPUNSUBSCRIBE\r\n$6\r\nsb:a.*\r\n"
         );
         // A reconnect asks for what is left.
-        c.link_closed(1 << 1, 10);
+        c.link_closed(1 << 2, 10);
         c.on_timers(10 + BACKOFF_MIN);
         assert_eq!(c.take_links().len(), 1);
         let mut out = RecordingOutbox::default();
-        assert!(c.link_up(2 << 1, conn(102), 200, &mut out));
-        assert!(c.on_frame(2 << 1, pong(), 200, &mut ch, &mut out));
+        assert!(c.link_up(2 << 2, conn(102), 200, &mut out));
+        assert!(c.on_frame(2 << 2, pong(), 200, &mut ch, &mut out));
         assert_eq!(
             sent_to(&out, 102),
             "*1\r\n$4\r\nPING\r\n*2\r\n$10\r\nPSUBSCRIBE\r\n$8\r\nsb:x.*.t\r\n"
@@ -1328,7 +1419,7 @@ mod tests {
                 bulk(channel.as_bytes()),
                 bulk(&payload(OTHER, seq, channel.as_bytes())),
             ]));
-            assert!(c.on_frame(2 << 1, frame, 200, &mut ch, &mut out));
+            assert!(c.on_frame(2 << 2, frame, 200, &mut ch, &mut out));
         }
         ch.seal(&mut out);
         assert_eq!(
@@ -1352,17 +1443,17 @@ mod tests {
         assert_eq!(c.stats().sent, 2);
         assert_eq!(c.stats().dropped, 2);
         // Answers free room.
-        assert!(c.on_frame(3, Frame::Integer(0), 0, &mut ch, &mut out));
+        assert!(c.on_frame(1 << 2 | 1, Frame::Integer(0), 0, &mut ch, &mut out));
         ch.publish(b"news", b"text/plain", None, &body, &mut out);
         c.after_seal(&mut ch, &mut out);
         assert_eq!(c.stats().sent, 3);
-        c.link_closed(3, 5);
+        c.link_closed(1 << 2 | 1, 5);
         ch.publish(b"news", b"text/plain", None, b"y", &mut out);
         c.after_seal(&mut ch, &mut out);
         assert_eq!(c.stats().dropped, 3);
         assert_eq!(c.stats().link_downs, 1);
         // A second report of the same close changes nothing.
-        c.link_closed(3, 6);
+        c.link_closed(1 << 2 | 1, 6);
         assert_eq!(c.stats().link_downs, 1);
     }
 }

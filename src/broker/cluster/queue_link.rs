@@ -1,0 +1,708 @@
+//! Line-protocol queues across nodes: the *queue link* (see
+//! docs/cluster.md, "Queues across nodes").
+//!
+//! A send to an address with no receiver waiting on this node becomes one
+//! `EVALSHA` of [`SEND_SCRIPT`] on the queue link: the message joins the
+//! address' stream (`QPREFIX + address`, QPREFIX being the cluster prefix
+//! with `q` before it, `Q` when the prefix starts with `q`), the stream's
+//! expiry is made at least the message's timeout, and a notification is
+//! published on the channel of the same name. A node with receivers
+//! waiting on an address subscribes to that channel (on the subscriber
+//! link) while it has them, and takes messages for them with
+//! [`TAKE_SCRIPT`], which reads and deletes up to as many entries as the
+//! node has receivers there, dropping the expired ones. The notification
+//! names never start with the cluster prefix: no channel of the node and
+//! no pattern subscription (`PREFIX*`) can meet them.
+//!
+//! Replies on the queue link are matched in order against [`QCmd`]s, a
+//! FIFO of what each command was for.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::resp::{self, Frame};
+use super::{Cluster, Link, State};
+use crate::broker::queues::{Queues, MAX_TIMEOUT_S};
+use crate::broker::{Delivery, Millis, Outbox};
+
+/// The most entries one take asks for (a reply holds 4 per entry, and 3
+/// more elements).
+pub const MAX_TAKE: usize = 32;
+/// Entries an address' stream keeps at most (about: `MAXLEN ~`); older
+/// ones are trimmed, counted under `queue_trimmed`.
+pub const STREAM_MAXLEN: u64 = 100_000;
+/// Entries one take looks at, at most (expired ones included).
+const TAKE_SCAN: u64 = 1_000;
+/// How often addresses whose receivers have gone are unsubscribed: one
+/// that had none at two sweeps in a row.
+pub const SWEEP_MS: Millis = 1_000;
+
+/// `KEYS[1]` the stream; `ARGV`: the notification channel, the timeout in
+/// ms, the timeout in seconds (as sent), the reply address (`+ADDR`, or
+/// `-`), the body, the stream's bound. Returns the entries trimmed.
+pub const SEND_SCRIPT: &str = r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'd', tostring(now + ttl), 't', ARGV[3], 'r', ARGV[4], 'b', ARGV[5])
+local trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[6])
+local left = redis.call('PTTL', KEYS[1])
+if left < ttl + 1000 then redis.call('PEXPIRE', KEYS[1], ttl + 1000) end
+redis.call('PUBLISH', ARGV[1], '1')
+return trimmed";
+
+/// `KEYS[1]` the stream; `ARGV`: how many live entries to take, how many
+/// entries to look at. Deletes what it looks at; returns `{expired, more,
+/// left_ms, timeout_s, reply, body, …}` (`more`: 1 when it stopped at the
+/// look-at bound).
+pub const TAKE_SCRIPT: &str = r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local want = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+local out = {0, 0}
+local live = 0
+while live < want do
+  if budget <= 0 then out[2] = 1 break end
+  local es = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(want - live, budget))
+  if #es == 0 then break end
+  for _, e in ipairs(es) do
+    budget = budget - 1
+    redis.call('XDEL', KEYS[1], e[1])
+    local m = {}
+    for i = 1, #e[2], 2 do m[e[2][i]] = e[2][i + 1] end
+    local left = (tonumber(m['d']) or 0) - now
+    if left > 0 and m['t'] and m['r'] and m['b'] then
+      live = live + 1
+      out[#out + 1] = left
+      out[#out + 1] = m['t']
+      out[#out + 1] = m['r']
+      out[#out + 1] = m['b']
+    else
+      out[1] = out[1] + 1
+    end
+  end
+end
+return out";
+
+/// What a command on the queue link was for (its answer is matched in
+/// order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum QCmd {
+    /// `AUTH` or `PING`, first.
+    Hello,
+    /// `SELECT DB` (a database other than 0).
+    Select,
+    /// `SCRIPT LOAD` of the send (0) or take (1) script.
+    Load(usize),
+    /// A message sent to this address' stream (`bytes` of command).
+    Send { addr: Bytes, bytes: usize },
+    /// A take of up to `count` entries of this address' stream.
+    Take { addr: Bytes, count: usize },
+}
+
+/// Whether the node listens for an address' notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Listen {
+    No,
+    /// `SUBSCRIBE` written, not confirmed.
+    Asked,
+    Yes,
+}
+
+/// An address the queue link is busy with, or listens for.
+#[derive(Debug)]
+pub(super) struct Watch {
+    /// Sends to its stream written and not yet answered.
+    sends: u32,
+    /// A take is in flight.
+    taking: bool,
+    /// Something may have arrived since the take in flight was asked.
+    again: bool,
+    listen: Listen,
+    /// No receiver was waiting at the last sweep.
+    idle: bool,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            sends: 0,
+            taking: false,
+            again: false,
+            listen: Listen::No,
+            idle: false,
+        }
+    }
+}
+
+/// An entry taken from a stream, to hand to a receiver here.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Arrived {
+    pub addr: Bytes,
+    pub left_ms: Millis,
+    pub timeout_s: u64,
+    pub reply: Option<Bytes>,
+    pub body: Bytes,
+}
+
+/// The queue link's state (a part of [`Cluster`]).
+#[derive(Default)]
+pub(super) struct QueueState {
+    pub fifo: VecDeque<QCmd>,
+    /// Bytes of sends written and not yet answered.
+    pub pending_bytes: usize,
+    /// The scripts' SHA1s, as `SCRIPT LOAD` answered them.
+    pub sha: [Option<Bytes>; 2],
+    pub watches: HashMap<Bytes, Watch>,
+    /// Addresses to look at in the next pump (may repeat).
+    pub wake: Vec<Bytes>,
+    /// Entries taken, to hand over in the next pump.
+    pub arrived: VecDeque<Arrived>,
+    /// Notification channels Redis has confirmed on the subscriber link.
+    pub notify_confirmed: u64,
+    /// The next sweep of idle addresses, while some are watched.
+    pub sweep_at: Option<Millis>,
+}
+
+/// The queue namespace: the cluster prefix with `q` before it (`Q` when
+/// the prefix starts with `q`), so that it never starts with the prefix.
+pub fn queue_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut q = Vec::with_capacity(prefix.len() + 1);
+    q.push(if prefix.first() == Some(&b'q') {
+        b'Q'
+    } else {
+        b'q'
+    });
+    q.extend_from_slice(prefix);
+    q
+}
+
+/// Reads a take's answer: (expired, more, entries) for `addr`; `None`
+/// when it is not of that form.
+pub(super) fn parse_take(addr: &Bytes, frame: &Frame) -> Option<(u64, bool, Vec<Arrived>)> {
+    let Frame::Array(Some(items)) = frame else {
+        return None;
+    };
+    let int = |f: &Frame| match f {
+        Frame::Integer(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let expired = int(items.first()?)?;
+    let more = int(items.get(1)?)? != 0;
+    let rest = items.get(2..)?;
+    if rest.len() % 4 != 0 || rest.len() / 4 > MAX_TAKE {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(rest.len() / 4);
+    for e in rest.chunks(4) {
+        let [left, t, r, b] = e else {
+            return None;
+        };
+        let left_ms = int(left)?;
+        let timeout_s: u64 = std::str::from_utf8(t.as_bytes()?).ok()?.parse().ok()?;
+        let r = r.as_bytes()?;
+        let reply = match r.first() {
+            Some(b'+') => Some(r.slice(1..)),
+            Some(b'-') if r.len() == 1 => None,
+            _ => return None,
+        };
+        entries.push(Arrived {
+            addr: addr.clone(),
+            left_ms,
+            timeout_s,
+            reply,
+            body: b.as_bytes()?.clone(),
+        });
+    }
+    Some((expired, more, entries))
+}
+
+impl Cluster {
+    /// The queue link is up: sends may go through Redis.
+    pub fn queues_up(&self) -> bool {
+        self.is_on() && matches!(queue_of(&self.links).state, State::Up(_))
+    }
+
+    /// The queue link's first commands, after the connect: `AUTH` or
+    /// `PING`, `SELECT` for a database other than 0, the scripts.
+    pub(super) fn queue_hello(&mut self) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let (auth, db) = (s.auth.clone(), s.db);
+        self.q = QueueState {
+            watches: std::mem::take(&mut self.q.watches),
+            notify_confirmed: self.q.notify_confirmed,
+            sweep_at: self.q.sweep_at,
+            ..QueueState::default()
+        };
+        let link = queue_of_mut(&mut self.links);
+        super::hello_command(&mut link.out, auth.as_ref());
+        self.q.fifo.push_back(QCmd::Hello);
+        if db != 0 {
+            resp::command(&mut link.out, &[b"SELECT", db.to_string().as_bytes()]);
+            self.q.fifo.push_back(QCmd::Select);
+        }
+        for (i, script) in [SEND_SCRIPT, TAKE_SCRIPT].into_iter().enumerate() {
+            resp::command(&mut link.out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
+            self.q.fifo.push_back(QCmd::Load(i));
+        }
+    }
+
+    /// The queue link went down: nothing in flight will be answered.
+    pub(super) fn queue_down(&mut self) {
+        let lost = self
+            .q
+            .fifo
+            .iter()
+            .filter(|c| matches!(c, QCmd::Send { .. }))
+            .count() as u64;
+        if lost > 0 {
+            self.stats.queue_unconfirmed += lost;
+            log::warn!(
+                "cluster: the queue link went down with {lost} sends unanswered; each reached Redis or was lost"
+            );
+        }
+        self.q.fifo.clear();
+        self.q.pending_bytes = 0;
+        self.q.arrived.clear();
+        for w in self.q.watches.values_mut() {
+            w.sends = 0;
+            w.taking = false;
+            w.again = false;
+        }
+        self.q.watches.retain(|_, w| w.listen != Listen::No);
+    }
+
+    /// An answer on the queue link. False: the link is out of step with
+    /// its commands (or refused this node), close it.
+    pub(super) fn queue_answer(&mut self, frame: Frame, now: Millis) -> bool {
+        let Some(cmd) = self.q.fifo.pop_front() else {
+            log::warn!("cluster: Redis answered the queue link more than was asked; closing it");
+            self.stats.errors += 1;
+            return false;
+        };
+        let hello = matches!(cmd, QCmd::Hello | QCmd::Select | QCmd::Load(_));
+        if let Frame::Error(e) = &frame {
+            self.stats.errors += 1;
+            let e = String::from_utf8_lossy(e);
+            if hello {
+                let link = queue_of(&self.links);
+                if link.backoff == super::BACKOFF_MIN || link.backoff >= super::BACKOFF_MAX {
+                    log::warn!(
+                        "cluster: Redis at {} refused the queue link: {e}; retrying in {} ms",
+                        self.address(),
+                        link.backoff
+                    );
+                }
+                return false;
+            }
+            if e.starts_with("NOSCRIPT") {
+                log::warn!(
+                    "cluster: Redis lost the queue scripts ({e}); the queue link reconnects"
+                );
+                return false;
+            }
+            log::warn!("cluster: Redis answered the queue link with an error: {e}");
+        }
+        match cmd {
+            QCmd::Hello | QCmd::Select => {}
+            QCmd::Load(i) => {
+                let sha = frame.as_bytes().filter(|s| s.len() == 40).cloned();
+                if sha.is_none() {
+                    log::warn!("cluster: Redis answered SCRIPT LOAD with {frame:?}; closing the queue link");
+                    self.stats.errors += 1;
+                    return false;
+                }
+                if let Some(slot) = self.q.sha.get_mut(i) {
+                    *slot = sha;
+                }
+            }
+            QCmd::Send { addr, bytes } => {
+                self.q.pending_bytes = self.q.pending_bytes.saturating_sub(bytes);
+                match frame {
+                    Frame::Integer(n) => {
+                        self.stats.queue_trimmed += u64::try_from(n).unwrap_or(0);
+                    }
+                    Frame::Error(_) => {}
+                    other => {
+                        self.stats.errors += 1;
+                        log::warn!("cluster: Redis answered a queue send with {other:?}");
+                    }
+                }
+                if let Some(w) = self.q.watches.get_mut(&addr) {
+                    w.sends = w.sends.saturating_sub(1);
+                }
+                self.forget_watch(&addr);
+            }
+            QCmd::Take { addr, count } => {
+                let again = match self.q.watches.get_mut(&addr) {
+                    Some(w) => {
+                        w.taking = false;
+                        std::mem::take(&mut w.again)
+                    }
+                    None => false,
+                };
+                let mut wake = again;
+                if !matches!(frame, Frame::Error(_)) {
+                    match parse_take(&addr, &frame) {
+                        Some((expired, more, entries)) => {
+                            self.stats.queue_expired += expired;
+                            self.stats.queue_read += entries.len() as u64;
+                            wake |= more || entries.len() >= count;
+                            self.q.arrived.extend(entries);
+                        }
+                        None => {
+                            self.stats.errors += 1;
+                            log::warn!(
+                                "cluster: Redis answered a queue take with what is not a take's answer; dropped"
+                            );
+                        }
+                    }
+                }
+                if wake {
+                    self.q.wake.push(addr.clone());
+                }
+                self.forget_watch(&addr);
+            }
+        }
+        if hello && self.q.fifo.is_empty() {
+            return self.queue_link_ready(now);
+        }
+        true
+    }
+
+    /// The last answer of the queue link's hello came: it is up.
+    fn queue_link_ready(&mut self, now: Millis) -> bool {
+        let link = queue_of_mut(&mut self.links);
+        let State::Hello(conn) = link.state else {
+            return true;
+        };
+        link.state = State::Up(conn);
+        link.backoff = super::BACKOFF_MIN;
+        let gap = link.down_since.take().map(|t| now.saturating_sub(t));
+        log::info!(
+            "cluster: queue link up{}",
+            gap.map_or(String::new(), |ms| format!(" again after {ms} ms"))
+        );
+        // What arrived while it was down: a take for every watched address.
+        let watched: Vec<Bytes> = self.q.watches.keys().cloned().collect();
+        self.q.wake.extend(watched);
+        if self.is_up() {
+            self.joined_log();
+        }
+        true
+    }
+
+    /// Drops the record of an address nothing is pending or listening for.
+    fn forget_watch(&mut self, addr: &[u8]) {
+        if self
+            .q
+            .watches
+            .get(addr)
+            .is_some_and(|w| w.sends == 0 && !w.taking && w.listen == Listen::No)
+        {
+            self.q.watches.remove(addr);
+        }
+    }
+
+    /// True while a send or take of `addr` is in flight on the queue link:
+    /// a send to it then goes through Redis too, behind them, even with a
+    /// receiver waiting here, so that one sender's messages keep their
+    /// order.
+    pub fn queue_busy(&self, addr: &[u8]) -> bool {
+        self.q
+            .watches
+            .get(addr)
+            .is_some_and(|w| w.sends > 0 || w.taking)
+    }
+
+    /// Sends a message through Redis: false when the queue link is down or
+    /// over its pending bytes (then the message stays on this node,
+    /// counted under `queue_local`).
+    pub fn queue_send(
+        &mut self,
+        to: &Bytes,
+        reply: Option<&[u8]>,
+        timeout_s: u64,
+        body: &[u8],
+    ) -> bool {
+        let Some(s) = &self.settings else {
+            return false;
+        };
+        let link = queue_of_mut(&mut self.links);
+        let (State::Up(_), Some(sha)) = (link.state, self.q.sha[0].as_ref()) else {
+            self.note_local(to, "the queue link to Redis is down");
+            return false;
+        };
+        let size = body.len() + to.len() * 2 + reply.map_or(0, <[u8]>::len) + 256;
+        if self.q.pending_bytes + size > s.max_pending {
+            self.note_local(to, "Redis is behind");
+            return false;
+        }
+        let qp = queue_prefix(&s.prefix);
+        let ms = (timeout_s.min(MAX_TIMEOUT_S) * 1000).to_string();
+        let secs = timeout_s.to_string();
+        let maxlen = STREAM_MAXLEN.to_string();
+        let buf = &mut link.out;
+        let before = buf.len();
+        resp::header(buf, b'*', 10);
+        for a in [&b"EVALSHA"[..], sha, b"1"] {
+            bulk(buf, &[a]);
+        }
+        bulk(buf, &[&qp, to]);
+        bulk(buf, &[&qp, to]);
+        bulk(buf, &[ms.as_bytes()]);
+        bulk(buf, &[secs.as_bytes()]);
+        match reply {
+            Some(r) => bulk(buf, &[b"+", r]),
+            None => bulk(buf, &[b"-"]),
+        }
+        bulk(buf, &[body]);
+        bulk(buf, &[maxlen.as_bytes()]);
+        let bytes = buf.len() - before;
+        self.q.pending_bytes += bytes;
+        self.q.fifo.push_back(QCmd::Send {
+            addr: to.clone(),
+            bytes,
+        });
+        let w = self.q.watches.entry(to.clone()).or_insert_with(Watch::new);
+        w.sends += 1;
+        self.stats.queue_sent += 1;
+        true
+    }
+
+    fn note_local(&mut self, to: &[u8], why: &str) {
+        self.stats.queue_local += 1;
+        if self.stats.queue_local.is_power_of_two() {
+            log::warn!(
+                "cluster: a message to {} stays on this node ({why}); {} so far",
+                String::from_utf8_lossy(to),
+                self.stats.queue_local
+            );
+        }
+    }
+
+    /// Receivers began waiting on `addresses` here, with nothing queued
+    /// here for them: the node listens for them and takes what Redis has.
+    pub fn queue_wanted(&mut self, addresses: &[Bytes]) {
+        if !self.is_on() {
+            return;
+        }
+        for a in addresses {
+            let w = self.q.watches.entry(a.clone()).or_insert_with(Watch::new);
+            w.idle = false;
+            self.q.wake.push(a.clone());
+        }
+    }
+
+    /// A notification (or a confirmed subscription) for the channel `ch`
+    /// of the subscriber link; false when `ch` is not a queue's.
+    pub(super) fn queue_notified(&mut self, ch: &[u8], confirmed: Option<bool>) -> bool {
+        let Some(s) = &self.settings else {
+            return false;
+        };
+        let qp = queue_prefix(&s.prefix);
+        let Some(addr) = ch.strip_prefix(&qp[..]) else {
+            return false;
+        };
+        match confirmed {
+            Some(true) => {
+                self.q.notify_confirmed += 1;
+                if let Some(w) = self.q.watches.get_mut(addr) {
+                    if w.listen == Listen::Asked {
+                        w.listen = Listen::Yes;
+                    }
+                }
+            }
+            Some(false) => {
+                self.q.notify_confirmed = self.q.notify_confirmed.saturating_sub(1);
+                return true;
+            }
+            None => {}
+        }
+        if self.q.watches.contains_key(addr) {
+            self.q.wake.push(Bytes::copy_from_slice(addr));
+        }
+        true
+    }
+
+    /// The subscriber link came back (or went): every watched address is
+    /// listened for again.
+    pub(super) fn queue_resubscribe(&mut self) {
+        for (addr, w) in &mut self.q.watches {
+            w.listen = Listen::No;
+            self.q.wake.push(addr.clone());
+        }
+        self.q.notify_confirmed = 0;
+    }
+
+    /// Hands over what was taken, subscribes and takes for addresses with
+    /// receivers waiting (see [`Cluster::queue_wanted`]).
+    pub fn pump(&mut self, now: Millis, queues: &mut Queues, out: &mut (impl Outbox + ?Sized)) {
+        if !self.is_on() {
+            return;
+        }
+        while let Some(a) = self.q.arrived.pop_front() {
+            let d = Delivery {
+                to: &a.addr,
+                reply: a.reply.as_deref(),
+                timeout_s: a.timeout_s,
+                body: &a.body,
+            };
+            if queues.hand_remote(d, out) {
+                continue;
+            }
+            // The receiver went away meanwhile: kept here, for this node's
+            // receivers, for the time it had left.
+            self.stats.queue_kept += 1;
+            if !queues.keep_remote(now, a.addr, a.reply, a.timeout_s, a.left_ms, a.body) {
+                self.stats.queue_local_full += 1;
+            }
+        }
+        let mut wake = std::mem::take(&mut self.q.wake);
+        wake.sort_unstable();
+        wake.dedup();
+        let Some(s) = &self.settings else {
+            return;
+        };
+        let qp = queue_prefix(&s.prefix);
+        let sub_up = matches!(sub_of(&self.links).state, State::Up(_));
+        let queue_up = matches!(queue_of(&self.links).state, State::Up(_));
+        for addr in wake {
+            let waiting = queues.waiters_on(&addr);
+            let Some(w) = self.q.watches.get_mut(&addr) else {
+                continue;
+            };
+            if waiting == 0 {
+                continue;
+            }
+            if w.listen == Listen::No {
+                if sub_up {
+                    let buf = &mut sub_of_mut(&mut self.links).out;
+                    resp::header(buf, b'*', 2);
+                    bulk(buf, &[b"SUBSCRIBE"]);
+                    bulk(buf, &[&qp, &addr]);
+                    w.listen = Listen::Asked;
+                }
+                // The take follows the confirmation: whatever Redis gets
+                // after it is notified, whatever it had before is taken.
+                continue;
+            }
+            if w.listen == Listen::Asked || !queue_up {
+                continue;
+            }
+            if w.taking {
+                w.again = true;
+                continue;
+            }
+            let Some(sha) = self.q.sha[1].as_ref() else {
+                continue;
+            };
+            let count = waiting.min(MAX_TAKE);
+            let buf = &mut queue_of_mut(&mut self.links).out;
+            resp::header(buf, b'*', 6);
+            for a in [&b"EVALSHA"[..], sha, b"1"] {
+                bulk(buf, &[a]);
+            }
+            bulk(buf, &[&qp, &addr]);
+            bulk(buf, &[count.to_string().as_bytes()]);
+            bulk(buf, &[TAKE_SCAN.to_string().as_bytes()]);
+            w.taking = true;
+            self.q.fifo.push_back(QCmd::Take { addr, count });
+        }
+        if self.q.sweep_at.is_none() && !self.q.watches.is_empty() {
+            self.q.sweep_at = Some(now + SWEEP_MS);
+        }
+        self.flush(out);
+    }
+
+    /// Unsubscribes from addresses without receivers at two sweeps in a
+    /// row.
+    pub fn sweep(&mut self, now: Millis, queues: &Queues, out: &mut (impl Outbox + ?Sized)) {
+        let Some(s) = &self.settings else {
+            return;
+        };
+        if self.q.sweep_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let qp = queue_prefix(&s.prefix);
+        let sub_up = matches!(sub_of(&self.links).state, State::Up(_));
+        let mut gone = Vec::new();
+        for (addr, w) in &mut self.q.watches {
+            if queues.waiters_on(addr) > 0 {
+                w.idle = false;
+                continue;
+            }
+            if !w.idle {
+                w.idle = true;
+                continue;
+            }
+            if w.listen != Listen::No {
+                if sub_up {
+                    let buf = &mut sub_of_mut(&mut self.links).out;
+                    resp::header(buf, b'*', 2);
+                    bulk(buf, &[b"UNSUBSCRIBE"]);
+                    bulk(buf, &[&qp, addr]);
+                }
+                w.listen = Listen::No;
+            }
+            if w.sends == 0 && !w.taking {
+                gone.push(addr.clone());
+            }
+        }
+        for addr in gone {
+            self.q.watches.remove(&addr);
+        }
+        self.q.sweep_at = (!self.q.watches.is_empty()).then_some(now + SWEEP_MS);
+        self.flush(out);
+    }
+
+    /// Addresses watched (listened for, or with commands in flight).
+    pub fn queue_watches(&self) -> usize {
+        self.q.watches.len()
+    }
+
+    /// Addresses whose notifications Redis has confirmed.
+    pub fn queue_listening(&self) -> usize {
+        self.q
+            .watches
+            .values()
+            .filter(|w| w.listen == Listen::Yes)
+            .count()
+    }
+
+    /// Commands on the queue link not yet answered.
+    pub fn queue_in_flight(&self) -> usize {
+        self.q.fifo.len()
+    }
+}
+
+fn queue_of(links: &[Link; 3]) -> &Link {
+    let [_, _, q] = links;
+    q
+}
+
+fn queue_of_mut(links: &mut [Link; 3]) -> &mut Link {
+    let [_, _, q] = links;
+    q
+}
+
+fn sub_of(links: &[Link; 3]) -> &Link {
+    let [s, _, _] = links;
+    s
+}
+
+fn sub_of_mut(links: &mut [Link; 3]) -> &mut Link {
+    let [s, _, _] = links;
+    s
+}
+
+/// One bulk string made of `parts`.
+fn bulk(buf: &mut BytesMut, parts: &[&[u8]]) {
+    resp::header(buf, b'$', parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        buf.put_slice(p);
+    }
+    buf.put_slice(b"\r\n");
+}
