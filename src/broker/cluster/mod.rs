@@ -973,10 +973,10 @@ mod tests {
     use super::*;
     use crate::broker::{RecordingOutbox, Subscription};
 
-    const NODE: [u8; 16] = *b"aaaaaaaaaaaaaaaa";
+    pub(super) const NODE: [u8; 16] = *b"aaaaaaaaaaaaaaaa";
     const OTHER: &[u8] = b"bbbbbbbbbbbbbbbb";
 
-    fn settings() -> Settings {
+    pub(super) fn settings() -> Settings {
         Settings {
             host: "127.0.0.1".into(),
             port: 6379,
@@ -991,11 +991,11 @@ mod tests {
         }
     }
 
-    fn conn(key: u32) -> ConnId {
+    pub(super) fn conn(key: u32) -> ConnId {
         ConnId { key, gen: 0 }
     }
 
-    fn bulk(s: &[u8]) -> Frame {
+    pub(super) fn bulk(s: &[u8]) -> Frame {
         Frame::Bulk(Some(Bytes::copy_from_slice(s)))
     }
 
@@ -1018,7 +1018,7 @@ mod tests {
 
     /// The engine with both links dialed and up (subscriber = conn 100,
     /// publisher = conn 101).
-    fn up(out: &mut RecordingOutbox) -> Cluster {
+    pub(super) fn up(out: &mut RecordingOutbox) -> Cluster {
         let mut c = Cluster::new(Some(settings()), NODE);
         c.on_timers(0);
         let dials = c.take_links();
@@ -1053,7 +1053,7 @@ mod tests {
 
     /// The queue link (conn 110) dialed and answered: PONG and the
     /// scripts' SHA1s.
-    fn queue_link_up(c: &mut Cluster, out: &mut RecordingOutbox) {
+    pub(super) fn queue_link_up(c: &mut Cluster, out: &mut RecordingOutbox) {
         let tag = 1 << 2 | 2;
         assert!(c.link_up(tag, conn(110), 0, out));
         let s = sent_to(out, 110);
@@ -1068,11 +1068,11 @@ mod tests {
         assert!(c.queues_up());
     }
 
-    fn pong() -> Frame {
+    pub(super) fn pong() -> Frame {
         Frame::Simple(Bytes::from_static(b"PONG"))
     }
 
-    fn sent_to(out: &RecordingOutbox, key: u32) -> String {
+    pub(super) fn sent_to(out: &RecordingOutbox, key: u32) -> String {
         String::from_utf8_lossy(&out.bytes_for(conn(key))).into_owned()
     }
 

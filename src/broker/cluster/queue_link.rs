@@ -119,6 +119,9 @@ pub(super) struct Watch {
     /// Something may have arrived since the take in flight was asked.
     again: bool,
     listen: Listen,
+    /// `SUBSCRIBE`s and `UNSUBSCRIBE`s of its channel not yet confirmed:
+    /// it is listened for once the last of them, a `SUBSCRIBE`, is.
+    acks: u32,
     /// No receiver was waiting at the last sweep.
     idle: bool,
 }
@@ -130,6 +133,7 @@ impl Watch {
             taking: false,
             again: false,
             listen: Listen::No,
+            acks: 0,
             idle: false,
         }
     }
@@ -202,7 +206,7 @@ pub(super) fn parse_take(addr: &Bytes, frame: &Frame) -> Option<(u64, bool, Vec<
         let timeout_s: u64 = std::str::from_utf8(t.as_bytes()?).ok()?.parse().ok()?;
         let r = r.as_bytes()?;
         let reply = match r.first() {
-            Some(b'+') => Some(r.slice(1..)),
+            Some(b'+') if r.len() > 1 => Some(r.slice(1..)),
             Some(b'-') if r.len() == 1 => None,
             _ => return None,
         };
@@ -271,7 +275,9 @@ impl Cluster {
             w.taking = false;
             w.again = false;
         }
-        self.q.watches.retain(|_, w| w.listen != Listen::No);
+        self.q
+            .watches
+            .retain(|_, w| w.listen != Listen::No || w.acks > 0);
     }
 
     /// An answer on the queue link. False: the link is out of step with
@@ -400,7 +406,7 @@ impl Cluster {
             .q
             .watches
             .get(addr)
-            .is_some_and(|w| w.sends == 0 && !w.taking && w.listen == Listen::No)
+            .is_some_and(|w| w.sends == 0 && !w.taking && w.listen == Listen::No && w.acks == 0)
         {
             self.q.watches.remove(addr);
         }
@@ -506,20 +512,22 @@ impl Cluster {
         let Some(addr) = ch.strip_prefix(&qp[..]) else {
             return false;
         };
-        match confirmed {
-            Some(true) => {
+        if let Some(on) = confirmed {
+            if on {
                 self.q.notify_confirmed += 1;
-                if let Some(w) = self.q.watches.get_mut(addr) {
-                    if w.listen == Listen::Asked {
-                        w.listen = Listen::Yes;
-                    }
+            } else {
+                self.q.notify_confirmed = self.q.notify_confirmed.saturating_sub(1);
+            }
+            if let Some(w) = self.q.watches.get_mut(addr) {
+                w.acks = w.acks.saturating_sub(1);
+                if w.acks == 0 && w.listen == Listen::Asked {
+                    w.listen = Listen::Yes;
                 }
             }
-            Some(false) => {
-                self.q.notify_confirmed = self.q.notify_confirmed.saturating_sub(1);
+            if !on {
+                self.forget_watch(addr);
                 return true;
             }
-            None => {}
         }
         if self.q.watches.contains_key(addr) {
             self.q.wake.push(Bytes::copy_from_slice(addr));
@@ -532,6 +540,7 @@ impl Cluster {
     pub(super) fn queue_resubscribe(&mut self) {
         for (addr, w) in &mut self.q.watches {
             w.listen = Listen::No;
+            w.acks = 0;
             self.q.wake.push(addr.clone());
         }
         self.q.notify_confirmed = 0;
@@ -584,6 +593,7 @@ impl Cluster {
                     bulk(buf, &[b"SUBSCRIBE"]);
                     bulk(buf, &[&qp, &addr]);
                     w.listen = Listen::Asked;
+                    w.acks += 1;
                 }
                 // The take follows the confirmation: whatever Redis gets
                 // after it is notified, whatever it had before is taken.
@@ -644,10 +654,11 @@ impl Cluster {
                     resp::header(buf, b'*', 2);
                     bulk(buf, &[b"UNSUBSCRIBE"]);
                     bulk(buf, &[&qp, addr]);
+                    w.acks += 1;
                 }
                 w.listen = Listen::No;
             }
-            if w.sends == 0 && !w.taking {
+            if w.sends == 0 && !w.taking && w.acks == 0 {
                 gone.push(addr.clone());
             }
         }
@@ -705,4 +716,301 @@ fn bulk(buf: &mut BytesMut, parts: &[&[u8]]) {
         buf.put_slice(p);
     }
     buf.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{bulk, conn, pong, sent_to, up};
+    use super::*;
+    use crate::broker::{Broker, Ready, RecordingOutbox};
+
+    const SUB: u64 = 1 << 2;
+    const QUEUE: u64 = 1 << 2 | 2;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// A broker whose three cluster links are up (queue link: conn 110,
+    /// subscriber link: conn 100).
+    fn broker(out: &mut RecordingOutbox) -> Broker {
+        Broker {
+            cluster: up(out),
+            ..Broker::default()
+        }
+    }
+
+    fn take_answer(entries: &[(u64, &str, Option<&str>, &str)], expired: i64) -> Frame {
+        let mut items = vec![Frame::Integer(expired), Frame::Integer(0)];
+        for (left, t, r, body) in entries {
+            items.push(Frame::Integer(*left as i64));
+            items.push(bulk(t.as_bytes()));
+            items.push(bulk(
+                r.map_or("-".to_string(), |r| format!("+{r}")).as_bytes(),
+            ));
+            items.push(bulk(body.as_bytes()));
+        }
+        Frame::Array(Some(items))
+    }
+
+    fn confirm(kind: &str, channel: &str, n: i64) -> Frame {
+        Frame::Array(Some(vec![
+            bulk(kind.as_bytes()),
+            bulk(channel.as_bytes()),
+            Frame::Integer(n),
+        ]))
+    }
+
+    #[test]
+    fn the_queue_namespace_never_starts_with_the_prefix() {
+        assert_eq!(queue_prefix(b"switchboard:"), b"qswitchboard:");
+        assert_eq!(queue_prefix(b"q:"), b"Qq:");
+        assert_eq!(queue_prefix(b"qqq"), b"Qqqq");
+        for p in [&b"sb:"[..], b"q", b"qq:", b"Q"] {
+            assert!(!queue_prefix(p).starts_with(p));
+        }
+    }
+
+    #[test]
+    fn take_answers_are_read_and_junk_is_refused() {
+        let addr = b("jobs");
+        let good = take_answer(&[(500, "30", Some("back"), "one"), (9, "1", None, "")], 2);
+        let (expired, more, entries) = parse_take(&addr, &good).unwrap();
+        assert_eq!((expired, more, entries.len()), (2, false, 2));
+        assert_eq!(
+            entries[0],
+            Arrived {
+                addr: addr.clone(),
+                left_ms: 500,
+                timeout_s: 30,
+                reply: Some(b("back")),
+                body: b("one"),
+            }
+        );
+        assert_eq!(entries[1].reply, None);
+        let junk = [
+            Frame::Integer(1),
+            Frame::Array(None),
+            Frame::Array(Some(vec![Frame::Integer(0)])),
+            Frame::Array(Some(vec![
+                Frame::Integer(0),
+                Frame::Integer(0),
+                Frame::Integer(1),
+            ])),
+            Frame::Array(Some(vec![Frame::Integer(-1), Frame::Integer(0)])),
+            take_answer(&[(5, "x", None, "b")], 0),
+            take_answer(&[(5, "1", Some(""), "b")], 0),
+        ];
+        for (i, j) in junk.iter().enumerate() {
+            assert!(parse_take(&addr, j).is_none(), "{i}: {j:?}");
+        }
+        // A reply marker other than `+` or a lone `-`.
+        let mut items = vec![Frame::Integer(0), Frame::Integer(0)];
+        items.extend([Frame::Integer(1), bulk(b"1"), bulk(b"-x"), bulk(b"b")]);
+        assert!(parse_take(&addr, &Frame::Array(Some(items))).is_none());
+        // More entries than a take asks for.
+        let many: Vec<(u64, &str, Option<&str>, &str)> =
+            (0..=MAX_TAKE).map(|_| (1, "1", None, "")).collect();
+        assert!(parse_take(&addr, &take_answer(&many, 0)).is_none());
+    }
+
+    #[test]
+    fn a_send_goes_to_redis_and_a_receiver_here_takes_it_in_order() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        br.send(0, b("jobs"), Some(b("back")), 30, b("one"), &mut out)
+            .unwrap();
+        br.seal(&mut out);
+        let sha = "a".repeat(40);
+        assert_eq!(
+            sent_to(&out, 110),
+            format!(
+                "*10\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$8\r\nqsb:jobs\r\n$8\r\nqsb:jobs\r\n$5\r\n30000\r\n$2\r\n30\r\n$5\r\n+back\r\n$3\r\none\r\n$6\r\n100000\r\n"
+            )
+        );
+        assert!(br.cluster.queue_busy(b"jobs"));
+        assert_eq!(br.cluster.stats().queue_sent, 1);
+        assert_eq!(br.stats().queued_in, 1);
+        // A receiver comes here: the node listens for the address first.
+        let mut out = RecordingOutbox::default();
+        let w = br.ready(0, conn(1), 30, vec![b("jobs")], &mut out);
+        assert!(matches!(w, Ready::Waiting(_)));
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$9\r\nSUBSCRIBE\r\n$8\r\nqsb:jobs\r\n"
+        );
+        assert!(
+            sent_to(&out, 110).is_empty(),
+            "no take before the subscription"
+        );
+        // A second send while the first is in flight goes behind it, not
+        // to the receiver here.
+        br.send(0, b("jobs"), None, 30, b("two"), &mut out).unwrap();
+        br.seal(&mut out);
+        assert!(out.answers.is_empty());
+        assert_eq!(br.cluster.stats().queue_sent, 2);
+        assert!(br.cluster_frame(QUEUE, Frame::Integer(0), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, Frame::Integer(3), 0, &mut out));
+        assert_eq!(br.cluster.stats().queue_trimmed, 3);
+        // Subscribed: the take follows; the notification channel is not
+        // counted among the confirmed subscriptions.
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:jobs", 1), 0, &mut out));
+        assert_eq!(br.cluster.stats().confirmed, 0);
+        let sha = "b".repeat(40);
+        assert_eq!(
+            sent_to(&out, 110),
+            format!("*6\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$8\r\nqsb:jobs\r\n$1\r\n1\r\n$4\r\n1000\r\n")
+        );
+        // A notification while the take is in flight: one more take after.
+        let note = Frame::Array(Some(vec![bulk(b"message"), bulk(b"qsb:jobs"), bulk(b"1")]));
+        assert!(br.cluster_frame(SUB, note, 0, &mut out));
+        let answer = take_answer(&[(29_000, "30", Some("back"), "one")], 1);
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(QUEUE, answer, 10, &mut out));
+        assert_eq!(
+            out.answers_for(conn(1)),
+            [Some((b("jobs"), Some(b("back")), 30, b("one")))]
+        );
+        let s = br.cluster.stats();
+        assert_eq!((s.queue_read, s.queue_expired), (1, 1));
+        assert_eq!(br.stats().queued_out, 1);
+        // Nobody waits now: no take, though one was due.
+        assert!(sent_to(&out, 110).is_empty());
+        // The next receiver's take brings "two", but it went away before
+        // the answer: "two" is kept here for the time it had left.
+        let mut out = RecordingOutbox::default();
+        let Ready::Waiting(w) = br.ready(10, conn(2), 30, vec![b("jobs")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(sent_to(&out, 110).contains("qsb:jobs"));
+        br.cancel(w);
+        let answer = take_answer(&[(500, "30", None, "two")], 0);
+        assert!(br.cluster_frame(QUEUE, answer, 20, &mut out));
+        assert_eq!(br.cluster.stats().queue_kept, 1);
+        assert_eq!(br.queues.queued(), 1);
+        assert!(!br.cluster.queue_busy(b"jobs"));
+        // A receiver here takes it before its time is up, not after.
+        let mut out = RecordingOutbox::default();
+        match br.ready(400, conn(3), 30, vec![b("jobs")], &mut out) {
+            Ready::Message(m) => assert_eq!(m.body, b("two")),
+            other => panic!("{other:?}"),
+        }
+        br.send(400, b("jobs"), None, 30, b("three"), &mut out)
+            .unwrap();
+        let answer = take_answer(&[(100, "30", None, "three")], 0);
+        assert!(br.cluster_frame(QUEUE, Frame::Integer(0), 400, &mut out));
+        let Ready::Waiting(w) = br.ready(400, conn(4), 30, vec![b("jobs")], &mut out) else {
+            panic!("not waiting")
+        };
+        br.cancel(w);
+        assert!(br.cluster_frame(QUEUE, answer, 400, &mut out));
+        assert_eq!(br.queues.queued(), 1);
+        let mut out = RecordingOutbox::default();
+        assert!(matches!(
+            br.ready(500, conn(5), 30, vec![b("jobs")], &mut out),
+            Ready::Waiting(_)
+        ));
+    }
+
+    #[test]
+    fn a_receiver_here_takes_a_send_at_once_when_nothing_is_in_flight() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        assert!(matches!(
+            br.ready(0, conn(1), 30, vec![b("here")], &mut out),
+            Ready::Waiting(_)
+        ));
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:here", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        let mut out = RecordingOutbox::default();
+        br.send(0, b("here"), None, 30, b("x"), &mut out).unwrap();
+        br.seal(&mut out);
+        assert_eq!(
+            out.answers_for(conn(1)),
+            [Some((b("here"), None, 30, b("x")))]
+        );
+        assert!(sent_to(&out, 110).is_empty());
+        assert_eq!(br.cluster.stats().queue_sent, 0);
+        // Without receivers at two sweeps in a row, the node stops
+        // listening for it, and forgets it once Redis confirms.
+        br.on_timers(SWEEP_MS, &mut out);
+        assert!(sent_to(&out, 100).is_empty());
+        br.on_timers(2 * SWEEP_MS, &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$11\r\nUNSUBSCRIBE\r\n$8\r\nqsb:here\r\n"
+        );
+        assert_eq!(br.cluster.queue_watches(), 1);
+        assert!(br.cluster_frame(SUB, confirm("unsubscribe", "qsb:here", 0), 0, &mut out));
+        assert_eq!(br.cluster.queue_watches(), 0);
+        assert_eq!(br.cluster.next_deadline(), Some(3 * SWEEP_MS));
+        br.on_timers(3 * SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.next_deadline(), None);
+    }
+
+    #[test]
+    fn sends_stay_here_while_the_link_is_down_or_behind_and_are_counted() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        // Over the pending bytes (1024 in these settings): the second stays.
+        let big = Bytes::from(vec![b'x'; 600]);
+        br.send(0, b("a"), None, 30, big.clone(), &mut out).unwrap();
+        br.send(0, b("a"), None, 30, big.clone(), &mut out).unwrap();
+        let s = br.cluster.stats();
+        assert_eq!((s.queue_sent, s.queue_local), (1, 1));
+        assert_eq!(br.queues.queued(), 1);
+        // The link goes with the first unanswered: counted as unconfirmed.
+        br.cluster.link_closed(QUEUE, 5);
+        assert!(!br.cluster.queue_busy(b"a"));
+        assert!(!br.cluster.is_up());
+        let s = br.cluster.stats();
+        assert_eq!((s.queue_unconfirmed, s.queue_up), (1, false));
+        br.send(5, b("a"), None, 30, b("y"), &mut out).unwrap();
+        assert_eq!(br.cluster.stats().queue_local, 2);
+        assert_eq!(br.queues.queued(), 2);
+        // A timeout of 0 never goes to Redis.
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        br.send(0, b("a"), None, 0, b("z"), &mut out).unwrap();
+        br.seal(&mut out);
+        assert!(sent_to(&out, 110).is_empty());
+        assert_eq!(br.stats().expired, 1);
+    }
+
+    #[test]
+    fn answers_out_of_step_or_unreadable_are_errors_never_panics() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        // An answer nobody asked for: the link closes.
+        assert!(!br.cluster_frame(QUEUE, Frame::Integer(0), 0, &mut out));
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        assert!(matches!(
+            br.ready(0, conn(1), 30, vec![b("q")], &mut out),
+            Ready::Waiting(_)
+        ));
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:q", 1), 0, &mut out));
+        // A take answered with junk: counted, the link stays.
+        assert!(br.cluster_frame(QUEUE, bulk(b"junk"), 0, &mut out));
+        assert_eq!(br.cluster.stats().errors, 1);
+        // An error answer to a send: counted, the link stays.
+        br.send(0, b("other"), None, 30, b("x"), &mut out).unwrap();
+        let wrongtype = Frame::Error(b("WRONGTYPE Operation against a key"));
+        assert!(br.cluster_frame(QUEUE, wrongtype, 0, &mut out));
+        assert_eq!(br.cluster.stats().errors, 2);
+        // The scripts gone from Redis: the link reconnects (and loads them).
+        br.send(0, b("other"), None, 30, b("x"), &mut out).unwrap();
+        let noscript = Frame::Error(b("NOSCRIPT No matching script"));
+        assert!(!br.cluster_frame(QUEUE, noscript, 0, &mut out));
+        // A refused hello closes the link too.
+        br.cluster.link_closed(QUEUE, 0);
+        br.cluster.on_timers(10_000);
+        assert_eq!(br.cluster.take_links().len(), 1);
+        assert!(br.cluster.link_up(2 << 2 | 2, conn(111), 0, &mut out));
+        assert!(br.cluster_frame(2 << 2 | 2, pong(), 0, &mut out));
+        let refused = Frame::Error(b("NOPERM this user has no permissions to run 'script'"));
+        assert!(!br.cluster_frame(2 << 2 | 2, refused, 0, &mut out));
+        assert!(!br.cluster.queues_up());
+    }
 }
