@@ -1038,3 +1038,44 @@ fn queue_sends_stay_local_while_redis_is_away_and_cross_again_after() {
     assert_eq!(stat(&v, "cluster.queues.sent"), 2, "{v}");
     assert_eq!(stat(&v, "cluster.queues.local"), 1, "{v}");
 }
+
+#[test]
+fn a_proxy_request_on_one_node_is_served_by_a_handler_on_another() {
+    let redis = Redis::start();
+    let a = node(&redis, &["--proxy-listen", "127.0.0.1:0"]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    let mut handler = receiver(&b);
+    ready(&mut handler, 30, "msglite.httpRequests");
+    wait_listening(&b, 1, 1);
+    let mut client = connect(a.addr("proxy"));
+    send(
+        &mut client,
+        b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nworld",
+    );
+    let (_, reply, _, envelope) = read_answer(&mut handler).unwrap();
+    let env: serde_json::Value = serde_json::from_str(&envelope).unwrap();
+    assert_eq!(env["url"], "/hello", "{env}");
+    // The request body, sent by node a, from b.
+    ready(&mut handler, 30, env["bodyAddr"].as_str().unwrap());
+    assert_eq!(read_answer(&mut handler).unwrap().3, "world");
+    let reply = reply.unwrap();
+    let w = handler.get_mut();
+    queue_send(
+        w,
+        &reply,
+        None,
+        30,
+        r#"["200", ["Content-Type", "text/plain"]]"#,
+    );
+    queue_send(w, &reply, None, 30, "hello, ");
+    queue_send(w, &reply, None, 30, "world");
+    send(w, format!("> 0 30 {reply}\r\n").as_bytes());
+    let response = String::from_utf8_lossy(&common::read_to_close(&mut client)).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n7\r\nhello, \r\n5\r\nworld\r\n0\r\n\r\n"),
+        "{response}"
+    );
+}

@@ -412,15 +412,15 @@ impl Cluster {
         }
     }
 
-    /// True while a send or take of `addr` is in flight on the queue link:
-    /// a send to it then goes through Redis too, behind them, even with a
-    /// receiver waiting here, so that one sender's messages keep their
-    /// order.
+    /// True while a send or take of `addr` is in flight on the queue link,
+    /// or a take is to follow a subscription: a send to it then goes
+    /// through Redis too, behind them, even with a receiver waiting here,
+    /// so that one sender's messages keep their order.
     pub fn queue_busy(&self, addr: &[u8]) -> bool {
         self.q
             .watches
             .get(addr)
-            .is_some_and(|w| w.sends > 0 || w.taking)
+            .is_some_and(|w| w.sends > 0 || w.taking || w.listen == Listen::Asked)
     }
 
     /// Sends a message through Redis: false when the queue link is down or
@@ -921,7 +921,29 @@ mod tests {
             br.ready(0, conn(1), 30, vec![b("here")], &mut out),
             Ready::Waiting(_)
         ));
+        // Sent before the subscription is confirmed: the take to come may
+        // bring an earlier message of the same sender, so this one goes
+        // behind it, through Redis.
+        br.send(0, b("here"), None, 30, b("early"), &mut out)
+            .unwrap();
+        br.seal(&mut out);
+        assert!(out.answers.is_empty());
+        assert!(sent_to(&out, 110).contains("EVALSHA"));
+        assert!(br.cluster_frame(QUEUE, Frame::Integer(0), 0, &mut out));
         assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:here", 1), 0, &mut out));
+        let early = take_answer(&[(30_000, "30", None, "early")], 0);
+        assert!(br.cluster_frame(QUEUE, early, 0, &mut out));
+        assert_eq!(
+            out.answers_for(conn(1)),
+            [Some((b("here"), None, 30, b("early")))]
+        );
+        // Waiting again, with the subscription confirmed and nothing in
+        // flight once the take is answered: the next send is handed over
+        // here.
+        assert!(matches!(
+            br.ready(0, conn(1), 30, vec![b("here")], &mut out),
+            Ready::Waiting(_)
+        ));
         assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
         let mut out = RecordingOutbox::default();
         br.send(0, b("here"), None, 30, b("x"), &mut out).unwrap();
@@ -931,7 +953,7 @@ mod tests {
             [Some((b("here"), None, 30, b("x")))]
         );
         assert!(sent_to(&out, 110).is_empty());
-        assert_eq!(br.cluster.stats().queue_sent, 0);
+        assert_eq!(br.cluster.stats().queue_sent, 1);
         // Without receivers at two sweeps in a row, the node stops
         // listening for it, and forgets it once Redis confirms.
         br.on_timers(SWEEP_MS, &mut out);
