@@ -1079,3 +1079,54 @@ fn a_proxy_request_on_one_node_is_served_by_a_handler_on_another() {
         "{response}"
     );
 }
+
+#[test]
+fn receivers_on_several_nodes_share_one_senders_messages_once_each() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const N: usize = 200;
+    let redis = Redis::start();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
+    for n in &nodes {
+        wait_joined(n, 0);
+    }
+    // Three receivers on each of the first two nodes; the sender on the
+    // third.
+    let got = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for n in &nodes[..2] {
+        for _ in 0..3 {
+            let mut rx = receiver(n);
+            let got = Arc::clone(&got);
+            threads.push(std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut mine = Vec::new();
+                while got.load(Ordering::SeqCst) < N {
+                    assert!(Instant::now() < deadline, "only {got:?} of {N} taken");
+                    ready(&mut rx, 1, "shared");
+                    if let Some((_, _, _, body)) = read_answer(&mut rx) {
+                        mine.push(body[1..].parse::<usize>().unwrap());
+                        got.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                mine
+            }));
+        }
+    }
+    let mut tx = connect(nodes[2].line());
+    let mut out = Vec::new();
+    for i in 0..N {
+        let body = format!("m{i}");
+        out.extend_from_slice(format!("> {} 60 shared\r\n{body}\r\n", body.len()).as_bytes());
+    }
+    send(&mut tx, &out);
+    let mut all = Vec::new();
+    for t in threads {
+        let mine = t.join().unwrap();
+        // One sender's messages: each receiver gets them in order.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..N).collect::<Vec<_>>());
+}
