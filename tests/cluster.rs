@@ -841,8 +841,11 @@ fn a_queue_message_sent_on_one_node_reaches_a_receiver_on_another() {
     let redis = Redis::start();
     let a = node(&redis, &[]);
     let b = node(&redis, &[]);
-    wait_joined(&a, 0);
-    wait_joined(&b, 0);
+    // All-channel subscribers on both nodes: queue traffic must not reach
+    // them.
+    let mut roots = [Sub::line(&a, "*"), Sub::line(&b, "*")];
+    wait_joined(&a, 1);
+    wait_joined(&b, 1);
     // A receiver waits on b; the sender is on a.
     let mut rx = receiver(&b);
     ready(&mut rx, 30, "jobs");
@@ -878,6 +881,16 @@ fn a_queue_message_sent_on_one_node_reaches_a_receiver_on_another() {
         Some(("here".into(), None, 30, "local".into()))
     );
     assert_eq!(stat(&Stats::open(a.bus()).get(), "cluster.queues.sent"), 2);
+    // The first thing the all-channel subscribers get is a channel
+    // message published after all of it.
+    publish_one(&mut tx, "probe", "probe");
+    for root in &mut roots {
+        assert_eq!(root.next(), "probe");
+    }
+    for n in [&a, &b] {
+        let v = Stats::open(n.bus()).get();
+        assert_eq!(stat(&v, "cluster.errors"), 0, "{v}");
+    }
 }
 
 #[test]
