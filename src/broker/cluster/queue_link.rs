@@ -309,7 +309,14 @@ impl Cluster {
                 );
                 return false;
             }
-            log::warn!("cluster: Redis answered the queue link with an error: {e}");
+            // The first, then at each power of two: a key of another
+            // kind under the queue namespace answers every send alike.
+            if self.stats.errors.is_power_of_two() {
+                log::warn!(
+                    "cluster: Redis answered the queue link with an error: {e} ({} errors so far)",
+                    self.stats.errors
+                );
+            }
         }
         match cmd {
             QCmd::Hello | QCmd::Select => {}
