@@ -908,6 +908,55 @@ fn flood_pub_waits_for_the_subscribers_it_is_told_of() {
     }
 }
 
+/// flood-sub announces once a second whatever its `--interval`: a
+/// publisher started after its `ready:` line (and after the announcement
+/// that came with it) still learns of it, with one process or several.
+#[test]
+fn a_publisher_started_after_the_subscribers_are_ready_hears_of_them() {
+    let s = start_server();
+    let line = s.line.to_string();
+    for (ch, procs) in [("lt.late1", "1"), ("lt.late2", "2")] {
+        let sub = start_sub(&[
+            "--proto",
+            "line",
+            "--address",
+            &line,
+            "-c",
+            ch,
+            "--connections",
+            "4",
+            "--procs",
+            procs,
+            "--count",
+            "30",
+            "--interval",
+            "3600",
+        ]);
+        let out = run_pub(&[
+            "--proto",
+            "line",
+            "--address",
+            &line,
+            "-c",
+            ch,
+            "--wait-subscribers",
+            "4",
+            "--wait-timeout",
+            "20",
+            "--count",
+            "30",
+            "--json",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--procs {procs}: {err}");
+        assert!(err.contains("4 of 4 subscribers ready"), "{err}");
+        let (ok, j, stderr) = sub.finish();
+        assert_eq!(j["lost"], 0, "{j} {stderr:#?}");
+        assert_eq!(j["received"], 120, "{j}");
+        assert!(ok, "{j} {stderr:#?}");
+    }
+}
+
 #[test]
 fn waiting_for_subscribers_that_never_come_fails() {
     let s = start_server();
