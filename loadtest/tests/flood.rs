@@ -292,6 +292,14 @@ fn fan_out(sub_args: &[&str], pub_args: &[&str], subs: u64, count: u64) -> Value
     for k in ["msgs_per_s", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(j[k].is_number(), "{k} in {j}");
     }
+    // The first and last delivery's clock readings span elapsed_s.
+    let (first, last) = (j["first_ns"].as_u64(), j["last_ns"].as_u64());
+    let (Some(first), Some(last)) = (first, last) else {
+        panic!("first_ns, last_ns in {j}");
+    };
+    let span = (last - first) as f64 / 1e9;
+    let elapsed = j["elapsed_s"].as_f64().expect("elapsed_s");
+    assert!((span - elapsed).abs() <= 0.001, "{span} s against {j}");
     assert!(ok, "flood-sub exit status: {j} {stderr:#?}");
     j
 }
