@@ -9,8 +9,8 @@
 #   RATE      messages/s of a latency run, default 100, for SECONDS (default 5)
 # env: SUBS  subscribers per flood-sub process (default 1000)
 #      OUT   JSON lines, one per flood-sub per run (default target/cluster-fanout.jsonl)
-#      PERF=DIR  also record each node and Redis with `perf record` in one
-#                more cluster throughput run, reports in DIR
+#      PERF=DIR  also sample each node and Redis with `perf record` in two
+#                more cluster runs (throughput, latency), reports in DIR
 #
 # Three set-ups, each in two modes, every repetition (the order turns):
 #   cluster   Redis and three nodes with --cluster; SUBS subscribers on each
@@ -308,37 +308,45 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-# One more cluster throughput run under perf (not in the tables).
+# Two more cluster runs (throughput, latency) under perf, not in the tables:
+# each node and Redis sampled on their own; a report per process (symbols
+# over 1 %) and the shares of the kernel and of the cluster's own code.
 if [ -n "$PERF" ]; then
   mkdir -p "$PERF"
   run_perf() {
-    local channel="cf.perf" i
+    local mode=$1 channel="cf.perf.$1" i p count=$MESSAGES pub_args=(--count "$MESSAGES")
+    if [ "$mode" = latency ]; then
+      count=$((RATE * SECONDS_LAT))
+      pub_args=(--count "$count" -r "$RATE")
+    fi
     for i in 1 2 3; do start_node "$i" --cluster "redis://127.0.0.1:$REDIS_PORT"; done
-    for i in 0 1 2; do start_sub_on $((i + 1)) "$i" "$channel" "$MESSAGES"; done
+    for i in 0 1 2; do start_sub_on $((i + 1)) "$i" "$channel" "$count"; done
     for i in 1 2 3; do wait_confirmed "$i"; done
-    local perf_pids=()
-    for i in 1 2 3; do
-      perf record -q -g -o "$PERF/node$i.data" -p "${NODE_PID[i]}" 2>"$PERF/node$i.err" &
+    local perf_pids=() names=(node1 node2 node3 redis) pids=("${NODE_PID[1]}" "${NODE_PID[2]}" "${NODE_PID[3]}" "$REDIS_PID")
+    for i in 0 1 2 3; do
+      perf record -q -F 10000 -o "$PERF/$mode.${names[i]}.data" -p "${pids[i]}" \
+        2>"$PERF/$mode.${names[i]}.err" &
       perf_pids+=($!)
     done
-    perf record -q -g -o "$PERF/redis.data" -p "$REDIS_PID" 2>"$PERF/redis.err" &
-    perf_pids+=($!)
     "${PIN_TOOLS[@]}" "$FP" --proto line -a "127.0.0.1:${NODE_LINE[1]}" -c "$channel" --json \
-      --interval 3600 --size 64 --count "$MESSAGES" \
-      >"$WORK/pub.json" 2>"$WORK/pub.err"
+      --interval 3600 --size 64 "${pub_args[@]}" >"$WORK/pub.json" 2>"$WORK/pub.err"
     finish_subs
-    for i in "${perf_pids[@]}"; do kill -INT "$i"; done
-    for i in "${perf_pids[@]}"; do wait "$i" || true; done
+    for p in "${perf_pids[@]}"; do kill -INT "$p"; done
+    for p in "${perf_pids[@]}"; do wait "$p" || true; done
     stop_nodes
-    for i in 1 2 3; do
-      perf report -i "$PERF/node$i.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
-        | grep -v '^$' >"$PERF/node$i.txt" || true
+    for i in 0 1 2 3; do
+      perf report -i "$PERF/$mode.${names[i]}.data" --no-children --sort sym --percent-limit 1 \
+        --stdio 2>/dev/null | grep -v '^$' >"$PERF/$mode.${names[i]}.txt" || true
+      perf report -i "$PERF/$mode.${names[i]}.data" --no-children --sort sym --stdio 2>/dev/null |
+        awk -v who="$mode ${names[i]}" '
+          /^#/ && /Samples:/ { n = $3 }
+          $1 ~ /%$/ { p = $1 + 0; all += p; if ($2 == "[k]") k += p; if ($0 ~ /cluster::/) c += p }
+          END { printf "%s: %s samples, kernel %.0f %%, cluster code %.1f %%\n", who, n, k, c }'
     done
-    perf report -i "$PERF/redis.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null \
-      | grep -v '^$' >"$PERF/redis.txt" || true
-    echo "cluster-fanout: perf reports in $PERF (node1 publishes, node2 and node3 receive through Redis)" >&2
   }
-  run_perf
+  run_perf throughput
+  run_perf latency
+  echo "cluster-fanout: perf reports in $PERF (node1 publishes, node2 and node3 receive through Redis)" >&2
 fi
 
 kill -INT "$REDIS_PID"
