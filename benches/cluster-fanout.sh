@@ -312,6 +312,7 @@ done
 # each node and Redis sampled on their own; a report per process (symbols
 # over 1 %) and the shares of the kernel and of the cluster's own code.
 if [ -n "$PERF" ]; then
+  command -v perf >/dev/null || { echo "cluster-fanout: PERF needs perf (Debian: linux-perf)" >&2; exit 1; }
   mkdir -p "$PERF"
   run_perf() {
     local mode=$1 channel="cf.perf.$1" i p count=$MESSAGES pub_args=(--count "$MESSAGES")
