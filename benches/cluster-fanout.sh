@@ -52,6 +52,10 @@ command -v redis-server >/dev/null || {
   echo "cluster-fanout: redis-server is not installed (apt-get install redis-server; .ci/setup does)" >&2
   exit 1
 }
+if [ -n "$PERF" ] && ! command -v perf >/dev/null; then
+  echo "cluster-fanout: PERF needs perf (Debian: linux-perf)" >&2
+  exit 1
+fi
 WORK=$(mktemp -d -t cluster-fanout.XXXXXX)
 REDIS_PID=
 ALL_PIDS=()
@@ -312,7 +316,6 @@ done
 # each node and Redis sampled on their own; a report per process (symbols
 # over 1 %) and the shares of the kernel and of the cluster's own code.
 if [ -n "$PERF" ]; then
-  command -v perf >/dev/null || { echo "cluster-fanout: PERF needs perf (Debian: linux-perf)" >&2; exit 1; }
   mkdir -p "$PERF"
   run_perf() {
     local mode=$1 channel="cf.perf.$1" i p count=$MESSAGES pub_args=(--count "$MESSAGES")
