@@ -9,6 +9,7 @@
 #   RATE      messages/s of a latency run, default 100, for SECONDS (default 5)
 # env: SUBS  subscribers per flood-sub process (default 1000)
 #      OUT   JSON lines, one per flood-sub per run (default target/cluster-fanout.jsonl)
+#      SETUPS  the set-ups to run (default "cluster alone3 alone1")
 #      PERF=DIR  also sample each node and Redis with `perf record` in two
 #                more cluster runs (throughput, latency), reports in DIR
 #
@@ -302,7 +303,7 @@ echo "cluster-fanout: $(date -u +%FT%TZ) commit $(git -C "$ROOT" rev-parse --sho
   "load average $(cut -d' ' -f1-3 /proc/loadavg), $REPS reps, $SUBS subscribers per flood-sub," \
   "$MESSAGES messages (throughput), $RATE msgs/s for $SECONDS_LAT s (latency)" >&2
 start_redis
-SETUPS=(cluster alone3 alone1)
+read -r -a SETUPS <<<"${SETUPS:-cluster alone3 alone1}"
 for rep in $(seq "$REPS"); do
   # The order turns each repetition, so that no set-up always goes first.
   k=$(((rep - 1) % ${#SETUPS[@]}))
