@@ -39,7 +39,8 @@ fn main() -> ExitCode {
     logging::init(config.log_level, config.log_format);
     if let Some(c) = config.cluster.as_ref().filter(|c| !c.optional) {
         let wait = std::time::Duration::from_secs(5);
-        if let Err(e) = server::check_redis(&c.host, c.port, c.tls, c.auth.as_ref(), wait) {
+        let tls = config.client_tls.clone().filter(|_| c.tls);
+        if let Err(e) = server::check_redis(&c.host, c.port, tls, c.auth.as_ref(), wait) {
             eprintln!(
                 "switchboard: --cluster: Redis at {}:{} is unreachable or refuses this node ({e}); start it or fix the URL, or pass --cluster-optional to start without it and join when it comes",
                 c.host, c.port

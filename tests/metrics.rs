@@ -21,7 +21,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, line_sync, read_exact_n, read_to_close, read_until, send, Server, TempDir};
+use common::{
+    connect, line_sync, read_exact_n, read_to_close, read_until, send, stat, RedisServer, Server,
+    Stats, TempDir,
+};
 
 /// One HTTP/1.0 request (the answer ends with the connection, whatever
 /// the peer): the status, the head and the body.
@@ -235,6 +238,85 @@ impl Scrape {
         assert_eq!(fa, fb);
         b
     }
+}
+
+/// The cluster's counters as the stats page has them: `copies` (the further
+/// copies of one message Redis sends a node whose subscriptions match its
+/// channel more than once) and `sharded`.
+#[test]
+fn cluster_copies_and_sharded_as_on_the_stats_page() {
+    const N: u64 = 30;
+    let redis = RedisServer::start("--port", &[]);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let a = Server::start(&["--cluster", &url]);
+    let b = Server::start(&["--cluster", &url]);
+    // Two subscriptions of b match sensors.x.temp: Redis sends b two
+    // copies of each message, b delivers the first and counts the second.
+    let mut exact = connect(b.line());
+    send(&mut exact, b"+ sensors.x.temp\r\n");
+    let mut pattern = connect(b.line());
+    send(&mut pattern, b"+ sensors.*.temp\r\n");
+    let joined = |n: &Server, subscriptions: u64| {
+        Stats::open(n.bus()).wait_for("the cluster link", |v| {
+            v["cluster"]["up"] == true && stat(v, "cluster.confirmed") == subscriptions
+        })
+    };
+    joined(&a, 0);
+    joined(&b, 2);
+    let scrape = Scrape::of(b.bus());
+    assert_eq!(scrape.get("switchboard_cluster_copies_total"), 0.0);
+    assert_eq!(scrape.get("switchboard_cluster_sharded"), 0.0);
+    assert_eq!(scrape.types["switchboard_cluster_sharded"], "gauge");
+    let mut publisher = connect(a.line());
+    for i in 0..N {
+        send(
+            &mut publisher,
+            format!("! 2 sensors.x.temp text/plain\r\n{i:02}\r\n").as_bytes(),
+        );
+    }
+    for sub in [&mut exact, &mut pattern] {
+        read_until(sub, format!("\r\n{:02}\r\n", N - 1).as_bytes());
+    }
+    let v = Stats::open(b.bus()).wait_for("every copy", |v| stat(v, "cluster.copies") == N);
+    let scrape = Scrape::of(b.bus());
+    assert_eq!(
+        scrape.get("switchboard_cluster_copies_total"),
+        N as f64,
+        "{v}"
+    );
+    assert_eq!(
+        scrape.get("switchboard_cluster_received_total"),
+        N as f64,
+        "{v}"
+    );
+    // The publishing node got no copies (its own messages are echoes).
+    assert_eq!(
+        Scrape::of(a.bus()).get("switchboard_cluster_copies_total"),
+        0.0
+    );
+
+    // Sharded pub/sub on both links: 1, as on the stats page (Redis 7
+    // has it; an older one is refused and the links stay classic).
+    let c = Server::start(&["--cluster", &url, "--cluster-sharded"]);
+    let v = Stats::open(c.bus()).wait_for("the cluster link", |v| v["cluster"]["up"] == true);
+    let sharded = v["cluster"]["sharded"] == true;
+    assert_eq!(
+        Scrape::of(c.bus()).get("switchboard_cluster_sharded"),
+        if sharded { 1.0 } else { 0.0 },
+        "{v}"
+    );
+    let version = Command::new(common::program("redis-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = version
+        .split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {version:?}"));
+    assert_eq!(sharded, major >= 7, "{version} {v}");
 }
 
 #[test]

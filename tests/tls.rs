@@ -1764,3 +1764,74 @@ fn more_start_up_errors_stop_the_server_before_it_listens() {
     );
     assert!(!text(&out.stdout).contains("listening"));
 }
+
+/// `rediss://` with a password: the start-up check goes through TLS and
+/// `AUTH` as the links do, so a node starts against a Redis that takes its
+/// certificate and password, and exits 2 with the reason when Redis
+/// refuses the password or this side refuses Redis' certificate (the
+/// password in neither message).
+#[test]
+fn a_rediss_cluster_url_is_checked_with_tls_and_the_password_at_start() {
+    const PASSWORD: &str = "tls-s3cret";
+    const WRONG: &str = "n0t-it";
+    let pki = Pki::new();
+    let redis = common::RedisServer::start(
+        "--tls-port",
+        &[
+            "--tls-cert-file",
+            &pki.cert,
+            "--tls-key-file",
+            &pki.key,
+            "--tls-ca-cert-file",
+            &pki.ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+        ],
+    );
+    let at = format!("127.0.0.1:{}", redis.port);
+    let good = format!("rediss://:{PASSWORD}@{at}");
+    let node = Server::start(&["--cluster", &good, "--hooks-ca", &pki.ca]);
+    common::Stats::open(node.bus()).wait_for("the cluster link", |v| v["cluster"]["up"] == true);
+
+    let wrong = format!("rediss://:{WRONG}@{at}");
+    let no_password = format!("rediss://{at}");
+    for (what, url, ca, reason) in [
+        (
+            "a wrong password",
+            &wrong,
+            &pki.ca,
+            "refused the user and password",
+        ),
+        ("no password", &no_password, &pki.ca, "wants a password"),
+        (
+            "a certificate of another CA",
+            &good,
+            &pki.other_ca,
+            "certificate",
+        ),
+    ] {
+        let out = run(Command::new(SERVER).args([
+            "--line-listen",
+            "127.0.0.1:0",
+            "--bus-listen",
+            "127.0.0.1:0",
+            "--cluster",
+            url,
+            "--hooks-ca",
+            ca,
+        ]));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains("--cluster: Redis at 127.0.0.1") && stderr.contains(reason),
+            "{what}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(PASSWORD) && !stderr.contains(WRONG),
+            "{stderr}"
+        );
+        assert!(!text(&out.stdout).contains("listening"), "{what}");
+    }
+}

@@ -214,6 +214,10 @@ pub fn sub_json(info: &RunInfo, t: &SubTotals) -> Value {
         "bad": t.bad,
         "msgs_per_s": (t.msgs_per_s() * 10.0).round() / 10.0,
         "elapsed_s": (t.elapsed_s() * 1000.0).round() / 1000.0,
+        // CLOCK_MONOTONIC, the same for every process of the machine: the
+        // summaries of several flood-subs give the span of them all.
+        "first_ns": t.first_ns,
+        "last_ns": t.last_ns,
         "p50_us": us(t.hist.quantile(0.5)),
         "p99_us": us(t.hist.quantile(0.99)),
         "p999_us": us(t.hist.quantile(0.999)),

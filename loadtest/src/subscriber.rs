@@ -70,6 +70,9 @@ pub enum Report<'a> {
         failed: u64,
         secs: f64,
     },
+    /// Once a second, whatever `interval` is: how many connections are
+    /// subscribed (flood-sub announces it on the ready channel).
+    Subscribed { subscribed: u64 },
     /// Periodic: counts so far, and the latencies seen since the last tick.
     Tick {
         elapsed_s: f64,
@@ -585,6 +588,7 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
     let mut ready_ns: Option<u64> = None;
     let interval = opts.interval.as_nanos().max(1) as u64;
     let mut next_tick = start + interval;
+    let mut next_subscribed = start + 1_000_000_000;
     let mut last_expire = start;
     lp.start_more(start);
 
@@ -611,6 +615,14 @@ pub fn run(opts: &SubOptions, report: &mut dyn FnMut(Report<'_>)) -> Result<SubT
                     failed: lp.failed,
                     secs: now.saturating_sub(start) as f64 / 1e9,
                 });
+            }
+        }
+        if now >= next_subscribed {
+            report(Report::Subscribed {
+                subscribed: lp.subscribed,
+            });
+            while next_subscribed <= now {
+                next_subscribed += 1_000_000_000;
             }
         }
         if now >= next_tick {

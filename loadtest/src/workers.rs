@@ -34,6 +34,9 @@ pub fn worker_report(r: Report<'_>) {
             failed,
             secs,
         } => json!({"ready": {"subscribed": subscribed, "failed": failed, "secs": secs}}),
+        // The parent announces from the ticks' counts (a worker's ticks
+        // come at least once a second).
+        Report::Subscribed { .. } => return,
         Report::Tick {
             subscribed,
             received,
@@ -79,6 +82,9 @@ pub struct ParentReports<'a> {
     pub on_ready: &'a mut dyn FnMut(u64, u64, f64),
     /// elapsed, subscribed, received, errors, latencies since the last call.
     pub on_tick: &'a mut dyn FnMut(f64, u64, u64, u64, &Histogram),
+    /// Once a second, whatever the interval: the workers' subscribed
+    /// connections, added.
+    pub on_subscribed: &'a mut dyn FnMut(u64),
 }
 
 /// Starts `k` workers running this executable with `args` plus
@@ -135,6 +141,7 @@ pub fn run_parent(
     let mut state: Vec<WorkerState> = (0..k).map(|_| WorkerState::default()).collect();
     let start = Instant::now();
     let mut next_tick = start + interval;
+    let mut next_subscribed = start + Duration::from_secs(1);
     let mut ready_reported = false;
     let mut stop_sent = false;
     while state.iter().any(|w| !w.eof) {
@@ -171,6 +178,12 @@ pub fn run_parent(
             (reports.on_ready)(sub, failed, secs);
         }
         let now = Instant::now();
+        if now >= next_subscribed {
+            (reports.on_subscribed)(state.iter().map(|w| w.subscribed).sum());
+            while next_subscribed <= now {
+                next_subscribed += Duration::from_secs(1);
+            }
+        }
         if now >= next_tick {
             let mut merged = Histogram::new();
             let (mut sub, mut rec, mut err) = (0, 0, 0);

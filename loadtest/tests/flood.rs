@@ -292,6 +292,14 @@ fn fan_out(sub_args: &[&str], pub_args: &[&str], subs: u64, count: u64) -> Value
     for k in ["msgs_per_s", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(j[k].is_number(), "{k} in {j}");
     }
+    // The first and last delivery's clock readings span elapsed_s.
+    let (first, last) = (j["first_ns"].as_u64(), j["last_ns"].as_u64());
+    let (Some(first), Some(last)) = (first, last) else {
+        panic!("first_ns, last_ns in {j}");
+    };
+    let span = (last - first) as f64 / 1e9;
+    let elapsed = j["elapsed_s"].as_f64().expect("elapsed_s");
+    assert!((span - elapsed).abs() <= 0.001, "{span} s against {j}");
     assert!(ok, "flood-sub exit status: {j} {stderr:#?}");
     j
 }
@@ -905,6 +913,55 @@ fn flood_pub_waits_for_the_subscribers_it_is_told_of() {
             assert_eq!(j["lost"], 0, "{proto}: {j}");
             assert_eq!(j["received"], 120, "{proto}: {j}");
         }
+    }
+}
+
+/// flood-sub announces once a second whatever its `--interval`: a
+/// publisher started after its `ready:` line (and after the announcement
+/// that came with it) still learns of it, with one process or several.
+#[test]
+fn a_publisher_started_after_the_subscribers_are_ready_hears_of_them() {
+    let s = start_server();
+    let line = s.line.to_string();
+    for (ch, procs) in [("lt.late1", "1"), ("lt.late2", "2")] {
+        let sub = start_sub(&[
+            "--proto",
+            "line",
+            "--address",
+            &line,
+            "-c",
+            ch,
+            "--connections",
+            "4",
+            "--procs",
+            procs,
+            "--count",
+            "30",
+            "--interval",
+            "3600",
+        ]);
+        let out = run_pub(&[
+            "--proto",
+            "line",
+            "--address",
+            &line,
+            "-c",
+            ch,
+            "--wait-subscribers",
+            "4",
+            "--wait-timeout",
+            "20",
+            "--count",
+            "30",
+            "--json",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--procs {procs}: {err}");
+        assert!(err.contains("4 of 4 subscribers ready"), "{err}");
+        let (ok, j, stderr) = sub.finish();
+        assert_eq!(j["lost"], 0, "{j} {stderr:#?}");
+        assert_eq!(j["received"], 120, "{j}");
+        assert!(ok, "{j} {stderr:#?}");
     }
 }
 

@@ -487,6 +487,12 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
             c.queue_local,
         );
         e.one(
+            "switchboard_cluster_sharded",
+            "gauge",
+            "1 while both links use Redis' sharded pub/sub (--cluster-sharded).",
+            u8::from(c.sharded),
+        );
+        e.one(
             "switchboard_cluster_sent_total",
             "counter",
             "Channel messages published to Redis for the other nodes.",
@@ -497,6 +503,12 @@ pub fn exposition(broker: &Broker, stats: &Stats, now: Millis) -> String {
             "counter",
             "Channel messages from other nodes delivered here.",
             c.received,
+        );
+        e.one(
+            "switchboard_cluster_copies_total",
+            "counter",
+            "Further copies of one message from Redis (one per matching subscription), dropped.",
+            c.copies,
         );
         e.one(
             "switchboard_cluster_dropped_total",

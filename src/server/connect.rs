@@ -333,17 +333,18 @@ impl Server {
 }
 
 /// Whether the cluster's Redis answers at start (`--cluster` without
-/// `--cluster-optional`): a blocking connect and, without TLS, `AUTH` (with
-/// credentials) and `PING`, each within `timeout`. Run before the loop
-/// starts. The message never holds the password.
+/// `--cluster-optional`): a blocking connect, the TLS handshake with `tls`
+/// (`rediss://`, the outbound client settings), `AUTH` (with credentials)
+/// and `PING`, each within `timeout`: what the links will do, so that a
+/// password or certificate Redis refuses stops the start. Run before the
+/// loop starts. The message never holds the password.
 pub fn check_redis(
     host: &str,
     port: u16,
-    tls: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
     auth: Option<&crate::broker::cluster::url::Auth>,
     timeout: Duration,
 ) -> Result<(), String> {
-    use std::io::Write;
     use std::net::ToSocketAddrs;
     let addrs: Vec<std::net::SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -352,40 +353,21 @@ pub fn check_redis(
     let mut last = format!("{host} resolves to no address");
     for addr in addrs {
         match std::net::TcpStream::connect_timeout(&addr, timeout) {
-            Ok(mut s) => {
-                if tls {
-                    return Ok(());
-                }
+            Ok(s) => {
                 s.set_read_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
                 s.set_write_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
-                if let Some(a) = auth {
-                    let mut command = bytes::BytesMut::new();
-                    let mut args: Vec<&[u8]> = vec![b"AUTH"];
-                    args.extend(a.user.as_deref().map(str::as_bytes));
-                    args.push(a.password.as_bytes());
-                    crate::broker::cluster::resp::command(&mut command, &args);
-                    s.write_all(&command).map_err(|e| format!("{addr}: {e}"))?;
-                    let answer = answer_line(&mut s, addr, "AUTH")?;
-                    if !answer.starts_with("+OK") {
-                        return Err(format!(
-                            "{addr} refused the user and password of the URL: {}",
-                            answer.trim_start_matches('-')
-                        ));
+                return match &tls {
+                    None => hello_redis(s, addr, auth),
+                    Some(config) => {
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+                        let conn = rustls::ClientConnection::new(config.clone(), name)
+                            .map_err(|e| format!("{addr}: TLS: {e}"))?;
+                        hello_redis(rustls::StreamOwned::new(conn, s), addr, auth)
+                            .map_err(|e| format!("over TLS: {e}"))
                     }
-                }
-                s.write_all(b"*1\r\n$4\r\nPING\r\n")
-                    .map_err(|e| format!("{addr}: {e}"))?;
-                let answer = answer_line(&mut s, addr, "PING")?;
-                return if answer.starts_with("+PONG") {
-                    Ok(())
-                } else if answer.starts_with("-NOAUTH") {
-                    Err(format!(
-                        "{addr} wants a password: give it in the URL, redis://:PASSWORD@HOST:PORT"
-                    ))
-                } else {
-                    Err(format!("{addr} answered PING with {answer:?}"))
                 };
             }
             Err(e) => last = format!("{addr}: {e}"),
@@ -394,14 +376,45 @@ pub fn check_redis(
     Err(last)
 }
 
+/// `AUTH` (with credentials) and `PING` on a connection to Redis, as a
+/// link's first commands; `Ok` at `PONG`.
+fn hello_redis<S: io::Read + io::Write>(
+    mut s: S,
+    addr: SocketAddr,
+    auth: Option<&crate::broker::cluster::url::Auth>,
+) -> Result<(), String> {
+    if let Some(a) = auth {
+        let mut command = bytes::BytesMut::new();
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        args.extend(a.user.as_deref().map(str::as_bytes));
+        args.push(a.password.as_bytes());
+        crate::broker::cluster::resp::command(&mut command, &args);
+        s.write_all(&command).map_err(|e| format!("{addr}: {e}"))?;
+        let answer = answer_line(&mut s, addr, "AUTH")?;
+        if !answer.starts_with("+OK") {
+            return Err(format!(
+                "{addr} refused the user and password of the URL: {}",
+                answer.trim_start_matches('-')
+            ));
+        }
+    }
+    s.write_all(b"*1\r\n$4\r\nPING\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let answer = answer_line(&mut s, addr, "PING")?;
+    if answer.starts_with("+PONG") {
+        Ok(())
+    } else if answer.starts_with("-NOAUTH") {
+        Err(format!(
+            "{addr} wants a password: give it in the URL, redis://:PASSWORD@HOST:PORT"
+        ))
+    } else {
+        Err(format!("{addr} answered PING with {answer:?}"))
+    }
+}
+
 /// The first line of an answer (without its CRLF), read a byte at a time
 /// so that nothing after it is taken; at most 256 bytes.
-fn answer_line(
-    s: &mut std::net::TcpStream,
-    addr: SocketAddr,
-    command: &str,
-) -> Result<String, String> {
-    use std::io::Read;
+fn answer_line(s: &mut impl io::Read, addr: SocketAddr, command: &str) -> Result<String, String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while !line.ends_with(b"\r\n") && line.len() < 256 {

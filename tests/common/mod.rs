@@ -538,3 +538,68 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A `redis-server` (Debian's) on a free loopback port, killed when
+/// dropped. The port is one the kernel handed out for a listener bound to
+/// port 0, released and given to Redis; if another process takes it
+/// first, Redis exits before it is ready and a new port is tried.
+/// (tests/cluster.rs has its own, which also restarts Redis.)
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Redis listening on `port_flag` (`--port`, or `--tls-port` with the
+    /// plain port off) with the settings `args` after it.
+    pub fn start(port_flag: &str, args: &[&str]) -> RedisServer {
+        let dir = TempDir::new("redis");
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut cmd = Command::new(program("redis-server"));
+            if port_flag != "--port" {
+                cmd.args(["--port", "0"]);
+            }
+            cmd.args([port_flag, &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().expect("start redis-server");
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<bool>();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains("Ready to accept connections") {
+                        let _ = tx.send(true);
+                    }
+                }
+                let _ = tx.send(false);
+            });
+            if let Ok(true) = rx.recv_timeout(Duration::from_secs(20)) {
+                return RedisServer {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start on any of 20 free ports");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -257,6 +257,7 @@ fn main() {
             progress.tick(el, sub, rec, err, h);
             announce(sub);
         };
+        let mut on_subscribed = |sub: u64| announce(sub);
         workers::run_parent(
             &argv,
             args.procs,
@@ -266,6 +267,7 @@ fn main() {
             workers::ParentReports {
                 on_ready: &mut on_ready,
                 on_tick: &mut on_tick,
+                on_subscribed: &mut on_subscribed,
             },
         )
     } else {
@@ -278,6 +280,7 @@ fn main() {
                 print_ready(subscribed, failed, args.connections as u64, secs);
                 announce(subscribed);
             }
+            Report::Subscribed { subscribed } => announce(subscribed),
             Report::Tick {
                 elapsed_s,
                 subscribed,
