@@ -802,16 +802,21 @@ impl Cluster {
         match &kind[..] {
             b"message" | b"smessage" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
-                    if !self.queue_notified(ch, None) && !self.switch_notified(ch, None) {
-                        self.deliver(ch, payload, channels, out);
+                    if !self.queue_notified(ch, None) {
+                        if self.switch_notified(ch, None) {
+                            // A read for the transfers waiting on it.
+                            self.flush(out);
+                        } else {
+                            self.deliver(ch, payload, channels, out);
+                        }
                     }
                 }
             }
             b"subscribe" | b"unsubscribe" => {
                 if let Some(ch) = word(1) {
                     let on = Some(kind[..] == b"subscribe"[..]);
-                    if !self.queue_notified(ch, on) {
-                        self.switch_notified(ch, on);
+                    if !self.queue_notified(ch, on) && self.switch_notified(ch, on) {
+                        self.flush(out);
                     }
                 }
             }

@@ -221,9 +221,15 @@ pub(super) enum SwCmd {
         name: Bytes,
         owner: Option<Bytes>,
     },
+    /// A destroy asked for by a call, or of a transient queue whose
+    /// session ended here.
     Destroy {
         call: Option<(ConnId, u64)>,
+        name: Bytes,
     },
+    /// A transient queue made here, made again after the queue link came
+    /// back (other nodes may have swept it meanwhile).
+    Recreate,
     Send {
         conn: ConnId,
         seq: u64,
@@ -284,8 +290,13 @@ pub(super) struct SwitchState {
     next_seq: u64,
     waits: HashMap<u64, Wait>,
     named: HashMap<Bytes, Named>,
-    /// Transient queues this node created, by owning session.
+    /// Transient queues this node created, by owning session, and their
+    /// owners (at most [`MAX_QUEUES`]).
     owned: HashMap<Bytes, HashSet<Bytes>>,
+    owner_of: HashMap<Bytes, Bytes>,
+    /// Transient queues of sessions that ended while the queue link was
+    /// down: destroyed once it is back.
+    orphans: Vec<(Bytes, Bytes)>,
     /// Answers to deliver to waiting calls.
     done: Vec<(ConnId, Polled)>,
     /// A switch call came: the node keeps its liveness key and sweeps.
@@ -474,6 +485,7 @@ impl Cluster {
         let seq = self.sw_seq();
         let cmd = SwCmd::Destroy {
             call: Some((conn, seq)),
+            name: Bytes::copy_from_slice(name),
         };
         self.sw_eval(&sha, &[&p, name, b""], cmd);
         Some(seq)
@@ -493,7 +505,11 @@ impl Cluster {
             return Err("the cluster's queue link to Redis is down; try again");
         };
         let max_pending = self.settings.as_ref().map_or(0, |s| s.max_pending);
-        let size = message.payload.len() + name.len() * 2 + 512;
+        let reply_len = match &message.kind {
+            Kind::Request(r) => r.len(),
+            Kind::Response((q, _)) => q.len(),
+        };
+        let size = message.payload.len() + name.len() + reply_len + session.len() + 256;
         if self.q.pending_bytes + size > max_pending {
             return Err("Redis is behind; try again");
         }
@@ -504,11 +520,12 @@ impl Cluster {
         let seq = self.sw_seq();
         let (per, total) = (limits.0.to_string(), limits.1.to_string());
         let max = MAX_ENTRIES.to_string();
+        // The bytes written, counted once written.
         let cmd = SwCmd::Send {
             conn,
             seq,
             name: name.clone(),
-            bytes: size,
+            bytes: 0,
         };
         let args: [&[u8]; 10] = [
             &p,
@@ -522,8 +539,13 @@ impl Cluster {
             total.as_bytes(),
             max.as_bytes(),
         ];
-        self.sw_eval(&sha, &args, cmd);
-        self.q.pending_bytes += size;
+        let written = self.sw_eval(&sha, &args, cmd);
+        if let Some(super::queue_link::QCmd::Switch(c)) = self.q.fifo.back_mut() {
+            if let SwCmd::Send { bytes, .. } = c.as_mut() {
+                *bytes = written;
+            }
+        }
+        self.q.pending_bytes += written;
         Ok(seq)
     }
 
@@ -702,22 +724,60 @@ impl Cluster {
         let Some(names) = self.q.sw.owned.remove(session) else {
             return;
         };
-        let Some((sha, p)) = self.sw_ready(Script::Destroy) else {
-            // Left to the other nodes' sweeps, once this node's liveness
-            // key is gone, or to the next session of that name here.
-            log::warn!(
-                "cluster: {} transient switch queues of session {} stay in Redis (the queue link is down)",
-                names.len(),
-                String::from_utf8_lossy(session)
-            );
-            return;
-        };
+        for n in names {
+            self.q.sw.owner_of.remove(&n);
+            self.q.sw.orphans.push((session.clone(), n));
+        }
+        self.sw_destroy_orphans();
+    }
+
+    /// The hash value of a transient queue `session` made here.
+    fn transient_value(&self, session: &[u8]) -> Vec<u8> {
         let mut value = b"t ".to_vec();
         value.extend_from_slice(&self.node);
         value.push(b' ');
         value.extend_from_slice(session);
-        for n in names {
-            self.sw_eval(&sha, &[&p, &n, &value], SwCmd::Destroy { call: None });
+        value
+    }
+
+    /// Destroys the transient queues of ended sessions, unless they are no
+    /// longer theirs; while the queue link is down they wait for it.
+    fn sw_destroy_orphans(&mut self) {
+        let Some((sha, p)) = self.sw_ready(Script::Destroy) else {
+            return;
+        };
+        for (session, name) in std::mem::take(&mut self.q.sw.orphans) {
+            let value = self.transient_value(&session);
+            let cmd = SwCmd::Destroy {
+                call: None,
+                name: name.clone(),
+            };
+            self.sw_eval(&sha, &[&p, &name, &value], cmd);
+        }
+    }
+
+    /// Makes this node's transient queues again (after the queue link was
+    /// down, other nodes may have swept them).
+    fn sw_recreate(&mut self) {
+        let Some((sha, p)) = self.sw_ready(Script::Create) else {
+            return;
+        };
+        let node = self.node;
+        let max = MAX_QUEUES.to_string();
+        let owned: Vec<(Bytes, Bytes)> = self
+            .q
+            .sw
+            .owner_of
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, session) in owned {
+            let value = self.transient_value(&session);
+            self.sw_eval(
+                &sha,
+                &[&p, &name, &value, &node, max.as_bytes()],
+                SwCmd::Recreate,
+            );
         }
     }
 
@@ -750,7 +810,11 @@ impl Cluster {
             } => match int {
                 Some(1) | Some(0) => {
                     if let (Some(1), Some(s)) = (int, owner) {
-                        self.q.sw.owned.entry(s).or_default().insert(name.clone());
+                        let sw = &mut self.q.sw;
+                        if sw.owner_of.len() < MAX_QUEUES {
+                            sw.owner_of.insert(name.clone(), s.clone());
+                            sw.owned.entry(s).or_default().insert(name.clone());
+                        }
                     }
                     self.sw_reply(conn, seq, ClusterReply::Created(name));
                 }
@@ -760,7 +824,17 @@ impl Cluster {
                 }
                 _ => self.sw_malformed(Some((conn, seq)), "create", &frame),
             },
-            SwCmd::Destroy { call } => {
+            SwCmd::Destroy { call, name } => {
+                if call.is_some() {
+                    if let Some(s) = self.q.sw.owner_of.remove(&name) {
+                        if let Some(set) = self.q.sw.owned.get_mut(&s) {
+                            set.remove(&name);
+                            if set.is_empty() {
+                                self.q.sw.owned.remove(&s);
+                            }
+                        }
+                    }
+                }
                 if int.is_none() {
                     self.sw_malformed(call, "destroy", &frame);
                 } else if let Some((conn, seq)) = call {
@@ -805,6 +879,11 @@ impl Cluster {
                 }
             }
             SwCmd::Read { seq } => self.sw_read_answer(seq, &frame),
+            SwCmd::Recreate => {
+                if int.is_none() {
+                    self.sw_malformed(None, "create", &frame);
+                }
+            }
             SwCmd::Live => {
                 if !matches!(frame, Frame::Simple(_)) {
                     self.sw_malformed(None, "liveness SET", &frame);
@@ -979,6 +1058,8 @@ impl Cluster {
         self.q.sw.live_at = Some(now);
         self.q.sw.sweep_at = Some(now);
         self.switch_timers(now);
+        self.sw_destroy_orphans();
+        self.sw_recreate();
         let seqs: Vec<u64> = self.q.sw.waits.keys().copied().collect();
         for seq in seqs {
             self.sw_read(seq);
@@ -1090,7 +1171,467 @@ fn call_of(cmd: &SwCmd) -> Option<(ConnId, u64)> {
         | SwCmd::Send { conn, seq, .. }
         | SwCmd::Ack { conn, seq }
         | SwCmd::List { conn, seq } => Some((*conn, *seq)),
-        SwCmd::Destroy { call } => *call,
-        SwCmd::Read { .. } | SwCmd::Live | SwCmd::Sweep => None,
+        SwCmd::Destroy { call, .. } => *call,
+        SwCmd::Read { .. } | SwCmd::Recreate | SwCmd::Live | SwCmd::Sweep => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{bulk, conn, pong, sent_to, up};
+    use super::*;
+    use crate::broker::channels::Channels;
+    use crate::broker::RecordingOutbox;
+
+    const SUB: u64 = 1 << 2;
+    const QUEUE: u64 = 1 << 2 | 2;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn feed(c: &mut Cluster, tag: u64, frame: Frame, out: &mut RecordingOutbox) {
+        let mut ch = Channels::default();
+        assert!(c.on_frame(tag, frame, 0, &mut ch, out));
+    }
+
+    fn ok_frame() -> Frame {
+        Frame::Simple(b("OK"))
+    }
+
+    /// A read's answer: (name's index from 1, message number, kind,
+    /// reply-to or queue, response id, payload).
+    fn read_answer(entries: &[(i64, u64, &str, &str, &str, &str)]) -> Frame {
+        let mut items = Vec::new();
+        for (i, n, k, r, id, p) in entries {
+            items.push(Frame::Integer(*i));
+            items.push(bulk(format!("0-{}", n + 1).as_bytes()));
+            for s in [k, r, id, p] {
+                items.push(bulk(s.as_bytes()));
+            }
+        }
+        Frame::Array(Some(items))
+    }
+
+    fn polled(out: &RecordingOutbox) -> Vec<(u64, ClusterReply)> {
+        out.polled
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Polled::Cluster { seq, reply } => Some((*seq, reply.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_namespace_and_the_ids_of_entries() {
+        assert_eq!(switch_prefix(b"switchboard:"), b"mswitchboard:");
+        assert_eq!(switch_prefix(b"m:"), b"Mm:");
+        for p in [&b"sb:"[..], b"m", b"q:", b"M"] {
+            let sp = switch_prefix(p);
+            assert!(!sp.starts_with(p));
+            assert!(!sp.starts_with(&super::super::queue_link::queue_prefix(p)));
+        }
+        assert_eq!(entry_id(0).as_deref(), Some("0-1"));
+        assert_eq!(entry_id(u64::MAX), None);
+        for n in [0, 1, 17, u64::MAX - 1] {
+            assert_eq!(message_number(entry_id(n).unwrap().as_bytes()), Some(n));
+        }
+        for junk in [
+            &b"0-0"[..],
+            b"1-5",
+            b"0-",
+            b"0-x",
+            b"",
+            b"0-99999999999999999999",
+        ] {
+            assert_eq!(message_number(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn read_answers_are_read_and_junk_is_refused() {
+        let names = [b("a"), b("b")];
+        let good = read_answer(&[
+            (1, 3, "q", "reply", "", "hello"),
+            (2, 0, "r", "a", "3", "HELLO"),
+        ]);
+        let t = parse_read(&names, None, &good).unwrap();
+        assert_eq!(t.next, 3);
+        assert_eq!(
+            t.messages,
+            vec![
+                (
+                    (b("a"), 3),
+                    Message {
+                        payload: b("hello"),
+                        kind: Kind::Request(b("reply"))
+                    }
+                ),
+                (
+                    (b("b"), 0),
+                    Message {
+                        payload: b("HELLO"),
+                        kind: Kind::Response((b("a"), 3))
+                    }
+                ),
+            ]
+        );
+        let empty = Frame::Array(Some(Vec::new()));
+        assert_eq!(parse_read(&names, Some(7), &empty).unwrap().next, 7);
+        assert_eq!(parse_read(&names, None, &empty).unwrap().next, -1);
+        let junk = [
+            Frame::Integer(0),
+            Frame::Array(None),
+            Frame::Array(Some(vec![Frame::Integer(1)])),
+            read_answer(&[(3, 0, "q", "", "", "x")]),
+            read_answer(&[(0, 0, "q", "", "", "x")]),
+            read_answer(&[(1, 0, "z", "", "", "x")]),
+            read_answer(&[(1, 0, "r", "a", "x", "x")]),
+            // At or below the transfer's `from`.
+            read_answer(&[(1, 0, "q", "", "", "x")]),
+        ];
+        for (i, j) in junk.iter().enumerate() {
+            assert!(parse_read(&names, Some(0), j).is_none(), "{i}: {j:?}");
+        }
+        let many: Vec<(i64, u64, &str, &str, &str, &str)> = (0..=MAX_READ as u64)
+            .map(|n| (1, n, "q", "", "", ""))
+            .collect();
+        assert!(parse_read(&names, None, &read_answer(&many)).is_none());
+    }
+
+    #[test]
+    fn a_call_goes_to_redis_behind_the_liveness_key_and_its_answer_to_the_caller() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c.switch_create(conn(1), &b("svc"), None).unwrap();
+        c.flush(&mut out);
+        let sha = "c".repeat(40);
+        assert_eq!(
+            sent_to(&out, 110),
+            format!(
+                "*5\r\n$3\r\nSET\r\n$25\r\nmsb:live:aaaaaaaaaaaaaaaa\r\n$1\r\n1\r\n$2\r\nPX\r\n$4\r\n6000\r\n\
+                 *8\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n0\r\n$4\r\nmsb:\r\n$3\r\nsvc\r\n$1\r\np\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$6\r\n100000\r\n"
+            )
+        );
+        let mut out = RecordingOutbox::default();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        assert!(out.polled.is_empty());
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        assert_eq!(out.polled.len(), 1);
+        assert_eq!(out.polled[0].0, conn(1));
+        assert_eq!(polled(&out), [(seq, ClusterReply::Created(b("svc")))]);
+        // A send: its id, a drop, a refusal.
+        let m = Message {
+            payload: b("hi"),
+            kind: Kind::Request(b("r")),
+        };
+        let mut out = RecordingOutbox::default();
+        let s1 = c
+            .switch_send(conn(1), &b("svc"), b"me", &m, (1000, 2000))
+            .unwrap();
+        let s2 = c
+            .switch_send(conn(1), &b("no"), b"me", &m, (1000, 2000))
+            .unwrap();
+        let s3 = c
+            .switch_send(conn(1), &b("svc"), b"me", &m, (1000, 2000))
+            .unwrap();
+        c.flush(&mut out);
+        let written = sent_to(&out, 110);
+        assert_eq!(written.matches("EVALSHA").count(), 3);
+        assert!(written.contains(&"e".repeat(40)));
+        assert!(
+            written.contains("$4\r\n1000\r\n$4\r\n2000\r\n"),
+            "{written}"
+        );
+        for f in [Frame::Integer(4), Frame::Integer(-1), Frame::Integer(-2)] {
+            feed(&mut c, QUEUE, f, &mut out);
+        }
+        assert_eq!(
+            polled(&out),
+            [
+                (s1, ClusterReply::Sent(Some((b("svc"), 4)))),
+                (s2, ClusterReply::Sent(None)),
+                (s3, ClusterReply::Unavailable("queue full".into())),
+            ]
+        );
+        assert_eq!(c.q.pending_bytes, 0);
+        // Over the pending bytes (1024 in these settings): refused at once.
+        let big = Message {
+            payload: Bytes::from(vec![b'x'; 2000]),
+            kind: Kind::Request(Bytes::new()),
+        };
+        assert!(c
+            .switch_send(conn(1), &b("svc"), b"me", &big, (1 << 20, 1 << 20))
+            .is_err());
+        // An ack of an id with no entry id is answered here.
+        let mut out = RecordingOutbox::default();
+        let s = c.switch_ack(conn(1), b"svc", u64::MAX).unwrap();
+        c.switch_deliver(&mut out);
+        assert_eq!(polled(&out), [(s, ClusterReply::Done)]);
+        assert_eq!(c.stats().errors, 0);
+    }
+
+    #[test]
+    fn a_transfer_with_nothing_listens_and_reads_again_when_notified() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c.switch_transfer(conn(2), None, true, vec![b("svc"), b("svc"), b("bad name")]);
+        let seq = seq.unwrap();
+        c.flush(&mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$9\r\nSUBSCRIBE\r\n$9\r\nmsb:n:svc\r\n"
+        );
+        let sha = "g".repeat(40);
+        let q = sent_to(&out, 110);
+        assert!(
+            q.ends_with(&format!(
+                "*8\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n0\r\n$4\r\nmsb:\r\n$1\r\n-\r\n$3\r\n256\r\n$7\r\n4194304\r\n$3\r\nsvc\r\n"
+            )),
+            "{q}"
+        );
+        let mut out = RecordingOutbox::default();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        assert!(out.polled.is_empty());
+        assert_eq!(c.switch_waits(), 1);
+        // The subscription's confirmation reads again; a notification
+        // meanwhile brings one more read after it.
+        let confirm = Frame::Array(Some(vec![
+            bulk(b"subscribe"),
+            bulk(b"msb:n:svc"),
+            Frame::Integer(1),
+        ]));
+        feed(&mut c, SUB, confirm, &mut out);
+        assert_eq!(c.switch_listening(), 1);
+        assert_eq!(c.stats().confirmed, 0, "not counted as a channel");
+        assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 1);
+        let note = Frame::Array(Some(vec![bulk(b"message"), bulk(b"msb:n:svc"), bulk(b"0")]));
+        feed(&mut c, SUB, note, &mut out);
+        assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 1);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 2);
+        assert!(out.polled.is_empty());
+        feed(
+            &mut c,
+            QUEUE,
+            read_answer(&[(1, 0, "q", "back", "", "job")]),
+            &mut out,
+        );
+        let [(s, ClusterReply::Transfer(t))] = &polled(&out)[..] else {
+            panic!("{:?}", out.polled)
+        };
+        assert_eq!((*s, t.next, t.messages.len()), (seq, 0, 1));
+        assert_eq!(c.switch_waits(), 0);
+        // Nobody waits on it at two sweeps in a row: unsubscribed, then
+        // forgotten once Redis confirms.
+        let mut out = RecordingOutbox::default();
+        c.switch_tick(SWEEP_EVERY_MS, &mut out);
+        assert!(!sent_to(&out, 100).contains("UNSUBSCRIBE"));
+        c.switch_tick(2 * SWEEP_EVERY_MS, &mut out);
+        assert!(sent_to(&out, 100).contains("UNSUBSCRIBE"));
+        assert_eq!(c.q.sw.named.len(), 1);
+        let unsub = Frame::Array(Some(vec![
+            bulk(b"unsubscribe"),
+            bulk(b"msb:n:svc"),
+            Frame::Integer(0),
+        ]));
+        feed(&mut c, SUB, unsub, &mut out);
+        assert_eq!(c.q.sw.named.len(), 0);
+    }
+
+    #[test]
+    fn a_transfer_that_may_not_wait_answers_with_its_first_read_and_a_cancel_forgets() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c
+            .switch_transfer(conn(2), Some(5), false, vec![b("a")])
+            .unwrap();
+        c.flush(&mut out);
+        assert!(sent_to(&out, 100).is_empty(), "no subscription");
+        assert!(sent_to(&out, 110).contains("$3\r\n0-7\r\n"));
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        assert_eq!(
+            polled(&out),
+            [(
+                seq,
+                ClusterReply::Transfer(Transferred {
+                    messages: Vec::new(),
+                    next: 5
+                })
+            )]
+        );
+        // Withdrawn before its answer: the answer is dropped.
+        let mut out = RecordingOutbox::default();
+        let seq = c
+            .switch_transfer(conn(2), None, true, vec![b("a")])
+            .unwrap();
+        c.switch_cancel(seq);
+        feed(
+            &mut c,
+            QUEUE,
+            read_answer(&[(1, 0, "q", "", "", "x")]),
+            &mut out,
+        );
+        assert!(out.polled.is_empty());
+        assert_eq!(c.switch_waits(), 0);
+    }
+
+    #[test]
+    fn the_queue_link_going_answers_its_calls_and_transfers_read_again_after() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let m = Message {
+            payload: b("x"),
+            kind: Kind::Request(Bytes::new()),
+        };
+        let sent = c
+            .switch_send(conn(1), &b("q"), b"me", &m, (1000, 1000))
+            .unwrap();
+        let waiting = c
+            .switch_transfer(conn(2), None, true, vec![b("q")])
+            .unwrap();
+        let once = c
+            .switch_transfer(conn(3), None, false, vec![b("q")])
+            .unwrap();
+        c.link_closed(QUEUE, 10);
+        let mut out = RecordingOutbox::default();
+        c.switch_deliver(&mut out);
+        let got = polled(&out);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got
+            .iter()
+            .all(|(s, r)| [sent, once].contains(s) && matches!(r, ClusterReply::Unavailable(_))));
+        assert_eq!(c.switch_waits(), 1);
+        assert!(c.switch_unavailable().is_some());
+        assert!(c.switch_create(conn(1), &b("q"), None).is_none());
+        // Back: the liveness key, a sweep and the waiting transfer's read.
+        c.on_timers(10_000);
+        assert_eq!(c.take_links().len(), 1);
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let tag = 2 << 2 | 2;
+        assert!(c.link_up(tag, conn(111), 0, &mut out));
+        assert!(c.on_frame(tag, pong(), 0, &mut ch, &mut out));
+        for x in b'a'..=b'i' {
+            assert!(c.on_frame(tag, bulk(&[x; 40]), 0, &mut ch, &mut out));
+        }
+        assert!(c.queues_up());
+        let q = sent_to(&out, 111);
+        assert!(q.contains("SET"), "{q}");
+        assert!(q.contains(&"i".repeat(40)), "the sweep: {q}");
+        assert!(q.contains(&"g".repeat(40)), "the read: {q}");
+        let mut out = RecordingOutbox::default();
+        assert!(c.on_frame(tag, ok_frame(), 0, &mut ch, &mut out));
+        assert!(c.on_frame(tag, Frame::Integer(0), 0, &mut ch, &mut out));
+        let found = read_answer(&[(1, 0, "q", "", "", "x")]);
+        assert!(c.on_frame(tag, found, 0, &mut ch, &mut out));
+        let got = polled(&out);
+        assert!(
+            matches!(&got[..], [(s, ClusterReply::Transfer(_))] if *s == waiting),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn transient_queues_go_with_their_session_and_come_back_after_the_link() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c.switch_create(conn(1), &b("r"), Some(&b("sess"))).unwrap();
+        c.flush(&mut out);
+        assert!(sent_to(&out, 110).contains("$23\r\nt aaaaaaaaaaaaaaaa sess\r\n"));
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        assert_eq!(polled(&out), [(seq, ClusterReply::Created(b("r")))]);
+        // Its session ends: a destroy of it, only if still its own.
+        let mut out = RecordingOutbox::default();
+        c.switch_session_ended(&b("sess"));
+        c.flush(&mut out);
+        let d = "d".repeat(40);
+        assert!(sent_to(&out, 110).ends_with(&format!(
+            "*6\r\n$7\r\nEVALSHA\r\n$40\r\n{d}\r\n$1\r\n0\r\n$4\r\nmsb:\r\n$1\r\nr\r\n$23\r\nt aaaaaaaaaaaaaaaa sess\r\n"
+        )));
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        assert!(out.polled.is_empty());
+        // Ended while the link is down: destroyed once it is back.
+        c.switch_create(conn(1), &b("r2"), Some(&b("s2"))).unwrap();
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        c.switch_create(conn(1), &b("r3"), Some(&b("s3"))).unwrap();
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        c.link_closed(QUEUE, 10);
+        c.switch_session_ended(&b("s2"));
+        c.on_timers(10_000);
+        c.take_links();
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let tag = 2 << 2 | 2;
+        assert!(c.link_up(tag, conn(111), 0, &mut out));
+        assert!(c.on_frame(tag, pong(), 0, &mut ch, &mut out));
+        for x in b'a'..=b'i' {
+            assert!(c.on_frame(tag, bulk(&[x; 40]), 0, &mut ch, &mut out));
+        }
+        let q = sent_to(&out, 111);
+        assert!(
+            q.contains(&format!("{d}\r\n$1\r\n0\r\n$4\r\nmsb:\r\n$2\r\nr2\r\n")),
+            "{q}"
+        );
+        let create = "c".repeat(40);
+        assert!(
+            q.contains(&format!(
+                "{create}\r\n$1\r\n0\r\n$4\r\nmsb:\r\n$2\r\nr3\r\n"
+            )),
+            "{q}"
+        );
+        assert!(
+            !q.contains("$2\r\nr2\r\n$21\r\nt aaaaaaaaaaaaaaaa s2\r\n$16"),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn malformed_or_error_answers_are_counted_and_answered_503_never_panics() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let a = c.switch_create(conn(1), &b("a"), None).unwrap();
+        let l = c.switch_list(conn(1), b"", false).unwrap();
+        let t = c
+            .switch_transfer(conn(2), None, true, vec![b("a")])
+            .unwrap();
+        let d = c.switch_destroy(conn(1), b"a").unwrap();
+        let k = c.switch_ack(conn(1), b"a", 3).unwrap();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, bulk(b"what"), &mut out);
+        feed(
+            &mut c,
+            QUEUE,
+            Frame::Array(Some(vec![Frame::Integer(1)])),
+            &mut out,
+        );
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        feed(&mut c, QUEUE, Frame::Error(b("WRONGTYPE no")), &mut out);
+        feed(&mut c, QUEUE, Frame::Array(None), &mut out);
+        let got = polled(&out);
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [a, l, t, d, k]);
+        assert!(got
+            .iter()
+            .all(|(_, r)| matches!(r, ClusterReply::Unavailable(_))));
+        assert_eq!(c.stats().errors, 5);
+        assert_eq!(c.switch_waits(), 0);
+        // A list of names.
+        let mut out = RecordingOutbox::default();
+        let l = c.switch_list(conn(1), b"", true).unwrap();
+        feed(
+            &mut c,
+            QUEUE,
+            Frame::Array(Some(vec![bulk(b"x"), bulk(b"y")])),
+            &mut out,
+        );
+        assert_eq!(
+            polled(&out),
+            [(l, ClusterReply::List(vec![b("x"), b("y")]))]
+        );
     }
 }
