@@ -1349,6 +1349,11 @@ fn a_message_switch_queue_on_one_node_is_served_by_a_handler_on_another() {
         // depends on this pause.
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Acks of ids that are not there, the greatest one included, are
+    // answered and ignored.
+    assert_eq!(admin.ok("GET", "/ack/svc/7", ""), "");
+    assert_eq!(admin.ok("GET", "/ack/svc/18446744073709551615", ""), "");
+    assert_eq!(admin.ok("GET", "/ack/nosuch/0", ""), "");
     // Destroyed on one node, gone for all.
     assert_eq!(other.ok("GET", "/destroy/svc", ""), "");
     assert_eq!(admin.list(""), serde_json::json!([]));
