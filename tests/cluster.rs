@@ -1230,7 +1230,13 @@ impl Switch {
 
 /// A node with the message-switch door, once its queue link is up.
 fn switch_node(redis: &Redis) -> Server {
-    let n = node(redis, &["--switch-listen", "127.0.0.1:0"]);
+    switch_node_with(redis, &[])
+}
+
+fn switch_node_with(redis: &Redis, extra: &[&str]) -> Server {
+    let mut args = vec!["--switch-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let n = node(redis, &args);
     Stats::open(n.bus()).wait_for("the queue link", |v| v["cluster"]["queues"]["up"] == true);
     n
 }
@@ -1456,4 +1462,66 @@ fn message_switch_calls_answer_503_while_redis_is_away() {
     body.extend_from_slice(&waiter.buf[head..]);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("\"payload\":\"back\""), "{text}");
+}
+
+#[test]
+fn message_switch_names_like_the_keys_in_redis_are_queues_like_any_and_limits_hold() {
+    let redis = Redis::start();
+    let a = switch_node_with(&redis, &["--max-queued-bytes-per-address", "1000"]);
+    let mut c = Switch::session(&a, "s");
+    let names = [
+        "queues",
+        "ids",
+        "bytes",
+        "alive",
+        "nodes",
+        "s:x",
+        "n:x",
+        "live:x",
+        "t:x",
+        "%C3%A9t%C3%A9",
+    ];
+    for n in names {
+        c.ok("GET", &format!("/persistent/{n}"), "");
+        let id = c.json("POST", &format!("/request/{n}/"), n);
+        assert_eq!(id[0][1], 0, "{n}: {id}");
+    }
+    assert_eq!(
+        c.list(""),
+        serde_json::json!([
+            "alive",
+            "bytes",
+            "ids",
+            "live:x",
+            "n:x",
+            "nodes",
+            "queues",
+            "s:x",
+            "t:x",
+            "\u{e9}t\u{e9}"
+        ])
+    );
+    for n in ["queues", "s:x", "\u{e9}t\u{e9}"] {
+        let t = c.transfer(0.0, &[n]);
+        assert_eq!(t["messages"][0][0], serde_json::json!([n, 0]), "{t}");
+    }
+    // A message over the queue's bytes is refused; acks make room.
+    let (status, body) = c.ask("POST", "/request/queues/", &[b'x'; 1000]);
+    assert_eq!(status, 503);
+    assert!(body.contains("queue full"), "{body}");
+    let half = "y".repeat(400);
+    assert_eq!(c.json("POST", "/request/queues/", &half)[0][1], 1);
+    let (status, _) = c.ask("POST", "/request/queues/", half.as_bytes());
+    assert_eq!(status, 503);
+    c.ok("GET", "/ack/queues/1", "");
+    assert_eq!(c.json("POST", "/request/queues/", &half)[0][1], 2);
+    // Bad names and too many queues are refused as without --cluster.
+    let (status, _) = c.ask("GET", "/persistent/a%20b", b"");
+    assert_eq!(status, 400);
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let body = serde_json::json!({"timeout": 0, "queues": many}).to_string();
+    let (status, _) = c.ask("POST", "/transfer", body.as_bytes());
+    assert_eq!(status, 400);
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.errors"), 0, "{v}");
 }

@@ -874,7 +874,12 @@ impl Cluster {
                     _ => None,
                 };
                 match names {
-                    Some(names) => self.sw_reply(conn, seq, ClusterReply::List(names)),
+                    Some(mut names) => {
+                        // In byte order, as without `--cluster` (Lua's
+                        // order follows Redis' locale).
+                        names.sort();
+                        self.sw_reply(conn, seq, ClusterReply::List(names))
+                    }
                     None => self.sw_malformed(Some((conn, seq)), "list", &frame),
                 }
             }
