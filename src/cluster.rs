@@ -73,5 +73,7 @@ impl Door for RedisLink {
 
     fn on_close(&mut self, cx: &mut Cx<'_>) {
         cx.broker.cluster.link_closed(self.tag, cx.now);
+        // The switch calls it carried are answered (503).
+        cx.broker.cluster.switch_deliver(cx.out);
     }
 }

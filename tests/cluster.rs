@@ -1143,3 +1143,385 @@ fn receivers_on_several_nodes_share_one_senders_messages_once_each() {
     all.sort_unstable();
     assert_eq!(all, (0..N).collect::<Vec<_>>());
 }
+
+// ---- message-switch queues across nodes ----
+
+/// A keep-alive HTTP/1.1 connection to a node's message-switch door.
+struct Switch {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Switch {
+    fn open(server: &Server) -> Switch {
+        Switch {
+            s: connect(server.addr("switch")),
+            buf: Vec::new(),
+        }
+    }
+
+    /// One call: (status, body).
+    fn ask(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut r = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        send(&mut self.s, &r);
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill();
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let status: u16 = head[9..12].parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap();
+        while self.buf.len() < head_end + len {
+            self.fill();
+        }
+        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned();
+        self.buf.drain(..head_end + len);
+        (status, body)
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = self.s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the node closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// A call that must answer 200; its body.
+    fn ok(&mut self, method: &str, path: &str, body: &str) -> String {
+        let (status, got) = self.ask(method, path, body.as_bytes());
+        assert_eq!(status, 200, "{method} {path}: {got}");
+        got
+    }
+
+    fn json(&mut self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(method, path, body)).unwrap()
+    }
+
+    /// Opens a connection logged in to `session`.
+    fn session(server: &Server, session: &str) -> Switch {
+        let mut c = Switch::open(server);
+        assert_eq!(c.ok("GET", &format!("/login/{session}"), ""), "");
+        c
+    }
+
+    fn transfer(&mut self, timeout: f64, queues: &[&str]) -> serde_json::Value {
+        let body = serde_json::json!({"timeout": timeout, "queues": queues}).to_string();
+        self.json("POST", "/transfer", &body)
+    }
+
+    fn list(&mut self, prefix: &str) -> serde_json::Value {
+        self.json("GET", &format!("/list/{prefix}"), "")
+    }
+}
+
+/// A node with the message-switch door, once its queue link is up.
+fn switch_node(redis: &Redis) -> Server {
+    switch_node_with(redis, &[])
+}
+
+fn switch_node_with(redis: &Redis, extra: &[&str]) -> Server {
+    let mut args = vec!["--switch-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let n = node(redis, &args);
+    Stats::open(n.bus()).wait_for("the queue link", |v| v["cluster"]["queues"]["up"] == true);
+    n
+}
+
+/// Waits until a transfer waits on the node, its queue's notifications
+/// confirmed by Redis.
+fn wait_switch_parked(server: &Server) {
+    Stats::open(server.bus()).wait_for("a transfer parked on Redis", |v| {
+        stat(v, "cluster.queues.switch_waiting") == 1
+            && stat(v, "cluster.queues.switch_listening") == 1
+    });
+}
+
+#[test]
+fn a_message_switch_queue_on_one_node_is_served_by_a_handler_on_another() {
+    let redis = Redis::start();
+    let a = switch_node(&redis);
+    let b = switch_node(&redis);
+    let c = switch_node(&redis);
+    let mut admin = Switch::session(&a, "admin");
+    assert_eq!(admin.ok("GET", "/persistent/svc", ""), "svc");
+    // Creating it again, elsewhere, does nothing.
+    let mut other = Switch::session(&c, "other");
+    assert_eq!(other.ok("GET", "/persistent/svc", ""), "svc");
+    // The handler on C waits first: its transfer parks, listening in Redis.
+    let mut handler = Switch::session(&c, "handler");
+    let t = serde_json::json!({"timeout": 30, "queues": ["svc"]}).to_string();
+    let req = format!(
+        "POST /transfer HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{t}",
+        t.len()
+    );
+    send(&mut handler.s, req.as_bytes());
+    wait_switch_parked(&c);
+    // The caller on B: its reply queue, the request.
+    let mut caller = Switch::session(&b, "caller");
+    assert_eq!(
+        caller.ok("GET", "/transient/caller.reply", ""),
+        "caller.reply"
+    );
+    let sent = caller.json("POST", "/request/svc/caller.reply", "hello");
+    assert_eq!(sent, serde_json::json!([["svc", 0]]));
+    // The handler's parked transfer is answered.
+    let (status, body) = {
+        let head_end = loop {
+            if let Some(i) = handler.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            handler.fill();
+        };
+        let head = String::from_utf8_lossy(&handler.buf[..head_end]).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: ")?.trim().parse().ok())
+            .unwrap();
+        while handler.buf.len() < head_end + len {
+            handler.fill();
+        }
+        let body = String::from_utf8_lossy(&handler.buf[head_end..head_end + len]).into_owned();
+        handler.buf.drain(..head_end + len);
+        (head[9..12].to_string(), body)
+    };
+    assert_eq!(status, "200", "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!({"messages": [[["svc", 0],
+            {"payload": "hello", "kind": ["Request", "caller.reply"]}]], "next": "0"})
+    );
+    // The handler answers and acks; the caller on B gets the response.
+    let r = handler.json("POST", "/response/caller.reply/svc/0", "HELLO");
+    assert_eq!(r, serde_json::json!([["caller.reply", 0]]));
+    assert_eq!(handler.ok("GET", "/ack/svc/0", ""), "");
+    let got = caller.transfer(30.0, &["caller.reply"]);
+    assert_eq!(
+        got,
+        serde_json::json!({"messages": [[["caller.reply", 0],
+            {"payload": "HELLO", "kind": ["Response", ["svc", 0]]}]], "next": "0"})
+    );
+    // The ack on C removed it for every node.
+    for n in [&a, &b, &c] {
+        let mut s = Switch::session(n, "look");
+        let t = s.transfer(0.0, &["svc"]);
+        assert_eq!(t, serde_json::json!({"messages": [], "next": "-1"}));
+    }
+    // Every node lists both; alive: the ones some transfer named.
+    assert_eq!(admin.list(""), serde_json::json!(["caller.reply", "svc"]));
+    assert_eq!(admin.list("sv"), serde_json::json!(["svc"]));
+    assert_eq!(
+        admin.json("GET", "/list/alive/", ""),
+        serde_json::json!(["caller.reply", "svc"])
+    );
+    // A send to a queue that does not exist is dropped.
+    assert_eq!(
+        admin.json("POST", "/request/nosuch/x", "lost"),
+        serde_json::json!([])
+    );
+    // A second request gets the next id; a transfer from 0 returns it only.
+    assert_eq!(
+        admin.json("POST", "/request/svc/", "two"),
+        serde_json::json!([["svc", 1]])
+    );
+    let body = serde_json::json!({"from": "0", "timeout": 0, "queues": ["svc"]}).to_string();
+    let t = other.json("POST", "/transfer", &body);
+    assert_eq!(t["next"], "1");
+    assert_eq!(t["messages"][0][0], serde_json::json!(["svc", 1]));
+    // The caller's session ends on B: its transient queue goes from Redis.
+    drop(caller);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.list("") != serde_json::json!(["svc"]) {
+        assert!(
+            Instant::now() < deadline,
+            "caller.reply stayed: {}",
+            admin.list("")
+        );
+        // Re-checks a condition Redis changes by itself; no ordering
+        // depends on this pause.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Acks of ids that are not there, the greatest one included, are
+    // answered and ignored.
+    assert_eq!(admin.ok("GET", "/ack/svc/7", ""), "");
+    assert_eq!(admin.ok("GET", "/ack/svc/18446744073709551615", ""), "");
+    assert_eq!(admin.ok("GET", "/ack/nosuch/0", ""), "");
+    // Destroyed on one node, gone for all.
+    assert_eq!(other.ok("GET", "/destroy/svc", ""), "");
+    assert_eq!(admin.list(""), serde_json::json!([]));
+    assert_eq!(
+        admin.json("POST", "/request/svc/", "x"),
+        serde_json::json!([])
+    );
+    for n in [&a, &b, &c] {
+        let v = Stats::open(n.bus()).get();
+        assert_eq!(stat(&v, "cluster.errors"), 0, "{v}");
+    }
+}
+
+#[test]
+fn a_killed_nodes_unacked_messages_go_to_a_handler_on_another_node() {
+    let redis = Redis::start();
+    let mut a = switch_node(&redis);
+    let b = switch_node(&redis);
+    let mut client = Switch::session(&b, "client");
+    assert_eq!(client.ok("GET", "/persistent/work", ""), "work");
+    for job in ["one", "two"] {
+        client.ok("POST", "/request/work/", job);
+    }
+    // A handler on A takes both, and a transient queue of its session,
+    // then A dies without acking.
+    let mut doomed = Switch::session(&a, "doomed");
+    assert_eq!(
+        doomed.ok("GET", "/transient/doomed.reply", ""),
+        "doomed.reply"
+    );
+    let t = doomed.transfer(0.0, &["work"]);
+    assert_eq!(t["next"], "1", "{t}");
+    assert_eq!(doomed.ok("GET", "/ack/work/0", ""), "");
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10));
+    // A handler on B gets what A took and did not ack.
+    let mut rescuer = Switch::session(&b, "rescuer");
+    let t = rescuer.transfer(0.0, &["work"]);
+    assert_eq!(
+        t,
+        serde_json::json!({"messages": [[["work", 1],
+            {"payload": "two", "kind": ["Request", ""]}]], "next": "1"})
+    );
+    // The dead node's transient queue is removed by B once A's liveness
+    // key has expired in Redis.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while client.list("") != serde_json::json!(["work"]) {
+        assert!(Instant::now() < deadline, "stayed: {}", client.list(""));
+        // Re-checks a condition Redis changes by itself; no ordering
+        // depends on this pause.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn message_switch_calls_answer_503_while_redis_is_away() {
+    let mut redis = Redis::start();
+    let a = switch_node(&redis);
+    let mut c = Switch::session(&a, "s");
+    assert_eq!(c.ok("GET", "/persistent/q", ""), "q");
+    // A transfer parked on Redis while it goes: it waits on, and is
+    // answered by a message sent once Redis is back.
+    let mut waiter = Switch::session(&a, "w");
+    let t = serde_json::json!({"timeout": 60, "queues": ["q"]}).to_string();
+    let req = format!(
+        "POST /transfer HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{t}",
+        t.len()
+    );
+    send(&mut waiter.s, req.as_bytes());
+    wait_switch_parked(&a);
+    redis.kill();
+    Stats::open(a.bus()).wait_for("the queue link down", |v| {
+        v["cluster"]["queues"]["up"] == false
+    });
+    let (status, body) = c.ask("POST", "/request/q/", b"x");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("queue link"), "{body}");
+    let (status, _) = c.ask("GET", "/list/", b"");
+    assert_eq!(status, 503);
+    redis.restart();
+    Stats::open(a.bus()).wait_for("the queue link up again", |v| {
+        v["cluster"]["queues"]["up"] == true
+    });
+    // Redis came back empty (no persistence here): the queue is made again.
+    assert_eq!(c.ok("GET", "/persistent/q", ""), "q");
+    assert_eq!(
+        c.json("POST", "/request/q/", "back"),
+        serde_json::json!([["q", 0]])
+    );
+    let mut body = Vec::new();
+    let head = loop {
+        if let Some(i) = waiter.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        waiter.fill();
+    };
+    while !String::from_utf8_lossy(&waiter.buf[head..]).contains("\"next\"") {
+        waiter.fill();
+    }
+    body.extend_from_slice(&waiter.buf[head..]);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\"payload\":\"back\""), "{text}");
+}
+
+#[test]
+fn message_switch_names_like_the_keys_in_redis_are_queues_like_any_and_limits_hold() {
+    let redis = Redis::start();
+    let a = switch_node_with(&redis, &["--max-queued-bytes-per-address", "1000"]);
+    let mut c = Switch::session(&a, "s");
+    let names = [
+        "queues",
+        "ids",
+        "bytes",
+        "alive",
+        "nodes",
+        "s:x",
+        "n:x",
+        "live:x",
+        "t:x",
+        "%C3%A9t%C3%A9",
+    ];
+    for n in names {
+        c.ok("GET", &format!("/persistent/{n}"), "");
+        let id = c.json("POST", &format!("/request/{n}/"), n);
+        assert_eq!(id[0][1], 0, "{n}: {id}");
+    }
+    assert_eq!(
+        c.list(""),
+        serde_json::json!([
+            "alive",
+            "bytes",
+            "ids",
+            "live:x",
+            "n:x",
+            "nodes",
+            "queues",
+            "s:x",
+            "t:x",
+            "\u{e9}t\u{e9}"
+        ])
+    );
+    for n in ["queues", "s:x", "\u{e9}t\u{e9}"] {
+        let t = c.transfer(0.0, &[n]);
+        assert_eq!(t["messages"][0][0], serde_json::json!([n, 0]), "{t}");
+    }
+    // A message over the queue's bytes is refused; acks make room.
+    let (status, body) = c.ask("POST", "/request/queues/", &[b'x'; 1000]);
+    assert_eq!(status, 503);
+    assert!(body.contains("queue full"), "{body}");
+    let half = "y".repeat(400);
+    assert_eq!(c.json("POST", "/request/queues/", &half)[0][1], 1);
+    let (status, _) = c.ask("POST", "/request/queues/", half.as_bytes());
+    assert_eq!(status, 503);
+    c.ok("GET", "/ack/queues/1", "");
+    assert_eq!(c.json("POST", "/request/queues/", &half)[0][1], 2);
+    // Bad names and too many queues are refused as without --cluster.
+    let (status, _) = c.ask("GET", "/persistent/a%20b", b"");
+    assert_eq!(status, 400);
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let body = serde_json::json!({"timeout": 0, "queues": many}).to_string();
+    let (status, _) = c.ask("POST", "/transfer", body.as_bytes());
+    assert_eq!(status, 400);
+    let v = Stats::open(a.bus()).get();
+    assert_eq!(stat(&v, "cluster.errors"), 0, "{v}");
+}

@@ -324,6 +324,7 @@ impl Broker {
         self.hooks.on_timers(now, out);
         self.cluster.on_timers(now);
         self.cluster.sweep(now, &self.queues, out);
+        self.cluster.switch_tick(now, out);
     }
 
     /// The earliest pending deadline, for the poll timeout.

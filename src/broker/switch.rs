@@ -266,6 +266,27 @@ pub enum Polled {
     Transfer(Transferred),
     /// Trace events with their ids, oldest first.
     Trace(Vec<(u64, Event)>),
+    /// With `--cluster`: Redis' answer to the call numbered `seq`.
+    Cluster {
+        seq: u64,
+        reply: ClusterReply,
+    },
+}
+
+/// What Redis answered a switch call with `--cluster` (see
+/// `broker::cluster::switch_link`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterReply {
+    /// Done (destroy, ack).
+    Done,
+    /// The queue exists (created now or before).
+    Created(Bytes),
+    /// A send's id, or `None`: there is no such queue, dropped.
+    Sent(Option<MessageId>),
+    List(Vec<Bytes>),
+    Transfer(Transferred),
+    /// Not done, or not known to be: a `503` with this reason.
+    Unavailable(String),
 }
 
 /// What a transfer or a trace poll got at once.
@@ -341,6 +362,9 @@ pub struct Switch {
     /// With `--data-dir`: where persistent queues and their messages are
     /// recorded (transient ones die with their session, so with a restart).
     journal: Option<Journal>,
+    /// Sessions whose last connection went since the broker last looked
+    /// (their transient queues in Redis go, with `--cluster`).
+    ended: Vec<Bytes>,
 }
 
 impl Default for Switch {
@@ -358,6 +382,7 @@ impl Switch {
             transfers: Slab::new(),
             waits_on: HashMap::new(),
             traces: Slab::new(),
+            ended: Vec::new(),
             trace_waits: BTreeMap::new(),
             trace_listed: 0,
             trace_stale: 0,
@@ -600,6 +625,7 @@ impl Switch {
             .remove(&token)
             .map(|s| s.owned)
             .unwrap_or_default();
+        self.ended.push(token);
         for name in owned {
             self.remove_queue(&name);
         }
@@ -1275,7 +1301,19 @@ fn clamp_i64(n: u64) -> i64 {
 impl Broker {
     /// Logs connection `conn` in to session `token`.
     pub fn switch_login(&mut self, conn: ConnId, token: &[u8]) -> Result<(), SwitchError> {
-        self.switch.login(conn, token)
+        let r = self.switch.login(conn, token);
+        self.sessions_ended();
+        r
+    }
+
+    /// With `--cluster`, the transient queues of sessions that ended here
+    /// go from Redis.
+    fn sessions_ended(&mut self) {
+        for token in std::mem::take(&mut self.switch.ended) {
+            if self.cluster.is_on() {
+                self.cluster.switch_session_ended(&token);
+            }
+        }
     }
 
     /// Creates a switch queue; line messages queued on that address move
@@ -1386,6 +1424,12 @@ impl Broker {
     /// here it leaves its session.
     pub fn switch_close(&mut self, conn: ConnId) {
         self.switch.logout(conn);
+        self.sessions_ended();
+    }
+
+    /// The byte limits of a switch queue and of all of them.
+    pub fn switch_limits(&self) -> (usize, usize) {
+        (self.switch.limits.per_address, self.switch.limits.total)
     }
 
     /// A line send to `to`, which is a switch queue: a line receiver

@@ -897,6 +897,8 @@ fn cluster_json(broker: &Broker) -> serde_json::Value {
             "watched": broker.cluster.queue_watches(),
             "listening": broker.cluster.queue_listening(),
             "in_flight": broker.cluster.queue_in_flight(),
+            "switch_waiting": broker.cluster.switch_waits(),
+            "switch_listening": broker.cluster.switch_listening(),
         },
     })
 }

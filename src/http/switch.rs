@@ -27,8 +27,8 @@ use super::response::Response;
 use super::uri::path_segment;
 use crate::broker::queues::MAX_TIMEOUT_S;
 use crate::broker::switch::{
-    Event, Kind, Message, MessageId, Origin, Poll, Polled, Queue, SwitchError, SwitchWait, Traced,
-    Transferred,
+    check_name, ClusterReply, Event, Kind, Message, MessageId, Origin, Poll, Polled, Queue,
+    SwitchError, SwitchWait, Traced, Transferred, MAX_TRANSFER_QUEUES,
 };
 use crate::broker::{Answer, Millis};
 use crate::config::Config;
@@ -86,7 +86,17 @@ pub enum Held {
         /// The wall clock at the server's start, for the events' times.
         epoch_ms: u64,
     },
+    /// With `--cluster`: waits for Redis' answer to call `seq`.
+    Cluster {
+        seq: u64,
+        /// A transfer that may wait (its deadline answers it with no
+        /// messages, from `from`); other calls answer `503` at theirs.
+        transfer: Option<Option<u64>>,
+    },
 }
+
+/// How long a call with `--cluster` waits for Redis' answer.
+pub const CLUSTER_ANSWER_MS: Millis = 10_000;
 
 /// One request of the API, its path decoded.
 #[derive(Debug, PartialEq)]
@@ -121,6 +131,20 @@ enum Call {
 }
 
 impl Call {
+    /// With `--cluster`, these calls go to Redis.
+    fn in_redis(&self) -> bool {
+        matches!(
+            self,
+            Call::Create { .. }
+                | Call::Destroy(_)
+                | Call::Ack(_, Some(_))
+                | Call::List { .. }
+                | Call::Transfer
+                | Call::Request { .. }
+                | Call::Response { .. }
+        )
+    }
+
     /// Everything but login, diagnostics and trace needs a session.
     fn needs_session(&self) -> bool {
         !matches!(
@@ -315,6 +339,9 @@ impl SwitchRoutes {
             Ok(()) => respond(ok()),
             Err(e) => respond(refusal(e)),
         };
+        if cx.broker.cluster.is_on() && call.in_redis() {
+            return run_in_redis(call, body, cx);
+        }
         match call {
             Call::Diagnostics => respond(json_response(&diagnostics_json(cx, now))),
             Call::Login(token) => done(cx.broker.switch_login(me, &token)),
@@ -392,6 +419,123 @@ impl SwitchRoutes {
     }
 }
 
+/// A call with `--cluster`: written to Redis, parked until its answer.
+fn run_in_redis(call: Call, body: Bytes, cx: &mut Cx<'_>) -> Reply<Held> {
+    let (me, now) = (cx.me, cx.now);
+    let Some(session) = cx.broker.switch.session_of(me).cloned() else {
+        return Reply::Respond(not_logged_in());
+    };
+    if let Some(why) = cx.broker.cluster.switch_unavailable() {
+        return Reply::Respond(Response::text(503, why));
+    }
+    let park = |seq: Option<u64>, transfer: Option<Option<u64>>, deadline: Millis| match seq {
+        Some(seq) => Reply::Park {
+            parked: Held::Cluster { seq, transfer },
+            deadline: Some(deadline),
+        },
+        None => Reply::Respond(Response::text(
+            503,
+            "the cluster's queue link to Redis is down; try again",
+        )),
+    };
+    let answer_by = now.saturating_add(CLUSTER_ANSWER_MS);
+    let cluster = &mut cx.broker.cluster;
+    let reply = match call {
+        Call::Create { name, transient } => {
+            if let Err(e) = check_name(&name) {
+                return Reply::Respond(refusal(e));
+            }
+            let owner = transient.then_some(&session);
+            park(cluster.switch_create(me, &name, owner), None, answer_by)
+        }
+        Call::Destroy(name) => park(cluster.switch_destroy(me, &name), None, answer_by),
+        Call::Ack(name, Some(id)) => park(cluster.switch_ack(me, &name, id), None, answer_by),
+        Call::List { prefix, alive } => {
+            park(cluster.switch_list(me, &prefix, alive), None, answer_by)
+        }
+        Call::Transfer => {
+            let (from, timeout_s, queues) = match parse_transfer(&body) {
+                Ok(t) => t,
+                Err(refused) => return Reply::Respond(refused),
+            };
+            if queues.len() > MAX_TRANSFER_QUEUES {
+                return Reply::Respond(refusal(SwitchError::TooManyTransferQueues));
+            }
+            let timeout = timeout_ms(timeout_s);
+            let seq = cluster.switch_transfer(me, from, timeout > 0, queues);
+            if timeout > 0 {
+                park(seq, Some(from), now.saturating_add(timeout))
+            } else {
+                park(seq, None, answer_by)
+            }
+        }
+        Call::Request { name, reply_to } => {
+            let message = Message {
+                payload: body,
+                kind: Kind::Request(reply_to),
+            };
+            send_in_redis(cx, &session, name, &message)
+        }
+        Call::Response { name, request } => {
+            let message = Message {
+                payload: body,
+                kind: Kind::Response(request),
+            };
+            send_in_redis(cx, &session, name, &message)
+        }
+        Call::Diagnostics
+        | Call::Login(_)
+        | Call::Ack(_, None)
+        | Call::Trace { .. }
+        | Call::Shutdown => Reply::Respond(Response::text(500, "not a call for Redis")),
+    };
+    cx.broker.seal(cx.out);
+    reply
+}
+
+fn send_in_redis(cx: &mut Cx<'_>, session: &Bytes, name: Bytes, message: &Message) -> Reply<Held> {
+    if let Err(e) = check_name(&name) {
+        return Reply::Respond(refusal(e));
+    }
+    if let Kind::Request(r) = &message.kind {
+        if !r.is_empty() {
+            if let Err(e) = check_name(r) {
+                return Reply::Respond(refusal(e));
+            }
+        }
+    }
+    let limits = cx.broker.switch_limits();
+    match cx
+        .broker
+        .cluster
+        .switch_send(cx.me, &name, session, message, limits)
+    {
+        Ok(seq) => Reply::Park {
+            parked: Held::Cluster {
+                seq,
+                transfer: None,
+            },
+            deadline: Some(cx.now.saturating_add(CLUSTER_ANSWER_MS)),
+        },
+        Err(why) => Reply::Respond(Response::text(503, why)),
+    }
+}
+
+/// The response to Redis' answer.
+fn cluster_response(reply: &ClusterReply) -> Response {
+    match reply {
+        ClusterReply::Done => ok(),
+        ClusterReply::Created(name) => ok().body("text/plain", name.clone()),
+        ClusterReply::Sent(id) => sent(Ok(id.clone())),
+        ClusterReply::List(names) => {
+            let names: Vec<Value> = names.iter().map(|n| text(n)).collect();
+            json_response(&Value::Array(names))
+        }
+        ClusterReply::Transfer(t) => json_response(&transfer_json(t)),
+        ClusterReply::Unavailable(why) => Response::text(503, why),
+    }
+}
+
 /// The answer to a send: `[["NAME", n]]`, or `[]` when it was dropped.
 fn sent(r: Result<Option<MessageId>, SwitchError>) -> Response {
     match r {
@@ -423,6 +567,11 @@ impl Routes for SwitchRoutes {
             (Held::Trace { epoch_ms, .. }, Answer::Switch(Polled::Trace(events))) => {
                 Some(json_response(&trace_json(events, *epoch_ms)))
             }
+            (Held::Cluster { seq, .. }, Answer::Switch(Polled::Cluster { seq: s, reply }))
+                if seq == s =>
+            {
+                Some(cluster_response(reply))
+            }
             _ => None,
         }
     }
@@ -445,12 +594,29 @@ impl Routes for SwitchRoutes {
                 let events = cx.broker.switch.trace_deadline(*wait).unwrap_or_default();
                 json_response(&trace_json(&events, *epoch_ms))
             }
+            Held::Cluster { seq, transfer } => {
+                cx.broker.cluster.switch_cancel(*seq);
+                match transfer {
+                    Some(from) => json_response(&transfer_json(&Transferred {
+                        messages: Vec::new(),
+                        next: from.map_or(-1, |f| i64::try_from(f).unwrap_or(i64::MAX)),
+                    })),
+                    None => Response::text(
+                        503,
+                        "Redis did not answer in time; the call may or may not have been done",
+                    ),
+                }
+            }
         }
     }
 
     fn on_close(&mut self, parked: Option<Held>, cx: &mut Cx<'_>) {
-        if let Some(Held::Transfer { wait, .. } | Held::Trace { wait, .. }) = parked {
-            cx.broker.switch.cancel(wait);
+        match parked {
+            Some(Held::Transfer { wait, .. } | Held::Trace { wait, .. }) => {
+                cx.broker.switch.cancel(wait);
+            }
+            Some(Held::Cluster { seq, .. }) => cx.broker.cluster.switch_cancel(seq),
+            None => {}
         }
         cx.broker.switch_close(cx.me);
     }

@@ -19,6 +19,7 @@
 
 pub mod queue_link;
 pub mod resp;
+pub mod switch_link;
 pub mod url;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -239,8 +240,11 @@ impl Cluster {
             max_bulk: settings
                 .as_ref()
                 .map_or(resp::Limits::default().max_bulk, |s| s.max_body + 64 * 1024),
-            // A take's answer: three numbers and four strings an entry.
-            max_array: 3 + 4 * queue_link::MAX_TAKE,
+            // A take's answer (three numbers and four strings an entry), a
+            // switch transfer's (six elements a message), a switch list.
+            max_array: (3 + 4 * queue_link::MAX_TAKE)
+                .max(6 * switch_link::MAX_READ)
+                .max(switch_link::MAX_LIST),
             max_depth: 2,
         };
         Cluster {
@@ -320,6 +324,7 @@ impl Cluster {
                 _ => None,
             })
             .chain(self.q.sweep_at)
+            .chain(self.switch_deadline())
             .min()
     }
 
@@ -760,6 +765,7 @@ impl Cluster {
         match link.state {
             State::Hello(_) | State::Up(_) if role == Role::Queue => {
                 let ok = self.queue_answer(frame, now);
+                self.switch_deliver(out);
                 self.flush(out);
                 return ok;
             }
@@ -797,13 +803,21 @@ impl Cluster {
             b"message" | b"smessage" => {
                 if let (Some(ch), Some(payload)) = (word(1), word(2)) {
                     if !self.queue_notified(ch, None) {
-                        self.deliver(ch, payload, channels, out);
+                        if self.switch_notified(ch, None) {
+                            // A read for the transfers waiting on it.
+                            self.flush(out);
+                        } else {
+                            self.deliver(ch, payload, channels, out);
+                        }
                     }
                 }
             }
             b"subscribe" | b"unsubscribe" => {
                 if let Some(ch) = word(1) {
-                    self.queue_notified(ch, Some(kind[..] == b"subscribe"[..]));
+                    let on = Some(kind[..] == b"subscribe"[..]);
+                    if !self.queue_notified(ch, on) && self.switch_notified(ch, on) {
+                        self.flush(out);
+                    }
                 }
             }
             b"pmessage" => {
@@ -1058,10 +1072,10 @@ mod tests {
         assert!(c.link_up(tag, conn(110), 0, out));
         let s = sent_to(out, 110);
         assert!(s.starts_with("*1\r\n$4\r\nPING\r\n"), "{s}");
-        assert_eq!(s.matches("SCRIPT").count(), 2, "{s}");
+        assert_eq!(s.matches("SCRIPT").count(), 9, "{s}");
         let mut ch = Channels::default();
         assert!(c.on_frame(tag, pong(), 0, &mut ch, out));
-        for sha in [[b'a'; 40], [b'b'; 40]] {
+        for sha in [b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h', b'i'].map(|x| [x; 40]) {
             assert!(!c.queues_up());
             assert!(c.on_frame(tag, bulk(&sha), 0, &mut ch, out));
         }

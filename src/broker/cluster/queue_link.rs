@@ -98,6 +98,8 @@ pub(super) enum QCmd {
     Send { addr: Bytes, bytes: usize },
     /// A take of up to `count` entries of this address' stream.
     Take { addr: Bytes, count: usize },
+    /// A message-switch command (see [`super::switch_link`]).
+    Switch(Box<super::switch_link::SwCmd>),
 }
 
 /// Whether the node listens for an address' notifications.
@@ -155,8 +157,9 @@ pub(super) struct QueueState {
     pub fifo: VecDeque<QCmd>,
     /// Bytes of sends written and not yet answered.
     pub pending_bytes: usize,
-    /// The scripts' SHA1s, as `SCRIPT LOAD` answered them.
-    pub sha: [Option<Bytes>; 2],
+    /// The scripts' SHA1s, as `SCRIPT LOAD` answered them: the send and
+    /// take scripts, then the switch's ([`super::switch_link::scripts`]).
+    pub sha: [Option<Bytes>; 9],
     pub watches: HashMap<Bytes, Watch>,
     /// Addresses to look at in the next pump (may repeat).
     pub wake: Vec<Bytes>,
@@ -166,6 +169,8 @@ pub(super) struct QueueState {
     pub notify_confirmed: u64,
     /// The next sweep of idle addresses, while some are watched.
     pub sweep_at: Option<Millis>,
+    /// The message-switch queues' part.
+    pub sw: super::switch_link::SwitchState,
 }
 
 /// The queue namespace: the cluster prefix with `q` before it (`Q` when
@@ -238,6 +243,7 @@ impl Cluster {
             watches: std::mem::take(&mut self.q.watches),
             notify_confirmed: self.q.notify_confirmed,
             sweep_at: self.q.sweep_at,
+            sw: std::mem::take(&mut self.q.sw),
             ..QueueState::default()
         };
         let link = queue_of_mut(&mut self.links);
@@ -247,7 +253,11 @@ impl Cluster {
             resp::command(&mut link.out, &[b"SELECT", db.to_string().as_bytes()]);
             self.q.fifo.push_back(QCmd::Select);
         }
-        for (i, script) in [SEND_SCRIPT, TAKE_SCRIPT].into_iter().enumerate() {
+        let switch = super::switch_link::scripts();
+        let all = [SEND_SCRIPT, TAKE_SCRIPT]
+            .into_iter()
+            .chain(switch.iter().map(String::as_str));
+        for (i, script) in all.enumerate() {
             resp::command(&mut link.out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
             self.q.fifo.push_back(QCmd::Load(i));
         }
@@ -267,7 +277,8 @@ impl Cluster {
                 "cluster: the queue link went down with {lost} sends unanswered; each reached Redis or was lost"
             );
         }
-        self.q.fifo.clear();
+        let fifo: Vec<QCmd> = self.q.fifo.drain(..).collect();
+        self.switch_down(&fifo);
         self.q.pending_bytes = 0;
         self.q.arrived.clear();
         for w in self.q.watches.values_mut() {
@@ -307,6 +318,9 @@ impl Cluster {
                 log::warn!(
                     "cluster: Redis lost the queue scripts ({e}); the queue link reconnects"
                 );
+                if let QCmd::Switch(c) = cmd {
+                    self.switch_answer(*c, frame);
+                }
                 return false;
             }
             // The first, then at each power of two: a key of another
@@ -378,6 +392,7 @@ impl Cluster {
                 }
                 self.forget_watch(&addr);
             }
+            QCmd::Switch(c) => self.switch_answer(*c, frame),
         }
         if hello && self.q.fifo.is_empty() {
             return self.queue_link_ready(now);
@@ -401,6 +416,7 @@ impl Cluster {
         // What arrived while it was down: a take for every watched address.
         let watched: Vec<Bytes> = self.q.watches.keys().cloned().collect();
         self.q.wake.extend(watched);
+        self.switch_link_ready(now);
         if self.is_up() {
             self.joined_log();
         }
@@ -551,6 +567,7 @@ impl Cluster {
             self.q.wake.push(addr.clone());
         }
         self.q.notify_confirmed = 0;
+        self.switch_resubscribe();
     }
 
     /// Hands over what was taken, subscribes and takes for addresses with
@@ -694,6 +711,16 @@ impl Cluster {
     pub fn queue_in_flight(&self) -> usize {
         self.q.fifo.len()
     }
+}
+
+/// The queue link's state.
+pub(super) fn queue_state(links: &[Link; 3]) -> State {
+    queue_of(links).state
+}
+
+/// Where commands for the queue link are written.
+pub(super) fn queue_out(links: &mut [Link; 3]) -> &mut BytesMut {
+    &mut queue_of_mut(links).out
 }
 
 fn queue_of(links: &[Link; 3]) -> &Link {
