@@ -283,6 +283,13 @@ impl Server {
         if let Some(state) = state {
             let (line, switch) = broker.restore(0, epoch_ms, state);
             log::info!("restored {line} queued line messages and {switch} switch messages");
+            if switch > 0 && broker.cluster.is_on() {
+                // With --cluster the message-switch door asks Redis, not
+                // this node's model: say where the restored ones went.
+                log::warn!(
+                    "{switch} switch messages restored from --data-dir stay in this node's own queues: with --cluster the message-switch API serves the queues in Redis, and only line receivers on this node reach these (docs/cluster.md, \"What stays on each node\")"
+                );
+            }
         }
         // The doors are printed once the store is read: a client that
         // waits for `listening` finds the queues restored.
