@@ -1525,3 +1525,54 @@ fn message_switch_names_like_the_keys_in_redis_are_queues_like_any_and_limits_ho
     let v = Stats::open(a.bus()).get();
     assert_eq!(stat(&v, "cluster.errors"), 0, "{v}");
 }
+
+#[test]
+fn switch_messages_restored_from_the_data_dir_of_a_node_without_cluster_are_reported_at_start() {
+    let dir = TempDir::new("cluster-restore");
+    let data = dir.path().to_str().unwrap().to_string();
+    // A node without --cluster keeps one message in a switch queue, on disk
+    // before it is answered.
+    let mut alone = Server::start(&[
+        "--switch-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--fsync",
+        "always",
+    ]);
+    {
+        let mut c = Switch::session(&alone, "svc");
+        assert_eq!(c.ok("GET", "/persistent/jobs", ""), "jobs");
+        assert_eq!(c.ok("POST", "/request/jobs/r", "kept"), r#"[["jobs",0]]"#);
+    }
+    alone.signal(9);
+    assert!(!alone.wait_exit(Duration::from_secs(10)).success());
+    // The same directory, now with --cluster: the message is restored into
+    // the node's own model, which the switch door does not serve, and the
+    // node says so.
+    let redis = Redis::start();
+    let n = switch_node_with(&redis, &["--data-dir", &data, "--log-level", "info"]);
+    let log = wait_log(&n, "restored 0 queued line messages and 1 switch messages");
+    assert!(
+        log.contains("1 switch messages restored from --data-dir stay in this node's own queues"),
+        "{log}"
+    );
+    // A node with --cluster and nothing restored says nothing of it (the
+    // warning would come at start, before the queue link is up).
+    let quiet = TempDir::new("cluster-restore-empty");
+    let m = switch_node_with(
+        &redis,
+        &[
+            "--data-dir",
+            quiet.path().to_str().unwrap(),
+            "--log-level",
+            "info",
+        ],
+    );
+    let log = wait_log(&m, "cluster: queue link up");
+    assert!(
+        log.contains("restored 0 queued line messages and 0 switch messages"),
+        "{log}"
+    );
+    assert!(!log.contains("restored from --data-dir stay"), "{log}");
+}
