@@ -8,7 +8,7 @@ import subprocess
 import time
 import unittest
 
-from switchboard_client.wsgi import build_environ
+from switchboard_client.wsgi import Response, build_environ
 
 from .support import HERE, PYTHON, Server, python_env
 
@@ -47,6 +47,28 @@ class EnvironTest(unittest.TestCase):
         e = build_environ({"method": "GET", "url": "/", "protocol": "HTTP/1.0", "headers": {}}, b"")
         self.assertEqual((e["SERVER_NAME"], e["SERVER_PORT"]), ("localhost", "80"))
         self.assertNotIn("CONTENT_LENGTH", e)
+
+
+class HeadTest(unittest.TestCase):
+    def test_the_head_is_the_json_of_status_and_headers(self):
+        headers = [
+            ("Content-Type", "text/plain"),
+            ("X-Quote", 'a "b" \\ c'),
+            ("X-Latin", "caf\u00c3\u00a9"),  # WSGI's Latin-1 of UTF-8 bytes
+            ("X-Tab", "a\tb"),
+        ]
+        r = Response(None, "R.1", 30)
+        r.start_response("201 Created", headers)
+        got = json.loads(r._head(length=12))
+        self.assertEqual(
+            got,
+            ["201", ["Content-Type", "text/plain", "X-Quote", 'a "b" \\ c', "X-Latin", "caf\u00e9",
+                     "X-Tab", "a\tb", "Content-Length", "12"]],
+        )
+        # A length the application gave is kept, and not given twice.
+        r = Response(None, "R.1", 30)
+        r.start_response("200 OK", [("content-length", "3")])
+        self.assertEqual(r._head(length=3), b'["200",["content-length","3"]]')
 
 
 class AdapterTest(unittest.TestCase):
