@@ -11,24 +11,31 @@ BODY = b"hello, world\n"
 
 
 def line(address):
-    from switchboard_client import Client
+    from switchboard_client import Client, Error
 
-    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
-    c = Client(address)
+    try:
+        serve_line(Client(address))
+    except (OSError, Error):
+        pass  # the server went away: the run is over
+
+
+def serve_line(c):
+    """One connection: each answer, its request body's wait before it and
+    the next wait after it, in one write."""
     queue = "msglite.httpRequests"
+    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
     m = None
     while True:
         if m is None:
             m = c.ready(queue, timeout=60)
             continue
         body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
-        # One write: the request body's wait, the answer, the next wait.
         c.ready(body_addr, timeout=5, pipeline=True)
         c.send(m.reply, head, timeout=m.timeout, flush=False)
         c.send(m.reply, BODY, timeout=m.timeout, flush=False)
         c.send(m.reply, b"", timeout=m.timeout, flush=False)
         c.ready(queue, timeout=60, pipeline=True)
-        c.answer()
+        c.answer()  # the (empty) body
         m = c.answer()
 
 
