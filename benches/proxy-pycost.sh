@@ -12,7 +12,10 @@
 #        SB (the switchboard binary, default target/release/switchboard),
 #        CLIENT (the Python client's directory, default clients/python; point
 #        it at another checkout's to compare two versions in one run),
-#        CHRT (a prefix for our Python handlers, e.g. "chrt --batch 0").
+#        CHRT (a prefix for our Python handlers, e.g. "chrt --batch 0"),
+#        BATCHES (default 1: our handlers and WSGI workers are measured once per
+#        value N listed, taking up to N queued requests a round trip: the
+#        handlers' third argument, the adapter's --batch; e.g. BATCHES="1 4").
 #
 # Rows: "server" is switchboard, Mongrel2, nginx (in front of uwsgi) or the
 # gunicorn arbiter; "Python" is the handlers or the WSGI workers (for uwsgi
@@ -114,18 +117,22 @@ EOF
 
 mongrel2() {
   header "$WORKERS Python handlers behind switchboard and behind Mongrel2"
-  local p l sb hs=()
-  p=$(free_port); l=$(free_port)
-  on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
-  sb=$!
-  sleep 0.3
-  for _ in $(seq "$WORKERS"); do
-    on0 ${CHRT:-} env PYTHONPATH="$CLIENT" $PY "$REPO/benches/proxy_handlers.py" line 127.0.0.1:$l
-    hs+=($!)
+  local p l sb n hs=()
+  for n in ${BATCHES:-1}; do
+    p=$(free_port); l=$(free_port)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sb=$!
+    sleep 0.3
+    hs=()
+    for _ in $(seq "$WORKERS"); do
+      on0 ${CHRT:-} env PYTHONPATH="$CLIENT" $PY "$REPO/benches/proxy_handlers.py" line 127.0.0.1:$l "$n"
+      hs+=($!)
+    done
+    wait_http http://127.0.0.1:$p/
+    cost "switchboard → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")" \
+      http://127.0.0.1:$p/ "$sb" "${hs[*]}"
+    stop_all
   done
-  wait_http http://127.0.0.1:$p/
-  cost "switchboard → $WORKERS Python line handlers" http://127.0.0.1:$p/ "$sb" "${hs[*]}"
-  stop_all
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2 hz=()
   export LOGNAME=${LOGNAME:-$(id -un)}
@@ -158,17 +165,21 @@ EOF
 
 wsgi() {
   header "A WSGI application, $WORKERS Python processes"
-  local ex=$REPO/clients/python/examples p l sb ad
-  p=$(free_port); l=$(free_port)
-  on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
-  sb=$!
-  sleep 0.3
-  (cd $ex && PYTHONPATH="$CLIENT" exec taskset -c 0 $PY -m switchboard_client.wsgi hello_app:app \
-     --workers "$WORKERS" --connect 127.0.0.1:$l 2>/dev/null) & PIDS+=($!)
-  ad=$!
-  wait_http http://127.0.0.1:$p/hello
-  cost "switchboard → WSGI adapter, $WORKERS workers" http://127.0.0.1:$p/hello "$sb" "$ad $(children $ad)"
-  stop_all
+  local ex=$REPO/clients/python/examples p l sb ad n
+  for n in ${BATCHES:-1}; do
+    p=$(free_port); l=$(free_port)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sb=$!
+    sleep 0.3
+    # shellcheck disable=SC2046
+    (cd $ex && PYTHONPATH="$CLIENT" exec taskset -c 0 $PY -m switchboard_client.wsgi hello_app:app \
+       --workers "$WORKERS" --connect 127.0.0.1:$l $([ "$n" = 1 ] || echo --batch "$n") 2>/dev/null) & PIDS+=($!)
+    ad=$!
+    wait_http http://127.0.0.1:$p/hello
+    cost "switchboard → WSGI adapter, $WORKERS workers$([ "$n" = 1 ] || echo ", --batch $n")" \
+      http://127.0.0.1:$p/hello "$sb" "$ad $(children $ad)"
+    stop_all
+  done
   if command -v gunicorn >/dev/null; then
     local g
     p=$(free_port)

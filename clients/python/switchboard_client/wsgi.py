@@ -251,6 +251,9 @@ def handle(client, app, message, multiprocess=False):
             client.ready(body_addr, timeout=1, pipeline=True)
             deferred = 1
         else:
+            # The bodies of the requests before it in the round come first.
+            while client._pending:
+                client.answer()
             got = client.ready(body_addr, timeout=1)
             if got is not None:
                 body = got.body
@@ -291,8 +294,9 @@ class _Stop:
         self.stopping = True
 
 
-def worker(app, address, queue, multiprocess, credential=None):
-    """One worker's loop: until stopped, take requests and answer them."""
+def worker(app, address, queue, multiprocess, credential=None, batch=1):
+    """One worker's loop: until stopped, take requests and answer them, up
+    to ``batch`` a round trip."""
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -309,19 +313,26 @@ def worker(app, address, queue, multiprocess, credential=None):
             if client is None:
                 client = Client(address, credential=credential)
                 backoff = 0.1
-            message = client.ready(queue, timeout=WAIT_S)
-            while message is not None:
-                deferred = handle(client, app, message, multiprocess)
-                if stop.stopping:
-                    client.flush()
-                    for _ in range(deferred):
-                        client.answer()
-                    break
-                # The answer, the body's wait and the next wait, in one write.
-                client.ready(queue, timeout=WAIT_S, pipeline=True)
-                for _ in range(deferred):
+            # A round: one wait for a request, then batch - 1 waits with
+            # timeout 0, which the server runs once the first is answered
+            # (commands after a wait are held until then) and answers at
+            # once, with a request already queued or with nothing. They
+            # leave in one write with the last round's answers and the
+            # waits for their (empty) bodies.
+            client.ready(queue, timeout=WAIT_S, pipeline=True)
+            for _ in range(batch - 1):
+                client.ready(queue, timeout=0, pipeline=True)
+            while client._pending > batch:
+                client.answer()
+            messages = [client.answer() for _ in range(batch)]
+            # Every request taken is answered, a stop notwithstanding.
+            for message in messages:
+                if message is not None:
+                    handle(client, app, message, multiprocess)
+            if stop.stopping:
+                client.flush()
+                while client._pending:
                     client.answer()
-                message = client.answer()
         except (OSError, Error) as e:
             sys.stderr.write("worker %d: %s; connecting again\n" % (os.getpid(), e))
             if client is not None:
@@ -336,9 +347,13 @@ def worker(app, address, queue, multiprocess, credential=None):
         client.close()
 
 
-def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1, credential=None):
+def serve(
+    app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1, credential=None, batch=1
+):
     """Runs ``workers`` worker processes until SIGTERM or SIGINT.
-    ``credential`` authenticates each worker's connection (see ``Client``)."""
+    ``credential`` authenticates each worker's connection (see ``Client``).
+    ``batch``: the most requests a worker takes in one round trip (those
+    beyond the first only when they are already queued)."""
     stopping = [False]
     children = {}
 
@@ -356,7 +371,7 @@ def serve(app, address=DEFAULT_ADDRESS, queue=DEFAULT_QUEUE, workers=1, credenti
         if pid == 0:
             code = 0
             try:
-                worker(app, address, queue, workers > 1, credential)
+                worker(app, address, queue, workers > 1, credential, batch)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -421,16 +436,27 @@ def main(argv=None):
         help="authenticate with the secret or token in this environment variable "
         "(kept out of the process list)",
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="take up to N requests a round trip when they are already queued: less CPU "
+        "per request under load, but a request taken waits for those before it in the "
+        "worker (default 1)",
+    )
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if not 1 <= args.batch <= 64:
+        p.error("--batch must be from 1 to 64")
     credential = None
     if args.credential_env:
         credential = os.environ.get(args.credential_env)
         if not credential:
             p.error("the environment variable %s is empty or not set" % args.credential_env)
     app = load_app(args.app)
-    return serve(app, args.connect, args.queue, args.workers, credential)
+    return serve(app, args.connect, args.queue, args.workers, credential, args.batch)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,10 @@ class AdapterTest(unittest.TestCase):
         cls.adapter = cls.start_adapter()
 
     @classmethod
-    def start_adapter(cls, workers=2):
+    def start_adapter(cls, workers=2, *extra):
         return subprocess.Popen(
             [PYTHON, "-m", "switchboard_client.wsgi", "apps:app", "--workers", str(workers),
-             "--connect", cls.server.line],
+             "--connect", cls.server.line, *extra],
             cwd=HERE, env=python_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -193,6 +193,45 @@ class RestartTest(unittest.TestCase):
             self.assertEqual(c.getresponse().read(), b"hello, later\n")
         finally:
             self.assertEqual(stop(adapter), 0)
+
+
+class BatchTest(unittest.TestCase):
+    def test_requests_taken_in_batches_are_each_answered_with_their_own_body(self):
+        server = Server("--proxy-listen", "127.0.0.1:0")
+        self.addCleanup(server.stop)
+        host, port = server.proxy.rsplit(":", 1)
+        # Sent while no adapter runs, so that they are queued when it comes
+        # and its one worker takes them four at a time: bodies and empty
+        # bodies mixed, streamed and failing answers among them.
+        sent = []
+        for i in range(11):
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            self.addCleanup(c.close)
+            kind = i % 4
+            if kind == 0:
+                c.request("GET", "/hello?name=n%d" % i)
+                want = (200, b"hello, n%d\n" % i)
+            elif kind == 1:
+                payload = os.urandom(1000 * i)
+                c.request("POST", "/echo", payload, {"Content-Type": "application/x-%d" % i})
+                want = (200, payload)
+            elif kind == 2:
+                c.request("GET", "/stream" if i % 8 == 2 else "/error")
+                want = (200, b"part 0\npart 1\npart 2\n") if i % 8 == 2 else (500, b"Internal Server Error\n")
+            else:
+                c.request("PUT", "/echo", b"", {"Content-Type": "text/x"})
+                want = (200, b"")
+            sent.append((c, want))
+        adapter = AdapterTest.start_adapter.__func__(
+            type("S", (), {"server": server}), 1, "--batch", "4"
+        )
+        try:
+            for i, (c, want) in enumerate(sent):
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), want, "request %d" % i)
+        finally:
+            code = stop(adapter)
+        self.assertEqual(code, 0)
 
 
 def is_running(pid):
