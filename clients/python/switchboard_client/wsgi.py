@@ -240,7 +240,9 @@ def handle(client, app, message, multiprocess=False):
     """Answers one request message; the answer's end is left buffered.
     Returns how many pipelined waits (0 or 1) the caller must still read the
     answers of: a request without a body takes its (empty) body message in
-    the same write as its answer."""
+    the same write as its answer. A request with a body first reads the
+    answers of the waits still pending (the empty bodies of the requests
+    before it in a batch)."""
     env = _envelope(message.body)
     body = b""
     deferred = 0
@@ -325,9 +327,12 @@ def worker(app, address, queue, multiprocess, credential=None, batch=1):
             while client._pending > batch:
                 client.answer()
             messages = [client.answer() for _ in range(batch)]
-            # Every request taken is answered, a stop notwithstanding.
+            # Every request taken is answered, a stop notwithstanding; an
+            # answer leaves before the application runs for the next one.
             for message in messages:
                 if message is not None:
+                    if client._out:
+                        client.flush()
                     handle(client, app, message, multiprocess)
             if stop.stopping:
                 client.flush()

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -232,6 +233,32 @@ class BatchTest(unittest.TestCase):
         finally:
             code = stop(adapter)
         self.assertEqual(code, 0)
+
+
+    def test_an_answer_in_a_batch_leaves_before_the_next_request_runs(self):
+        server = Server("--proxy-listen", "127.0.0.1:0")
+        self.addCleanup(server.stop)
+        host, port = server.proxy.rsplit(":", 1)
+        flag = os.path.join(tempfile.mkdtemp(), "go")
+        first = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.addCleanup(first.close)
+        first.request("GET", "/hello?name=first")
+        second = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.addCleanup(second.close)
+        # The second runs until the test, having the first's answer, makes
+        # the file: were the first's answer held back until the second was
+        # done, the second would wait in vain.
+        second.request("GET", "/until?" + flag)
+        adapter = AdapterTest.start_adapter.__func__(
+            type("S", (), {"server": server}), 1, "--batch", "2"
+        )
+        try:
+            r = first.getresponse()
+            self.assertEqual(r.read(), b"hello, first\n")
+            open(flag, "w").close()
+            self.assertEqual(second.getresponse().read(), b"it exists")
+        finally:
+            self.assertEqual(stop(adapter), 0)
 
 
 def is_running(pid):
