@@ -218,7 +218,10 @@ class BatchTest(unittest.TestCase):
                 want = (200, payload)
             elif kind == 2:
                 c.request("GET", "/stream" if i % 8 == 2 else "/error")
-                want = (200, b"part 0\npart 1\npart 2\n") if i % 8 == 2 else (500, b"Internal Server Error\n")
+                if i % 8 == 2:
+                    want = (200, b"part 0\npart 1\npart 2\n")
+                else:
+                    want = (500, b"Internal Server Error\n")
             else:
                 c.request("PUT", "/echo", b"", {"Content-Type": "text/x"})
                 want = (200, b"")
