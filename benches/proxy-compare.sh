@@ -4,7 +4,9 @@
 # usage: benches/proxy-compare.sh [own|mongrel2|wsgi|all]   (default all)
 # env:   DURATION (seconds per run, default 10), RUNS (default 3),
 #        CONNS (wrk connections, default 64), WORKERS (Python processes, default 4),
-#        SB (the switchboard binary, default target/release/switchboard)
+#        SB (the switchboard binary, default target/release/switchboard),
+#        BATCHES (default 1: our Python handlers and WSGI workers are measured
+#        once per value N listed, taking up to N queued requests a round trip)
 #
 # Needs (Debian): wrk nginx mongrel2-core python3-zmq gunicorn uwsgi-core
 # uwsgi-plugin-python3; and `cargo build --release --bin switchboard --example
@@ -125,16 +127,18 @@ own() {
 mongrel2() {
   echo; echo "## The same architecture: $WORKERS Python handlers behind switchboard vs behind Mongrel2"
   echo "| server | requests/s | p99 ms |"; echo "|---|---|---|"
-  local p l
-  p=$(free_port); l=$(free_port)
-  on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
-  sleep 0.3
-  for _ in $(seq "$WORKERS"); do
-    on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line 127.0.0.1:$l
+  local p l n
+  for n in ${BATCHES:-1}; do
+    p=$(free_port); l=$(free_port)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3
+    for _ in $(seq "$WORKERS"); do
+      on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line 127.0.0.1:$l "$n"
+    done
+    wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")" http://127.0.0.1:$p/
+    stop_all
   done
-  wait_http http://127.0.0.1:$p/
-  measure "switchboard proxy → $WORKERS Python line handlers" http://127.0.0.1:$p/
-  stop_all
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2
   export LOGNAME=${LOGNAME:-$(id -un)}
@@ -164,15 +168,18 @@ EOF
 wsgi() {
   echo; echo "## A WSGI application, $WORKERS Python processes"
   echo "| server | requests/s | p99 ms |"; echo "|---|---|---|"
-  local ex=$REPO/clients/python/examples p l
-  p=$(free_port); l=$(free_port)
-  on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
-  sleep 0.3
-  (cd $ex && PYTHONPATH=$REPO/clients/python exec taskset -c 0 $PY -m switchboard_client.wsgi hello_app:app \
-     --workers "$WORKERS" --connect 127.0.0.1:$l 2>/dev/null) & PIDS+=($!)
-  wait_http http://127.0.0.1:$p/hello
-  measure "switchboard proxy → WSGI adapter" http://127.0.0.1:$p/hello
-  stop_all
+  local ex=$REPO/clients/python/examples p l n
+  for n in ${BATCHES:-1}; do
+    p=$(free_port); l=$(free_port)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3
+    # shellcheck disable=SC2046
+    (cd $ex && PYTHONPATH=$REPO/clients/python exec taskset -c 0 $PY -m switchboard_client.wsgi hello_app:app \
+       --workers "$WORKERS" --connect 127.0.0.1:$l $([ "$n" = 1 ] || echo --batch "$n") 2>/dev/null) & PIDS+=($!)
+    wait_http http://127.0.0.1:$p/hello
+    measure "switchboard proxy → WSGI adapter$([ "$n" = 1 ] || echo ", --batch $n")" http://127.0.0.1:$p/hello
+    stop_all
+  done
   if command -v gunicorn >/dev/null; then
     p=$(free_port)
     on0 gunicorn -w "$WORKERS" -k sync -b 127.0.0.1:$p --chdir "$ex" --log-level warning hello_app:app

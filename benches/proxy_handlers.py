@@ -1,7 +1,8 @@
 """Minimal Python handlers for benches/proxy-compare.sh: each answers every
 request with 200 and "hello, world\n", with its Content-Length.
 
-    python3 proxy_handlers.py line HOST:PORT            # switchboard's proxy, line protocol
+    python3 proxy_handlers.py line HOST:PORT [N]        # switchboard's proxy, line protocol,
+                                                        # up to N requests a round trip
     python3 proxy_handlers.py zmq SEND_SPEC RECV_SPEC   # Mongrel2, ZeroMQ (python3-zmq)
 """
 
@@ -10,26 +11,65 @@ import sys
 BODY = b"hello, world\n"
 
 
-def line(address):
-    from switchboard_client import Client
+def line(address, batch=1):
+    from switchboard_client import Client, Error
 
-    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
-    c = Client(address)
+    try:
+        if batch == 1:
+            serve_line(Client(address))
+        else:
+            serve_batches(Client(address), batch)
+    except (OSError, Error):
+        pass  # the server went away: the run is over
+
+
+def serve_line(c):
+    """One connection: each answer, its request body's wait before it and
+    the next wait after it, in one write."""
     queue = "msglite.httpRequests"
+    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
     m = None
     while True:
         if m is None:
             m = c.ready(queue, timeout=60)
             continue
         body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
-        # One write: the request body's wait, the answer, the next wait.
         c.ready(body_addr, timeout=5, pipeline=True)
         c.send(m.reply, head, timeout=m.timeout, flush=False)
         c.send(m.reply, BODY, timeout=m.timeout, flush=False)
         c.send(m.reply, b"", timeout=m.timeout, flush=False)
         c.ready(queue, timeout=60, pipeline=True)
-        c.answer()
+        c.answer()  # the (empty) body
         m = c.answer()
+
+
+def serve_batches(c, n):
+    """Up to N requests a round trip: one wait for a request, then N - 1
+    waits with timeout 0, which the server runs as soon as the first is
+    answered (a command after a wait is held until the wait is answered)
+    and answers at once, with a request or with nothing. The answers to a
+    round's requests, the waits for their bodies and the next round's waits
+    leave in one write."""
+    queue = "msglite.httpRequests"
+    head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
+    bodies = 0
+    while True:
+        c.ready(queue, timeout=60, pipeline=True)
+        for _ in range(n - 1):
+            c.ready(queue, timeout=0, pipeline=True)
+        for _ in range(bodies):
+            c.answer()  # the last round's (empty) bodies
+        bodies = 0
+        for _ in range(n):
+            m = c.answer()
+            if m is None:
+                continue
+            body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
+            c.ready(body_addr, timeout=5, pipeline=True)
+            bodies += 1
+            c.send(m.reply, head, timeout=m.timeout, flush=False)
+            c.send(m.reply, BODY, timeout=m.timeout, flush=False)
+            c.send(m.reply, b"", timeout=m.timeout, flush=False)
 
 
 def zmq_handler(send_spec, recv_spec):
@@ -54,6 +94,6 @@ def zmq_handler(send_spec, recv_spec):
 
 if __name__ == "__main__":
     if sys.argv[1] == "line":
-        line(sys.argv[2])
+        line(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
     else:
         zmq_handler(sys.argv[2], sys.argv[3])

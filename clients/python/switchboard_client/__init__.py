@@ -55,6 +55,8 @@ class QueueFull(Error):
 _REFUSED = object()
 #: A frame not yet whole in the input.
 _INCOMPLETE = object()
+#: Makes a named tuple from a tuple without the Python-level __new__.
+_tuple = tuple.__new__
 
 
 class ProtocolError(Error):
@@ -64,27 +66,46 @@ class ProtocolError(Error):
 
 _NOT_A_FIELD = re.compile(rb"[\x00-\x20\x7f]")
 
+#: Names already checked, by the str or bytes given: a handler names the
+#: same queue and reply address again and again. Cleared when full.
+_FIELDS = {}
+_FIELDS_MAX = 1024
+
 
 def _field(name, what):
     """Checks that ``name`` can be one field of a command line."""
-    if isinstance(name, bytes):
-        raw = name
+    cls = name.__class__
+    if cls is str or cls is bytes:
+        raw = _FIELDS.get(name)
+        if raw is not None:
+            return raw
+        raw = name if cls is bytes else name.encode("utf-8")
+    elif isinstance(name, bytes):
+        raw = bytes(name)
     else:
         raw = str(name).encode("utf-8")
     if not raw:
         raise ValueError("%s is empty" % what)
     if _NOT_A_FIELD.search(raw):
         raise ValueError("%s %r has a space or a control character" % (what, name))
+    if cls is str or cls is bytes:
+        if len(_FIELDS) >= _FIELDS_MAX:
+            _FIELDS.clear()
+        _FIELDS[name] = raw
     return raw
 
 
 def _body(body):
+    if body.__class__ is bytes:
+        return body
     if isinstance(body, str):
         return body.encode("utf-8")
     return bytes(body)
 
 
 def _timeout(t):
+    if t.__class__ is int and t >= 0:
+        return t
     t = int(t)
     if t < 0:
         raise ValueError("a timeout is a number of seconds, not %r" % t)
@@ -121,9 +142,13 @@ class Client:
 
     def __init__(self, address=DEFAULT_ADDRESS, socket_timeout=None, credential=None):
         self._sock = _connect(address, socket_timeout)
-        # Bytes read and not yet taken: a frame is taken only once it is
-        # whole, so a socket timeout never leaves half of one behind.
-        self._in = bytearray()
+        # Bytes read, taken up to self._at: a frame is taken only once it
+        # is whole, so a socket timeout never leaves half of one behind.
+        self._in = b""
+        self._at = 0
+        # How many bytes from self._at the frame being read needs in all,
+        # once its command line is in (0: not known).
+        self._want = 0
         self._out = []
         self._published = collections.deque()
         #: Sends refused with ``- queue full`` so far, as far as the
@@ -140,8 +165,22 @@ class Client:
     def _frame(self, line, body=None):
         self._out.append(line)
         if body:
-            self._out.append(body)
-            self._out.append(b"\r\n")
+            self._out += (body, b"\r\n")
+
+    def _send_many(self, to, bodies, timeout):
+        """Buffers one message to ``to`` per body (each bytes or str), in
+        order; for the WSGI adapter, whose answer is several messages to one
+        reply address."""
+        to = _field(to, "an address")
+        timeout = _timeout(timeout)
+        out = self._out
+        for body in bodies:
+            if body.__class__ is not bytes:
+                body = _body(body)
+            if body:
+                out += (b"> %d %d %s\r\n" % (len(body), timeout, to), body, b"\r\n")
+            else:
+                out.append(b"> 0 %d %s\r\n" % (timeout, to))
 
     def flush(self):
         """Writes every command buffered with ``flush=False``."""
@@ -156,11 +195,21 @@ class Client:
         ``flush=False`` the command is buffered until the next flush (or the
         next command that needs an answer), so that several sends leave in
         one write."""
-        body = _body(body)
-        line = b"> %d %d %s" % (len(body), _timeout(timeout), _field(to, "an address"))
-        if reply is not None:
-            line += b" " + _field(reply, "a reply address")
-        self._frame(line + b"\r\n", body)
+        if body.__class__ is not bytes:
+            body = _body(body)
+        if reply is None:
+            line = b"> %d %d %s\r\n" % (len(body), _timeout(timeout), _field(to, "an address"))
+        else:
+            line = b"> %d %d %s %s\r\n" % (
+                len(body),
+                _timeout(timeout),
+                _field(to, "an address"),
+                _field(reply, "a reply address"),
+            )
+        if body:
+            self._out += (line, body, b"\r\n")
+        else:
+            self._out.append(line)
         if flush:
             self.flush()
 
@@ -174,11 +223,13 @@ class Client:
         :meth:`answer`: a handler can write its reply and its next waits in
         one write and read their answers afterwards."""
         if isinstance(addresses, (str, bytes)):
-            addresses = [addresses]
-        addresses = [_field(a, "an address") for a in addresses]
-        if not 1 <= len(addresses) <= MAX_ADDRESSES:
-            raise ValueError("ready takes 1 to %d addresses" % MAX_ADDRESSES)
-        self._frame(b"< %d %s\r\n" % (_timeout(timeout), b" ".join(addresses)))
+            line = b"< %d %s\r\n" % (_timeout(timeout), _field(addresses, "an address"))
+        else:
+            addresses = [_field(a, "an address") for a in addresses]
+            if not 1 <= len(addresses) <= MAX_ADDRESSES:
+                raise ValueError("ready takes 1 to %d addresses" % MAX_ADDRESSES)
+            line = b"< %d %s\r\n" % (_timeout(timeout), b" ".join(addresses))
+        self._out.append(line)
         self._pending += 1
         if pipeline:
             return None
@@ -189,7 +240,8 @@ class Client:
         ``pipeline``): a :class:`Message` or ``None``. Flushes first."""
         if self._pending <= 0:
             raise Error("no ready is waiting for its answer")
-        self.flush()
+        if self._out:
+            self.flush()
         self._pending -= 1
         return self._answer()
 
@@ -275,22 +327,40 @@ class Client:
         taken as the refusal of the query itself, the likelier case, since
         the two cannot be told apart."""
         while True:
-            frame = self._read_frame()
-            if isinstance(frame, Published):
-                self._published.append(frame)
-                continue
-            if frame is _REFUSED:
+            frame = self._take_frame()
+            if frame is None or frame.__class__ is Message:
+                return frame
+            if frame is _INCOMPLETE:
+                self._fill()
+            elif frame is _REFUSED:
                 if query:
                     raise QueueFull("queue full")
                 self.refused += 1
-                continue
-            return frame
+            else:
+                self._published.append(frame)
 
     def _fill(self):
-        data = self._sock.recv(65536)
-        if not data:
-            raise ProtocolError("the server closed the connection")
-        self._in += data
+        """Reads more input. The bytes already read stay whatever happens (a
+        socket timeout included); a frame whose length is known is read to
+        its end before the pieces are joined, once."""
+        rest = self._in[self._at :] if self._at else self._in
+        need = self._want - len(rest)
+        chunks = [rest]
+        try:
+            while True:
+                data = self._sock.recv(min(max(need, 65536), 262144))
+                if not data:
+                    raise ProtocolError("the server closed the connection")
+                chunks.append(data)
+                need -= len(data)
+                if need <= 0:
+                    break
+        finally:
+            if len(chunks) == 2 and not rest:
+                self._in = chunks[1]
+            else:
+                self._in = b"".join(chunks)
+            self._at = 0
 
     def _read_frame(self):
         """One frame: a Message, None (``*``), a Published, or _REFUSED.
@@ -304,40 +374,62 @@ class Client:
     def _take_frame(self):
         """Takes one whole frame from the input, or returns _INCOMPLETE."""
         buf = self._in
+        at = self._at
         while True:
-            end = buf.find(b"\n")
+            end = buf.find(b"\n", at)
             if end < 0:
+                self._want = 0
                 return _INCOMPLETE
-            line = bytes(buf[:end]).rstrip(b"\r")
-            fields = line.split()
+            fields = buf[at:end].split()
             if fields:
                 break
-            del buf[: end + 1]
+            at = self._at = end + 1
         kind = fields[0]
         if kind == b"*":
-            del buf[: end + 1]
+            self._at = end + 1
             return None
         if kind == b"-":
-            del buf[: end + 1]
-            reason = line[1:].strip().decode("utf-8", "replace")
+            self._at = end + 1
+            reason = buf[at:end].rstrip(b"\r")[1:].strip().decode("utf-8", "replace")
             if reason == "queue full":
                 return _REFUSED
             raise ServerError(reason)
+        nf = len(fields)
+        if not ((kind == b">" and (nf == 4 or nf == 5)) or (kind == b"!" and nf == 4)):
+            raise ProtocolError("not a frame: %r" % buf[at:end].rstrip(b"\r"))
         try:
             n = int(fields[1])
-        except (IndexError, ValueError):
-            raise ProtocolError("not a frame: %r" % line)
-        if not ((kind == b">" and len(fields) in (4, 5)) or (kind == b"!" and len(fields) == 4)):
-            raise ProtocolError("not a frame: %r" % line)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise ProtocolError("not a frame: %r" % buf[at:end].rstrip(b"\r"))
         start = end + 1
-        stop = start + n + (2 if n else 0)
-        if len(buf) < stop:
-            return _INCOMPLETE
-        body = bytes(buf[start : start + n])
-        if n and buf[start + n : stop] != b"\r\n":
-            raise ProtocolError("a body was not followed by CRLF")
-        del buf[:stop]
-        if kind == b">":
-            reply = fields[4].decode() if len(fields) == 5 else None
-            return Message(fields[3].decode(), reply, int(fields[2]), body)
-        return Published(fields[2].decode(), fields[3].decode(), body)
+        if n:
+            stop = start + n + 2
+            if len(buf) < stop:
+                self._want = stop - at
+                return _INCOMPLETE
+            if buf[stop - 2 : stop] != b"\r\n":
+                raise ProtocolError("a body was not followed by CRLF")
+            body = buf[start : stop - 2]
+        else:
+            stop = start
+            body = b""
+        try:
+            if kind == b">":
+                frame = _tuple(
+                    Message,
+                    (
+                        fields[3].decode(),
+                        fields[4].decode() if nf == 5 else None,
+                        int(fields[2]),
+                        body,
+                    ),
+                )
+            else:
+                frame = _tuple(Published, (fields[2].decode(), fields[3].decode(), body))
+        except ValueError:
+            raise ProtocolError("not a frame: %r" % buf[at:end].rstrip(b"\r"))
+        self._at = stop
+        self._want = 0
+        return frame

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 
 def app(environ, start_response):
@@ -31,6 +32,14 @@ def app(environ, start_response):
     if path == "/pid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(os.getpid()).encode()]
+    if path == "/until":
+        # Answers once the file named in the query exists (a test makes it).
+        name = environ["QUERY_STRING"]
+        deadline = time.monotonic() + 20
+        while not os.path.exists(name) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"it exists" if os.path.exists(name) else b"it never came"]
     if path == "/error":
         raise RuntimeError("this page fails on purpose")
     if path == "/write":

@@ -5,7 +5,14 @@ import socket
 import tempfile
 import unittest
 
-from switchboard_client import Client, Message, Published, QueueFull, ServerError
+from switchboard_client import (
+    Client,
+    Message,
+    ProtocolError,
+    Published,
+    QueueFull,
+    ServerError,
+)
 
 from .support import Server
 
@@ -170,6 +177,93 @@ class LimitsTest(unittest.TestCase):
         self.assertIsNone(c.next_published(timeout=0.2))
         with self.assertRaises(socket.timeout):
             c.ready("u.nothing", timeout=5)
+
+
+class FramingTest(unittest.TestCase):
+    """How the client reads frames that arrive in pieces, with the test as the
+    peer (a listening socket it writes to by hand), so that where the input
+    is cut is chosen, not left to the network."""
+
+    def setUp(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        self.addCleanup(listener.close)
+        host, port = listener.getsockname()
+        self.client = Client("%s:%d" % (host, port), socket_timeout=10)
+        self.addCleanup(self.client.close)
+        self.peer, _ = listener.accept()
+        self.addCleanup(self.peer.close)
+
+    def read(self, n):
+        """N bytes the client wrote."""
+        self.peer.settimeout(10)
+        got = b""
+        while len(got) < n:
+            data = self.peer.recv(n - len(got))
+            self.assertTrue(data, "the client closed its connection")
+            got += data
+        return got
+
+    def test_a_timeout_inside_a_frame_loses_none_of_it(self):
+        c = self.client
+        body = b"one\r\ntwo"
+        frame = b"! %d news text/plain\r\n%s\r\n" % (len(body), body)
+        for cut in (1, 10, len(frame) - len(body) - 2, len(frame) - 1):
+            self.peer.sendall(frame[:cut])
+            # The first part is read, the rest does not come in time.
+            self.assertIsNone(c.next_published(timeout=0.1))
+            self.peer.sendall(frame[cut:] + b"! 0 news x\r\n")
+            self.assertEqual(c.next_published(timeout=5), Published("news", "text/plain", body))
+            self.assertEqual(c.next_published(timeout=5), Published("news", "x", b""))
+
+    def test_a_large_body_in_many_pieces_and_frames_in_one_piece(self):
+        c = self.client
+        big = bytes(range(256)) * 4096 + b"\r\n> 1 2 x\r\n"
+        c.ready("q", timeout=5, pipeline=True)
+        c.ready("q", timeout=5, pipeline=True)
+        c.ready("q", timeout=5, pipeline=True)
+        c.flush()
+        self.assertEqual(self.read(21), b"< 5 q\r\n" * 3)
+        data = b"> %d 30 q R.1\r\n%s\r\n*\r\n\r\n> 0 7 q\r\n" % (len(big), big)
+        for i in range(0, len(data), 1000):
+            self.peer.sendall(data[i : i + 1000])
+        self.assertEqual(c.answer(), Message("q", "R.1", 30, big))
+        self.assertIsNone(c.answer())
+        self.assertEqual(c.answer(), Message("q", None, 7, b""))
+
+    def test_malformed_frames_are_protocol_errors(self):
+        for bad in [
+            b"> -5 30 q\r\n",
+            b"> x 30 q\r\n",
+            b"> 1 30\r\n",
+            b"! 1 news\r\n",
+            b"> 3 30 q\r\nabcXY",
+            b"> 0 soon q\r\n",
+            b"> 0 30 \xff\r\n",
+            b"? 0 30 q\r\n",
+        ]:
+            with self.subTest(bad=bad):
+                self.setUp()
+                self.peer.sendall(bad)
+                with self.assertRaises(ProtocolError):
+                    self.client.ready("q", timeout=5)
+
+    def test_sends_are_framed_as_the_protocol_says(self):
+        c = self.client
+        c.send("q", b"", flush=False)
+        c.send(b"q", "\u00e9", timeout=7, reply="r.1", flush=False)
+        c.send("q", bytearray(b"ab"), timeout=2.9)
+        want = b"> 0 30 q\r\n> 2 7 q r.1\r\n\xc3\xa9\r\n> 2 2 q\r\nab\r\n"
+        self.assertEqual(self.read(len(want)), want)
+        # A name checked once is checked the same way again.
+        for _ in range(2):
+            with self.assertRaises(ValueError):
+                c.send("a b", b"x")
+            with self.assertRaises(ValueError):
+                c.send("q", b"x", reply="a\x00b")
+            with self.assertRaises(ValueError):
+                c.send("q", b"x", timeout=-1)
 
 
 if __name__ == "__main__":

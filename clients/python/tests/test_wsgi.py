@@ -5,10 +5,11 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
-from switchboard_client.wsgi import build_environ
+from switchboard_client.wsgi import Response, build_environ
 
 from .support import HERE, PYTHON, Server, python_env
 
@@ -49,6 +50,28 @@ class EnvironTest(unittest.TestCase):
         self.assertNotIn("CONTENT_LENGTH", e)
 
 
+class HeadTest(unittest.TestCase):
+    def test_the_head_is_the_json_of_status_and_headers(self):
+        headers = [
+            ("Content-Type", "text/plain"),
+            ("X-Quote", 'a "b" \\ c'),
+            ("X-Latin", "caf\u00c3\u00a9"),  # WSGI's Latin-1 of UTF-8 bytes
+            ("X-Tab", "a\tb"),
+        ]
+        r = Response(None, "R.1", 30)
+        r.start_response("201 Created", headers)
+        got = json.loads(r._head(length=12))
+        self.assertEqual(
+            got,
+            ["201", ["Content-Type", "text/plain", "X-Quote", 'a "b" \\ c', "X-Latin", "caf\u00e9",
+                     "X-Tab", "a\tb", "Content-Length", "12"]],
+        )
+        # A length the application gave is kept, and not given twice.
+        r = Response(None, "R.1", 30)
+        r.start_response("200 OK", [("content-length", "3")])
+        self.assertEqual(r._head(length=3), b'["200",["content-length","3"]]')
+
+
 class AdapterTest(unittest.TestCase):
     """The adapter in front of the real server, with two workers."""
 
@@ -58,10 +81,10 @@ class AdapterTest(unittest.TestCase):
         cls.adapter = cls.start_adapter()
 
     @classmethod
-    def start_adapter(cls, workers=2):
+    def start_adapter(cls, workers=2, *extra):
         return subprocess.Popen(
             [PYTHON, "-m", "switchboard_client.wsgi", "apps:app", "--workers", str(workers),
-             "--connect", cls.server.line],
+             "--connect", cls.server.line, *extra],
             cwd=HERE, env=python_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -169,6 +192,74 @@ class RestartTest(unittest.TestCase):
         adapter = AdapterTest.start_adapter.__func__(type("S", (), {"server": server}), workers=1)
         try:
             self.assertEqual(c.getresponse().read(), b"hello, later\n")
+        finally:
+            self.assertEqual(stop(adapter), 0)
+
+
+class BatchTest(unittest.TestCase):
+    def test_requests_taken_in_batches_are_each_answered_with_their_own_body(self):
+        server = Server("--proxy-listen", "127.0.0.1:0")
+        self.addCleanup(server.stop)
+        host, port = server.proxy.rsplit(":", 1)
+        # Sent while no adapter runs, so that they are queued when it comes
+        # and its one worker takes them four at a time: bodies and empty
+        # bodies mixed, streamed and failing answers among them.
+        sent = []
+        for i in range(11):
+            c = http.client.HTTPConnection(host, int(port), timeout=30)
+            self.addCleanup(c.close)
+            kind = i % 4
+            if kind == 0:
+                c.request("GET", "/hello?name=n%d" % i)
+                want = (200, b"hello, n%d\n" % i)
+            elif kind == 1:
+                payload = os.urandom(1000 * i)
+                c.request("POST", "/echo", payload, {"Content-Type": "application/x-%d" % i})
+                want = (200, payload)
+            elif kind == 2:
+                c.request("GET", "/stream" if i % 8 == 2 else "/error")
+                if i % 8 == 2:
+                    want = (200, b"part 0\npart 1\npart 2\n")
+                else:
+                    want = (500, b"Internal Server Error\n")
+            else:
+                c.request("PUT", "/echo", b"", {"Content-Type": "text/x"})
+                want = (200, b"")
+            sent.append((c, want))
+        adapter = AdapterTest.start_adapter.__func__(
+            type("S", (), {"server": server}), 1, "--batch", "4"
+        )
+        try:
+            for i, (c, want) in enumerate(sent):
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), want, "request %d" % i)
+        finally:
+            code = stop(adapter)
+        self.assertEqual(code, 0)
+
+
+    def test_an_answer_in_a_batch_leaves_before_the_next_request_runs(self):
+        server = Server("--proxy-listen", "127.0.0.1:0")
+        self.addCleanup(server.stop)
+        host, port = server.proxy.rsplit(":", 1)
+        flag = os.path.join(tempfile.mkdtemp(), "go")
+        first = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.addCleanup(first.close)
+        first.request("GET", "/hello?name=first")
+        second = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.addCleanup(second.close)
+        # The second runs until the test, having the first's answer, makes
+        # the file: were the first's answer held back until the second was
+        # done, the second would wait in vain.
+        second.request("GET", "/until?" + flag)
+        adapter = AdapterTest.start_adapter.__func__(
+            type("S", (), {"server": server}), 1, "--batch", "2"
+        )
+        try:
+            r = first.getresponse()
+            self.assertEqual(r.read(), b"hello, first\n")
+            open(flag, "w").close()
+            self.assertEqual(second.getresponse().read(), b"it exists")
         finally:
             self.assertEqual(stop(adapter), 0)
 
