@@ -69,10 +69,20 @@ impl Shared {
             .map_or(&self.default_queue, |(_, queue)| queue)
     }
 
+    /// `PREFIX-N`, N in lower-case hex (written without `format!`: one per
+    /// request).
     fn fresh_id(&self) -> String {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        format!("{}-{n:x}", self.id_prefix)
+        let mut id = String::with_capacity(self.id_prefix.len() + 17);
+        id.push_str(&self.id_prefix);
+        id.push('-');
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            let d = ((n >> (4 * i)) & 0xf) as u32;
+            id.push(char::from_digit(d, 16).unwrap_or('0'));
+        }
+        id
     }
 }
 
@@ -1126,6 +1136,26 @@ mod tests {
             head_only,
             keep_alive,
             counted: false,
+        }
+    }
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_count_in_hex() {
+        let shared = Shared {
+            default_queue: Bytes::new(),
+            routes: Vec::new(),
+            timeout_s: 1,
+            max_pending: 1,
+            max_unsent: 1,
+            pending: Cell::new(0),
+            refused: Cell::new(0),
+            next_id: Cell::new(0),
+            id_prefix: "6a1f".into(),
+        };
+        assert_eq!(shared.fresh_id(), "6a1f-1");
+        for n in [9, 15, 16, 255, 0xabc_def0, u64::MAX - 1] {
+            shared.next_id.set(n);
+            assert_eq!(shared.fresh_id(), format!("6a1f-{:x}", n + 1));
         }
     }
 
