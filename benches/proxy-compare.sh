@@ -99,6 +99,12 @@ own() {
   sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8; wait_http http://127.0.0.1:$p/
   measure "switchboard proxy → Rust handler (TCP)" http://127.0.0.1:$p/
   stop_all
+  # The same handler asking for up to 8 requests at a time (a wait and 7
+  # polls of what is already queued), each answered on its own.
+  on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+  sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 8; wait_http http://127.0.0.1:$p/
+  measure "switchboard proxy → Rust handler, batches of 8 (TCP)" http://127.0.0.1:$p/
+  stop_all
   # The same handler with one thread and a readiness loop for its 8
   # connections, as an upstream in one process serves them.
   on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null

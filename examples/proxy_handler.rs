@@ -3,14 +3,17 @@
 //! body with its `Content-Length`.
 //!
 //! ```text
-//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE] [threads|loop]
-//! cargo run --release --example proxy_handler -- /tmp/line.sock [CONNECTIONS] [QUEUE] [threads|loop]
+//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE] [threads|loop] [BATCH]
+//! cargo run --release --example proxy_handler -- /tmp/line.sock [CONNECTIONS] [QUEUE] [threads|loop] [BATCH]
 //! ```
 //!
 //! Each connection pipelines: once it has a request, one write carries the
 //! wait for the request's body, the head, the body, the end and the wait for
 //! the next request; then it reads the two answers. With `threads` (the
-//! default) each connection has a thread of its own and blocking sockets;
+//! default) each connection has a thread of its own and blocking sockets,
+//! and asks for up to BATCH requests at a time (default 1): one wait and
+//! BATCH - 1 polls that take what is already queued, so that under load one
+//! wake-up serves several requests, each answered on its own;
 //! with `loop` one thread serves every connection from a readiness loop, as
 //! an upstream server in one process does, so a wake-up serves every
 //! connection that has input.
@@ -52,45 +55,62 @@ fn answer(r: &mut impl BufRead, line: &mut String, body: &mut Vec<u8>) -> Option
 }
 
 /// `HOST:PORT`, or a Unix socket path.
-fn serve(addr: &str, queue: &str) -> Option<()> {
+fn serve(addr: &str, queue: &str, batch: usize) -> Option<()> {
     if addr.starts_with('/') {
         let w = UnixStream::connect(addr).ok()?;
         let r = w.try_clone().ok()?;
-        return serve_on(r, w, queue);
+        return serve_on(r, w, queue, batch);
     }
     let w = TcpStream::connect(addr).ok()?;
     w.set_nodelay(true).ok()?;
     let r = w.try_clone().ok()?;
-    serve_on(r, w, queue)
+    serve_on(r, w, queue, batch)
 }
 
-fn serve_on(r: impl Read, mut w: impl Write, queue: &str) -> Option<()> {
+/// One connection of the `threads` mode. It asks for up to `batch`
+/// requests at a time: a wait (`< 60 QUEUE`) and `batch - 1` polls
+/// (`< 0 QUEUE`, answered at once with a queued request or `*`), so that
+/// when requests queue up, one read takes several; each gets its own
+/// answer, and the answers leave in one write.
+fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize) -> Option<()> {
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let head = format!(
         r#"["200", ["Content-Type", "text/plain", "Content-Length", "{}"]]"#,
         BODY.len()
     );
-    let wait = format!("< 60 {queue}\r\n");
-    w.write_all(wait.as_bytes()).ok()?;
+    let mut asks = format!("< 60 {queue}\r\n");
+    for _ in 1..batch {
+        asks.push_str(&format!("< 0 {queue}\r\n"));
+    }
+    w.write_all(asks.as_bytes()).ok()?;
     let (mut line, mut body) = (String::new(), Vec::new());
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(512 * batch);
+    let mut requests: Vec<(String, String)> = Vec::with_capacity(batch);
     loop {
-        let Some(reply) = answer(&mut r, &mut line, &mut body)? else {
-            // `*`: nothing came in 60 s.
-            w.write_all(wait.as_bytes()).ok()?;
-            continue;
-        };
-        let env = std::str::from_utf8(&body).ok()?;
-        let body_addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
+        requests.clear();
+        for _ in 0..batch {
+            // `*`: nothing came (in 60 s for the wait, at once for a poll).
+            let Some(reply) = answer(&mut r, &mut line, &mut body)? else {
+                continue;
+            };
+            let env = std::str::from_utf8(&body).ok()?;
+            let body_addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
+            requests.push((reply, body_addr.to_string()));
+        }
         out.clear();
-        write!(out, "< 5 {body_addr}\r\n").ok()?;
-        write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
-        write!(out, "> {} 180 {reply}\r\n", BODY.len()).ok()?;
-        out.extend_from_slice(BODY);
-        write!(out, "\r\n> 0 180 {reply}\r\n{wait}").ok()?;
+        for (reply, body_addr) in &requests {
+            write!(out, "< 5 {body_addr}\r\n").ok()?;
+            write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
+            write!(out, "> {} 180 {reply}\r\n", BODY.len()).ok()?;
+            out.extend_from_slice(BODY);
+            write!(out, "\r\n> 0 180 {reply}\r\n").ok()?;
+        }
+        out.extend_from_slice(asks.as_bytes());
         w.write_all(&out).ok()?;
-        // The request body.
-        answer(&mut r, &mut line, &mut body)?;
+        // The request bodies.
+        for _ in &requests {
+            answer(&mut r, &mut line, &mut body)?;
+        }
     }
 }
 
@@ -274,10 +294,11 @@ fn main() {
         serve_loop(&addr, n, &queue);
         return;
     }
+    let batch: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let threads: Vec<_> = (0..n)
         .map(|_| {
             let (addr, queue) = (addr.clone(), queue.clone());
-            std::thread::spawn(move || serve(&addr, &queue))
+            std::thread::spawn(move || serve(&addr, &queue, batch))
         })
         .collect();
     for t in threads {

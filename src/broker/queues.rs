@@ -150,6 +150,13 @@ struct Address {
     bytes: usize,
 }
 
+impl Address {
+    /// Nothing queued and no live wait: the address can be forgotten.
+    fn is_unused(&self) -> bool {
+        self.messages.is_empty() && self.waits.len() <= self.stale
+    }
+}
+
 /// What a queue deadline is for.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
@@ -367,7 +374,17 @@ impl Queues {
     /// A fresh address nobody else has been given.
     pub fn unique_address(&mut self) -> Bytes {
         self.reply_seq += 1;
-        Bytes::from(format!("{}.{:X}", self.reply_prefix, self.reply_seq))
+        // `PREFIX.SEQ` with SEQ in upper-case hex, written without `format!`
+        // (two of these per proxied request).
+        let mut addr = Vec::with_capacity(self.reply_prefix.len() + 17);
+        addr.extend_from_slice(self.reply_prefix.as_bytes());
+        addr.push(b'.');
+        let digits = (64 - self.reply_seq.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            let d = (self.reply_seq >> (4 * i)) & 0xf;
+            addr.push(b"0123456789ABCDEF".get(d as usize).copied().unwrap_or(b'0'));
+        }
+        Bytes::from(addr)
     }
 
     fn add_timer(&mut self, at: Millis, kind: TimerKind) {
@@ -438,7 +455,12 @@ impl Queues {
     /// the journal, with one).
     fn enqueue(&mut self, to: Bytes, msg: Message) -> Result<(), QueueFull> {
         let size = msg.size();
-        let held = self.addresses.get(&to[..]).map_or(0, |a| a.bytes);
+        // The map's own key when the address is known (see `key`), and what
+        // it holds, in one lookup.
+        let (known, held) = match self.addresses.get_key_value(&to[..]) {
+            Some((k, a)) => (Some(k.clone()), a.bytes),
+            None => (None, 0),
+        };
         if held + size > self.limits.per_address || self.bytes_now + size > self.limits.total {
             self.refused_full += 1;
             return Err(QueueFull::Full);
@@ -464,7 +486,7 @@ impl Queues {
         }
         msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
         let (at, msg_seq) = (msg.deadline, msg.seq);
-        let key = self.key(&to);
+        let key = known.unwrap_or_else(|| Bytes::copy_from_slice(&to));
         let a = self.addresses.entry(key.clone()).or_default();
         a.messages.push_back(msg);
         a.bytes += size;
@@ -729,9 +751,12 @@ impl Queues {
         a.bytes -= freed;
         self.bytes_now -= freed;
         let gone = before - a.messages.len();
+        let unused = a.is_unused();
         self.expired += gone as u64;
         self.queued_now -= gone;
-        self.forget_if_empty(addr);
+        if unused {
+            self.addresses.remove(&addr[..]);
+        }
     }
 
     fn pop_live_message(&mut self, now: Millis, addr: &Bytes) -> Option<Message> {
@@ -751,7 +776,9 @@ impl Queues {
             }
             self.expired += 1;
         }
-        self.forget_if_empty(addr);
+        if a.is_unused() {
+            self.addresses.remove(&addr[..]);
+        }
         found
     }
 
@@ -766,10 +793,14 @@ impl Queues {
             }
             a.stale = a.stale.saturating_sub(1);
         }
+        // `mark_stale` leaves `addr` alone: whether it is unused is known now.
+        let unused = a.is_unused();
         if let Some(w) = &found {
             self.mark_stale(&w.addresses, Some(addr));
         }
-        self.forget_if_empty(addr);
+        if unused {
+            self.addresses.remove(addr);
+        }
         found
     }
 
@@ -791,14 +822,8 @@ impl Queues {
                     .retain(|id| waits.get(id.slot).is_some_and(|w| w.gen == id.gen));
                 a.stale = 0;
             }
-            self.forget_if_empty(addr);
-        }
-    }
-
-    fn forget_if_empty(&mut self, addr: &[u8]) {
-        if let Some(a) = self.addresses.get(addr) {
-            if a.messages.is_empty() && a.waits.len() <= a.stale {
-                self.addresses.remove(addr);
+            if a.is_unused() {
+                self.addresses.remove(&addr[..]);
             }
         }
     }
@@ -841,6 +866,16 @@ mod tests {
                 None
             }
             Ready::Waiting(w) => Some(w),
+        }
+    }
+
+    #[test]
+    fn unique_addresses_are_the_prefix_and_the_sequence_in_hex() {
+        let mut q = Queues::new(0xAB);
+        for seq in [0, 8, 9, 14, 15, 16, 255, 0xABC_DEF0, u64::MAX - 1] {
+            q.reply_seq = seq;
+            let want = format!("AB.{:X}", seq + 1);
+            assert_eq!(q.unique_address(), Bytes::from(want));
         }
     }
 

@@ -18,11 +18,11 @@
 //! in between wait in the reply address' queue and are taken in order.
 //! Pipelined requests behind the parked one wait in the input.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Map, Value};
 
 use super::codec::{Method, Request};
 use super::conn::{Caller, HttpConn, Part, Reply, Routes, Settings};
@@ -69,10 +69,20 @@ impl Shared {
             .map_or(&self.default_queue, |(_, queue)| queue)
     }
 
+    /// `PREFIX-N`, N in lower-case hex (written without `format!`: one per
+    /// request).
     fn fresh_id(&self) -> String {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        format!("{}-{n:x}", self.id_prefix)
+        let mut id = String::with_capacity(self.id_prefix.len() + 17);
+        id.push_str(&self.id_prefix);
+        id.push('-');
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            let d = ((n >> (4 * i)) & 0xf) as u32;
+            id.push(char::from_digit(d, 16).unwrap_or('0'));
+        }
+        id
     }
 }
 
@@ -428,78 +438,203 @@ fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
             .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
             .map(|(_, v)| v.as_slice()),
     );
-    let mut headers = Map::new();
-    for (name, value) in &req.headers {
-        if is_hop_by_hop(name, &listed) {
-            continue;
-        }
-        let value = String::from_utf8_lossy(value);
-        match headers.get_mut(&canonical_name(name)) {
-            Some(Value::String(old)) => {
-                old.push(',');
-                old.push_str(&value);
-            }
-            _ => {
-                headers.insert(canonical_name(name), Value::String(value.into_owned()));
-            }
-        }
+    let chunked = req.header("Transfer-Encoding").is_some();
+    // (canonical name, value), sorted by name; a stable sort keeps repeated
+    // headers in the order received, for the join.
+    let mut headers: Vec<(String, &[u8])> = req
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name, &listed))
+        .map(|(name, value)| (canonical_name(name), value.as_slice()))
+        .filter(|(name, _)| !(chunked && name == "Content-Length"))
+        .collect();
+    let length = chunked.then(|| req.body.len().to_string());
+    if let Some(length) = &length {
+        headers.push(("Content-Length".to_string(), length.as_bytes()));
     }
-    if req.header("Transfer-Encoding").is_some() {
-        headers.insert(
-            "Content-Length".into(),
-            Value::String(req.body.len().to_string()),
-        );
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let values: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+    let mut out = Vec::with_capacity(
+        96 + values + id.len() + body_addr.len() + req.method_raw.len() + req.target.len(),
+    );
+    // The keys in order, as serde_json writes an object (a sorted map).
+    out.extend_from_slice(b"{\"bodyAddr\":");
+    json_string(&mut out, &String::from_utf8_lossy(body_addr));
+    out.extend_from_slice(b",\"headers\":{");
+    let mut previous: Option<&str> = None;
+    for (name, value) in &headers {
+        if previous == Some(name.as_str()) {
+            // A repeated header: its values joined with `,`.
+            out.pop();
+            out.push(b',');
+        } else {
+            if previous.is_some() {
+                out.push(b',');
+            }
+            json_string(&mut out, name);
+            out.extend_from_slice(b":\"");
+        }
+        json_string_body(&mut out, &String::from_utf8_lossy(value));
+        out.push(b'"');
+        previous = Some(name);
     }
-    let mut env = Map::new();
-    env.insert(
-        "bodyAddr".into(),
-        Value::String(String::from_utf8_lossy(body_addr).into_owned()),
-    );
-    env.insert("headers".into(), Value::Object(headers));
-    env.insert("id".into(), Value::String(id.to_string()));
-    env.insert("method".into(), Value::String(req.method_raw.clone()));
-    env.insert(
-        "protocol".into(),
-        Value::String(format!("HTTP/1.{}", req.minor_version)),
-    );
-    env.insert("url".into(), Value::String(req.target.clone()));
-    Bytes::from(Value::Object(env).to_string())
+    out.extend_from_slice(b"},\"id\":");
+    json_string(&mut out, id);
+    out.extend_from_slice(b",\"method\":");
+    json_string(&mut out, &req.method_raw);
+    out.extend_from_slice(b",\"protocol\":\"HTTP/1.");
+    if req.minor_version < 10 {
+        out.push(b'0' + req.minor_version);
+    } else {
+        out.extend_from_slice(req.minor_version.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"\",\"url\":");
+    json_string(&mut out, &req.target);
+    out.push(b'}');
+    Bytes::from(out)
 }
 
-/// A handler's reply head, checked.
+/// `s` as a JSON string, quoted, escaped as serde_json escapes it.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    json_string_body(out, s);
+    out.push(b'"');
+}
+
+/// `s` escaped for inside a JSON string, exactly as serde_json writes it:
+/// `"` and `\`, the short escapes `\b \f \n \r \t`, any other control
+/// character as `\u00XX` (lowercase hex); everything else as it is.
+fn json_string_body(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(plain..i).unwrap_or_default());
+        plain = i + 1;
+        if escape.is_empty() {
+            let hex = |n: u8| HEX.get(usize::from(n)).copied().unwrap_or(b'0');
+            out.extend_from_slice(b"\\u00");
+            out.push(hex(b >> 4));
+            out.push(hex(b & 0xf));
+        } else {
+            out.extend_from_slice(escape);
+        }
+    }
+    out.extend_from_slice(bytes.get(plain..).unwrap_or_default());
+}
+
+/// A handler's reply head, checked. Its strings borrow from the message
+/// when they hold no escape.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Head {
+pub struct Head<'a> {
     pub status: u16,
     pub reason: &'static str,
     /// End-to-end headers as given (hop-by-hop ones and Content-Length
     /// taken out).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     pub content_length: Option<u64>,
     /// The handler named its own `Server`.
     pub has_server: bool,
 }
 
+/// A JSON value of a reply head as far as the head's checks look into it:
+/// strings borrowed from the message where they can be, no object kept.
+enum HeadValue<'a> {
+    Str(Cow<'a, str>),
+    Number(serde_json::Number),
+    Array(Vec<HeadValue<'a>>),
+    /// An object, a boolean or `null`.
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for HeadValue<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(HeadValueVisitor)
+    }
+}
+
+struct HeadValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for HeadValueVisitor {
+    type Value = HeadValue<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(HeadValue::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(HeadValue::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(HeadValue::Str(Cow::Owned(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(HeadValue::Number(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(HeadValue::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(HeadValue::Other, HeadValue::Number))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(HeadValue::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(HeadValue::Other)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(HeadValue::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(HeadValue::Other)
+    }
+}
+
 /// Checks `["STATUS", ["Name", "value", …]]`. The status is a string of
 /// three digits (msglite's form) or a number, and must be a final status
 /// with a registered meaning.
-pub fn parse_head(body: &[u8]) -> Result<Head, String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
-    let Value::Array(items) = value else {
+pub fn parse_head(body: &[u8]) -> Result<Head<'_>, String> {
+    let value: HeadValue<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let HeadValue::Array(items) = value else {
         return Err("not a JSON array".into());
     };
     if items.len() > 2 {
         return Err(format!("{} items, expected [STATUS, HEADERS]", items.len()));
     }
-    let status = match items.first() {
+    let mut items = items.into_iter();
+    let status = match items.next() {
         None => return Err("an empty array".into()),
-        Some(Value::String(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) => s
+        Some(HeadValue::Str(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) => s
             .parse::<u16>()
             .map_err(|_| format!("status {s:?} is not a number"))?,
-        Some(Value::Number(n)) => n
+        Some(HeadValue::Number(n)) => n
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .ok_or_else(|| format!("status {n} is not a status code"))?,
-        Some(Value::String(s)) => {
+        Some(HeadValue::Str(s)) => {
             let shown: String = s.chars().take(32).collect();
             return Err(format!("status {shown:?} is not a number"));
         }
@@ -509,18 +644,18 @@ pub fn parse_head(body: &[u8]) -> Result<Head, String> {
         return Err(format!("status {status} is not a final status"));
     }
     let reason = status_reason(status).ok_or_else(|| format!("unknown status {status}"))?;
-    let list: &[Value] = match items.get(1) {
-        None => &[],
-        Some(Value::Array(list)) => list,
+    let list = match items.next() {
+        None => Vec::new(),
+        Some(HeadValue::Array(list)) => list,
         Some(_) => return Err("the headers are not an array".into()),
     };
     if !list.len().is_multiple_of(2) {
         return Err("an odd number of header items".into());
     }
     let mut pairs = Vec::with_capacity(list.len() / 2);
-    for pair in list.chunks_exact(2) {
-        let (Some(Value::String(name)), Some(Value::String(value))) = (pair.first(), pair.get(1))
-        else {
+    let mut list = list.into_iter();
+    while let (Some(name), Some(value)) = (list.next(), list.next()) {
+        let (HeadValue::Str(name), HeadValue::Str(value)) = (name, value) else {
             return Err("a header name or value that is not a string".into());
         };
         if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -532,7 +667,7 @@ pub fn parse_head(body: &[u8]) -> Result<Head, String> {
                 "the value of {name} holds a control character (CR, LF, …)"
             ));
         }
-        pairs.push((name.clone(), value.clone()));
+        pairs.push((name, value));
     }
     let listed = connection_tokens(
         pairs
@@ -603,7 +738,7 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
     } else {
         b"HTTP/1.1 "
     });
-    out.put_slice(head.status.to_string().as_bytes());
+    put_decimal(&mut out, u64::from(head.status));
     out.put_u8(b' ');
     out.put_slice(head.reason.as_bytes());
     out.put_slice(b"\r\n");
@@ -616,7 +751,9 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
     match (framing, head.content_length) {
         (Framing::Chunked, _) => put_header(&mut out, "Transfer-Encoding", "chunked"),
         (_, Some(n)) if head.status != 204 => {
-            put_header(&mut out, "Content-Length", &n.to_string());
+            out.put_slice(b"Content-Length: ");
+            put_decimal(&mut out, n);
+            out.put_slice(b"\r\n");
         }
         _ => {}
     }
@@ -627,6 +764,23 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
     }
     out.put_slice(b"\r\n");
     (out.freeze(), framing, keep_alive)
+}
+
+/// `n` in decimal, without an allocation.
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(digits.get(at..).unwrap_or_default());
 }
 
 fn put_header(out: &mut BytesMut, name: &str, value: &str) {
@@ -762,6 +916,97 @@ fn status_reason(status: u16) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, Value};
+
+    /// The envelope as msglite's object built through `serde_json::Value`
+    /// (how it was first written): the direct writer must match it byte
+    /// for byte.
+    fn envelope_by_value(req: &Request, id: &str, body_addr: &[u8]) -> String {
+        let listed = connection_tokens(
+            req.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .map(|(_, v)| v.as_slice()),
+        );
+        let mut headers = Map::new();
+        for (name, value) in &req.headers {
+            if is_hop_by_hop(name, &listed) {
+                continue;
+            }
+            let value = String::from_utf8_lossy(value);
+            match headers.get_mut(&canonical_name(name)) {
+                Some(Value::String(old)) => {
+                    old.push(',');
+                    old.push_str(&value);
+                }
+                _ => {
+                    headers.insert(canonical_name(name), Value::String(value.into_owned()));
+                }
+            }
+        }
+        if req.header("Transfer-Encoding").is_some() {
+            headers.insert(
+                "Content-Length".into(),
+                Value::String(req.body.len().to_string()),
+            );
+        }
+        let mut env = Map::new();
+        env.insert(
+            "bodyAddr".into(),
+            Value::String(String::from_utf8_lossy(body_addr).into_owned()),
+        );
+        env.insert("headers".into(), Value::Object(headers));
+        env.insert("id".into(), Value::String(id.to_string()));
+        env.insert("method".into(), Value::String(req.method_raw.clone()));
+        env.insert(
+            "protocol".into(),
+            Value::String(format!("HTTP/1.{}", req.minor_version)),
+        );
+        env.insert("url".into(), Value::String(req.target.clone()));
+        Value::Object(env).to_string()
+    }
+
+    #[test]
+    fn the_envelope_is_written_as_serde_json_writes_it() {
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /a?b=\"c\"&d=\\ HTTP/1.0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nB: 2\r\nA: 1\r\nb: 3\r\nX-Q: \"q\" \\ \tz\r\n\
+              X-U: caf\xc3\xa9 \xe2\x82\xac\r\nX-Bad: \xff\xfe\xc3\r\nContent-Length: 3\r\n\r\nabc",
+            b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n1\r\nz\r\n0\r\n\r\n",
+            b"DELETE /d HTTP/1.1\r\nConnection: X-A, close\r\nX-A: 1\r\nx-b: 2\r\nX-B: 3\r\nX-b: 4\r\nAccept: */*\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Empty:\r\nX-Empty: \r\nx-empty: a\r\n\r\n",
+        ];
+        for raw in heads {
+            let mut decoder = super::super::codec::Decoder::new(Default::default());
+            let mut buf = BytesMut::from(*raw);
+            let req = match decoder.decode(&mut buf) {
+                Ok(Some(super::super::codec::Event::Request(r))) => r,
+                other => panic!(
+                    "not a request: {other:?} ({})",
+                    String::from_utf8_lossy(raw)
+                ),
+            };
+            for (id, addr) in [("1-a", &b"AB.2"[..]), ("\"\n", b"\xffq\"\\")] {
+                let direct = envelope(&req, id, addr);
+                assert_eq!(
+                    std::str::from_utf8(&direct).unwrap(),
+                    envelope_by_value(&req, id, addr),
+                    "{}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
+        // Every character that serde_json escapes, and some it does not.
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é€😀\u{2028}\u{fffd}");
+        let mut out = Vec::new();
+        json_string(&mut out, &all);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(&all).unwrap()
+        );
+    }
 
     fn request(raw: &str) -> Request {
         let mut decoder = super::super::codec::Decoder::new(Default::default());
@@ -814,8 +1059,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.content_length, Some(5));
-        assert_eq!(h.headers, vec![("Server".to_string(), "mine".to_string())]);
+        assert_eq!(h.headers, vec![(Cow::from("Server"), Cow::from("mine"))]);
         assert!(h.has_server);
+        // Escaped strings, a number status, whitespace.
+        let h = parse_head(b" [ 200 , [\"X-\\u0041\", \"a\\\"b\\u00e9\\t\"] ] ").unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(
+            h.headers,
+            vec![(Cow::from("X-A"), Cow::from("a\"b\u{e9}\t"))]
+        );
     }
 
     #[test]
@@ -828,6 +1080,9 @@ mod tests {
             (b"[\"abc\", []]", "is not a number"),
             (b"[\"20x\", []]", "is not a number"),
             (b"[true, []]", "not a string or a number"),
+            (b"[{\"a\": [1]}, []]", "not a string or a number"),
+            (b"[-200, []]", "not a status code"),
+            (b"[200.5, []]", "not a status code"),
             (b"[\"299\", []]", "unknown status 299"),
             (b"[99999, []]", "not a status code"),
             (b"[\"101\", []]", "not a final status"),
@@ -881,6 +1136,35 @@ mod tests {
             head_only,
             keep_alive,
             counted: false,
+        }
+    }
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_count_in_hex() {
+        let shared = Shared {
+            default_queue: Bytes::new(),
+            routes: Vec::new(),
+            timeout_s: 1,
+            max_pending: 1,
+            max_unsent: 1,
+            pending: Cell::new(0),
+            refused: Cell::new(0),
+            next_id: Cell::new(0),
+            id_prefix: "6a1f".into(),
+        };
+        assert_eq!(shared.fresh_id(), "6a1f-1");
+        for n in [9, 15, 16, 255, 0xabc_def0, u64::MAX - 1] {
+            shared.next_id.set(n);
+            assert_eq!(shared.fresh_id(), format!("6a1f-{:x}", n + 1));
+        }
+    }
+
+    #[test]
+    fn decimals_are_written_whole() {
+        for n in [0, 7, 10, 200, 1_000_007, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
         }
     }
 

@@ -418,9 +418,11 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
         // Never a line wait's answer (refused in `on_answer`).
         Answer::Switch(_) | Answer::Done(_) => return,
     };
-    let mut head = BytesMut::new();
+    // Room for the head line (see `message_head`) and a copied body, in
+    // one allocation.
+    let line = d.to.len() + d.reply.map_or(0, <[u8]>::len) + 48;
     if d.body.len() < SHARED_BODY {
-        head.reserve(d.body.len() + 2);
+        let mut head = BytesMut::with_capacity(line + d.body.len() + 2);
         message_head(&mut head, d.to, d.reply, d.timeout_s, d.body.len());
         if !d.body.is_empty() {
             head.put_slice(d.body);
@@ -429,6 +431,7 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
         send(head.freeze());
         return;
     }
+    let mut head = BytesMut::with_capacity(line);
     message_head(&mut head, d.to, d.reply, d.timeout_s, d.body.len());
     send(head.freeze());
     send(d.body.clone());
