@@ -550,7 +550,8 @@ impl Channels {
                 let mut audience = Audience::default();
                 audience.add(conn, sub);
                 let key = Bytes::copy_from_slice(&name);
-                if self.mirror {
+                // A tapped channel is of interest already.
+                if self.mirror && !self.taps.contains_key(&key) {
                     self.interest.push(Interest::Channel(key.clone(), true));
                 }
                 self.channels.insert(key.clone(), audience);
@@ -613,7 +614,8 @@ impl Channels {
         let removed = audience.remove(conn);
         if audience.is_empty() {
             if let Some((key, _)) = self.channels.remove_entry(name) {
-                if self.mirror {
+                // A tapped channel stays of interest.
+                if self.mirror && !self.taps.contains_key(&key) {
                     self.interest.push(Interest::Channel(key, false));
                 }
             }
@@ -634,12 +636,18 @@ impl Channels {
     }
 
     /// Keeps every later publish to `channel` (a copy of it) until
-    /// [`Channels::take_published`]; taps are counted.
+    /// [`Channels::take_published`]; taps are counted. For the cluster
+    /// link a tapped channel is of interest as a subscribed one is, so that
+    /// the other nodes' messages reach the tap too.
     pub fn tap(&mut self, channel: &[u8]) {
         match self.taps.get_mut(channel) {
             Some(n) => *n += 1,
             None => {
-                self.taps.insert(Bytes::copy_from_slice(channel), 1);
+                let key = Bytes::copy_from_slice(channel);
+                if self.mirror && self.exact_without_subscribers(&key) {
+                    self.interest.push(Interest::Channel(key.clone(), true));
+                }
+                self.taps.insert(key, 1);
             }
         }
     }
@@ -649,9 +657,19 @@ impl Channels {
         if let Some(n) = self.taps.get_mut(channel) {
             *n -= 1;
             if *n == 0 {
-                self.taps.remove(channel);
+                if let Some((key, _)) = self.taps.remove_entry(channel) {
+                    if self.mirror && self.exact_without_subscribers(&key) {
+                        self.interest.push(Interest::Channel(key, false));
+                    }
+                }
             }
         }
+    }
+
+    /// `name` is a channel a message may be published to (not a pattern,
+    /// which no publish names) and no connection subscribes to it.
+    fn exact_without_subscribers(&self, name: &[u8]) -> bool {
+        matches!(pattern::classify(name), Ok(Name::Exact)) && !self.channels.contains_key(name)
     }
 
     /// The publications to tapped channels since the last call. The broker
@@ -988,6 +1006,50 @@ mod tests {
         assert_eq!(ch.top_by_subscribers(10).len(), 5);
         assert!(ch.top_by_subscribers(0).is_empty());
         assert_eq!(ch.root_subscribers(), 1);
+    }
+
+    #[test]
+    fn a_tapped_channel_is_of_interest_to_the_cluster_like_a_subscribed_one() {
+        let mut ch = Channels::default();
+        ch.mirror();
+        let mut out = RecordingOutbox::default();
+        let interest = |ch: &mut Channels| ch.take_mirrored().1;
+        // A tap alone: interest; a second tap and a subscriber add none.
+        ch.tap(b"news");
+        assert_eq!(interest(&mut ch), [Interest::Channel(b("news"), true)]);
+        ch.tap(b"news");
+        ch.subscribe(conn(1), b("news"), Subscription::line(), &mut out)
+            .unwrap();
+        assert!(interest(&mut ch).is_empty());
+        // The interest ends with the last of them, whichever it is.
+        ch.untap(b"news");
+        ch.untap(b"news");
+        assert!(interest(&mut ch).is_empty());
+        ch.tap(b"news");
+        assert!(ch.unsubscribe(conn(1), b"news", &mut out));
+        assert!(interest(&mut ch).is_empty());
+        ch.untap(b"news");
+        assert_eq!(interest(&mut ch), [Interest::Channel(b("news"), false)]);
+        // A subscriber first, then a tap that outlives it.
+        ch.subscribe(conn(1), b("news"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.tap(b"news");
+        assert!(ch.unsubscribe(conn(1), b"news", &mut out));
+        assert_eq!(interest(&mut ch), [Interest::Channel(b("news"), true)]);
+        ch.untap(b"news");
+        assert_eq!(interest(&mut ch), [Interest::Channel(b("news"), false)]);
+        // A name no publish can have (a pattern, the root) is of no
+        // interest as a tap; an untap of what is not tapped does nothing.
+        ch.tap(b"a.*");
+        ch.tap(b"*");
+        ch.untap(b"a.*");
+        ch.untap(b"*");
+        ch.untap(b"other");
+        assert!(interest(&mut ch).is_empty());
+        // Without the cluster, nothing is noted.
+        let mut alone = Channels::default();
+        alone.tap(b"news");
+        assert!(interest(&mut alone).is_empty());
     }
 
     #[test]
