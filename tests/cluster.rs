@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{connect, program, send, stat, Server, Stats, TempDir};
@@ -145,43 +146,186 @@ fn wait_joined(server: &Server, subscriptions: u64) {
     });
 }
 
-/// A subscriber on the line door or as an event stream on the HTTP bus;
-/// it collects message bodies.
+/// A connection a subscriber reads: plain TCP, or TLS over it.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A plain connection to `addr`.
+fn plain(addr: &str) -> Box<dyn Stream> {
+    Box::new(connect(addr))
+}
+
+/// A CA and a certificate for `localhost` and `127.0.0.1` signed by it,
+/// made for this test; the PEM files live in a temp dir.
+struct Pki {
+    _dir: TempDir,
+    cert: String,
+    key: String,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = TempDir::new("cluster-tls");
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cluster test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let ca_file = write("ca.pem", &ca.pem());
+        let client = switchboard::client::tls_config(std::path::Path::new(&ca_file)).unwrap();
+        Pki {
+            cert: write("node.pem", &cert.pem()),
+            key: write("node.key", &key.serialize_pem()),
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// The arguments that give a node the TLS doors (`line-tls`, `bus-tls`).
+    fn args(&self) -> Vec<&str> {
+        vec![
+            "--tls-cert",
+            &self.cert,
+            "--tls-key",
+            &self.key,
+            "--line-tls-listen",
+            "127.0.0.1:0",
+            "--bus-tls-listen",
+            "127.0.0.1:0",
+        ]
+    }
+
+    /// A TLS connection to `addr`, the certificate checked for `localhost`
+    /// against the test's CA (the handshake runs with the first write).
+    fn connect(&self, addr: &str) -> Box<dyn Stream> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(self.client.clone(), name).unwrap();
+        Box::new(rustls::StreamOwned::new(conn, connect(addr)))
+    }
+}
+
+/// How a subscriber subscribes: on the line protocol, or on the HTTP bus as
+/// an event stream, a multipart stream or a WebSocket.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Line,
+    Sse,
+    Multipart,
+    Ws,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Line, Kind::Sse, Kind::Multipart, Kind::Ws];
+
+    /// The door it uses, in the clear (`line`, `bus`) or over TLS.
+    fn door(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Kind::Line, false) => "line",
+            (Kind::Line, true) => "line-tls",
+            (_, false) => "bus",
+            (_, true) => "bus-tls",
+        }
+    }
+}
+
+/// A subscriber of any door; it collects message bodies.
 enum Sub {
-    Line(BufReader<TcpStream>),
-    Sse(BufReader<TcpStream>),
+    Stream(Kind, BufReader<Box<dyn Stream>>),
+    /// A webhook receiver attached to the channel ([`Hook`]).
+    Hook(Hook),
+}
+
+/// Reads from `r` through the first `needle`; returns what it read.
+fn read_through(r: &mut impl BufRead, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(needle) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).unwrap_or_else(|e| {
+            panic!(
+                "waiting for {:?}: {e}; got {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&got)
+            )
+        });
+        got.push(b[0]);
+    }
+    got
 }
 
 impl Sub {
     fn line(server: &Server, channel: &str) -> Sub {
-        let mut s = connect(server.line());
-        send(&mut s, format!("+ {channel}\r\n").as_bytes());
-        Sub::Line(BufReader::new(s))
+        Sub::open(Kind::Line, plain(server.line()), channel)
     }
 
     fn sse(server: &Server, channel: &str) -> Sub {
-        let mut s = connect(server.bus());
-        send(
-            &mut s,
-            format!(
+        Sub::open(Kind::Sse, plain(server.bus()), channel)
+    }
+
+    fn ws(server: &Server, channel: &str) -> Sub {
+        Sub::open(Kind::Ws, plain(server.bus()), channel)
+    }
+
+    /// Subscribes on `s` and returns once the node has registered the
+    /// subscription (an answer it sent after registering it).
+    fn open(kind: Kind, mut s: Box<dyn Stream>, channel: &str) -> Sub {
+        let request = match kind {
+            // `=` is answered in order after the `+`.
+            Kind::Line => format!("+ {channel}\r\n= {channel}\r\n"),
+            Kind::Sse => format!(
                 "GET /msgbus/{channel} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
+            ),
+            Kind::Multipart => format!("GET /msgbus/{channel} HTTP/1.0\r\n\r\n"),
+            Kind::Ws => format!(
+                "GET /msgbus/{channel} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            ),
+        };
+        send(&mut s, request.as_bytes());
+        s.flush().unwrap();
         let mut r = BufReader::new(s);
-        let mut head = Vec::new();
-        while !head.ends_with(b": subscribed\n\n") {
-            let mut b = [0u8; 1];
-            r.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        Sub::Sse(r)
+        let (want, end): (String, &[u8]) = match kind {
+            Kind::Line => (format!("= {channel} "), b"\r\n"),
+            Kind::Sse => ("HTTP/1.1 200 ".into(), b": subscribed\n\n"),
+            Kind::Multipart => ("HTTP/1.0 200 ".into(), b"\r\n\r\n--00MsgBus00\r\n"),
+            Kind::Ws => ("HTTP/1.1 101 ".into(), b"\r\n\r\n"),
+        };
+        let head = String::from_utf8_lossy(&read_through(&mut r, end)).into_owned();
+        assert!(head.starts_with(&want), "{kind:?} {channel}: {head:?}");
+        Sub::Stream(kind, r)
     }
 
     /// The next message body.
     fn next(&mut self) -> String {
-        match self {
-            Sub::Line(r) => {
+        let (kind, r) = match self {
+            Sub::Stream(kind, r) => (*kind, r),
+            Sub::Hook(hook) => return hook.next(),
+        };
+        match kind {
+            Kind::Line => {
                 let mut head = String::new();
                 r.read_line(&mut head).unwrap();
                 let fields: Vec<&str> = head.split_whitespace().collect();
@@ -195,7 +339,7 @@ impl Sub {
                 body.truncate(len);
                 String::from_utf8(body).unwrap()
             }
-            Sub::Sse(r) => loop {
+            Kind::Sse => loop {
                 let mut line = String::new();
                 r.read_line(&mut line).unwrap();
                 assert!(!line.is_empty(), "the event stream ended");
@@ -203,8 +347,165 @@ impl Sub {
                     return data.trim_end_matches('\n').to_string();
                 }
             },
+            Kind::Multipart => {
+                let head = String::from_utf8_lossy(&read_through(r, b"\r\n\r\n")).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: ")?.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("a part without Content-Length: {head:?}"));
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                let mut delimiter = [0u8; 16];
+                r.read_exact(&mut delimiter).unwrap();
+                assert_eq!(&delimiter, b"\r\n--00MsgBus00\r\n");
+                String::from_utf8(body).unwrap()
+            }
+            Kind::Ws => loop {
+                let mut h = [0u8; 2];
+                r.read_exact(&mut h).unwrap();
+                assert_eq!(h[1] & 0x80, 0, "a masked frame from the server");
+                let len = match h[1] & 0x7F {
+                    126 => {
+                        let mut n = [0u8; 2];
+                        r.read_exact(&mut n).unwrap();
+                        u16::from_be_bytes(n) as usize
+                    }
+                    127 => {
+                        let mut n = [0u8; 8];
+                        r.read_exact(&mut n).unwrap();
+                        usize::try_from(u64::from_be_bytes(n)).unwrap()
+                    }
+                    n => n as usize,
+                };
+                let mut payload = vec![0u8; len];
+                r.read_exact(&mut payload).unwrap();
+                match h[0] {
+                    // A text message in one frame.
+                    0x81 => return String::from_utf8(payload).unwrap(),
+                    // A heartbeat ping.
+                    0x89 => {}
+                    other => panic!("unexpected frame {other:#x}: {payload:?}"),
+                }
+            },
         }
     }
+}
+
+/// A webhook receiver on a loopback port of this test: it answers `200` to
+/// every request, on as many keep-alive connections as the node opens, and
+/// hands on each request's JSON body.
+struct Hook {
+    port: u16,
+    got: mpsc::Receiver<Result<serde_json::Value, String>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, got) = mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let tx = tx.clone();
+                std::thread::spawn(move || serve_hook(conn, &tx));
+            }
+        });
+        Hook { port, got }
+    }
+
+    /// Attaches it to `channel` on `server`'s hooks door.
+    fn attach(&self, server: &Server, channel: &str) -> u64 {
+        let body = serde_json::json!({
+            "ClientURL": format!("http://127.0.0.1:{}/{channel}", self.port),
+            "mode": "receive",
+            "channel": channel,
+        });
+        let v = hooks_call(server, "/connect/", &body);
+        v["id"].as_u64().unwrap_or_else(|| panic!("no id in {v}"))
+    }
+
+    /// The body of the next message delivered; a delivery of another
+    /// channel than `feed` (the tests' channel) fails.
+    fn next(&mut self) -> String {
+        let v = self
+            .got
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the webhook receiver got nothing for 20 s")
+            .unwrap_or_else(|e| panic!("the webhook receiver: {e}"));
+        assert_eq!(v["channel"], "feed", "{v}");
+        v["body"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no body in {v}"))
+            .to_string()
+    }
+}
+
+/// Serves one connection of a [`Hook`] until the node closes it.
+fn serve_hook(s: TcpStream, tx: &mpsc::Sender<Result<serde_json::Value, String>>) {
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            match r.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                // Closed (or broken) between requests: nothing was lost.
+                _ if head.is_empty() => return,
+                _ => {
+                    let _ = tx.send(Err(format!(
+                        "a request cut short: {:?}",
+                        String::from_utf8_lossy(&head)
+                    )));
+                    return;
+                }
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let len = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+        let Some(len) = len.filter(|_| head.starts_with("POST ")) else {
+            let _ = tx.send(Err(format!("not a POST with a length: {head:?}")));
+            return;
+        };
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            let _ = tx.send(Err(format!("a body cut short after {head:?}")));
+            return;
+        }
+        let parsed = serde_json::from_slice(&body)
+            .map_err(|e| format!("not JSON ({e}): {:?}", String::from_utf8_lossy(&body)));
+        if tx.send(parsed).is_err()
+            || w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A POST of `body` to `path` on the node's hooks door; the JSON of its
+/// `200` answer.
+fn hooks_call(server: &Server, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let body = body.to_string();
+    let mut s = connect(server.addr("hooks"));
+    send(
+        &mut s,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let answer = String::from_utf8_lossy(&common::read_to_close(&mut s)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{path}: {answer}");
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {json:?}"))
 }
 
 /// Publishes `p{publisher}-{i}` for `range` to `channel` on a line
@@ -218,6 +519,29 @@ fn publish(s: &mut TcpStream, channel: &str, publisher: usize, range: std::ops::
         );
     }
     send(s, &out);
+}
+
+/// Publishes `p{publisher}-{i}` for `range` to `channel` with pipelined
+/// `POST`s on one keep-alive connection to the HTTP bus, and reads their
+/// `204`s.
+fn http_publish(s: &mut TcpStream, channel: &str, publisher: usize, range: std::ops::Range<usize>) {
+    let count = range.len();
+    let mut out = Vec::new();
+    for i in range {
+        let body = format!("p{publisher}-{i}");
+        out.extend_from_slice(
+            format!(
+                "POST /msgbus/{channel} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    send(s, &out);
+    let answer = "HTTP/1.1 204 OK\r\nServer: switchboard\r\n\r\n";
+    let got = common::read_exact_n(s, answer.len() * count);
+    assert_eq!(String::from_utf8_lossy(&got), answer.repeat(count));
 }
 
 /// Reads `count` messages and checks that each publisher's come in
@@ -240,37 +564,140 @@ fn collect(sub: &mut Sub, count: usize) -> HashMap<usize, Vec<usize>> {
     seen
 }
 
+/// Reads until publisher `p`'s message `n - 1` has arrived for each of
+/// `publishers`, checking that each publisher's messages come in order;
+/// then checks that each came once and none is missing.
+fn collect_all(name: &str, sub: &mut Sub, publishers: usize, n: usize) {
+    let mut seen: Vec<Vec<usize>> = vec![Vec::new(); publishers];
+    while seen.iter().any(|l| l.last() != Some(&(n - 1))) {
+        let body = sub.next();
+        let (p, i) = body
+            .strip_prefix('p')
+            .and_then(|r| r.split_once('-'))
+            .unwrap_or_else(|| panic!("{name}: not a test message: {body:?}"));
+        let (p, i): (usize, usize) = (p.parse().unwrap(), i.parse().unwrap());
+        let list = &mut seen[p];
+        if let Some(&last) = list.last() {
+            assert!(i > last, "{name}: publisher {p}: {i} after {last}");
+        }
+        list.push(i);
+    }
+    for (p, list) in seen.iter().enumerate() {
+        assert_eq!(*list, (0..n).collect::<Vec<_>>(), "{name}: publisher {p}");
+    }
+}
+
 #[test]
 fn every_subscriber_on_every_node_gets_every_message_once_in_order() {
-    const N: usize = 300;
+    const N: usize = 150;
     let redis = Redis::start();
-    let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
-    let mut subs = Vec::new();
-    for n in &nodes {
-        subs.push(Sub::line(n, "feed"));
-        subs.push(Sub::sse(n, "feed"));
+    let pki = Pki::new();
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| {
+            let mut args = pki.args();
+            if i == 1 {
+                args.extend(["--hooks-listen", "127.0.0.1:0"]);
+            }
+            node(&redis, &args)
+        })
+        .collect();
+    // On every node a subscriber of each kind in the clear; over TLS a
+    // line subscriber and an event stream on node 0, a multipart stream
+    // on node 1, a WebSocket on node 2.
+    let mut subs: Vec<(String, Sub)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for kind in Kind::ALL {
+            let sub = Sub::open(kind, plain(n.addr(kind.door(false))), "feed");
+            subs.push((format!("{kind:?} on node {i}"), sub));
+        }
+    }
+    for (i, kind) in [
+        (0, Kind::Line),
+        (0, Kind::Sse),
+        (1, Kind::Multipart),
+        (2, Kind::Ws),
+    ] {
+        let sub = Sub::open(kind, pki.connect(nodes[i].addr(kind.door(true))), "feed");
+        subs.push((format!("{kind:?} over TLS on node {i}"), sub));
     }
     // An all-channel subscriber on the last node: it subscribes by
     // pattern too, and must still get each message once.
-    subs.push(Sub::line(&nodes[2], "*"));
+    subs.push(("all channels on node 2".into(), Sub::line(&nodes[2], "*")));
+    // A webhook receiver attached to the channel on node 1.
+    let hook = Hook::start();
+    hook.attach(&nodes[1], "feed");
+    subs.push(("webhook on node 1".into(), Sub::Hook(hook)));
     for (i, n) in nodes.iter().enumerate() {
         wait_joined(n, if i == 2 { 2 } else { 1 });
     }
-    let mut publishers: Vec<TcpStream> = nodes.iter().map(|n| connect(n.line())).collect();
-    for (p, s) in publishers.iter_mut().enumerate() {
-        publish(s, "feed", p, 0..N);
+    // Two publishers on each node: 2i on the line protocol, 2i + 1 with
+    // POSTs on the HTTP bus.
+    let mut lines: Vec<TcpStream> = nodes.iter().map(|n| connect(n.line())).collect();
+    let mut posts: Vec<TcpStream> = nodes.iter().map(|n| connect(n.bus())).collect();
+    for i in 0..3 {
+        publish(&mut lines[i], "feed", 2 * i, 0..N);
+        http_publish(&mut posts[i], "feed", 2 * i + 1, 0..N);
     }
-    for sub in &mut subs {
-        let seen = collect(sub, 3 * N);
-        for p in 0..3 {
-            assert_eq!(seen[&p], (0..N).collect::<Vec<_>>(), "publisher {p}");
-        }
+    for (name, sub) in &mut subs {
+        collect_all(name, sub, 6, N);
+    }
+    // Nothing more comes: each line publisher's `end`, published once
+    // every subscriber (on every node) has had everything, reaches each
+    // subscriber after any late copy of another node's messages (one
+    // link, one Redis connection, in order) and after any echo of its own
+    // node's (Redis had sent those before it took the `end`s of the others).
+    for (i, s) in lines.iter_mut().enumerate() {
+        publish_one(s, "feed", &format!("end{i}"));
+    }
+    for (name, sub) in &mut subs {
+        let mut ends: Vec<String> = (0..3).map(|_| sub.next()).collect();
+        ends.sort();
+        assert_eq!(ends, ["end0", "end1", "end2"], "{name}");
     }
     for n in &nodes {
         let v = Stats::open(n.bus()).get();
-        assert_eq!(stat(&v, "cluster.sent"), N as u64);
-        assert_eq!(stat(&v, "cluster.dropped"), 0);
+        assert_eq!(stat(&v, "cluster.sent"), 2 * N as u64 + 1, "{v}");
+        assert_eq!(stat(&v, "cluster.received"), 2 * (2 * N as u64 + 1), "{v}");
+        assert_eq!(stat(&v, "cluster.dropped"), 0, "{v}");
     }
+}
+
+#[test]
+fn a_webhook_receiver_is_enough_for_its_node_to_get_the_channel_from_the_others() {
+    let redis = Redis::start();
+    let a = node(&redis, &["--hooks-listen", "127.0.0.1:0"]);
+    let b = node(&redis, &[]);
+    wait_joined(&a, 0);
+    wait_joined(&b, 0);
+    // No subscriber of `feed` on A: the receiver alone subscribes A to it.
+    let hook = Hook::start();
+    let id = hook.attach(&a, "feed");
+    wait_joined(&a, 1);
+    let mut publisher = connect(b.line());
+    publish(&mut publisher, "feed", 0, 0..20);
+    let mut hook = Sub::Hook(hook);
+    assert_eq!(collect(&mut hook, 20)[&0], (0..20).collect::<Vec<_>>());
+    // Detached, it takes A's subscription with it.
+    let v = hooks_call(&a, "/disconnect/", &serde_json::json!({ "id": id }));
+    assert_eq!(v["message"], "Disconnected.", "{v}");
+    wait_joined(&a, 0);
+    // A subscriber, then a receiver, then the subscriber gone: A stays
+    // subscribed while either is there.
+    let mut sub = BufReader::new(connect(a.line()));
+    send(sub.get_mut(), b"+ feed\r\n= feed\r\n");
+    let mut answer = String::new();
+    sub.read_line(&mut answer).unwrap();
+    assert!(answer.starts_with("= feed 1 "), "{answer:?}");
+    wait_joined(&a, 1);
+    let mut hook = Hook::start();
+    hook.attach(&a, "feed");
+    // The subscriber leaves `feed` and takes another channel: once Redis
+    // has confirmed that one, it has taken whatever A asked before it.
+    send(sub.get_mut(), b"~ feed\r\n+ other\r\n");
+    wait_joined(&a, 2);
+    publish(&mut publisher, "feed", 0, 20..30);
+    let got: Vec<String> = (0..10).map(|_| hook.next()).collect();
+    assert_eq!(got, (20..30).map(|i| format!("p0-{i}")).collect::<Vec<_>>());
 }
 
 #[test]
@@ -278,7 +705,11 @@ fn a_killed_node_costs_the_others_nothing() {
     const N: usize = 400;
     let redis = Redis::start();
     let mut nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
-    let mut subs: Vec<Sub> = vec![Sub::line(&nodes[0], "feed"), Sub::sse(&nodes[1], "feed")];
+    let mut subs: Vec<Sub> = vec![
+        Sub::line(&nodes[0], "feed"),
+        Sub::sse(&nodes[1], "feed"),
+        Sub::ws(&nodes[1], "feed"),
+    ];
     let _doomed_sub = Sub::line(&nodes[2], "feed");
     for n in &nodes {
         wait_joined(n, 1);
@@ -336,13 +767,14 @@ fn after_a_redis_restart_delivery_resumes_and_the_gap_is_counted() {
     let a = node(&redis, &[]);
     let b = node(&redis, &[]);
     let mut remote = Sub::sse(&b, "feed");
+    let mut remote_ws = Sub::ws(&b, "feed");
     let mut local = Sub::line(&a, "feed");
     let mut root = Sub::line(&b, "*");
     wait_joined(&a, 1);
     wait_joined(&b, 2);
     let mut publisher = connect(a.line());
     publish(&mut publisher, "feed", 0, 0..50);
-    for sub in [&mut remote, &mut local, &mut root] {
+    for sub in [&mut remote, &mut remote_ws, &mut local, &mut root] {
         assert_eq!(collect(sub, 50)[&0], (0..50).collect::<Vec<_>>());
     }
 
@@ -366,7 +798,7 @@ fn after_a_redis_restart_delivery_resumes_and_the_gap_is_counted() {
     publish(&mut publisher, "feed", 0, 70..120);
     // The first message after the gap is 70: nothing of the gap is
     // delivered late, nothing after it is lost.
-    for sub in [&mut remote, &mut root] {
+    for sub in [&mut remote, &mut remote_ws, &mut root] {
         assert_eq!(collect(sub, 50)[&0], (70..120).collect::<Vec<_>>());
     }
     assert_eq!(collect(&mut local, 50)[&0], (70..120).collect::<Vec<_>>());
