@@ -69,24 +69,28 @@ fn turns(s: &mut TcpStream) -> u64 {
 /// With nothing due (no timers, no output, no input left), the loop
 /// sleeps in `poll` until the next event: each request on an otherwise
 /// idle server costs a turn or two, not the thousands of a loop that polls
-/// without waiting.
+/// without waiting. Both with the heartbeat sweep (every 7.5 s by default:
+/// a deadline that is never due during the test) and without it
+/// (`--heartbeat 0`: no deadline at all).
 #[test]
 fn an_idle_server_sleeps_between_requests() {
-    let server = Server::start(&[]);
-    let mut s = connect(server.bus());
-    let first = turns(&mut s);
-    let rounds = 50;
-    for _ in 0..rounds {
-        turns(&mut s);
+    for args in [&[][..], &["--heartbeat", "0"][..]] {
+        let server = Server::start(args);
+        let mut s = connect(server.bus());
+        let first = turns(&mut s);
+        let rounds = 50;
+        for _ in 0..rounds {
+            turns(&mut s);
+        }
+        let last = turns(&mut s);
+        let per_request = (last - first) as f64 / f64::from(rounds + 1);
+        assert!(
+            per_request <= 4.0,
+            "{args:?}: {} turns for {} requests",
+            last - first,
+            rounds + 1
+        );
     }
-    let last = turns(&mut s);
-    let per_request = (last - first) as f64 / f64::from(rounds + 1);
-    assert!(
-        per_request <= 4.0,
-        "{} turns for {} requests",
-        last - first,
-        rounds + 1
-    );
 }
 
 /// Fetches the stats page until the server has read `n` bytes besides the
@@ -108,15 +112,19 @@ fn wait_read(stats: &mut Stats, mark: &serde_json::Value, n: u64) {
 ///   completed it: it is idle from then on and is never closed, however
 ///   long it stays idle (its deadline finds nothing incomplete, and no
 ///   later one is kept for it);
-/// - `slow` completed one command and started another before its first
-///   deadline: it is closed one timeout after that progress, at the
-///   deadline moved there.
+/// - `slow` completed one command and started another a second after its
+///   first partial one, before its first deadline: it is closed one
+///   timeout after that progress, at the deadline moved there.
 ///
-/// Each line below is a connection that the server times out, so each
-/// proves that a whole timeout has passed since it was sent.
+/// The time that must pass is measured by connections that a server times
+/// out: `witness`, a second server with a 1-second timeout, for the second
+/// between `slow`'s two steps; on the server under test, `slow` itself
+/// and then `clock`, each of which proves that a whole timeout has passed
+/// since it was sent.
 #[test]
 fn the_request_timeout_counts_from_the_last_progress() {
-    let server = Server::start(&["--request-timeout", "2"]);
+    let server = Server::start(&["--request-timeout", "3"]);
+    let witness = Server::start(&["--request-timeout", "1"]);
     let mut stats = Stats::open(server.bus());
     let partial = b"! 1 news\r\n";
     let mut idle = connect(server.line());
@@ -130,6 +138,9 @@ fn the_request_timeout_counts_from_the_last_progress() {
     let mark = stats.get();
     send(&mut slow, partial);
     wait_read(&mut stats, &mark, partial.len() as u64);
+    let mut second = connect(witness.line());
+    send(&mut second, partial);
+    assert_eq!(read_to_close(&mut second), b"", "the witness's connection");
     send(&mut slow, b"x\r\n! 1 news\r\n");
     // Closed, with nothing said: one timeout after its progress, not
     // whenever a deadline computed from it comes (or never).
