@@ -20,6 +20,9 @@ pub struct Server {
     /// Everything the server wrote on stderr so far (read by a thread, so
     /// that a full pipe never blocks the server).
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Set by the stderr reader once the pipe is at its end (the server
+    /// has exited and everything it wrote is in `stderr`).
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -102,8 +105,10 @@ impl Server {
             }
         }
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
+            let done = stderr_done.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf) {
@@ -114,12 +119,14 @@ impl Server {
                         .unwrap_or_else(|e| e.into_inner())
                         .extend_from_slice(&buf[..n]);
                 }
+                done.store(true, std::sync::atomic::Ordering::Release);
             });
         }
         Server {
             child,
             doors,
             stderr,
+            stderr_done,
         }
     }
 
@@ -188,20 +195,42 @@ impl Server {
     }
 
     /// Waits for the process to exit by itself, for at most `patience`;
-    /// then kills it and returns the status of the kill.
+    /// then kills it and returns the status of the kill. Once it has
+    /// exited, [`Server::stderr_text`] holds everything it wrote (the
+    /// reader thread is waited for, up to 10 s).
     pub fn wait_exit(&mut self, patience: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for switchboard") {
+                self.wait_stderr();
                 return status;
             }
             if Instant::now() > deadline {
                 // Best effort: the status returned below reports the kill.
                 let _ = self.child.kill();
-                return self.child.wait().expect("wait");
+                let status = self.child.wait().expect("wait");
+                self.wait_stderr();
+                return status;
             }
             // Polls for the exit; no ordering depends on this pause.
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Server {
+    /// Waits until the stderr reader has read the pipe to its end; a pipe
+    /// still open after 10 s (held by a process the server started) fails
+    /// the test, whose log would otherwise be read short.
+    fn wait_stderr(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr_done.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "the server's stderr was still open 10 s after it exited"
+            );
+            // Polls for the reader's end; no ordering depends on this pause.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
