@@ -628,10 +628,10 @@ fn plain_head(body: &[u8]) -> Option<HeadValue<'_>> {
             while matches!(r.b.get(r.at), Some(b'0'..=b'9')) {
                 r.at += 1;
             }
-            let digits = &r.b[start..r.at];
+            let digits = r.b.get(start..r.at)?;
             // serde_json rejects leading zeros; fractions, exponents and
             // long numbers are left to it too.
-            if digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+            if digits.len() > 19 || (digits.len() > 1 && digits.first() == Some(&b'0')) {
                 return None;
             }
             let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
@@ -698,11 +698,12 @@ impl<'a> Plain<'a> {
         loop {
             match *self.b.get(self.at)? {
                 b'"' => break,
-                b' '..=b'~' if self.b[self.at] != b'\\' => self.at += 1,
+                b'\\' => return None,
+                b' '..=b'~' => self.at += 1,
                 _ => return None,
             }
         }
-        let s = std::str::from_utf8(&self.b[start..self.at]).ok()?;
+        let s = std::str::from_utf8(self.b.get(start..self.at)?).ok()?;
         self.at += 1;
         Some(s)
     }
