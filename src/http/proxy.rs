@@ -612,12 +612,116 @@ impl<'de> serde::de::Visitor<'de> for HeadValueVisitor {
     }
 }
 
+/// The common head read without serde_json: `[STATUS, [strings…]]` (or
+/// `[STATUS]`) where STATUS is a string or a number of at most 19 digits and
+/// every string is printable ASCII without escapes, with JSON whitespace
+/// anywhere between. Gives the value serde_json would give, or `None` for
+/// anything else (escapes, other bytes, other shapes, bad JSON), which then
+/// goes to serde_json, so that its errors and reasons stay the same.
+fn plain_head(body: &[u8]) -> Option<HeadValue<'_>> {
+    let mut r = Plain { b: body, at: 0 };
+    r.byte(b'[')?;
+    let status = match r.peek()? {
+        b'"' => HeadValue::Str(Cow::Borrowed(r.string()?)),
+        b'0'..=b'9' => {
+            let start = r.at;
+            while matches!(r.b.get(r.at), Some(b'0'..=b'9')) {
+                r.at += 1;
+            }
+            let digits = r.b.get(start..r.at)?;
+            // serde_json rejects leading zeros; fractions, exponents and
+            // long numbers are left to it too.
+            if digits.len() > 19 || (digits.len() > 1 && digits.first() == Some(&b'0')) {
+                return None;
+            }
+            let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            HeadValue::Number(n.into())
+        }
+        _ => return None,
+    };
+    let mut items = Vec::with_capacity(2);
+    items.push(status);
+    match r.peek()? {
+        b']' => r.at += 1,
+        b',' => {
+            r.at += 1;
+            r.byte(b'[')?;
+            let mut list = Vec::new();
+            if r.peek()? == b']' {
+                r.at += 1;
+            } else {
+                loop {
+                    list.push(HeadValue::Str(Cow::Borrowed(r.string()?)));
+                    match r.peek()? {
+                        b',' => r.at += 1,
+                        b']' => {
+                            r.at += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            items.push(HeadValue::Array(list));
+            r.byte(b']')?;
+        }
+        _ => return None,
+    }
+    r.skip_ws();
+    (r.at == body.len()).then_some(HeadValue::Array(items))
+}
+
+/// A cursor for [`plain_head`].
+struct Plain<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Plain<'a> {
+    fn skip_ws(&mut self) {
+        while matches!(self.b.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.b.get(self.at).copied()
+    }
+    fn byte(&mut self, want: u8) -> Option<()> {
+        (self.peek()? == want).then(|| self.at += 1)
+    }
+    /// A string of printable ASCII without escapes, after whitespace.
+    fn string(&mut self) -> Option<&'a str> {
+        self.byte(b'"')?;
+        let start = self.at;
+        loop {
+            match *self.b.get(self.at)? {
+                b'"' => break,
+                b'\\' => return None,
+                b' '..=b'~' => self.at += 1,
+                _ => return None,
+            }
+        }
+        let s = std::str::from_utf8(self.b.get(start..self.at)?).ok()?;
+        self.at += 1;
+        Some(s)
+    }
+}
+
 /// Checks `["STATUS", ["Name", "value", …]]`. The status is a string of
 /// three digits (msglite's form) or a number, and must be a final status
 /// with a registered meaning.
 pub fn parse_head(body: &[u8]) -> Result<Head<'_>, String> {
-    let value: HeadValue<'_> =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    let value: HeadValue<'_> = match plain_head(body) {
+        Some(value) => value,
+        None => serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?,
+    };
+    check_head(value)
+}
+
+/// The checks of [`parse_head`] on the value read.
+fn check_head(value: HeadValue<'_>) -> Result<Head<'_>, String> {
     let HeadValue::Array(items) = value else {
         return Err("not a JSON array".into());
     };
@@ -917,6 +1021,62 @@ fn status_reason(status: u16) -> Option<&'static str> {
 mod tests {
     use super::*;
     use serde_json::{Map, Value};
+
+    /// The head read without serde_json gives what serde_json gives, and
+    /// leaves to it everything it does not take.
+    #[test]
+    fn plain_head_matches_serde_json() {
+        let taken: &[&[u8]] = &[
+            br#"["200",["Content-Type","text/plain","Content-Length","2"]]"#,
+            br#" [ 200 , [ "X-A" , "b c" ] ] "#,
+            br#"["404"]"#,
+            br#"[204,[]]"#,
+            b"[\"200\",\t[\"Connection\",\"close, x\",\"x\",\"1\"]]\r\n",
+            br#"["200",["Content-Length","1","content-length","2"]]"#,
+            br#"["abc",[]]"#,
+            br#"[0]"#,
+            br#"["200",["a","b","c"]]"#,
+            br#"["200",["bad name","v"]]"#,
+            br#"[9999999999999999999]"#,
+            br#"["200",["Server","x"]]"#,
+        ];
+        let left: &[&[u8]] = &[
+            b"",
+            b"[",
+            br#"[]"#,
+            br#"{}"#,
+            br#""200""#,
+            br#"[200.0]"#,
+            br#"[-1]"#,
+            br#"[0200]"#,
+            br#"[200e0]"#,
+            br#"[184467440737095516150]"#,
+            br#"["200",["X","a\r\nb"]]"#,
+            br#"["200",["X","caf\u00e9"]]"#,
+            "[\"200\",[\"X\",\"café\"]]".as_bytes(),
+            b"[\"200\",[\"X\",\"a\x01\"]]",
+            br#"["200",["X",1]]"#,
+            br#"["200",["X","y",]]"#,
+            br#"["200",[],3]"#,
+            br#"["200",{}]"#,
+            br#"["200"] x"#,
+            br#"["200",["X","y"]"#,
+            br#"[null]"#,
+            br#"["200",[],]"#,
+        ];
+        for (body, plain) in taken
+            .iter()
+            .map(|b| (b, true))
+            .chain(left.iter().map(|b| (b, false)))
+        {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(plain_head(body).is_some(), plain, "{shown}");
+            let by_serde = serde_json::from_slice::<HeadValue>(body)
+                .map_err(|e| format!("not JSON ({e})"))
+                .and_then(check_head);
+            assert_eq!(parse_head(body), by_serde, "{shown}");
+        }
+    }
 
     /// The envelope as msglite's object built through `serde_json::Value`
     /// (how it was first written): the direct writer must match it byte
