@@ -2423,13 +2423,30 @@ fn the_nginx_stream_configurations_of_the_docs_balance_nodes() {
 /// three nodes (each node's subscription confirmed by Redis), and a
 /// publish through its bus socket reaches them all.
 fn three_nodes_as_one(stats: &mut [common::Stats], line_sock: &Path, bus_sock: &Path, at: &str) {
-    let mut subs: Vec<_> = (0..3)
-        .map(|_| {
-            let mut s = unix_connect(line_sock).unwrap();
-            common::send(&mut s, b"+ news\r\n");
-            s
-        })
-        .collect();
+    // One at a time: each subscriber is on its node before the next
+    // connects, so that the balancer's least-connections choice sees it.
+    let mut subs = Vec::new();
+    for n in 1..=3u64 {
+        let mut s = unix_connect(line_sock).unwrap();
+        common::send(&mut s, b"+ news\r\n");
+        subs.push(s);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let total: u64 = stats
+                .iter_mut()
+                .map(|st| st.get()["subscribers"].as_u64().unwrap_or(0))
+                .sum();
+            if total == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{at}: subscriber {n} did not reach a node ({total} subscribed)"
+            );
+            // Polls the nodes' stats pages; no ordering depends on this pause.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     for s in stats.iter_mut() {
         s.wait_for("a subscriber confirmed on each node", |v| {
             v["subscribers"] == 1 && v["cluster"]["confirmed"] == 1
