@@ -12,6 +12,10 @@ use bytes::{Buf, Bytes};
 /// Most slices handed to one `writev`.
 const MAX_IOV: usize = 512;
 
+/// Up to this many queued frames, the slices for `writev` live in a small
+/// array.
+const SMALL_IOV: usize = 8;
+
 /// What one queued frame costs besides its bytes: its `Bytes` handle in the
 /// queue (32 bytes) and, for a frame of its own, the allocation's header.
 pub const FRAME_COST: usize = 48;
@@ -91,14 +95,15 @@ impl OutQueue {
                     Err(e) => return Err(e),
                 }
             } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let mut count = 0;
-                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
-                    *slot = IoSlice::new(frame);
-                    count += 1;
-                }
-                let slices = slices.get(..count).unwrap_or(&[]);
-                match w.write_vectored(slices) {
+                // A few frames (a proxied answer: head, body, end) fill a
+                // small array; filling 512 empty slices every time cost
+                // more than the rest of the flush.
+                let wrote = if self.frames.len() <= SMALL_IOV {
+                    write_frames::<SMALL_IOV>(w, &self.frames)
+                } else {
+                    write_frames::<MAX_IOV>(w, &self.frames)
+                };
+                match wrote {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -134,6 +139,17 @@ impl OutQueue {
             }
         }
     }
+}
+
+/// One vectored write of the first `N` frames at most.
+fn write_frames<const N: usize>(w: &mut impl Write, frames: &VecDeque<Bytes>) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let mut count = 0;
+    for (slot, frame) in slices.iter_mut().zip(frames.iter()) {
+        *slot = IoSlice::new(frame);
+        count += 1;
+    }
+    w.write_vectored(slices.get(..count).unwrap_or(&[]))
 }
 
 #[cfg(test)]
@@ -313,6 +329,42 @@ mod tests {
             let err = q.flush(&mut w, usize::MAX).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
             assert_eq!(q.bytes(), len);
+        }
+    }
+
+    #[test]
+    fn one_writev_takes_every_frame_up_to_512() {
+        /// Takes everything, and keeps how many slices each call had.
+        struct Counts(Vec<usize>);
+        impl Write for Counts {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.push(1);
+                Ok(buf.len())
+            }
+            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                self.0.push(bufs.len());
+                Ok(bufs.iter().map(|b| b.len()).sum())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        for (frames, calls) in [
+            (1, vec![1]),
+            (3, vec![3]),
+            (8, vec![8]),
+            (9, vec![9]),
+            (100, vec![100]),
+            (600, vec![512, 88]),
+        ] {
+            let mut q = OutQueue::default();
+            for i in 0..frames {
+                q.push(Bytes::from(format!("{i},")));
+            }
+            let len = q.bytes();
+            let mut w = Counts(Vec::new());
+            assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (len, Flushed::All));
+            assert_eq!(w.0, calls, "{frames} frames");
         }
     }
 
