@@ -505,16 +505,24 @@ impl Decoder {
 /// split off and its fields sliced out of the frozen frame.
 pub struct Ranges {
     raw: Raw<'static>,
-    offsets: Vec<(usize, usize)>,
+    /// Start and length of each field, in the order `to_command` takes them;
+    /// at most [`MAX_FIELDS`] (a wait's addresses), kept inline: a command
+    /// is decoded without an allocation for its offsets.
+    offsets: [(usize, usize); MAX_FIELDS],
+    len: usize,
 }
 
 impl Ranges {
     /// Records where each field of `raw` lies in `base`.
     pub fn of(raw: &Raw<'_>, base: &[u8]) -> Ranges {
-        let mut offsets = Vec::new();
+        let mut offsets = [(0, 0); MAX_FIELDS];
+        let mut len = 0;
         let mut at = |part: &[u8]| {
             let start = (part.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
-            offsets.push((start, part.len()));
+            if let Some(slot) = offsets.get_mut(len) {
+                *slot = (start, part.len());
+                len += 1;
+            }
             &[] as &'static [u8]
         };
         let raw = match *raw {
@@ -591,13 +599,14 @@ impl Ranges {
                 }
             }
         };
-        Ranges { raw, offsets }
+        Ranges { raw, offsets, len }
     }
 
     /// The owned command, sliced out of `frame` (the bytes the command spans);
     /// `None` for a blank line.
     pub fn to_command(&self, frame: &Bytes) -> Option<Command> {
-        let mut parts = self.offsets.iter().map(|&(start, len)| {
+        let offsets = self.offsets.get(..self.len).unwrap_or(&[]);
+        let mut parts = offsets.iter().map(|&(start, len)| {
             let start = start.min(frame.len());
             frame.slice(start..(start + len).min(frame.len()))
         });
@@ -823,7 +832,11 @@ mod tests {
     fn eight_addresses_are_fine() {
         let (cmds, err) = decode_pieces(&[b"< 5 1 2 3 4 5 6 7 8\r\n"]);
         assert_eq!(err, None);
-        assert!(matches!(&cmds[..], [Command::Ready { addresses, .. }] if addresses.len() == 8));
+        let [Command::Ready { addresses, .. }] = &cmds[..] else {
+            panic!("not one wait: {cmds:?}");
+        };
+        let want: Vec<Bytes> = (1..=8).map(|i| Bytes::from(i.to_string())).collect();
+        assert_eq!(addresses, &want);
     }
 
     #[test]
