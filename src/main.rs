@@ -8,6 +8,10 @@ use switchboard::config::{Args, Config};
 use switchboard::config_file::{self, ArgsError};
 use switchboard::{logging, server};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let command_line: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv = match config_file::with_file(command_line.clone()) {
