@@ -381,10 +381,12 @@ impl Queues {
         self.reply_seq += 1;
         // `PREFIX.SEQ` with SEQ in upper-case hex, written without `format!`
         // (two of these per proxied request).
-        let mut addr = Vec::with_capacity(self.reply_prefix.len() + 17);
+        // Of its exact size: a `Bytes` made from a vector with room to spare
+        // costs a second allocation.
+        let digits = (64 - self.reply_seq.leading_zeros()).div_ceil(4).max(1);
+        let mut addr = Vec::with_capacity(self.reply_prefix.len() + 1 + digits as usize);
         addr.extend_from_slice(self.reply_prefix.as_bytes());
         addr.push(b'.');
-        let digits = (64 - self.reply_seq.leading_zeros()).div_ceil(4).max(1);
         for i in (0..digits).rev() {
             let d = (self.reply_seq >> (4 * i)) & 0xf;
             addr.push(b"0123456789ABCDEF".get(d as usize).copied().unwrap_or(b'0'));

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{Command, Decoder, LineError, Ranges, Raw};
-use super::wire::{message_head, DEFAULT_CONTENT_TYPE};
+use super::wire::{message_head, message_head_len, DEFAULT_CONTENT_TYPE};
 use crate::auth::{self, Action, Grant};
 use crate::broker::filter::Filter;
 use crate::broker::frames::Framing;
@@ -423,11 +423,16 @@ pub fn write_answer(answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) {
         // Never a line wait's answer (refused in `on_answer`).
         Answer::Switch(_) | Answer::Done(_) => return,
     };
-    // Room for the head line (see `message_head`) and a copied body, in
-    // one allocation.
-    let line = d.to.len() + d.reply.map_or(0, <[u8]>::len) + 48;
+    // The head line and a copied body in one allocation of their exact size
+    // (frozen with room to spare, it would cost a second one).
+    let line = message_head_len(d.to, d.reply, d.timeout_s, d.body.len());
     if d.body.len() < SHARED_BODY {
-        let mut head = BytesMut::with_capacity(line + d.body.len() + 2);
+        let body = if d.body.is_empty() {
+            0
+        } else {
+            d.body.len() + 2
+        };
+        let mut head = BytesMut::with_capacity(line + body);
         message_head(&mut head, d.to, d.reply, d.timeout_s, d.body.len());
         if !d.body.is_empty() {
             head.put_slice(d.body);

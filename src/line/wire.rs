@@ -93,7 +93,7 @@ pub fn message_head(
     timeout_s: u64,
     len: usize,
 ) {
-    out.reserve(to.len() + reply.map_or(0, |r| r.len()) + 48);
+    out.reserve(message_head_len(to, reply, timeout_s, len));
     out.put_slice(b"> ");
     put_decimal(out, len as u64);
     out.put_u8(b' ');
@@ -105,6 +105,25 @@ pub fn message_head(
         out.put_slice(r);
     }
     out.put_slice(b"\r\n");
+}
+
+/// The exact length of what [`message_head`] writes, so that a frame can
+/// be allocated at its size (a frozen buffer with room to spare costs a
+/// second allocation).
+pub fn message_head_len(to: &[u8], reply: Option<&[u8]>, timeout_s: u64, len: usize) -> usize {
+    // `> ` LEN ` ` TIMEOUT ` ` TO [` ` REPLY] CRLF
+    2 + decimal_len(len as u64)
+        + 1
+        + decimal_len(timeout_s)
+        + 1
+        + to.len()
+        + reply.map_or(0, |r| 1 + r.len())
+        + 2
+}
+
+/// How many digits `n` has in decimal.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
 /// Reads one header line the server sent, with or without its line end.
@@ -195,6 +214,23 @@ mod tests {
         assert!(matches!(type_field(b"text/plain"), Cow::Borrowed(_)));
         assert!(matches!(type_field(b""), Cow::Borrowed(_)));
         assert!(matches!(type_field(b"a; b"), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn message_head_len_is_what_message_head_writes() {
+        for len in [0usize, 1, 9, 10, 99, 100, 65_535, 1 << 40] {
+            for timeout in [0u64, 5, 10, 180, u64::MAX] {
+                for reply in [None, Some(&b"r.1A"[..])] {
+                    let mut out = BytesMut::new();
+                    message_head(&mut out, b"jobs", reply, timeout, len);
+                    let want = message_head_len(b"jobs", reply, timeout, len);
+                    assert_eq!(out.len(), want, "{len} {timeout} {reply:?}");
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        message_head(&mut out, b"jobs", Some(b"r.1A"), 180, 12);
+        assert_eq!(&out[..], b"> 12 180 jobs r.1A\r\n");
     }
 
     fn publication<'a>(len: u64, channel: &'a [u8], content_type: &'a [u8]) -> Header<'a> {
