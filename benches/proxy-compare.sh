@@ -2,7 +2,10 @@
 # The msglite HTTP proxy door against the servers it replaces, with wrk.
 #
 # usage: benches/proxy-compare.sh [own|mongrel2|wsgi|all]   (default all)
-# env:   DURATION (seconds per run, default 10), RUNS (default 3),
+# env:   IPC=1: the servers reach their workers over Unix sockets instead of
+#        loopback TCP (switchboard's --line-unix, Mongrel2's ipc://, uwsgi's
+#        socket file), in the Mongrel2 and WSGI comparisons;
+#        DURATION (seconds per run, default 10), RUNS (default 3),
 #        CONNS (wrk connections, default 64), WORKERS (Python processes, default 4),
 #        SB (the switchboard binary, default target/release/switchboard),
 #        BATCHES (default 1: our Python handlers and WSGI workers are measured
@@ -42,6 +45,21 @@ trap cleanup EXIT
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 on0() { taskset -c 0 "$@" & PIDS+=($!); }
+# line_door PORT: sets LINE_ARGS (the server's line door) and LINE_ADDR (what
+# handlers connect to): loopback TCP on PORT, or a Unix socket with IPC=1.
+line_door() {
+  if [ "${IPC:-0}" = 1 ]; then
+    rm -f "$TMP/line.sock"
+    LINE_ARGS=(--line-listen off --line-unix "$TMP/line.sock"); LINE_ADDR=$TMP/line.sock
+  else
+    LINE_ARGS=(--line-listen "127.0.0.1:$1"); LINE_ADDR=127.0.0.1:$1
+  fi
+}
+# uwsgi_socket PORT: where uwsgi listens and nginx connects.
+uwsgi_socket() {
+  if [ "${IPC:-0}" = 1 ]; then UW_LISTEN=$TMP/uwsgi.sock; UW_UPSTREAM=unix:$TMP/uwsgi.sock
+  else UW_LISTEN=127.0.0.1:$1; UW_UPSTREAM=127.0.0.1:$1; fi
+}
 stop_all() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -122,10 +140,10 @@ mongrel2() {
   local p l n
   for n in ${BATCHES:-1}; do
     p=$(free_port); l=$(free_port)
-    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    line_door $l; on0 "$SB" "${LINE_ARGS[@]}" --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
     sleep 0.3
     for _ in $(seq "$WORKERS"); do
-      on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line 127.0.0.1:$l "$n"
+      on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line "$LINE_ADDR" "$n"
     done
     wait_http http://127.0.0.1:$p/
     measure "switchboard proxy → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")" http://127.0.0.1:$p/
@@ -136,20 +154,28 @@ mongrel2() {
   export LOGNAME=${LOGNAME:-$(id -un)}
   m=$(free_port); s=$(free_port); r=$(free_port)
   mkdir -p $d/run $d/logs $d/tmp
+  # With IPC=1, ZeroMQ over Unix sockets: Mongrel2 (chrooted to $d when run
+  # as root) names them relative to $d, the handlers by their full path.
+  local m2send=tcp://127.0.0.1:$s m2recv=tcp://127.0.0.1:$r hsend hrecv
+  hsend=$m2send; hrecv=$m2recv
+  if [ "${IPC:-0}" = 1 ]; then
+    m2send=ipc://run/send.sock; m2recv=ipc://run/recv.sock
+    hsend=ipc://$d/run/send.sock; hrecv=ipc://$d/run/recv.sock
+  fi
   cat >$d/bench.conf <<EOF
 main = Server(uuid="2f62bd5d-7a93-4d8c-8a5b-9a1c0b1e2d3f", access_log="/logs/access.log",
     error_log="/logs/error.log", chroot="./", default_host="localhost", name="bench",
     pid_file="/run/mongrel2.pid", bind_addr="127.0.0.1", port=$m,
     hosts=[Host(name="localhost", routes={
-        '/': Handler(send_spec='tcp://127.0.0.1:$s', send_ident='7d4a1f2e-3b5c-4d6e-8f9a-0b1c2d3e4f5a',
-                     recv_spec='tcp://127.0.0.1:$r', recv_ident='')})])
+        '/': Handler(send_spec='$m2send', send_ident='7d4a1f2e-3b5c-4d6e-8f9a-0b1c2d3e4f5a',
+                     recv_spec='$m2recv', recv_ident='')})])
 settings = {"zeromq.threads": 1, "server.daemonize": 0}
 servers = [main]
 EOF
   (cd $d && m2sh load -config bench.conf -db bench.sqlite >/dev/null)
   (cd $d && exec taskset -c 0 m2sh start -db bench.sqlite -name bench >$d/m2.out 2>&1) & PIDS+=($!)
   for _ in $(seq "$WORKERS"); do
-    on0 $PY "$REPO/benches/proxy_handlers.py" zmq tcp://127.0.0.1:$s tcp://127.0.0.1:$r
+    on0 $PY "$REPO/benches/proxy_handlers.py" zmq "$hsend" "$hrecv"
   done
   wait_http http://127.0.0.1:$m/
   measure "Mongrel2 → $WORKERS Python ZeroMQ handlers" http://127.0.0.1:$m/
@@ -163,11 +189,11 @@ wsgi() {
   local ex=$REPO/clients/python/examples p l n
   for n in ${BATCHES:-1}; do
     p=$(free_port); l=$(free_port)
-    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    line_door $l; on0 "$SB" "${LINE_ARGS[@]}" --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
     sleep 0.3
     # shellcheck disable=SC2046
     (cd $ex && PYTHONPATH=$REPO/clients/python exec taskset -c 0 $PY -m switchboard_client.wsgi hello_app:app \
-       --workers "$WORKERS" --connect 127.0.0.1:$l $([ "$n" = 1 ] || echo --batch "$n") 2>/dev/null) & PIDS+=($!)
+       --workers "$WORKERS" --connect "$LINE_ADDR" $([ "$n" = 1 ] || echo --batch "$n") 2>/dev/null) & PIDS+=($!)
     wait_http http://127.0.0.1:$p/hello
     measure "switchboard proxy → WSGI adapter$([ "$n" = 1 ] || echo ", --batch $n")" http://127.0.0.1:$p/hello
     stop_all
@@ -182,9 +208,9 @@ wsgi() {
   if command -v uwsgi >/dev/null; then
     local u f
     u=$(free_port); f=$(free_port)
-    on0 uwsgi --plugin python3 --socket 127.0.0.1:$u --processes "$WORKERS" --master \
+    uwsgi_socket $u; on0 uwsgi --plugin python3 --socket "$UW_LISTEN" --processes "$WORKERS" --master \
       --chdir "$ex" --module hello_app:app --disable-logging --die-on-term >/dev/null 2>&1
-    nginx_conf "$TMP/ngu" "upstream u { server 127.0.0.1:$u; keepalive 16; }
+    nginx_conf "$TMP/ngu" "upstream u { server $UW_UPSTREAM; keepalive 16; }
       server { listen 127.0.0.1:$f; location / { include /etc/nginx/uwsgi_params; uwsgi_pass u; } }"
     start_nginx "$TMP/ngu"; wait_http http://127.0.0.1:$f/hello
     measure "nginx → uwsgi, $WORKERS processes" http://127.0.0.1:$f/hello
