@@ -1042,3 +1042,25 @@ fn a_stream_to_a_client_that_does_not_read_is_cut_at_the_backlog_limit() {
     // The handler's connection is fine.
     line_sync(&mut h.w, "after");
 }
+
+#[test]
+fn the_bus_secret_does_not_apply_to_the_proxy() {
+    // `--secret` guards the bus and the line protocol; the proxy's requests
+    // carry the application's own credentials (or none), untouched.
+    let server = start(&["--secret", "s3cret"]);
+    let mut h = Handler::connect(&server);
+    h.write(b"@ s3cret\r\n");
+    let mut c = Http::connect(&server);
+    c.get("/no-credentials");
+    let t = h.take();
+    assert_eq!(t.url(), "/no-credentials");
+    h.answer(&t.reply, TEXT_HEAD, &[b"served"]);
+    let r = c.response();
+    assert_eq!((r.status, r.text().as_str()), (200, "served"), "{r:?}");
+    // A wrong password for the bus is the application's business.
+    c.write(b"GET /app HTTP/1.1\r\nHost: t\r\nAuthorization: Basic eDp3cm9uZw==\r\n\r\n");
+    let t = h.take();
+    assert_eq!(t.env["headers"]["Authorization"], "Basic eDp3cm9uZw==");
+    h.answer(&t.reply, TEXT_HEAD, &[b"also served"]);
+    assert_eq!(c.response().text(), "also served");
+}
