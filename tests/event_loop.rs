@@ -225,3 +225,469 @@ fn bytes_written_are_counted() {
         "bytes_out went from {before} to {after}"
     );
 }
+
+// The heartbeat sweep (`Server::sweep_heartbeats`, `sweep_period`), the
+// reading of a connection whose first event brings its end
+// (`Server::serve`), the warning of `Server::bind` about restored switch
+// messages, the resumption of accepting (`Server::after_events`), the
+// window of the longest turn (`Server::count_turn`), the request-timeout
+// clock (`Server::note_progress`, `Server::note_progress_with`) and the
+// read-ahead bound (`READ_AHEAD`) and the node id (`node_id`).
+
+/// Subscribes an event stream to `channel` on the bus door `bus` and reads
+/// its head (up to `: subscribed`).
+fn event_stream(bus: &str, channel: &str) -> TcpStream {
+    let mut s = connect(bus);
+    send(
+        &mut s,
+        format!("GET /msgbus/{channel} HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    );
+    let head = common::read_until(&mut s, b": subscribed\n\n");
+    assert!(head.starts_with(b"HTTP/1.1 200 "), "{head:?}");
+    s
+}
+
+/// Publishes `body` to `channel` on a fresh line connection, and returns
+/// once the server has run it.
+fn publish_line(server: &Server, channel: &str, body: &[u8]) {
+    let mut p = connect(server.line());
+    let mut frame = format!("! {} {channel}\r\n", body.len()).into_bytes();
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(b"\r\n");
+    send(&mut p, &frame);
+    line_sync(&mut p, "published");
+}
+
+/// Waits until the server closes a line connection that sent a partial
+/// command: one whole request timeout has passed on the server's clock
+/// since now, and the server's loop has had a turn at that deadline.
+fn wait_one_request_timeout(server: &Server) {
+    let mut clock = connect(server.line());
+    send(&mut clock, b"! 1 clock\r\n");
+    assert_eq!(read_to_close(&mut clock), b"", "the clock connection");
+}
+
+/// Reads the stream `s` until `end`, a chunk at a time (it may be tens of
+/// MiB); returns what came before `end`.
+fn read_stream_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = s.read(&mut buf).expect("read the stream");
+        assert!(n > 0, "the stream closed after {} bytes", got.len());
+        // Only the new bytes, and the end of the old ones, can hold `end`.
+        let from = got.len().saturating_sub(end.len() - 1);
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got[from..].windows(end.len()).position(|w| w == end) {
+            got.truncate(from + i);
+            return got;
+        }
+    }
+}
+
+/// How many event-stream heartbeats `bytes` holds.
+fn heartbeats_in(bytes: &[u8]) -> usize {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| *l == b": heartbeat")
+        .count()
+}
+
+/// `--heartbeat 0` turns heartbeats off: an event stream left idle while
+/// the server runs turns (a connection timed out a second later) gets the
+/// next message, and no heartbeat before it.
+#[test]
+fn no_heartbeat_goes_out_with_heartbeat_zero() {
+    let server = Server::start(&["--heartbeat", "0", "--request-timeout", "1"]);
+    let mut sse = event_stream(server.bus(), "idle");
+    wait_one_request_timeout(&server);
+    publish_line(&server, "idle", b"probe");
+    let got = read_stream_until(&mut sse, b"data: probe\n\n");
+    assert_eq!(
+        heartbeats_in(&got),
+        0,
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// With `--heartbeat 1` the sweep runs every 250 ms and an idle stream gets
+/// a heartbeat once it has been silent for 750 ms: over the two seconds of
+/// a request timeout, the stream gets at least one (the turn of the
+/// timeout runs a sweep, if none ran since 750 ms of silence) and no more
+/// than the period allows (a heartbeat every sweep would be eight; six
+/// leaves the probe two seconds to come), and the loop sleeps between
+/// sweeps: a few dozen turns, not the thousands of a sweep every
+/// millisecond or of a loop waiting for a sweep that never runs.
+#[test]
+fn heartbeats_come_once_a_period_from_a_sweep_that_sleeps() {
+    let server = Server::start(&["--heartbeat", "1", "--request-timeout", "2"]);
+    let mut metrics = connect(server.bus());
+    let before = turns(&mut metrics);
+    let mut sse = event_stream(server.bus(), "idle");
+    wait_one_request_timeout(&server);
+    publish_line(&server, "idle", b"probe");
+    let got = read_stream_until(&mut sse, b"data: probe\n\n");
+    let after = turns(&mut metrics);
+    let beats = heartbeats_in(&got);
+    assert!(
+        (1..=6).contains(&beats),
+        "{beats} heartbeats: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(after - before <= 150, "{} turns", after - before);
+}
+
+/// A stream whose output waits in its queue (its client reads nothing) is
+/// not idle: the sweep puts no heartbeat behind what waits, however long
+/// it has not been written to. The client reads only after a request
+/// timeout (5 s) longer than the heartbeat's silence (3 s) plus a sweep
+/// period (1 s), and then finds the messages and the probe published after
+/// them, with nothing between.
+#[test]
+fn no_heartbeat_goes_behind_queued_output() {
+    let server = Server::start(&[
+        "--heartbeat",
+        "4",
+        "--request-timeout",
+        "5",
+        "--backlog-limit",
+        "100000000",
+    ]);
+    let mut stats = Stats::open(server.bus());
+    let mut sse = event_stream(server.bus(), "bulk");
+    let body = vec![b'x'; 512 * 1024];
+    let count = 64;
+    let mut frames = Vec::new();
+    for _ in 0..count {
+        frames.extend_from_slice(format!("! {} bulk\r\n", body.len()).as_bytes());
+        frames.extend_from_slice(&body);
+        frames.extend_from_slice(b"\r\n");
+    }
+    let mut publisher = connect(server.line());
+    send(&mut publisher, &frames);
+    line_sync(&mut publisher, "bulk");
+    let total = (count * body.len()) as u64;
+    let written = stat(&stats.get(), "bytes_out");
+    assert!(
+        written < total / 2,
+        "{written} of {total} bytes were written: the stream was not held up"
+    );
+    wait_one_request_timeout(&server);
+    send(&mut publisher, b"! 5 bulk\r\nprobe\r\n");
+    line_sync(&mut publisher, "probe");
+    let got = read_stream_until(&mut sse, b"data: probe\n\n");
+    let data = got.windows(6).filter(|w| w == b"data: ").count();
+    assert_eq!(data, count, "messages before the probe");
+    assert_eq!(heartbeats_in(&got), 0, "heartbeats before the probe");
+}
+
+/// The state of process `pid` (`/proc/PID/stat`'s third field).
+fn process_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let rest = &stat[stat.rfind(')').expect("a (comm) in /proc/PID/stat") + 1..];
+    rest.trim_start().chars().next().expect("a state")
+}
+
+/// A connection whose whole input and end come before the server first
+/// reads it (the server is stopped meanwhile) has one readiness event for
+/// both: the short read of its command must not end its reading, since
+/// no later event would report the end. The server runs the command and
+/// then closes the connection.
+#[test]
+fn input_and_end_in_one_event_are_both_read() {
+    let server = Server::start(&[]);
+    server.signal(19);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while process_state(server.pid()) != 'T' {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop"
+        );
+        std::thread::yield_now();
+    }
+    let mut s = connect(server.line());
+    send(&mut s, b"+ end\r\n! 1 end\r\nx\r\n");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    server.signal(18);
+    assert_eq!(
+        read_to_close(&mut s),
+        b"! 1 end application/octet-stream\r\nx\r\n"
+    );
+}
+
+/// One HTTP/1.1 call on the keep-alive connection `s`: its status and body.
+fn call(s: &mut TcpStream, method: &str, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    send(s, request.as_bytes());
+    let got = common::read_until(s, b"\r\n\r\n");
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    let status = head[9..12].parse().expect("a status");
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = got[end..].to_vec();
+    assert!(body.len() <= len, "{method} {path}: more than one answer");
+    body.extend_from_slice(&read_exact_n(s, len - body.len()));
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Switch messages restored from `--data-dir` stay in the node's own
+/// queues, which only matters with `--cluster` (its switch door serves the
+/// queues in Redis): without it, the start says how many were restored and
+/// gives no warning about them.
+#[test]
+fn restored_switch_messages_bring_no_warning_without_cluster() {
+    let dir = TempDir::new("restore-alone");
+    let data = dir.path().to_str().unwrap();
+    let args = [
+        "--switch-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--fsync",
+        "always",
+        "--log-level",
+        "info",
+    ];
+    let mut first = Server::start(&args);
+    {
+        let mut c = connect(first.addr("switch"));
+        for (method, path, body, want) in [
+            ("GET", "/login/svc", "", ""),
+            ("GET", "/persistent/jobs", "", "jobs"),
+            ("POST", "/request/jobs/r", "kept", r#"[["jobs",0]]"#),
+        ] {
+            assert_eq!(
+                call(&mut c, method, path, body),
+                (200, want.to_string()),
+                "{path}"
+            );
+        }
+    }
+    first.signal(9);
+    assert!(!first
+        .wait_exit(std::time::Duration::from_secs(10))
+        .success());
+    let mut again = Server::start(&args);
+    let status = again.interrupt();
+    assert!(status.success(), "{status:?}");
+    let log = again.stderr_text();
+    assert!(
+        log.contains("restored 0 queued line messages and 1 switch messages"),
+        "{log}"
+    );
+    assert!(!log.contains("restored from --data-dir stay"), "{log}");
+}
+
+/// The stats page's longest turn of the last ten seconds
+/// (`loop_turn_max_10s_us`) is the longest since start while the server
+/// has run for less than twenty (the current window and the one before):
+/// a long turn (tens of thousands of commands read in one) is still the
+/// longest of the window after shorter turns came.
+#[test]
+fn the_longest_turn_stays_the_longest_of_its_window() {
+    let server = Server::start(&["--backlog-limit", "100000000"]);
+    let started = std::time::Instant::now();
+    let mut stats = Stats::open(server.bus());
+    let mut sub = connect(server.line());
+    send(&mut sub, b"+ many\r\n");
+    line_sync(&mut sub, "sub");
+    let count = 20_000;
+    let mut p = connect(server.line());
+    send(&mut p, &b"! 1 many\r\nx\r\n".repeat(count));
+    line_sync(&mut p, "many");
+    let want = b"! 1 many application/octet-stream\r\nx\r\n".repeat(count);
+    assert_eq!(read_exact_n(&mut sub, want.len()), want);
+    for _ in 0..5 {
+        stats.get();
+    }
+    let v = stats.get();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the test ran for too long to check the window"
+    );
+    assert!(stat(&v, "loop_turn_max_us") > 0, "{v}");
+    assert_eq!(
+        stat(&v, "loop_turn_max_10s_us"),
+        stat(&v, "loop_turn_max_us"),
+        "{v}"
+    );
+}
+
+/// A server at `--max-connections` says so once: the turns that follow,
+/// with a client waiting in the backlog, neither accept it nor resume
+/// accepting only to pause again (each pause would log the limit again).
+#[test]
+fn the_connection_limit_is_logged_once_while_it_holds() {
+    let mut server = Server::start(&["--max-connections", "3"]);
+    let addr = server.line().to_string();
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = connect(&addr);
+            line_sync(&mut s, &format!("h{i}"));
+            s
+        })
+        .collect();
+    let mut waiting = connect(&addr);
+    send(&mut waiting, b"+ w\r\n! 1 w\r\nx\r\n");
+    // Round trips begun after the fourth client connected: the turns that
+    // ran them came after the one that found the limit.
+    for i in 0..5 {
+        line_sync(&mut held[0], &format!("still{i}"));
+    }
+    common::assert_nothing_pending(&waiting, "a client over --max-connections");
+    let status = server.interrupt();
+    assert!(status.success(), "{status:?}");
+    let log = server.stderr_text();
+    assert_eq!(
+        log.matches("connection limit 3 reached: accepting paused")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// A TLS client that connects and sends nothing holds an incomplete
+/// handshake from its first moment: no input ever comes to start the
+/// request timeout, which the accept starts, and the server closes it one
+/// timeout later (with at most a TLS alert).
+#[test]
+fn a_silent_tls_client_is_closed_after_the_request_timeout() {
+    let dir = TempDir::new("silent-tls");
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--line-tls-listen",
+        "127.0.0.1:0",
+        "--request-timeout",
+        "1",
+    ]);
+    let mut stats = Stats::open(server.bus());
+    let mut silent = connect(server.addr("line-tls"));
+    // At most a TLS alert record.
+    let got = read_to_close(&mut silent);
+    assert!(got.is_empty() || got[0] == 0x15, "{got:?}");
+    let v = stats.get();
+    assert_eq!(stat(&v, "connections.closed_by.request_timeout"), 1, "{v}");
+}
+
+/// The request timeout of a partial command counts from when the partial
+/// command came, not from the connection's last whole command: `subject`
+/// completes a command, then (a second later, measured by a server that
+/// times out a connection after one) `clock` sends a partial command, and
+/// a second after that `subject` sends one. With a 3-second timeout the
+/// server closes `clock` first, and `subject` after it.
+#[test]
+fn a_partial_command_after_a_whole_one_gets_a_whole_timeout() {
+    let server = Server::start(&["--request-timeout", "3"]);
+    let spacer = Server::start(&["--request-timeout", "1"]);
+    let mut subject = connect(server.line());
+    line_sync(&mut subject, "subject");
+    wait_one_request_timeout(&spacer);
+    let mut clock = connect(server.line());
+    send(&mut clock, b"! 1 clock\r\n");
+    wait_one_request_timeout(&spacer);
+    send(&mut subject, b"! 1 subject\r\n");
+    assert_eq!(read_to_close(&mut subject), b"", "the subject");
+    // Closed before the subject: the end of the stream is there already.
+    clock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    match clock.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        got => panic!("the clock connection is still open after the subject: {got:?}"),
+    }
+}
+
+/// An HTTP request whose head came whole and whose body has not started
+/// holds no input (the head is consumed once parsed) but is still in the
+/// middle of a request: the request timeout runs, and the server answers
+/// `408` and closes it.
+#[test]
+fn a_head_without_its_body_is_timed_out() {
+    let server = Server::start(&["--request-timeout", "1"]);
+    let mut s = connect(server.bus());
+    send(
+        &mut s,
+        b"POST /msgbus/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    );
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
+    );
+}
+
+/// A waiting connection reads ahead up to 64 KiB of what its client sends
+/// after the wait (without running it), then stops: input that comes once
+/// it waits is read to that bound, not to a smaller one, nor not at all.
+#[test]
+fn a_waiting_connection_reads_64_kib_ahead() {
+    let server = Server::start(&[]);
+    let mut stats = Stats::open(server.bus());
+    let mut s = connect(server.line());
+    let mark = stats.get();
+    let wait = b"< 60 q\r\n";
+    send(&mut s, wait);
+    wait_read(&mut stats, &mark, wait.len() as u64);
+    let mut frame = b"! 1000 nobody\r\n".to_vec();
+    frame.extend_from_slice(&[b'x'; 1000]);
+    frame.extend_from_slice(b"\r\n");
+    // 100 frames: about 100 KiB, which the sockets hold.
+    let before = stats.get();
+    send(&mut s, &frame.repeat(100));
+    let settled = stats.wait_until_reading_stops();
+    // What was read, the stats requests included (the connection's part
+    // is at most 64 KiB: the line test
+    // `a_waiting_connection_holds_at_most_64_kib_of_input`).
+    let read = stat(&settled, "bytes_in") - stat(&before, "bytes_in");
+    assert!(read >= 64 * 1024, "read ahead {read} bytes");
+}
+
+/// A `--cluster` node names itself with 16 hex digits drawn at random at
+/// each start (`node_id`; the stats page shows it): two starts give two
+/// ids, and neither is made of two digits only, as an id that kept a
+/// fixed part of each byte would be (a random one is, once in 10^12).
+#[test]
+fn a_cluster_node_id_is_sixteen_random_hex_digits() {
+    let redis = common::RedisServer::start("--port", &[]);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let node = Server::start(&["--cluster", &url]);
+            let v = Stats::open(node.bus()).get();
+            v["cluster"]["node"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no cluster.node in {v}"))
+                .to_string()
+        })
+        .collect();
+    for id in &ids {
+        assert_eq!(id.len(), 16, "{id:?}");
+        assert!(
+            id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{id:?}"
+        );
+        let digits: std::collections::HashSet<u8> = id.bytes().collect();
+        assert!(digits.len() > 2, "{id:?}");
+    }
+    assert_ne!(ids[0], ids[1]);
+}
