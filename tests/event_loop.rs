@@ -35,13 +35,38 @@ fn turns(s: &mut TcpStream) -> u64 {
 /// The value of the sample `name` (with its labels) on `/metrics`, over the
 /// keep-alive connection `s`.
 fn metric(s: &mut TcpStream, name: &str) -> u64 {
-    send(s, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (status, body) = ask(s, "GET", "/metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name:?} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One HTTP/1.1 request without a body over the keep-alive connection `s`,
+/// and its answer (which must have a Content-Length): status and body.
+fn ask(s: &mut TcpStream, method: &str, path: &str) -> (u16, String) {
+    send(
+        s,
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
+    answer(s, path)
+}
+
+/// One HTTP/1.1 answer (which must have a Content-Length) read from `s`:
+/// status and body.
+fn answer(s: &mut TcpStream, path: &str) -> (u16, String) {
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
-    let (head_end, len) = loop {
+    let (status, head_end, len) = loop {
         if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..i]).into_owned();
-            assert!(head.starts_with("HTTP/1.1 200 "), "/metrics: {head:?}");
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: no status in {head:?}"));
             let len: usize = head
                 .lines()
                 .find_map(|l| {
@@ -49,26 +74,23 @@ fn metric(s: &mut TcpStream, name: &str) -> u64 {
                     k.eq_ignore_ascii_case("content-length")
                         .then(|| v.trim().parse().ok())?
                 })
-                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-            break (i + 4, len);
+                .unwrap_or_else(|| panic!("{path}: no Content-Length in {head:?}"));
+            break (status, i + 4, len);
         }
-        let n = s.read(&mut buf).expect("read /metrics");
-        assert!(n > 0, "the server closed the /metrics connection");
+        let n = s.read(&mut buf).expect(path);
+        assert!(n > 0, "{path}: the server closed the connection");
         got.extend_from_slice(&buf[..n]);
     };
     while got.len() < head_end + len {
-        let n = s.read(&mut buf).expect("read /metrics");
-        assert!(n > 0, "the server closed the /metrics connection");
+        let n = s.read(&mut buf).expect(path);
+        assert!(n > 0, "{path}: the server closed the connection");
         got.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(got.len(), head_end + len, "more than one answer");
-    let body = String::from_utf8_lossy(&got[head_end..]).into_owned();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name:?} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    assert_eq!(got.len(), head_end + len, "{path}: more than one answer");
+    (
+        status,
+        String::from_utf8_lossy(&got[head_end..]).into_owned(),
+    )
 }
 
 /// With nothing due (no timers, no output, no input left), the loop
@@ -468,14 +490,17 @@ fn accepting_stays_paused_while_descriptors_run_out() {
 }
 
 /// Each accepted connection is counted, in all and for its door, as
-/// accepted and as open until it closes (the stats page and `/metrics`).
+/// accepted and as open until it closes (the stats page and `/metrics`),
+/// and so is each message a door's input published.
 #[test]
 fn accepted_and_open_connections_are_counted_per_door() {
     let server = Server::start(&[]);
     let mut stats = Stats::open(server.bus());
     let mut metrics = connect(server.bus());
     let accepted = "switchboard_connections_accepted_total{door=\"line\"}";
+    let messages = "switchboard_messages_in_total{door=\"line\"}";
     let before = metric(&mut metrics, accepted);
+    let messages_before = metric(&mut metrics, messages);
     let mut first = connect(server.line());
     line_sync(&mut first, "first");
     let mut second = connect(server.line());
@@ -486,6 +511,12 @@ fn accepted_and_open_connections_are_counted_per_door() {
     assert_eq!(stat(&v, "connections.total"), 4, "{v}");
     assert_eq!(stat(&v, "connections.accepted"), 4, "{v}");
     assert_eq!(metric(&mut metrics, accepted), before + 2, "{accepted}");
+    // Each round trip published one message through the line door.
+    assert_eq!(
+        metric(&mut metrics, messages),
+        messages_before + 2,
+        "{messages}"
+    );
     assert_eq!(
         metric(&mut metrics, "switchboard_connections_open{door=\"line\"}"),
         2
@@ -494,4 +525,87 @@ fn accepted_and_open_connections_are_counted_per_door() {
     let v = stats.wait_for("the close", |v| stat(v, "connections.closed") == 1);
     assert_eq!(stat(&v, "connections.line"), 1, "{v}");
     assert_eq!(stat(&v, "connections.total"), 3, "{v}");
+}
+
+/// A waiting connection whose peer shuts down its side lingers, as one
+/// that said `.` does: what was queued for it before still goes out, then
+/// the close. (Its output waits because it reads none of what it
+/// subscribed to, as in `a_lingering_connection_is_not_read`.)
+#[test]
+fn a_waiting_connection_that_half_closes_gets_its_output_before_the_close() {
+    let dir = TempDir::new("halfclose");
+    let path = dir.path().join("line.sock");
+    let server = Server::start(&["--line-unix", path.to_str().unwrap()]);
+    let mut stats = Stats::open(server.bus());
+    let mut waiter = UnixStream::connect(&path).expect("connect to the Unix socket");
+    waiter
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    send(&mut waiter, b"+ big\r\n");
+    sync_on(&mut waiter, "waiter");
+
+    let mut publisher = connect(server.line());
+    let body = vec![b'b'; 32_000];
+    let mut want = Vec::new();
+    for _ in 0..16 {
+        send(
+            &mut publisher,
+            format!("! {} big\r\n", body.len()).as_bytes(),
+        );
+        send(&mut publisher, &body);
+        send(&mut publisher, b"\r\n");
+        want.extend_from_slice(
+            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
+        );
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+    }
+    line_sync(&mut publisher, "published");
+    send(&mut waiter, b"< 60 half\r\n");
+    stats.wait_for("the wait", |v| stat(v, "queues.waiting") == 1);
+    waiter
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shut down the write side");
+
+    let got = read_to_close(&mut waiter);
+    assert_eq!(got.len(), want.len(), "what the waiter got");
+    assert!(got == want, "the waiter's messages differ");
+    let v = stats.wait_for("the close", |v| stat(v, "connections.closed") == 1);
+    assert_eq!(stat(&v, "connections.closed_by.peer_closed"), 1, "{v}");
+}
+
+/// A door's wake-up request that comes before the one it already has is
+/// kept: a long poll parked for 30 s and answered early leaves its wake-up
+/// behind, and the next poll on the same connection, for half a second,
+/// still times out after half a second (its answer comes within the read
+/// timeout of 10 s, not at the first poll's 30 s).
+#[test]
+fn an_earlier_wake_up_replaces_a_later_one() {
+    let server = Server::start(&["--switch-listen", "127.0.0.1:0"]);
+    let mut stats = Stats::open(server.bus());
+    let mut poll = connect(server.addr("switch"));
+    send(
+        &mut poll,
+        b"GET /trace/0/30 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    stats.wait_for("the trace poll to park", |v| {
+        stat(v, "switch.parked_traces") == 1
+    });
+    let mut caller = connect(server.addr("switch"));
+    for (method, path) in [
+        ("GET", "/login/caller"),
+        ("GET", "/persistent/q"),
+        ("POST", "/request/q/"),
+    ] {
+        let (status, body) = ask(&mut caller, method, path);
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+    let (status, body) = answer(&mut poll, "/trace/0/30");
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(events["events"][0][0], 0, "{events}");
+    let (status, body) = ask(&mut poll, "GET", "/trace/1/0.5");
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(events, serde_json::json!({"events": []}));
 }
