@@ -360,7 +360,19 @@ fn input_sent_while_waiting_is_read_ahead_and_runs_once_answered() {
     let mark = stats.get();
     let held = b"! 5 later\r\nheld!\r\n";
     send(&mut waiter, held);
-    wait_read(&mut stats, &mark, held.len() as u64);
+    // Read and counted once: `bytes_in` reaches exactly the held input
+    // and the stats requests, and never passes them.
+    let (base, own) = (stat(&mark, "bytes_in"), STATS_REQUEST.len() as u64);
+    let mut fetched = 0;
+    stats.wait_for("the held input read", |v| {
+        fetched += 1;
+        let (now, want) = (
+            stat(v, "bytes_in"),
+            base + fetched * own + held.len() as u64,
+        );
+        assert!(now <= want, "bytes_in {now}, past {want}");
+        now == want
+    });
     // Counted for its door as well (no other line connection spoke since).
     assert_eq!(
         metric(&mut metrics, door_in),
