@@ -2,7 +2,9 @@
 //! `poll` while nothing is due, comes back without a new event to input
 //! left over when a connection's read budget for a turn ran out, and the
 //! request-timeout clock of a connection follows what the connection did,
-//! not what it once did.
+//! not what it once did. The read path: what a lingering, a waiting and a
+//! new connection get read and counted, how much a turn reads, accepting
+//! paused while out of descriptors, a door's earliest wake-up kept.
 //!
 //! Nothing here waits on a clock for its ordering: the server's reading of
 //! a partial command is proven by its `bytes_in` counter, and the time that
