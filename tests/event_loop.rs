@@ -2,7 +2,9 @@
 //! `poll` while nothing is due, comes back without a new event to input
 //! left over when a connection's read budget for a turn ran out, and the
 //! request-timeout clock of a connection follows what the connection did,
-//! not what it once did.
+//! not what it once did. The read path: what a lingering, a waiting and a
+//! new connection get read and counted, how much a turn reads, accepting
+//! paused while out of descriptors, a door's earliest wake-up kept.
 //!
 //! Nothing here waits on a clock for its ordering: the server's reading of
 //! a partial command is proven by its `bytes_in` counter, and the time that
@@ -29,13 +31,44 @@ use common::{
 
 /// The loop's turn count (`/metrics`), over the keep-alive connection `s`.
 fn turns(s: &mut TcpStream) -> u64 {
-    send(s, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    metric(s, "switchboard_loop_turn_duration_seconds_count")
+}
+
+/// The value of the sample `name` (with its labels) on `/metrics`, over the
+/// keep-alive connection `s`.
+fn metric(s: &mut TcpStream, name: &str) -> u64 {
+    let (status, body) = ask(s, "GET", "/metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name:?} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// One HTTP/1.1 request without a body over the keep-alive connection `s`,
+/// and its answer (which must have a Content-Length): status and body.
+fn ask(s: &mut TcpStream, method: &str, path: &str) -> (u16, String) {
+    send(
+        s,
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
+    answer(s, path)
+}
+
+/// One HTTP/1.1 answer (which must have a Content-Length) read from `s`:
+/// status and body.
+fn answer(s: &mut TcpStream, path: &str) -> (u16, String) {
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
-    let (head_end, len) = loop {
+    let (status, head_end, len) = loop {
         if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..i]).into_owned();
-            assert!(head.starts_with("HTTP/1.1 200 "), "/metrics: {head:?}");
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: no status in {head:?}"));
             let len: usize = head
                 .lines()
                 .find_map(|l| {
@@ -43,27 +76,23 @@ fn turns(s: &mut TcpStream) -> u64 {
                     k.eq_ignore_ascii_case("content-length")
                         .then(|| v.trim().parse().ok())?
                 })
-                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-            break (i + 4, len);
+                .unwrap_or_else(|| panic!("{path}: no Content-Length in {head:?}"));
+            break (status, i + 4, len);
         }
-        let n = s.read(&mut buf).expect("read /metrics");
-        assert!(n > 0, "the server closed the /metrics connection");
+        let n = s.read(&mut buf).expect(path);
+        assert!(n > 0, "{path}: the server closed the connection");
         got.extend_from_slice(&buf[..n]);
     };
     while got.len() < head_end + len {
-        let n = s.read(&mut buf).expect("read /metrics");
-        assert!(n > 0, "the server closed the /metrics connection");
+        let n = s.read(&mut buf).expect(path);
+        assert!(n > 0, "{path}: the server closed the connection");
         got.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(got.len(), head_end + len, "more than one answer");
-    let body = String::from_utf8_lossy(&got[head_end..]).into_owned();
-    let name = "switchboard_loop_turn_duration_seconds_count ";
-    body.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no {name:?} in /metrics"))
-        .trim()
-        .parse()
-        .expect("a count of turns")
+    assert_eq!(got.len(), head_end + len, "{path}: more than one answer");
+    (
+        status,
+        String::from_utf8_lossy(&got[head_end..]).into_owned(),
+    )
 }
 
 /// With nothing due (no timers, no output, no input left), the loop
@@ -224,6 +253,377 @@ fn bytes_written_are_counted() {
         after >= before + answer,
         "bytes_out went from {before} to {after}"
     );
+}
+
+// The read path (`Server::on_readable`, `read_ahead`, `accept`, `add_conn`,
+// `dispatch`): what a lingering, a waiting and a new connection get read.
+
+/// Sends `bytes` on `s` and reads the exact `want` back: a round trip
+/// through a private channel, like `line_sync`, on any stream.
+fn sync_on(s: &mut (impl std::io::Read + std::io::Write), tag: &str) {
+    let ch = format!("sync.{tag}");
+    send(
+        s,
+        format!("+ {ch}\r\n! 1 {ch}\r\nx\r\n~ {ch}\r\n").as_bytes(),
+    );
+    let want = format!("! 1 {ch} application/octet-stream\r\nx\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&read_exact_n(s, want.len())),
+        want,
+        "{tag}"
+    );
+}
+
+/// A connection that said `.` lingers until its output has drained, and
+/// nothing it sends from then on is read: its later input is not counted
+/// in `bytes_in`, however readable its socket. The connection lingers
+/// because it reads none of what it subscribed to: 512 KB over a Unix
+/// socket, whose buffer takes about 200 KB of it. The barrier is a round
+/// trip of another connection that the server reads after the lingering
+/// one's input was in its socket, then two fetches of the stats page.
+#[test]
+fn a_lingering_connection_is_not_read() {
+    let dir = TempDir::new("linger");
+    let path = dir.path().join("line.sock");
+    let server = Server::start(&["--line-unix", path.to_str().unwrap()]);
+    let mut stats = Stats::open(server.bus());
+    let mut quitter = UnixStream::connect(&path).expect("connect to the Unix socket");
+    quitter
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    send(&mut quitter, b"+ big\r\n");
+    sync_on(&mut quitter, "quitter");
+
+    let mut publisher = connect(server.line());
+    let body = vec![b'b'; 32_000];
+    let mut want = Vec::new();
+    for _ in 0..16 {
+        send(
+            &mut publisher,
+            format!("! {} big\r\n", body.len()).as_bytes(),
+        );
+        send(&mut publisher, &body);
+        send(&mut publisher, b"\r\n");
+        want.extend_from_slice(
+            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
+        );
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+    }
+    line_sync(&mut publisher, "published");
+
+    let mark = stats.get();
+    send(&mut quitter, b".\r\n");
+    wait_read(&mut stats, &mark, 3);
+    let v = stats.get();
+    assert_eq!(
+        stat(&v, "connections.closed_by.quit"),
+        0,
+        "the quitter was closed at once: its output did not wait ({v})"
+    );
+
+    let mark = stats.get();
+    let after_quit = b"! 4 leak\r\nleak\r\n".repeat(64);
+    send(&mut quitter, &after_quit);
+    line_sync(&mut publisher, "barrier");
+    stats.get();
+    let v = stats.get();
+    let sync = "+ sync.barrier\r\n! 1 sync.barrier\r\nx\r\n~ sync.barrier\r\n".len() as u64;
+    let own = STATS_REQUEST.len() as u64;
+    assert_eq!(
+        stat(&v, "bytes_in") - stat(&mark, "bytes_in"),
+        2 * own + sync,
+        "input after `.` was read ({} bytes sent after it)",
+        after_quit.len()
+    );
+
+    // Still lingering until now: all its output comes, then the close.
+    let got = read_to_close(&mut quitter);
+    assert_eq!(got.len(), want.len(), "what the quitter got");
+    assert!(got == want, "the quitter's messages differ");
+}
+
+/// Input a waiting connection sends is read ahead (not run) and runs once
+/// the wait is answered: reading ahead ends at the `WouldBlock` of an
+/// empty socket, which closes nothing.
+#[test]
+fn input_sent_while_waiting_is_read_ahead_and_runs_once_answered() {
+    let server = Server::start(&[]);
+    let mut stats = Stats::open(server.bus());
+    let mut watcher = connect(server.line());
+    send(&mut watcher, b"+ later\r\n");
+    line_sync(&mut watcher, "watcher");
+    let mut waiter = connect(server.line());
+    send(&mut waiter, b"< 60 ahead\r\n");
+    stats.wait_for("the wait", |v| stat(v, "queues.waiting") == 1);
+    let mut metrics = connect(server.bus());
+    let door_in = "switchboard_bytes_in_total{door=\"line\"}";
+    let line_in = metric(&mut metrics, door_in);
+    let mark = stats.get();
+    let held = b"! 5 later\r\nheld!\r\n";
+    send(&mut waiter, held);
+    // Read and counted once: `bytes_in` reaches exactly the held input
+    // and the stats requests, and never passes them.
+    let (base, own) = (stat(&mark, "bytes_in"), STATS_REQUEST.len() as u64);
+    let mut fetched = 0;
+    stats.wait_for("the held input read", |v| {
+        fetched += 1;
+        let (now, want) = (
+            stat(v, "bytes_in"),
+            base + fetched * own + held.len() as u64,
+        );
+        assert!(now <= want, "bytes_in {now}, past {want}");
+        now == want
+    });
+    // Counted for its door as well (no other line connection spoke since).
+    assert_eq!(
+        metric(&mut metrics, door_in),
+        line_in + held.len() as u64,
+        "{door_in}"
+    );
+
+    let mut answer = connect(server.line());
+    send(&mut answer, b"> 2 30 ahead\r\nok\r\n");
+    let want = b"> 2 30 ahead\r\nok\r\n";
+    assert_eq!(read_exact_n(&mut waiter, want.len()), want, "the answer");
+    let want = b"! 5 later application/octet-stream\r\nheld!\r\n";
+    assert_eq!(
+        read_exact_n(&mut watcher, want.len()),
+        want,
+        "the held publish"
+    );
+    line_sync(&mut waiter, "waiter");
+}
+
+/// A waiting connection whose peer resets it is closed at once, for a
+/// read error (the reset is what its read-ahead gets), and its wait is
+/// gone.
+#[test]
+fn a_waiting_connection_that_is_reset_is_closed_for_a_read_error() {
+    let server = Server::start(&[]);
+    let mut stats = Stats::open(server.bus());
+    let mut waiter = connect(server.line());
+    send(&mut waiter, b"< 60 reset\r\n");
+    let v = stats.wait_for("the wait", |v| stat(v, "queues.waiting") == 1);
+    let closed = stat(&v, "connections.closed");
+    socket2::SockRef::from(&waiter)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(waiter);
+    let v = stats.wait_for("the reset waiter closed", |v| {
+        stat(v, "connections.closed") > closed
+    });
+    assert_eq!(stat(&v, "connections.closed_by.read_error"), 1, "{v}");
+    assert_eq!(stat(&v, "connections.closed_by.peer_closed"), 0, "{v}");
+    assert_eq!(stat(&v, "queues.waiting"), 0, "{v}");
+}
+
+/// A turn reads up to 256 KiB from a connection, not one 64 KiB buffer:
+/// 1.5 MB that sits whole in the server's socket is read in about six
+/// turns (counted by `/metrics`), where one read a turn takes 24. The
+/// input waits in a Unix socket behind a wait, as in
+/// `input_beyond_a_turns_read_budget_is_read_without_a_new_event`; with a
+/// system limit on send buffers below what it needs, the input cannot sit
+/// whole there and the test fails, saying so.
+#[test]
+fn a_turn_reads_a_connection_up_to_its_budget() {
+    let dir = TempDir::new("turns");
+    let path = dir.path().join("line.sock");
+    let server = Server::start(&["--line-unix", path.to_str().unwrap()]);
+    let mut metrics = connect(server.bus());
+    let mut watcher = connect(server.line());
+    send(&mut watcher, b"+ done\r\n");
+    line_sync(&mut watcher, "watcher");
+
+    let s = UnixStream::connect(&path).expect("connect to the Unix socket");
+    let sock = socket2::SockRef::from(&s);
+    sock.set_send_buffer_size(8 << 20).expect("SO_SNDBUF");
+    let mut input = b"< 60 q\r\n".to_vec();
+    let body = vec![b'x'; 1000];
+    for _ in 0..1500 {
+        input.extend_from_slice(b"! 1000 nobody\r\n");
+        input.extend_from_slice(&body);
+        input.extend_from_slice(b"\r\n");
+    }
+    input.extend_from_slice(b"! 4 done\r\ndone\r\n");
+    let room = sock.send_buffer_size().expect("SO_SNDBUF");
+    // The input must sit whole in the socket before the server reads it;
+    // a test that cannot arrange that says so instead of passing.
+    assert!(
+        room >= 2 * input.len(),
+        "send buffers are limited to {room} bytes here (net.core.wmem_max); this test needs {}: \
+         raise it with `sysctl net.core.wmem_max={}`",
+        2 * input.len(),
+        4 << 20
+    );
+    let mut writer = s.try_clone().unwrap();
+    send(&mut writer, &input);
+    Stats::open(server.bus()).wait_until_reading_stops();
+
+    let before = turns(&mut metrics);
+    let mut sender = connect(server.line());
+    send(&mut sender, b"> 1 30 q\r\nm\r\n");
+    let want = b"! 4 done application/octet-stream\r\ndone\r\n";
+    assert_eq!(read_exact_n(&mut watcher, want.len()), want);
+    let after = turns(&mut metrics);
+    assert!(
+        after - before <= 16,
+        "{} turns to read {} bytes",
+        after - before,
+        input.len()
+    );
+    let mut s = s;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let want = b"> 1 30 q\r\nm\r\n";
+    assert_eq!(read_exact_n(&mut s, want.len()), want);
+}
+
+/// Out of descriptors, the server pauses accepting for 100 ms at a time,
+/// and clients that connect meanwhile do not make it try again: at most
+/// one accept error per pause, however many knock. (The bound follows
+/// from the time the test took, so a slow machine only loosens it.)
+#[test]
+fn accepting_stays_paused_while_descriptors_run_out() {
+    let server = Server::start_limited(&[], Some(48));
+    let addr = server.line().to_string();
+    let mut stats = Stats::open(server.bus());
+    let started = std::time::Instant::now();
+    let mut crowd: Vec<TcpStream> = (0..120)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    stats.wait_for("an accept error", |v| {
+        stat(v, "connections.accept_errors") > 0
+    });
+    for _ in 0..50 {
+        crowd.push(TcpStream::connect(&addr).expect("connect"));
+        stats.get();
+    }
+    let errors = stat(&stats.get(), "connections.accept_errors");
+    let took = started.elapsed();
+    let pauses = u64::try_from(took.as_millis()).unwrap() / 99 + 2;
+    assert!(errors <= pauses, "{errors} accept errors in {took:?}");
+}
+
+/// Each accepted connection is counted, in all and for its door, as
+/// accepted and as open until it closes (the stats page and `/metrics`),
+/// and so is each message a door's input published.
+#[test]
+fn accepted_and_open_connections_are_counted_per_door() {
+    let server = Server::start(&[]);
+    let mut stats = Stats::open(server.bus());
+    let mut metrics = connect(server.bus());
+    let accepted = "switchboard_connections_accepted_total{door=\"line\"}";
+    let messages = "switchboard_messages_in_total{door=\"line\"}";
+    let before = metric(&mut metrics, accepted);
+    let messages_before = metric(&mut metrics, messages);
+    let mut first = connect(server.line());
+    line_sync(&mut first, "first");
+    let mut second = connect(server.line());
+    line_sync(&mut second, "second");
+    let v = stats.get();
+    assert_eq!(stat(&v, "connections.line"), 2, "{v}");
+    assert_eq!(stat(&v, "connections.bus"), 2, "{v}");
+    assert_eq!(stat(&v, "connections.total"), 4, "{v}");
+    assert_eq!(stat(&v, "connections.accepted"), 4, "{v}");
+    assert_eq!(metric(&mut metrics, accepted), before + 2, "{accepted}");
+    // Each round trip published one message through the line door.
+    assert_eq!(
+        metric(&mut metrics, messages),
+        messages_before + 2,
+        "{messages}"
+    );
+    assert_eq!(
+        metric(&mut metrics, "switchboard_connections_open{door=\"line\"}"),
+        2
+    );
+    drop(first);
+    let v = stats.wait_for("the close", |v| stat(v, "connections.closed") == 1);
+    assert_eq!(stat(&v, "connections.line"), 1, "{v}");
+    assert_eq!(stat(&v, "connections.total"), 3, "{v}");
+}
+
+/// A waiting connection whose peer shuts down its side lingers, as one
+/// that said `.` does: what was queued for it before still goes out, then
+/// the close. (Its output waits because it reads none of what it
+/// subscribed to, as in `a_lingering_connection_is_not_read`.)
+#[test]
+fn a_waiting_connection_that_half_closes_gets_its_output_before_the_close() {
+    let dir = TempDir::new("halfclose");
+    let path = dir.path().join("line.sock");
+    let server = Server::start(&["--line-unix", path.to_str().unwrap()]);
+    let mut stats = Stats::open(server.bus());
+    let mut waiter = UnixStream::connect(&path).expect("connect to the Unix socket");
+    waiter
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    send(&mut waiter, b"+ big\r\n");
+    sync_on(&mut waiter, "waiter");
+
+    let mut publisher = connect(server.line());
+    let body = vec![b'b'; 32_000];
+    let mut want = Vec::new();
+    for _ in 0..16 {
+        send(
+            &mut publisher,
+            format!("! {} big\r\n", body.len()).as_bytes(),
+        );
+        send(&mut publisher, &body);
+        send(&mut publisher, b"\r\n");
+        want.extend_from_slice(
+            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
+        );
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+    }
+    line_sync(&mut publisher, "published");
+    send(&mut waiter, b"< 60 half\r\n");
+    stats.wait_for("the wait", |v| stat(v, "queues.waiting") == 1);
+    waiter
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shut down the write side");
+
+    let got = read_to_close(&mut waiter);
+    assert_eq!(got.len(), want.len(), "what the waiter got");
+    assert!(got == want, "the waiter's messages differ");
+    let v = stats.wait_for("the close", |v| stat(v, "connections.closed") == 1);
+    assert_eq!(stat(&v, "connections.closed_by.peer_closed"), 1, "{v}");
+}
+
+/// A door's wake-up request that comes before the one it already has is
+/// kept: a long poll parked for 30 s and answered early leaves its wake-up
+/// behind, and the next poll on the same connection, for half a second,
+/// still times out after half a second (its answer comes within the read
+/// timeout of 10 s, not at the first poll's 30 s).
+#[test]
+fn an_earlier_wake_up_replaces_a_later_one() {
+    let server = Server::start(&["--switch-listen", "127.0.0.1:0"]);
+    let mut stats = Stats::open(server.bus());
+    let mut poll = connect(server.addr("switch"));
+    send(
+        &mut poll,
+        b"GET /trace/0/30 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    stats.wait_for("the trace poll to park", |v| {
+        stat(v, "switch.parked_traces") == 1
+    });
+    let mut caller = connect(server.addr("switch"));
+    for (method, path) in [
+        ("GET", "/login/caller"),
+        ("GET", "/persistent/q"),
+        ("POST", "/request/q/"),
+    ] {
+        let (status, body) = ask(&mut caller, method, path);
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+    let (status, body) = answer(&mut poll, "/trace/0/30");
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(events["events"][0][0], 0, "{events}");
+    let (status, body) = ask(&mut poll, "GET", "/trace/1/0.5");
+    assert_eq!(status, 200, "{body}");
+    let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(events, serde_json::json!({"events": []}));
 }
 
 // The heartbeat sweep (`Server::sweep_heartbeats`, `sweep_period`), the
