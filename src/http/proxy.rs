@@ -1231,6 +1231,81 @@ mod tests {
     }
 
     #[test]
+    fn every_registered_final_status_has_its_reason_phrase() {
+        // RFC 9110 section 15 and the IANA registry: a handler may answer
+        // with any of them, and the client reads the registered phrase.
+        for (status, reason) in [
+            (200, "OK"),
+            (201, "Created"),
+            (202, "Accepted"),
+            (203, "Non-Authoritative Information"),
+            (204, "No Content"),
+            (205, "Reset Content"),
+            (206, "Partial Content"),
+            (207, "Multi-Status"),
+            (208, "Already Reported"),
+            (226, "IM Used"),
+            (300, "Multiple Choices"),
+            (301, "Moved Permanently"),
+            (302, "Found"),
+            (303, "See Other"),
+            (304, "Not Modified"),
+            (305, "Use Proxy"),
+            (307, "Temporary Redirect"),
+            (308, "Permanent Redirect"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (402, "Payment Required"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (406, "Not Acceptable"),
+            (407, "Proxy Authentication Required"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (410, "Gone"),
+            (411, "Length Required"),
+            (412, "Precondition Failed"),
+            (413, "Content Too Large"),
+            (414, "URI Too Long"),
+            (415, "Unsupported Media Type"),
+            (416, "Range Not Satisfiable"),
+            (417, "Expectation Failed"),
+            (421, "Misdirected Request"),
+            (422, "Unprocessable Content"),
+            (423, "Locked"),
+            (424, "Failed Dependency"),
+            (425, "Too Early"),
+            (426, "Upgrade Required"),
+            (428, "Precondition Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (451, "Unavailable For Legal Reasons"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (502, "Bad Gateway"),
+            (503, "Service Unavailable"),
+            (504, "Gateway Timeout"),
+            (505, "HTTP Version Not Supported"),
+            (506, "Variant Also Negotiates"),
+            (507, "Insufficient Storage"),
+            (508, "Loop Detected"),
+            (510, "Not Extended"),
+            (511, "Network Authentication Required"),
+        ] {
+            let head = format!("[\"{status}\", []]");
+            let h = parse_head(head.as_bytes()).unwrap();
+            assert_eq!((h.status, h.reason), (status, reason));
+        }
+        // Unassigned codes are refused (a 502 with the reason).
+        for status in [209, 299, 306, 309, 418, 420, 430, 509, 599] {
+            let head = format!("[{status}, []]");
+            let err = parse_head(head.as_bytes()).unwrap_err();
+            assert!(err.contains("unknown status"), "{status}: {err}");
+        }
+    }
+
+    #[test]
     fn every_kind_of_bad_head_says_why() {
         for (head, says) in [
             (&b"not json"[..], "not JSON"),
@@ -1265,6 +1340,13 @@ mod tests {
                 "two different",
             ),
             (b"[\"200\", [], 3]", "3 items"),
+            // Only three digits: what `u16::from_str` would also take (a
+            // sign, a leading zero) is not a status.
+            (b"[\"+200\", []]", "is not a number"),
+            (b"[\"0200\", []]", "is not a number"),
+            (b"[\"+20\", []]", "is not a number"),
+            // Only digits: the same for Content-Length.
+            (b"[\"200\", [\"Content-Length\", \"+5\"]]", "not a number"),
         ] {
             let err = parse_head(head).unwrap_err();
             assert!(
