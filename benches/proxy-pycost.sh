@@ -54,21 +54,6 @@ trap cleanup EXIT
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 on0() { taskset -c 0 "$@" & PIDS+=($!); }
-# line_door PORT: sets LINE_ARGS (the server's line door) and LINE_ADDR (what
-# handlers connect to): loopback TCP on PORT, or a Unix socket with IPC=1.
-line_door() {
-  if [ "${IPC:-0}" = 1 ]; then
-    rm -f "$TMP/line.sock"
-    LINE_ARGS=(--line-listen off --line-unix "$TMP/line.sock"); LINE_ADDR=$TMP/line.sock
-  else
-    LINE_ARGS=(--line-listen "127.0.0.1:$1"); LINE_ADDR=127.0.0.1:$1
-  fi
-}
-# uwsgi_socket PORT: where uwsgi listens and nginx connects.
-uwsgi_socket() {
-  if [ "${IPC:-0}" = 1 ]; then UW_LISTEN=$TMP/uwsgi.sock; UW_UPSTREAM=unix:$TMP/uwsgi.sock
-  else UW_LISTEN=127.0.0.1:$1; UW_UPSTREAM=127.0.0.1:$1; fi
-}
 wait_http() {  # URL: until it answers 200
   for _ in $(seq 200); do
     if curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null | grep -q 200; then return 0; fi
@@ -117,7 +102,7 @@ header() {
 }
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t1 -c$CONNS -d${DURATION}s, median of $RUNS; client $CLIENT"
 
-. "$(dirname "$0")/proxy-nginx.sh"  # nginx_conf
+. "$(dirname "$0")/proxy-nginx.sh"  # nginx_conf, line_door, uwsgi_socket
 
 mongrel2() {
   header "$WORKERS Python handlers behind switchboard and behind Mongrel2"

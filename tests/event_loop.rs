@@ -258,6 +258,31 @@ fn bytes_written_are_counted() {
 // The read path (`Server::on_readable`, `read_ahead`, `accept`, `add_conn`,
 // `dispatch`): what a lingering, a waiting and a new connection get read.
 
+/// Publishes 16 messages of 32 KB to `big` from a new line connection, a
+/// backlog for a subscriber that reads none of it; returns the publisher
+/// (its messages all read by the server) and the bytes the subscriber is
+/// owed.
+fn publish_backlog(server: &Server) -> (TcpStream, Vec<u8>) {
+    let mut publisher = connect(server.line());
+    let body = vec![b'b'; 32_000];
+    let mut want = Vec::new();
+    for _ in 0..16 {
+        send(
+            &mut publisher,
+            format!("! {} big\r\n", body.len()).as_bytes(),
+        );
+        send(&mut publisher, &body);
+        send(&mut publisher, b"\r\n");
+        want.extend_from_slice(
+            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
+        );
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+    }
+    line_sync(&mut publisher, "published");
+    (publisher, want)
+}
+
 /// Sends `bytes` on `s` and reads the exact `want` back: a round trip
 /// through a private channel, like `line_sync`, on any stream.
 fn sync_on(s: &mut (impl std::io::Read + std::io::Write), tag: &str) {
@@ -294,23 +319,7 @@ fn a_lingering_connection_is_not_read() {
     send(&mut quitter, b"+ big\r\n");
     sync_on(&mut quitter, "quitter");
 
-    let mut publisher = connect(server.line());
-    let body = vec![b'b'; 32_000];
-    let mut want = Vec::new();
-    for _ in 0..16 {
-        send(
-            &mut publisher,
-            format!("! {} big\r\n", body.len()).as_bytes(),
-        );
-        send(&mut publisher, &body);
-        send(&mut publisher, b"\r\n");
-        want.extend_from_slice(
-            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
-        );
-        want.extend_from_slice(&body);
-        want.extend_from_slice(b"\r\n");
-    }
-    line_sync(&mut publisher, "published");
+    let (mut publisher, want) = publish_backlog(&server);
 
     let mark = stats.get();
     send(&mut quitter, b".\r\n");
@@ -560,23 +569,7 @@ fn a_waiting_connection_that_half_closes_gets_its_output_before_the_close() {
     send(&mut waiter, b"+ big\r\n");
     sync_on(&mut waiter, "waiter");
 
-    let mut publisher = connect(server.line());
-    let body = vec![b'b'; 32_000];
-    let mut want = Vec::new();
-    for _ in 0..16 {
-        send(
-            &mut publisher,
-            format!("! {} big\r\n", body.len()).as_bytes(),
-        );
-        send(&mut publisher, &body);
-        send(&mut publisher, b"\r\n");
-        want.extend_from_slice(
-            format!("! {} big application/octet-stream\r\n", body.len()).as_bytes(),
-        );
-        want.extend_from_slice(&body);
-        want.extend_from_slice(b"\r\n");
-    }
-    line_sync(&mut publisher, "published");
+    let (_publisher, want) = publish_backlog(&server);
     send(&mut waiter, b"< 60 half\r\n");
     stats.wait_for("the wait", |v| stat(v, "queues.waiting") == 1);
     waiter
