@@ -820,14 +820,7 @@ fn call(s: &mut TcpStream, method: &str, path: &str, body: &str) -> (u16, String
     let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = String::from_utf8_lossy(&got[..end]).into_owned();
     let status = head[9..12].parse().expect("a status");
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let len = common::content_length(&head);
     let mut body = got[end..].to_vec();
     assert!(body.len() <= len, "{method} {path}: more than one answer");
     body.extend_from_slice(&read_exact_n(s, len - body.len()));

@@ -100,14 +100,7 @@ impl Http {
             .get(9..12)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status in {head:?}"));
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+        let len: usize = common::content_length(&head);
         while self.buf.len() < head_end + len {
             self.fill();
         }

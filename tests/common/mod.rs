@@ -453,14 +453,7 @@ impl Stats {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 200 "), "stats answered {head:?}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+        let len: usize = content_length(&head);
         while self.buf.len() < head_end + len {
             self.fill();
         }
@@ -524,6 +517,17 @@ impl Stats {
 }
 
 /// `v[key]` as a number; panics when absent. `key` may be `a.b`.
+/// The Content-Length of a response head; fails the test when there is none.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"))
+}
+
 pub fn stat(v: &serde_json::Value, key: &str) -> u64 {
     let mut at = v;
     for part in key.split('.') {
