@@ -451,3 +451,45 @@ fn a_reload_reads_the_token_key_again() {
     // The connection authenticated before the reload keeps its grant.
     common::line_sync(&mut before, "kept");
 }
+
+/// A keep-alive connection verifies a token once and reuses what it
+/// verified only for the same token: another token on the same
+/// connection is verified on its own, and refused on its own terms.
+#[test]
+fn another_token_on_a_kept_connection_is_verified_again() {
+    let dir = TempDir::new("tokens-kept");
+    let server = start(&dir, &[]);
+    let a = hs_token(serde_json::json!({"exp": now() + 600, "publish": ["a.>"]}));
+    let b = hs_token(serde_json::json!({"exp": now() + 600, "publish": ["b.>"]}));
+    let mut kept = connect(server.bus());
+    let mut ask = |token: &str| -> String {
+        let request = format!(
+            "POST /msgbus/a.x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        send(&mut kept, request.as_bytes());
+        let got = read_until(&mut kept, b"\r\n\r\n");
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        let len = if head.starts_with("HTTP/1.1 204 ") {
+            0
+        } else {
+            common::content_length(&head)
+        };
+        read_exact_n(&mut kept, len - (got.len() - end));
+        head
+    };
+    for (token, status) in [
+        (a.as_str(), "204"),
+        (a.as_str(), "204"),
+        (b.as_str(), "403"),
+        ("not.a.token", "401"),
+        (a.as_str(), "204"),
+    ] {
+        let head = ask(token);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status} expected: {head}"
+        );
+    }
+}
