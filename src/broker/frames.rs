@@ -219,7 +219,8 @@ pub fn multipart_part(out: &mut BytesMut, p: &Publication, root: bool, chunked: 
     }
 }
 
-fn decimal_len(mut n: u64) -> usize {
+/// How many digits `n` has in decimal.
+pub fn decimal_len(mut n: u64) -> usize {
     let mut digits = 1;
     while n >= 10 {
         n /= 10;

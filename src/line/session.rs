@@ -93,7 +93,12 @@ impl LineSession {
     /// else when `@` showed a credential that has not expired and allows
     /// `action` on each of `names` (`- forbidden: …` otherwise; the
     /// connection stays open). `None` checks only the credential.
-    fn allowed(&mut self, cx: &mut Cx<'_>, action: Option<Action>, names: &[&[u8]]) -> bool {
+    fn allowed<N: AsRef<[u8]>>(
+        &mut self,
+        cx: &mut Cx<'_>,
+        action: Option<Action>,
+        names: &[N],
+    ) -> bool {
         if !cx.live.access.required() {
             return true;
         }
@@ -108,11 +113,11 @@ impl LineSession {
         let Some(action) = action else {
             return true;
         };
-        if let Some(name) = names.iter().find(|n| !grant.allows(action, n)) {
+        if let Some(name) = names.iter().find(|n| !grant.allows(action, n.as_ref())) {
             let frame = format!(
                 "- forbidden: {} {}\r\n",
                 action.as_str(),
-                String::from_utf8_lossy(name)
+                String::from_utf8_lossy(name.as_ref())
             );
             cx.send(Bytes::from(frame));
             return false;
@@ -179,13 +184,7 @@ impl LineSession {
                 timeout_s,
                 addresses,
             } => {
-                // The names are listed only when a grant must be checked.
-                let names: Vec<&[u8]> = if cx.live.access.required() {
-                    addresses.iter().map(|a| &a[..]).collect()
-                } else {
-                    Vec::new()
-                };
-                if !self.allowed(cx, Some(Action::Receive), &names) {
+                if !self.allowed(cx, Some(Action::Receive), &addresses) {
                     // The client reads `- forbidden` instead of a message.
                     return;
                 }
@@ -279,7 +278,7 @@ impl LineSession {
                 self.subscriptions.insert(Bytes::copy_from_slice(&channel));
             }
             Command::Unsubscribe { channel } => {
-                if !self.allowed(cx, None, &[]) {
+                if !self.allowed::<&[u8]>(cx, None, &[]) {
                     return;
                 }
                 let channel = match pattern::classify(&channel) {

@@ -12,7 +12,7 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::broker::frames::put_decimal;
+use crate::broker::frames::{decimal_len, put_decimal};
 
 // The content-type rule lives with the line framing of channel messages
 // (the broker builds those frames once per message); the parser uses it.
@@ -119,11 +119,6 @@ pub fn message_head_len(to: &[u8], reply: Option<&[u8]>, timeout_s: u64, len: us
         + to.len()
         + reply.map_or(0, |r| 1 + r.len())
         + 2
-}
-
-/// How many digits `n` has in decimal.
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |l| l as usize + 1)
 }
 
 /// Reads one header line the server sent, with or without its line end.
