@@ -1609,14 +1609,7 @@ impl Switch {
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         let status: u16 = head[9..12].parse().unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap();
+        let len: usize = common::content_length(&head);
         while self.buf.len() < head_end + len {
             self.fill();
         }

@@ -69,14 +69,7 @@ fn answer(s: &mut TcpStream, path: &str) -> (u16, String) {
                 .get(9..12)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("{path}: no status in {head:?}"));
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or_else(|| panic!("{path}: no Content-Length in {head:?}"));
+            let len: usize = common::content_length(&head);
             break (status, i + 4, len);
         }
         let n = s.read(&mut buf).expect(path);

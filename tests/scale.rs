@@ -653,14 +653,7 @@ impl Publisher {
         send(&mut self.s, req.as_bytes());
         let head = self.read_head();
         assert!(head.starts_with("HTTP/1.1 200 "), "stats answered {head:?}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .expect("stats Content-Length");
+        let len: usize = common::content_length(&head);
         while self.inbuf.len() < len {
             self.fill();
         }
