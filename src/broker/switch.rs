@@ -2392,4 +2392,509 @@ mod tests {
         again.on_timers(598_000, &mut out);
         assert_eq!(again.queues.queued(), 0);
     }
+
+    // What the mutation run of this file found untested: the copy of small
+    // payloads, what a message counts, the error texts, names and limits at
+    // their bounds, a store that refuses records, `restore`, the counters
+    // (owed responses, unseen messages, loose ids), and the indexes of
+    // parked transfers and trace polls (generations, compaction, wakes).
+
+    #[test]
+    fn payloads_below_16_kib_are_copied_and_larger_ones_shared() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        let small = Bytes::from(vec![b's'; 16 * 1024 - 1]);
+        let shared = Bytes::from(vec![b'l'; 16 * 1024]);
+        for payload in [small.clone(), shared.clone()] {
+            let m = Message {
+                payload,
+                kind: Kind::Request(Bytes::new()),
+            };
+            send(&mut br, &mut out, 0, "q", m);
+        }
+        let stored: Vec<Bytes> = br
+            .switch
+            .queue(b"q")
+            .unwrap()
+            .entries()
+            .map(|(_, e)| e.message.payload.clone())
+            .collect();
+        assert_eq!(stored, vec![small.clone(), shared.clone()]);
+        // The small one no longer points into the buffer it came from.
+        assert_ne!(stored[0].as_ptr(), small.as_ptr());
+        assert_eq!(stored[1].as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn a_message_counts_its_payload_its_names_and_the_overhead() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "qqq", false);
+        let q = br.switch.queue(b"qqq").unwrap();
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+        send(&mut br, &mut out, 0, "qqq", request("0123456789", "rr"));
+        assert_eq!(br.switch.stored_bytes(), 10 + 2 + 3 + ENTRY_OVERHEAD);
+        // A response counts the name of its request's queue.
+        let response = Message {
+            payload: b("abc"),
+            kind: Kind::Response((b("svc1"), 7)),
+        };
+        send(&mut br, &mut out, 0, "qqq", response);
+        assert_eq!(
+            br.switch.stored_bytes(),
+            10 + 2 + 3 + ENTRY_OVERHEAD + 3 + 4 + 3 + ENTRY_OVERHEAD
+        );
+        let q = br.switch.queue(b"qqq").unwrap();
+        assert!(!q.is_empty());
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn every_refusal_says_why() {
+        let texts: Vec<String> = [
+            SwitchError::NotLoggedIn,
+            SwitchError::BadName,
+            SwitchError::TooManyQueues,
+            SwitchError::TooManyTransferQueues,
+            SwitchError::Full,
+            SwitchError::Store,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "Please log in.",
+                "a queue name or token must be 1 to 1024 bytes, without spaces or control characters",
+                "too many queues (the limit is 100000)",
+                "a transfer may name at most 64 queues",
+                "queue full",
+                "store unavailable",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_or_token_of_exactly_the_limit_is_fine() {
+        let (mut br, mut out) = broker();
+        let longest = "x".repeat(MAX_NAME);
+        assert_eq!(check_name(longest.as_bytes()), Ok(()));
+        assert_eq!(br.switch_login(conn(7), longest.as_bytes()), Ok(()));
+        assert_eq!(
+            br.switch_create(0, conn(7), &b(&longest), false, &mut out),
+            Ok(())
+        );
+        assert!(br.switch.has_queue(longest.as_bytes()));
+        // DEL is refused like the control characters.
+        assert_eq!(check_name(b"a\x7fb"), Err(SwitchError::BadName));
+        assert_eq!(check_name(b"a~b"), Ok(()));
+    }
+
+    #[test]
+    fn a_store_that_refuses_records_refuses_what_it_would_record() {
+        let (mut br, mut out, journal) = journaled();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        create(&mut br, &mut out, conn(1), "mine", true);
+        send(&mut br, &mut out, 0, "svc", request("kept", "")).unwrap();
+        journal.set_refusal(Some(crate::store::Refusal::Failed));
+        let store = Err(SwitchError::Store);
+        assert_eq!(
+            br.switch_create(0, conn(1), &b("p"), false, &mut out),
+            store
+        );
+        assert!(!br.switch.has_queue(b"p"));
+        assert_eq!(
+            br.switch_send(0, conn(1), b("svc"), request("x", ""), &mut out),
+            Err(SwitchError::Store)
+        );
+        assert_eq!(br.switch_ack(0, conn(1), b"svc", 0, &mut out), store);
+        assert_eq!(br.switch.destroy(conn(1), b"svc"), store);
+        assert_eq!(
+            br.send(0, b("svc"), None, 30, b("line"), &mut out),
+            Err(QueueFull::Store)
+        );
+        assert_eq!(br.switch.queue(b"svc").map(Queue::len), Some(1));
+        // Transient queues are not recorded: they carry on.
+        assert_eq!(
+            br.switch_create(0, conn(1), &b("also"), true, &mut out),
+            Ok(())
+        );
+        assert!(br
+            .switch_send(0, conn(1), b("mine"), request("y", ""), &mut out)
+            .unwrap()
+            .is_some());
+        assert_eq!(br.switch.destroy(conn(1), b"mine"), Ok(()));
+        // The store back: so is everything.
+        journal.set_refusal(None);
+        assert_eq!(br.switch_ack(0, conn(1), b"svc", 0, &mut out), Ok(()));
+        assert_eq!(br.switch.destroy(conn(1), b"svc"), Ok(()));
+    }
+
+    #[test]
+    fn ids_on_names_that_are_no_queue_come_from_one_counter() {
+        let (mut br, mut out) = broker();
+        for n in 0..2 {
+            br.ready(0, conn(20), 30, vec![b("free")], &mut out);
+            let sent = send(&mut br, &mut out, 1, "free", request("x", ""));
+            assert_eq!(sent, Some((b("free"), n)));
+        }
+        assert_eq!(br.switch.loose_ids(), 2);
+    }
+
+    fn stored_message(payload: &str, seen: bool) -> crate::store::log::SwitchMessage {
+        crate::store::log::SwitchMessage {
+            time: 0,
+            origin: rec::Origin {
+                session: true,
+                name: b("a"),
+            },
+            kind: rec::SwitchKind::Request(Bytes::new()),
+            payload: b(payload),
+            seen,
+        }
+    }
+
+    #[test]
+    fn restore_counts_what_it_puts_back() {
+        let (mut br, mut out) = broker();
+        // A queue whose recorded next id is behind its messages' ids.
+        let sq = SwitchQueue {
+            next_id: 0,
+            messages: [
+                (2, stored_message("seen", true)),
+                (3, stored_message("one", false)),
+                (4, stored_message("two", false)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        assert_eq!(br.switch.restore(0, 0, 5, [(b("svc"), sq)]), 3);
+        assert_eq!(br.switch.loose_ids(), 5);
+        let size = |p: &str| p.len() + 3 + ENTRY_OVERHEAD;
+        assert_eq!(
+            br.switch.stored_bytes(),
+            size("seen") + size("one") + size("two")
+        );
+        // Both unseen messages go to line receivers, the seen one stays.
+        for want in ["one", "two"] {
+            let Ready::Message(m) = br.ready(0, conn(20), 30, vec![b("svc")], &mut out) else {
+                panic!("{want} not taken");
+            };
+            assert_eq!(m.body, b(want));
+        }
+        assert_eq!(br.switch.stored_bytes(), size("seen"));
+        // Ids go on after the greatest one restored.
+        assert_eq!(
+            send(&mut br, &mut out, 0, "svc", request("next", "")),
+            Some((b("svc"), 5))
+        );
+    }
+
+    #[test]
+    fn the_clock_and_the_fast_path_flag() {
+        assert_eq!(Switch::new(1_234_567).epoch_ms(), 1_234_567);
+        let (mut br, mut out) = broker();
+        assert!(br.switch.has_no_queues());
+        assert_eq!(br.switch.queue_count(), 0);
+        create(&mut br, &mut out, conn(1), "q", true);
+        assert!(!br.switch.has_no_queues());
+        assert_eq!(br.switch.queue_count(), 1);
+        create(&mut br, &mut out, conn(1), "q2", true);
+        assert_eq!(br.switch.queue_count(), 2);
+        br.switch_close(conn(1));
+        assert!(br.switch.has_no_queues());
+    }
+
+    #[test]
+    fn a_parked_trace_poll_counts_until_it_is_answered() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        assert_eq!(br.switch.parked_traces(), 0);
+        parked(br.switch.trace_poll(conn(2), 0, 5_000));
+        assert_eq!(br.switch.parked_traces(), 1);
+        send(&mut br, &mut out, 5, "q", request("m", ""));
+        assert_eq!(answered(&mut out).len(), 1);
+        assert_eq!(br.switch.parked_traces(), 0);
+    }
+
+    #[test]
+    fn a_destroyed_reply_queue_is_owed_nothing_more() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        create(&mut br, &mut out, conn(1), "r", true);
+        send(&mut br, &mut out, 0, "svc", request("one", "r"));
+        send(&mut br, &mut out, 0, "svc", request("two", "r"));
+        for _ in 0..2 {
+            let got = br.ready(0, conn(20), 30, vec![b("svc")], &mut out);
+            assert!(matches!(got, Ready::Message(_)), "{got:?}");
+        }
+        assert_eq!(br.switch.owed, 2);
+        // A line send to `r` answers the first.
+        br.send(1, b("r"), None, 30, b("ONE"), &mut out).unwrap();
+        assert_eq!(br.switch.owed, 1);
+        br.switch.destroy(conn(1), b"r").unwrap();
+        assert_eq!(br.switch.owed, 0);
+    }
+
+    #[test]
+    fn a_queue_gives_back_the_bytes_and_the_unseen_count_of_what_leaves() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        let unseen = |br: &Broker| br.switch.queues.get(&b("q")).map(|q| q.unseen);
+        for m in ["m0", "m1", "m2", "m3"] {
+            send(&mut br, &mut out, 0, "q", request(m, ""));
+        }
+        assert_eq!(unseen(&br), Some(4));
+        // An ack, a line receiver's take, a transfer.
+        br.switch_ack(0, conn(2), b"q", 0, &mut out).unwrap();
+        assert_eq!(unseen(&br), Some(3));
+        let got = br.ready(0, conn(20), 30, vec![b("q")], &mut out);
+        assert!(matches!(got, Ready::Message(_)), "{got:?}");
+        assert_eq!(unseen(&br), Some(2));
+        ready(
+            br.switch_transfer(0, conn(2), Some(2), 0, vec![b("q")], &mut out)
+                .unwrap(),
+        );
+        assert_eq!(unseen(&br), Some(1));
+        // Acking a seen one leaves the count.
+        br.switch_ack(0, conn(2), b"q", 3, &mut out).unwrap();
+        assert_eq!(unseen(&br), Some(1));
+        // The queue's own byte count goes back with the queue.
+        br.switch.destroy(conn(1), b"q").unwrap();
+        assert_eq!(br.switch.stored_bytes(), 0);
+    }
+
+    #[test]
+    fn an_id_used_on_a_transient_queue_is_not_recorded() {
+        let (mut br, mut out, journal) = journaled();
+        create(&mut br, &mut out, conn(1), "t", true);
+        create(&mut br, &mut out, conn(1), "p", false);
+        let records = journal.records();
+        br.ready(0, conn(20), 30, vec![b("t")], &mut out);
+        assert_eq!(
+            send(&mut br, &mut out, 0, "t", request("x", "")),
+            Some((b("t"), 0))
+        );
+        assert_eq!(journal.records(), records);
+        // One on a persistent queue is.
+        br.ready(0, conn(20), 30, vec![b("p")], &mut out);
+        assert_eq!(
+            send(&mut br, &mut out, 0, "p", request("x", "")),
+            Some((b("p"), 0))
+        );
+        assert_eq!(journal.records(), records + 1);
+    }
+
+    #[test]
+    fn past_the_owed_limit_a_line_answer_is_a_plain_request() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "svc", false);
+        create(&mut br, &mut out, conn(1), "r", true);
+        send(&mut br, &mut out, 0, "svc", request("one", "r"));
+        send(&mut br, &mut out, 0, "svc", request("two", "r"));
+        // One response short of the limit: the first request taken is
+        // noted, the second is not.
+        br.switch.owed = MAX_OWED - 1;
+        for _ in 0..2 {
+            let got = br.ready(0, conn(20), 30, vec![b("svc")], &mut out);
+            assert!(matches!(got, Ready::Message(_)), "{got:?}");
+        }
+        assert_eq!(br.switch.owed, MAX_OWED);
+        br.send(1, b("r"), None, 30, b("ONE"), &mut out).unwrap();
+        br.send(1, b("r"), None, 30, b("TWO"), &mut out).unwrap();
+        let t = ready(
+            br.switch_transfer(2, conn(1), None, 0, vec![b("r")], &mut out)
+                .unwrap(),
+        );
+        let kinds: Vec<Kind> = t.messages.iter().map(|(_, m)| m.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![Kind::Response((b("svc"), 0)), Kind::Request(Bytes::new())]
+        );
+    }
+
+    #[test]
+    fn a_transfer_may_name_exactly_the_limit_of_queues() {
+        let (mut br, mut out) = broker();
+        let names: Vec<Bytes> = (0..MAX_TRANSFER_QUEUES)
+            .map(|i| b(&i.to_string()))
+            .collect();
+        let t = ready(
+            br.switch_transfer(0, conn(1), None, 0, names, &mut out)
+                .unwrap(),
+        );
+        assert_eq!(t.next, -1);
+    }
+
+    #[test]
+    fn a_withdrawn_wait_does_not_match_the_next_one_in_its_slot() {
+        let (mut br, mut out) = broker();
+        let first = parked(
+            br.switch_transfer(0, conn(1), None, 1_000, vec![b("x")], &mut out)
+                .unwrap(),
+        );
+        br.switch.cancel(first);
+        let second = parked(
+            br.switch_transfer(0, conn(2), None, 1_000, vec![b("x")], &mut out)
+                .unwrap(),
+        );
+        assert_ne!(first, second);
+        assert_eq!(br.switch.transfer_deadline(1_000, first, &mut out), None);
+        br.switch.cancel(first);
+        assert_eq!(br.switch.parked_transfers(), 1);
+        assert!(br
+            .switch
+            .transfer_deadline(1_000, second, &mut out)
+            .is_some());
+        // Trace polls the same.
+        let first = parked(br.switch.trace_poll(conn(1), 5, 1_000));
+        br.switch.cancel(first);
+        let second = parked(br.switch.trace_poll(conn(2), 5, 1_000));
+        assert_ne!(first, second);
+        assert_eq!(br.switch.trace_deadline(first), None);
+        br.switch.cancel(first);
+        assert_eq!(br.switch.parked_traces(), 1);
+        assert_eq!(br.switch.trace_deadline(second), Some(vec![]));
+    }
+
+    /// Index entries on `name`'s list of parked transfers.
+    fn listed(br: &Broker, name: &str) -> usize {
+        br.switch.waits_on.get(&b(name)).map_or(0, |l| l.keys.len())
+    }
+
+    #[test]
+    fn a_wait_list_is_compacted_once_half_of_it_is_stale() {
+        let (mut br, mut out) = broker();
+        let mut waits: Vec<SwitchWait> = (0..3)
+            .map(|_| {
+                parked(
+                    br.switch_transfer(0, conn(1), None, 1_000, vec![b("x")], &mut out)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        // One stale entry of three stays.
+        br.switch.cancel(waits.remove(0));
+        assert_eq!(listed(&br, "x"), 3);
+        // Two of three: the list keeps the live one only.
+        br.switch.cancel(waits.remove(0));
+        assert_eq!(listed(&br, "x"), 1);
+        // Which a message still wakes.
+        create(&mut br, &mut out, conn(1), "x", false);
+        send(&mut br, &mut out, 0, "x", request("m", ""));
+        assert_eq!(answered(&mut out).len(), 1);
+        assert_eq!(listed(&br, "x"), 0);
+    }
+
+    #[test]
+    fn a_message_wakes_the_transfers_whose_from_is_below_its_id_only() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "a", false);
+        create(&mut br, &mut out, conn(1), "b", false);
+        send(&mut br, &mut out, 0, "a", request("a0", ""));
+        send(&mut br, &mut out, 0, "a", request("a1", ""));
+        send(&mut br, &mut out, 0, "b", request("b0", ""));
+        let late = parked(
+            br.switch_transfer(0, conn(1), Some(1), 1_000, vec![b("a"), b("b")], &mut out)
+                .unwrap(),
+        );
+        parked(
+            br.switch_transfer(0, conn(2), Some(0), 1_000, vec![b("b")], &mut out)
+                .unwrap(),
+        );
+        // b's id 1 is above conn 2's `from` only: conn 1 stays parked.
+        send(&mut br, &mut out, 1, "b", request("b1", ""));
+        let got = answered(&mut out);
+        assert_eq!(got.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(br.switch.parked_transfers(), 1);
+        assert_eq!(listed(&br, "b"), 1);
+        // And id 2 wakes it.
+        send(&mut br, &mut out, 2, "b", request("b2", ""));
+        let got = answered(&mut out);
+        let Some((1, Polled::Transfer(t))) = got.into_iter().next() else {
+            panic!("conn 1 was not woken");
+        };
+        assert_eq!(ids(&t), vec![("b".into(), 2)]);
+        assert_eq!(br.switch.transfer_deadline(1_000, late, &mut out), None);
+    }
+
+    #[test]
+    fn a_wake_drops_stale_entries_even_when_their_slot_is_taken_again() {
+        let (mut br, mut out) = broker();
+        let wait = |br: &mut Broker, out: &mut RecordingOutbox, from, name: &str| {
+            parked(
+                br.switch_transfer(0, conn(1), from, 1_000, vec![b(name)], out)
+                    .unwrap(),
+            )
+        };
+        let stale = wait(&mut br, &mut out, None, "x");
+        wait(&mut br, &mut out, Some(100), "x");
+        wait(&mut br, &mut out, Some(100), "x");
+        br.switch.cancel(stale);
+        assert_eq!(listed(&br, "x"), 3);
+        // Another wait, elsewhere, in the withdrawn one's slot.
+        let other = wait(&mut br, &mut out, Some(100), "y");
+        assert_eq!(other.slot, stale.slot);
+        create(&mut br, &mut out, conn(1), "x", false);
+        send(&mut br, &mut out, 0, "x", request("m", ""));
+        assert!(answered(&mut out).is_empty());
+        assert_eq!(listed(&br, "x"), 2);
+        assert_eq!(br.switch.parked_transfers(), 3);
+    }
+
+    #[test]
+    fn a_trace_poll_waits_for_the_event_it_asked_for() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        parked(br.switch.trace_poll(conn(2), 1, 5_000));
+        // Event 0 is not event 1.
+        send(&mut br, &mut out, 1, "q", request("m0", ""));
+        assert!(answered(&mut out).is_empty());
+        assert_eq!(br.switch.parked_traces(), 1);
+        send(&mut br, &mut out, 2, "q", request("m1", ""));
+        let got = answered(&mut out);
+        let Some((2, Polled::Trace(events))) = got.into_iter().next() else {
+            panic!("the trace poll was not answered");
+        };
+        assert_eq!(events.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1]);
+        assert_eq!((br.switch.trace_listed, br.switch.trace_stale), (0, 0));
+    }
+
+    #[test]
+    fn the_trace_poll_index_is_compacted_once_half_of_it_is_stale() {
+        let (mut br, mut out) = broker();
+        create(&mut br, &mut out, conn(1), "q", false);
+        let mut waits: Vec<SwitchWait> = (0..3)
+            .map(|c| parked(br.switch.trace_poll(conn(c), 0, 5_000)))
+            .collect();
+        br.switch.cancel(waits.remove(0));
+        assert_eq!(br.switch.trace_listed, 3);
+        br.switch.cancel(waits.remove(0));
+        assert_eq!(br.switch.trace_listed, 1);
+        // The live one is still answered.
+        send(&mut br, &mut out, 1, "q", request("m", ""));
+        let got = answered(&mut out);
+        assert_eq!(got.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(br.switch.trace_listed, 0);
+    }
+
+    #[test]
+    fn ended_sessions_are_let_go_without_a_cluster() {
+        let (mut br, _) = broker();
+        br.switch_close(conn(1));
+        br.switch_login(conn(2), b"c").unwrap();
+        assert_eq!(br.switch.session_count(), 1);
+        assert!(br.switch.ended.is_empty());
+    }
+
+    #[test]
+    fn the_broker_tells_the_switch_limits() {
+        let mut br = Broker::new();
+        br.switch = Switch::new(0).with_limits(QueueLimits {
+            per_address: 1_000,
+            total: 5_000,
+        });
+        assert_eq!(br.switch_limits(), (1_000, 5_000));
+    }
 }
