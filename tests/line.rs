@@ -1097,3 +1097,19 @@ fn a_waiting_connection_holds_at_most_64_kib_of_input() {
     writing.join().expect("the writer");
     sync(&mut sub, "after");
 }
+
+// The broker's deadlines end to end (`Broker::next_deadline`, the poll's
+// timeout).
+
+/// With the heartbeat off nothing else wakes the loop: a wait and a query
+/// time out because the broker hands their deadlines to the poll.
+#[test]
+fn waits_time_out_with_the_heartbeat_off() {
+    let both = Both::start("deadline", &["--heartbeat", "0"]);
+    let mut a = both.client(Door::Tcp);
+    send(&mut a, "< 1 nobody\r\n");
+    expect(&mut a, "*\r\n");
+    send(&mut a, "? 1 1 nobody.home\r\nx\r\n");
+    expect(&mut a, "*\r\n");
+    sync(&mut a, "after");
+}

@@ -570,13 +570,18 @@ mod tests {
     fn chunk_sizes_match_parts() {
         for len in [0usize, 9, 10, 99, 100, 12345] {
             let body = vec![b'x'; len];
-            for (root, sender) in [(false, None), (true, Some(&b"bob"[..]))] {
+            for (root, sender, id) in [
+                (false, None, 0),
+                (true, Some(&b"bob"[..]), 0),
+                (false, None, 7),
+                (true, Some(&b"bob"[..]), 12_345_678_901),
+            ] {
                 let p = Publication {
-                    channel: b"ch",
+                    channel: b"news.x",
                     content_type: b"text/plain",
                     sender,
                     body: &body,
-                    id: 0,
+                    id,
                 };
                 let mut plain = BytesMut::new();
                 multipart_part(&mut plain, &p, root, false);
@@ -664,5 +669,143 @@ mod tests {
         put_hex(&mut out, 0);
         put_hex(&mut out, 0x1a2b);
         assert_eq!(&out[..], b"01844674407370955161501a2b" as &[u8]);
+        for (n, digits) in [(0, 1), (9, 1), (10, 2), (99, 2), (100, 3), (u64::MAX, 20)] {
+            assert_eq!(decimal_len(n), digits, "{n}");
+        }
+    }
+
+    fn with_id<'a>(body: &'a [u8], sender: Option<&'a [u8]>, id: u64) -> Publication<'a> {
+        Publication {
+            id,
+            ..publication(body, sender)
+        }
+    }
+
+    #[test]
+    fn ids_ride_on_every_framing_that_carries_them() {
+        let mut out = BytesMut::new();
+        line_publication_id(&mut out, &with_id(b"hello", None, 42));
+        assert_eq!(&out[..], b"! 5 foo text/plain 42\r\nhello\r\n");
+        out.clear();
+        let p = Publication {
+            content_type: b"text/plain; charset=utf-8",
+            ..with_id(b"", None, 7)
+        };
+        line_publication_id(&mut out, &p);
+        assert_eq!(&out[..], b"! 0 foo text/plain;charset=utf-8 7\r\n");
+        // A body longer than the channel and the type together.
+        out.clear();
+        let body = [b'x'; 100];
+        line_publication_id(&mut out, &with_id(&body, None, 7));
+        let mut want = b"! 100 foo text/plain 7\r\n".to_vec();
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(&out[..], &want[..]);
+
+        out.clear();
+        multipart_part(&mut out, &with_id(b"hello", None, 42), false, false);
+        assert_eq!(
+            &out[..],
+            &b"Event-Id: 42\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n--00MsgBus00\r\n"[..]
+        );
+
+        out.clear();
+        event_stream(&mut out, &with_id(b"hi", None, 42), false);
+        assert_eq!(
+            &out[..],
+            b": channel=foo type=text/plain\nid: 42\ndata: hi\n\n"
+        );
+
+        let json =
+            "{\"body\":\"hi\",\"channel\":\"foo\",\"from\":null,\"id\":42,\"type\":\"text/plain\"}";
+        assert_eq!(publication_json(&with_id(b"hi", None, 42)), json);
+        out.clear();
+        event_stream_json(&mut out, &with_id(b"hi", None, 42));
+        assert_eq!(&out[..], format!("id: 42\ndata: {json}\n\n").as_bytes());
+        out.clear();
+        websocket_message(&mut out, &with_id(b"hi", None, 42), true);
+        assert_eq!(&out[..2], [0x81, json.len() as u8]);
+        assert_eq!(&out[2..], json.as_bytes());
+
+        // Without an id (no history), none of them says one.
+        for &framing in Framing::ALL {
+            out.clear();
+            append(&mut out, framing, &with_id(b"hi", None, 0), false);
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                !text.contains("id: ") && !text.contains("Event-Id") && !text.contains("\"id\""),
+                "{framing:?}: {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn append_frames_as_asked() {
+        let p = with_id(b"hello", Some(b"bob"), 9);
+        for &framing in Framing::ALL {
+            for root in [false, true] {
+                let mut got = BytesMut::new();
+                append(&mut got, framing, &p, root);
+                let mut want = BytesMut::new();
+                match framing {
+                    Framing::Line => line_publication(&mut want, &p),
+                    Framing::MultipartChunked => multipart_part(&mut want, &p, root, true),
+                    Framing::MultipartPlain => multipart_part(&mut want, &p, root, false),
+                    Framing::EventStream => event_stream(&mut want, &p, root),
+                    Framing::EventStreamJson => event_stream_json(&mut want, &p),
+                    Framing::WebSocket => websocket_message(&mut want, &p, false),
+                    Framing::WebSocketJson => websocket_message(&mut want, &p, true),
+                    Framing::LineIds => line_publication_id(&mut want, &p),
+                }
+                assert!(!want.is_empty());
+                assert_eq!(got, want, "{framing:?}, root {root}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_root_event_is_named_after_its_channel_and_lone_crs_split_lines() {
+        let mut out = BytesMut::new();
+        event_stream(&mut out, &with_id(b"a\rb\r\rc\r", Some(b"bob"), 3), true);
+        assert_eq!(
+            &out[..],
+            &b": channel=foo type=text/plain from=bob\nid: 3\nevent: foo\n\
+               data: a\ndata: b\ndata: \ndata: c\ndata: \n\n"[..]
+        );
+    }
+
+    #[test]
+    fn gap_notices_of_every_framing() {
+        let part = b"Content-Type: application/x-msgbus-gap\r\nGap-First-Id: 1234\r\n\
+                     Content-Length: 0\r\n\r\n\r\n--00MsgBus00\r\n";
+        let mut chunked = format!("{:x}\r\n", part.len()).into_bytes();
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+        let ws = |text: &str| {
+            let mut frame = vec![0x81, text.len() as u8];
+            frame.extend_from_slice(text.as_bytes());
+            frame
+        };
+        for (framing, want) in [
+            (Framing::Line, b"@ news.* 1234\r\n".to_vec()),
+            (Framing::LineIds, b"@ news.* 1234\r\n".to_vec()),
+            (Framing::EventStream, b"event: gap\ndata: 1234\n\n".to_vec()),
+            (
+                Framing::EventStreamJson,
+                b"event: gap\ndata: 1234\n\n".to_vec(),
+            ),
+            (Framing::MultipartPlain, part.to_vec()),
+            (Framing::MultipartChunked, chunked),
+            (Framing::WebSocket, ws("gap 1234")),
+            (Framing::WebSocketJson, ws("{\"gap\":1234}")),
+        ] {
+            let mut out = BytesMut::new();
+            gap(&mut out, framing, b"news.*", 1234);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&want),
+                "{framing:?}"
+            );
+        }
     }
 }

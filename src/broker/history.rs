@@ -447,4 +447,164 @@ mod tests {
         assert!(h.order.len() <= 2 * h.kept + 64);
         assert!(h.size().1 <= 5 * each);
     }
+
+    #[test]
+    fn a_sender_counts_against_the_bounds() {
+        let mut h = History::new(limits(100, 1 << 20, 1 << 20));
+        h.record(b"a", b"text/plain", Some(b"alice"), b"0123456789");
+        assert_eq!(h.size(), (1, ENTRY_OVERHEAD + 10 + 10 + 5));
+        assert_eq!(h.limits(), limits(100, 1 << 20, 1 << 20));
+        // What a restart keeps: the limits, with ids after the epoch.
+        let h = History::starting_after(h.limits(), 77);
+        assert_eq!(h.limits(), limits(100, 1 << 20, 1 << 20));
+        assert_eq!(h.last_id(), 77);
+    }
+
+    /// A message the total bound lets go gives its bytes back to its
+    /// channel too: the channel keeps as many as its own bound allows.
+    #[test]
+    fn the_total_bound_gives_a_channels_bytes_back() {
+        let each = ENTRY_OVERHEAD + 1 + 10;
+        let mut h = History::new(limits(100, 3 * each, 5 * each));
+        for _ in 0..3 {
+            h.record(b"a", b"t", None, b"0123456789");
+        }
+        for _ in 0..3 {
+            h.record(b"b", b"t", None, b"0123456789");
+        }
+        // 6 > 5: a's oldest (1) went; a holds 2.
+        assert_eq!(h.size(), (5, 5 * each));
+        for _ in 0..4 {
+            h.record(b"a", b"t", None, b"0123456789");
+        }
+        // a: 3 of its own (its bound: 10 let 7 go); in all 5, the oldest
+        // going first (2, 3 and 4 went to keep 7, 8 and 9).
+        let r = h.replay(&names(&["a"]), 0, 1 << 20);
+        assert_eq!(
+            ids(&r),
+            [("a".into(), 8), ("a".into(), 9), ("a".into(), 10)]
+        );
+        let r = h.replay(&names(&["b"]), 0, 1 << 20);
+        assert_eq!(ids(&r), [("b".into(), 5), ("b".into(), 6)]);
+        assert_eq!(h.size(), (5, 5 * each));
+    }
+
+    /// The entries of messages a ring let go are swept from the order
+    /// list once they make it longer than twice the kept ones plus 64,
+    /// whatever mix of sizes lets them go (a large message lets go of
+    /// several small ones at once), also while nothing is kept.
+    #[test]
+    fn stale_order_entries_are_swept() {
+        let each = ENTRY_OVERHEAD + 1 + 1;
+        let mut h = History::new(limits(100, 3 * each, 1 << 20));
+        for i in 0..2000 {
+            let body = if i % 5 == 3 {
+                vec![0u8; each + 1]
+            } else {
+                vec![0u8; 1]
+            };
+            h.record(b"a", b"t", None, &body);
+            assert!(
+                h.order.len() <= 2 * h.kept + 64,
+                "{i}: {} entries",
+                h.order.len()
+            );
+        }
+        let mut h = History::new(limits(1, 1 << 20, 1 << 20));
+        for i in 0..500 {
+            h.record(b"a", b"t", None, b"m");
+            assert!(
+                h.order.len() <= 2 * h.kept + 64,
+                "{i}: {} entries",
+                h.order.len()
+            );
+        }
+        // Larger than a channel may keep: nothing is kept.
+        let mut h = History::new(limits(10, 10, 1 << 20));
+        for i in 0..500 {
+            h.record(b"a", b"t", None, b"too large");
+            assert!(h.order.len() <= 64, "{i}: {} entries", h.order.len());
+        }
+        assert_eq!(h.size(), (0, 0));
+    }
+
+    /// After a sweep of the order list the total bound still lets the
+    /// oldest message of all go first.
+    #[test]
+    fn after_a_sweep_the_oldest_of_all_goes_first() {
+        let each = ENTRY_OVERHEAD + 1 + 1;
+        let mut h = History::new(limits(1, 1 << 20, 4 * each));
+        for i in 0..300 {
+            h.record([b"a", b"b", b"c"][i % 3], b"t", None, b"m");
+        }
+        h.record(b"d", b"t", None, b"m");
+        h.record(b"e", b"t", None, b"m");
+        // 5 > 4: a's (298) went, the others stay.
+        assert_eq!(h.channel_count(), 4);
+        let r = h.replay(&names(&["*"]), 0, 1 << 20);
+        assert_eq!(
+            ids(&r),
+            [
+                ("b".into(), 299),
+                ("c".into(), 300),
+                ("d".into(), 301),
+                ("e".into(), 302)
+            ]
+        );
+        assert_eq!(r.gap, Some(299));
+    }
+
+    /// A pattern's replay tells of a gap from a ring it matches that let
+    /// messages go, and from a ring dropped since (which may have matched).
+    #[test]
+    fn a_patterns_replay_tells_of_gaps() {
+        let mut h = History::new(limits(2, 1 << 20, 1 << 20));
+        for _ in 0..5 {
+            h.record(b"a.x", b"t", None, b"m");
+        }
+        // 1..=3 are gone.
+        let r = h.replay(&names(&["a.*"]), 1, 1 << 20);
+        assert_eq!(ids(&r), [("a.x".into(), 4), ("a.x".into(), 5)]);
+        assert_eq!(r.gap, Some(4));
+        assert_eq!(h.replay(&names(&["a.*"]), 3, 1 << 20).gap, None);
+        // After an id it kept: what came after it only.
+        let r = h.replay(&names(&["a.*"]), 4, 1 << 20);
+        assert_eq!(ids(&r), [("a.x".into(), 5)]);
+        assert_eq!(r.gap, None);
+
+        let mut h = History::new(limits(2, 10, 1 << 20));
+        // Too large to keep: its ring is dropped at once.
+        h.record(b"x.1", b"t", None, b"too large");
+        let r = h.replay(&names(&["y.*"]), 0, 1 << 20);
+        assert!(r.messages.is_empty());
+        assert_eq!(r.gap, Some(2));
+        assert_eq!(h.replay(&names(&["*"]), 0, 1 << 20).gap, Some(2));
+        assert_eq!(h.replay(&names(&["y.*"]), 1, 1 << 20).gap, None);
+        // The same for an exact name with nothing kept.
+        assert_eq!(h.replay(&names(&["x.1"]), 0, 1 << 20).gap, Some(2));
+        assert_eq!(h.replay(&names(&["x.1"]), 1, 1 << 20).gap, None);
+    }
+
+    /// A replay's bytes count each message's size and its channel's
+    /// name: exactly one message's fits.
+    #[test]
+    fn a_replay_holds_what_fits_to_the_byte() {
+        let mut h = History::new(limits(10, 1 << 20, 1 << 20));
+        for _ in 0..2 {
+            h.record(b"a.x", b"t", None, b"m");
+        }
+        let one = ENTRY_OVERHEAD + 1 + 1 + 3;
+        for exact in [false, true] {
+            let name = if exact { "a.x" } else { "a.*" };
+            let r = h.replay(&names(&[name]), 0, one);
+            assert_eq!(ids(&r), [("a.x".into(), 2)], "{name}");
+            assert_eq!(r.gap, Some(2));
+            let r = h.replay(&names(&[name]), 0, one - 1);
+            assert!(r.messages.is_empty(), "{name}");
+            assert_eq!(r.gap, Some(3));
+            let r = h.replay(&names(&[name]), 0, 2 * one);
+            assert_eq!(r.messages.len(), 2, "{name}");
+            assert_eq!(r.gap, None);
+        }
+    }
 }

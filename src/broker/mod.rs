@@ -464,3 +464,37 @@ impl RecordingOutbox {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(key: u32) -> ConnId {
+        ConnId { key, gen: 0 }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// A query to a switch queue takes the broker's own path (wait, then
+    /// send). Sent to its own reply address (guessed: the first one a
+    /// broker of epoch 0 gives is `0.1`), here a switch queue's name too,
+    /// the send hands the message to the caller's wait, which the running
+    /// caller refuses: it must not be left waiting on that wait.
+    #[test]
+    fn a_query_to_its_own_reply_address_that_is_a_switch_queue_gets_no_wait() {
+        let mut br = Broker::new();
+        let mut out = RecordingOutbox::default();
+        br.switch_login(conn(2), b"b").unwrap();
+        br.switch_create(0, conn(2), &b("0.1"), false, &mut out)
+            .unwrap();
+        out.refuse.push(conn(1));
+        let got = br.query(0, conn(1), 30, b("0.1"), b("x"), &mut out);
+        assert_eq!(got, Ok(Ready::TimedOut));
+        assert_eq!(br.queues.waiting(), 0);
+        assert!(out.answers.is_empty());
+        // The message went to the switch queue.
+        assert_eq!(br.switch.stored(), 1);
+    }
+}

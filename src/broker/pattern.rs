@@ -401,4 +401,14 @@ mod tests {
         assert!(t.root.is_empty());
         assert_eq!(t.update(b"a.>", |_| ((), true)), None);
     }
+
+    #[test]
+    fn a_pattern_of_exactly_the_token_limit_is_fine() {
+        let most = vec!["*"; MAX_TOKENS].join(".");
+        assert_eq!(classify(most.as_bytes()), Ok(Name::Pattern));
+        let most = format!("{}.>", vec!["a"; MAX_TOKENS - 1].join("."));
+        assert_eq!(classify(most.as_bytes()), Ok(Name::Pattern));
+        let over = format!("{}.>", vec!["a"; MAX_TOKENS].join("."));
+        assert_eq!(classify(over.as_bytes()), Err(PatternError::TooManyTokens));
+    }
 }
