@@ -302,8 +302,16 @@ fn the_api_answers_like_mq_go_and_refuses_clearly() {
     }
     let (status, _) = http(a, "GET", "/send/", "");
     assert_eq!(status, 405);
-    let (status, _) = http(a, "POST", "/nowhere", "{}");
-    assert_eq!(status, 404);
+    // Unknown paths are 404 whatever the method, and the dashboard's
+    // figures answer GET and HEAD only.
+    for (method, path) in [
+        ("POST", "/nowhere"),
+        ("GET", "/nowhere"),
+        ("POST", "/dashboard/stats.json"),
+    ] {
+        let (status, text) = http(a, method, path, "{}");
+        assert_eq!(status, 404, "{method} {path}: {text}");
+    }
     let (status, page) = http(a, "GET", "/dashboard/", "");
     assert_eq!(status, 200);
     assert!(page.contains("<title>switchboard webhooks</title>"));
