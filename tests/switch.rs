@@ -754,3 +754,35 @@ fn random_input_on_the_switch_door_harms_nobody() {
     assert_eq!(good.get("/list/good").json(), json!(["good.q"]));
     assert!(stats(&server)["switch"]["sessions"].as_u64() >= Some(1));
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/http/switch.rs found untested
+
+/// The switch door takes its request limits from `--max-body` and
+/// `--max-header`, as the other HTTP doors do: one byte over either is
+/// refused (413, 431) before any call runs; at the limit is fine.
+#[test]
+fn the_switch_door_keeps_the_servers_body_and_head_limits() {
+    let server = start(&["--max-body", "1000", "--max-header", "2048"]);
+    let mut h = Http::open(&server);
+    h.login("s");
+    h.ok("GET", "/persistent/q", b"");
+    h.ok("POST", "/request/q/r", &[b'x'; 1000]);
+    let mut over = Http::open(&server);
+    let got = over.ask("POST", "/request/q/r", &[b'x'; 1001]);
+    assert_eq!(got.status, 413, "{}", got.text());
+    // A head of 2048 bytes and one of 2049, padded by one header.
+    let head = |total: usize| {
+        let bare = "GET /list/ HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n".len();
+        format!(
+            "GET /list/ HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(total - bare)
+        )
+    };
+    send(&mut h.s, head(2048).as_bytes());
+    assert_eq!(h.read().status, 200);
+    let mut over = Http::open(&server);
+    send(&mut over.s, head(2049).as_bytes());
+    let got = over.read();
+    assert_eq!(got.status, 431, "{}", got.text());
+}
