@@ -786,3 +786,41 @@ fn the_switch_door_keeps_the_servers_body_and_head_limits() {
     let got = over.read();
     assert_eq!(got.status, 431, "{}", got.text());
 }
+
+/// Diagnostics give times in nanoseconds since the Unix epoch, as
+/// message-switch does: the server's start, its clock now and when a
+/// message was queued all fall within the test's own reading of the wall
+/// clock (a few seconds of slack either way for clock steps).
+#[test]
+fn diagnostics_times_are_nanoseconds_since_the_epoch() {
+    let wall_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let slack = 5_000_000_000;
+    let before = wall_ns();
+    let server = start(&[]);
+    let mut h = Http::open(&server);
+    h.login("s");
+    h.ok("GET", "/persistent/q", b"");
+    h.ok("POST", "/request/q/", b"m");
+    let d = h.get("/").json();
+    let after = wall_ns();
+    let times = [
+        ("start_time", d["start_time"].as_u64()),
+        ("current_time", d["current_time"].as_u64()),
+        (
+            "queued",
+            d["permanent_queues"]["q"]["queue_contents"][0][1]["time"].as_u64(),
+        ),
+    ];
+    for (what, t) in times {
+        let t = t.unwrap_or_else(|| panic!("no {what} in {d}"));
+        assert!(
+            before - slack <= t && t <= after + slack,
+            "{what} {t} is not between {before} and {after}"
+        );
+    }
+}
