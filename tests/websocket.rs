@@ -1091,3 +1091,24 @@ fn a_stalled_fragmented_message_is_closed_by_the_request_timeout() {
     publish(&bus, "room", "text/plain", b"still here");
     assert_eq!(read_frame(&mut idle), (true, 0x1, b"still here".to_vec()));
 }
+
+/// A WebSocket on the root `/msgbus/` publishes what its client sends to
+/// the root channel, as `POST /msgbus/` does; one that lists
+/// `?channel=*` (every channel, as a pattern) does not publish: 1008.
+#[test]
+fn the_root_websocket_publishes_and_a_listed_every_channel_does_not() {
+    let server = Server::start(&[]);
+    let bus = server.bus().to_string();
+    let mut watcher = open_ws(&bus, "/msgbus/");
+    let mut root = open_ws(&bus, "/msgbus/");
+    send(&mut root, &frame(true, 0x1, b"from the root", true));
+    assert_eq!(
+        read_frame(&mut watcher),
+        (true, 0x1, b"from the root".to_vec())
+    );
+    let mut listed = open_ws(&bus, "/msgbus/?channel=*&format=json");
+    send(&mut listed, &frame(true, 0x1, b"not published", true));
+    let (code, reason) = read_close(&mut listed);
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("does not publish"), "{reason}");
+}
