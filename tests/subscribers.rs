@@ -759,3 +759,28 @@ fn a_subscription_lists_at_most_max_subscriptions_channels() {
         "{answer}"
     );
 }
+
+/// What a subscriber sends after its request is read and dropped, however
+/// much it is: the server does not hold it, nor stop reading (32 MiB, far
+/// more than the sockets' buffers, written with a write timeout), and the
+/// subscription goes on.
+#[test]
+fn a_subscribers_later_bytes_are_read_and_dropped() {
+    let server = Server::start(&[]);
+    let mut s = connect(server.bus());
+    send(&mut s, b"GET /msgbus/news HTTP/1.0\r\n\r\n");
+    read_until(&mut s, b"--00MsgBus00\r\n");
+    let mut writer = s.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let junk = vec![b'j'; 64 * 1024];
+    for i in 0..512 {
+        std::io::Write::write_all(&mut writer, &junk)
+            .unwrap_or_else(|e| panic!("write {i} of 64 KiB: {e}"));
+    }
+    assert_eq!(curl_publish(server.bus(), "news", "still here"), "204");
+    let want =
+        "Content-Type: text/plain\r\nContent-Length: 10\r\n\r\nstill here\r\n--00MsgBus00\r\n";
+    assert_eq!(show(&read_exact_n(&mut s, want.len())), want);
+}
