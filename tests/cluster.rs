@@ -1601,6 +1601,11 @@ impl Switch {
         .into_bytes();
         r.extend_from_slice(body);
         send(&mut self.s, &r);
+        self.read()
+    }
+
+    /// The next response: (status, body).
+    fn read(&mut self) -> (u16, String) {
         let head_end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
@@ -2000,4 +2005,79 @@ fn switch_messages_restored_from_the_data_dir_of_a_node_without_cluster_are_repo
         "{log}"
     );
     assert!(!log.contains("restored from --data-dir stay"), "{log}");
+}
+
+// ---- what the mutation round of src/http/switch.rs found untested ----
+
+/// On a node of a cluster, a blocking transfer that nothing answers ends at
+/// its own timeout, empty, with the `next` it was given (-1 without
+/// `from`), as on a single node; a transfer may name 64 queues, not 65.
+#[test]
+fn message_switch_blocking_transfers_end_empty_at_their_timeout_and_name_at_most_64_queues() {
+    let redis = Redis::start();
+    let a = switch_node(&redis);
+    let mut c = Switch::session(&a, "s");
+    assert_eq!(c.ok("GET", "/persistent/idle", ""), "idle");
+    assert_eq!(
+        c.transfer(0.3, &["idle"]),
+        serde_json::json!({"messages": [], "next": "-1"})
+    );
+    let from = serde_json::json!({"from": "7", "timeout": 0.3, "queues": ["idle"]}).to_string();
+    assert_eq!(
+        c.json("POST", "/transfer", &from),
+        serde_json::json!({"messages": [], "next": "7"})
+    );
+    let names: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        c.transfer(0.0, &names[..64]),
+        serde_json::json!({"messages": [], "next": "-1"})
+    );
+    let body = serde_json::json!({"timeout": 0, "queues": names}).to_string();
+    let (status, text) = c.ask("POST", "/transfer", body.as_bytes());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("at most 64"), "{text}");
+}
+
+/// A call Redis answers too late gets its `503`; when Redis' answer comes
+/// after all, it is not taken for the answer of the connection's next
+/// call. Redis is stopped (SIGSTOP) so that the first call's answer comes
+/// only after the second call is sent.
+#[test]
+fn a_late_answer_from_redis_is_not_taken_for_the_next_calls() {
+    let redis = Redis::start();
+    let a = switch_node(&redis);
+    let mut c = Switch::session(&a, "s");
+    assert_eq!(c.ok("GET", "/persistent/made", ""), "made");
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // The first call, and the second pipelined behind it: the second runs
+    // once the first has its 503, while Redis still sleeps.
+    let call = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    send(
+        &mut c.s,
+        format!("{}{}", call("/persistent/late"), call("/list/")).as_bytes(),
+    );
+    let (status, body) = c.read();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("did not answer in time"), "{body}");
+    // A round trip through the node's loop: the pipelined call has run.
+    Stats::open(a.bus()).get();
+    signal("-CONT");
+    // Redis answers both, in order: "late" is made, and the list asked
+    // for second shows it.
+    let (status, body) = c.read();
+    assert_eq!(status, 200, "{body}");
+    let mut listed: Vec<String> = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("the list's answer is not a JSON list ({e}): {body:?}"));
+    listed.sort();
+    assert_eq!(listed, vec!["late", "made"]);
 }

@@ -302,8 +302,16 @@ fn the_api_answers_like_mq_go_and_refuses_clearly() {
     }
     let (status, _) = http(a, "GET", "/send/", "");
     assert_eq!(status, 405);
-    let (status, _) = http(a, "POST", "/nowhere", "{}");
-    assert_eq!(status, 404);
+    // Unknown paths are 404 whatever the method, and the dashboard's
+    // figures answer GET and HEAD only.
+    for (method, path) in [
+        ("POST", "/nowhere"),
+        ("GET", "/nowhere"),
+        ("POST", "/dashboard/stats.json"),
+    ] {
+        let (status, text) = http(a, method, path, "{}");
+        assert_eq!(status, 404, "{method} {path}: {text}");
+    }
     let (status, page) = http(a, "GET", "/dashboard/", "");
     assert_eq!(status, 200);
     assert!(page.contains("<title>switchboard webhooks</title>"));
@@ -825,4 +833,28 @@ fn the_api_asks_for_the_secret_when_one_is_set() {
     s.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
     assert!(raw.ends_with("{\"id\":1}\n"), "{raw}");
+}
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/http/hooks.rs found untested
+
+/// A receiver's connection that closes before its answer is complete is
+/// reported at once (`HookLink::on_close`): the message is tried again on
+/// a new connection right away, not when `--hook-timeout` (here far longer
+/// than the test's patience) gives up on the old one.
+#[test]
+fn a_peer_closing_mid_answer_is_retried_without_waiting_for_the_timeout() {
+    let h = Hooks::start(&["--hook-timeout", "300", "--hook-retries", "1"]);
+    let cut = Receiver::start(&["--close-mid", "1"]);
+    let cid = h.connect(&cut.url("/"), "receive");
+    let s = h.connect("sender", "send");
+    h.send(s, "m");
+    let got = cut.wait_for(2);
+    assert_eq!(got[0]["status"], "cut");
+    assert_eq!(cut.bodies(), vec!["m", "m"]);
+    h.wait_until("the cut one delivered", |_| {
+        h.receiver_stats(cid)["completed"] == 1
+    });
+    assert_eq!(h.receiver_stats(cid)["retried"], 1);
+    assert_eq!(h.stats()["in_flight"], 0);
 }

@@ -710,3 +710,77 @@ fn an_event_source_cut_off_mid_stream_resumes_without_loss_or_repeat() {
     browser.screenshot(&shot);
     eprintln!("screenshot: {}", shot.display());
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/http/bus.rs found untested
+
+/// Without history a `Last-Event-ID` header is ignored, whatever it holds
+/// (an `EventSource` sends back whatever id it last saw), while `?since=`
+/// is refused (`since_is_refused_without_history`).
+#[test]
+fn a_last_event_id_is_ignored_without_history() {
+    let server = Server::start(&[]);
+    let mut s = connect(server.bus());
+    send(
+        &mut s,
+        b"GET /msgbus/news HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\
+          Last-Event-ID: not a number\r\n\r\n",
+    );
+    let head = show(&read_until(&mut s, b"\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains("Content-Type: text/event-stream\r\n"),
+        "{head}"
+    );
+}
+
+/// `?channel=` may list exactly `--max-subscriptions` channels; one more is
+/// refused with the limit named.
+#[test]
+fn a_subscription_lists_at_most_max_subscriptions_channels() {
+    let server = Server::start(&["--max-subscriptions", "3"]);
+    let mut ok = connect(server.bus());
+    send(
+        &mut ok,
+        b"GET /msgbus/?channel=a&channel=b&channel=c HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let head = show(&read_until(&mut ok, b"\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let mut over = connect(server.bus());
+    send(
+        &mut over,
+        b"GET /msgbus/?channel=a&channel=b&channel=c&channel=d HTTP/1.1\r\n\
+          Host: t\r\nConnection: close\r\n\r\n",
+    );
+    let answer = show(&read_to_close(&mut over));
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("too many channels in one subscription (limit 3)"),
+        "{answer}"
+    );
+}
+
+/// What a subscriber sends after its request is read and dropped, however
+/// much it is: the server does not hold it, nor stop reading (32 MiB, far
+/// more than the sockets' buffers, written with a write timeout), and the
+/// subscription goes on.
+#[test]
+fn a_subscribers_later_bytes_are_read_and_dropped() {
+    let server = Server::start(&[]);
+    let mut s = connect(server.bus());
+    send(&mut s, b"GET /msgbus/news HTTP/1.0\r\n\r\n");
+    read_until(&mut s, b"--00MsgBus00\r\n");
+    let mut writer = s.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let junk = vec![b'j'; 64 * 1024];
+    for i in 0..512 {
+        std::io::Write::write_all(&mut writer, &junk)
+            .unwrap_or_else(|e| panic!("write {i} of 64 KiB: {e}"));
+    }
+    assert_eq!(curl_publish(server.bus(), "news", "still here"), "204");
+    let want =
+        "Content-Type: text/plain\r\nContent-Length: 10\r\n\r\nstill here\r\n--00MsgBus00\r\n";
+    assert_eq!(show(&read_exact_n(&mut s, want.len())), want);
+}

@@ -754,3 +754,73 @@ fn random_input_on_the_switch_door_harms_nobody() {
     assert_eq!(good.get("/list/good").json(), json!(["good.q"]));
     assert!(stats(&server)["switch"]["sessions"].as_u64() >= Some(1));
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/http/switch.rs found untested
+
+/// The switch door takes its request limits from `--max-body` and
+/// `--max-header`, as the other HTTP doors do: one byte over either is
+/// refused (413, 431) before any call runs; at the limit is fine.
+#[test]
+fn the_switch_door_keeps_the_servers_body_and_head_limits() {
+    let server = start(&["--max-body", "1000", "--max-header", "2048"]);
+    let mut h = Http::open(&server);
+    h.login("s");
+    h.ok("GET", "/persistent/q", b"");
+    h.ok("POST", "/request/q/r", &[b'x'; 1000]);
+    let mut over = Http::open(&server);
+    let got = over.ask("POST", "/request/q/r", &[b'x'; 1001]);
+    assert_eq!(got.status, 413, "{}", got.text());
+    // A head of 2048 bytes and one of 2049, padded by one header.
+    let head = |total: usize| {
+        let bare = "GET /list/ HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n".len();
+        format!(
+            "GET /list/ HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(total - bare)
+        )
+    };
+    send(&mut h.s, head(2048).as_bytes());
+    assert_eq!(h.read().status, 200);
+    let mut over = Http::open(&server);
+    send(&mut over.s, head(2049).as_bytes());
+    let got = over.read();
+    assert_eq!(got.status, 431, "{}", got.text());
+}
+
+/// Diagnostics give times in nanoseconds since the Unix epoch, as
+/// message-switch does: the server's start, its clock now and when a
+/// message was queued all fall within the test's own reading of the wall
+/// clock (a few seconds of slack either way for clock steps).
+#[test]
+fn diagnostics_times_are_nanoseconds_since_the_epoch() {
+    let wall_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let slack = 5_000_000_000;
+    let before = wall_ns();
+    let server = start(&[]);
+    let mut h = Http::open(&server);
+    h.login("s");
+    h.ok("GET", "/persistent/q", b"");
+    h.ok("POST", "/request/q/", b"m");
+    let d = h.get("/").json();
+    let after = wall_ns();
+    let times = [
+        ("start_time", d["start_time"].as_u64()),
+        ("current_time", d["current_time"].as_u64()),
+        (
+            "queued",
+            d["permanent_queues"]["q"]["queue_contents"][0][1]["time"].as_u64(),
+        ),
+    ];
+    for (what, t) in times {
+        let t = t.unwrap_or_else(|| panic!("no {what} in {d}"));
+        assert!(
+            before - slack <= t && t <= after + slack,
+            "{what} {t} is not between {before} and {after}"
+        );
+    }
+}

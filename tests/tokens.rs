@@ -493,3 +493,30 @@ fn another_token_on_a_kept_connection_is_verified_again() {
         );
     }
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/http/bus.rs found untested
+
+/// `*` alone names every channel, in the path as in `?channel=`: a token
+/// must cover `>` (every channel) to subscribe to it; a token for the
+/// one-word channels (the pattern `*`) is refused.
+#[test]
+fn every_channel_needs_a_token_that_covers_every_channel() {
+    let dir = TempDir::new("tokens-every");
+    let server = start(&dir, &[]);
+    let bus = server.bus();
+    let one_word = hs_token(serde_json::json!({"exp": now() + 600, "subscribe": ["*"]}));
+    let every = hs_token(serde_json::json!({"exp": now() + 600, "subscribe": [">"]}));
+    for target in ["/msgbus/*", "/msgbus/?channel=*"] {
+        let mut s = connect(bus);
+        send(
+            &mut s,
+            format!("GET {target} HTTP/1.0\r\n{}\r\n", bearer(&one_word)).as_bytes(),
+        );
+        let head = String::from_utf8_lossy(&read_until(&mut s, b"\r\n\r\n")).into_owned();
+        assert!(head.starts_with("HTTP/1.0 403 "), "{target}: {head}");
+        subscribe(bus, target, &bearer(&every));
+    }
+    // The one-word token still covers a one-word channel.
+    subscribe(bus, "/msgbus/news", &bearer(&one_word));
+}

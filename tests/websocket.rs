@@ -1065,3 +1065,50 @@ fn tokens_decide_what_a_websocket_may_do() {
     let got = read_exact_n(&mut watcher, want.len());
     assert_eq!(String::from_utf8_lossy(&got), want);
 }
+
+// ---------------------------------------------------------------------
+// What the unit tests of src/http/websocket.rs leave to the wire (its
+// mutation round, docs/testing.md)
+
+/// `--request-timeout` runs while a fragmented message is unfinished
+/// (`Decoder::mid_message`): a WebSocket that sent a first fragment and
+/// stalls is closed and counted as `request_timeout`; one that sits idle
+/// between whole messages is not, and still hears the channel afterwards.
+#[test]
+fn a_stalled_fragmented_message_is_closed_by_the_request_timeout() {
+    let server = Server::start(&["--request-timeout", "1", "--heartbeat", "0"]);
+    let bus = server.bus().to_string();
+    let mut idle = open_ws(&bus, "/msgbus/room");
+    let mut stalled = open_ws(&bus, "/msgbus/other");
+    send(&mut stalled, &frame(false, 0x1, b"the first half", true));
+    assert_eq!(read_to_close(&mut stalled), b"", "the stalled WebSocket");
+    let v = Stats::open(&bus).get();
+    assert_eq!(
+        common::stat(&v, "connections.closed_by.request_timeout"),
+        1,
+        "{v}"
+    );
+    publish(&bus, "room", "text/plain", b"still here");
+    assert_eq!(read_frame(&mut idle), (true, 0x1, b"still here".to_vec()));
+}
+
+/// A WebSocket on the root `/msgbus/` publishes what its client sends to
+/// the root channel, as `POST /msgbus/` does; one that lists
+/// `?channel=*` (every channel, as a pattern) does not publish: 1008.
+#[test]
+fn the_root_websocket_publishes_and_a_listed_every_channel_does_not() {
+    let server = Server::start(&[]);
+    let bus = server.bus().to_string();
+    let mut watcher = open_ws(&bus, "/msgbus/");
+    let mut root = open_ws(&bus, "/msgbus/");
+    send(&mut root, &frame(true, 0x1, b"from the root", true));
+    assert_eq!(
+        read_frame(&mut watcher),
+        (true, 0x1, b"from the root".to_vec())
+    );
+    let mut listed = open_ws(&bus, "/msgbus/?channel=*&format=json");
+    send(&mut listed, &frame(true, 0x1, b"not published", true));
+    let (code, reason) = read_close(&mut listed);
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("does not publish"), "{reason}");
+}

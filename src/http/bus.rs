@@ -1186,4 +1186,49 @@ mod tests {
         );
         assert!(subscription_filter("").unwrap().is_empty());
     }
+
+    /// A multipart stream's heartbeat lines are counted until a part goes
+    /// out: the 17th in a row is the empty part that ends them. A write
+    /// within the second after a heartbeat's is taken for that heartbeat's
+    /// (not noticed: the empty part only comes sooner); a later one was a
+    /// part, and the count starts again.
+    #[test]
+    fn heartbeat_lines_are_counted_until_a_part() {
+        let mut hb = Heartbeat::new(Beat::MultipartPlain);
+        let mut last_write = 0;
+        let mut t = 0;
+        for i in 0..16 {
+            t += 30_000;
+            assert_eq!(hb.next(t, last_write), MULTIPART_HEARTBEAT, "line {i}");
+            // Written in the second after the heartbeat's.
+            last_write = t + 1_500;
+        }
+        t += 30_000;
+        assert_eq!(hb.next(t, last_write), MULTIPART_HEARTBEAT_END);
+        // A line again; then a part 5 s after it: 16 lines again.
+        t += 30_000;
+        assert_eq!(hb.next(t, t - 30_000), MULTIPART_HEARTBEAT);
+        last_write = t + 5_000;
+        for i in 0..16 {
+            t += 30_000;
+            assert_eq!(
+                hb.next(t, last_write),
+                MULTIPART_HEARTBEAT,
+                "line {i} after the part"
+            );
+            last_write = t;
+        }
+        t += 30_000;
+        assert_eq!(hb.next(t, last_write), MULTIPART_HEARTBEAT_END);
+        // Chunked, the same in chunks; event streams have no count.
+        let mut hb = Heartbeat::new(Beat::MultipartChunked);
+        for _ in 0..16 {
+            assert_eq!(hb.next(0, 0), MULTIPART_HEARTBEAT_CHUNK);
+        }
+        assert_eq!(hb.next(0, 0), MULTIPART_HEARTBEAT_END_CHUNK);
+        let mut hb = Heartbeat::new(Beat::EventStream);
+        for _ in 0..20 {
+            assert_eq!(hb.next(0, 0), SSE_HEARTBEAT);
+        }
+    }
 }

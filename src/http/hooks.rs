@@ -351,4 +351,22 @@ mod tests {
         assert!(client_id(&obj).is_err());
         assert!(string(&obj, "body").is_err());
     }
+
+    #[test]
+    fn a_client_url_may_take_2048_bytes_and_no_more() {
+        let connect = |len: usize| {
+            let url = format!("http://h/{}", "a".repeat(len - "http://h/".len()));
+            let body = json!({ "ClientURL": url, "mode": "receive" }).to_string();
+            parse_call("/connect", body.as_bytes())
+        };
+        assert!(
+            matches!(connect(2048), Ok(Call::Connect { url, .. }) if url.len() == 2048),
+            "{:?}",
+            connect(2048)
+        );
+        assert_eq!(
+            connect(2049),
+            Err(Refused::Bad("ClientURL is longer than 2048 bytes".into()))
+        );
+    }
 }

@@ -558,6 +558,11 @@ mod tests {
             decode_all(&mut Decoder::new(1000), &frame(true, OP_PING, &[0; 126])),
             Err(WsError::BadControl)
         );
+        // 125 bytes, the most a control frame may carry, is fine.
+        assert_eq!(
+            decode_all(&mut Decoder::new(1000), &frame(true, OP_PING, &[7; 125])),
+            Ok(vec![Event::Ping(Bytes::from_static(&[7; 125]))])
+        );
     }
 
     #[test]
@@ -579,6 +584,14 @@ mod tests {
         bytes.extend(frame(true, 0, &[1; 5]));
         let mut d = Decoder::new(10);
         assert_eq!(decode_all(&mut d, &bytes), Err(WsError::TooBig));
+        // What is held counts with the new fragment: one byte held and a
+        // fragment of the whole limit is one byte too many.
+        let mut bytes = frame(false, OP_BINARY, &[1; 1]);
+        bytes.extend(frame(true, 0, &[1; 10]));
+        assert_eq!(
+            decode_all(&mut Decoder::new(10), &bytes),
+            Err(WsError::TooBig)
+        );
         // A 64-bit length with its top bit set, and lengths not in their
         // shortest form.
         let mut d = Decoder::new(10);
@@ -640,6 +653,9 @@ mod tests {
             }])
         );
         assert_eq!(close(b"\x03"), Err(WsError::BadClose));
+        // One byte is refused even when, read as the high byte of a code,
+        // it would make an allowed one (0x0F00 is 3840, an application's).
+        assert_eq!(close(b"\x0f"), Err(WsError::BadClose));
         for bad in [999u16, 1004, 1005, 1006, 1015, 2000, 5000] {
             assert_eq!(close(&bad.to_be_bytes()), Err(WsError::BadClose), "{bad}");
         }
