@@ -531,6 +531,20 @@ fn disconnect_stops_delivery() {
 // ---------------------------------------------------------------------
 // Outbound connections
 
+/// Receiver `cid` (`cut`, started with `--close-mid 1`) was sent "m": its
+/// first answer is cut mid-way, the message is tried once more and
+/// delivered. Returns the dashboard once it says so.
+fn cut_once_then_delivered(h: &Hooks, cut: &Receiver, cid: u64) -> Value {
+    let got = cut.wait_for(2);
+    assert_eq!(got[0]["status"], "cut");
+    assert_eq!(cut.bodies(), vec!["m", "m"]);
+    let cs = h.wait_until("the cut one delivered", |_| {
+        h.receiver_stats(cid)["completed"] == 1
+    });
+    assert_eq!(h.receiver_stats(cid)["retried"], 1);
+    cs
+}
+
 #[test]
 fn connect_timeout_and_a_peer_closing_mid_answer_are_retried() {
     let h = Hooks::start(&["--hook-timeout", "1", "--hook-retries", "1"]);
@@ -540,15 +554,8 @@ fn connect_timeout_and_a_peer_closing_mid_answer_are_retried() {
     let cid = h.connect(&cut.url("/"), "receive");
     let s = h.connect("sender", "send");
     h.send(s, "m");
-    // Cut mid-answer once, then answered.
-    let got = cut.wait_for(2);
-    assert_eq!(got[0]["status"], "cut");
-    assert_eq!(cut.bodies(), vec!["m", "m"]);
-    let cs = h.wait_until("the cut one delivered", |_| {
-        h.receiver_stats(cid)["completed"] == 1
-    });
+    let cs = cut_once_then_delivered(&h, &cut, cid);
     assert_eq!(cs["receivers"].as_array().unwrap().len(), 2);
-    assert_eq!(h.receiver_stats(cid)["retried"], 1);
     // The hung one: two connects time out, and the message fails.
     h.wait_until("the hung one failed", |_| {
         h.receiver_stats(hid)["failed"] == 1
@@ -849,12 +856,6 @@ fn a_peer_closing_mid_answer_is_retried_without_waiting_for_the_timeout() {
     let cid = h.connect(&cut.url("/"), "receive");
     let s = h.connect("sender", "send");
     h.send(s, "m");
-    let got = cut.wait_for(2);
-    assert_eq!(got[0]["status"], "cut");
-    assert_eq!(cut.bodies(), vec!["m", "m"]);
-    h.wait_until("the cut one delivered", |_| {
-        h.receiver_stats(cid)["completed"] == 1
-    });
-    assert_eq!(h.receiver_stats(cid)["retried"], 1);
+    cut_once_then_delivered(&h, &cut, cid);
     assert_eq!(h.stats()["in_flight"], 0);
 }
