@@ -977,14 +977,8 @@ pub(crate) fn top_n<'a, K: Ord + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::test_support::{b, conn};
     use crate::broker::RecordingOutbox;
-
-    fn conn(key: u32) -> ConnId {
-        ConnId { key, gen: 1 }
-    }
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
 
     #[test]
     fn top_channels_by_subscribers_is_bounded_and_ordered() {

@@ -365,17 +365,24 @@ mod tests {
         assert!(r.messages.is_empty() && r.gap.is_none());
     }
 
-    #[test]
-    fn what_was_let_go_is_a_gap() {
+    /// Five messages on `channel` in a history that keeps two: asked for
+    /// as `asked`, 1..=3 are a gap, and nothing is missing after 3.
+    fn two_of_five_kept(channel: &str, asked: &str) -> History {
         let mut h = History::new(limits(2, 1 << 20, 1 << 20));
         for _ in 0..5 {
-            h.record(b"a", b"t", None, b"m");
+            h.record(channel.as_bytes(), b"t", None, b"m");
         }
         // 1..=3 are gone.
-        let r = h.replay(&names(&["a"]), 1, 1 << 20);
-        assert_eq!(ids(&r), [("a".into(), 4), ("a".into(), 5)]);
+        let r = h.replay(&names(&[asked]), 1, 1 << 20);
+        assert_eq!(ids(&r), [(channel.into(), 4), (channel.into(), 5)]);
         assert_eq!(r.gap, Some(4));
-        assert_eq!(h.replay(&names(&["a"]), 3, 1 << 20).gap, None);
+        assert_eq!(h.replay(&names(&[asked]), 3, 1 << 20).gap, None);
+        h
+    }
+
+    #[test]
+    fn what_was_let_go_is_a_gap() {
+        let h = two_of_five_kept("a", "a");
         // An id from the future (an earlier run).
         assert_eq!(h.replay(&names(&["a"]), 99, 1 << 20).gap, Some(6));
         // The newest that fit in the replay's bytes; the rest is a gap.
@@ -558,15 +565,7 @@ mod tests {
     /// messages go, and from a ring dropped since (which may have matched).
     #[test]
     fn a_patterns_replay_tells_of_gaps() {
-        let mut h = History::new(limits(2, 1 << 20, 1 << 20));
-        for _ in 0..5 {
-            h.record(b"a.x", b"t", None, b"m");
-        }
-        // 1..=3 are gone.
-        let r = h.replay(&names(&["a.*"]), 1, 1 << 20);
-        assert_eq!(ids(&r), [("a.x".into(), 4), ("a.x".into(), 5)]);
-        assert_eq!(r.gap, Some(4));
-        assert_eq!(h.replay(&names(&["a.*"]), 3, 1 << 20).gap, None);
+        let h = two_of_five_kept("a.x", "a.*");
         // After an id it kept: what came after it only.
         let r = h.replay(&names(&["a.*"]), 4, 1 << 20);
         assert_eq!(ids(&r), [("a.x".into(), 5)]);

@@ -465,17 +465,27 @@ impl RecordingOutbox {
     }
 }
 
+/// Helpers the broker's unit tests share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use super::ConnId;
+    use bytes::Bytes;
 
-    fn conn(key: u32) -> ConnId {
-        ConnId { key, gen: 0 }
+    /// Connection `key` of the first generation.
+    pub fn conn(key: u32) -> ConnId {
+        ConnId { key, gen: 1 }
     }
 
-    fn b(s: &str) -> Bytes {
+    /// A name or body from text.
+    pub fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{b, conn};
+    use super::*;
 
     /// A query to a switch queue takes the broker's own path (wait, then
     /// send). Sent to its own reply address (guessed: the first one a

@@ -844,14 +844,8 @@ const SHARED_BODY: usize = 16 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::test_support::{b, conn};
     use crate::broker::RecordingOutbox;
-
-    fn conn(key: u32) -> ConnId {
-        ConnId { key, gen: 1 }
-    }
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
 
     /// `ready`, with what it takes at once recorded as an answer, as a door
     /// would frame it.

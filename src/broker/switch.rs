@@ -1479,15 +1479,8 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::test_support::{b, conn};
     use crate::broker::{Ready, RecordingOutbox};
-
-    fn conn(key: u32) -> ConnId {
-        ConnId { key, gen: 1 }
-    }
-
-    fn b(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
 
     fn request(payload: &str, reply: &str) -> Message {
         Message {
@@ -2618,17 +2611,28 @@ mod tests {
         assert_eq!(br.switch.parked_traces(), 0);
     }
 
+    /// Queue "svc" with two requests whose replies go to the transient
+    /// queue "r".
+    fn two_requests_for_r(br: &mut Broker, out: &mut RecordingOutbox) {
+        create(br, out, conn(1), "svc", false);
+        create(br, out, conn(1), "r", true);
+        send(br, out, 0, "svc", request("one", "r"));
+        send(br, out, 0, "svc", request("two", "r"));
+    }
+
+    /// A line receiver takes both requests of "svc".
+    fn take_both(br: &mut Broker, out: &mut RecordingOutbox) {
+        for _ in 0..2 {
+            let got = br.ready(0, conn(20), 30, vec![b("svc")], out);
+            assert!(matches!(got, Ready::Message(_)), "{got:?}");
+        }
+    }
+
     #[test]
     fn a_destroyed_reply_queue_is_owed_nothing_more() {
         let (mut br, mut out) = broker();
-        create(&mut br, &mut out, conn(1), "svc", false);
-        create(&mut br, &mut out, conn(1), "r", true);
-        send(&mut br, &mut out, 0, "svc", request("one", "r"));
-        send(&mut br, &mut out, 0, "svc", request("two", "r"));
-        for _ in 0..2 {
-            let got = br.ready(0, conn(20), 30, vec![b("svc")], &mut out);
-            assert!(matches!(got, Ready::Message(_)), "{got:?}");
-        }
+        two_requests_for_r(&mut br, &mut out);
+        take_both(&mut br, &mut out);
         assert_eq!(br.switch.owed, 2);
         // A line send to `r` answers the first.
         br.send(1, b("r"), None, 30, b("ONE"), &mut out).unwrap();
@@ -2689,17 +2693,11 @@ mod tests {
     #[test]
     fn past_the_owed_limit_a_line_answer_is_a_plain_request() {
         let (mut br, mut out) = broker();
-        create(&mut br, &mut out, conn(1), "svc", false);
-        create(&mut br, &mut out, conn(1), "r", true);
-        send(&mut br, &mut out, 0, "svc", request("one", "r"));
-        send(&mut br, &mut out, 0, "svc", request("two", "r"));
+        two_requests_for_r(&mut br, &mut out);
         // One response short of the limit: the first request taken is
         // noted, the second is not.
         br.switch.owed = MAX_OWED - 1;
-        for _ in 0..2 {
-            let got = br.ready(0, conn(20), 30, vec![b("svc")], &mut out);
-            assert!(matches!(got, Ready::Message(_)), "{got:?}");
-        }
+        take_both(&mut br, &mut out);
         assert_eq!(br.switch.owed, MAX_OWED);
         br.send(1, b("r"), None, 30, b("ONE"), &mut out).unwrap();
         br.send(1, b("r"), None, 30, b("TWO"), &mut out).unwrap();
