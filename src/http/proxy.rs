@@ -1673,6 +1673,11 @@ mod tests {
             );
             assert!(!keep);
         }
+        // A status line without a reason phrase is a reply too.
+        assert_eq!(
+            parse_whole(b"HTTP/1.1 200\r\n\r\nok", false).unwrap().1,
+            b"ok"
+        );
         // At the cap of header lines, still a reply.
         let at_cap = format!(
             "HTTP/1.1 200 OK\r\n{}\r\n",
