@@ -10,9 +10,10 @@
 #        SB (the switchboard binary, default target/release/switchboard),
 #        BATCHES (default 1: our Python handlers and WSGI workers are measured
 #        once per value N listed, taking up to N queued requests a round trip)
-#        FORMS (default parts: our Python handlers answer with head, body and end;
+#        FORMS (default parts: our handlers answer with head, body and end;
 #        "parts whole" measures them also answering each request with one
-#        message, the whole HTTP response)
+#        message, the whole HTTP response: the Python handlers, and the Rust
+#        handler unbatched and in batches of 8)
 #
 # Needs (Debian): wrk nginx mongrel2-core python3-zmq gunicorn uwsgi-core
 # uwsgi-plugin-python3; and `cargo build --release --bin switchboard --example
@@ -97,6 +98,17 @@ own() {
   sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 8; wait_http http://127.0.0.1:$p/
   measure "switchboard proxy → Rust handler, batches of 8 (TCP)" http://127.0.0.1:$p/
   stop_all
+  # The same two, each answer one message (the whole HTTP response).
+  case " ${FORMS:-parts} " in *" whole "*)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 1 whole; wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → Rust handler, whole replies (TCP)" http://127.0.0.1:$p/
+    stop_all
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 8 whole; wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → Rust handler, batches of 8, whole replies (TCP)" http://127.0.0.1:$p/
+    stop_all
+  esac
   # The same handler with one thread and a readiness loop for its 8
   # connections, as an upstream in one process serves them.
   on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
