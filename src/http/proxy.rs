@@ -1610,6 +1610,15 @@ mod tests {
             "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 9\r\n\r\n"
         );
         assert!(keep);
+        // 304: the handler's length (of the representation), no body.
+        let (out, _) = whole(
+            &pending(1, false, true),
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: \"x\"\r\n\r\n",
+        );
+        assert_eq!(
+            show(&out),
+            "HTTP/1.1 304 Not Modified\r\nServer: switchboard\r\nETag: \"x\"\r\nContent-Length: 7\r\n\r\n"
+        );
         // 204: no length, no body.
         let (out, _) = whole(
             &pending(1, false, true),
