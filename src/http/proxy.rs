@@ -1574,60 +1574,58 @@ mod tests {
     /// what follows the head as its Content-Length, and all of it at once.
     #[test]
     fn whole_replies_are_framed_by_their_length() {
-        let (out, keep) = whole(
-            &pending(1, false, true),
-            b"HTTP/1.1 201 Made\r\nContent-Type: text/plain\r\nConnection: close\r\nX-A: 1\r\n\r\nhello",
-        );
-        assert_eq!(
-            show(&out),
-            "HTTP/1.1 201 Created\r\nServer: switchboard\r\nContent-Type: text/plain\r\nX-A: 1\r\n\
-             Content-Length: 5\r\n\r\nhello"
-        );
-        assert!(keep, "the handler's Connection is hop-by-hop");
-        // A matching Content-Length is kept; HTTP/1.0 asked for keep-alive.
-        let (out, keep) = whole(
-            &pending(0, false, true),
-            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nServer: mine\r\n\r\nok",
-        );
-        assert_eq!(
-            show(&out),
-            "HTTP/1.0 200 OK\r\nServer: mine\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
-        );
-        assert!(keep);
-        // No body: Content-Length 0.
-        let (out, _) = whole(&pending(1, false, false), b"HTTP/1.1 404 Not Found\r\n\r\n");
-        assert_eq!(
-            show(&out),
-            "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        // HEAD: the handler's length, no body even if it sends one.
-        let (out, keep) = whole(
-            &pending(1, true, true),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello",
-        );
-        assert_eq!(
-            show(&out),
-            "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 9\r\n\r\n"
-        );
-        assert!(keep);
-        // 304: the handler's length (of the representation), no body.
-        let (out, _) = whole(
-            &pending(1, false, true),
-            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: \"x\"\r\n\r\n",
-        );
-        assert_eq!(
-            show(&out),
-            "HTTP/1.1 304 Not Modified\r\nServer: switchboard\r\nETag: \"x\"\r\nContent-Length: 7\r\n\r\n"
-        );
-        // 204: no length, no body.
-        let (out, _) = whole(
-            &pending(1, false, true),
-            b"HTTP/1.1 204 No Content\r\n\r\nx",
-        );
-        assert_eq!(
-            show(&out),
-            "HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n"
-        );
+        // (HTTP minor version, HEAD, the client's keep-alive), the message,
+        // what the client gets, and whether the connection stays.
+        let cases: [((u8, bool, bool), &'static [u8], &str, bool); 6] = [
+            // The handler's Connection is hop-by-hop; the length is added.
+            (
+                (1, false, true),
+                b"HTTP/1.1 201 Made\r\nContent-Type: text/plain\r\nConnection: close\r\nX-A: 1\r\n\r\nhello",
+                "HTTP/1.1 201 Created\r\nServer: switchboard\r\nContent-Type: text/plain\r\nX-A: 1\r\n\
+                 Content-Length: 5\r\n\r\nhello",
+                true,
+            ),
+            // A matching Content-Length is kept; HTTP/1.0 asked for keep-alive.
+            (
+                (0, false, true),
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nServer: mine\r\n\r\nok",
+                "HTTP/1.0 200 OK\r\nServer: mine\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+                true,
+            ),
+            // No body: Content-Length 0.
+            (
+                (1, false, false),
+                b"HTTP/1.1 404 Not Found\r\n\r\n",
+                "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            // HEAD: the handler's length, no body even if it sends one.
+            (
+                (1, true, true),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello",
+                "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 9\r\n\r\n",
+                true,
+            ),
+            // 304: the handler's length (of the representation), no body.
+            (
+                (1, false, true),
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: \"x\"\r\n\r\n",
+                "HTTP/1.1 304 Not Modified\r\nServer: switchboard\r\nETag: \"x\"\r\nContent-Length: 7\r\n\r\n",
+                true,
+            ),
+            // 204: no length, no body.
+            (
+                (1, false, true),
+                b"HTTP/1.1 204 No Content\r\n\r\nx",
+                "HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n",
+                true,
+            ),
+        ];
+        for ((minor, head_only, keep_alive), message, expected, stays) in cases {
+            let (out, keep) = whole(&pending(minor, head_only, keep_alive), message);
+            assert_eq!(show(&out), expected);
+            assert_eq!(keep, stays, "{expected}");
+        }
     }
 
     #[test]
