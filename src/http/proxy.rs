@@ -1576,7 +1576,8 @@ mod tests {
     fn whole_replies_are_framed_by_their_length() {
         // (HTTP minor version, HEAD, the client's keep-alive), the message,
         // what the client gets, and whether the connection stays.
-        let cases: [((u8, bool, bool), &'static [u8], &str, bool); 6] = [
+        type Case = ((u8, bool, bool), &'static [u8], &'static str, bool);
+        let cases: [Case; 6] = [
             // The handler's Connection is hop-by-hop; the length is added.
             (
                 (1, false, true),
