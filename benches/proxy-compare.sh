@@ -10,6 +10,10 @@
 #        SB (the switchboard binary, default target/release/switchboard),
 #        BATCHES (default 1: our Python handlers and WSGI workers are measured
 #        once per value N listed, taking up to N queued requests a round trip)
+#        FORMS (default parts: our handlers answer with head, body and end;
+#        "parts whole" measures them also answering each request with one
+#        message, the whole HTTP response: the Python handlers, and the Rust
+#        handler unbatched and in batches of 8)
 #
 # Needs (Debian): wrk nginx mongrel2-core python3-zmq gunicorn uwsgi-core
 # uwsgi-plugin-python3; and `cargo build --release --bin switchboard --example
@@ -94,6 +98,17 @@ own() {
   sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 8; wait_http http://127.0.0.1:$p/
   measure "switchboard proxy → Rust handler, batches of 8 (TCP)" http://127.0.0.1:$p/
   stop_all
+  # The same two, each answer one message (the whole HTTP response).
+  case " ${FORMS:-parts} " in *" whole "*)
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 1 whole; wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → Rust handler, whole replies (TCP)" http://127.0.0.1:$p/
+    stop_all
+    on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3; on0 "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests threads 8 whole; wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → Rust handler, batches of 8, whole replies (TCP)" http://127.0.0.1:$p/
+    stop_all
+  esac
   # The same handler with one thread and a readiness loop for its 8
   # connections, as an upstream in one process serves them.
   on0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
@@ -122,18 +137,18 @@ own() {
 mongrel2() {
   echo; echo "## The same architecture: $WORKERS Python handlers behind switchboard vs behind Mongrel2"
   echo "| server | requests/s | p99 ms |"; echo "|---|---|---|"
-  local p l n
-  for n in ${BATCHES:-1}; do
+  local p l n form
+  for form in ${FORMS:-parts}; do for n in ${BATCHES:-1}; do
     p=$(free_port); l=$(free_port)
     line_door $l; on0 "$SB" "${LINE_ARGS[@]}" --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
     sleep 0.3
     for _ in $(seq "$WORKERS"); do
-      on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line "$LINE_ADDR" "$n"
+      on0 env PYTHONPATH=$REPO/clients/python $PY "$REPO/benches/proxy_handlers.py" line "$LINE_ADDR" "$n" "$form"
     done
     wait_http http://127.0.0.1:$p/
-    measure "switchboard proxy → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")" http://127.0.0.1:$p/
+    measure "switchboard proxy → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")$([ "$form" = parts ] || echo ", whole replies")" http://127.0.0.1:$p/
     stop_all
-  done
+  done; done
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2
   export LOGNAME=${LOGNAME:-$(id -un)}

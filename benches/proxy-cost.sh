@@ -10,6 +10,8 @@
 #   (one thread, a readiness loop over the handler's connections).
 #   BATCH=N (threads only): each handler connection asks for up to N
 #   requests at a time (a wait and N - 1 polls; default 1).
+#   FORM=whole (threads only): each answer is one message, the whole HTTP
+#   response, instead of head, body and end (FORM=parts, the default).
 #   DURATION: seconds of wrk per measurement (default 5).
 # env: SB (the switchboard binary, default target/release/switchboard),
 #      HANDLER (the handler, default target/release/examples/proxy_handler),
@@ -23,6 +25,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-threads}
 D=${2:-5}
 BATCH=${BATCH:-1}
+FORM=${FORM:-parts}
 SB=${SB:-target/release/switchboard}
 HANDLER=${HANDLER:-target/release/examples/proxy_handler}
 CONNS=${CONNS:-64}
@@ -73,17 +76,17 @@ print(f"| {name} | {float(rps):,.0f} | {int(sc)/reqs:.2f} | {int(cs)/reqs:.2f} |
       f"{(int(after)-int(before))*1e6/100/reqs:.1f} |")
 PY
 }
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t1 -c$CONNS -d${D}s; handler mode $MODE, batch $BATCH ${CHRT:+($CHRT)}"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t1 -c$CONNS -d${D}s; handler mode $MODE, batch $BATCH, $FORM replies ${CHRT:+($CHRT)}"
 echo "| server side | requests/s | system calls / request | context switches / request | CPU µs / request |"
 echo "|---|---|---|---|---|"
 p=$(free_port); l=$(free_port)
 taskset -c 0 "$SB" --line-listen 127.0.0.1:$l --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null &
 S=$!; PIDS+=($S)
 sleep 0.3
-taskset -c 0 ${CHRT:-} "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests "$MODE" "$BATCH" &
+taskset -c 0 ${CHRT:-} "$HANDLER" 127.0.0.1:$l 8 msglite.httpRequests "$MODE" "$BATCH" "$FORM" &
 H=$!; PIDS+=($H)
 wait_http http://127.0.0.1:$p/
-measure "switchboard + Rust handler ($MODE, batch $BATCH)" http://127.0.0.1:$p/ $S $H
+measure "switchboard + Rust handler ($MODE, batch $BATCH, $FORM)" http://127.0.0.1:$p/ $S $H
 measure "switchboard alone (same run)" http://127.0.0.1:$p/ $S
 kill $S $H; wait $S $H 2>/dev/null || true
 PIDS=()

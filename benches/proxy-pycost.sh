@@ -19,6 +19,9 @@
 #        BATCHES (default 1: our handlers and WSGI workers are measured once per
 #        value N listed, taking up to N queued requests a round trip: the
 #        handlers' third argument, the adapter's --batch; e.g. BATCHES="1 4").
+#        FORMS (default parts: our Python handlers answer with head, body and end;
+#        "parts whole" measures them also answering each request with one
+#        message, the whole HTTP response)
 #
 # Rows: "server" is switchboard, Mongrel2, nginx (in front of uwsgi) or the
 # gunicorn arbiter; "Python" is the handlers or the WSGI workers (for uwsgi
@@ -106,22 +109,22 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t1 -c$CONNS 
 
 mongrel2() {
   header "$WORKERS Python handlers behind switchboard and behind Mongrel2"
-  local p l sb n hs=()
-  for n in ${BATCHES:-1}; do
+  local p l sb n form hs=()
+  for form in ${FORMS:-parts}; do for n in ${BATCHES:-1}; do
     p=$(free_port); l=$(free_port)
     line_door $l; on0 "$SB" "${LINE_ARGS[@]}" --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
     sb=$!
     sleep 0.3
     hs=()
     for _ in $(seq "$WORKERS"); do
-      on0 ${CHRT:-} env PYTHONPATH="$CLIENT" $PY "$REPO/benches/proxy_handlers.py" line "$LINE_ADDR" "$n"
+      on0 ${CHRT:-} env PYTHONPATH="$CLIENT" $PY "$REPO/benches/proxy_handlers.py" line "$LINE_ADDR" "$n" "$form"
       hs+=($!)
     done
     wait_http http://127.0.0.1:$p/
-    cost "switchboard → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")" \
+    cost "switchboard → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")$([ "$form" = parts ] || echo ", whole replies")" \
       http://127.0.0.1:$p/ "$sb" "${hs[*]}"
     stop_all
-  done
+  done; done
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2 hz=()
   export LOGNAME=${LOGNAME:-$(id -un)}

@@ -1,8 +1,9 @@
 """Minimal Python handlers for benches/proxy-compare.sh: each answers every
 request with 200 and "hello, world\n", with its Content-Length.
 
-    python3 proxy_handlers.py line HOST:PORT [N]        # switchboard's proxy, line protocol,
-                                                        # up to N requests a round trip
+    python3 proxy_handlers.py line HOST:PORT [N] [whole] # switchboard's proxy, line protocol,
+                                                        # up to N requests a round trip; with
+                                                        # whole, each answer in one message
     python3 proxy_handlers.py zmq SEND_SPEC RECV_SPEC   # Mongrel2, ZeroMQ (python3-zmq)
 """
 
@@ -11,19 +12,25 @@ import sys
 BODY = b"hello, world\n"
 
 
-def line(address, batch=1):
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(BODY),
+    BODY,
+)
+
+
+def line(address, batch=1, whole=False):
     from switchboard_client import Client, Error
 
     try:
         if batch == 1:
-            serve_line(Client(address))
+            serve_line(Client(address), whole)
         else:
-            serve_batches(Client(address), batch)
+            serve_batches(Client(address), batch, whole)
     except (OSError, Error):
         pass  # the server went away: the run is over
 
 
-def serve_line(c):
+def serve_line(c, whole):
     """One connection: each answer, its request body's wait before it and
     the next wait after it, in one write."""
     queue = "msglite.httpRequests"
@@ -35,15 +42,18 @@ def serve_line(c):
             continue
         body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
         c.ready(body_addr, timeout=5, pipeline=True)
-        c.send(m.reply, head, timeout=m.timeout, flush=False)
-        c.send(m.reply, BODY, timeout=m.timeout, flush=False)
-        c.send(m.reply, b"", timeout=m.timeout, flush=False)
+        if whole:
+            c.send(m.reply, RESPONSE, timeout=m.timeout, flush=False)
+        else:
+            c.send(m.reply, head, timeout=m.timeout, flush=False)
+            c.send(m.reply, BODY, timeout=m.timeout, flush=False)
+            c.send(m.reply, b"", timeout=m.timeout, flush=False)
         c.ready(queue, timeout=60, pipeline=True)
         c.answer()  # the (empty) body
         m = c.answer()
 
 
-def serve_batches(c, n):
+def serve_batches(c, n, whole):
     """Up to N requests a round trip: one wait for a request, then N - 1
     waits with timeout 0, which the server runs as soon as the first is
     answered (a command after a wait is held until the wait is answered)
@@ -67,6 +77,9 @@ def serve_batches(c, n):
             body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
             c.ready(body_addr, timeout=5, pipeline=True)
             bodies += 1
+            if whole:
+                c.send(m.reply, RESPONSE, timeout=m.timeout, flush=False)
+                continue
             c.send(m.reply, head, timeout=m.timeout, flush=False)
             c.send(m.reply, BODY, timeout=m.timeout, flush=False)
             c.send(m.reply, b"", timeout=m.timeout, flush=False)
@@ -94,6 +107,10 @@ def zmq_handler(send_spec, recv_spec):
 
 if __name__ == "__main__":
     if sys.argv[1] == "line":
-        line(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+        line(
+            sys.argv[2],
+            int(sys.argv[3]) if len(sys.argv) > 3 else 1,
+            len(sys.argv) > 4 and sys.argv[4] == "whole",
+        )
     else:
         zmq_handler(sys.argv[2], sys.argv[3])

@@ -3,7 +3,7 @@
 //! body with its `Content-Length`.
 //!
 //! ```text
-//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE] [threads|loop] [BATCH]
+//! cargo run --release --example proxy_handler -- 127.0.0.1:9813 [CONNECTIONS] [QUEUE] [threads|loop] [BATCH] [parts|whole]
 //! cargo run --release --example proxy_handler -- /tmp/line.sock [CONNECTIONS] [QUEUE] [threads|loop] [BATCH]
 //! ```
 //!
@@ -16,7 +16,8 @@
 //! wake-up serves several requests, each answered on its own;
 //! with `loop` one thread serves every connection from a readiness loop, as
 //! an upstream server in one process does, so a wake-up serves every
-//! connection that has input.
+//! connection that has input. With `whole` (threads only) each answer is one
+//! message, the complete HTTP response, instead of head, body and end.
 
 // Test code may unwrap, index and panic (see [lints.clippy] in Cargo.toml).
 #![allow(
@@ -55,16 +56,16 @@ fn answer(r: &mut impl BufRead, line: &mut String, body: &mut Vec<u8>) -> Option
 }
 
 /// `HOST:PORT`, or a Unix socket path.
-fn serve(addr: &str, queue: &str, batch: usize) -> Option<()> {
+fn serve(addr: &str, queue: &str, batch: usize, whole: bool) -> Option<()> {
     if addr.starts_with('/') {
         let w = UnixStream::connect(addr).ok()?;
         let r = w.try_clone().ok()?;
-        return serve_on(r, w, queue, batch);
+        return serve_on(r, w, queue, batch, whole);
     }
     let w = TcpStream::connect(addr).ok()?;
     w.set_nodelay(true).ok()?;
     let r = w.try_clone().ok()?;
-    serve_on(r, w, queue, batch)
+    serve_on(r, w, queue, batch, whole)
 }
 
 /// One connection of the `threads` mode. It asks for up to `batch`
@@ -72,12 +73,18 @@ fn serve(addr: &str, queue: &str, batch: usize) -> Option<()> {
 /// (`< 0 QUEUE`, answered at once with a queued request or `*`), so that
 /// when requests queue up, one read takes several; each gets its own
 /// answer, and the answers leave in one write.
-fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize) -> Option<()> {
+fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: bool) -> Option<()> {
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let head = format!(
         r#"["200", ["Content-Type", "text/plain", "Content-Length", "{}"]]"#,
         BODY.len()
     );
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        BODY.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(BODY);
     let mut asks = format!("< 60 {queue}\r\n");
     for _ in 1..batch {
         asks.push_str(&format!("< 0 {queue}\r\n"));
@@ -100,6 +107,12 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize) -> Optio
         out.clear();
         for (reply, body_addr) in &requests {
             write!(out, "< 5 {body_addr}\r\n").ok()?;
+            if whole {
+                write!(out, "> {} 180 {reply}\r\n", response.len()).ok()?;
+                out.extend_from_slice(&response);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
             write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
             write!(out, "> {} 180 {reply}\r\n", BODY.len()).ok()?;
             out.extend_from_slice(BODY);
@@ -295,10 +308,11 @@ fn main() {
         return;
     }
     let batch: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    let whole = args.get(6).map(String::as_str) == Some("whole");
     let threads: Vec<_> = (0..n)
         .map(|_| {
             let (addr, queue) = (addr.clone(), queue.clone());
-            std::thread::spawn(move || serve(&addr, &queue, batch))
+            std::thread::spawn(move || serve(&addr, &queue, batch, whole))
         })
         .collect();
     for t in threads {

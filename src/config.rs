@@ -787,6 +787,19 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A broker built without a configuration (`Channels::default()`)
+    /// holds frames to the limit the server's defaults give.
+    #[test]
+    fn the_channels_default_frame_limit_is_the_default_configurations() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_body, 16 * 1024 * 1024);
+        assert_eq!(
+            limits.max_frame(),
+            crate::broker::channels::DEFAULT_MAX_FRAME
+        );
+        assert_eq!(limits.max_frame(), 24 * 1024 * 1024 + 64 * 1024);
+    }
+
     #[test]
     fn defaults_match_the_spec() {
         let args = Args::try_parse_from(["switchboard"]).unwrap();

@@ -1064,3 +1064,106 @@ fn the_bus_secret_does_not_apply_to_the_proxy() {
     h.answer(&t.reply, TEXT_HEAD, &[b"also served"]);
     assert_eq!(c.response().text(), "also served");
 }
+
+// ---------------------------------------------------------------------------
+// Whole replies: one message that is the complete HTTP response.
+
+#[test]
+fn a_whole_reply_is_the_response_in_one_message() {
+    let server = start(&[]);
+    let mut h = Handler::connect(&server);
+    let mut c = Http::connect(&server);
+    c.get("/whole");
+    let t = h.take();
+    assert_eq!(h.body(&t), b"");
+    h.send(
+        &t.reply,
+        None,
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nX-Form: whole\r\n\r\nhello, world",
+    );
+    let r = c.response();
+    assert_eq!((r.status, r.text().as_str()), (200, "hello, world"));
+    assert_eq!(r.header("Content-Length"), Some("12"));
+    assert_eq!(r.header("X-Form"), Some("whole"));
+    assert_eq!(r.header("Server"), Some("switchboard"));
+    assert_eq!(r.header("Transfer-Encoding"), None);
+    assert_eq!(r.header("Connection"), None, "{}", r.head);
+    // Keep-alive, and the next request may be answered in msglite's form.
+    c.get("/next");
+    let t = h.take();
+    assert_eq!(t.url(), "/next");
+    h.answer(&t.reply, TEXT_HEAD, &[b"in parts"]);
+    assert_eq!(c.response().text(), "in parts");
+    // A megabyte posted and echoed whole.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    c.write(
+        format!(
+            "POST /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    c.write(&big);
+    let t = h.take();
+    let body = h.body(&t);
+    assert_eq!(body.len(), big.len());
+    let mut whole =
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    whole.extend_from_slice(&body);
+    h.send(&t.reply, None, &whole);
+    let r = c.response();
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("Content-Length"), Some("1000000"));
+    assert!(r.body == big, "the echoed megabyte differs");
+    // An HTTP/1.0 client that asked for keep-alive keeps it.
+    c.write(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let t = h.take();
+    h.send(
+        &t.reply,
+        None,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold",
+    );
+    let r = c.response();
+    assert!(r.head.starts_with("HTTP/1.0 200 OK\r\n"), "{}", r.head);
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+    assert_eq!(r.text(), "old");
+    c.get("/still");
+    let t = h.take();
+    h.send(&t.reply, None, b"HTTP/1.1 204 No Content\r\n\r\n");
+    assert_eq!(c.response().status, 204);
+}
+
+#[test]
+fn a_bad_whole_reply_is_502_and_the_connection_stays() {
+    let server = start(&[]);
+    let mut h = Handler::connect(&server);
+    let mut c = Http::connect(&server);
+    let bad: &[(&[u8], &str)] = &[
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", "without its end"),
+        (
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nSet-Cookie\r\n\r\n",
+            "not an HTTP/1.x response",
+        ),
+        (b"HTTP/1.1 299 Odd\r\n\r\n", "unknown status 299"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            "Content-Length 10 but 5 bytes follow",
+        ),
+    ];
+    for (message, says) in bad {
+        c.get("/bad");
+        let t = h.take();
+        h.send(&t.reply, None, message);
+        let r = c.response();
+        assert_eq!(r.status, 502, "{}: {r:?}", show(message));
+        assert!(
+            r.text().contains("invalid reply: ") && r.text().contains(says),
+            "{says}: {}",
+            r.text()
+        );
+    }
+    c.get("/good");
+    let t = h.take();
+    h.send(&t.reply, None, b"HTTP/1.1 200 OK\r\n\r\nfine");
+    assert_eq!(c.response().text(), "fine");
+}

@@ -980,6 +980,75 @@ mod tests {
     use crate::broker::test_support::{b, conn};
     use crate::broker::RecordingOutbox;
 
+    /// A returning subscriber is sent up to a megabyte of kept messages at
+    /// once (`REPLAY_BYTES`): half a megabyte whole, without a gap notice;
+    /// of two megabytes the newest one, after a gap notice.
+    #[test]
+    fn a_replay_sends_up_to_a_megabyte_of_kept_messages() {
+        let counts = |frames: &[u8]| {
+            let count = |what: &[u8]| frames.windows(what.len()).filter(|w| *w == what).count();
+            let gaps = count(b"event: gap");
+            (count(b"data: ") - gaps, gaps)
+        };
+        let mut ch = Channels::default().with_history(HistoryLimits {
+            messages: 10_000,
+            per_channel_bytes: 4 << 20,
+            total_bytes: 64 << 20,
+        });
+        let mut out = RecordingOutbox::default();
+        let body = vec![b'x'; 1024];
+        for _ in 0..512 {
+            ch.publish(b"news", b"t", None, &body, &mut out);
+        }
+        ch.seal(&mut out);
+        let mut frames = BytesMut::new();
+        let all = Filter::default();
+        ch.replay(&[b("news")], 0, Framing::EventStream, &all, &mut frames);
+        assert_eq!(counts(&frames), (512, 0));
+        for _ in 512..2048 {
+            ch.publish(b"news", b"t", None, &body, &mut out);
+        }
+        ch.seal(&mut out);
+        let mut frames = BytesMut::new();
+        ch.replay(&[b("news")], 0, Framing::EventStream, &all, &mut frames);
+        let (messages, gaps) = counts(&frames);
+        assert_eq!(gaps, 1);
+        // The kept size of a message counts its channel and type too.
+        assert!((768..1024).contains(&messages), "{messages} replayed");
+    }
+
+    /// A channel's presence: its own subscriptions, and the receivers a
+    /// message published there reaches (its own, the root's, every
+    /// matching pattern's); a pattern's and the root's are their own.
+    #[test]
+    fn presence_counts_own_subscriptions_and_every_receiver() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        for (k, name) in [(1, "room.1"), (2, "room.1"), (3, "room.*")] {
+            ch.subscribe(conn(k), b(name), Subscription::line(), &mut out)
+                .unwrap();
+        }
+        ch.subscribe_all(conn(4), Subscription::line(), &mut out);
+        let p = ch.presence(b"room.1").unwrap();
+        assert_eq!(
+            (p.kind, p.total(), p.receivers),
+            (PresenceKind::Channel, 2, 4)
+        );
+        // A channel nobody names still reaches the pattern and the root.
+        let p = ch.presence(b"room.2").unwrap();
+        assert_eq!((p.total(), p.receivers), (0, 2));
+        let p = ch.presence(b"hall").unwrap();
+        assert_eq!((p.total(), p.receivers), (0, 1));
+        let p = ch.presence(b"room.*").unwrap();
+        assert_eq!(
+            (p.kind, p.total(), p.receivers),
+            (PresenceKind::Pattern, 1, 1)
+        );
+        let p = ch.presence(b"*").unwrap();
+        assert_eq!((p.kind, p.total(), p.receivers), (PresenceKind::All, 1, 1));
+        assert_eq!(ch.presence(b"room.>.x"), None);
+    }
+
     #[test]
     fn top_channels_by_subscribers_is_bounded_and_ordered() {
         let mut ch = Channels::default();

@@ -16,6 +16,8 @@
 //! message ends the response. After every message the wait is registered
 //! again (in [`Routes::on_resume`], in the same turn), so body messages sent
 //! in between wait in the reply address' queue and are taken in order.
+//! A first message that starts with `HTTP/` is a *whole reply* instead: the
+//! complete response in one message ([`parse_whole`]), which ends it.
 //! Pipelined requests behind the parked one wait in the input.
 
 use std::borrow::Cow;
@@ -272,6 +274,10 @@ impl Routes for Proxy {
                 );
                 Part::Whole(Response::text(504, "no answer from a handler in time"))
             }
+            (Stage::Head, Answer::Message(d)) if d.body.starts_with(b"HTTP/") => {
+                self.release(p);
+                whole_reply(p, d.body)
+            }
             (Stage::Head, Answer::Message(d)) => {
                 self.release(p);
                 match parse_head(d.body) {
@@ -359,6 +365,30 @@ impl Routes for Proxy {
         self.release(&mut p);
         log::info!("proxy {}: the client went away before the end", p.id);
         announce_closed(&p, cx);
+    }
+}
+
+/// The response of a whole reply (see [`parse_whole`]): all of it at once.
+fn whole_reply(p: &Pending, message: &[u8]) -> Part {
+    match parse_whole(message, p.head_only) {
+        Err(why) => {
+            log::info!("proxy {}: invalid whole reply: {why}: 502", p.id);
+            Part::Whole(Response::text(502, &format!("invalid reply: {why}")))
+        }
+        Ok((head, body)) => {
+            log::debug!("proxy {}: {} (whole)", p.id, head.status);
+            let (bytes, framing, keep_alive) = write_head(&head, p);
+            if framing == Framing::Discard || body.is_empty() {
+                return Part::Last { bytes, keep_alive };
+            }
+            let mut out = BytesMut::with_capacity(bytes.len() + body.len());
+            out.put_slice(&bytes);
+            out.put_slice(body);
+            Part::Last {
+                bytes: out.freeze(),
+                keep_alive,
+            }
+        }
     }
 }
 
@@ -720,6 +750,52 @@ pub fn parse_head(body: &[u8]) -> Result<Head<'_>, String> {
     check_head(value)
 }
 
+/// Header lines a whole reply may hold.
+const MAX_WHOLE_HEADERS: usize = 100;
+
+/// A whole reply: one message that is a complete HTTP/1.x response (status
+/// line, header lines, a blank line, the body), as Mongrel2's handlers
+/// answer. Gives the head, checked as [`parse_head`] checks a JSON head,
+/// and the body. The response's own framing is the message's: its
+/// `Content-Length`, if it gives one, must be the length of the bytes after
+/// the head (a `HEAD` or `204`/`304` response may give one and no body).
+pub fn parse_whole(body: &[u8], bodiless: bool) -> Result<(Head<'_>, &[u8]), String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_WHOLE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let end = match resp.parse(body) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => {
+            return Err("an HTTP head without its end (a blank line)".into())
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(format!("more than {MAX_WHOLE_HEADERS} header lines"))
+        }
+        Err(e) => return Err(format!("not an HTTP/1.x response ({e})")),
+    };
+    let status = resp.code.unwrap_or_default();
+    let reason = final_status(status)?;
+    let mut pairs = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| format!("the value of {} is not UTF-8", h.name))?;
+        pairs.push((Cow::Borrowed(h.name), Cow::Borrowed(value)));
+    }
+    let mut head = head_of(status, reason, pairs)?;
+    let rest = body.get(end..).unwrap_or_default();
+    let bodiless = bodiless || status == 204 || status == 304;
+    if !bodiless {
+        let len = rest.len() as u64;
+        if head.content_length.is_some_and(|n| n != len) {
+            return Err(format!(
+                "Content-Length {} but {len} bytes follow the head",
+                head.content_length.unwrap_or_default()
+            ));
+        }
+        head.content_length = Some(len);
+    }
+    Ok((head, rest))
+}
+
 /// The checks of [`parse_head`] on the value read.
 fn check_head(value: HeadValue<'_>) -> Result<Head<'_>, String> {
     let HeadValue::Array(items) = value else {
@@ -744,10 +820,7 @@ fn check_head(value: HeadValue<'_>) -> Result<Head<'_>, String> {
         }
         Some(_) => return Err("the status is not a string or a number".into()),
     };
-    if status < 200 {
-        return Err(format!("status {status} is not a final status"));
-    }
-    let reason = status_reason(status).ok_or_else(|| format!("unknown status {status}"))?;
+    let reason = final_status(status)?;
     let list = match items.next() {
         None => Vec::new(),
         Some(HeadValue::Array(list)) => list,
@@ -762,6 +835,29 @@ fn check_head(value: HeadValue<'_>) -> Result<Head<'_>, String> {
         let (HeadValue::Str(name), HeadValue::Str(value)) = (name, value) else {
             return Err("a header name or value that is not a string".into());
         };
+        pairs.push((name, value));
+    }
+    head_of(status, reason, pairs)
+}
+
+/// The reason phrase of `status` if it is a final status with a registered
+/// meaning.
+fn final_status(status: u16) -> Result<&'static str, String> {
+    if status < 200 {
+        return Err(format!("status {status} is not a final status"));
+    }
+    status_reason(status).ok_or_else(|| format!("unknown status {status}"))
+}
+
+/// The checks every reply head shares, whatever its form: header names are
+/// tokens, values hold no control character, hop-by-hop headers go, one
+/// Content-Length at most.
+fn head_of<'a>(
+    status: u16,
+    reason: &'static str,
+    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+) -> Result<Head<'a>, String> {
+    for (name, value) in &pairs {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             let shown: String = name.chars().take(32).collect();
             return Err(format!("header name {shown:?} is not a token"));
@@ -771,7 +867,6 @@ fn check_head(value: HeadValue<'_>) -> Result<Head<'_>, String> {
                 "the value of {name} holds a control character (CR, LF, …)"
             ));
         }
-        pairs.push((name, value));
     }
     let listed = connection_tokens(
         pairs
@@ -1461,5 +1556,141 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n"
         );
         assert_eq!(framing, Framing::Discard);
+    }
+
+    fn show(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    fn whole(p: &Pending, message: &'static [u8]) -> (Vec<u8>, bool) {
+        match whole_reply(p, message) {
+            Part::Last { bytes, keep_alive } => (bytes.to_vec(), keep_alive),
+            Part::Whole(r) => (r.to_bytes().to_vec(), false),
+            Part::More(_) => panic!("a whole reply is never in parts"),
+        }
+    }
+
+    /// A whole reply: the head checked as a JSON head is, the length of
+    /// what follows the head as its Content-Length, and all of it at once.
+    #[test]
+    fn whole_replies_are_framed_by_their_length() {
+        // (HTTP minor version, HEAD, the client's keep-alive), the message,
+        // what the client gets, and whether the connection stays.
+        type Case = ((u8, bool, bool), &'static [u8], &'static str, bool);
+        let cases: [Case; 6] = [
+            // The handler's Connection is hop-by-hop; the length is added.
+            (
+                (1, false, true),
+                b"HTTP/1.1 201 Made\r\nContent-Type: text/plain\r\nConnection: close\r\nX-A: 1\r\n\r\nhello",
+                "HTTP/1.1 201 Created\r\nServer: switchboard\r\nContent-Type: text/plain\r\nX-A: 1\r\n\
+                 Content-Length: 5\r\n\r\nhello",
+                true,
+            ),
+            // A matching Content-Length is kept; HTTP/1.0 asked for keep-alive.
+            (
+                (0, false, true),
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nServer: mine\r\n\r\nok",
+                "HTTP/1.0 200 OK\r\nServer: mine\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+                true,
+            ),
+            // No body: Content-Length 0.
+            (
+                (1, false, false),
+                b"HTTP/1.1 404 Not Found\r\n\r\n",
+                "HTTP/1.1 404 Not Found\r\nServer: switchboard\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            // HEAD: the handler's length, no body even if it sends one.
+            (
+                (1, true, true),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello",
+                "HTTP/1.1 200 OK\r\nServer: switchboard\r\nContent-Length: 9\r\n\r\n",
+                true,
+            ),
+            // 304: the handler's length (of the representation), no body.
+            (
+                (1, false, true),
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: \"x\"\r\n\r\n",
+                "HTTP/1.1 304 Not Modified\r\nServer: switchboard\r\nETag: \"x\"\r\nContent-Length: 7\r\n\r\n",
+                true,
+            ),
+            // 204: no length, no body.
+            (
+                (1, false, true),
+                b"HTTP/1.1 204 No Content\r\n\r\nx",
+                "HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n",
+                true,
+            ),
+        ];
+        for ((minor, head_only, keep_alive), message, expected, stays) in cases {
+            let (out, keep) = whole(&pending(minor, head_only, keep_alive), message);
+            assert_eq!(show(&out), expected);
+            assert_eq!(keep, stays, "{expected}");
+        }
+    }
+
+    #[test]
+    fn every_kind_of_bad_whole_reply_says_why() {
+        let many: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\n{}\r\n",
+                "X-A: 1\r\n".repeat(MAX_WHOLE_HEADERS + 1)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        for (message, says) in [
+            (&b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"[..], "without its end"),
+            (b"HTTP/2 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.x response"),
+            (
+                b"HTTP/1.1 200 OK\r\nX A: 1\r\n\r\n",
+                "not an HTTP/1.x response",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
+                "not an HTTP/1.x response",
+            ),
+            (b"HTTP/1.1 299 Odd\r\n\r\n", "unknown status 299"),
+            (b"HTTP/1.1 103 Early Hints\r\n\r\n", "not a final status"),
+            (b"HTTP/1.1 200 OK\r\nX-A: \xff\r\n\r\n", "not UTF-8"),
+            (
+                b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\n\r\n",
+                "invalid header value",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab",
+                "Content-Length 3 but 2 bytes",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab",
+                "Content-Length 1 but 2 bytes",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "not a number",
+            ),
+            (many, "more than 100 header lines"),
+        ] {
+            let (out, keep) = whole(&pending(1, false, true), message);
+            let out = show(&out);
+            assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+            assert!(
+                out.contains("invalid reply: ") && out.contains(says),
+                "{says}: {out}"
+            );
+            assert!(!keep);
+        }
+        // A status line without a reason phrase is a reply too.
+        assert_eq!(
+            parse_whole(b"HTTP/1.1 200\r\n\r\nok", false).unwrap().1,
+            b"ok"
+        );
+        // At the cap of header lines, still a reply.
+        let at_cap = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(MAX_WHOLE_HEADERS)
+        );
+        assert!(parse_whole(at_cap.as_bytes(), false).is_ok());
     }
 }
