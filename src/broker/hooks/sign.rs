@@ -77,4 +77,11 @@ mod tests {
         assert!(Secret::parse("whsec_!!!").is_err());
         assert!(Secret::parse("whsec_c2hvcnQ=").is_err());
     }
+
+    /// The key never shows in a log or a panic message.
+    #[test]
+    fn debug_hides_the_key() {
+        let s = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(…)");
+    }
 }

@@ -526,3 +526,382 @@ fn a_busy_link_holds_one_deadline() {
         }]
     );
 }
+
+// The limits at their edges, the dashboard's figures, and the paths where a
+// link goes away before its request is written or answered.
+
+#[test]
+fn a_channel_name_may_take_1024_bytes_and_no_more() {
+    let mut w = World::new(Settings::default());
+    let longest = "c".repeat(1024);
+    assert!(w
+        .hooks
+        .connect("http://h/", Mode::Receive, Some(&longest), &mut w.channels)
+        .is_ok());
+    let over = "c".repeat(1025);
+    assert_eq!(
+        w.hooks
+            .connect("http://h/", Mode::Receive, Some(&over), &mut w.channels),
+        Err(Refused::Bad("channel is longer than 1024 bytes".into()))
+    );
+}
+
+#[test]
+fn the_byte_budget_takes_a_message_that_fills_it_exactly() {
+    // `{"body":"a"}` is 12 bytes: two fill 24, a third does not fit.
+    let mut w = World::new(Settings {
+        max_bytes: 24,
+        ..Settings::default()
+    });
+    let s = w.sender();
+    w.send(s, "a").unwrap();
+    assert_eq!(w.hooks.held_bytes(), 12);
+    w.send(s, "b").unwrap();
+    assert_eq!(w.hooks.held_bytes(), 24);
+    assert!(matches!(w.send(s, "c"), Err(Refused::Full(_))));
+    assert_eq!(w.hooks.held_bytes(), 24);
+    assert_eq!(w.hooks.waiting(), 2);
+}
+
+#[test]
+fn the_dashboard_counts_every_path() {
+    let mut w = World::new(Settings {
+        queue: 1,
+        ..Settings::default()
+    });
+    let s = w
+        .hooks
+        .connect("http://sender/", Mode::Send, None, &mut w.channels)
+        .unwrap();
+    assert_eq!(w.hooks.senders(), vec![(s, "http://sender/".to_string())]);
+    assert_eq!((w.hooks.writers(), w.hooks.readers()), (1, 0));
+    // Kept for a receiver to come: sent, and its bytes held.
+    w.send(s, "a").unwrap();
+    assert_eq!((w.hooks.sent(), w.hooks.held_bytes()), (1, 12));
+    let r = w.receiver(1);
+    assert_eq!((w.hooks.writers(), w.hooks.readers()), (1, 1));
+    // The receiver's backlog (1) holds "a": "b" is dropped, not sent.
+    assert!(matches!(w.send(s, "b"), Err(Refused::Full(_))));
+    assert_eq!(w.hooks.sent(), 1);
+    assert_eq!((w.counts(r).dropped, w.hooks.totals().dropped), (1, 1));
+    w.at(w.now);
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    assert!(w.reply(link, ok()));
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"a"}"#.to_string()]);
+    assert_eq!(w.hooks.totals().completed, 1);
+    assert_eq!(w.hooks.held_bytes(), 0);
+    // Taken by a receiver at once.
+    w.send(s, "c").unwrap();
+    assert_eq!(w.hooks.sent(), 2);
+    assert!(w.reply(link, ok()));
+    assert_eq!(w.hooks.totals().completed, 2);
+    // From a channel: the first publication is taken, the second finds the
+    // channel receiver's backlog full (nothing started it yet).
+    let cr = w
+        .hooks
+        .connect("http://h/ch", Mode::Receive, Some("news"), &mut w.channels)
+        .unwrap();
+    w.channels
+        .publish(b"news", b"text/plain", None, b"1", &mut w.out);
+    w.hooks.take_published(&mut w.channels);
+    assert_eq!(w.hooks.sent(), 3);
+    w.channels
+        .publish(b"news", b"text/plain", None, b"2", &mut w.out);
+    w.hooks.take_published(&mut w.channels);
+    assert_eq!(w.hooks.sent(), 3);
+    assert_eq!((w.counts(cr).dropped, w.hooks.totals().dropped), (1, 2));
+    assert_eq!(w.hooks.readers(), 2);
+}
+
+#[test]
+fn a_publication_over_the_byte_budget_is_dropped_for_its_receivers() {
+    let mut w = World::new(Settings {
+        max_bytes: 10,
+        ..Settings::default()
+    });
+    let cr = w
+        .hooks
+        .connect("http://h/ch", Mode::Receive, Some("news"), &mut w.channels)
+        .unwrap();
+    w.channels
+        .publish(b"news", b"text/plain", None, b"x", &mut w.out);
+    w.hooks.take_published(&mut w.channels);
+    assert_eq!((w.counts(cr).dropped, w.hooks.totals().dropped), (1, 1));
+    assert_eq!((w.hooks.sent(), w.hooks.held_bytes()), (0, 0));
+    assert_eq!(w.hooks.receivers()[0].backlog, 0);
+}
+
+#[test]
+fn workers_bound_the_requests_beyond_each_receivers_first() {
+    let mut w = World::new(Settings {
+        workers: 1,
+        per_receiver: 3,
+        ..Settings::default()
+    });
+    w.receiver(1);
+    let s = w.sender();
+    for i in 0..3 {
+        w.send(s, &i.to_string()).unwrap();
+    }
+    // The first is the receiver's own; a second would make 2 > 1 worker.
+    assert_eq!(w.dials().len(), 1);
+    assert_eq!(w.hooks.in_flight(), 1);
+}
+
+#[test]
+fn a_fresh_link_closed_without_an_answer_counts_the_attempt() {
+    let mut w = World::new(Settings::default());
+    let r = w.receiver(1);
+    let s = w.sender();
+    w.send(s, "a").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    assert_eq!(w.bodies(conn).len(), 1);
+    // Not a reused link: the close is the receiver's doing, and counts.
+    w.hooks.link_closed(link, false, w.now, &mut w.out);
+    assert_eq!(w.counts(r).retried, 1);
+    assert!(w.dials().is_empty(), "not sent again at once");
+    // A reused link that closes after bytes of an answer counts too.
+    w.at(w.hooks.next_deadline().unwrap());
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    assert!(w.reply(link, ok()));
+    w.send(s, "b").unwrap();
+    assert_eq!(w.bodies(conn).len(), 2);
+    w.hooks.link_closed(link, true, w.now, &mut w.out);
+    assert_eq!(w.counts(r).retried, 2);
+    assert!(w.dials().is_empty());
+}
+
+#[test]
+fn a_link_timed_out_is_let_go_and_the_retry_dials_anew() {
+    let mut w = World::new(Settings::default());
+    let r = w.receiver(1);
+    let s = w.sender();
+    w.send(s, "a").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    w.at(w.now + 15_000);
+    assert_eq!(w.counts(r).retried, 1);
+    assert_eq!(w.hooks.receivers()[0].links, 0);
+    w.hooks.take_links();
+    w.at(w.hooks.next_deadline().unwrap());
+    let (again, _) = w.dials()[0];
+    assert_ne!(again, link);
+    let conn = w.up(again);
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"a"}"#.to_string()]);
+}
+
+#[test]
+fn a_request_refused_by_a_closing_connection_goes_out_on_a_new_link() {
+    let mut w = World::new(Settings::default());
+    let r = w.receiver(1);
+    let s = w.sender();
+    // Refused as the link comes up: nothing started it again yet, so the
+    // receiver waits to be started at once.
+    w.send(s, "a").unwrap();
+    let (link, _) = w.dials()[0];
+    let closing = ConnId { key: 90, gen: 1 };
+    w.out.refuse.push(closing);
+    assert!(!w.hooks.link_up(link, closing, w.now, &mut w.out));
+    assert_eq!(w.hooks.next_deadline(), Some(0));
+    w.at(w.now);
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"a"}"#.to_string()]);
+    // Refused after an answer: the link is not kept, and the next message
+    // goes out on a new one, not counted as an attempt.
+    w.send(s, "b").unwrap();
+    w.out.refuse.push(conn);
+    assert!(!w.reply(link, ok()));
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"b"}"#.to_string()]);
+    assert_eq!(w.counts(r).retried, 0);
+    assert_eq!(w.hooks.receivers()[0].links, 1);
+}
+
+#[test]
+fn an_answer_deadline_earlier_than_the_idle_one_is_kept() {
+    let mut w = World::new(Settings::default());
+    w.receiver(1);
+    let s = w.sender();
+    let t0 = w.now;
+    w.send(s, "a").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    // Answered after 14 s: idle until t0 + 44 s; the first deadline (15 s)
+    // moves the link's timer there.
+    w.now = t0 + 14_000;
+    assert!(w.reply(link, ok()));
+    w.at(t0 + 15_000);
+    // A request at 20 s is due by 35 s, before the idle deadline.
+    w.now = t0 + 20_000;
+    w.send(s, "b").unwrap();
+    assert_eq!(w.bodies(conn).len(), 1);
+    w.at(t0 + 34_999);
+    assert!(w.hooks.take_links().is_empty());
+    w.at(t0 + 35_000);
+    assert_eq!(
+        w.hooks.take_links(),
+        vec![LinkRequest::HangUp {
+            conn,
+            timed_out: true
+        }]
+    );
+}
+
+#[test]
+fn requests_at_the_same_instant_hold_one_link_deadline() {
+    let mut w = World::new(Settings::default());
+    w.receiver(1);
+    let s = w.sender();
+    w.send(s, "0").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    let timers = w.hooks.timers.len();
+    for i in 1..100 {
+        w.send(s, &i.to_string()).unwrap();
+        assert!(w.reply(link, ok()));
+        assert_eq!(w.bodies(conn).len(), 1);
+    }
+    assert_eq!(w.hooks.timers.len(), timers);
+}
+
+#[test]
+fn totals_count_retries_and_failures() {
+    let mut w = World::new(Settings {
+        retries: 1,
+        ..Settings::default()
+    });
+    w.receiver(1);
+    let s = w.sender();
+    w.send(s, "m").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    assert!(w.reply(link, status(500)));
+    w.at(w.hooks.next_deadline().unwrap());
+    assert_eq!(w.bodies(conn).len(), 1);
+    assert!(w.reply(link, status(500)));
+    assert_eq!(
+        w.hooks.totals(),
+        Counts {
+            completed: 0,
+            failed: 1,
+            retried: 1,
+            dropped: 0
+        }
+    );
+}
+
+#[test]
+fn a_receivers_retry_timer_is_its_earliest_retry() {
+    let mut w = World::new(Settings {
+        workers: 4,
+        per_receiver: 4,
+        ..Settings::default()
+    });
+    w.receiver(1);
+    let s = w.sender();
+    for m in ["a", "b", "c", "d"] {
+        w.send(s, m).unwrap();
+    }
+    let links: Vec<u64> = w.dials().into_iter().map(|d| d.0).collect();
+    assert_eq!(links.len(), 4);
+    for &l in &links {
+        w.up(l);
+    }
+    let timers = w.hooks.timers.len();
+    let t0 = w.now;
+    let throttled = Reply {
+        status: 503,
+        retry_after_s: Some(60),
+        keep_alive: true,
+    };
+    // A retry at 60 s: one timer; another at the same instant: none more.
+    assert!(w.reply(links[0], throttled));
+    assert!(w.reply(links[1], throttled));
+    assert_eq!(w.hooks.timers.len(), timers + 1);
+    // A retry due earlier gets one of its own, and comes first.
+    assert!(w.reply(links[2], status(500)));
+    assert_eq!(w.hooks.timers.len(), timers + 2);
+    let due = w.hooks.next_deadline().unwrap();
+    assert!((t0 + 750..=t0 + 1250).contains(&due), "{due}");
+    // One due later than that needs none.
+    assert!(w.reply(links[3], throttled));
+    assert_eq!(w.hooks.timers.len(), timers + 2);
+    assert_eq!(w.hooks.next_deadline(), Some(due));
+}
+
+#[test]
+fn the_jitter_spreads_evenly() {
+    let mut h = Hooks::new(Settings::default(), 1_700_000_000);
+    let draws: Vec<f64> = (0..1000).map(|_| h.jitter()).collect();
+    assert!(draws.iter().all(|j| (0.0..1.0).contains(j)));
+    let distinct: std::collections::BTreeSet<u64> = draws.iter().map(|j| j.to_bits()).collect();
+    assert_eq!(distinct.len(), 1000);
+    for q in 0..4 {
+        let (lo, hi) = (f64::from(q) / 4.0, f64::from(q + 1) / 4.0);
+        let n = draws.iter().filter(|&&j| lo <= j && j < hi).count();
+        assert!((210..=290).contains(&n), "quarter {q}: {n} of 1000");
+    }
+}
+
+#[test]
+fn a_link_not_kept_alive_is_let_go() {
+    let mut w = World::new(Settings::default());
+    w.receiver(1);
+    let s = w.sender();
+    w.send(s, "a").unwrap();
+    let (link, _) = w.dials()[0];
+    let conn = w.up(link);
+    w.bodies(conn);
+    let close = Reply {
+        keep_alive: false,
+        ..ok()
+    };
+    assert!(!w.reply(link, close));
+    assert_eq!(w.hooks.receivers()[0].links, 0);
+    // The next message goes out on a new link, not on the closing one.
+    w.send(s, "b").unwrap();
+    assert!(w.bodies(conn).is_empty());
+    let (again, _) = w.dials()[0];
+    assert_ne!(again, link);
+    let conn = w.up(again);
+    assert_eq!(w.bodies(conn), vec![r#"{"body":"b"}"#.to_string()]);
+}
+
+#[test]
+fn a_channels_other_receivers_stay_when_one_goes() {
+    let mut w = World::new(Settings::default());
+    let mut on_news = || {
+        w.hooks
+            .connect("http://h/ch", Mode::Receive, Some("news"), &mut w.channels)
+            .unwrap()
+    };
+    let (first, second) = (on_news(), on_news());
+    w.hooks.disconnect(first, &mut w.channels).unwrap();
+    w.channels
+        .publish(b"news", b"text/plain", None, b"x", &mut w.out);
+    w.hooks.take_published(&mut w.channels);
+    let view = w.hooks.receivers();
+    assert_eq!(view.len(), 1);
+    assert_eq!((view[0].id, view[0].backlog), (second, 1));
+}
+
+#[test]
+fn a_refused_url_says_why() {
+    let mut w = World::new(Settings::default());
+    assert_eq!(
+        w.hooks
+            .connect("ftp://x/", Mode::Receive, None, &mut w.channels),
+        Err(Refused::Bad(
+            "ClientURL must start with http:// or https://".into()
+        ))
+    );
+}

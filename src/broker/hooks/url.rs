@@ -181,4 +181,26 @@ mod tests {
         }
         assert!(Target::parse(&format!("http://h/{}", "a".repeat(MAX_URL))).is_err());
     }
+
+    #[test]
+    fn a_url_may_take_2048_bytes_and_no_more() {
+        let longest = format!("http://h/{}", "a".repeat(MAX_URL - 9));
+        assert_eq!(longest.len(), MAX_URL);
+        assert_eq!(t(&longest).path.len(), MAX_URL - 8);
+        assert_eq!(
+            Target::parse(&format!("{longest}a")),
+            Err(BadUrl("ClientURL is longer than 2048 bytes"))
+        );
+        assert_eq!(BadUrl("why").to_string(), "why");
+    }
+
+    #[test]
+    fn a_host_name_may_take_253_bytes_and_no_more() {
+        let longest = "h".repeat(253);
+        assert_eq!(t(&format!("http://{longest}/")).host, longest);
+        assert_eq!(
+            Target::parse(&format!("http://{longest}h/")),
+            Err(BadUrl("ClientURL has an invalid host name"))
+        );
+    }
 }
