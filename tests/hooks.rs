@@ -935,11 +935,21 @@ fn a_refused_connect_names_its_address_in_the_log() {
             h.receiver_stats(id)["failed"] == 1
         });
     }
-    let log = h.server.stderr_text();
+    // The log is read from the server's stderr by another thread: it may
+    // come a little after the stats page says so.
+    let deadline = Instant::now() + PATIENCE;
     for p in ports {
-        assert!(
-            log.contains(&format!("connect 127.0.0.1:{p}: ")),
-            "no refused connect to port {p} in {log}"
-        );
+        let want = format!("connect 127.0.0.1:{p}: ");
+        loop {
+            let log = h.server.stderr_text();
+            if log.contains(&want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no refused connect to port {p} in {log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
