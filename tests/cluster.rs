@@ -2081,3 +2081,40 @@ fn a_late_answer_from_redis_is_not_taken_for_the_next_calls() {
     listed.sort();
     assert_eq!(listed, vec!["late", "made"]);
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/server/connect.rs found untested
+
+/// A node's connections to Redis are counted, open and opened, under the
+/// `cluster` door of `/metrics`, not under a listening door or the
+/// webhooks' one.
+#[test]
+fn a_nodes_connections_to_redis_are_counted_under_the_cluster_door() {
+    let redis = Redis::start();
+    let n = node(&redis, &[]);
+    let v = Stats::open(n.bus()).wait_for("the links up", |v| {
+        v["cluster"]["up"] == true && v["cluster"]["queues"]["up"] == true
+    });
+    let links = stat(&v, "cluster.links_up");
+    assert!(links >= 2, "{v}");
+    let mut s = connect(n.bus());
+    send(
+        &mut s,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("the metrics");
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let open = "switchboard_connections_open";
+    assert_eq!(metric(&format!("{open}{{door=\"cluster\"}}")), links);
+    assert_eq!(metric(&format!("{open}{{door=\"hooks-link\"}}")), 0);
+    let opened = "switchboard_connections_accepted_total";
+    assert_eq!(metric(&format!("{opened}{{door=\"cluster\"}}")), links);
+}

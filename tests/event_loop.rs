@@ -1070,3 +1070,39 @@ fn a_cluster_node_id_is_sixteen_random_hex_digits() {
     }
     assert_ne!(ids[0], ids[1]);
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/server/transport.rs found untested
+
+/// Input left unread when the server closes a connection is read and
+/// dropped first (a bounded amount), so that the close is an end of stream
+/// and not a reset: here the input a lingering connection sent after its
+/// `.`, over a Unix socket, whose peer reads a reset (after the data) when
+/// the socket is closed with input unread.
+#[test]
+fn a_close_with_input_unread_is_an_end_of_stream_not_a_reset() {
+    let dir = TempDir::new("drain");
+    let path = dir.path().join("line.sock");
+    let server = Server::start(&["--line-unix", path.to_str().unwrap()]);
+    let mut stats = Stats::open(server.bus());
+    let mut quitter = UnixStream::connect(&path).expect("connect to the Unix socket");
+    quitter
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    send(&mut quitter, b"+ big\r\n");
+    sync_on(&mut quitter, "quitter");
+    let (_publisher, want) = publish_backlog(&server);
+    let mark = stats.get();
+    send(&mut quitter, b".\r\n");
+    // The `.` was read: what follows stays in the socket (a lingering
+    // connection is not read) until the close.
+    wait_read(&mut stats, &mark, 3);
+    // 16 KiB: more than one read of the drain, less than all it reads.
+    send(&mut quitter, &b"! 4 leak\r\nleak\r\n".repeat(1024));
+    let mut got = Vec::new();
+    quitter
+        .read_to_end(&mut got)
+        .expect("an end of stream after the output, not a reset");
+    assert_eq!(got.len(), want.len(), "what the quitter got");
+    assert!(got == want, "the quitter's messages differ");
+}

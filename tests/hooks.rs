@@ -859,3 +859,97 @@ fn a_peer_closing_mid_answer_is_retried_without_waiting_for_the_timeout() {
     cut_once_then_delivered(&h, &cut, cid);
     assert_eq!(h.stats()["in_flight"], 0);
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/server/connect.rs found untested
+
+/// `--max-outbound` caps the connections the server opens, counting
+/// those still connecting: with 1 a delivery goes out, and a second
+/// connection while one hangs in its connect fails at once (counted as
+/// `connect_failed`); with 0 even the first does.
+#[test]
+fn max_outbound_caps_the_connections_the_server_opens() {
+    let r = Receiver::start(&[]);
+    let one = Hooks::start(&["--max-outbound", "1", "--hook-retries", "0"]);
+    let id = one.connect(&r.url("/one"), "receive");
+    let s = one.connect("sender", "send");
+    one.send(s, "within the cap");
+    r.wait_for(1);
+    assert_eq!(r.bodies(), vec!["within the cap"]);
+    assert_eq!(one.receiver_stats(id)["failed"], 0);
+
+    let capped = |h: &Hooks, id: u64| {
+        h.wait_until("the capped delivery failed", |_| {
+            h.receiver_stats(id)["failed"] == 1
+        });
+        let bus = h.bus_stats();
+        assert_eq!(
+            bus["connections"]["closed_by"]["connect_failed"], 1,
+            "{bus}"
+        );
+    };
+    let none = Hooks::start(&["--max-outbound", "0", "--hook-retries", "0"]);
+    let id = none.connect(&r.url("/none"), "receive");
+    let s = none.connect("sender", "send");
+    none.send(s, "over the cap");
+    capped(&none, id);
+
+    let hung = Receiver::start(&["--hold-full"]);
+    let busy = Hooks::start(&[
+        "--max-outbound",
+        "1",
+        "--hook-retries",
+        "0",
+        "--hook-timeout",
+        "300",
+        "--hook-per-receiver",
+        "1",
+    ]);
+    busy.connect(&hung.url("/"), "receive");
+    let s = busy.connect("sender", "send");
+    busy.send(s, "held");
+    // The hung receiver's connect is under way (and counted) from here.
+    busy.wait_until("a delivery under way", |st| st["in_flight"] == 1);
+    let id = busy.connect(&r.url("/busy"), "receive");
+    busy.send(s, "over the cap too");
+    capped(&busy, id);
+    // Each refusal was the only attempt (no retries): nothing more came.
+    assert_eq!(r.records().len(), 1);
+}
+
+/// A refused connect is logged with the address it was made to, also for
+/// a connection that was still connecting when the next one was dialed
+/// (two receivers, dialed in the same turn). Logged at `debug`.
+#[test]
+fn a_refused_connect_names_its_address_in_the_log() {
+    let h = Hooks::start(&["--hook-retries", "0", "--log-level", "debug"]);
+    let ports = [free_port(), free_port()];
+    let ids: Vec<u64> = ports
+        .iter()
+        .map(|p| h.connect(&format!("http://127.0.0.1:{p}/"), "receive"))
+        .collect();
+    let s = h.connect("sender", "send");
+    h.send(s, "to nobody");
+    for id in ids {
+        h.wait_until("the delivery failed", |_| {
+            h.receiver_stats(id)["failed"] == 1
+        });
+    }
+    // The log is read from the server's stderr by another thread: it may
+    // come a little after the stats page says so.
+    let deadline = Instant::now() + PATIENCE;
+    for p in ports {
+        let want = format!("connect 127.0.0.1:{p}: ");
+        loop {
+            let log = h.server.stderr_text();
+            if log.contains(&want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no refused connect to port {p} in {log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

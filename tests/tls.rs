@@ -1835,3 +1835,43 @@ fn a_rediss_cluster_url_is_checked_with_tls_and_the_password_at_start() {
         assert!(!text(&out.stdout).contains("listening"), "{what}");
     }
 }
+
+// ---------------------------------------------------------------------
+// What the mutation round of src/server/tls.rs and transport.rs found untested
+
+/// An idle HTTPS bus stream gets its heartbeats as a plain one does: a TLS
+/// connection with no records left to write is not taken for one still
+/// writing (which the heartbeat sweep skips).
+#[test]
+fn heartbeats_reach_an_idle_https_stream() {
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &["--heartbeat", "1"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(pki.client_config(), name).expect("a client");
+    let sock = TcpStream::connect(server.addr("bus-tls")).expect("connect");
+    sock.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(b"GET /msgbus/idle HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+        .expect("subscribe");
+    common::read_until(&mut s, b": subscribed\n\n");
+    let heartbeat = b": heartbeat\n\n";
+    assert_eq!(common::read_exact_n(&mut s, heartbeat.len()), heartbeat);
+}
+
+/// A TLS connection the server closes (here after the line client's `.`)
+/// ends with close_notify: the client sees a clean end of the stream, not
+/// a truncation.
+#[test]
+fn a_tls_connection_the_server_closes_ends_with_close_notify() {
+    let pki = Pki::new();
+    let server = start_tls(&pki.cert, &pki.key, &[]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(pki.client_config(), name).expect("a client");
+    let sock = TcpStream::connect(server.addr("line-tls")).expect("connect");
+    sock.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(b".\r\n").expect("quit");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("a clean end (close_notify), not a truncated stream");
+}

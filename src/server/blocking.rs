@@ -167,4 +167,39 @@ mod tests {
         assert_eq!(got[1].result.downcast_ref::<&str>(), Some(&"slow"));
         assert_eq!(b.room(), MAX_PENDING);
     }
+
+    #[test]
+    fn threads_start_as_jobs_wait_up_to_four_and_jobs_past_the_bound_are_refused() {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(9)).unwrap());
+        let mut b = Blocking::new(waker);
+        // Every job waits for one release: none finishes during the test.
+        let (release, held) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let job = || -> Job {
+            let held = Arc::clone(&held);
+            Box::new(move || {
+                let _ = held.lock().map(|h| h.recv());
+                Box::new(()) as Box<dyn Any + Send>
+            })
+        };
+        let conn = ConnId { key: 1, gen: 1 };
+        b.run(conn, job()).unwrap();
+        assert_eq!(b.threads, 1, "one job, one thread");
+        for n in 2..=2 * MAX_THREADS {
+            b.run(conn, job()).unwrap();
+            assert_eq!(b.threads, n.min(MAX_THREADS), "after {n} jobs");
+        }
+        while b.room() > 0 {
+            b.run(conn, job()).unwrap();
+        }
+        assert_eq!(b.pending, MAX_PENDING);
+        assert_eq!(b.threads, MAX_THREADS);
+        let refused = b.run(conn, job()).unwrap_err();
+        assert!(
+            refused.to_string().contains("already under way"),
+            "{refused}"
+        );
+        drop(release);
+    }
 }

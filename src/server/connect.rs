@@ -452,4 +452,23 @@ mod tests {
             assert_eq!(names.get(DOORS.len() + i), Some(&d.name));
         }
     }
+
+    #[test]
+    fn an_answer_line_ends_at_its_crlf_or_at_256_bytes() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 6379));
+        let mut s = io::Cursor::new(b"+PONG\r\n+OK\r\n".to_vec());
+        assert_eq!(answer_line(&mut s, addr, "PING").unwrap(), "+PONG");
+        // Nothing after the line was taken.
+        assert_eq!(s.position(), 7);
+        let mut long = io::Cursor::new(vec![b'x'; 300]);
+        assert_eq!(
+            answer_line(&mut long, addr, "PING").unwrap(),
+            "x".repeat(256)
+        );
+        let mut cut = io::Cursor::new(b"+PON".to_vec());
+        assert_eq!(
+            answer_line(&mut cut, addr, "PING").unwrap_err(),
+            "127.0.0.1:6379 closed the connection without answering PING"
+        );
+    }
 }

@@ -179,4 +179,39 @@ mod tests {
         assert_eq!(addr.port(), 80);
         assert!(of(b).result.is_err());
     }
+
+    #[test]
+    fn threads_start_as_lookups_wait_up_to_four_and_lookups_past_the_bound_are_refused() {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(9)).unwrap());
+        let mut r = Resolver::new(waker);
+        let conn = ConnId { key: 1, gen: 1 };
+        // A lookup stays under way until its answer is taken, so nothing
+        // here depends on how fast the threads answer.
+        for n in 1..=2 * MAX_THREADS {
+            r.lookup(conn, "127.0.0.1", 80).unwrap();
+            assert_eq!(r.threads, n.min(MAX_THREADS), "after {n} lookups");
+        }
+        while r.pending() < MAX_PENDING {
+            r.lookup(conn, "127.0.0.1", 80).unwrap();
+        }
+        assert_eq!(r.threads, MAX_THREADS);
+        let refused = r.lookup(conn, "127.0.0.1", 80).unwrap_err();
+        assert!(
+            refused.to_string().contains("already under way"),
+            "{refused}"
+        );
+        let mut answered = 0;
+        let mut events = Events::with_capacity(8);
+        while answered < MAX_PENDING {
+            poll.poll(&mut events, Some(Duration::from_secs(30)))
+                .unwrap();
+            assert!(!events.is_empty(), "no wake-up within 30 s");
+            for a in r.answers() {
+                assert_eq!(a.result.unwrap(), SocketAddr::from(([127, 0, 0, 1], 80)));
+                answered += 1;
+            }
+        }
+        assert_eq!(r.pending(), 0);
+    }
 }
