@@ -203,20 +203,20 @@ impl Thread {
             .disk
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.len >= self.segment_bytes {
-            self.rotate(&[])?;
+            self.rotate()?;
         }
         Ok(())
     }
 
     /// Closes the open segment (durable unless `--fsync no`) and starts the next.
-    fn rotate(&mut self, first: &[u8]) -> io::Result<()> {
+    fn rotate(&mut self) -> io::Result<()> {
         if self.mode != Fsync::No {
             self.file.sync_data()?;
         }
         let next = self.segment + 1;
-        self.file = create_segment(&self.dir, next, first)?;
+        self.file = create_segment(&self.dir, next, &[])?;
         self.segment = next;
-        self.len = (MAGIC.len() + first.len()) as u64;
+        self.len = MAGIC.len() as u64;
         self.shared.disk.fetch_add(self.len, Ordering::Relaxed);
         Ok(())
     }
