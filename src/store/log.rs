@@ -415,6 +415,15 @@ mod tests {
         offsets
     }
 
+    /// Bytes of the segments in `dir`.
+    fn on_disk(dir: &Path) -> u64 {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .map(|(_, p)| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
     fn bodies(s: &State) -> Vec<Bytes> {
         s.line.values().map(|m| m.body.clone()).collect()
     }
@@ -429,6 +438,8 @@ mod tests {
         assert_eq!(r.state.next_seq, 3);
         assert_eq!(r.records, 4);
         assert!(r.truncated.is_none());
+        assert_eq!(r.last_segment, 2);
+        assert_eq!(r.bytes, on_disk(&dir));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -437,13 +448,18 @@ mod tests {
         let dir = tempdir("snapshot");
         write_segment(&dir, 1, &[enqueue(0, "old")]);
         let snap = Record::Snapshot {
-            next_seq: 5,
-            loose_ids: 0,
-            epoch_s: 1,
+            next_seq: 9,
+            loose_ids: 2,
+            epoch_s: 7,
         };
         write_segment(&dir, 2, &[snap, enqueue(5, "new")]);
         let r = replay(&dir).unwrap();
         assert_eq!(bodies(&r.state), vec![b("new")]);
+        // The snapshot's counters, which no later record raised.
+        assert_eq!(
+            (r.state.next_seq, r.state.loose_ids, r.state.epoch_s),
+            (9, 2, 7)
+        );
         assert_eq!(r.obsolete, vec![dir.join(segment_name(1))]);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -467,10 +483,12 @@ mod tests {
             );
             let expect_trunc = if cut == last { None } else { Some(last as u64) };
             assert_eq!(
-                r.truncated.as_ref().map(|t| t.1),
-                expect_trunc,
+                r.truncated.as_ref().map(|t| (t.1, t.2)),
+                expect_trunc.map(|at| (at, (cut - last) as u64)),
                 "cut at {cut}"
             );
+            // What is left of the files is what was replayed.
+            assert_eq!(r.bytes, on_disk(&dir), "cut at {cut}");
             assert_eq!(fs::metadata(&path).unwrap().len(), last as u64);
             // A second start finds a clean log.
             let again = replay(&dir).unwrap();
@@ -609,6 +627,55 @@ mod tests {
         assert_eq!(q.messages.len(), 1);
         assert!(q.messages[&1].seen);
         assert_eq!(r.state.loose_ids, 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // Which files are segments, and a last segment that is not a log or
+    // was cut in its first record.
+
+    #[test]
+    fn only_files_named_by_20_digits_are_segments() {
+        let dir = tempdir("names");
+        for name in [
+            "12.log",
+            "aaaaaaaaaaaaaaaaaaaa.log",
+            "00000000000000000001.log.tmp",
+            "00000000000000000002",
+            "00000000000000000003.log",
+        ] {
+            fs::write(dir.join(name), MAGIC).unwrap();
+        }
+        assert_eq!(
+            segments(&dir).unwrap(),
+            vec![(3, dir.join("00000000000000000003.log"))]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_last_segment_that_is_no_log_stops_replay_and_one_cut_in_its_first_record_keeps_its_magic()
+    {
+        let dir = tempdir("last");
+        write_segment(&dir, 1, &[enqueue(0, "kept")]);
+        let path = dir.join(segment_name(2));
+        // Shorter than the magic, but not a piece of it.
+        fs::write(&path, b"abc").unwrap();
+        match replay(&dir) {
+            Err(ReplayError::Corrupt { file, offset, .. }) => {
+                assert_eq!((file, offset), (path.clone(), 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"abc");
+        // The magic and five bytes of a record: cut back to the magic.
+        let mut cut = MAGIC.to_vec();
+        encode(&mut cut, &enqueue(1, "lost"));
+        cut.truncate(MAGIC.len() + 5);
+        fs::write(&path, &cut).unwrap();
+        let r = replay(&dir).unwrap();
+        assert_eq!(bodies(&r.state), vec![b("kept")]);
+        assert_eq!(r.truncated.map(|t| (t.1, t.2)), Some((8, 5)));
+        assert_eq!(fs::read(&path).unwrap(), MAGIC);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -600,4 +600,268 @@ mod tests {
         drop(first);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    // The journal's counts, the store's batch numbers, reports, refusal,
+    // compaction rule and backlog limit, the epoch, the disk count, and
+    // what a stop writes.
+
+    fn decoded(data: Vec<u8>) -> Vec<Record> {
+        record::decode_all(&Bytes::from(data)).unwrap()
+    }
+
+    /// Bytes of the segments in `dir`.
+    fn on_disk(dir: &Path) -> u64 {
+        log::segments(dir)
+            .unwrap()
+            .iter()
+            .map(|(_, p)| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    /// Waits (10 s at most) until the writer reports batch `n` durable.
+    fn wait_synced(poll: &mut Poll, s: &mut Store, n: u64) {
+        let mut events = mio::Events::with_capacity(4);
+        while s.synced() < n {
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(!events.is_empty(), "the writer never reported batch {n}");
+            for r in s.take_reports() {
+                assert!(r.is_ok(), "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_by_default_are_64_mib() {
+        assert_eq!(
+            Sizes::default(),
+            Sizes {
+                segment: 67_108_864,
+                compact_min: 67_108_864,
+            }
+        );
+    }
+
+    #[test]
+    fn the_journal_counts_its_records_and_keeps_its_clock() {
+        let j = Journal::new(1_234_567);
+        assert_eq!(j.epoch_ms(), 1_234_567);
+        assert_eq!((j.records(), j.pending()), (0, 0));
+        j.enqueue(4, 5, 6, b"q", Some(b"r"), b"body");
+        j.dequeue(4, true);
+        j.record(&Record::LooseIds { next: 3 });
+        assert_eq!(j.records(), 3);
+        let pending = j.pending();
+        let data = j.take();
+        assert_eq!(data.len(), pending);
+        assert_eq!(j.pending(), 0);
+        assert_eq!(
+            decoded(data),
+            vec![
+                Record::Enqueue {
+                    seq: 4,
+                    deadline: 5,
+                    timeout_s: 6,
+                    to: Bytes::from_static(b"q"),
+                    reply: Some(Bytes::from_static(b"r")),
+                    body: Bytes::from_static(b"body"),
+                },
+                Record::Expire { seq: 4 },
+                Record::LooseIds { next: 3 },
+            ]
+        );
+        // Counted since start, not since the last take.
+        j.dequeue(5, false);
+        assert_eq!(j.records(), 4);
+        assert_eq!(decoded(j.take()), vec![Record::Take { seq: 5 }]);
+    }
+
+    #[test]
+    fn batches_are_numbered_and_handed_to_the_writer_in_order() {
+        let dir = tempdir("batches");
+        let poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let mut opened = open(&dir, Fsync::Always, &w);
+        let s = &mut opened.store;
+        // The jobs come here instead of to the writer.
+        let (tx, jobs) = mpsc::channel();
+        s.jobs = Some(tx);
+        assert_eq!(s.batch(), 1);
+        assert!(!s.submit());
+        assert!(jobs.try_recv().is_err());
+        assert_eq!(s.batch(), 1);
+        s.journal.dequeue(7, false);
+        s.journal.dequeue(8, false);
+        assert!(s.submit());
+        assert_eq!(s.batch(), 2);
+        match jobs.try_recv().unwrap() {
+            writer::Job::Batch { n, data } => {
+                assert_eq!(n, 1);
+                assert_eq!(s.shared.pending.load(Ordering::Relaxed), data.len() as u64);
+                assert_eq!(
+                    decoded(data),
+                    vec![Record::Take { seq: 7 }, Record::Take { seq: 8 }]
+                );
+            }
+            writer::Job::Snapshot { .. } => panic!("a snapshot instead of a batch"),
+        }
+        s.journal.dequeue(9, false);
+        assert!(s.submit());
+        assert_eq!(s.batch(), 3);
+        assert!(matches!(
+            jobs.try_recv(),
+            Ok(writer::Job::Batch { n: 2, .. })
+        ));
+        // A batch handed over is no failure.
+        s.update_refusal();
+        assert_eq!((s.journal.refusal(), s.refusal_ends()), (None, None));
+        // The writer gone: the store refuses records for a moment.
+        s.jobs = None;
+        s.journal.dequeue(10, false);
+        assert!(s.submit());
+        s.update_refusal();
+        assert_eq!(s.journal.refusal(), Some(Refusal::Failed));
+        assert!(s.refusal_ends().unwrap() > Instant::now());
+        drop(opened);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reports_refusal_and_when_to_compact() {
+        let dir = tempdir("compact");
+        let poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let sizes = Sizes {
+            segment: 1 << 20,
+            compact_min: 1000,
+        };
+        let mut opened = Store::open(&dir, Fsync::Always, sizes, 1_000_000, w).unwrap();
+        let s = &mut opened.store;
+        // Neither the writer's jobs nor its reports reach it: the test
+        // plays the writer.
+        let (tx, jobs) = mpsc::channel();
+        s.jobs = Some(tx);
+        let (report, reports) = mpsc::channel();
+        s.reports = reports;
+        let on = |s: &Store, disk: u64, pending: u64| {
+            s.shared.disk.store(disk, Ordering::Relaxed);
+            s.shared.pending.store(pending, Ordering::Relaxed);
+        };
+        // More than --compact-min-bytes (written and pending) and more than
+        // 4 times the live data.
+        on(s, 1000, 0);
+        assert!(!s.wants_snapshot(0));
+        on(s, 600, 404);
+        assert!(s.wants_snapshot(250));
+        assert!(!s.wants_snapshot(251));
+        // One snapshot at a time.
+        s.snapshot(b"snapshot".to_vec());
+        assert!(matches!(
+            jobs.try_recv(),
+            Ok(writer::Job::Snapshot { n: 1, .. })
+        ));
+        assert_eq!(s.batch(), 2);
+        assert!(!s.wants_snapshot(0));
+        s.shared.snapshots.store(1, Ordering::Relaxed);
+        assert!(s.wants_snapshot(0));
+        // Reports: the highest batch made durable.
+        report.send(writer::Report::Synced(3)).unwrap();
+        report.send(writer::Report::Synced(2)).unwrap();
+        assert_eq!(s.take_reports(), vec![Ok(3), Ok(2)]);
+        assert_eq!(s.synced(), 3);
+        s.update_refusal();
+        assert_eq!((s.journal.refusal(), s.refusal_ends()), (None, None));
+        // A failure: refused for a moment, no snapshot meanwhile, then one
+        // however small the files.
+        report
+            .send(writer::Report::Failed(4, "disk full".into()))
+            .unwrap();
+        assert_eq!(s.take_reports(), vec![Err(4)]);
+        assert_eq!(s.synced(), 3);
+        s.update_refusal();
+        assert_eq!(s.journal.refusal(), Some(Refusal::Failed));
+        assert!(s.refusal_ends().unwrap() > Instant::now());
+        on(s, 0, 0);
+        assert!(!s.wants_snapshot(0));
+        s.failed_until = Some(Instant::now() - Duration::from_millis(1));
+        s.update_refusal();
+        assert_eq!((s.journal.refusal(), s.refusal_ends()), (None, None));
+        assert!(s.wants_snapshot(u64::MAX));
+        s.snapshot(b"snapshot".to_vec());
+        s.shared.snapshots.store(2, Ordering::Relaxed);
+        assert!(!s.wants_snapshot(u64::MAX));
+        // Behind: more than 256 MiB handed over and not written.
+        on(s, 0, 268_435_456);
+        assert!(!s.behind());
+        on(s, 0, 268_435_457);
+        assert!(s.behind());
+        drop(opened);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_start_has_a_later_epoch_and_counts_the_bytes_on_disk() {
+        let dir = tempdir("epoch");
+        let mut poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        let start = |clock_ms: u64| {
+            Store::open(
+                &dir,
+                Fsync::Always,
+                Sizes::default(),
+                clock_ms,
+                Arc::clone(&w),
+            )
+            .unwrap()
+        };
+        let mut opened = start(1_000_999);
+        assert_eq!(opened.epoch_s, 1000);
+        assert_eq!(opened.store.disk_bytes(), on_disk(&dir));
+        let s = &mut opened.store;
+        s.journal.enqueue(0, u64::MAX, 60, b"q", None, b"one");
+        s.submit();
+        wait_synced(&mut poll, s, 1);
+        assert_eq!(s.disk_bytes(), on_disk(&dir));
+        // Not submitted: the stop writes it.
+        s.journal.enqueue(1, u64::MAX, 60, b"q", None, b"two");
+        drop(opened);
+        // The clock went back: the epoch still goes forward.
+        let again = start(1_000_000);
+        assert_eq!(again.epoch_s, 1001);
+        assert_eq!(again.store.disk_bytes(), on_disk(&dir));
+        let bodies: Vec<Bytes> = again.state.line.values().map(|m| m.body.clone()).collect();
+        assert_eq!(
+            bodies,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        drop(again);
+        assert_eq!(start(5_000_000).epoch_s, 5000);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn without_fsync_always_the_writer_reports_nothing() {
+        let dir = tempdir("no-reports");
+        let poll = Poll::new().unwrap();
+        let w = waker(&poll);
+        for mode in [Fsync::No, Fsync::EverySec] {
+            let mut opened = open(&dir, mode, &w);
+            let s = &mut opened.store;
+            s.journal.dequeue(1, false);
+            assert!(s.submit());
+            // Joins the writer: everything it had is handled.
+            s.close();
+            assert_eq!(s.take_reports(), vec![]);
+            assert_eq!(s.synced(), 0);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_size_signal_does_not_end_the_process() {
+        // Without the handler, SIGXFSZ's default action would end the test
+        // process here (the write past the limit raises it).
+        catch_file_size_signal().unwrap();
+        signal_hook::low_level::raise(signal_hook::consts::SIGXFSZ).unwrap();
+    }
 }

@@ -560,4 +560,40 @@ mod tests {
             assert_eq!(decode(&Bytes::from(body), crc), Err(Bad::Checksum));
         }
     }
+
+    // The length a header may announce, and what each refusal says.
+
+    fn header(len: u32) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&len.to_le_bytes());
+        h[4..8].copy_from_slice(&(!len).to_le_bytes());
+        h[8..].copy_from_slice(&7u32.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_body_is_1_byte_to_1_gib_and_1_mib_long() {
+        assert_eq!(header_len(&header(1)), Ok((1, 7)));
+        assert_eq!(header_len(&header(1_074_790_400)), Ok((1_074_790_400, 7)));
+        assert_eq!(
+            header_len(&header(1_074_790_401)),
+            Err(Bad::TooLong(1_074_790_401))
+        );
+        assert_eq!(header_len(&header(0)), Err(Bad::TooLong(0)));
+    }
+
+    #[test]
+    fn every_refusal_says_why() {
+        for (bad, text) in [
+            (Bad::Header, "the record header is damaged"),
+            (Bad::TooLong(0), "a record length of 0 bytes is impossible"),
+            (Bad::Checksum, "the checksum does not match"),
+            (
+                Bad::Body("cut short"),
+                "the record does not decode: cut short",
+            ),
+        ] {
+            assert_eq!(bad.to_string(), text);
+        }
+    }
 }

@@ -88,6 +88,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// True when a write of `bytes` took the bytes pending from past
+/// [`super::MAX_PENDING`] (the loop stopped reading) to half of it or less
+/// (the loop must be woken to read again).
+fn caught_up(was: u64, bytes: u64) -> bool {
+    was > super::MAX_PENDING && was - bytes <= super::MAX_PENDING / 2
+}
+
 impl Thread {
     pub fn run(mut self) {
         let mut last_sync = Instant::now();
@@ -127,8 +134,7 @@ impl Thread {
                         .shared
                         .pending
                         .fetch_sub(bytes as u64, Ordering::Relaxed);
-                    // The loop stopped reading while this far behind.
-                    if was > super::MAX_PENDING && was - bytes as u64 <= super::MAX_PENDING / 2 {
+                    if caught_up(was, bytes as u64) {
                         if let Err(e) = self.waker.wake() {
                             log::warn!("store: waking the loop: {e}");
                         }
@@ -197,20 +203,20 @@ impl Thread {
             .disk
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.len >= self.segment_bytes {
-            self.rotate(&[])?;
+            self.rotate()?;
         }
         Ok(())
     }
 
     /// Closes the open segment (durable unless `--fsync no`) and starts the next.
-    fn rotate(&mut self, first: &[u8]) -> io::Result<()> {
+    fn rotate(&mut self) -> io::Result<()> {
         if self.mode != Fsync::No {
             self.file.sync_data()?;
         }
         let next = self.segment + 1;
-        self.file = create_segment(&self.dir, next, first)?;
+        self.file = create_segment(&self.dir, next, &[])?;
         self.segment = next;
-        self.len = (MAGIC.len() + first.len()) as u64;
+        self.len = MAGIC.len() as u64;
         self.shared.disk.fetch_add(self.len, Ordering::Relaxed);
         Ok(())
     }
@@ -255,5 +261,185 @@ impl Thread {
         }
         self.shared.disk.store(disk, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::log::{segment_name, segments};
+    use crate::store::record::{encode, Record};
+    use bytes::Bytes;
+    use mio::{Poll, Token};
+    use std::sync::mpsc;
+
+    // Run by hand (jobs queued, then the sender dropped so that `run`
+    // returns): rotation, the bytes counted on disk, snapshots, failed
+    // writes, and when the loop is woken.
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-writer-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A thread on segment 1 of `dir` (`file`: that segment, or another
+    /// file to write to), the jobs' sender and the reports.
+    fn thread(
+        dir: &Path,
+        mode: Fsync,
+        segment_bytes: u64,
+        file: Option<File>,
+        poll: &Poll,
+    ) -> (Thread, mpsc::Sender<Job>, mpsc::Receiver<Report>) {
+        let file = file.unwrap_or_else(|| create_segment(dir, 1, &[]).unwrap());
+        let (jobs_tx, jobs) = mpsc::channel();
+        let (reports, reports_rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        shared.disk.store(MAGIC.len() as u64, Ordering::Relaxed);
+        let t = Thread {
+            dir: dir.to_path_buf(),
+            mode,
+            segment_bytes,
+            file,
+            segment: 1,
+            len: MAGIC.len() as u64,
+            jobs,
+            reports,
+            shared,
+            waker: Arc::new(Waker::new(poll.registry(), Token(1)).unwrap()),
+        };
+        (t, jobs_tx, reports_rx)
+    }
+
+    /// A batch of one record of 97 bytes.
+    fn batch(n: u64) -> Job {
+        let mut data = Vec::new();
+        encode(
+            &mut data,
+            &Record::Enqueue {
+                seq: n,
+                deadline: u64::MAX,
+                timeout_s: 60,
+                to: Bytes::from_static(b"q"),
+                reply: None,
+                body: Bytes::from(vec![b'x'; 50]),
+            },
+        );
+        assert_eq!(data.len(), 97);
+        Job::Batch { n, data }
+    }
+
+    fn sizes(dir: &Path) -> Vec<(u64, u64)> {
+        segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(n, p)| (n, fs::metadata(p).unwrap().len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_is_closed_once_it_holds_segment_bytes() {
+        let dir = tempdir("rotate");
+        let poll = Poll::new().unwrap();
+        let (t, jobs, reports) = thread(&dir, Fsync::Always, 300, None, &poll);
+        let shared = Arc::clone(&t.shared);
+        for n in 1..=5 {
+            jobs.send(batch(n)).unwrap();
+        }
+        shared.pending.store(5 * 97, Ordering::Relaxed);
+        drop(jobs);
+        t.run();
+        // 8 + 4 × 97 = 396 bytes reach 300: the fifth batch starts the next.
+        assert_eq!(sizes(&dir), vec![(1, 8 + 4 * 97), (2, 8 + 97)]);
+        assert_eq!(shared.disk.load(Ordering::Relaxed), 8 + 4 * 97 + 8 + 97);
+        assert_eq!(shared.pending.load(Ordering::Relaxed), 0);
+        let got: Vec<String> = reports.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(got, vec!["Synced(5)"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_is_the_next_segment_and_replaces_the_older_ones() {
+        let dir = tempdir("snapshot");
+        let poll = Poll::new().unwrap();
+        let (t, jobs, reports) = thread(&dir, Fsync::Always, 1 << 20, None, &poll);
+        let shared = Arc::clone(&t.shared);
+        // Older than the open segment 1, one that cannot be deleted (a
+        // directory by its name): its bytes still count.
+        let stuck = dir.join(segment_name(0));
+        fs::create_dir(&stuck).unwrap();
+        let stuck_len = fs::metadata(&stuck).unwrap().len();
+        assert!(stuck_len > 0);
+        let mut snap = Vec::new();
+        encode(
+            &mut snap,
+            &Record::Snapshot {
+                next_seq: 1,
+                loose_ids: 0,
+                epoch_s: 1,
+            },
+        );
+        jobs.send(batch(1)).unwrap();
+        jobs.send(Job::Snapshot {
+            n: 2,
+            data: snap.clone(),
+        })
+        .unwrap();
+        jobs.send(batch(3)).unwrap();
+        drop(jobs);
+        t.run();
+        let names: Vec<u64> = segments(&dir).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(names, vec![0, 2]);
+        let mut want = MAGIC.to_vec();
+        want.extend_from_slice(&snap);
+        let Job::Batch { data, .. } = batch(3) else {
+            unreachable!()
+        };
+        want.extend_from_slice(&data);
+        assert_eq!(fs::read(dir.join(segment_name(2))).unwrap(), want);
+        assert_eq!(
+            shared.disk.load(Ordering::Relaxed),
+            want.len() as u64 + stuck_len
+        );
+        assert_eq!(shared.snapshots.load(Ordering::Relaxed), 1);
+        let got: Vec<String> = reports.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(got, vec!["Synced(3)"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_as_failed() {
+        let dir = tempdir("failed");
+        let poll = Poll::new().unwrap();
+        // A file open for reading only: every write fails.
+        let path = dir.join("read-only");
+        fs::write(&path, b"").unwrap();
+        let file = File::open(&path).unwrap();
+        let (t, jobs, reports) = thread(&dir, Fsync::Always, 1 << 20, Some(file), &poll);
+        jobs.send(batch(1)).unwrap();
+        drop(jobs);
+        t.run();
+        let got: Vec<Report> = reports.iter().collect();
+        assert!(
+            matches!(&got[..], [Report::Failed(1, why)] if why.starts_with("write: ")),
+            "{got:?}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_loop_is_woken_once_the_writer_is_back_below_half_the_limit() {
+        let max = 256 << 20;
+        // From past the limit to half of it: wake.
+        assert!(caught_up(max + 1, max / 2 + 1));
+        assert!(caught_up(max + 1, max + 1));
+        // Not past the limit before: the loop was reading.
+        assert!(!caught_up(max, max));
+        // Still more than half left.
+        assert!(!caught_up(max + 1, max / 2));
+        assert!(!caught_up(max + 10, 5));
     }
 }
