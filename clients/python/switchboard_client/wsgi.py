@@ -4,14 +4,13 @@
 
 Each worker is a process with one line-protocol connection. It takes a
 request from the proxy queue (``<``), reads its body from ``bodyAddr``, runs
-the application, and answers on the request's reply address.
+the application, and answers on the request's reply address: the head
+``["STATUS", ["Name", "value", ...]]`` once the first body bytes are ready,
+each non-empty piece of the body as one message, then an empty message.
 
-A response given as a list or tuple is one message, the whole HTTP response
-(``HTTP/1.1 STATUS``, the headers, its ``Content-Length``, the body), sent in
-one write. Any other iterable is streamed: the head ``["STATUS", ["Name",
-"value", ...]]`` once the first body bytes are ready, each non-empty piece
-of the body as one message as the application yields it, then an empty
-message.
+A response given as a list or tuple is sent with a ``Content-Length`` (when
+the application gave none) and in one write; any other iterable is streamed
+piece by piece as the application yields it.
 
 SIGTERM or SIGINT: each worker finishes its request and leaves after its
 next empty wait (it waits with a one-second timeout), so no request handed
@@ -25,7 +24,6 @@ import importlib
 import io
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -203,44 +201,12 @@ class Response:
 
     def whole(self, chunks):
         """A body known in full: with its length, and the end, in one write
-        (it leaves with the worker's next wait). When nothing was sent yet,
-        as one message: the whole HTTP response."""
+        (it leaves with the worker's next wait)."""
         chunks = [c if c.__class__ is bytes else _chunk(c) for c in chunks]
         if not self.head_sent:
-            length = sum(map(len, chunks))
-            head = self._whole_head(length)
-            if head is not None:
-                self.head_sent = True
-                chunks.insert(0, head)
-                self.client._send_many(self.reply, (b"".join(chunks),), self.timeout)
-                return
-            chunks.insert(0, self._head(length=length))
+            chunks.insert(0, self._head(length=sum(map(len, chunks))))
         chunks.append(b"")
         self.client._send_many(self.reply, chunks, self.timeout)
-
-    def _whole_head(self, length):
-        """The head of a whole reply (``HTTP/1.1 STATUS``, header lines, a
-        blank line) for a body of ``length`` bytes, or None when the JSON
-        head must go instead: a status or header the proxy would refuse (it
-        then says why, 502) or a Content-Length other than ``length``."""
-        if self.status is None:
-            raise AssertionError("the application sent a body before start_response")
-        if _BAD_STATUS.search(self.status):
-            return None
-        lines = ["HTTP/1.1 %s\r\n" % self.status]
-        named_length = False
-        for name, value in self.headers:
-            if not _TOKEN.match(name) or _BAD_VALUE.search(value):
-                return None
-            if name.lower() == "content-length":
-                if value.strip() != str(length):
-                    return None
-                named_length = True
-            lines.append("%s: %s\r\n" % (name, value if value.isascii() else _unnative(value)))
-        if not named_length:
-            lines.append("Content-Length: %d\r\n" % length)
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8")
 
     def end(self):
         """The end; it leaves with the worker's next wait, in one write."""
@@ -250,11 +216,6 @@ class Response:
             head = self._head(length=0 if self.status is not None else None)
             self.client._send_many(self.reply, (head, b""), self.timeout)
 
-
-#: What a whole reply's head may hold (see ``Response._whole_head``).
-_BAD_STATUS = re.compile(r"[^\x20-\x7e]|^(?![0-9]{3}(?: |$))")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _scan = json.JSONDecoder().scan_once
 

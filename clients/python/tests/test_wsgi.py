@@ -72,57 +72,6 @@ class HeadTest(unittest.TestCase):
         self.assertEqual(r._head(length=3), b'["200",["content-length","3"]]')
 
 
-class _Sent:
-    """Stands for the client: keeps what ``Response`` hands it."""
-
-    def __init__(self):
-        self.messages = []
-
-    def _send_many(self, to, bodies, timeout):
-        self.messages.extend((to, b) for b in bodies)
-
-
-class WholeReplyTest(unittest.TestCase):
-    """A body known in full goes as one message, the whole HTTP response;
-    whatever the proxy would refuse goes as the JSON head, so that the
-    proxy's 502 says why."""
-
-    def answer(self, status, headers, chunks):
-        sent = _Sent()
-        r = Response(sent, "R.1", 30)
-        r.start_response(status, headers)
-        r.whole(chunks)
-        return [body for _, body in sent.messages]
-
-    def test_one_message_with_its_length(self):
-        got = self.answer(
-            "201 Created",
-            [("Content-Type", "text/plain"), ("X-Latin", "caf\u00c3\u00a9"), ("X-Tab", "a\tb")],
-            [b"hello, ", "world"],
-        )
-        self.assertEqual(
-            got,
-            [b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Latin: caf\xc3\xa9\r\n"
-             b"X-Tab: a\tb\r\nContent-Length: 12\r\n\r\nhello, world"],
-        )
-        # The application's own length, when it is right, is not given twice.
-        got = self.answer("200 OK", [("content-length", "2")], [b"ok"])
-        self.assertEqual(got, [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])
-
-    def test_what_the_proxy_would_refuse_goes_as_the_json_head(self):
-        for status, headers in [
-            ("200 OK", [("X-A", "v\r\nSet-Cookie: evil=1")]),
-            ("200 OK", [("X A", "v")]),
-            ("200 OK", [("Content-Length", "5")]),  # the body has 2 bytes
-            ("20 OK", []),
-            ("200 OK\r\nX-Evil: 1", []),
-        ]:
-            got = self.answer(status, headers, [b"ok"])
-            self.assertEqual(len(got), 3, (status, headers, got))
-            self.assertTrue(got[0].startswith(b"["), got)
-            self.assertEqual(got[1:], [b"ok", b""])
-
-
 class AdapterTest(unittest.TestCase):
     """The adapter in front of the real server, with two workers."""
 
