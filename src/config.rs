@@ -156,7 +156,8 @@ pub struct Limits {
     pub request_timeout_s: u64,
     /// Bytes queued messages may hold, per address and in total.
     pub queues: crate::broker::queues::QueueLimits,
-    /// Outbound connections (webhook deliveries) open at once.
+    /// Outbound connections open at once, those still connecting included:
+    /// webhook deliveries and a cluster node's links to Redis.
     pub max_outbound: usize,
 }
 
@@ -430,7 +431,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub hooks_ca: Option<PathBuf>,
 
-    /// Outbound connections (webhook deliveries) open at once.
+    /// Outbound connections open at once, those still connecting included:
+    /// webhook deliveries and a cluster node's links to Redis.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_outbound)]
     pub max_outbound: usize,
 
