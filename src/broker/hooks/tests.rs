@@ -101,6 +101,14 @@ impl World {
         self.hooks.on_reply(link, reply, self.now, &mut self.out)
     }
 
+    /// The one link request is to hang up `conn`'s link.
+    fn hung_up(&mut self, conn: ConnId, timed_out: bool) {
+        assert_eq!(
+            self.hooks.take_links(),
+            vec![LinkRequest::HangUp { conn, timed_out }]
+        );
+    }
+
     fn at(&mut self, now: Millis) {
         self.now = now;
         self.hooks.on_timers(now, &mut self.out);
@@ -150,13 +158,7 @@ fn delivers_in_order_on_one_kept_alive_link() {
     assert_eq!(w.hooks.held_bytes(), 0);
     // Idle for 30 s: hung up.
     w.at(w.now + IDLE_MS);
-    assert_eq!(
-        w.hooks.take_links(),
-        vec![LinkRequest::HangUp {
-            conn,
-            timed_out: false
-        }]
-    );
+    w.hung_up(conn, false);
 }
 
 #[test]
@@ -300,13 +302,7 @@ fn a_dead_receiver_holds_only_its_own_share() {
     // The slow one never answers: after the timeout its link is hung up
     // and the attempt counts.
     w.at(w.now + 15_000);
-    assert_eq!(
-        w.hooks.take_links(),
-        vec![LinkRequest::HangUp {
-            conn: slow_conn,
-            timed_out: true
-        }]
-    );
+    w.hung_up(slow_conn, true);
     assert_eq!(w.counts(slow).retried, 1);
     // Its connection's close is then reported, and changes nothing.
     w.hooks.link_closed(slow_link, false, w.now, &mut w.out);
@@ -377,13 +373,7 @@ fn connect_failures_count_and_disconnect_hangs_up() {
     let conn = w.up(link);
     assert_eq!(w.bodies(conn).len(), 1);
     w.hooks.disconnect(r, &mut w.channels).unwrap();
-    assert_eq!(
-        w.hooks.take_links(),
-        vec![LinkRequest::HangUp {
-            conn,
-            timed_out: false
-        }]
-    );
+    w.hung_up(conn, false);
     assert_eq!(w.hooks.in_flight(), 0);
     assert_eq!(w.hooks.totals().dropped, 1);
     // A link that comes up for a receiver that is gone is not wanted.
@@ -518,13 +508,7 @@ fn a_busy_link_holds_one_deadline() {
     w.at(w.now + 14_999);
     assert!(w.hooks.take_links().is_empty());
     w.at(w.now + 1);
-    assert_eq!(
-        w.hooks.take_links(),
-        vec![LinkRequest::HangUp {
-            conn,
-            timed_out: true
-        }]
-    );
+    w.hung_up(conn, true);
 }
 
 // The limits at their edges, the dashboard's figures, and the paths where a
@@ -745,13 +729,7 @@ fn an_answer_deadline_earlier_than_the_idle_one_is_kept() {
     w.at(t0 + 34_999);
     assert!(w.hooks.take_links().is_empty());
     w.at(t0 + 35_000);
-    assert_eq!(
-        w.hooks.take_links(),
-        vec![LinkRequest::HangUp {
-            conn,
-            timed_out: true
-        }]
-    );
+    w.hung_up(conn, true);
 }
 
 #[test]
