@@ -991,7 +991,7 @@ fn sharded_pub_sub_falls_back_to_classic_when_redis_refuses_it() {
     for n in [&a, &b] {
         let v = Stats::open(n.bus()).get();
         assert_eq!(v["cluster"]["sharded"], false, "{v}");
-        let log = wait_log(n, "has no sharded pub/sub");
+        let log = n.wait_log("has no sharded pub/sub");
         assert!(log.contains("NOPERM"), "{log}");
     }
     assert_eq!(pubsub_count(&redis, "NUMSUB", "switchboard:feed"), 1);
@@ -1038,7 +1038,7 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     gone.kill();
     let lone = Server::start(&["--cluster", &url, "--cluster-optional"]);
     // The failed connect names the address it tried.
-    let log = wait_log(&lone, "link to Redis at");
+    let log = lone.wait_log("link to Redis at");
     assert!(
         log.contains(&format!("failed: connect 127.0.0.1:{}: ", gone.port)),
         "{log}"
@@ -1130,8 +1130,8 @@ fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_neve
         "--log-level",
         "debug",
     ]);
-    let log = wait_log(&refused, "refused the publisher link");
-    wait_log(&refused, "refused the subscriber link");
+    let log = refused.wait_log("refused the publisher link");
+    refused.wait_log("refused the subscriber link");
     assert!(log.contains("WRONGPASS"), "{log}");
     let v = Stats::open(refused.bus()).get();
     assert_eq!(v["cluster"]["up"], false);
@@ -1143,23 +1143,6 @@ fn a_password_protected_redis_takes_the_credentials_of_the_url_and_they_are_neve
         let log = server.stderr_text();
         assert!(log.contains("cluster"), "{log}");
         assert!(!log.contains(secret), "the password is in the log: {log}");
-    }
-}
-
-/// Waits until the server's log holds `needle` (it is written after the
-/// event that causes it, so it is awaited, for up to 20 s); the whole log.
-fn wait_log(server: &Server, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = server.stderr_text();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not in the log: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1982,7 +1965,7 @@ fn switch_messages_restored_from_the_data_dir_of_a_node_without_cluster_are_repo
     // node says so.
     let redis = Redis::start();
     let n = switch_node_with(&redis, &["--data-dir", &data, "--log-level", "info"]);
-    let log = wait_log(&n, "restored 0 queued line messages and 1 switch messages");
+    let log = n.wait_log("restored 0 queued line messages and 1 switch messages");
     assert!(
         log.contains("1 switch messages restored from --data-dir stay in this node's own queues"),
         "{log}"
@@ -1999,7 +1982,7 @@ fn switch_messages_restored_from_the_data_dir_of_a_node_without_cluster_are_repo
             "info",
         ],
     );
-    let log = wait_log(&m, "cluster: queue link up");
+    let log = m.wait_log("cluster: queue link up");
     assert!(
         log.contains("restored 0 queued line messages and 0 switch messages"),
         "{log}"

@@ -833,3 +833,176 @@ fn a_failing_write_on_the_line_door_answers_store_unavailable_and_the_server_ser
     );
     assert!(server.terminate().success());
 }
+
+/// The server's store writer thread (named `store`), stopped with ptrace
+/// while this lives: a disk that does not keep up, without a slow disk.
+/// Only the thread that stopped it may let it go, so a test creates and
+/// drops it on its own thread (a tracer that ends lets its tracee go too).
+struct StoppedWriter {
+    tid: i32,
+}
+
+mod sys {
+    use std::ffi::{c_int, c_long};
+
+    pub const PTRACE_DETACH: c_int = 17;
+    pub const PTRACE_SEIZE: c_int = 0x4206;
+    pub const PTRACE_INTERRUPT: c_int = 0x4207;
+    /// `__WALL`: wait for a thread that is not a child.
+    pub const WALL: c_int = 0x4000_0000;
+
+    extern "C" {
+        pub fn ptrace(request: c_int, ...) -> c_long;
+        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+    }
+}
+
+impl StoppedWriter {
+    /// The writer's thread id. A thread names itself once it runs, so the
+    /// name is awaited (up to 10 s).
+    fn writer_tid(server: &Server) -> i32 {
+        let tasks = format!("/proc/{}/task", server.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut names = Vec::new();
+            for task in std::fs::read_dir(&tasks).unwrap() {
+                let task = task.unwrap().path();
+                let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+                    continue; // a thread that ended meanwhile
+                };
+                if name.trim() == "store" {
+                    let tid = task.file_name().unwrap().to_str().unwrap();
+                    return tid.parse().unwrap();
+                }
+                names.push(name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no thread named store in {tasks}: {names:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(server: &Server) -> StoppedWriter {
+        let tid = Self::writer_tid(server);
+        let null = std::ptr::null_mut::<std::ffi::c_void>();
+        // SAFETY: plain system calls on a thread of our own child process.
+        unsafe {
+            assert_eq!(
+                sys::ptrace(sys::PTRACE_SEIZE, tid, null, null),
+                0,
+                "ptrace(PTRACE_SEIZE): {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(sys::ptrace(sys::PTRACE_INTERRUPT, tid, null, null), 0);
+            let mut status = 0;
+            assert_eq!(sys::waitpid(tid, &mut status, sys::WALL), tid);
+        }
+        StoppedWriter { tid }
+    }
+}
+
+impl Drop for StoppedWriter {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<std::ffi::c_void>();
+        // SAFETY: as above; the thread is in a ptrace stop.
+        unsafe { sys::ptrace(sys::PTRACE_DETACH, self.tid, null, 0usize) };
+    }
+}
+
+/// A disk slower than the input (docs/durability.md): once more than
+/// 256 MiB of records wait for the writer, the loop reads no input, says so
+/// in the log, and reads again once the writer has caught up. The writer
+/// thread is stopped (ptrace) while a connection sends 320 MiB.
+#[test]
+fn a_writer_far_behind_holds_input_back_until_it_catches_up() {
+    const MIB: usize = 320;
+    let dir = TempDir::new("durable-behind");
+    let server = Server::start(&[
+        "--bus-listen",
+        "off",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--log-level",
+        "info",
+        "--max-queued-bytes",
+        "1073741824",
+        "--max-queued-bytes-per-address",
+        "1073741824",
+    ]);
+    let writer = StoppedWriter::stop(&server);
+    let body = "x".repeat(64 * 1024);
+    let run = format!("> 65536 3600 far\r\n{body}\r\n").repeat(16);
+    let mut s = common::connect(server.line());
+    let sender = thread::spawn(move || {
+        for _ in 0..MIB {
+            std::io::Write::write_all(&mut s, run.as_bytes()).unwrap();
+        }
+        s
+    });
+    // Past 256 MiB the loop stops reading; the 64 MiB left are more than
+    // the sockets' buffers hold, so the sender cannot be done.
+    server.wait_log("input waits until it is back below 128 MiB");
+    assert!(
+        !sender.is_finished(),
+        "all {MIB} MiB were read while the writer was stopped"
+    );
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sender.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the sender is still blocked 60 s after the writer went on: its input was not read again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _s = sender.join().unwrap();
+    server.wait_log("store: the writer caught up: reading input again");
+    let got = take_line(&server, "far", MIB * 16);
+    assert!(got.iter().all(|b| b.len() == 64 * 1024));
+    assert!(drain_line(&server, "far").is_empty());
+}
+
+/// At shutdown the store is written and synced first, then the answers held
+/// for it (`--fsync always`) go out. The writer is stopped when SIGINT
+/// comes, so the answer is still held when the shutdown begins; it is let
+/// go once the shutdown has begun, and the message is there after a
+/// restart.
+#[test]
+fn an_answer_held_for_the_disk_goes_out_at_shutdown_once_synced() {
+    let dir = TempDir::new("durable-held-at-shutdown");
+    let args = [
+        "--bus-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--fsync",
+        "always",
+        "--log-level",
+        "info",
+    ];
+    let mut server = Server::start(&args);
+    let writer = StoppedWriter::stop(&server);
+    let mut s = common::connect(server.line());
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    // The `*` waits for the send's batch to be durable.
+    common::send(&mut s, b"> 5 3600 kept\r\nhello\r\n< 0 barrier\r\n");
+    // Both commands are read and run before the signal comes.
+    common::Stats::open(server.bus()).wait_for("the send is queued", |v| {
+        common::stat(v, "queues.queued") == 1
+    });
+    server.signal(2);
+    server.wait_log("signal received: shutting down");
+    drop(writer);
+    let mut answer = String::new();
+    r.read_line(&mut answer).unwrap();
+    assert_eq!(
+        answer, "*\r\n",
+        "the held answer did not go out at shutdown"
+    );
+    assert!(common::read_to_close(&mut r).is_empty());
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let again = Server::start(&args);
+    assert_eq!(take_line(&again, "kept", 1), ["hello"]);
+}

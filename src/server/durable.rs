@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::{mark_dirty, Server};
 use crate::broker::{ConnId, Millis};
 use crate::door::CloseReason;
-use crate::store::{Fsync, Store};
+use crate::store::{Fsync, Store, MAX_PENDING};
 
 pub(super) struct Durable {
     pub(super) store: Store,
@@ -27,6 +27,9 @@ pub(super) struct Durable {
     held: Vec<(ConnId, u64)>,
     /// Connections not read while the writer is far behind.
     unread: Vec<ConnId>,
+    /// Input is held back for the writer (logged once, when it starts and
+    /// when it ends).
+    stalled: bool,
 }
 
 impl Durable {
@@ -36,6 +39,7 @@ impl Durable {
             epoch_s,
             held: Vec::new(),
             unread: Vec::new(),
+            stalled: false,
         }
     }
 }
@@ -87,14 +91,24 @@ impl Server {
     }
 
     /// True (and the connection noted) when input must not be read now
-    /// because the writer is far behind; it is read again once the writer
-    /// has caught up ([`Server::on_store_wake`]).
+    /// because the writer is far behind: from the moment it is more than
+    /// [`MAX_PENDING`] bytes behind until it is back to half of that; the
+    /// connection is read again then ([`Server::on_store_wake`]).
     pub(super) fn store_is_behind(&mut self, key: usize) -> bool {
         let Some(d) = &mut self.durable else {
             return false;
         };
-        if !d.store.behind() {
+        if !d.stalled && !d.store.behind() {
             return false;
+        }
+        if !d.stalled {
+            d.stalled = true;
+            log::warn!(
+                "store: the writer is more than {} MiB behind (the disk is slower than the input): \
+                 input waits until it is back below {} MiB",
+                MAX_PENDING >> 20,
+                MAX_PENDING >> 21
+            );
         }
         if let Some(c) = self.conns.get(key) {
             d.unread.push(c.id);
@@ -149,7 +163,9 @@ impl Server {
         }
         d.held = keep;
         d.store.update_refusal();
-        if !d.store.behind() {
+        if d.stalled && d.store.caught_up() {
+            d.stalled = false;
+            log::info!("store: the writer caught up: reading input again");
             for id in std::mem::take(&mut d.unread) {
                 if let Some(c) = self
                     .conns

@@ -447,6 +447,12 @@ impl Store {
         self.shared.pending.load(Ordering::Relaxed) > MAX_PENDING
     }
 
+    /// True once the writer is back to half of [`MAX_PENDING`] or less:
+    /// a loop that stopped reading for it reads again.
+    pub fn caught_up(&self) -> bool {
+        self.shared.pending.load(Ordering::Relaxed) <= MAX_PENDING / 2
+    }
+
     /// Updates what the journal refuses: after a failure, for a moment.
     pub fn update_refusal(&mut self) {
         if self.failed_until.is_some_and(|t| Instant::now() >= t) {
@@ -795,6 +801,12 @@ mod tests {
         assert!(!s.behind());
         on(s, 0, 268_435_457);
         assert!(s.behind());
+        // Caught up: back to 128 MiB or less.
+        assert!(!s.caught_up());
+        on(s, 0, 134_217_729);
+        assert!(!s.caught_up());
+        on(s, 0, 134_217_728);
+        assert!(s.caught_up());
         drop(opened);
         fs::remove_dir_all(&dir).unwrap();
     }

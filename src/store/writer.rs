@@ -88,11 +88,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// True when a write of `bytes` took the bytes pending from past
-/// [`super::MAX_PENDING`] (the loop stopped reading) to half of it or less
-/// (the loop must be woken to read again).
+/// True when a write of `bytes` took the bytes pending from more than half
+/// of [`super::MAX_PENDING`] to half of it or less: a loop that stopped
+/// reading past the limit must be woken to read again. (The backlog is
+/// written one batch at a time, so the write that crosses half of the limit
+/// seldom began past the limit itself.)
 fn caught_up(was: u64, bytes: u64) -> bool {
-    was > super::MAX_PENDING && was - bytes <= super::MAX_PENDING / 2
+    let half = super::MAX_PENDING / 2;
+    was > half && was - bytes <= half
 }
 
 impl Thread {
@@ -433,13 +436,18 @@ mod tests {
     #[test]
     fn the_loop_is_woken_once_the_writer_is_back_below_half_the_limit() {
         let max = 256 << 20;
-        // From past the limit to half of it: wake.
+        // From past the limit to half of it in one write: wake.
         assert!(caught_up(max + 1, max / 2 + 1));
         assert!(caught_up(max + 1, max + 1));
-        // Not past the limit before: the loop was reading.
-        assert!(!caught_up(max, max));
+        // The batch that crosses half of the limit, the last of many: wake.
+        assert!(caught_up(max / 2 + 1, 1));
+        assert!(caught_up(max / 2 + 5, 1 << 20));
+        // Already at half or below before: woken before.
+        assert!(!caught_up(max / 2, 1));
+        assert!(!caught_up(max / 2, max / 2));
         // Still more than half left.
         assert!(!caught_up(max + 1, max / 2));
         assert!(!caught_up(max + 10, 5));
+        assert!(!caught_up(max / 2 + 2, 1));
     }
 }

@@ -154,6 +154,23 @@ impl Server {
         self.child.id()
     }
 
+    /// Waits until the server's log holds `needle` (it is written after the
+    /// event that causes it, so it is awaited, for up to 20 s); the whole log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.stderr_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in the log: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Resident memory of the server, in KiB (`VmRSS`). Panics when it
     /// cannot be read: a memory bound must never pass for want of a figure.
     pub fn rss_kib(&self) -> u64 {
