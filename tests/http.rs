@@ -1918,10 +1918,13 @@ fn slow_subscriber_disconnect_policy() {
     let server = Server::start(&["--slow-subscriber", "disconnect"]);
     let bus = server.bus();
     let mut slow = subscribe(bus, "/msgbus/flood", true);
+    let slow_addr = slow.s.local_addr().unwrap();
     let reader = subscribe(bus, "/msgbus/flood", true);
     paced_flood(&server, reader, N, SIZE, 8);
     let s = stats(bus);
     assert_eq!(s["slow_disconnects"], 1, "{s}");
+    // The log names it by its address.
+    server.wait_log(&format!("({slow_addr}): "));
     assert_eq!(s["connections"]["closed_by"]["slow_subscriber"], 1, "{s}");
     assert_eq!(s["drops"], 0, "{s}");
     let seqs = read_to_disconnect(&mut slow);
