@@ -377,8 +377,11 @@ pub fn decode(body: &Bytes, crc: u32) -> Result<Record, Bad> {
     Ok(record)
 }
 
-/// Decodes a buffer of whole records (a batch, a snapshot).
-pub fn decode_all(buf: &Bytes) -> Result<Vec<Record>, Bad> {
+/// Decodes a buffer of whole records (a batch, a snapshot): for the tests,
+/// which read back what the writer wrote (replay reads segments record by
+/// record, `log.rs`).
+#[cfg(test)]
+pub(crate) fn decode_all(buf: &Bytes) -> Result<Vec<Record>, Bad> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
