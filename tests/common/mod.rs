@@ -49,6 +49,11 @@ impl Server {
         if !args.contains(&"--bus-listen") {
             all.extend(["--bus-listen".into(), "127.0.0.1:0".into()]);
         }
+        // A certificate opens the HTTPS bus, by default on the fixed port
+        // 4444: a free port instead, so that two servers never collide.
+        if args.contains(&"--tls-cert") && !args.contains(&"--bus-tls-listen") {
+            all.extend(["--bus-tls-listen".into(), "127.0.0.1:0".into()]);
+        }
         if !args.contains(&"--log-level") {
             all.extend(["--log-level".into(), "warn".into()]);
         }
