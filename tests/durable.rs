@@ -953,6 +953,22 @@ fn a_writer_far_behind_holds_input_back_until_it_catches_up() {
         !sender.is_finished(),
         "all {MIB} MiB were read while the writer was stopped"
     );
+    // The loop woken for something else (two reloads; the second is logged
+    // once the first wake-up has been handled) still holds input back.
+    for n in 1..=2 {
+        server.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.stderr_text().matches("reload done").count() < n {
+            assert!(Instant::now() < deadline, "reload {n} not logged");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let log = server.stderr_text();
+    assert!(
+        !log.contains("caught up"),
+        "input read again while behind: {log}"
+    );
+    assert!(!sender.is_finished());
     drop(writer);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !sender.is_finished() {
