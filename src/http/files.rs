@@ -216,8 +216,10 @@ pub fn content_type(path: &Path) -> &'static str {
 mod tests {
     use super::*;
 
-    fn tree() -> (PathBuf, PathBuf) {
-        let base = std::env::temp_dir().join(format!("sb-files-{}", std::process::id()));
+    /// A tree of files of its own for each test (`tag`): the tests run in
+    /// parallel threads of one process, and each removes its tree first.
+    fn tree(tag: &str) -> (PathBuf, PathBuf) {
+        let base = std::env::temp_dir().join(format!("sb-files-{tag}-{}", std::process::id()));
         let root = base.join("www");
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -240,7 +242,7 @@ mod tests {
 
     #[test]
     fn resolution_stays_inside() {
-        let (base, root) = tree();
+        let (base, root) = tree("inside");
         assert_eq!(get(&root, "/").as_deref(), Some("<html>index</html>\n"));
         assert_eq!(get(&root, "/sub/a.txt").as_deref(), Some("a"));
         assert_eq!(get(&root, "/sub"), None, "a directory without index.html");
@@ -263,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_fifo_is_not_found_and_does_not_block() {
-        let (base, root) = tree();
+        let (base, root) = tree("fifo");
         let fifo = root.join("fifo");
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
