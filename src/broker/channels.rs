@@ -1017,6 +1017,46 @@ mod tests {
         assert!((768..1024).contains(&messages), "{messages} replayed");
     }
 
+    /// A history of 0 messages is none: nothing kept, nothing replayed.
+    #[test]
+    fn a_history_of_no_messages_keeps_none() {
+        let limits = |messages| HistoryLimits {
+            messages,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        };
+        let mut out = RecordingOutbox::default();
+        let mut none = Channels::default().with_history(limits(0));
+        none.publish(b"news", b"t", None, b"m", &mut out);
+        assert!(!none.keeps_history());
+        assert_eq!(none.history_size(), (0, 0, 0));
+        let mut one = Channels::default().with_history(limits(1));
+        one.publish(b"news", b"t", None, b"m", &mut out);
+        assert!(one.keeps_history());
+        // The body, its type and the entry's overhead, on one channel.
+        assert_eq!(
+            one.history_size(),
+            (1, 2 + crate::broker::history::ENTRY_OVERHEAD, 1)
+        );
+    }
+
+    /// Ids go on from the epoch the shell gives at start.
+    #[test]
+    fn message_ids_start_after_the_epoch() {
+        let mut ch = Channels::default().with_history(HistoryLimits {
+            messages: 10,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        });
+        ch.start_ids_after(5000);
+        let mut out = RecordingOutbox::default();
+        let ids = Subscription::new(Framing::LineIds, Filter::default());
+        ch.subscribe(conn(1), b("news"), ids, &mut out).unwrap();
+        ch.publish(b"news", b"t", None, b"m", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.bytes_for(conn(1)), b"! 1 news t 5001\r\nm\r\n");
+    }
+
     /// A channel's presence: its own subscriptions, and the receivers a
     /// message published there reaches (its own, the root's, every
     /// matching pattern's); a pattern's and the root's are their own.
@@ -1047,6 +1087,75 @@ mod tests {
         let p = ch.presence(b"*").unwrap();
         assert_eq!((p.kind, p.total(), p.receivers), (PresenceKind::All, 1, 1));
         assert_eq!(ch.presence(b"room.>.x"), None);
+    }
+
+    /// A presence's subscriptions per door: the line framing's on the line
+    /// door, every other framing's (named or not) on HTTP.
+    #[test]
+    fn presence_counts_per_door() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let sse = |named| Subscription {
+            framing: Framing::EventStream,
+            filter: Filter::default(),
+            named,
+        };
+        ch.subscribe(conn(1), b("room"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("room"), sse(false), &mut out)
+            .unwrap();
+        ch.subscribe(conn(3), b("room"), sse(true), &mut out)
+            .unwrap();
+        let p = ch.presence(b"room").unwrap();
+        assert_eq!(p.per_door(), [("line", 1), ("http", 2)]);
+        assert_eq!(
+            ch.presence(b"hall").unwrap().per_door(),
+            [("line", 0), ("http", 0)]
+        );
+    }
+
+    /// With presence events on, each new subscription to a channel and each
+    /// one ended publishes an event on `$presence.CHANNEL`; a
+    /// resubscription, a pattern, the root and `$presence.` channels
+    /// themselves publish none.
+    #[test]
+    fn presence_events_tell_the_joins_and_leaves_of_a_channel() {
+        let event = |joined: bool, subscribers: usize| {
+            let body = serde_json::json!({
+                "channel": "room",
+                "event": if joined { "join" } else { "leave" },
+                "subscribers": subscribers,
+            })
+            .to_string();
+            format!(
+                "! {} $presence.room application/json\r\n{body}\r\n",
+                body.len()
+            )
+            .into_bytes()
+        };
+        for on in [true, false] {
+            let mut ch = Channels::default().with_presence_events(on);
+            let mut out = RecordingOutbox::default();
+            ch.subscribe_all(conn(9), Subscription::line(), &mut out);
+            ch.subscribe(conn(1), b("$presence.room"), Subscription::line(), &mut out)
+                .unwrap();
+            for k in [2, 2, 3] {
+                ch.subscribe(conn(k), b("room"), Subscription::line(), &mut out)
+                    .unwrap();
+            }
+            ch.subscribe(conn(4), b("room.*"), Subscription::line(), &mut out)
+                .unwrap();
+            assert!(ch.unsubscribe(conn(2), b"room", &mut out));
+            assert!(!ch.unsubscribe(conn(2), b"room", &mut out));
+            assert!(ch.unsubscribe(conn(1), b"$presence.room", &mut out));
+            ch.seal(&mut out);
+            let want = if on {
+                [event(true, 1), event(true, 2), event(false, 1)].concat()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(out.bytes_for(conn(9)), want, "on: {on}");
+        }
     }
 
     #[test]
