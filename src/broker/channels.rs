@@ -1017,6 +1017,55 @@ mod tests {
         assert!((768..1024).contains(&messages), "{messages} replayed");
     }
 
+    /// A replay is what a live subscriber of the same names, framing and
+    /// filter got: frames naming the channel for several names or a
+    /// pattern, plain ones for one channel; the filter applied.
+    #[test]
+    fn a_replay_is_what_a_live_subscriber_got() {
+        let mut ch = Channels::default().with_history(HistoryLimits {
+            messages: 10,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        });
+        let mut out = RecordingOutbox::default();
+        let sse = |named, filter| Subscription {
+            framing: Framing::EventStream,
+            filter,
+            named,
+        };
+        let images = || Filter::new(Some(b"image/*"), None);
+        ch.subscribe(conn(1), b("a.x"), sse(false, Filter::default()), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("a.*"), sse(false, Filter::default()), &mut out)
+            .unwrap();
+        for name in ["a.x", "b.y"] {
+            ch.subscribe(conn(3), b(name), sse(true, Filter::default()), &mut out)
+                .unwrap();
+            ch.subscribe(conn(4), b(name), sse(true, images()), &mut out)
+                .unwrap();
+        }
+        ch.publish(b"a.x", b"text/plain", None, b"1", &mut out);
+        ch.publish(b"b.y", b"image/png", None, b"2", &mut out);
+        ch.publish(b"a.x", b"image/png", None, b"3", &mut out);
+        ch.seal(&mut out);
+        let replay = |names: &[&str], filter: &Filter| {
+            let names: Vec<Bytes> = names.iter().map(|n| b(n)).collect();
+            let mut frames = BytesMut::new();
+            ch.replay(&names, 0, Framing::EventStream, filter, &mut frames);
+            frames.to_vec()
+        };
+        let all = Filter::default();
+        assert_eq!(replay(&["a.x"], &all), out.bytes_for(conn(1)));
+        assert_eq!(replay(&["a.*"], &all), out.bytes_for(conn(2)));
+        assert_eq!(replay(&["a.x", "b.y"], &all), out.bytes_for(conn(3)));
+        assert_eq!(replay(&["a.x", "b.y"], &images()), out.bytes_for(conn(4)));
+        // One channel's frames are plain, the others name it.
+        let text = |k| String::from_utf8(out.bytes_for(conn(k))).unwrap();
+        assert_eq!(text(1).matches("event: ").count(), 0, "{}", text(1));
+        assert_eq!(text(3).matches("event: ").count(), 3, "{}", text(3));
+        assert_eq!(text(4).matches("data: ").count(), 2, "{}", text(4));
+    }
+
     /// A history of 0 messages is none: nothing kept, nothing replayed.
     #[test]
     fn a_history_of_no_messages_keeps_none() {
@@ -1178,6 +1227,71 @@ mod tests {
         assert_eq!(ch.top_by_subscribers(10).len(), 5);
         assert!(ch.top_by_subscribers(0).is_empty());
         assert_eq!(ch.root_subscribers(), 1);
+    }
+
+    /// With the cluster on, the first subscriber of a channel, of a pattern
+    /// and of the root, and the last of each to go, are changes of
+    /// interest; the others, and an unsubscription of nothing, are not.
+    /// Without the cluster nothing is noted.
+    #[test]
+    fn interest_changes_with_the_first_and_the_last_subscriber() {
+        for mirror in [true, false] {
+            let mut ch = Channels::default();
+            if mirror {
+                ch.mirror();
+            }
+            let mut out = RecordingOutbox::default();
+            for k in [1, 2] {
+                ch.subscribe(conn(k), b("news"), Subscription::line(), &mut out)
+                    .unwrap();
+                ch.subscribe(conn(k), b("a.*"), Subscription::line(), &mut out)
+                    .unwrap();
+                ch.subscribe_all(conn(k), Subscription::line(), &mut out);
+            }
+            for k in [1, 2] {
+                assert!(ch.unsubscribe(conn(k), b"news", &mut out));
+                assert!(ch.unsubscribe(conn(k), b"a.*", &mut out));
+                assert!(ch.unsubscribe_all(conn(k), &mut out));
+            }
+            assert!(!ch.unsubscribe(conn(3), b"news", &mut out));
+            assert!(!ch.unsubscribe(conn(3), b"a.*", &mut out));
+            assert!(!ch.unsubscribe_all(conn(3), &mut out));
+            assert_eq!(ch.root_subscribers(), 0);
+            let want = if mirror {
+                vec![
+                    Interest::Channel(b("news"), true),
+                    Interest::Pattern(b("a.*"), true),
+                    Interest::All(true),
+                    Interest::Channel(b("news"), false),
+                    Interest::Pattern(b("a.*"), false),
+                    Interest::All(false),
+                ]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(ch.take_mirrored().1, want, "mirror: {mirror}");
+        }
+    }
+
+    /// A channel tapped twice stays tapped until both taps end.
+    #[test]
+    fn taps_are_counted() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.tap(b"news");
+        ch.tap(b"news");
+        ch.untap(b"news");
+        ch.publish(b"news", b"t", None, b"1", &mut out);
+        ch.publish(b"other", b"t", None, b"x", &mut out);
+        let taken: Vec<Bytes> = ch.take_published().into_iter().map(|p| p.body).collect();
+        assert_eq!(taken, [b("1")]);
+        ch.untap(b"news");
+        ch.publish(b"news", b"t", None, b"2", &mut out);
+        assert!(ch.take_published().is_empty());
+        // Without the cluster, a tap's end notes no interest either.
+        ch.tap(b"news");
+        ch.untap(b"news");
+        assert!(ch.take_mirrored().1.is_empty());
     }
 
     #[test]
