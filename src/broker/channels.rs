@@ -1418,6 +1418,8 @@ mod tests {
             out.bytes_for(conn(2)),
             b"! 1 x text/plain\r\nt\r\n! 1 x image/png\r\ni\r\n! 1 y text/plain\r\ny\r\n"
         );
+        // One delivery to the channel's subscriber, three to the root's.
+        assert_eq!(ch.stats(), (3, 4));
     }
 
     #[test]
@@ -1469,6 +1471,92 @@ mod tests {
         ch.publish(b"x", b"t", None, &short, &mut out);
         ch.seal(&mut out);
         assert_eq!(ch.oversized(), 2);
+    }
+
+    /// A message left out of a framing is not counted in that framing's
+    /// delivery, nor in the deliveries made.
+    #[test]
+    fn a_message_left_out_of_a_framing_is_not_counted_in_its_delivery() {
+        let mut ch = Channels::default().with_max_frame(1000);
+        let mut out = RecordingOutbox::default();
+        let sse = Subscription::new(Framing::EventStream, Filter::default());
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("x"), sse, &mut out).unwrap();
+        // One batch: 900 line breaks (too large as an event stream), then a.
+        ch.publish(b"x", b"t", None, &[b'\n'; 900], &mut out);
+        ch.publish(b"x", b"t", None, b"a", &mut out);
+        ch.seal(&mut out);
+        let counts: Vec<(ConnId, u32)> = out.frames.iter().map(|(c, _, n)| (*c, *n)).collect();
+        assert_eq!(counts, [(conn(1), 2), (conn(2), 1)]);
+        assert_eq!((ch.stats(), ch.oversized()), ((2, 3), 1));
+    }
+
+    /// The frame limit is one message's, not the batch's: two messages
+    /// of 600 bytes (613-byte frames) go in one frame under a limit of 1000.
+    #[test]
+    fn the_frame_limit_is_per_message() {
+        let mut ch = Channels::default().with_max_frame(1000);
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.publish(b"x", b"t", None, &[b'm'; 600], &mut out);
+        ch.publish(b"x", b"t", None, &[b'm'; 600], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!((out.frames[0].1.len(), out.frames[0].2), (2 * 613, 2));
+        assert_eq!(ch.oversized(), 0);
+    }
+
+    /// A body shorter than an eighth of the frame limit is framed without
+    /// measuring (no framing makes it 8 times larger, but for headers); one
+    /// of exactly an eighth is measured. With a limit of 64, a 7-byte body
+    /// of line breaks becomes a 76-byte event and is delivered; an 8-byte
+    /// one (83 bytes) is not.
+    #[test]
+    fn bodies_under_an_eighth_of_the_frame_limit_are_not_measured() {
+        let mut ch = Channels::default().with_max_frame(64);
+        let mut out = RecordingOutbox::default();
+        let sse = Subscription::new(Framing::EventStream, Filter::default());
+        ch.subscribe(conn(1), b("x"), sse, &mut out).unwrap();
+        ch.publish(b"x", b"t", None, &[b'\n'; 7], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!(out.frames[0].1.len(), 76);
+        ch.publish(b"x", b"t", None, &[b'\n'; 8], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!(ch.oversized(), 1);
+    }
+
+    /// Subscribers of every framing, of the channel and of the root, at
+    /// once: each gets its own framing's frame, the root's naming the
+    /// channel.
+    #[test]
+    fn every_framing_plain_and_named_in_one_batch() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        for (k, &framing) in Framing::ALL.iter().enumerate() {
+            let k = k as u32;
+            let sub = Subscription::new(framing, Filter::default());
+            ch.subscribe(conn(k), b("x"), sub.clone(), &mut out)
+                .unwrap();
+            ch.subscribe_all(conn(100 + k), sub, &mut out);
+        }
+        ch.publish(b"x", b"t", None, b"m", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 2 * FRAMINGS);
+        let sse = Framing::EventStream as u32;
+        assert_eq!(out.bytes_for(conn(sse)), b": channel=x type=t\ndata: m\n\n");
+        assert_eq!(
+            out.bytes_for(conn(100 + sse)),
+            b": channel=x type=t\nevent: x\ndata: m\n\n"
+        );
+        assert_eq!(
+            out.bytes_for(conn(Framing::Line as u32)),
+            b"! 1 x t\r\nm\r\n"
+        );
+        assert_eq!(ch.stats(), (1, 2 * FRAMINGS as u64));
     }
 
     #[test]
