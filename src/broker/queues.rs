@@ -1475,6 +1475,26 @@ mod tests {
         assert_eq!(text(&out, conn(0)), b"> 1 60 quiet\r\nq\r\n");
     }
 
+    /// Sequence numbers go on from what a store kept: past its next one
+    /// and past every message restored; each message queued takes one.
+    #[test]
+    fn sequence_numbers_go_on_after_a_restore() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        assert_eq!(q.next_seq(), 0);
+        let kept = LineMessage {
+            to: b("a"),
+            reply: None,
+            timeout_s: 60,
+            deadline: 1_060_000,
+            body: b("x"),
+        };
+        assert_eq!(q.restore(0, 1_000_000, 5, [(7, kept)]), 1);
+        assert_eq!(q.next_seq(), 8);
+        send(&mut q, 0, b("a"), None, 60, b("y"), &mut out);
+        assert_eq!(q.next_seq(), 9);
+    }
+
     #[test]
     fn a_journal_records_what_joins_and_leaves_a_queue() {
         use crate::store::record::{decode_all, Record};
