@@ -896,6 +896,22 @@ mod tests {
         assert_eq!(q.top_by_depth(5, 3_000).len(), 3);
     }
 
+    /// An address with receivers waiting and no message is not among the
+    /// top queues; a message at its deadline is dead and its age not the
+    /// address's.
+    #[test]
+    fn top_queues_are_those_with_live_messages() {
+        let mut q = Queues::new(0);
+        let mut out = RecordingOutbox::default();
+        assert!(matches!(
+            q.ready(0, conn(1), 60, vec![b("w")]),
+            Ready::Waiting(_)
+        ));
+        q.send(0, b("x"), None, 5, b("m"), &mut out).unwrap();
+        q.send(1_000, b("x"), None, 60, b("m"), &mut out).unwrap();
+        assert_eq!(q.top_by_depth(5, 5_000), [(b("x"), 2, 4_000)]);
+    }
+
     fn send(
         q: &mut Queues,
         now: Millis,
