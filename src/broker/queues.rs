@@ -1511,6 +1511,28 @@ mod tests {
         assert_eq!(q.next_seq(), 9);
     }
 
+    /// A message sent on another node and handed to a receiver here
+    /// counts as delivered here, not as sent here; with nobody waiting it
+    /// is not taken and counts nothing.
+    #[test]
+    fn a_message_from_another_node_counts_as_delivered_only() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let body = b("x");
+        let d = Delivery {
+            to: b"a",
+            reply: None,
+            timeout_s: 60,
+            body: &body,
+        };
+        assert!(!q.hand_remote(d, &mut out));
+        assert_eq!(q.stats(), (0, 0, 0));
+        ready(&mut q, 0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        assert!(q.hand_remote(d, &mut out));
+        assert_eq!(q.stats(), (0, 1, 0));
+        assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nx\r\n");
+    }
+
     #[test]
     fn a_journal_records_what_joins_and_leaves_a_queue() {
         use crate::store::record::{decode_all, Record};
