@@ -1316,6 +1316,10 @@ mod tests {
         let mut q = Queues::new(1);
         ready(&mut q, 7, conn(1), u64::MAX, vec![b("a")], &mut out).unwrap();
         assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
+        // And the time left of a message another node kept.
+        let mut q = Queues::new(1);
+        assert!(q.keep_remote(7, b("a"), None, 60, u64::MAX, b("x")));
+        assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
     }
 
     #[test]
