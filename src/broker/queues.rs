@@ -1537,6 +1537,28 @@ mod tests {
         assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nx\r\n");
     }
 
+    /// A receiver waits on an address while its wait is live there: not
+    /// once another of its addresses answered it.
+    #[test]
+    fn a_receiver_waits_on_an_address_until_answered_anywhere() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        assert!(!q.has_waiter(b"a"));
+        ready(&mut q, 0, conn(1), 60, vec![b("a"), b("b")], &mut out).unwrap();
+        assert!(q.has_waiter(b"a") && q.has_waiter(b"b"));
+        send(&mut q, 0, b("b"), None, 60, b("x"), &mut out);
+        assert!(!q.has_waiter(b"a"));
+        assert!(!q.has_waiter(b"b"));
+    }
+
+    /// In a cluster, reply addresses name the node too.
+    #[test]
+    fn reply_addresses_name_the_node() {
+        let mut q = Queues::new(0xAB);
+        q.set_node(b"n1");
+        assert_eq!(q.unique_address(), b("AB.n1.1"));
+    }
+
     #[test]
     fn a_journal_records_what_joins_and_leaves_a_queue() {
         use crate::store::record::{decode_all, Record};
