@@ -570,14 +570,6 @@ impl Queues {
         false
     }
 
-    /// True when a receiver waits on `addr` (it may still refuse a message
-    /// if its connection is closing).
-    pub fn has_waiter(&self, addr: &[u8]) -> bool {
-        self.addresses
-            .get(addr)
-            .is_some_and(|a| a.waits.len() > a.stale)
-    }
-
     /// Waits on up to [`MAX_ADDRESSES`] addresses. Takes a message at once
     /// when one is queued on one of them (first address first); otherwise
     /// registers the wait, which is answered later through the outbox.
@@ -1535,20 +1527,6 @@ mod tests {
         assert!(q.hand_remote(d, &mut out));
         assert_eq!(q.stats(), (0, 1, 0));
         assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nx\r\n");
-    }
-
-    /// A receiver waits on an address while its wait is live there: not
-    /// once another of its addresses answered it.
-    #[test]
-    fn a_receiver_waits_on_an_address_until_answered_anywhere() {
-        let mut q = Queues::new(1);
-        let mut out = RecordingOutbox::default();
-        assert!(!q.has_waiter(b"a"));
-        ready(&mut q, 0, conn(1), 60, vec![b("a"), b("b")], &mut out).unwrap();
-        assert!(q.has_waiter(b"a") && q.has_waiter(b"b"));
-        send(&mut q, 0, b("b"), None, 60, b("x"), &mut out);
-        assert!(!q.has_waiter(b"a"));
-        assert!(!q.has_waiter(b"b"));
     }
 
     /// In a cluster, reply addresses name the node too.
