@@ -1017,6 +1017,95 @@ mod tests {
         assert!((768..1024).contains(&messages), "{messages} replayed");
     }
 
+    /// A replay is what a live subscriber of the same names, framing and
+    /// filter got: frames naming the channel for several names or a
+    /// pattern, plain ones for one channel; the filter applied.
+    #[test]
+    fn a_replay_is_what_a_live_subscriber_got() {
+        let mut ch = Channels::default().with_history(HistoryLimits {
+            messages: 10,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        });
+        let mut out = RecordingOutbox::default();
+        let sse = |named, filter| Subscription {
+            framing: Framing::EventStream,
+            filter,
+            named,
+        };
+        let images = || Filter::new(Some(b"image/*"), None);
+        ch.subscribe(conn(1), b("a.x"), sse(false, Filter::default()), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("a.*"), sse(false, Filter::default()), &mut out)
+            .unwrap();
+        for name in ["a.x", "b.y"] {
+            ch.subscribe(conn(3), b(name), sse(true, Filter::default()), &mut out)
+                .unwrap();
+            ch.subscribe(conn(4), b(name), sse(true, images()), &mut out)
+                .unwrap();
+        }
+        ch.publish(b"a.x", b"text/plain", None, b"1", &mut out);
+        ch.publish(b"b.y", b"image/png", None, b"2", &mut out);
+        ch.publish(b"a.x", b"image/png", None, b"3", &mut out);
+        ch.seal(&mut out);
+        let replay = |names: &[&str], filter: &Filter| {
+            let names: Vec<Bytes> = names.iter().map(|n| b(n)).collect();
+            let mut frames = BytesMut::new();
+            ch.replay(&names, 0, Framing::EventStream, filter, &mut frames);
+            frames.to_vec()
+        };
+        let all = Filter::default();
+        assert_eq!(replay(&["a.x"], &all), out.bytes_for(conn(1)));
+        assert_eq!(replay(&["a.*"], &all), out.bytes_for(conn(2)));
+        assert_eq!(replay(&["a.x", "b.y"], &all), out.bytes_for(conn(3)));
+        assert_eq!(replay(&["a.x", "b.y"], &images()), out.bytes_for(conn(4)));
+        // One channel's frames are plain, the others name it.
+        let text = |k| String::from_utf8(out.bytes_for(conn(k))).unwrap();
+        assert_eq!(text(1).matches("event: ").count(), 0, "{}", text(1));
+        assert_eq!(text(3).matches("event: ").count(), 3, "{}", text(3));
+        assert_eq!(text(4).matches("data: ").count(), 2, "{}", text(4));
+    }
+
+    /// A history of 0 messages is none: nothing kept, nothing replayed.
+    #[test]
+    fn a_history_of_no_messages_keeps_none() {
+        let limits = |messages| HistoryLimits {
+            messages,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        };
+        let mut out = RecordingOutbox::default();
+        let mut none = Channels::default().with_history(limits(0));
+        none.publish(b"news", b"t", None, b"m", &mut out);
+        assert!(!none.keeps_history());
+        assert_eq!(none.history_size(), (0, 0, 0));
+        let mut one = Channels::default().with_history(limits(1));
+        one.publish(b"news", b"t", None, b"m", &mut out);
+        assert!(one.keeps_history());
+        // The body, its type and the entry's overhead, on one channel.
+        assert_eq!(
+            one.history_size(),
+            (1, 2 + crate::broker::history::ENTRY_OVERHEAD, 1)
+        );
+    }
+
+    /// Ids go on from the epoch the shell gives at start.
+    #[test]
+    fn message_ids_start_after_the_epoch() {
+        let mut ch = Channels::default().with_history(HistoryLimits {
+            messages: 10,
+            per_channel_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        });
+        ch.start_ids_after(5000);
+        let mut out = RecordingOutbox::default();
+        let ids = Subscription::new(Framing::LineIds, Filter::default());
+        ch.subscribe(conn(1), b("news"), ids, &mut out).unwrap();
+        ch.publish(b"news", b"t", None, b"m", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.bytes_for(conn(1)), b"! 1 news t 5001\r\nm\r\n");
+    }
+
     /// A channel's presence: its own subscriptions, and the receivers a
     /// message published there reaches (its own, the root's, every
     /// matching pattern's); a pattern's and the root's are their own.
@@ -1049,6 +1138,75 @@ mod tests {
         assert_eq!(ch.presence(b"room.>.x"), None);
     }
 
+    /// A presence's subscriptions per door: the line framing's on the line
+    /// door, every other framing's (named or not) on HTTP.
+    #[test]
+    fn presence_counts_per_door() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        let sse = |named| Subscription {
+            framing: Framing::EventStream,
+            filter: Filter::default(),
+            named,
+        };
+        ch.subscribe(conn(1), b("room"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("room"), sse(false), &mut out)
+            .unwrap();
+        ch.subscribe(conn(3), b("room"), sse(true), &mut out)
+            .unwrap();
+        let p = ch.presence(b"room").unwrap();
+        assert_eq!(p.per_door(), [("line", 1), ("http", 2)]);
+        assert_eq!(
+            ch.presence(b"hall").unwrap().per_door(),
+            [("line", 0), ("http", 0)]
+        );
+    }
+
+    /// With presence events on, each new subscription to a channel and each
+    /// one ended publishes an event on `$presence.CHANNEL`; a
+    /// resubscription, a pattern, the root and `$presence.` channels
+    /// themselves publish none.
+    #[test]
+    fn presence_events_tell_the_joins_and_leaves_of_a_channel() {
+        let event = |joined: bool, subscribers: usize| {
+            let body = serde_json::json!({
+                "channel": "room",
+                "event": if joined { "join" } else { "leave" },
+                "subscribers": subscribers,
+            })
+            .to_string();
+            format!(
+                "! {} $presence.room application/json\r\n{body}\r\n",
+                body.len()
+            )
+            .into_bytes()
+        };
+        for on in [true, false] {
+            let mut ch = Channels::default().with_presence_events(on);
+            let mut out = RecordingOutbox::default();
+            ch.subscribe_all(conn(9), Subscription::line(), &mut out);
+            ch.subscribe(conn(1), b("$presence.room"), Subscription::line(), &mut out)
+                .unwrap();
+            for k in [2, 2, 3] {
+                ch.subscribe(conn(k), b("room"), Subscription::line(), &mut out)
+                    .unwrap();
+            }
+            ch.subscribe(conn(4), b("room.*"), Subscription::line(), &mut out)
+                .unwrap();
+            assert!(ch.unsubscribe(conn(2), b"room", &mut out));
+            assert!(!ch.unsubscribe(conn(2), b"room", &mut out));
+            assert!(ch.unsubscribe(conn(1), b"$presence.room", &mut out));
+            ch.seal(&mut out);
+            let want = if on {
+                [event(true, 1), event(true, 2), event(false, 1)].concat()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(out.bytes_for(conn(9)), want, "on: {on}");
+        }
+    }
+
     #[test]
     fn top_channels_by_subscribers_is_bounded_and_ordered() {
         let mut ch = Channels::default();
@@ -1069,6 +1227,71 @@ mod tests {
         assert_eq!(ch.top_by_subscribers(10).len(), 5);
         assert!(ch.top_by_subscribers(0).is_empty());
         assert_eq!(ch.root_subscribers(), 1);
+    }
+
+    /// With the cluster on, the first subscriber of a channel, of a pattern
+    /// and of the root, and the last of each to go, are changes of
+    /// interest; the others, and an unsubscription of nothing, are not.
+    /// Without the cluster nothing is noted.
+    #[test]
+    fn interest_changes_with_the_first_and_the_last_subscriber() {
+        for mirror in [true, false] {
+            let mut ch = Channels::default();
+            if mirror {
+                ch.mirror();
+            }
+            let mut out = RecordingOutbox::default();
+            for k in [1, 2] {
+                ch.subscribe(conn(k), b("news"), Subscription::line(), &mut out)
+                    .unwrap();
+                ch.subscribe(conn(k), b("a.*"), Subscription::line(), &mut out)
+                    .unwrap();
+                ch.subscribe_all(conn(k), Subscription::line(), &mut out);
+            }
+            for k in [1, 2] {
+                assert!(ch.unsubscribe(conn(k), b"news", &mut out));
+                assert!(ch.unsubscribe(conn(k), b"a.*", &mut out));
+                assert!(ch.unsubscribe_all(conn(k), &mut out));
+            }
+            assert!(!ch.unsubscribe(conn(3), b"news", &mut out));
+            assert!(!ch.unsubscribe(conn(3), b"a.*", &mut out));
+            assert!(!ch.unsubscribe_all(conn(3), &mut out));
+            assert_eq!(ch.root_subscribers(), 0);
+            let want = if mirror {
+                vec![
+                    Interest::Channel(b("news"), true),
+                    Interest::Pattern(b("a.*"), true),
+                    Interest::All(true),
+                    Interest::Channel(b("news"), false),
+                    Interest::Pattern(b("a.*"), false),
+                    Interest::All(false),
+                ]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(ch.take_mirrored().1, want, "mirror: {mirror}");
+        }
+    }
+
+    /// A channel tapped twice stays tapped until both taps end.
+    #[test]
+    fn taps_are_counted() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        ch.tap(b"news");
+        ch.tap(b"news");
+        ch.untap(b"news");
+        ch.publish(b"news", b"t", None, b"1", &mut out);
+        ch.publish(b"other", b"t", None, b"x", &mut out);
+        let taken: Vec<Bytes> = ch.take_published().into_iter().map(|p| p.body).collect();
+        assert_eq!(taken, [b("1")]);
+        ch.untap(b"news");
+        ch.publish(b"news", b"t", None, b"2", &mut out);
+        assert!(ch.take_published().is_empty());
+        // Without the cluster, a tap's end notes no interest either.
+        ch.tap(b"news");
+        ch.untap(b"news");
+        assert!(ch.take_mirrored().1.is_empty());
     }
 
     #[test]
@@ -1195,6 +1418,8 @@ mod tests {
             out.bytes_for(conn(2)),
             b"! 1 x text/plain\r\nt\r\n! 1 x image/png\r\ni\r\n! 1 y text/plain\r\ny\r\n"
         );
+        // One delivery to the channel's subscriber, three to the root's.
+        assert_eq!(ch.stats(), (3, 4));
     }
 
     #[test]
@@ -1246,6 +1471,92 @@ mod tests {
         ch.publish(b"x", b"t", None, &short, &mut out);
         ch.seal(&mut out);
         assert_eq!(ch.oversized(), 2);
+    }
+
+    /// A message left out of a framing is not counted in that framing's
+    /// delivery, nor in the deliveries made.
+    #[test]
+    fn a_message_left_out_of_a_framing_is_not_counted_in_its_delivery() {
+        let mut ch = Channels::default().with_max_frame(1000);
+        let mut out = RecordingOutbox::default();
+        let sse = Subscription::new(Framing::EventStream, Filter::default());
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.subscribe(conn(2), b("x"), sse, &mut out).unwrap();
+        // One batch: 900 line breaks (too large as an event stream), then a.
+        ch.publish(b"x", b"t", None, &[b'\n'; 900], &mut out);
+        ch.publish(b"x", b"t", None, b"a", &mut out);
+        ch.seal(&mut out);
+        let counts: Vec<(ConnId, u32)> = out.frames.iter().map(|(c, _, n)| (*c, *n)).collect();
+        assert_eq!(counts, [(conn(1), 2), (conn(2), 1)]);
+        assert_eq!((ch.stats(), ch.oversized()), ((2, 3), 1));
+    }
+
+    /// The frame limit is one message's, not the batch's: two messages
+    /// of 600 bytes (613-byte frames) go in one frame under a limit of 1000.
+    #[test]
+    fn the_frame_limit_is_per_message() {
+        let mut ch = Channels::default().with_max_frame(1000);
+        let mut out = RecordingOutbox::default();
+        ch.subscribe(conn(1), b("x"), Subscription::line(), &mut out)
+            .unwrap();
+        ch.publish(b"x", b"t", None, &[b'm'; 600], &mut out);
+        ch.publish(b"x", b"t", None, &[b'm'; 600], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!((out.frames[0].1.len(), out.frames[0].2), (2 * 613, 2));
+        assert_eq!(ch.oversized(), 0);
+    }
+
+    /// A body shorter than an eighth of the frame limit is framed without
+    /// measuring (no framing makes it 8 times larger, but for headers); one
+    /// of exactly an eighth is measured. With a limit of 64, a 7-byte body
+    /// of line breaks becomes a 76-byte event and is delivered; an 8-byte
+    /// one (83 bytes) is not.
+    #[test]
+    fn bodies_under_an_eighth_of_the_frame_limit_are_not_measured() {
+        let mut ch = Channels::default().with_max_frame(64);
+        let mut out = RecordingOutbox::default();
+        let sse = Subscription::new(Framing::EventStream, Filter::default());
+        ch.subscribe(conn(1), b("x"), sse, &mut out).unwrap();
+        ch.publish(b"x", b"t", None, &[b'\n'; 7], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!(out.frames[0].1.len(), 76);
+        ch.publish(b"x", b"t", None, &[b'\n'; 8], &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 1);
+        assert_eq!(ch.oversized(), 1);
+    }
+
+    /// Subscribers of every framing, of the channel and of the root, at
+    /// once: each gets its own framing's frame, the root's naming the
+    /// channel.
+    #[test]
+    fn every_framing_plain_and_named_in_one_batch() {
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        for (k, &framing) in Framing::ALL.iter().enumerate() {
+            let k = k as u32;
+            let sub = Subscription::new(framing, Filter::default());
+            ch.subscribe(conn(k), b("x"), sub.clone(), &mut out)
+                .unwrap();
+            ch.subscribe_all(conn(100 + k), sub, &mut out);
+        }
+        ch.publish(b"x", b"t", None, b"m", &mut out);
+        ch.seal(&mut out);
+        assert_eq!(out.frames.len(), 2 * FRAMINGS);
+        let sse = Framing::EventStream as u32;
+        assert_eq!(out.bytes_for(conn(sse)), b": channel=x type=t\ndata: m\n\n");
+        assert_eq!(
+            out.bytes_for(conn(100 + sse)),
+            b": channel=x type=t\nevent: x\ndata: m\n\n"
+        );
+        assert_eq!(
+            out.bytes_for(conn(Framing::Line as u32)),
+            b"! 1 x t\r\nm\r\n"
+        );
+        assert_eq!(ch.stats(), (1, 2 * FRAMINGS as u64));
     }
 
     #[test]

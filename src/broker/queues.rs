@@ -570,14 +570,6 @@ impl Queues {
         false
     }
 
-    /// True when a receiver waits on `addr` (it may still refuse a message
-    /// if its connection is closing).
-    pub fn has_waiter(&self, addr: &[u8]) -> bool {
-        self.addresses
-            .get(addr)
-            .is_some_and(|a| a.waits.len() > a.stale)
-    }
-
     /// Waits on up to [`MAX_ADDRESSES`] addresses. Takes a message at once
     /// when one is queued on one of them (first address first); otherwise
     /// registers the wait, which is answered later through the outbox.
@@ -894,6 +886,22 @@ mod tests {
             [(b("y"), 3, 2_000), (b("z"), 2, 2_500)]
         );
         assert_eq!(q.top_by_depth(5, 3_000).len(), 3);
+    }
+
+    /// An address with receivers waiting and no message is not among the
+    /// top queues; a message at its deadline is dead and its age not the
+    /// address's.
+    #[test]
+    fn top_queues_are_those_with_live_messages() {
+        let mut q = Queues::new(0);
+        let mut out = RecordingOutbox::default();
+        assert!(matches!(
+            q.ready(0, conn(1), 60, vec![b("w")]),
+            Ready::Waiting(_)
+        ));
+        q.send(0, b("x"), None, 5, b("m"), &mut out).unwrap();
+        q.send(1_000, b("x"), None, 60, b("m"), &mut out).unwrap();
+        assert_eq!(q.top_by_depth(5, 5_000), [(b("x"), 2, 4_000)]);
     }
 
     fn send(
@@ -1300,6 +1308,10 @@ mod tests {
         let mut q = Queues::new(1);
         ready(&mut q, 7, conn(1), u64::MAX, vec![b("a")], &mut out).unwrap();
         assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
+        // And the time left of a message another node kept.
+        let mut q = Queues::new(1);
+        assert!(q.keep_remote(7, b("a"), None, 60, u64::MAX, b("x")));
+        assert_eq!(q.next_deadline(), Some(7 + 315_360_000_000));
     }
 
     #[test]
@@ -1473,6 +1485,56 @@ mod tests {
         assert_eq!(q.waiting(), 20);
         send(&mut q, 1, b("quiet"), None, 60, b("q"), &mut out);
         assert_eq!(text(&out, conn(0)), b"> 1 60 quiet\r\nq\r\n");
+    }
+
+    /// Sequence numbers go on from what a store kept: past its next one
+    /// and past every message restored; each message queued takes one.
+    #[test]
+    fn sequence_numbers_go_on_after_a_restore() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        assert_eq!(q.next_seq(), 0);
+        let kept = LineMessage {
+            to: b("a"),
+            reply: None,
+            timeout_s: 60,
+            deadline: 1_060_000,
+            body: b("x"),
+        };
+        assert_eq!(q.restore(0, 1_000_000, 5, [(7, kept)]), 1);
+        assert_eq!(q.next_seq(), 8);
+        send(&mut q, 0, b("a"), None, 60, b("y"), &mut out);
+        assert_eq!(q.next_seq(), 9);
+    }
+
+    /// A message sent on another node and handed to a receiver here
+    /// counts as delivered here, not as sent here; with nobody waiting it
+    /// is not taken and counts nothing.
+    #[test]
+    fn a_message_from_another_node_counts_as_delivered_only() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let body = b("x");
+        let d = Delivery {
+            to: b"a",
+            reply: None,
+            timeout_s: 60,
+            body: &body,
+        };
+        assert!(!q.hand_remote(d, &mut out));
+        assert_eq!(q.stats(), (0, 0, 0));
+        ready(&mut q, 0, conn(1), 60, vec![b("a")], &mut out).unwrap();
+        assert!(q.hand_remote(d, &mut out));
+        assert_eq!(q.stats(), (0, 1, 0));
+        assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nx\r\n");
+    }
+
+    /// In a cluster, reply addresses name the node too.
+    #[test]
+    fn reply_addresses_name_the_node() {
+        let mut q = Queues::new(0xAB);
+        q.set_node(b"n1");
+        assert_eq!(q.unique_address(), b("AB.n1.1"));
     }
 
     #[test]
