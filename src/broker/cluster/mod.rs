@@ -1626,4 +1626,89 @@ mod tests {
         assert_eq!(c.stats().queue_unconfirmed, 0);
         assert!(c.queues_up());
     }
+
+    #[test]
+    fn a_publish_is_one_whole_command_that_gives_the_message_back() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        c.publish(b"news", b"text/plain", None, b"hello");
+        c.publish(b"news", b"a/b", Some(b"bob"), b"");
+        c.flush(&mut out);
+        let mut buf = BytesMut::from(&out.bytes_for(conn(101))[..]);
+        let limits = resp::Limits::default();
+        for (seq, ct, sender, body) in [
+            (1, &b"text/plain"[..], None, &b"hello"[..]),
+            (2, b"a/b", Some(&b"bob"[..]), b""),
+        ] {
+            let Ok(Some(Frame::Array(Some(items)))) = resp::decode(&mut buf, &limits) else {
+                panic!("not a command: {buf:?}");
+            };
+            let words: Vec<&[u8]> = items
+                .iter()
+                .filter_map(|f| f.as_bytes().map(|b| &b[..]))
+                .collect();
+            assert_eq!(words.len(), 3);
+            assert_eq!(words[..2], [&b"PUBLISH"[..], b"sb:news"]);
+            let m = parse_payload(words[2]).unwrap();
+            assert_eq!(
+                m,
+                Remote {
+                    node: &NODE,
+                    seq,
+                    content_type: ct,
+                    sender,
+                    body,
+                }
+            );
+        }
+        assert!(buf.is_empty(), "{buf:?}");
+    }
+
+    #[test]
+    fn publishes_are_taken_while_they_fit_under_the_pending_limit() {
+        // A publish counts its payload (a header of 28 bytes, the content
+        // type, the sender, the body), its channel in Redis and 64 bytes;
+        // once written, the bytes of its command (80 for the first here).
+        let first = 28 + 10 + 5 + 7 + 64;
+        let second = 28 + 10 + 3 + 5 + 7 + 64;
+        for (max_pending, sent) in [
+            (first - 1, 0),
+            (first, 1),
+            (80 + second - 1, 1),
+            (80 + second, 2),
+        ] {
+            let mut out = RecordingOutbox::default();
+            let mut c = up(&mut out);
+            c.settings.as_mut().unwrap().max_pending = max_pending;
+            c.publish(b"news", b"text/plain", None, b"hello");
+            c.publish(b"news", b"text/plain", Some(b"bob"), b"hello");
+            assert_eq!(c.stats().sent, sent, "{max_pending}");
+            assert_eq!(c.stats().dropped, 2 - sent, "{max_pending}");
+        }
+    }
+
+    #[test]
+    fn each_answer_gives_its_publishes_bytes_back_and_errors_are_counted() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = news_subscriber(&mut out);
+        // Room for one publish at a time.
+        c.settings.as_mut().unwrap().max_pending = 28 + 10 + 5 + 7 + 64;
+        let error = Frame::Error(Bytes::from_static(b"ERR no"));
+        for (answer, errors) in [(Frame::Integer(0), 0), (error.clone(), 1), (error, 2)] {
+            c.publish(b"news", b"text/plain", None, b"hello");
+            c.publish(b"news", b"text/plain", None, b"hello");
+            assert!(c.on_frame(1 << 2 | 1, answer, 0, &mut ch, &mut out));
+            assert_eq!(c.stats().errors, errors);
+        }
+        assert_eq!((c.stats().sent, c.stats().dropped), (3, 3));
+        // A message that no node wrote is counted and dropped.
+        let mut out = RecordingOutbox::default();
+        let junk = msg(b"message", b"sb:news", b"hello");
+        assert!(c.on_frame(1 << 2, junk, 0, &mut ch, &mut out));
+        ch.seal(&mut out);
+        assert!(out.frames.is_empty());
+        assert_eq!(c.stats().errors, 3);
+        assert_eq!(c.stats().received, 0);
+    }
 }
