@@ -1470,4 +1470,245 @@ mod tests {
         c.link_closed(1 << 2 | 1, 6);
         assert_eq!(c.stats().link_downs, 1);
     }
+
+    /// The tags of the dials asked for, each checked to be a dial of
+    /// `settings()`'s Redis with a 5 s timeout.
+    fn dials(c: &mut Cluster) -> Vec<u64> {
+        c.take_links()
+            .into_iter()
+            .map(|r| match r {
+                LinkRequest::Dial(d) => {
+                    let want = Dial {
+                        door: LINK_DOOR,
+                        tag: d.tag,
+                        host: "127.0.0.1".into(),
+                        port: 6379,
+                        tls: false,
+                        timeout_ms: 5_000,
+                    };
+                    assert_eq!(d, want);
+                    d.tag
+                }
+                other => panic!("not a dial: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_engine_says_what_it_was_made_with_and_off_it_asks_for_nothing() {
+        let c = Cluster::new(Some(settings()), NODE);
+        assert!(c.is_on());
+        assert_eq!(c.settings(), Some(&settings()));
+        assert_eq!(c.node_id(), &NODE[..]);
+        // A bulk from Redis may hold the largest body and 64 KiB more;
+        // an array as long as a switch list, two deep.
+        assert_eq!(
+            c.limits(),
+            resp::Limits {
+                max_bulk: 1024 + 64 * 1024,
+                max_array: switch_link::MAX_LIST,
+                max_depth: 2,
+            }
+        );
+        let mut off = Cluster::default();
+        assert!(!off.is_on());
+        assert_eq!(off.settings(), None);
+        assert_eq!(off.limits().max_bulk, resp::Limits::default().max_bulk);
+        assert_eq!(off.next_deadline(), None);
+        off.on_timers(0);
+        assert!(off.take_links().is_empty());
+        assert!(!off.is_up());
+        assert_eq!(off.stats(), ClusterStats::default());
+    }
+
+    #[test]
+    fn each_dial_is_tagged_with_its_link_and_its_number() {
+        let mut c = Cluster::new(Some(settings()), NODE);
+        c.on_timers(0);
+        let tags = dials(&mut c);
+        assert_eq!(tags, [1 << 2, 1 << 2 | 1, 1 << 2 | 2]);
+        let mut out = RecordingOutbox::default();
+        let mut ch = Channels::default();
+        for (tag, key) in tags.iter().zip([100, 101]) {
+            assert!(c.link_up(*tag, conn(key), 0, &mut out));
+            assert!(c.on_frame(*tag, pong(), 0, &mut ch, &mut out));
+        }
+        queue_link_up(&mut c, &mut out);
+        assert!(c.is_up());
+        // Each new dial of a link has the next number; a report about
+        // the one before is ignored.
+        c.link_closed(tags[0], 10);
+        c.on_timers(10 + BACKOFF_MIN);
+        let again = dials(&mut c);
+        assert_eq!(again, [2 << 2]);
+        c.link_failed(tags[0], "late", 20);
+        assert!(c.link_up(again[0], conn(102), 200, &mut out));
+    }
+
+    #[test]
+    fn stats_say_which_links_are_up() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let s = c.stats();
+        assert!(s.up && s.queue_up, "{s:?}");
+        assert_eq!(s.links_up, 3);
+        c.link_closed(1 << 2 | 1, 5);
+        let s = c.stats();
+        assert!(!s.up && s.queue_up, "{s:?}");
+        assert_eq!(s.links_up, 2);
+        c.link_closed(1 << 2 | 2, 5);
+        let s = c.stats();
+        assert!(!s.up && !s.queue_up, "{s:?}");
+        assert_eq!(s.links_up, 1);
+    }
+
+    #[test]
+    fn a_failed_dial_is_tried_again_after_a_back_off_that_doubles_up_to_5_s() {
+        let mut c = Cluster::new(Some(settings()), NODE);
+        let mut now = 0;
+        c.on_timers(now);
+        let mut tag = dials(&mut c)[0];
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            c.link_failed(tag, "connection refused", now);
+            // The other two links are still dialing: only this one waits.
+            let at = c.next_deadline().unwrap();
+            waits.push(at - now);
+            c.on_timers(at - 1);
+            assert!(c.take_links().is_empty());
+            now = at;
+            c.on_timers(now);
+            tag = dials(&mut c)[0];
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        // Up, the back-off starts again from 100 ms.
+        let mut out = RecordingOutbox::default();
+        let mut ch = Channels::default();
+        assert!(c.link_up(tag, conn(100), now, &mut out));
+        assert!(c.on_frame(tag, pong(), now, &mut ch, &mut out));
+        c.link_closed(tag, now);
+        assert_eq!(c.next_deadline(), Some(now + BACKOFF_MIN));
+    }
+
+    #[test]
+    fn by_default_16_mib_of_publishes_may_wait_for_redis() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        c.settings.as_mut().unwrap().max_pending = DEFAULT_MAX_PENDING;
+        let mib = vec![b'x'; 1 << 20];
+        for _ in 0..15 {
+            c.publish(b"news", b"text/plain", None, &mib);
+        }
+        assert_eq!((c.stats().sent, c.stats().dropped), (15, 0));
+        // Each command is its body and about 100 bytes: a 16th MiB is
+        // over, 2 KiB less is not.
+        c.publish(b"news", b"text/plain", None, &mib);
+        assert_eq!((c.stats().sent, c.stats().dropped), (15, 1));
+        c.publish(b"news", b"text/plain", None, &mib[2048..]);
+        assert_eq!((c.stats().sent, c.stats().dropped), (16, 1));
+    }
+
+    #[test]
+    fn a_link_lost_before_redis_answered_leaves_the_queue_link_alone() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert!(c.queue_send(&Bytes::from_static(b"q"), None, 10, b"hi"));
+        assert_eq!(c.queue_in_flight(), 1);
+        // The subscriber link is lost, and so is its next connection
+        // before Redis answered its first command.
+        c.link_closed(1 << 2, 10);
+        c.on_timers(10 + BACKOFF_MIN);
+        assert_eq!(dials(&mut c), [2 << 2]);
+        assert!(c.link_up(2 << 2, conn(102), 120, &mut out));
+        c.link_closed(2 << 2, 130);
+        // The send on the queue link is still awaited.
+        assert_eq!(c.queue_in_flight(), 1);
+        assert_eq!(c.stats().queue_unconfirmed, 0);
+        assert!(c.queues_up());
+    }
+
+    #[test]
+    fn a_publish_is_one_whole_command_that_gives_the_message_back() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        c.publish(b"news", b"text/plain", None, b"hello");
+        c.publish(b"news", b"a/b", Some(b"bob"), b"");
+        c.flush(&mut out);
+        let mut buf = BytesMut::from(&out.bytes_for(conn(101))[..]);
+        let limits = resp::Limits::default();
+        for (seq, ct, sender, body) in [
+            (1, &b"text/plain"[..], None, &b"hello"[..]),
+            (2, b"a/b", Some(&b"bob"[..]), b""),
+        ] {
+            let Ok(Some(Frame::Array(Some(items)))) = resp::decode(&mut buf, &limits) else {
+                panic!("not a command: {buf:?}");
+            };
+            let words: Vec<&[u8]> = items
+                .iter()
+                .filter_map(|f| f.as_bytes().map(|b| &b[..]))
+                .collect();
+            assert_eq!(words.len(), 3);
+            assert_eq!(words[..2], [&b"PUBLISH"[..], b"sb:news"]);
+            let m = parse_payload(words[2]).unwrap();
+            assert_eq!(
+                m,
+                Remote {
+                    node: &NODE,
+                    seq,
+                    content_type: ct,
+                    sender,
+                    body,
+                }
+            );
+        }
+        assert!(buf.is_empty(), "{buf:?}");
+    }
+
+    #[test]
+    fn publishes_are_taken_while_they_fit_under_the_pending_limit() {
+        // A publish counts its payload (a header of 28 bytes, the content
+        // type, the sender, the body), its channel in Redis and 64 bytes;
+        // once written, the bytes of its command (80 for the first here).
+        let first = 28 + 10 + 5 + 7 + 64;
+        let second = 28 + 10 + 3 + 5 + 7 + 64;
+        for (max_pending, sent) in [
+            (first - 1, 0),
+            (first, 1),
+            (80 + second - 1, 1),
+            (80 + second, 2),
+        ] {
+            let mut out = RecordingOutbox::default();
+            let mut c = up(&mut out);
+            c.settings.as_mut().unwrap().max_pending = max_pending;
+            c.publish(b"news", b"text/plain", None, b"hello");
+            c.publish(b"news", b"text/plain", Some(b"bob"), b"hello");
+            assert_eq!(c.stats().sent, sent, "{max_pending}");
+            assert_eq!(c.stats().dropped, 2 - sent, "{max_pending}");
+        }
+    }
+
+    #[test]
+    fn each_answer_gives_its_publishes_bytes_back_and_errors_are_counted() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let mut ch = news_subscriber(&mut out);
+        // Room for one publish at a time.
+        c.settings.as_mut().unwrap().max_pending = 28 + 10 + 5 + 7 + 64;
+        let error = Frame::Error(Bytes::from_static(b"ERR no"));
+        for (answer, errors) in [(Frame::Integer(0), 0), (error.clone(), 1), (error, 2)] {
+            c.publish(b"news", b"text/plain", None, b"hello");
+            c.publish(b"news", b"text/plain", None, b"hello");
+            assert!(c.on_frame(1 << 2 | 1, answer, 0, &mut ch, &mut out));
+            assert_eq!(c.stats().errors, errors);
+        }
+        assert_eq!((c.stats().sent, c.stats().dropped), (3, 3));
+        // A message that no node wrote is counted and dropped.
+        let mut out = RecordingOutbox::default();
+        let junk = msg(b"message", b"sb:news", b"hello");
+        assert!(c.on_frame(1 << 2, junk, 0, &mut ch, &mut out));
+        ch.seal(&mut out);
+        assert!(out.frames.is_empty());
+        assert_eq!(c.stats().errors, 3);
+        assert_eq!(c.stats().received, 0);
+    }
 }

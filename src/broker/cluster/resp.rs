@@ -359,4 +359,137 @@ mod tests {
         short.extend_from_slice(&vec![b'a'; MAX_LINE - 10]);
         assert_eq!(decode(&mut short, &Limits::default()), Ok(None));
     }
+
+    #[test]
+    fn an_array_holds_every_kind() {
+        let input = b"*9\r\n+OK\r\n-ERR x\r\n:5\r\n$0\r\n\r\n$-1\r\n*-1\r\n*0\r\n*1\r\n+in\r\n$1\r\nz\r\n+after\r\n";
+        let frames = all(input).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Array(Some(vec![
+                    Frame::Simple(b("OK")),
+                    Frame::Error(b("ERR x")),
+                    Frame::Integer(5),
+                    Frame::Bulk(Some(b(""))),
+                    Frame::Bulk(None),
+                    Frame::Array(None),
+                    Frame::Array(Some(vec![])),
+                    Frame::Array(Some(vec![Frame::Simple(b("in"))])),
+                    Frame::Bulk(Some(b("z"))),
+                ])),
+                Frame::Simple(b("after")),
+            ]
+        );
+        assert_eq!(frames[0].as_bytes(), None);
+        let Frame::Array(Some(items)) = &frames[0] else {
+            unreachable!()
+        };
+        let words: Vec<_> = items.iter().map(Frame::as_bytes).collect();
+        let (ok, z) = (b("OK"), b("z"));
+        assert_eq!(
+            words,
+            [
+                Some(&ok),
+                None,
+                None,
+                Some(&b("")),
+                None,
+                None,
+                None,
+                None,
+                Some(&z)
+            ]
+        );
+    }
+
+    #[test]
+    fn frames_at_the_limits_are_taken() {
+        let small = Limits {
+            max_bulk: 4,
+            max_array: 2,
+            max_depth: 2,
+        };
+        let cases: &[(&[u8], Frame)] = &[
+            (b"$4\r\nabcd\r\n", Frame::Bulk(Some(b("abcd")))),
+            (
+                b"*2\r\n:1\r\n:2\r\n",
+                Frame::Array(Some(vec![Frame::Integer(1), Frame::Integer(2)])),
+            ),
+            (
+                b"*1\r\n*1\r\n:1\r\n",
+                Frame::Array(Some(vec![Frame::Array(Some(vec![Frame::Integer(1)]))])),
+            ),
+            // An empty array holds nothing nested: it is not too deep.
+            (
+                b"*1\r\n*1\r\n*0\r\n",
+                Frame::Array(Some(vec![Frame::Array(Some(vec![Frame::Array(Some(
+                    vec![],
+                ))]))])),
+            ),
+        ];
+        for (input, want) in cases {
+            let mut buf = BytesMut::from(*input);
+            assert_eq!(
+                decode(&mut buf, &small),
+                Ok(Some(want.clone())),
+                "{input:?}"
+            );
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_line_may_hold_64_kib_and_no_more() {
+        let line = |n: usize, end: &[u8]| {
+            let mut buf = BytesMut::from(&b"+"[..]);
+            buf.extend_from_slice(&vec![b'a'; n]);
+            buf.extend_from_slice(end);
+            buf
+        };
+        let limits = Limits::default();
+        let mut buf = line(65536, b"\r\n");
+        let Ok(Some(Frame::Simple(text))) = decode(&mut buf, &limits) else {
+            panic!("a line of 64 KiB is refused");
+        };
+        assert_eq!(text.len(), 65536);
+        assert_eq!(decode(&mut line(65536, b"\r"), &limits), Ok(None));
+        assert_eq!(decode(&mut line(65537, b""), &limits), Ok(None));
+        assert_eq!(
+            decode(&mut line(65537, b"\r"), &limits),
+            Err(RespError::LongLine)
+        );
+        assert_eq!(
+            decode(&mut line(65537, b"\r\n"), &limits),
+            Err(RespError::LongLine)
+        );
+    }
+
+    #[test]
+    fn every_error_says_what_is_wrong() {
+        let texts: Vec<String> = [
+            RespError::Type(b'%'),
+            RespError::Number,
+            RespError::LongLine,
+            RespError::LongBulk(5),
+            RespError::LongArray(3),
+            RespError::Deep,
+            RespError::NoCrlf,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            texts,
+            [
+                "not RESP2: a frame starts with byte 0x25",
+                "not RESP2: a length or integer is not a number",
+                "a line longer than 65536 bytes",
+                "a bulk string of 5 bytes is over the limit",
+                "an array of 3 elements is over the limit",
+                "arrays nested too deep",
+                "a bulk string is not followed by CRLF",
+            ]
+        );
+    }
 }

@@ -213,6 +213,27 @@ mod tests {
         assert_eq!(shown("redis://h:1"), "redis://h:1");
     }
 
+    #[test]
+    fn auth_prints_its_user_and_stars_for_the_password() {
+        let a = Auth {
+            user: Some("alice".into()),
+            password: "s3cret".into(),
+        };
+        assert_eq!(
+            format!("{a:?}"),
+            r#"Auth { user: Some("alice"), password: "***" }"#
+        );
+    }
+
+    #[test]
+    fn escapes_are_decoded_in_either_case() {
+        let u = parse("redis://%41l%69ce%2f:p%7e%25%3A@h").unwrap();
+        assert_eq!(u.auth, auth(Some("Alice/"), "p~%:"));
+        for bad in ["redis://:%4@h", "redis://:%g0@h", "redis://:%ff@h"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use proptest::prelude::*;
 
     /// Found by the property below: a password holding `://` in a URL
