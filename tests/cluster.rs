@@ -1037,10 +1037,13 @@ fn redis_unreachable_at_start_exits_2_unless_optional() {
     let mut gone = redis;
     gone.kill();
     let lone = Server::start(&["--cluster", &url, "--cluster-optional"]);
-    // The failed connect names the address it tried.
+    // The failed connect names the address it tried, the Redis of the URL.
     let log = lone.wait_log("link to Redis at");
     assert!(
-        log.contains(&format!("failed: connect 127.0.0.1:{}: ", gone.port)),
+        log.contains(&format!(
+            "link to Redis at 127.0.0.1:{} failed: connect 127.0.0.1:{}: ",
+            gone.port, gone.port
+        )),
         "{log}"
     );
     let health = http_get(lone.bus(), "/healthz");
