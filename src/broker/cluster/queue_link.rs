@@ -1356,4 +1356,23 @@ mod tests {
         assert_eq!((s.queue_kept, s.queue_local_full), (2, 1));
         assert_eq!(br.queues.queued(), 1);
     }
+
+    #[test]
+    fn an_address_nobody_waits_on_is_forgotten_by_the_sweep_while_the_subscriber_link_is_down() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        br.cluster.link_closed(SUB, 10);
+        br.cancel(w);
+        br.on_timers(SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.queue_watches(), 1);
+        br.on_timers(2 * SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.queue_watches(), 0);
+        // No sweep left (the subscriber link is being dialed again).
+        assert_eq!(br.cluster.next_deadline(), None);
+    }
 }
