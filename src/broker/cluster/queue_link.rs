@@ -1350,10 +1350,14 @@ mod tests {
         assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
         br.cancel(w);
         let big = "x".repeat(2000);
-        let answer = take_answer(&[(500, "30", None, &big), (500, "30", None, "small")], 0);
-        assert!(br.cluster_frame(QUEUE, answer, 0, &mut out));
+        let entries = [
+            (500, "30", None, &big[..]),
+            (500, "30", None, "small"),
+            (500, "30", None, &big[..]),
+        ];
+        assert!(br.cluster_frame(QUEUE, take_answer(&entries, 0), 0, &mut out));
         let s = br.cluster.stats();
-        assert_eq!((s.queue_kept, s.queue_local_full), (2, 1));
+        assert_eq!((s.queue_kept, s.queue_local_full), (3, 2));
         assert_eq!(br.queues.queued(), 1);
     }
 
