@@ -1906,4 +1906,16 @@ mod tests {
         assert!(c.on_frame(tag, confirm(b"msb:n:svc", 1), 110, &mut ch, &mut out));
         assert_eq!(c.switch_listening(), 1);
     }
+
+    #[test]
+    fn a_call_while_the_queue_link_is_down_is_told_why() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert_eq!(c.switch_unavailable(), None);
+        c.link_closed(QUEUE, 10);
+        assert_eq!(
+            c.switch_unavailable(),
+            Some("the cluster's queue link to Redis is down; try again")
+        );
+    }
 }
