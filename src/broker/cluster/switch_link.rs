@@ -1918,4 +1918,30 @@ mod tests {
             Some("the cluster's queue link to Redis is down; try again")
         );
     }
+
+    #[test]
+    fn a_node_keeps_the_owners_of_at_most_max_queues_transient_queues() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        for i in 0..MAX_QUEUES - 1 {
+            c.q.sw.owner_of.insert(Bytes::from(format!("q{i}")), b("s"));
+        }
+        c.switch_create(conn(1), &b("last"), Some(&b("s"))).unwrap();
+        c.switch_create(conn(1), &b("over"), Some(&b("s"))).unwrap();
+        for f in [ok_frame(), Frame::Integer(1), Frame::Integer(1)] {
+            feed(&mut c, QUEUE, f, &mut out);
+        }
+        // Both made, the second not kept for its session's end.
+        let made: Vec<ClusterReply> = polled(&out).into_iter().map(|(_, r)| r).collect();
+        assert_eq!(
+            made,
+            [
+                ClusterReply::Created(b("last")),
+                ClusterReply::Created(b("over"))
+            ]
+        );
+        assert_eq!(c.q.sw.owner_of.len(), MAX_QUEUES);
+        assert!(c.q.sw.owner_of.contains_key(&b("last")));
+        assert!(!c.q.sw.owner_of.contains_key(&b("over")));
+    }
 }
