@@ -1069,4 +1069,314 @@ mod tests {
         assert!(!br.cluster_frame(2 << 2 | 2, refused, 0, &mut out));
         assert!(!br.cluster.queues_up());
     }
+
+    #[test]
+    fn a_take_answer_may_hold_as_many_entries_as_a_take_asks_for() {
+        let addr = b("jobs");
+        for n in [3, MAX_TAKE] {
+            let entries: Vec<(u64, &str, Option<&str>, &str)> =
+                (0..n).map(|_| (1, "1", None, "x")).collect();
+            let (_, _, got) = parse_take(&addr, &take_answer(&entries, 0)).unwrap();
+            assert_eq!(got.len(), n);
+        }
+    }
+
+    #[test]
+    fn the_pending_bytes_take_a_send_that_fills_them_exactly() {
+        // The estimate of a send: body + 2 × address + reply + 256; the
+        // bound in these settings is 1024.
+        let to = b("a");
+        for (body, goes) in [(763, true), (764, false)] {
+            let mut out = RecordingOutbox::default();
+            let mut c = up(&mut out);
+            let sent = c.queue_send(&to, Some(b"rrr"), 30, &vec![b'x'; body]);
+            assert_eq!(sent, goes, "a body of {body}");
+            assert_eq!(c.stats().queue_local, u64::from(!goes));
+        }
+        // Once written, the bytes of the commands themselves are pending,
+        // until Redis answers each.
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert!(c.queue_send(&to, None, 30, b"one"));
+        assert!(c.queue_send(&to, None, 30, b"two"));
+        c.flush(&mut out);
+        let written = sent_to(&out, 110).len();
+        assert_eq!(c.q.pending_bytes, written);
+        let mut ch = crate::broker::channels::Channels::default();
+        assert!(c.on_frame(QUEUE, Frame::Integer(0), 0, &mut ch, &mut out));
+        assert_eq!(c.q.pending_bytes, written / 2);
+        assert!(c.on_frame(QUEUE, Frame::Integer(0), 0, &mut ch, &mut out));
+        assert_eq!(c.q.pending_bytes, 0);
+    }
+
+    #[test]
+    fn every_unreadable_answer_is_counted_once() {
+        let mut ch = crate::broker::channels::Channels::default();
+        // An answer nobody asked for.
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert!(!c.on_frame(QUEUE, Frame::Integer(0), 0, &mut ch, &mut out));
+        assert_eq!(c.stats().errors, 1);
+        // A send answered with what is neither a count nor an error.
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert!(c.queue_send(&b("a"), None, 30, b"x"));
+        assert!(c.on_frame(QUEUE, bulk(b"what"), 0, &mut ch, &mut out));
+        assert_eq!(c.stats().errors, 1);
+        // A take refused by Redis: counted as an error, not also as junk.
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        br.ready(0, conn(1), 30, vec![b("q")], &mut out);
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:q", 1), 0, &mut out));
+        assert_eq!(br.cluster.queue_in_flight(), 1);
+        let refused = Frame::Error(b("BUSY Redis is busy running a script"));
+        assert!(br.cluster_frame(QUEUE, refused, 0, &mut out));
+        assert_eq!(br.cluster.stats().errors, 1);
+        assert_eq!(br.cluster.queue_in_flight(), 0);
+        // A SCRIPT LOAD answered with what is not a SHA1: counted, closed.
+        let mut c = Cluster::new(Some(super::super::tests::settings()), *b"aaaaaaaaaaaaaaaa");
+        c.on_timers(0);
+        c.take_links();
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(QUEUE, conn(110), 0, &mut out));
+        assert_eq!(c.queue_in_flight(), 10);
+        assert!(c.on_frame(QUEUE, pong(), 0, &mut ch, &mut out));
+        assert!(!c.on_frame(QUEUE, bulk(b"not a sha1"), 0, &mut ch, &mut out));
+        assert_eq!(c.stats().errors, 1);
+        assert!(!c.queues_up());
+    }
+
+    #[test]
+    fn a_take_that_brings_all_it_asked_for_is_followed_by_another() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        // More receivers than one take asks for.
+        let n = MAX_TAKE as u32 + 1;
+        for i in 1..=n {
+            br.ready(0, conn(i), 30, vec![b("jobs")], &mut out);
+        }
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:jobs", 1), 0, &mut out));
+        let take = |count: usize| {
+            let sha = "b".repeat(40);
+            format!("*6\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$8\r\nqsb:jobs\r\n${}\r\n{count}\r\n$4\r\n1000\r\n", count.to_string().len())
+        };
+        assert_eq!(sent_to(&out, 110), take(MAX_TAKE));
+        let all: Vec<(u64, &str, Option<&str>, &str)> =
+            (0..MAX_TAKE).map(|_| (1000, "30", None, "m")).collect();
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(QUEUE, take_answer(&all, 0), 0, &mut out));
+        assert_eq!(out.answers.len(), MAX_TAKE);
+        assert_eq!(sent_to(&out, 110), take(1), "the one left waiting");
+        // Fewer than asked for, and Redis looked at all it had: no more.
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        assert!(sent_to(&out, 110).is_empty());
+        // Fewer than asked for, but Redis stopped at its look-at bound
+        // (`more`): another take.
+        let note = Frame::Array(Some(vec![bulk(b"message"), bulk(b"qsb:jobs"), bulk(b"1")]));
+        assert!(br.cluster_frame(SUB, note, 0, &mut out));
+        assert_eq!(sent_to(&out, 110), take(1));
+        let mut out = RecordingOutbox::default();
+        let stopped = Frame::Array(Some(vec![Frame::Integer(1000), Frame::Integer(1)]));
+        assert!(br.cluster_frame(QUEUE, stopped, 0, &mut out));
+        assert_eq!(br.cluster.stats().queue_expired, 1000);
+        assert_eq!(sent_to(&out, 110), take(1));
+    }
+
+    #[test]
+    fn the_queue_link_going_keeps_what_is_listened_for_and_takes_again_once_back() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        // b: a send in flight, no receiver.
+        br.send(0, b("b"), None, 30, b("x"), &mut out).unwrap();
+        // a: listened for, a receiver waiting.
+        br.ready(0, conn(1), 30, vec![b("a")], &mut out);
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, Frame::Integer(0), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        // d: listened for, then its receiver went: unsubscribed at the
+        // second sweep, not yet confirmed.
+        let Ready::Waiting(w) = br.ready(0, conn(4), 30, vec![b("d")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:d", 2), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        br.cancel(w);
+        // b's second send, unanswered through both sweeps: b is kept.
+        br.send(0, b("b"), None, 30, b("y"), &mut out).unwrap();
+        br.on_timers(SWEEP_MS, &mut out);
+        let mut out = RecordingOutbox::default();
+        br.on_timers(2 * SWEEP_MS, &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$11\r\nUNSUBSCRIBE\r\n$5\r\nqsb:d\r\n"
+        );
+        assert!(br.cluster.queue_busy(b"b"));
+        // c: a receiver waiting, its subscription not yet confirmed.
+        br.ready(2 * SWEEP_MS, conn(3), 30, vec![b("c")], &mut out);
+        assert_eq!(br.cluster.queue_watches(), 4);
+        assert_eq!(br.cluster.queue_listening(), 1);
+        // Down: b goes, a (listened for), c and d (confirmations to come)
+        // stay.
+        br.cluster.link_closed(QUEUE, 2500);
+        let mut kept: Vec<Bytes> = br.cluster.q.watches.keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, [b("a"), b("c"), b("d")]);
+        assert_eq!(br.cluster.queue_listening(), 1);
+        assert!(!br.cluster.queue_busy(b"b"));
+        // Back: a take for the address listened for with a receiver; the
+        // notification channels are still not counted as subscriptions,
+        // and the sweep keeps its time.
+        br.cluster.on_timers(2600);
+        assert_eq!(br.cluster.take_links().len(), 1);
+        let tag = 2 << 2 | 2;
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster.link_up(tag, conn(111), 2600, &mut out));
+        assert!(br.cluster_frame(tag, pong(), 2600, &mut out));
+        for x in b'a'..=b'i' {
+            assert!(br.cluster_frame(tag, bulk(&[x; 40]), 2600, &mut out));
+        }
+        assert!(br.cluster.queues_up());
+        let q = sent_to(&out, 111);
+        assert!(
+            q.ends_with("$5\r\nqsb:a\r\n$1\r\n1\r\n$4\r\n1000\r\n"),
+            "{q}"
+        );
+        assert_eq!(q.matches("qsb:").count(), 1, "{q}");
+        assert_eq!(br.cluster.stats().confirmed, 0);
+        assert_eq!(br.cluster.next_deadline(), Some(3 * SWEEP_MS));
+    }
+
+    #[test]
+    fn a_subscription_asked_again_before_its_unsubscribe_is_confirmed_waits_for_its_own_confirmation(
+    ) {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        br.cancel(w);
+        br.on_timers(SWEEP_MS, &mut out);
+        br.on_timers(2 * SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.queue_listening(), 0);
+        // A receiver comes before Redis confirms the unsubscribe.
+        let mut out = RecordingOutbox::default();
+        br.ready(2 * SWEEP_MS, conn(2), 30, vec![b("a")], &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nqsb:a\r\n"
+        );
+        assert!(br.cluster.queue_busy(b"a"));
+        // The unsubscribe's confirmation is not the subscription's.
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster_frame(SUB, confirm("unsubscribe", "qsb:a", 0), 0, &mut out));
+        assert_eq!(br.cluster.queue_listening(), 0);
+        assert_eq!(br.cluster.queue_watches(), 1);
+        assert!(
+            sent_to(&out, 110).is_empty(),
+            "no take before the subscription"
+        );
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert_eq!(br.cluster.queue_listening(), 1);
+        assert!(sent_to(&out, 110).contains("qsb:a"));
+    }
+
+    #[test]
+    fn the_sweep_comes_a_second_after_the_first_address_is_watched() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        assert_eq!(br.cluster.next_deadline(), None);
+        br.ready(500, conn(1), 30, vec![b("a")], &mut out);
+        assert_eq!(br.cluster.next_deadline(), Some(500 + SWEEP_MS));
+        // Later pumps leave it where it is.
+        br.ready(700, conn(2), 30, vec![b("b")], &mut out);
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 900, &mut out));
+        assert_eq!(br.cluster.next_deadline(), Some(500 + SWEEP_MS));
+        // Not before its time.
+        let mut out = RecordingOutbox::default();
+        br.cluster.sweep(500 + SWEEP_MS - 1, &br.queues, &mut out);
+        assert_eq!(br.cluster.next_deadline(), Some(500 + SWEEP_MS));
+        br.cluster.sweep(500 + SWEEP_MS, &br.queues, &mut out);
+        assert_eq!(br.cluster.next_deadline(), Some(500 + 2 * SWEEP_MS));
+    }
+
+    #[test]
+    fn the_subscriber_link_coming_back_listens_again() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        br.ready(0, conn(1), 30, vec![b("a")], &mut out);
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        assert_eq!(br.cluster.queue_listening(), 1);
+        br.cluster.link_closed(SUB, 10);
+        assert_eq!(br.cluster.queue_listening(), 0);
+        assert_eq!(br.cluster.stats().confirmed, 0);
+        br.cluster.on_timers(110);
+        assert_eq!(br.cluster.take_links().len(), 1);
+        let tag = 2 << 2;
+        let mut out = RecordingOutbox::default();
+        assert!(br.cluster.link_up(tag, conn(120), 110, &mut out));
+        assert!(br.cluster_frame(tag, pong(), 110, &mut out));
+        assert_eq!(
+            sent_to(&out, 120),
+            "*1\r\n$4\r\nPING\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nqsb:a\r\n"
+        );
+        assert!(
+            sent_to(&out, 110).is_empty(),
+            "no take before the subscription"
+        );
+        assert!(br.cluster_frame(tag, confirm("subscribe", "qsb:a", 1), 110, &mut out));
+        assert_eq!(br.cluster.queue_listening(), 1);
+        assert!(sent_to(&out, 110).contains("qsb:a"));
+    }
+
+    #[test]
+    fn an_entry_taken_for_a_receiver_gone_and_too_big_to_keep_is_counted() {
+        let mut out = RecordingOutbox::default();
+        let mut br = Broker {
+            cluster: up(&mut out),
+            queues: Queues::new(0).with_limits(crate::broker::queues::QueueLimits {
+                per_address: 1024,
+                total: 1024,
+            }),
+            ..Broker::default()
+        };
+        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        br.cancel(w);
+        let big = "x".repeat(2000);
+        let entries = [
+            (500, "30", None, &big[..]),
+            (500, "30", None, "small"),
+            (500, "30", None, &big[..]),
+        ];
+        assert!(br.cluster_frame(QUEUE, take_answer(&entries, 0), 0, &mut out));
+        let s = br.cluster.stats();
+        assert_eq!((s.queue_kept, s.queue_local_full), (3, 2));
+        assert_eq!(br.queues.queued(), 1);
+    }
+
+    #[test]
+    fn an_address_nobody_waits_on_is_forgotten_by_the_sweep_while_the_subscriber_link_is_down() {
+        let mut out = RecordingOutbox::default();
+        let mut br = broker(&mut out);
+        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        br.cluster.link_closed(SUB, 10);
+        br.cancel(w);
+        br.on_timers(SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.queue_watches(), 1);
+        br.on_timers(2 * SWEEP_MS, &mut out);
+        assert_eq!(br.cluster.queue_watches(), 0);
+        // No sweep left (the subscriber link is being dialed again).
+        assert_eq!(br.cluster.next_deadline(), None);
+    }
 }

@@ -1644,4 +1644,304 @@ mod tests {
             [(l, ClusterReply::List(vec![b("x"), b("y")]))]
         );
     }
+
+    #[test]
+    fn a_read_answer_may_hold_as_many_messages_as_a_read_asks_for() {
+        let names = [b("a")];
+        for n in [8, MAX_READ as u64] {
+            let all: Vec<(i64, u64, &str, &str, &str, &str)> =
+                (0..n).map(|i| (1, i, "q", "", "", "")).collect();
+            let t = parse_read(&names, None, &read_answer(&all)).unwrap();
+            assert_eq!(t.messages.len() as u64, n);
+        }
+    }
+
+    #[test]
+    fn the_queue_link_loads_every_script_in_its_place() {
+        use super::super::queue_link::{SEND_SCRIPT, TAKE_SCRIPT};
+        let mut c = Cluster::new(Some(super::super::tests::settings()), *b"aaaaaaaaaaaaaaaa");
+        c.on_timers(0);
+        c.take_links();
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(QUEUE, conn(110), 0, &mut out));
+        let mut expected = String::from("*1\r\n$4\r\nPING\r\n");
+        let (destroy, sweep) = (format!("{DROP}{DESTROY}"), format!("{DROP}{SWEEP}"));
+        // The places of `Script`, after the line queues' two.
+        let all = [
+            SEND_SCRIPT,
+            TAKE_SCRIPT,
+            CREATE,
+            &destroy,
+            SEND,
+            ACK,
+            READ,
+            LIST,
+            &sweep,
+        ];
+        assert_eq!(all[Script::Sweep as usize], sweep);
+        for s in all {
+            expected.push_str(&format!(
+                "*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n${}\r\n{s}\r\n",
+                s.len()
+            ));
+        }
+        assert_eq!(sent_to(&out, 110), expected);
+    }
+
+    #[test]
+    fn the_liveness_key_is_set_every_two_seconds_and_the_sweep_runs_every_three() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert_eq!(c.next_deadline(), None, "no switch call yet");
+        c.switch_create(conn(1), &b("a"), None).unwrap();
+        // The second call sets no second key.
+        c.switch_create(conn(1), &b("b"), None).unwrap();
+        c.flush(&mut out);
+        assert_eq!(sent_to(&out, 110).matches("SET").count(), 1);
+        // The first sweep at once, then the key every 2 s and the sweep
+        // every 3 s, each not before its time.
+        assert_eq!(c.next_deadline(), Some(0));
+        let sweep = "i".repeat(40);
+        let mut seen = Vec::new();
+        for now in [0, 1999, 2000, 2999, 3000, 3999, 4000] {
+            let mut out = RecordingOutbox::default();
+            c.switch_tick(now, &mut out);
+            let q = sent_to(&out, 110);
+            seen.push((now, q.matches("SET").count(), q.matches(&sweep).count()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (0, 0, 1),
+                (1999, 0, 0),
+                (2000, 1, 0),
+                (2999, 0, 0),
+                (3000, 0, 1),
+                (3999, 0, 0),
+                (4000, 1, 0)
+            ]
+        );
+        assert_eq!(c.next_deadline(), Some(6000));
+    }
+
+    #[test]
+    fn a_switch_send_fills_the_pending_bytes_exactly_and_gives_them_back() {
+        // The estimate: payload + name + reply-to + session + 256; the
+        // bound in these settings is 1024.
+        let message = |len: usize| Message {
+            payload: Bytes::from(vec![b'x'; len]),
+            kind: Kind::Request(b("rr")),
+        };
+        for (len, goes) in [(762, true), (763, false)] {
+            let mut out = RecordingOutbox::default();
+            let mut c = up(&mut out);
+            let sent = c.switch_send(conn(1), &b("q"), b"sss", &message(len), (1 << 20, 1 << 20));
+            assert_eq!(sent.is_ok(), goes, "a payload of {len}");
+        }
+        // Once written, the command's own bytes are pending until Redis
+        // answers it, with an id or with an error.
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        c.switch_create(conn(1), &b("q"), None).unwrap();
+        c.flush(&mut out);
+        let mut out = RecordingOutbox::default();
+        c.switch_send(conn(1), &b("q"), b"s", &message(10), (1000, 1000))
+            .unwrap();
+        c.switch_send(conn(1), &b("q"), b"s", &message(10), (1000, 1000))
+            .unwrap();
+        c.flush(&mut out);
+        let written = sent_to(&out, 110).len();
+        assert_eq!(c.q.pending_bytes, written);
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, Frame::Integer(1), &mut out);
+        assert_eq!(c.q.pending_bytes, written);
+        feed(&mut c, QUEUE, Frame::Integer(0), &mut out);
+        assert_eq!(c.q.pending_bytes, written / 2);
+        feed(&mut c, QUEUE, Frame::Error(b("OOM no")), &mut out);
+        assert_eq!(c.q.pending_bytes, 0);
+    }
+
+    #[test]
+    fn a_create_over_the_queue_limit_says_so() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c.switch_create(conn(1), &b("a"), None).unwrap();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, Frame::Integer(-1), &mut out);
+        let why = format!("too many queues (the limit is {MAX_QUEUES})");
+        assert_eq!(polled(&out), [(seq, ClusterReply::Unavailable(why))]);
+        assert_eq!(c.stats().errors, 0);
+    }
+
+    #[test]
+    fn calls_are_numbered_one_after_the_other() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seqs = [
+            c.switch_create(conn(1), &b("a"), None).unwrap(),
+            c.switch_destroy(conn(1), b"a").unwrap(),
+            c.switch_ack(conn(1), b"a", 0).unwrap(),
+            c.switch_list(conn(1), b"", false).unwrap(),
+            c.switch_transfer(conn(1), None, false, vec![b("a")])
+                .unwrap(),
+        ];
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_queue_let_go_before_its_subscription_is_confirmed_is_unsubscribed_by_the_sweep() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let seq = c
+            .switch_transfer(conn(2), None, true, vec![b("svc")])
+            .unwrap();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        c.switch_cancel(seq);
+        let confirm = Frame::Array(Some(vec![
+            bulk(b"subscribe"),
+            bulk(b"msb:n:svc"),
+            Frame::Integer(1),
+        ]));
+        feed(&mut c, SUB, confirm, &mut out);
+        assert_eq!(c.switch_listening(), 1);
+        let mut out = RecordingOutbox::default();
+        c.switch_tick(0, &mut out);
+        c.switch_tick(SWEEP_EVERY_MS, &mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$11\r\nUNSUBSCRIBE\r\n$9\r\nmsb:n:svc\r\n"
+        );
+    }
+
+    #[test]
+    fn a_queue_waited_on_again_before_its_unsubscribe_is_confirmed_waits_for_its_subscription() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let confirm = |kind: &[u8], n| {
+            Frame::Array(Some(vec![
+                bulk(kind),
+                bulk(b"msb:n:svc"),
+                Frame::Integer(n),
+            ]))
+        };
+        let seq = c
+            .switch_transfer(conn(2), None, true, vec![b("svc")])
+            .unwrap();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        feed(&mut c, SUB, confirm(b"subscribe", 1), &mut out);
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        c.switch_cancel(seq);
+        c.switch_tick(0, &mut out);
+        c.switch_tick(SWEEP_EVERY_MS, &mut out);
+        // The two sweeps and the liveness key between them.
+        for f in [Frame::Integer(0), ok_frame(), Frame::Integer(0)] {
+            feed(&mut c, QUEUE, f, &mut out);
+        }
+        assert_eq!(c.switch_listening(), 0);
+        assert_eq!(c.queue_in_flight(), 0);
+        // Waited on again before Redis confirms the unsubscribe.
+        let mut out = RecordingOutbox::default();
+        c.switch_transfer(conn(3), None, true, vec![b("svc")])
+            .unwrap();
+        c.flush(&mut out);
+        assert_eq!(
+            sent_to(&out, 100),
+            "*2\r\n$9\r\nSUBSCRIBE\r\n$9\r\nmsb:n:svc\r\n"
+        );
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        // The unsubscribe's confirmation is not the subscription's.
+        let mut out = RecordingOutbox::default();
+        feed(&mut c, SUB, confirm(b"unsubscribe", 0), &mut out);
+        assert_eq!(c.switch_listening(), 0);
+        assert!(sent_to(&out, 110).is_empty());
+        feed(&mut c, SUB, confirm(b"subscribe", 1), &mut out);
+        assert_eq!(c.switch_listening(), 1);
+        assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 1, "a read");
+    }
+
+    #[test]
+    fn the_subscriber_link_coming_back_listens_again_for_the_queues_waited_on() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        let confirm = |name: &[u8], n| {
+            Frame::Array(Some(vec![
+                bulk(b"subscribe"),
+                bulk(name),
+                Frame::Integer(n),
+            ]))
+        };
+        // "done": its transfer answered; "svc": one waiting.
+        let done = c
+            .switch_transfer(conn(2), None, true, vec![b("done")])
+            .unwrap();
+        c.switch_transfer(conn(3), None, true, vec![b("svc")])
+            .unwrap();
+        feed(&mut c, QUEUE, ok_frame(), &mut out);
+        feed(
+            &mut c,
+            QUEUE,
+            read_answer(&[(1, 0, "q", "", "", "x")]),
+            &mut out,
+        );
+        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        assert_eq!(polled(&out)[0].0, done);
+        feed(&mut c, SUB, confirm(b"msb:n:done", 1), &mut out);
+        feed(&mut c, SUB, confirm(b"msb:n:svc", 2), &mut out);
+        assert_eq!(c.switch_listening(), 2);
+        c.link_closed(SUB, 10);
+        assert_eq!(c.switch_listening(), 0);
+        c.on_timers(110);
+        assert_eq!(c.take_links().len(), 1);
+        let tag = 2 << 2;
+        let mut ch = Channels::default();
+        let mut out = RecordingOutbox::default();
+        assert!(c.link_up(tag, conn(120), 110, &mut out));
+        assert!(c.on_frame(tag, pong(), 110, &mut ch, &mut out));
+        assert_eq!(
+            sent_to(&out, 120),
+            "*1\r\n$4\r\nPING\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$9\r\nmsb:n:svc\r\n"
+        );
+        assert!(c.on_frame(tag, confirm(b"msb:n:svc", 1), 110, &mut ch, &mut out));
+        assert_eq!(c.switch_listening(), 1);
+    }
+
+    #[test]
+    fn a_call_while_the_queue_link_is_down_is_told_why() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        assert_eq!(c.switch_unavailable(), None);
+        c.link_closed(QUEUE, 10);
+        assert_eq!(
+            c.switch_unavailable(),
+            Some("the cluster's queue link to Redis is down; try again")
+        );
+    }
+
+    #[test]
+    fn a_node_keeps_the_owners_of_at_most_max_queues_transient_queues() {
+        let mut out = RecordingOutbox::default();
+        let mut c = up(&mut out);
+        for i in 0..MAX_QUEUES - 1 {
+            c.q.sw.owner_of.insert(Bytes::from(format!("q{i}")), b("s"));
+        }
+        c.switch_create(conn(1), &b("last"), Some(&b("s"))).unwrap();
+        c.switch_create(conn(1), &b("over"), Some(&b("s"))).unwrap();
+        for f in [ok_frame(), Frame::Integer(1), Frame::Integer(1)] {
+            feed(&mut c, QUEUE, f, &mut out);
+        }
+        // Both made, the second not kept for its session's end.
+        let made: Vec<ClusterReply> = polled(&out).into_iter().map(|(_, r)| r).collect();
+        assert_eq!(
+            made,
+            [
+                ClusterReply::Created(b("last")),
+                ClusterReply::Created(b("over"))
+            ]
+        );
+        assert_eq!(c.q.sw.owner_of.len(), MAX_QUEUES);
+        assert!(c.q.sw.owner_of.contains_key(&b("last")));
+        assert!(!c.q.sw.owner_of.contains_key(&b("over")));
+    }
 }
