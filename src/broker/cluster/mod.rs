@@ -1013,6 +1013,16 @@ mod tests {
         Frame::Bulk(Some(Bytes::copy_from_slice(s)))
     }
 
+    /// Redis' confirmation of a `SUBSCRIBE` or `UNSUBSCRIBE` (`kind`) of
+    /// `channel`, with the count of channels the link is then subscribed to.
+    pub(super) fn confirm(kind: &str, channel: &str, n: i64) -> Frame {
+        Frame::Array(Some(vec![
+            bulk(kind.as_bytes()),
+            bulk(channel.as_bytes()),
+            Frame::Integer(n),
+        ]))
+    }
+
     fn msg(kind: &[u8], channel: &[u8], payload: &[u8]) -> Frame {
         let mut items = vec![bulk(kind)];
         if kind == b"pmessage" {

@@ -754,7 +754,7 @@ fn bulk(buf: &mut BytesMut, parts: &[&[u8]]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{bulk, conn, pong, sent_to, up};
+    use super::super::tests::{bulk, confirm, conn, pong, sent_to, up};
     use super::*;
     use crate::broker::{Broker, Ready, RecordingOutbox};
 
@@ -787,12 +787,16 @@ mod tests {
         Frame::Array(Some(items))
     }
 
-    fn confirm(kind: &str, channel: &str, n: i64) -> Frame {
-        Frame::Array(Some(vec![
-            bulk(kind.as_bytes()),
-            bulk(channel.as_bytes()),
-            Frame::Integer(n),
-        ]))
+    /// No take goes out on the queue link (conn 110) for `qsb:a` until the
+    /// subscriber link (`link`) confirms its subscription; then one does.
+    fn takes_once_subscribed(br: &mut Broker, link: u64, now: Millis, out: &mut RecordingOutbox) {
+        assert!(
+            sent_to(out, 110).is_empty(),
+            "no take before the subscription"
+        );
+        assert!(br.cluster_frame(link, confirm("subscribe", "qsb:a", 1), now, out));
+        assert_eq!(br.cluster.queue_listening(), 1);
+        assert!(sent_to(out, 110).contains("qsb:a"));
     }
 
     #[test]
@@ -1275,13 +1279,7 @@ mod tests {
         assert!(br.cluster_frame(SUB, confirm("unsubscribe", "qsb:a", 0), 0, &mut out));
         assert_eq!(br.cluster.queue_listening(), 0);
         assert_eq!(br.cluster.queue_watches(), 1);
-        assert!(
-            sent_to(&out, 110).is_empty(),
-            "no take before the subscription"
-        );
-        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
-        assert_eq!(br.cluster.queue_listening(), 1);
-        assert!(sent_to(&out, 110).contains("qsb:a"));
+        takes_once_subscribed(&mut br, SUB, 0, &mut out);
     }
 
     #[test]
@@ -1324,13 +1322,7 @@ mod tests {
             sent_to(&out, 120),
             "*1\r\n$4\r\nPING\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nqsb:a\r\n"
         );
-        assert!(
-            sent_to(&out, 110).is_empty(),
-            "no take before the subscription"
-        );
-        assert!(br.cluster_frame(tag, confirm("subscribe", "qsb:a", 1), 110, &mut out));
-        assert_eq!(br.cluster.queue_listening(), 1);
-        assert!(sent_to(&out, 110).contains("qsb:a"));
+        takes_once_subscribed(&mut br, tag, 110, &mut out);
     }
 
     #[test]

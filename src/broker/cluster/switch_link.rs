@@ -1187,7 +1187,7 @@ fn call_of(cmd: &SwCmd) -> Option<(ConnId, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{bulk, conn, pong, sent_to, up};
+    use super::super::tests::{bulk, confirm, conn, pong, sent_to, up};
     use super::*;
     use crate::broker::channels::Channels;
     use crate::broker::RecordingOutbox;
@@ -1408,12 +1408,7 @@ mod tests {
         assert_eq!(c.switch_waits(), 1);
         // The subscription's confirmation reads again; a notification
         // meanwhile brings one more read after it.
-        let confirm = Frame::Array(Some(vec![
-            bulk(b"subscribe"),
-            bulk(b"msb:n:svc"),
-            Frame::Integer(1),
-        ]));
-        feed(&mut c, SUB, confirm, &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         assert_eq!(c.switch_listening(), 1);
         assert_eq!(c.stats().confirmed, 0, "not counted as a channel");
         assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 1);
@@ -1442,11 +1437,7 @@ mod tests {
         c.switch_tick(2 * SWEEP_EVERY_MS, &mut out);
         assert!(sent_to(&out, 100).contains("UNSUBSCRIBE"));
         assert_eq!(c.q.sw.named.len(), 1);
-        let unsub = Frame::Array(Some(vec![
-            bulk(b"unsubscribe"),
-            bulk(b"msb:n:svc"),
-            Frame::Integer(0),
-        ]));
+        let unsub = confirm("unsubscribe", "msb:n:svc", 0);
         feed(&mut c, SUB, unsub, &mut out);
         assert_eq!(c.q.sw.named.len(), 0);
     }
@@ -1798,12 +1789,7 @@ mod tests {
         feed(&mut c, QUEUE, ok_frame(), &mut out);
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
         c.switch_cancel(seq);
-        let confirm = Frame::Array(Some(vec![
-            bulk(b"subscribe"),
-            bulk(b"msb:n:svc"),
-            Frame::Integer(1),
-        ]));
-        feed(&mut c, SUB, confirm, &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         assert_eq!(c.switch_listening(), 1);
         let mut out = RecordingOutbox::default();
         c.switch_tick(0, &mut out);
@@ -1818,19 +1804,12 @@ mod tests {
     fn a_queue_waited_on_again_before_its_unsubscribe_is_confirmed_waits_for_its_subscription() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let confirm = |kind: &[u8], n| {
-            Frame::Array(Some(vec![
-                bulk(kind),
-                bulk(b"msb:n:svc"),
-                Frame::Integer(n),
-            ]))
-        };
         let seq = c
             .switch_transfer(conn(2), None, true, vec![b("svc")])
             .unwrap();
         feed(&mut c, QUEUE, ok_frame(), &mut out);
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
-        feed(&mut c, SUB, confirm(b"subscribe", 1), &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
         c.switch_cancel(seq);
         c.switch_tick(0, &mut out);
@@ -1853,10 +1832,15 @@ mod tests {
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
         // The unsubscribe's confirmation is not the subscription's.
         let mut out = RecordingOutbox::default();
-        feed(&mut c, SUB, confirm(b"unsubscribe", 0), &mut out);
+        feed(
+            &mut c,
+            SUB,
+            confirm("unsubscribe", "msb:n:svc", 0),
+            &mut out,
+        );
         assert_eq!(c.switch_listening(), 0);
         assert!(sent_to(&out, 110).is_empty());
-        feed(&mut c, SUB, confirm(b"subscribe", 1), &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         assert_eq!(c.switch_listening(), 1);
         assert_eq!(sent_to(&out, 110).matches("EVALSHA").count(), 1, "a read");
     }
@@ -1865,13 +1849,6 @@ mod tests {
     fn the_subscriber_link_coming_back_listens_again_for_the_queues_waited_on() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let confirm = |name: &[u8], n| {
-            Frame::Array(Some(vec![
-                bulk(b"subscribe"),
-                bulk(name),
-                Frame::Integer(n),
-            ]))
-        };
         // "done": its transfer answered; "svc": one waiting.
         let done = c
             .switch_transfer(conn(2), None, true, vec![b("done")])
@@ -1887,8 +1864,8 @@ mod tests {
         );
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
         assert_eq!(polled(&out)[0].0, done);
-        feed(&mut c, SUB, confirm(b"msb:n:done", 1), &mut out);
-        feed(&mut c, SUB, confirm(b"msb:n:svc", 2), &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:done", 1), &mut out);
+        feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 2), &mut out);
         assert_eq!(c.switch_listening(), 2);
         c.link_closed(SUB, 10);
         assert_eq!(c.switch_listening(), 0);
@@ -1903,7 +1880,13 @@ mod tests {
             sent_to(&out, 120),
             "*1\r\n$4\r\nPING\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$9\r\nmsb:n:svc\r\n"
         );
-        assert!(c.on_frame(tag, confirm(b"msb:n:svc", 1), 110, &mut ch, &mut out));
+        assert!(c.on_frame(
+            tag,
+            confirm("subscribe", "msb:n:svc", 1),
+            110,
+            &mut ch,
+            &mut out
+        ));
         assert_eq!(c.switch_listening(), 1);
     }
 
