@@ -67,6 +67,17 @@ impl World {
             .collect()
     }
 
+    /// A receiver on port 1 and a sender whose first message, `body`, has
+    /// its link dialled and up: (receiver, sender, link, its connection).
+    fn delivering(&mut self, body: &str) -> (ClientId, ClientId, u64, ConnId) {
+        let r = self.receiver(1);
+        let s = self.sender();
+        self.send(s, body).unwrap();
+        let (link, _) = self.dials()[0];
+        let conn = self.up(link);
+        (r, s, link, conn)
+    }
+
     /// Connects link `link`; returns its connection.
     fn up(&mut self, link: u64) -> ConnId {
         self.next_key += 1;
@@ -218,11 +229,7 @@ fn failures_are_retried_with_backoff_then_given_up() {
         retries: 2,
         ..Settings::default()
     });
-    let r = w.receiver(1);
-    let s = w.sender();
-    w.send(s, "m").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (r, _, link, conn) = w.delivering("m");
     assert_eq!(w.bodies(conn).len(), 1);
     let t0 = w.now;
     assert!(w.reply(link, status(500)));
@@ -249,11 +256,7 @@ fn failures_are_retried_with_backoff_then_given_up() {
 #[test]
 fn retry_after_is_honoured_and_410_disconnects() {
     let mut w = World::new(Settings::default());
-    let r = w.receiver(1);
-    let s = w.sender();
-    w.send(s, "m").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (r, s, link, conn) = w.delivering("m");
     w.bodies(conn);
     let t0 = w.now;
     let throttled = Reply {
@@ -339,11 +342,7 @@ fn more_in_flight_per_receiver_when_allowed() {
 #[test]
 fn a_reused_link_closed_before_an_answer_sends_again_uncounted() {
     let mut w = World::new(Settings::default());
-    let r = w.receiver(1);
-    let s = w.sender();
-    w.send(s, "a").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (r, s, link, conn) = w.delivering("a");
     w.bodies(conn);
     w.reply(link, ok());
     w.send(s, "b").unwrap();
@@ -461,11 +460,7 @@ fn backoff_grows_and_is_capped() {
 #[test]
 fn a_receiver_waiting_for_a_retry_keeps_one_timer() {
     let mut w = World::new(Settings::default());
-    w.receiver(1);
-    let s = w.sender();
-    w.send(s, "first").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (_, s, link, conn) = w.delivering("first");
     w.bodies(conn);
     w.reply(link, status(500));
     let timers = w.hooks.timers.len();
@@ -486,11 +481,7 @@ fn a_receiver_waiting_for_a_retry_keeps_one_timer() {
 #[test]
 fn a_busy_link_holds_one_deadline() {
     let mut w = World::new(Settings::default());
-    w.receiver(1);
-    let s = w.sender();
-    w.send(s, "0").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (_, s, link, conn) = w.delivering("0");
     w.bodies(conn);
     let timers = w.hooks.timers.len();
     for i in 1..1000 {
@@ -636,11 +627,7 @@ fn workers_bound_the_requests_beyond_each_receivers_first() {
 #[test]
 fn a_fresh_link_closed_without_an_answer_counts_the_attempt() {
     let mut w = World::new(Settings::default());
-    let r = w.receiver(1);
-    let s = w.sender();
-    w.send(s, "a").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (r, s, link, conn) = w.delivering("a");
     assert_eq!(w.bodies(conn).len(), 1);
     // Not a reused link: the close is the receiver's doing, and counts.
     w.hooks.link_closed(link, false, w.now, &mut w.out);
@@ -661,11 +648,7 @@ fn a_fresh_link_closed_without_an_answer_counts_the_attempt() {
 #[test]
 fn a_link_timed_out_is_let_go_and_the_retry_dials_anew() {
     let mut w = World::new(Settings::default());
-    let r = w.receiver(1);
-    let s = w.sender();
-    w.send(s, "a").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (r, _, link, conn) = w.delivering("a");
     w.bodies(conn);
     w.at(w.now + 15_000);
     assert_eq!(w.counts(r).retried, 1);
@@ -735,11 +718,7 @@ fn an_answer_deadline_earlier_than_the_idle_one_is_kept() {
 #[test]
 fn requests_at_the_same_instant_hold_one_link_deadline() {
     let mut w = World::new(Settings::default());
-    w.receiver(1);
-    let s = w.sender();
-    w.send(s, "0").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (_, s, link, conn) = w.delivering("0");
     w.bodies(conn);
     let timers = w.hooks.timers.len();
     for i in 1..100 {
@@ -756,11 +735,7 @@ fn totals_count_retries_and_failures() {
         retries: 1,
         ..Settings::default()
     });
-    w.receiver(1);
-    let s = w.sender();
-    w.send(s, "m").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (_, _, link, conn) = w.delivering("m");
     w.bodies(conn);
     assert!(w.reply(link, status(500)));
     w.at(w.hooks.next_deadline().unwrap());
@@ -833,11 +808,7 @@ fn the_jitter_spreads_evenly() {
 #[test]
 fn a_link_not_kept_alive_is_let_go() {
     let mut w = World::new(Settings::default());
-    w.receiver(1);
-    let s = w.sender();
-    w.send(s, "a").unwrap();
-    let (link, _) = w.dials()[0];
-    let conn = w.up(link);
+    let (_, s, link, conn) = w.delivering("a");
     w.bodies(conn);
     let close = Reply {
         keep_alive: false,
