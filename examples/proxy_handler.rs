@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Each connection pipelines: once it has a request, one write carries the
-//! wait for the request's body, the head, the body, the end and the wait for
-//! the next request; then it reads the two answers. With `threads` (the
+//! wait for the request's body (if it has one), the head, the body, the end
+//! and the wait for the next request; then it reads their answers. With `threads` (the
 //! default) each connection has a thread of its own and blocking sockets,
 //! and asks for up to BATCH requests at a time (default 1): one wait and
 //! BATCH - 1 polls that take what is already queued, so that under load one
@@ -32,6 +32,14 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 
 const BODY: &[u8] = b"hello, world\n";
+
+/// The body address of a request that has a body (a `Content-Length` in
+/// its envelope). A request without one has an empty body, which need not
+/// be read: the proxy drops it once the response has ended.
+fn body_to_read(env: &str) -> Option<Option<&str>> {
+    let addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
+    Some(env.contains("\"Content-Length\":").then_some(addr))
+}
 
 /// Reads one answer (`> LEN TIMEOUT TO [REPLY]` + body, or `*`): the reply
 /// address and the body.
@@ -92,7 +100,7 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: b
     w.write_all(asks.as_bytes()).ok()?;
     let (mut line, mut body) = (String::new(), Vec::new());
     let mut out = Vec::with_capacity(512 * batch);
-    let mut requests: Vec<(String, String)> = Vec::with_capacity(batch);
+    let mut requests: Vec<(String, Option<String>)> = Vec::with_capacity(batch);
     loop {
         requests.clear();
         for _ in 0..batch {
@@ -101,12 +109,14 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: b
                 continue;
             };
             let env = std::str::from_utf8(&body).ok()?;
-            let body_addr = env.split("\"bodyAddr\":\"").nth(1)?.split('"').next()?;
-            requests.push((reply, body_addr.to_string()));
+            let body_addr = body_to_read(env)?.map(str::to_string);
+            requests.push((reply, body_addr));
         }
         out.clear();
         for (reply, body_addr) in &requests {
-            write!(out, "< 5 {body_addr}\r\n").ok()?;
+            if let Some(body_addr) = body_addr {
+                write!(out, "< 5 {body_addr}\r\n").ok()?;
+            }
             if whole {
                 write!(out, "> {} 180 {reply}\r\n", response.len()).ok()?;
                 out.extend_from_slice(&response);
@@ -121,7 +131,7 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: b
         out.extend_from_slice(asks.as_bytes());
         w.write_all(&out).ok()?;
         // The request bodies.
-        for _ in &requests {
+        for _ in requests.iter().filter(|(_, body_addr)| body_addr.is_some()) {
             answer(&mut r, &mut line, &mut body)?;
         }
     }
@@ -261,21 +271,19 @@ fn serve_loop(addr: &str, n: usize, queue: &str) -> Option<()> {
                     continue;
                 };
                 let env = String::from_utf8_lossy(&c.input[at + body.start..at + body.end]);
-                let Some(body_addr) = env
-                    .split("\"bodyAddr\":\"")
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                else {
+                let Some(body_addr) = body_to_read(&env) else {
                     eprintln!("proxy_handler: not a request: {env}");
                     return None;
                 };
                 let out = &mut c.output;
-                write!(out, "< 5 {body_addr}\r\n").ok()?;
+                if let Some(body_addr) = body_addr {
+                    write!(out, "< 5 {body_addr}\r\n").ok()?;
+                    c.body_next = true;
+                }
                 write!(out, "> {} 180 {reply}\r\n{head}\r\n", head.len()).ok()?;
                 write!(out, "> {} 180 {reply}\r\n", BODY.len()).ok()?;
                 out.extend_from_slice(BODY);
                 write!(out, "\r\n> 0 180 {reply}\r\n{wait}").ok()?;
-                c.body_next = true;
             }
             c.input.drain(..used);
             while !c.output.is_empty() {

@@ -1167,3 +1167,64 @@ fn a_bad_whole_reply_is_502_and_the_connection_stays() {
     h.send(&t.reply, None, b"HTTP/1.1 200 OK\r\n\r\nfine");
     assert_eq!(c.response().text(), "fine");
 }
+
+/// The messages in queues now, as the stats page counts them.
+fn queued(server: &Server) -> u64 {
+    stats(server)["queues"]["queued"].as_u64().unwrap()
+}
+
+#[test]
+fn an_empty_body_nobody_read_is_dropped_when_the_response_ends() {
+    let server = start(&[]);
+    let mut h = Handler::connect(&server);
+    let mut probe = Handler::connect(&server);
+    let mut c = Http::connect(&server);
+    // Answered in parts, its empty body never read: once the response is
+    // out, nothing waits on the body address, though the connection stays
+    // open and idle. (The drop comes in the turn that ends the response,
+    // before any later request of the stats page or the probe is read:
+    // no polling.)
+    c.get("/parts");
+    let t = h.take();
+    assert_eq!(queued(&server), 1);
+    h.answer(&t.reply, TEXT_HEAD, &[b"parts"]);
+    assert_eq!(c.response().text(), "parts");
+    assert_eq!(queued(&server), 0);
+    assert!(probe.ready(0, &[t.body_addr()]).is_none());
+    // Answered whole.
+    c.get("/whole");
+    let t = h.take();
+    h.send(&t.reply, None, b"HTTP/1.1 200 OK\r\n\r\nwhole");
+    assert_eq!(c.response().text(), "whole");
+    assert_eq!(queued(&server), 0);
+    assert!(probe.ready(0, &[t.body_addr()]).is_none());
+    // The client goes away before the head.
+    let mut gone = Http::connect(&server);
+    gone.get("/gone");
+    let t = h.take();
+    gone.s.shutdown(Shutdown::Both).unwrap();
+    drop(gone);
+    wait_queued(&server, 0);
+    assert!(probe.ready(0, &[t.body_addr()]).is_none());
+    // Read before the answer, as msglite's handlers do: still there.
+    c.get("/read");
+    let t = h.take();
+    assert_eq!(h.body(&t), b"");
+    h.answer(&t.reply, TEXT_HEAD, &[b"read"]);
+    assert_eq!(c.response().text(), "read");
+}
+
+#[test]
+fn a_body_with_bytes_waits_for_its_handler_after_the_response() {
+    let server = start(&[]);
+    let mut h = Handler::connect(&server);
+    let mut c = Http::connect(&server);
+    c.write(b"POST /later HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    let t = h.take();
+    // Answered first (202), read afterwards: a handler may do that.
+    h.answer(&t.reply, r#"["202"]"#, &[]);
+    assert_eq!(c.response().status, 202);
+    assert_eq!(queued(&server), 1);
+    assert_eq!(h.body(&t), b"hello");
+    assert_eq!(queued(&server), 0);
+}

@@ -610,6 +610,30 @@ impl Queues {
         all
     }
 
+    /// Drops every message queued on `addr`, which nobody will take any
+    /// more (the proxy's empty request body once its response has ended);
+    /// they count as expired. Waits on `addr` stay. Returns how many went.
+    pub fn discard(&mut self, addr: &[u8]) -> usize {
+        let Some(a) = self.addresses.get_mut(addr) else {
+            return 0;
+        };
+        let gone = a.messages.len();
+        for m in a.messages.drain(..) {
+            if let Some(j) = &self.journal {
+                j.dequeue(m.seq, true);
+            }
+        }
+        self.bytes_now -= a.bytes;
+        a.bytes = 0;
+        a.expired_inside = 0;
+        self.queued_now -= gone;
+        self.expired += gone as u64;
+        if a.is_unused() {
+            self.addresses.remove(addr);
+        }
+        gone
+    }
+
     /// Registers a wait on `addresses` without looking for queued messages
     /// (see [`Queues::ready`]); `TimedOut` for a timeout of 0.
     pub fn wait(
@@ -1029,6 +1053,44 @@ mod tests {
         send(&mut q, 0, b("a"), None, 60, b("A"), &mut out);
         ready(&mut q, 1, conn(1), 60, vec![b("a"), b("b")], &mut out);
         assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\nA\r\n");
+    }
+
+    #[test]
+    fn discarded_messages_are_gone_and_counted_as_expired() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        send(&mut q, 0, b("other"), None, 60, b("kept"), &mut out);
+        let (count, bytes) = (q.queued(), q.queued_bytes());
+        send(&mut q, 0, b("a"), Some(b("r")), 60, b("one"), &mut out);
+        send(&mut q, 0, b("a"), None, 1, b(""), &mut out);
+        assert_eq!(q.discard(b"a"), 2);
+        assert_eq!((q.queued(), q.queued_bytes()), (count, bytes));
+        assert_eq!(q.stats(), (3, 0, 2));
+        assert_eq!(q.discard(b"a"), 0);
+        assert_eq!(q.discard(b"nowhere"), 0);
+        // A later message on the address is not hit by the dropped ones'
+        // expiry timers.
+        send(&mut q, 500, b("a"), None, 60, b("new"), &mut out);
+        q.on_timers(2000, &mut out);
+        ready(&mut q, 2000, conn(1), 0, vec![b("a")], &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 3 60 a\r\nnew\r\n");
+        ready(&mut q, 2000, conn(2), 0, vec![b("other")], &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 4 60 other\r\nkept\r\n");
+    }
+
+    #[test]
+    fn discarding_leaves_the_waits_on_an_address() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        // Two waits on `a`, the first answered through `b`: one live and
+        // one stale entry, and nothing queued.
+        ready(&mut q, 0, conn(1), 60, vec![b("b"), b("a")], &mut out);
+        ready(&mut q, 0, conn(2), 60, vec![b("a")], &mut out);
+        send(&mut q, 0, b("b"), None, 60, b("x"), &mut out);
+        assert_eq!(q.discard(b"a"), 0);
+        send(&mut q, 1, b("a"), None, 60, b("y"), &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\ny\r\n");
+        assert_eq!(q.queued(), 0);
     }
 
     #[test]

@@ -153,6 +153,14 @@ pub trait Routes: 'static {
     fn on_close(&mut self, parked: Option<Self::Parked>, cx: &mut Cx<'_>) {
         let _ = (parked, cx);
     }
+
+    /// After a part of a response (a response may end in
+    /// [`Routes::on_part`], which has no broker): called before the
+    /// connection's input runs and after a resumed request's parts, the
+    /// first calls that have one. The door may tidy the broker up.
+    fn tidy(&mut self, cx: &mut Cx<'_>) {
+        let _ = cx;
+    }
 }
 
 /// A parked request and what its response will need.
@@ -296,6 +304,7 @@ impl<R: Routes> HttpConn<R> {
                 Some(part) => after_part(parked, part, &mut |frame| queue(cx, frame)),
             };
         }
+        self.routes.tidy(cx);
     }
 }
 
@@ -361,6 +370,7 @@ impl How {
 
 impl<R: Routes> Door for HttpConn<R> {
     fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
+        self.routes.tidy(cx);
         loop {
             if self.stream.is_some() {
                 // Whatever a subscriber sends after its subscribe is ignored.

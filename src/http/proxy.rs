@@ -118,6 +118,7 @@ pub fn opener(config: &Config) -> Opener {
     Box::new(move || {
         let routes = Proxy {
             shared: Rc::clone(&shared),
+            spent: None,
         };
         Box::new(HttpConn::new(Rc::clone(&settings), routes))
     })
@@ -126,12 +127,20 @@ pub fn opener(config: &Config) -> Opener {
 /// The proxy routes of one connection.
 pub struct Proxy {
     shared: Rc<Shared>,
+    /// The body address of the request whose response just ended, when its
+    /// body was empty: the message there is dropped at the next call that
+    /// reaches the broker ([`Routes::tidy`]).
+    spent: Option<Bytes>,
 }
 
 /// A request waiting for its handler: what its response needs.
 pub struct Pending {
     id: String,
     reply: Bytes,
+    /// The body address, when the body is empty: that message is dropped
+    /// once the response has ended, read or not (a handler learns from the
+    /// envelope that there is no body and need not read it).
+    empty_body: Option<Bytes>,
     wait: WaitId,
     stage: Stage,
     minor_version: u8,
@@ -208,6 +217,7 @@ impl Routes for Proxy {
         let reply = cx.broker.queues.unique_address();
         let body_addr = cx.broker.queues.unique_address();
         let envelope = envelope(&req, &id, &body_addr);
+        let empty_body = req.body.is_empty().then(|| body_addr.clone());
         let timeout = shared.timeout_s;
         let wait = match cx
             .broker
@@ -221,7 +231,14 @@ impl Routes for Proxy {
         };
         let sent = cx
             .broker
-            .send(cx.now, body_addr, None, timeout, req.body.clone(), cx.out)
+            .send(
+                cx.now,
+                body_addr.clone(),
+                None,
+                timeout,
+                req.body.clone(),
+                cx.out,
+            )
             .and_then(|()| {
                 cx.broker.send(
                     cx.now,
@@ -234,6 +251,8 @@ impl Routes for Proxy {
             });
         if sent.is_err() {
             cx.broker.cancel(wait);
+            // Nobody learns the body's address: do not leave the body there.
+            cx.broker.queues.discard(&body_addr);
             log::warn!("proxy {id}: the queue is full (--max-queued-bytes): 503");
             return Reply::Respond(
                 Response::text(503, "the handlers' queue is full").header("Retry-After", "1"),
@@ -250,6 +269,7 @@ impl Routes for Proxy {
             parked: Pending {
                 id,
                 reply,
+                empty_body,
                 wait,
                 stage: Stage::Head,
                 minor_version: req.minor_version,
@@ -321,6 +341,9 @@ impl Routes for Proxy {
                 }
             }
         };
+        if !matches!(part, Part::More(_)) {
+            self.spent = p.empty_body.take();
+        }
         Some(part)
     }
 
@@ -335,6 +358,9 @@ impl Routes for Proxy {
                 self.shared.max_unsent
             );
             announce_closed(p, cx);
+            if let Some(addr) = p.empty_body.take() {
+                cx.broker.queues.discard(&addr);
+            }
             return Some(Part::Last {
                 bytes: Bytes::new(),
                 keep_alive: false,
@@ -358,6 +384,7 @@ impl Routes for Proxy {
     }
 
     fn on_close(&mut self, parked: Option<Pending>, cx: &mut Cx<'_>) {
+        self.tidy(cx);
         let Some(mut p) = parked else {
             return;
         };
@@ -365,6 +392,15 @@ impl Routes for Proxy {
         self.release(&mut p);
         log::info!("proxy {}: the client went away before the end", p.id);
         announce_closed(&p, cx);
+        if let Some(addr) = p.empty_body.take() {
+            cx.broker.queues.discard(&addr);
+        }
+    }
+
+    fn tidy(&mut self, cx: &mut Cx<'_>) {
+        if let Some(addr) = self.spent.take() {
+            cx.broker.queues.discard(&addr);
+        }
     }
 }
 
@@ -1456,6 +1492,7 @@ mod tests {
         Pending {
             id: "t".into(),
             reply: Bytes::from_static(b"r"),
+            empty_body: None,
             wait: {
                 let mut q = crate::broker::Queues::new(0);
                 match q.ready(

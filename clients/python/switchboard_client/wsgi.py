@@ -3,8 +3,10 @@
     python -m switchboard_client.wsgi myapp:app --workers 4 --connect 127.0.0.1:9813
 
 Each worker is a process with one line-protocol connection. It takes a
-request from the proxy queue (``<``), reads its body from ``bodyAddr``, runs
-the application, and answers on the request's reply address: the head
+request from the proxy queue (``<``), reads its body from ``bodyAddr`` (a
+request without a body has no ``Content-Length``: its empty body message is
+not read, and the proxy drops it once the response has ended), runs the
+application, and answers on the request's reply address: the head
 ``["STATUS", ["Name", "value", ...]]`` once the first body bytes are ready,
 each non-empty piece of the body as one message, then an empty message.
 
@@ -203,6 +205,8 @@ class Response:
         """A body known in full: with its length, and the end, in one write
         (it leaves with the worker's next wait)."""
         chunks = [c if c.__class__ is bytes else _chunk(c) for c in chunks]
+        # An empty message ends the response: empty pieces are not sent.
+        chunks = [c for c in chunks if c]
         if not self.head_sent:
             chunks.insert(0, self._head(length=sum(map(len, chunks))))
         chunks.append(b"")
@@ -237,28 +241,22 @@ def _envelope(body):
 
 
 def handle(client, app, message, multiprocess=False):
-    """Answers one request message; the answer's end is left buffered.
-    Returns how many pipelined waits (0 or 1) the caller must still read the
-    answers of: a request without a body takes its (empty) body message in
-    the same write as its answer. A request with a body first reads the
-    answers of the waits still pending (the empty bodies of the requests
-    before it in a batch)."""
+    """Answers one request message; the answer's end is left buffered. A
+    request without a body (no ``Content-Length`` in its envelope, or 0)
+    does not read its empty body message: the proxy drops it once the
+    response has ended. A request with a body first reads the answers of
+    the waits still pending, then its body."""
     env = _envelope(message.body)
     body = b""
-    deferred = 0
     body_addr = env.get("bodyAddr")
     headers = env.get("headers") or {}
-    if body_addr:
-        if headers.get("Content-Length", "0") == "0":
-            client.ready(body_addr, timeout=1, pipeline=True)
-            deferred = 1
-        else:
-            # The bodies of the requests before it in the round come first.
-            while client._pending:
-                client.answer()
-            got = client.ready(body_addr, timeout=1)
-            if got is not None:
-                body = got.body
+    if body_addr and headers.get("Content-Length", "0") != "0":
+        # The answers of the waits before it come first.
+        while client._pending:
+            client.answer()
+        got = client.ready(body_addr, timeout=1)
+        if got is not None:
+            body = got.body
     resp = Response(client, message.reply, message.timeout or 30)
     environ = build_environ(env, body, multiprocess)
     result = None
@@ -285,7 +283,6 @@ def handle(client, app, message, multiprocess=False):
         close = getattr(result, "close", None)
         if close is not None:
             close()
-    return deferred
 
 
 class _Stop:
@@ -319,13 +316,10 @@ def worker(app, address, queue, multiprocess, credential=None, batch=1):
             # timeout 0, which the server runs once the first is answered
             # (commands after a wait are held until then) and answers at
             # once, with a request already queued or with nothing. They
-            # leave in one write with the last round's answers and the
-            # waits for their (empty) bodies.
+            # leave in one write with the last round's answers.
             client.ready(queue, timeout=WAIT_S, pipeline=True)
             for _ in range(batch - 1):
                 client.ready(queue, timeout=0, pipeline=True)
-            while client._pending > batch:
-                client.answer()
             messages = [client.answer() for _ in range(batch)]
             # Every request taken is answered, a stop notwithstanding; an
             # answer leaves before the application runs for the next one.

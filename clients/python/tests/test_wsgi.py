@@ -198,7 +198,7 @@ class RestartTest(unittest.TestCase):
 
 class BatchTest(unittest.TestCase):
     def test_requests_taken_in_batches_are_each_answered_with_their_own_body(self):
-        server = Server("--proxy-listen", "127.0.0.1:0")
+        server = Server("--proxy-listen", "127.0.0.1:0", "--bus-listen", "127.0.0.1:0")
         self.addCleanup(server.stop)
         host, port = server.proxy.rsplit(":", 1)
         # Sent while no adapter runs, so that they are queued when it comes
@@ -233,6 +233,14 @@ class BatchTest(unittest.TestCase):
             for i, (c, want) in enumerate(sent):
                 r = c.getresponse()
                 self.assertEqual((r.status, r.read()), want, "request %d" % i)
+            # The empty bodies the adapter did not read are gone with their
+            # responses: nothing is left queued.
+            host, port = server.doors["bus"].rsplit(":", 1)
+            s = http.client.HTTPConnection(host, int(port), timeout=10)
+            self.addCleanup(s.close)
+            s.request("GET", "/msgbus-stats")
+            stats = json.loads(s.getresponse().read())
+            self.assertEqual(stats["queues"]["queued"], 0, stats["queues"])
         finally:
             code = stop(adapter)
         self.assertEqual(code, 0)
