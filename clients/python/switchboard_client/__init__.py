@@ -70,6 +70,8 @@ _NOT_A_FIELD = re.compile(rb"[\x00-\x20\x7f]")
 #: same queue and reply address again and again. Cleared when full.
 _FIELDS = {}
 _FIELDS_MAX = 1024
+#: ``<`` lines already made, by (address, timeout); cleared when full.
+_READY_LINES = {}
 
 
 def _field(name, what):
@@ -222,7 +224,18 @@ class Client:
         the next flush) and its answer is read later, in order, with
         :meth:`answer`: a handler can write its reply and its next waits in
         one write and read their answers afterwards."""
-        if isinstance(addresses, (str, bytes)):
+        cls = addresses.__class__
+        if (cls is str or cls is bytes) and timeout.__class__ is int:
+            # A handler asks for the same queue with the same timeout again
+            # and again: the line is made and checked once.
+            key = (addresses, timeout)
+            line = _READY_LINES.get(key)
+            if line is None:
+                line = b"< %d %s\r\n" % (_timeout(timeout), _field(addresses, "an address"))
+                if len(_READY_LINES) >= _FIELDS_MAX:
+                    _READY_LINES.clear()
+                _READY_LINES[key] = line
+        elif isinstance(addresses, (str, bytes)):
             line = b"< %d %s\r\n" % (_timeout(timeout), _field(addresses, "an address"))
         else:
             addresses = [_field(a, "an address") for a in addresses]
@@ -375,6 +388,10 @@ class Client:
         """Takes one whole frame from the input, or returns _INCOMPLETE."""
         buf = self._in
         at = self._at
+        if buf.startswith(b"*\r\n", at):
+            # A poll that found nothing: the commonest short answer.
+            self._at = at + 3
+            return None
         while True:
             end = buf.find(b"\n", at)
             if end < 0:

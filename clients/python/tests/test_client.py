@@ -3,6 +3,7 @@
 import os
 import socket
 import tempfile
+import time
 import unittest
 
 from switchboard_client import (
@@ -231,6 +232,38 @@ class FramingTest(unittest.TestCase):
         self.assertEqual(c.answer(), Message("q", "R.1", 30, big))
         self.assertIsNone(c.answer())
         self.assertEqual(c.answer(), Message("q", None, 7, b""))
+
+    def test_waits_are_framed_the_same_however_often_they_are_made(self):
+        c = self.client
+        for _ in range(2):
+            c.ready("q", timeout=0, pipeline=True)
+            c.ready(b"q", timeout=0, pipeline=True)
+            c.ready("q", timeout=7, pipeline=True)
+            c.ready("q", timeout=2.9, pipeline=True)
+            c.ready(["q", b"r"], timeout=0, pipeline=True)
+            for bad in ["a b", "", "\x00"]:
+                with self.assertRaises(ValueError):
+                    c.ready(bad, timeout=0, pipeline=True)
+            with self.assertRaises(ValueError):
+                c.ready("q", timeout=-1, pipeline=True)
+        c.flush()
+        want = b"< 0 q\r\n< 0 q\r\n< 7 q\r\n< 2 q\r\n< 0 q r\r\n" * 2
+        self.assertEqual(self.read(len(want)), want)
+        # Polls that found nothing, between messages.
+        self.peer.sendall(b"*\r\n> 1 3 q\r\nx\r\n*\r\n*\r\n\r\n*\r\n> 0 4 r R\r\n*\r\n")
+        got = [c.answer() for _ in range(7)]
+        self.assertEqual(
+            got,
+            [None, Message("q", None, 3, b"x"), None, None, None, Message("r", "R", 4, b""), None],
+        )
+        c.ready("q", timeout=0, pipeline=True)
+        c.ready("q", timeout=0, pipeline=True)
+        c.ready("q", timeout=0, pipeline=True)
+        # A `*` cut in two by the network.
+        self.peer.sendall(b"*\r")
+        time.sleep(0.05)
+        self.peer.sendall(b"\n*\r\n*\r\n")
+        self.assertEqual([c.answer() for _ in range(3)], [None, None, None])
 
     def test_malformed_frames_are_protocol_errors(self):
         for bad in [
