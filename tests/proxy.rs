@@ -1228,3 +1228,20 @@ fn a_body_with_bytes_waits_for_its_handler_after_the_response() {
     assert_eq!(h.body(&t), b"hello");
     assert_eq!(queued(&server), 0);
 }
+
+#[test]
+fn a_full_queue_is_503_and_leaves_no_body_behind() {
+    // Room on an address for a small body (its bytes and 64), not for an
+    // envelope (about 200 bytes and 64).
+    let server = start(&["--max-queued-bytes-per-address", "200"]);
+    let mut c = Http::connect(&server);
+    c.write(b"POST /full HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789");
+    let r = c.response();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    assert!(r.text().contains("the handlers' queue is full"), "{}", r.text());
+    // The body went in before the envelope was refused; nobody will ever
+    // learn its address, so it is gone too.
+    assert_eq!(queued(&server), 0);
+    assert_eq!(stats(&server)["queues"]["full"].as_u64(), Some(1));
+}
