@@ -1239,7 +1239,11 @@ fn a_full_queue_is_503_and_leaves_no_body_behind() {
     let r = c.response();
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("Retry-After"), Some("1"));
-    assert!(r.text().contains("the handlers' queue is full"), "{}", r.text());
+    assert!(
+        r.text().contains("the handlers' queue is full"),
+        "{}",
+        r.text()
+    );
     // The body went in before the envelope was refused; nobody will ever
     // learn its address, so it is gone too.
     assert_eq!(queued(&server), 0);
