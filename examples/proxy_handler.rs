@@ -9,11 +9,12 @@
 //!
 //! Each connection pipelines: once it has a request, one write carries the
 //! wait for the request's body (if it has one), the head, the body, the end
-//! and the wait for the next request; then it reads their answers. With `threads` (the
-//! default) each connection has a thread of its own and blocking sockets,
-//! and asks for up to BATCH requests at a time (default 1): one wait and
-//! BATCH - 1 polls that take what is already queued, so that under load one
-//! wake-up serves several requests, each answered on its own;
+//! and the wait for the next request; then it reads their answers. With
+//! `threads` (the default) each connection has a thread of its own and
+//! blocking sockets, and asks for up to BATCH requests at a time (default
+//! 1): one wait and BATCH - 1 polls that take what is already queued, so
+//! that under load one wake-up serves several requests, each answered on
+//! its own;
 //! with `loop` one thread serves every connection from a readiness loop, as
 //! an upstream server in one process does, so a wake-up serves every
 //! connection that has input. With `whole` (threads only) each answer is one
