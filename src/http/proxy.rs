@@ -217,7 +217,6 @@ impl Routes for Proxy {
         let reply = cx.broker.queues.unique_address();
         let body_addr = cx.broker.queues.unique_address();
         let envelope = envelope(&req, &id, &body_addr);
-        let empty_body = req.body.is_empty().then(|| body_addr.clone());
         let timeout = shared.timeout_s;
         let wait = match cx
             .broker
@@ -269,7 +268,7 @@ impl Routes for Proxy {
             parked: Pending {
                 id,
                 reply,
-                empty_body,
+                empty_body: req.body.is_empty().then_some(body_addr),
                 wait,
                 stage: Stage::Head,
                 minor_version: req.minor_version,

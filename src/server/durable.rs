@@ -98,10 +98,10 @@ impl Server {
         let Some(d) = &mut self.durable else {
             return false;
         };
-        if !d.stalled && !d.store.behind() {
-            return false;
-        }
         if !d.stalled {
+            if !d.store.behind() {
+                return false;
+            }
             d.stalled = true;
             log::warn!(
                 "store: the writer is more than {} MiB behind (the disk is slower than the input): \

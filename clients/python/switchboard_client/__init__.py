@@ -224,8 +224,7 @@ class Client:
         the next flush) and its answer is read later, in order, with
         :meth:`answer`: a handler can write its reply and its next waits in
         one write and read their answers afterwards."""
-        cls = addresses.__class__
-        if (cls is str or cls is bytes) and timeout.__class__ is int:
+        if isinstance(addresses, (str, bytes)):
             # A handler asks for the same queue with the same timeout again
             # and again: the line is made and checked once.
             key = (addresses, timeout)
@@ -235,8 +234,6 @@ class Client:
                 if len(_READY_LINES) >= _FIELDS_MAX:
                     _READY_LINES.clear()
                 _READY_LINES[key] = line
-        elif isinstance(addresses, (str, bytes)):
-            line = b"< %d %s\r\n" % (_timeout(timeout), _field(addresses, "an address"))
         else:
             addresses = [_field(a, "an address") for a in addresses]
             if not 1 <= len(addresses) <= MAX_ADDRESSES:
