@@ -789,6 +789,17 @@ mod tests {
 
     /// No take goes out on the queue link (conn 110) for `qsb:a` until the
     /// subscriber link (`link`) confirms its subscription; then one does.
+    /// A receiver (conn 1) that waits on `a`: its subscription confirmed,
+    /// its first take found nothing. Its wait.
+    fn confirmed_wait(br: &mut Broker, out: &mut RecordingOutbox) -> crate::broker::WaitId {
+        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], out) else {
+            panic!("not waiting")
+        };
+        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, out));
+        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, out));
+        w
+    }
+
     fn takes_once_subscribed(br: &mut Broker, link: u64, now: Millis, out: &mut RecordingOutbox) {
         assert!(
             sent_to(out, 110).is_empty(),
@@ -1257,11 +1268,7 @@ mod tests {
     ) {
         let mut out = RecordingOutbox::default();
         let mut br = broker(&mut out);
-        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
-            panic!("not waiting")
-        };
-        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
-        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        let w = confirmed_wait(&mut br, &mut out);
         br.cancel(w);
         br.on_timers(SWEEP_MS, &mut out);
         br.on_timers(2 * SWEEP_MS, &mut out);
@@ -1357,11 +1364,7 @@ mod tests {
     fn an_address_nobody_waits_on_is_forgotten_by_the_sweep_while_the_subscriber_link_is_down() {
         let mut out = RecordingOutbox::default();
         let mut br = broker(&mut out);
-        let Ready::Waiting(w) = br.ready(0, conn(1), 30, vec![b("a")], &mut out) else {
-            panic!("not waiting")
-        };
-        assert!(br.cluster_frame(SUB, confirm("subscribe", "qsb:a", 1), 0, &mut out));
-        assert!(br.cluster_frame(QUEUE, take_answer(&[], 0), 0, &mut out));
+        let w = confirmed_wait(&mut br, &mut out);
         br.cluster.link_closed(SUB, 10);
         br.cancel(w);
         br.on_timers(SWEEP_MS, &mut out);

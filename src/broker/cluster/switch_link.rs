@@ -1779,15 +1779,22 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
     }
 
+    /// A transfer by conn 2 that waits on `svc`: behind the liveness key,
+    /// its first read found nothing. Its call number.
+    fn waiting_on_svc(c: &mut Cluster, out: &mut RecordingOutbox) -> u64 {
+        let seq = c
+            .switch_transfer(conn(2), None, true, vec![b("svc")])
+            .unwrap();
+        feed(c, QUEUE, ok_frame(), out);
+        feed(c, QUEUE, read_answer(&[]), out);
+        seq
+    }
+
     #[test]
     fn a_queue_let_go_before_its_subscription_is_confirmed_is_unsubscribed_by_the_sweep() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let seq = c
-            .switch_transfer(conn(2), None, true, vec![b("svc")])
-            .unwrap();
-        feed(&mut c, QUEUE, ok_frame(), &mut out);
-        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        let seq = waiting_on_svc(&mut c, &mut out);
         c.switch_cancel(seq);
         feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         assert_eq!(c.switch_listening(), 1);
@@ -1804,11 +1811,7 @@ mod tests {
     fn a_queue_waited_on_again_before_its_unsubscribe_is_confirmed_waits_for_its_subscription() {
         let mut out = RecordingOutbox::default();
         let mut c = up(&mut out);
-        let seq = c
-            .switch_transfer(conn(2), None, true, vec![b("svc")])
-            .unwrap();
-        feed(&mut c, QUEUE, ok_frame(), &mut out);
-        feed(&mut c, QUEUE, read_answer(&[]), &mut out);
+        let seq = waiting_on_svc(&mut c, &mut out);
         feed(&mut c, SUB, confirm("subscribe", "msb:n:svc", 1), &mut out);
         feed(&mut c, QUEUE, read_answer(&[]), &mut out);
         c.switch_cancel(seq);
