@@ -21,7 +21,12 @@
 #        handlers' third argument, the adapter's --batch; e.g. BATCHES="1 4").
 #        FORMS (default parts: our Python handlers answer with head, body and end;
 #        "parts whole" measures them also answering each request with one
-#        message, the whole HTTP response)
+#        message, the whole HTTP response);
+#        PERF=1: after each side's runs, one more run with core 0 sampled by
+#        `perf record -g`, split by benches/perf_split.py into each side's
+#        user time, sends, receives, waits and the rest, per request (needs
+#        perf, and root or kernel.perf_event_paranoid <= 0 for the kernel's
+#        share)
 #
 # Rows: "server" is switchboard, Mongrel2, nginx (in front of uwsgi) or the
 # gunicorn arbiter; "Python" is the handlers or the WSGI workers (for uwsgi
@@ -97,6 +102,25 @@ cost() {
   done
   printf '%s\n' "${rows[@]}" | sort -n | awk -v n="$name" -v r="$RUNS" \
     'NR==int((r+1)/2){printf "| %s | %.0f | %.1f | %.1f | %.1f | %.0f %% | %.0f %% |\n", n, $3, $1, $2, $1+$2, $4, $5}'
+  [ "${PERF:-0}" = 1 ] && perf_split "$name" "$url" "$server" "$python"
+  return 0
+}
+# perf_split NAME URL "SERVER PIDS" "PYTHON PIDS": one more wrk run, with
+# core 0 sampled by perf in its middle; where the time went, per request
+# (benches/perf_split.py), kept aside and printed after the table.
+perf_split() {
+  local out rps
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "$2" >"$TMP/perf.wrk" &
+  local w=$!
+  sleep 1
+  perf record -q -C 0 -F 999 -g -o "$TMP/perf.data" sleep $((DURATION > 3 ? DURATION - 2 : 1)) >/dev/null 2>&1
+  wait $w
+  rps=$(awk '/Requests\/sec/{print $2}' "$TMP/perf.wrk")
+  {
+    echo; echo "$1, core 0 sampled by perf (its run: $rps requests/s), µs per request:"
+    perf script -i "$TMP/perf.data" -F pid,ip,sym,dso 2>/dev/null \
+      | $PY "$REPO/benches/perf_split.py" "$rps" "$3" "$4"
+  } >>"$TMP/perf.txt"
 }
 header() {
   echo; echo "## $1"
@@ -211,4 +235,5 @@ case $WHAT in
   all) mongrel2; wsgi ;;
   *) echo "usage: $0 [mongrel2|wsgi|all]"; exit 2 ;;
 esac
+[ -s "$TMP/perf.txt" ] && cat "$TMP/perf.txt"
 echo; echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -431,15 +431,16 @@ class Client:
             body = b""
         try:
             if kind == b">":
-                frame = _tuple(
-                    Message,
-                    (
-                        fields[3].decode(),
-                        fields[4].decode() if nf == 5 else None,
-                        int(fields[2]),
-                        body,
-                    ),
-                )
+                if nf == 5:
+                    raw = fields[4]
+                    reply = raw.decode()
+                    # The answer goes back to it: checked once, here.
+                    if len(_FIELDS) >= _FIELDS_MAX:
+                        _FIELDS.clear()
+                    _FIELDS[reply] = raw
+                else:
+                    reply = None
+                frame = _tuple(Message, (fields[3].decode(), reply, int(fields[2]), body))
             else:
                 frame = _tuple(Published, (fields[2].decode(), fields[3].decode(), body))
         except ValueError:
