@@ -79,7 +79,7 @@ def main():
     for line in sys.stdin:
         if not line.strip():
             continue
-        if line[0] not in " \t":
+        if line[0] != "\t":  # a sample's pid, right-aligned; its frames follow, indented by a tab
             flush()
             pid, frames = int(line.split()[0]), []
         else:

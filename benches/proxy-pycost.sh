@@ -49,6 +49,7 @@ for tool in wrk nginx taskset; do
   command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || { echo "missing: $tool"; exit 1; }
 done
 [ -x "$SB" ] || { echo "build first: cargo build --release --bin switchboard"; exit 1; }
+[ "${PERF:-0}" = 1 ] && ! command -v perf >/dev/null && { echo "PERF=1 needs perf (Debian: linux-perf)"; exit 1; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TMP=$(mktemp -d)
 PIDS=()
@@ -109,7 +110,7 @@ cost() {
 # core 0 sampled by perf in its middle; where the time went, per request
 # (benches/perf_split.py), kept aside and printed after the table.
 perf_split() {
-  local out rps
+  local rps
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "$2" >"$TMP/perf.wrk" &
   local w=$!
   sleep 1
@@ -119,7 +120,7 @@ perf_split() {
   {
     echo; echo "$1, core 0 sampled by perf (its run: $rps requests/s), µs per request:"
     perf script -i "$TMP/perf.data" -F pid,ip,sym,dso 2>/dev/null \
-      | $PY "$REPO/benches/perf_split.py" "$rps" "$3" "$4"
+      | $PY "$REPO/benches/perf_split.py" "$rps" "$3" "$4" || echo "(no split: see the message above)"
   } >>"$TMP/perf.txt"
 }
 header() {
