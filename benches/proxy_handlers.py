@@ -62,32 +62,18 @@ def serve_line(c, whole):
 
 
 def serve_batches(c, n, whole):
-    """Up to N requests a round trip: one wait for a request, then N - 1
-    waits with timeout 0, which the server runs as soon as the first is
-    answered (a command after a wait is held until the wait is answered)
-    and answers at once, with a request or with nothing. The answers to a
-    round's requests, the waits for their bodies (if they have one) and the
-    next round's waits leave in one write."""
+    """Up to N requests a round trip (Client.take: one wait for a request,
+    then N - 1 waits with timeout 0, which the server answers at once with
+    a request or with nothing). The answers to a round's requests leave in
+    one write with the next round's waits; a request with a body (none in
+    the benches) has it read before its answer."""
     queue = "msglite.httpRequests"
     head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
-    bodies = 0
     while True:
-        c.ready(queue, timeout=60, pipeline=True)
-        for _ in range(n - 1):
-            c.ready(queue, timeout=0, pipeline=True)
-        for _ in range(bodies):
-            c.answer()  # the last round's bodies
-        bodies = 0
-        # Every answer of the round is read before any reply is buffered:
-        # answer() writes what is buffered, and a reply between two answers
-        # would leave in a write of its own.
-        for m in [c.answer() for _ in range(n)]:
-            if m is None:
-                continue
+        for m in c.take(queue, n, timeout=60):
             if HAS_BODY in m.body:
                 body_addr = m.body.split(b'"bodyAddr":"', 1)[1].split(b'"', 1)[0]
-                c.ready(body_addr, timeout=5, pipeline=True)
-                bodies += 1
+                c.ready(body_addr, timeout=5)
             if whole:
                 c.send(m.reply, RESPONSE, timeout=m.timeout, flush=False)
                 continue

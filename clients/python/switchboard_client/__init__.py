@@ -3,7 +3,8 @@
 One :class:`Client` is one connection. Its methods follow the protocol's
 commands: :meth:`Client.send` (``>``), :meth:`Client.ready` (``<``),
 :meth:`Client.query` (``?``), :meth:`Client.publish` (``!``),
-:meth:`Client.subscribe` (``+``) and :meth:`Client.unsubscribe` (``~``).
+:meth:`Client.subscribe` (``+``) and :meth:`Client.unsubscribe` (``~``);
+:meth:`Client.take` takes up to N queued messages a round trip.
 Channel messages that arrive while the client waits for an answer are kept
 for :meth:`Client.next_published`.
 """
@@ -72,6 +73,8 @@ _FIELDS = {}
 _FIELDS_MAX = 1024
 #: ``<`` lines already made, by (address, timeout); cleared when full.
 _READY_LINES = {}
+#: ``take``'s waits already made, by (addresses, count, timeout).
+_TAKE_LINES = {}
 
 
 def _field(name, what):
@@ -245,6 +248,53 @@ class Client:
             return None
         return self.answer()
 
+    def take(self, addresses, n, timeout=30):
+        """Takes up to ``n`` messages in one round trip and returns them, a
+        list (empty when none came in time): one wait of up to ``timeout``
+        seconds on ``addresses`` (a name, or a list of at most 8, as for
+        :meth:`ready`), then ``n - 1`` waits of timeout 0, which the server
+        runs once the first is answered and answers at once, each with a
+        message already queued or with nothing. Commands buffered with
+        ``flush=False`` leave in the same write, so a handler that answers
+        a round's messages with ``send(..., flush=False)`` sends its replies
+        and its next round's waits together. The answers of waits made with
+        ``pipeline=True`` must be read before."""
+        if self._pending:
+            raise Error("take: %d pipelined waits are not answered yet" % self._pending)
+        one = isinstance(addresses, (str, bytes))
+        # A handler takes from the same queue in the same way again and
+        # again: its waits are made and checked once.
+        block = _TAKE_LINES.get((addresses, n, timeout)) if one else None
+        if block is None:
+            if n.__class__ is not int or n < 1:
+                raise ValueError("take takes 1 message or more, not %r" % (n,))
+            if one:
+                names = _field(addresses, "an address")
+            else:
+                names = [_field(a, "an address") for a in addresses]
+                if not 1 <= len(names) <= MAX_ADDRESSES:
+                    raise ValueError("take takes 1 to %d addresses" % MAX_ADDRESSES)
+                names = b" ".join(names)
+            block = b"< %d %s\r\n" % (_timeout(timeout), names) + b"< 0 %s\r\n" % names * (n - 1)
+            if one:
+                if len(_TAKE_LINES) >= _FIELDS_MAX:
+                    _TAKE_LINES.clear()
+                _TAKE_LINES[addresses, n, timeout] = block
+        self._out.append(block)
+        self._pending = n
+        self.flush()
+        got = []
+        take_frame = self._take_frame
+        for _ in range(n):
+            frame = take_frame()
+            while frame is not None and frame.__class__ is not Message:
+                self._aside(frame)
+                frame = take_frame()
+            self._pending -= 1
+            if frame is not None:
+                got.append(frame)
+        return got
+
     def answer(self):
         """The answer to the oldest ``ready`` not yet answered (see
         ``pipeline``): a :class:`Message` or ``None``. Flushes first."""
@@ -340,14 +390,20 @@ class Client:
             frame = self._take_frame()
             if frame is None or frame.__class__ is Message:
                 return frame
-            if frame is _INCOMPLETE:
-                self._fill()
-            elif frame is _REFUSED:
-                if query:
-                    raise QueueFull("queue full")
-                self.refused += 1
-            else:
-                self._published.append(frame)
+            self._aside(frame, query)
+
+    def _aside(self, frame, query=False):
+        """A frame read while waiting for an answer that is not one: more
+        input is read, a refusal counted (raised for a query), a channel
+        message kept."""
+        if frame is _INCOMPLETE:
+            self._fill()
+        elif frame is _REFUSED:
+            if query:
+                raise QueueFull("queue full")
+            self.refused += 1
+        else:
+            self._published.append(frame)
 
     def _fill(self):
         """Reads more input. The bytes already read stay whatever happens (a

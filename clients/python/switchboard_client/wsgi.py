@@ -312,26 +312,20 @@ def worker(app, address, queue, multiprocess, credential=None, batch=1):
             if client is None:
                 client = Client(address, credential=credential)
                 backoff = 0.1
-            # A round: one wait for a request, then batch - 1 waits with
-            # timeout 0, which the server runs once the first is answered
-            # (commands after a wait are held until then) and answers at
-            # once, with a request already queued or with nothing. They
-            # leave in one write with the last round's answers.
-            client.ready(queue, timeout=WAIT_S, pipeline=True)
-            for _ in range(batch - 1):
-                client.ready(queue, timeout=0, pipeline=True)
-            messages = [client.answer() for _ in range(batch)]
+            # A round (Client.take): one wait for a request, then batch - 1
+            # waits with timeout 0, which the server runs once the first is
+            # answered (commands after a wait are held until then) and
+            # answers at once, with a request already queued or with
+            # nothing. They leave in one write with the last round's answer.
+            messages = client.take(queue, batch, timeout=WAIT_S)
             # Every request taken is answered, a stop notwithstanding; an
             # answer leaves before the application runs for the next one.
             for message in messages:
-                if message is not None:
-                    if client._out:
-                        client.flush()
-                    handle(client, app, message, multiprocess)
+                if client._out:
+                    client.flush()
+                handle(client, app, message, multiprocess)
             if stop.stopping:
                 client.flush()
-                while client._pending:
-                    client.answer()
         except (OSError, Error) as e:
             sys.stderr.write("worker %d: %s; connecting again\n" % (os.getpid(), e))
             if client is not None:

@@ -8,6 +8,7 @@ import unittest
 
 from switchboard_client import (
     Client,
+    Error,
     Message,
     ProtocolError,
     Published,
@@ -125,6 +126,52 @@ class ClientTest(unittest.TestCase):
             a.send("c.batch", b"%d" % i, flush=False)
         a.flush()
         self.assertEqual([b.ready("c.batch", timeout=5).body for _ in range(3)], [b"0", b"1", b"2"])
+
+    def test_take_takes_what_is_queued_up_to_its_count(self):
+        a, b = self.client(), self.client()
+        for i in range(5):
+            b.send("c.take", b"%d" % i, reply="r.%d" % i)
+        self.assertIsNone(b.ready("c.barrier", timeout=0))
+        got = a.take("c.take", 3, timeout=30)
+        self.assertEqual(got, [Message("c.take", "r.%d" % i, 30, b"%d" % i) for i in range(3)])
+        # Fewer queued than asked for: those there are, at once (a wait of
+        # 30 s would outlast the socket timeout of 10).
+        self.assertEqual([m.body for m in a.take(["c.other", "c.take"], 16, timeout=30)], [b"3", b"4"])
+        self.assertEqual(a.take("c.take", 4, timeout=0), [])
+
+    def test_take_sends_what_is_buffered_with_its_waits(self):
+        handler, caller = self.client(), self.client()
+        caller.send("c.jobs", b"job 1", reply="c.done")
+        handler.send("c.log", b"before", flush=False)
+        (m,) = handler.take("c.jobs", 4, timeout=30)
+        # The answer, buffered, leaves with the next round's waits.
+        handler.send(m.reply, b"done: " + m.body, flush=False)
+        caller.send("c.jobs", b"job 2", reply="c.done")
+        self.assertEqual([m.body for m in handler.take("c.jobs", 4, timeout=30)], [b"job 2"])
+        self.assertEqual(caller.ready("c.done", timeout=5).body, b"done: job 1")
+        self.assertEqual(caller.ready("c.log", timeout=5).body, b"before")
+
+    def test_take_keeps_channel_messages_and_refuses_bad_arguments(self):
+        a, b = self.client(), self.client()
+        a.subscribe("c.news")
+        self.assertIsNone(a.ready("c.barrier", timeout=0))
+        b.publish("c.news", b"hello")
+        b.send("c.take2", b"x")
+        self.assertIsNone(b.ready("c.barrier", timeout=0))
+        self.assertEqual([m.body for m in a.take("c.take2", 2, timeout=5)], [b"x"])
+        self.assertEqual(a.next_published(timeout=5).body, b"hello")
+        for bad in [0, -1, 1.5]:
+            with self.assertRaises(ValueError):
+                a.take("c.take2", bad)
+        with self.assertRaises(ValueError):
+            a.take("a b", 2)
+        with self.assertRaises(ValueError):
+            a.take(["q"] * 9, 2)
+        a.ready("c.take2", timeout=0, pipeline=True)
+        with self.assertRaises(Error):
+            a.take("c.take2", 2)
+        self.assertIsNone(a.answer())
+        self.assertEqual(a.take("c.take2", 2, timeout=0), [])
 
 
 class LimitsTest(unittest.TestCase):
@@ -264,6 +311,25 @@ class FramingTest(unittest.TestCase):
         time.sleep(0.05)
         self.peer.sendall(b"\n*\r\n*\r\n")
         self.assertEqual([c.answer() for _ in range(3)], [None, None, None])
+
+    def test_take_reads_answers_in_pieces_past_refusals(self):
+        c = self.client
+        c.send("out", b"r", flush=False)
+        self.peer.sendall(b"*\r")
+        # The first answer arrives cut in two, a refusal of the earlier
+        # send and a channel message come between, the last is cut too.
+        pieces = [b"\n- queue full\r\n! 2 news x\r\nhi\r\n> 1 3 q R", b"\r\nx", b"\r\n*", b"\r\n*\r\n"]
+        for piece in pieces:
+            self.peer.sendall(piece)
+            time.sleep(0.02)
+        self.assertEqual(c.take("q", 4, timeout=5), [Message("q", "R", 3, b"x")])
+        want = b"> 1 30 out\r\nr\r\n< 5 q\r\n< 0 q\r\n< 0 q\r\n< 0 q\r\n"
+        self.assertEqual(self.read(len(want)), want)
+        self.assertEqual(c.refused, 1)
+        self.assertEqual(c.next_published(timeout=5), Published("news", "x", b"hi"))
+        # Nothing is left pending.
+        with self.assertRaises(Error):
+            c.answer()
 
     def test_malformed_frames_are_protocol_errors(self):
         for bad in [
