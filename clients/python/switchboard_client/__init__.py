@@ -258,7 +258,7 @@ class Client:
         ``flush=False`` leave in the same write, so a handler that answers
         a round's messages with ``send(..., flush=False)`` sends its replies
         and its next round's waits together. The answers of waits made with
-        ``pipeline=True`` must be read before."""
+        ``pipeline=True`` must be read before it is called."""
         if self._pending:
             raise Error("take: %d pipelined waits are not answered yet" % self._pending)
         one = isinstance(addresses, (str, bytes))
@@ -281,8 +281,8 @@ class Client:
                     _TAKE_LINES.clear()
                 _TAKE_LINES[addresses, n, timeout] = block
         self._out.append(block)
-        self._pending = n
         self.flush()
+        self._pending = n
         got = []
         take_frame = self._take_frame
         for _ in range(n):
