@@ -10,6 +10,9 @@
 #        SB (the switchboard binary, default target/release/switchboard),
 #        BATCHES (default 1: our Python handlers and WSGI workers are measured
 #        once per value N listed, taking up to N queued requests a round trip)
+#        RUST=1: the Mongrel2 comparison also runs switchboard with the Rust
+#        handler (WORKERS connections, up to 16 a round trip, whole replies)
+#        in place of the Python handlers;
 #        FORMS (default parts: our handlers answer with head, body and end;
 #        "parts whole" measures them also answering each request with one
 #        message, the whole HTTP response: the Python handlers, and the Rust
@@ -149,6 +152,16 @@ mongrel2() {
     measure "switchboard proxy → $WORKERS Python line handlers$([ "$n" = 1 ] || echo ", up to $n a round trip")$([ "$form" = parts ] || echo ", whole replies")" http://127.0.0.1:$p/
     stop_all
   done; done
+  if [ "${RUST:-0}" = 1 ]; then
+    # The same number of handler connections, but the Rust handler of the
+    # own-cost comparison, up to 16 a round trip: a comparison of handler
+    # languages as much as of servers, shown beside the like-for-like one.
+    p=$(free_port); l=$(free_port)
+    line_door $l; on0 "$SB" "${LINE_ARGS[@]}" --bus-listen off --proxy-listen 127.0.0.1:$p --log-level warn >/dev/null
+    sleep 0.3; on0 "$HANDLER" "$LINE_ADDR" "$WORKERS" msglite.httpRequests threads 16 whole; wait_http http://127.0.0.1:$p/
+    measure "switchboard proxy → Rust handler, $WORKERS connections, up to 16 a round trip, whole replies" http://127.0.0.1:$p/
+    stop_all
+  fi
   command -v m2sh >/dev/null || { echo "| Mongrel2 | not installed (mongrel2-core) | |"; return; }
   local m s r d=$TMP/m2
   export LOGNAME=${LOGNAME:-$(id -un)}
