@@ -244,16 +244,14 @@ def handle(client, app, message, multiprocess=False):
     """Answers one request message; the answer's end is left buffered. A
     request without a body (no ``Content-Length`` in its envelope, or 0)
     does not read its empty body message: the proxy drops it once the
-    response has ended. A request with a body first reads the answers of
-    the waits still pending, then its body."""
+    response has ended. A request with a body reads it first (the worker
+    has no wait pending then: ``Client.take`` has read every answer of the
+    round)."""
     env = _envelope(message.body)
     body = b""
     body_addr = env.get("bodyAddr")
     headers = env.get("headers") or {}
     if body_addr and headers.get("Content-Length", "0") != "0":
-        # The answers of the waits before it come first.
-        while client._pending:
-            client.answer()
         got = client.ready(body_addr, timeout=1)
         if got is not None:
             body = got.body
