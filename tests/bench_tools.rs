@@ -15,16 +15,15 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Runs perf_split.py on `input` with its three arguments; its stdout, or
-/// a failure with its stderr.
-fn perf_split(input: &str, rate: &str, server: &str, handlers: &str) -> String {
+/// Runs perf_split.py on `input` with its three arguments.
+fn run_perf_split(input: &str, args: [&str; 3]) -> Output {
     let mut child = Command::new(common::program("python3"))
         .arg(format!("{REPO}/benches/perf_split.py"))
-        .args([rate, server, handlers])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -36,7 +35,12 @@ fn perf_split(input: &str, rate: &str, server: &str, handlers: &str) -> String {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// perf_split.py's table for `input`, or a failure with its stderr.
+fn perf_split(input: &str, rate: &str, server: &str, handlers: &str) -> String {
+    let out = run_perf_split(input, [rate, server, handlers]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "perf_split.py failed: {stderr}");
     String::from_utf8(out.stdout).unwrap()
@@ -120,12 +124,7 @@ fn perf_split_puts_each_sample_in_its_room() {
 
 #[test]
 fn perf_split_refuses_an_empty_recording() {
-    let out = Command::new(common::program("python3"))
-        .arg(format!("{REPO}/benches/perf_split.py"))
-        .args(["1000", "1", "2"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_perf_split("", ["1000", "1", "2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no samples"));
 }
