@@ -221,6 +221,26 @@ impl Broker {
         self.queues.send(now, to, reply, timeout_s, body, out)
     }
 
+    /// A fresh address holding one empty message sent with `timeout_s`
+    /// (see [`Queues::fresh_holding_empty`]): the proxy's body address of a
+    /// request without a body. With the cluster on, a real message sent
+    /// there, which handlers on other nodes can read through Redis.
+    pub fn fresh_holding_empty(
+        &mut self,
+        now: Millis,
+        timeout_s: u64,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<Bytes, QueueFull> {
+        self.channels.seal(out);
+        if self.cluster.is_on() {
+            let addr = self.queues.unique_address();
+            return self
+                .send(now, addr.clone(), None, timeout_s, Bytes::new(), out)
+                .map(|()| addr);
+        }
+        self.queues.fresh_holding_empty(now, timeout_s, out)
+    }
+
     /// A frame from a cluster link (see [`cluster::Cluster::on_frame`]),
     /// and what it brings for queue receivers here. False: close the link.
     pub fn cluster_frame(

@@ -163,6 +163,17 @@ enum TimerKind {
     Wait(usize, u64),
     /// The message with this `seq` on this address.
     Expire(Bytes, u64),
+    /// The empty message on fresh address number N (see
+    /// [`Queues::fresh_holding_empty`]).
+    Empty(u64),
+}
+
+/// An empty message on a fresh address, kept as a number (see
+/// [`Queues::fresh_holding_empty`]).
+#[derive(Clone, Copy)]
+struct Empty {
+    deadline: Millis,
+    timeout_s: u64,
 }
 
 /// All queue addresses and the waits on them.
@@ -192,6 +203,9 @@ pub struct Queues {
     refused_full: u64,
     /// With `--data-dir`: where queued messages are recorded.
     journal: Option<Journal>,
+    /// The empty messages of [`Queues::fresh_holding_empty`], by the
+    /// number of their address.
+    empties: HashMap<u64, Empty, foldhash::fast::RandomState>,
 }
 
 impl Default for Queues {
@@ -224,6 +238,7 @@ impl Queues {
             limits: QueueLimits::default(),
             refused_full: 0,
             journal: None,
+            empties: HashMap::default(),
         }
     }
 
@@ -376,6 +391,90 @@ impl Queues {
         self.waits.len()
     }
 
+    /// A fresh address (as [`Queues::unique_address`]) that holds one
+    /// empty message, as if sent there with `timeout_s`: the proxy's body
+    /// address of a request without a body. Nearly all of these are never
+    /// read, so the message is kept as the address' number in a table (no
+    /// address entry, no queue, no copy of the address) and only becomes a
+    /// message when someone takes it. It counts as any queued message (in
+    /// [`Queues::queued`], the limits, the stats), but it is neither
+    /// journaled nor listed by address ([`Queues::top_by_depth`],
+    /// [`Queues::for_each_queued`]): it belongs to an HTTP request, which
+    /// does not outlive the process. Full queues refuse it as any message.
+    pub fn fresh_holding_empty(
+        &mut self,
+        now: Millis,
+        timeout_s: u64,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<Bytes, QueueFull> {
+        let addr = self.unique_address();
+        let deadline = deadline(now, timeout_s);
+        // Someone who guessed the address and waits there, or an expired
+        // message: as any send.
+        if deadline <= now || self.addresses.contains_key(&addr[..]) {
+            return self
+                .send(now, addr.clone(), None, timeout_s, Bytes::new(), out)
+                .map(|()| addr);
+        }
+        if self.bytes_now + MESSAGE_OVERHEAD > self.limits.total {
+            self.refused_full += 1;
+            return Err(QueueFull::Full);
+        }
+        let n = self.reply_seq;
+        self.empties.insert(
+            n,
+            Empty {
+                deadline,
+                timeout_s,
+            },
+        );
+        self.bytes_now += MESSAGE_OVERHEAD;
+        self.queued_now += 1;
+        self.queued_in += 1;
+        self.next_seq += 1;
+        self.add_timer(deadline, TimerKind::Empty(n));
+        Ok(addr)
+    }
+
+    /// The number of `addr` when it holds an empty message of
+    /// [`Queues::fresh_holding_empty`]: `PREFIX.N` as `unique_address`
+    /// writes it (upper-case hex, no leading zero).
+    fn empty_number(&self, addr: &[u8]) -> Option<u64> {
+        if self.empties.is_empty() {
+            return None;
+        }
+        let digits = addr
+            .strip_prefix(self.reply_prefix.as_bytes())?
+            .strip_prefix(b".")?;
+        if digits.is_empty() || digits.len() > 16 || digits.first() == Some(&b'0') {
+            return None;
+        }
+        let mut n = 0u64;
+        for &b in digits {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return None,
+            };
+            n = n << 4 | u64::from(d);
+        }
+        self.empties.contains_key(&n).then_some(n)
+    }
+
+    /// Takes the empty message held by `addr`, if it holds one: `Some(live)`.
+    fn take_empty(&mut self, now: Millis, addr: &[u8]) -> Option<Option<Empty>> {
+        let n = self.empty_number(addr)?;
+        let e = self.empties.remove(&n)?;
+        self.queued_now -= 1;
+        self.bytes_now -= MESSAGE_OVERHEAD;
+        if e.deadline > now {
+            Some(Some(e))
+        } else {
+            self.expired += 1;
+            Some(None)
+        }
+    }
+
     /// A fresh address nobody else has been given.
     pub fn unique_address(&mut self) -> Bytes {
         self.reply_seq += 1;
@@ -400,13 +499,14 @@ impl Queues {
         // heap (lazy invalidation); once they outnumber the live ones, drop
         // them all at once, so the heap stays proportional to what is pending.
         if self.timers.len() > 2 * (self.waits.len() + self.queued_now) + 1024 {
-            let (waits, addresses) = (&self.waits, &self.addresses);
+            let (waits, addresses, empties) = (&self.waits, &self.addresses, &self.empties);
             self.timers.retain(|_, kind| match kind {
                 TimerKind::Wait(slot, gen) => waits.get(*slot).is_some_and(|w| w.gen == *gen),
                 TimerKind::Expire(addr, seq) => addresses
                     .get(addr)
                     .and_then(|a| a.messages.front())
                     .is_some_and(|front| front.seq <= *seq),
+                TimerKind::Empty(n) => empties.contains_key(n),
             });
         }
     }
@@ -590,6 +690,17 @@ impl Queues {
 
     /// Takes the oldest live message queued on `addr`, if there is one.
     pub fn take(&mut self, now: Millis, addr: &Bytes) -> Option<Taken> {
+        // An empty message of `fresh_holding_empty` was sent before anything
+        // else could be.
+        if let Some(Some(e)) = self.take_empty(now, addr) {
+            self.queued_out += 1;
+            return Some(Taken {
+                to: addr.clone(),
+                reply: None,
+                timeout_s: e.timeout_s,
+                body: Bytes::new(),
+            });
+        }
         let msg = self.pop_live_message(now, addr)?;
         self.queued_out += 1;
         Some(Taken {
@@ -614,8 +725,18 @@ impl Queues {
     /// more (the proxy's empty request body once its response has ended);
     /// they count as expired. Waits on `addr` stay. Returns how many went.
     pub fn discard(&mut self, addr: &[u8]) -> usize {
+        // Dropped unread, it counts as expired (a dead one already does).
+        let empty = match self.take_empty(0, addr) {
+            Some(live) => {
+                if live.is_some() {
+                    self.expired += 1;
+                }
+                1
+            }
+            None => 0,
+        };
         let Some(a) = self.addresses.get_mut(addr) else {
-            return 0;
+            return empty;
         };
         let gone = a.messages.len();
         for m in a.messages.drain(..) {
@@ -631,7 +752,7 @@ impl Queues {
         if a.is_unused() {
             self.addresses.remove(addr);
         }
-        gone
+        gone + empty
     }
 
     /// Registers a wait on `addresses` without looking for queued messages
@@ -655,10 +776,14 @@ impl Queues {
             addresses: Vec::new(),
         });
         let id = WaitId { slot, gen };
-        let mut keys: Vec<Bytes> = Vec::with_capacity(addresses.len());
-        for addr in &addresses {
+        // The map's keys replace the addresses in their own vector: the
+        // first `kept` are done.
+        let mut keys = addresses;
+        let mut kept = 0;
+        for i in 0..keys.len() {
+            let Some(addr) = keys.get(i) else { break };
             // An address named twice waits once.
-            if keys.iter().any(|k| k == addr) {
+            if keys.get(..kept).is_some_and(|done| done.contains(addr)) {
                 continue;
             }
             let key = self.key(addr);
@@ -667,8 +792,12 @@ impl Queues {
                 .or_default()
                 .waits
                 .push_back(id);
-            keys.push(key);
+            if let Some(slot) = keys.get_mut(kept) {
+                *slot = key;
+            }
+            kept += 1;
         }
+        keys.truncate(kept);
         if let Some(w) = self.waits.get_mut(slot) {
             w.addresses = keys;
         }
@@ -728,6 +857,14 @@ impl Queues {
                     }
                 }
                 TimerKind::Expire(addr, seq) => self.expire_front(now, &addr, seq),
+                TimerKind::Empty(n) => {
+                    if self.empties.get(&n).is_some_and(|e| e.deadline <= now) {
+                        self.empties.remove(&n);
+                        self.queued_now -= 1;
+                        self.bytes_now -= MESSAGE_OVERHEAD;
+                        self.expired += 1;
+                    }
+                }
             }
         }
     }
@@ -1076,6 +1213,93 @@ mod tests {
         assert_eq!(text(&out, conn(1)), b"> 3 60 a\r\nnew\r\n");
         ready(&mut q, 2000, conn(2), 0, vec![b("other")], &mut out);
         assert_eq!(text(&out, conn(2)), b"> 4 60 other\r\nkept\r\n");
+    }
+
+    /// The proxy's empty request body: a message on a fresh address that
+    /// costs no queue until it is taken, and then behaves as any other.
+    #[test]
+    fn a_fresh_empty_message_is_taken_once_before_later_ones() {
+        let mut q = Queues::new(0xAB);
+        let mut out = RecordingOutbox::default();
+        let addr = q.fresh_holding_empty(0, 60, &mut out).unwrap();
+        assert_eq!(addr, b("AB.1"));
+        assert_eq!((q.queued(), q.queued_bytes()), (1, MESSAGE_OVERHEAD));
+        assert_eq!(q.addresses.len(), 0);
+        // A later message on the address comes after it.
+        send(&mut q, 1, addr.clone(), None, 60, b("later"), &mut out);
+        ready(&mut q, 2, conn(1), 0, vec![addr.clone()], &mut out);
+        ready(&mut q, 2, conn(2), 0, vec![addr.clone()], &mut out);
+        ready(&mut q, 2, conn(3), 0, vec![addr.clone()], &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 0 60 AB.1\r\n");
+        assert_eq!(text(&out, conn(2)), b"> 5 60 AB.1\r\nlater\r\n");
+        assert_eq!(text(&out, conn(3)), b"*\r\n");
+        assert_eq!((q.queued(), q.queued_bytes()), (0, 0));
+        assert_eq!(q.stats(), (2, 2, 0));
+        // Taken, it is gone: discarding finds nothing.
+        assert_eq!(q.discard(&addr), 0);
+        assert!(q.empties.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_empty_message_expires_or_is_discarded_as_any_other() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let short = q.fresh_holding_empty(0, 1, &mut out).unwrap();
+        let dropped = q.fresh_holding_empty(0, 60, &mut out).unwrap();
+        let kept = q.fresh_holding_empty(0, 60, &mut out).unwrap();
+        assert_eq!(q.queued(), 3);
+        q.on_timers(1_000, &mut out);
+        assert_eq!(q.queued(), 2);
+        assert_eq!(q.discard(&dropped), 1);
+        assert_eq!(q.discard(&dropped), 0);
+        assert_eq!((q.queued(), q.queued_bytes()), (1, MESSAGE_OVERHEAD));
+        assert_eq!(q.stats(), (3, 0, 2));
+        ready(&mut q, 1_000, conn(1), 0, vec![short, dropped], &mut out);
+        assert_eq!(text(&out, conn(1)), b"*\r\n");
+        // One whose timer fires late (the loop was busy) is dead all the
+        // same when someone comes for it after its deadline.
+        ready(&mut q, 60_000, conn(2), 0, vec![kept], &mut out);
+        assert_eq!(text(&out, conn(2)), b"*\r\n");
+        assert_eq!((q.queued(), q.queued_bytes()), (0, 0));
+        assert_eq!(q.stats(), (3, 0, 3));
+    }
+
+    /// Only the exact address holds it: the same number written otherwise
+    /// is another address.
+    #[test]
+    fn a_fresh_empty_message_is_held_by_its_exact_address_only() {
+        let mut q = Queues::new(0xAB);
+        let mut out = RecordingOutbox::default();
+        q.reply_seq = 0x1E;
+        assert_eq!(q.fresh_holding_empty(0, 60, &mut out).unwrap(), b("AB.1F"));
+        for other in ["AB.01F", "AB.1f", "AB1F", "AB.1F0", "AC.1F", "AB.", "AB.1G"] {
+            ready(&mut q, 1, conn(1), 0, vec![b(other)], &mut out);
+        }
+        assert_eq!(text(&out, conn(1)), b"*\r\n".repeat(7));
+        ready(&mut q, 1, conn(2), 0, vec![b("AB.1F")], &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 0 60 AB.1F\r\n");
+    }
+
+    /// Someone who guessed the next fresh address and waits there gets the
+    /// message at once; full queues refuse it.
+    #[test]
+    fn a_fresh_empty_message_goes_to_a_waiter_and_is_refused_when_full() {
+        let mut q = Queues::new(0xAB);
+        let mut out = RecordingOutbox::default();
+        ready(&mut q, 0, conn(1), 60, vec![b("AB.1")], &mut out);
+        assert_eq!(q.fresh_holding_empty(0, 60, &mut out).unwrap(), b("AB.1"));
+        assert_eq!(text(&out, conn(1)), b"> 0 60 AB.1\r\n");
+        assert_eq!(q.queued(), 0);
+        let mut q = Queues::new(0xAB).with_limits(QueueLimits {
+            per_address: 10 * MESSAGE_OVERHEAD,
+            total: MESSAGE_OVERHEAD + 5,
+        });
+        q.fresh_holding_empty(0, 60, &mut out).unwrap();
+        assert!(matches!(
+            q.fresh_holding_empty(0, 60, &mut out),
+            Err(QueueFull::Full)
+        ));
+        assert_eq!((q.queued(), q.refused_full()), (1, 1));
     }
 
     #[test]
