@@ -421,17 +421,8 @@ fn whole_reply(p: &Pending, message: &[u8]) -> Part {
         }
         Ok((head, body)) => {
             log::debug!("proxy {}: {} (whole)", p.id, head.status);
-            let (bytes, framing, keep_alive) = write_head(&head, p);
-            if framing == Framing::Discard || body.is_empty() {
-                return Part::Last { bytes, keep_alive };
-            }
-            let mut out = BytesMut::with_capacity(bytes.len() + body.len());
-            out.put_slice(&bytes);
-            out.put_slice(body);
-            Part::Last {
-                bytes: out.freeze(),
-                keep_alive,
-            }
+            let (bytes, _, keep_alive) = write_head_and(&head, p, body);
+            Part::Last { bytes, keep_alive }
         }
     }
 }
@@ -967,6 +958,18 @@ fn is_token_byte(b: u8) -> bool {
 /// Frames the head for the request `p`; returns it, how the body goes out,
 /// and whether the connection stays open after the response.
 fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
+    write_head_and(head, p, &[])
+}
+
+/// The number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// [`write_head`] with `body` after the head (when the response has a body),
+/// in one allocation of their exact size (frozen with room to spare, a
+/// buffer costs a second one).
+fn write_head_and(head: &Head, p: &Pending, body: &[u8]) -> (Bytes, Framing, bool) {
     let bodiless = p.head_only || head.status == 204 || head.status == 304;
     let framing = if bodiless {
         Framing::Discard
@@ -981,7 +984,40 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
         Framing::UntilClose
     };
     let keep_alive = p.keep_alive && framing != Framing::UntilClose;
-    let mut out = BytesMut::with_capacity(256);
+    let body = if framing == Framing::Discard {
+        &[]
+    } else {
+        body
+    };
+    let length_header = match (framing, head.content_length) {
+        (Framing::Chunked, _) => "Transfer-Encoding: chunked\r\n".len(),
+        (_, Some(n)) if head.status != 204 => "Content-Length: \r\n".len() + decimal_len(n),
+        _ => 0,
+    };
+    let connection_header = match (p.minor_version == 0, keep_alive) {
+        (false, false) => "Connection: close\r\n".len(),
+        (true, true) => "Connection: keep-alive\r\n".len(),
+        _ => 0,
+    };
+    let size = "HTTP/1.1 \r\n".len()
+        + decimal_len(u64::from(head.status))
+        + 1
+        + head.reason.len()
+        + if head.has_server {
+            0
+        } else {
+            "Server: \r\n".len() + SERVER.len()
+        }
+        + head
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+        + length_header
+        + connection_header
+        + 2
+        + body.len();
+    let mut out = BytesMut::with_capacity(size);
     out.put_slice(if p.minor_version == 0 {
         b"HTTP/1.0 "
     } else {
@@ -1012,6 +1048,8 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
         _ => {}
     }
     out.put_slice(b"\r\n");
+    out.put_slice(body);
+    debug_assert_eq!(out.len(), size, "the size of a head written for a reply");
     (out.freeze(), framing, keep_alive)
 }
 
@@ -1607,6 +1645,47 @@ mod tests {
             b"HTTP/1.1 204 No Content\r\nServer: switchboard\r\n\r\n"
         );
         assert_eq!(framing, Framing::Discard);
+    }
+
+    /// `write_head_and` sizes its buffer before writing (checked by its
+    /// debug assertion, which the tests run with): every framing, both
+    /// protocol versions, with and without a body and a `Server`.
+    #[test]
+    fn heads_are_written_in_one_buffer_of_their_exact_size() {
+        let heads = [
+            r#"["200", []]"#,
+            r#"["200", ["Content-Type", "text/plain", "X-A", ""]]"#,
+            r#"["404", ["Server", "mine", "Content-Length", "12345678901"]]"#,
+            r#"["204", ["Content-Length", "0"]]"#,
+            r#"["304", []]"#,
+            r#"["500", ["Content-Length", "5", "Connection", "close"]]"#,
+        ];
+        for text in heads {
+            let head = parse_head(text.as_bytes()).unwrap();
+            for (minor, head_only, keep) in [
+                (1, false, true),
+                (1, false, false),
+                (0, false, true),
+                (0, true, false),
+                (1, true, true),
+            ] {
+                for body in [&b""[..], b"hello"] {
+                    let p = pending(minor, head_only, keep);
+                    let (bytes, framing, _) = write_head_and(&head, &p, body);
+                    let (alone, _, _) = write_head(&head, &p);
+                    let body = if framing == Framing::Discard {
+                        &b""[..]
+                    } else {
+                        body
+                    };
+                    assert_eq!(
+                        &bytes[..],
+                        [&alone[..], body].concat(),
+                        "{text} {minor} {head_only}"
+                    );
+                }
+            }
+        }
     }
 
     fn show(bytes: &[u8]) -> String {
