@@ -443,7 +443,6 @@ impl Queues {
         self.bytes_now += MESSAGE_OVERHEAD;
         self.queued_now += 1;
         self.queued_in += 1;
-        self.next_seq += 1;
         self.add_timer(deadline, TimerKind::Empty(n));
         Ok(addr)
     }
@@ -458,7 +457,8 @@ impl Queues {
         let digits = addr
             .strip_prefix(self.reply_prefix.as_bytes())?
             .strip_prefix(b".")?;
-        if digits.is_empty() || digits.len() > 16 || digits.first() == Some(&b'0') {
+        // (No digits makes 0, which no address has; more than 16 would wrap.)
+        if digits.len() > 16 || digits.first() == Some(&b'0') {
             return None;
         }
         let mut n = 0u64;
@@ -468,7 +468,7 @@ impl Queues {
                 b'A'..=b'F' => b - b'A' + 10,
                 _ => return None,
             };
-            n = n << 4 | u64::from(d);
+            n = (n << 4) + u64::from(d);
         }
         self.empties.contains_key(&n).then_some(n)
     }
@@ -1285,10 +1285,12 @@ mod tests {
         assert_eq!(q.queued(), 3);
         q.on_timers(1_000, &mut out);
         assert_eq!(q.queued(), 2);
-        assert_eq!(q.discard(&dropped), 1);
+        // With a message sent there after it, both go.
+        send(&mut q, 1_000, dropped.clone(), None, 60, b("m"), &mut out);
+        assert_eq!(q.discard(&dropped), 2);
         assert_eq!(q.discard(&dropped), 0);
         assert_eq!((q.queued(), q.queued_bytes()), (1, MESSAGE_OVERHEAD));
-        assert_eq!(q.stats(), (3, 0, 2));
+        assert_eq!(q.stats(), (4, 0, 3));
         ready(&mut q, 1_000, conn(1), 0, vec![short, dropped], &mut out);
         assert_eq!(text(&out, conn(1)), b"*\r\n");
         // One whose timer fires late (the loop was busy) is dead all the
@@ -1296,7 +1298,7 @@ mod tests {
         ready(&mut q, 60_000, conn(2), 0, vec![kept], &mut out);
         assert_eq!(text(&out, conn(2)), b"*\r\n");
         assert_eq!((q.queued(), q.queued_bytes()), (0, 0));
-        assert_eq!(q.stats(), (3, 0, 3));
+        assert_eq!(q.stats(), (4, 0, 4));
     }
 
     /// Only the exact address holds it: the same number written otherwise
@@ -1307,12 +1309,29 @@ mod tests {
         let mut out = RecordingOutbox::default();
         q.reply_seq = 0x1E;
         assert_eq!(q.fresh_holding_empty(0, 60, &mut out).unwrap(), b("AB.1F"));
-        for other in ["AB.01F", "AB.1f", "AB1F", "AB.1F0", "AC.1F", "AB.", "AB.1G"] {
+        let others = [
+            "AB.01F",
+            "AB.1f",
+            "AB1F",
+            "AB.1F0",
+            "AC.1F",
+            "AB.",
+            "AB.1G",
+            // 17 digits, which would wrap to 0x1F.
+            "AB.1000000000000001F",
+        ];
+        for other in others {
             ready(&mut q, 1, conn(1), 0, vec![b(other)], &mut out);
         }
-        assert_eq!(text(&out, conn(1)), b"*\r\n".repeat(7));
+        assert_eq!(text(&out, conn(1)), b"*\r\n".repeat(others.len()));
         ready(&mut q, 1, conn(2), 0, vec![b("AB.1F")], &mut out);
         assert_eq!(text(&out, conn(2)), b"> 0 60 AB.1F\r\n");
+        // All 16 digits.
+        q.reply_seq = 0xF000_0000_0000_0000;
+        let long = q.fresh_holding_empty(0, 60, &mut out).unwrap();
+        assert_eq!(long, b("AB.F000000000000001"));
+        ready(&mut q, 1, conn(3), 0, vec![long], &mut out);
+        assert_eq!(text(&out, conn(3)), b"> 0 60 AB.F000000000000001\r\n");
     }
 
     /// Someone who guessed the next fresh address and waits there gets the
@@ -1325,16 +1344,19 @@ mod tests {
         assert_eq!(q.fresh_holding_empty(0, 60, &mut out).unwrap(), b("AB.1"));
         assert_eq!(text(&out, conn(1)), b"> 0 60 AB.1\r\n");
         assert_eq!(q.queued(), 0);
+        // Two fit exactly.
         let mut q = Queues::new(0xAB).with_limits(QueueLimits {
             per_address: 10 * MESSAGE_OVERHEAD,
-            total: MESSAGE_OVERHEAD + 5,
+            total: 2 * MESSAGE_OVERHEAD,
         });
+        q.fresh_holding_empty(0, 60, &mut out).unwrap();
         q.fresh_holding_empty(0, 60, &mut out).unwrap();
         assert!(matches!(
             q.fresh_holding_empty(0, 60, &mut out),
             Err(QueueFull::Full)
         ));
-        assert_eq!((q.queued(), q.refused_full()), (1, 1));
+        assert_eq!((q.queued(), q.refused_full()), (2, 1));
+        assert_eq!(q.queued_bytes(), 2 * MESSAGE_OVERHEAD);
     }
 
     /// An address that goes unused leaves its entry, emptied, to the next
