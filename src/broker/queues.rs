@@ -473,18 +473,19 @@ impl Queues {
         self.empties.contains_key(&n).then_some(n)
     }
 
-    /// Takes the empty message held by `addr`, if it holds one: `Some(live)`.
-    fn take_empty(&mut self, now: Millis, addr: &[u8]) -> Option<Option<Empty>> {
+    /// Removes the empty message held by `addr`, live or not, if it holds
+    /// one (the caller counts how it left).
+    fn take_empty(&mut self, addr: &[u8]) -> Option<Empty> {
         let n = self.empty_number(addr)?;
+        self.remove_empty(n)
+    }
+
+    /// Removes the empty message of fresh address number `n`.
+    fn remove_empty(&mut self, n: u64) -> Option<Empty> {
         let e = self.empties.remove(&n)?;
         self.queued_now -= 1;
         self.bytes_now -= MESSAGE_OVERHEAD;
-        if e.deadline > now {
-            Some(Some(e))
-        } else {
-            self.expired += 1;
-            Some(None)
-        }
+        Some(e)
     }
 
     /// A fresh address nobody else has been given.
@@ -731,14 +732,17 @@ impl Queues {
     pub fn take(&mut self, now: Millis, addr: &Bytes) -> Option<Taken> {
         // An empty message of `fresh_holding_empty` was sent before anything
         // else could be.
-        if let Some(Some(e)) = self.take_empty(now, addr) {
-            self.queued_out += 1;
-            return Some(Taken {
-                to: addr.clone(),
-                reply: None,
-                timeout_s: e.timeout_s,
-                body: Bytes::new(),
-            });
+        if let Some(e) = self.take_empty(addr) {
+            if e.deadline > now {
+                self.queued_out += 1;
+                return Some(Taken {
+                    to: addr.clone(),
+                    reply: None,
+                    timeout_s: e.timeout_s,
+                    body: Bytes::new(),
+                });
+            }
+            self.expired += 1;
         }
         let msg = self.pop_live_message(now, addr)?;
         self.queued_out += 1;
@@ -764,12 +768,10 @@ impl Queues {
     /// more (the proxy's empty request body once its response has ended);
     /// they count as expired. Waits on `addr` stay. Returns how many went.
     pub fn discard(&mut self, addr: &[u8]) -> usize {
-        // Dropped unread, it counts as expired (a dead one already does).
-        let empty = match self.take_empty(0, addr) {
-            Some(live) => {
-                if live.is_some() {
-                    self.expired += 1;
-                }
+        // Dropped unread, it counts as expired.
+        let empty = match self.take_empty(addr) {
+            Some(_) => {
+                self.expired += 1;
                 1
             }
             None => 0,
@@ -815,24 +817,19 @@ impl Queues {
             addresses: Vec::new(),
         });
         let id = WaitId { slot, gen };
-        // The map's keys replace the addresses in their own vector: the
-        // first `kept` are done.
+        // An address named twice waits once (where it is first named).
         let mut keys = addresses;
-        let mut kept = 0;
-        for i in 0..keys.len() {
-            let Some(addr) = keys.get(i) else { break };
-            // An address named twice waits once.
-            if keys.get(..kept).is_some_and(|done| done.contains(addr)) {
-                continue;
+        for i in (1..keys.len()).rev() {
+            let (before, rest) = keys.split_at(i);
+            if rest.first().is_some_and(|a| before.contains(a)) {
+                keys.remove(i);
             }
-            let key = self.key(addr);
-            self.entry(key.clone()).waits.push_back(id);
-            if let Some(slot) = keys.get_mut(kept) {
-                *slot = key;
-            }
-            kept += 1;
         }
-        keys.truncate(kept);
+        // The map's keys replace the addresses in their own vector.
+        for addr in keys.iter_mut() {
+            *addr = self.key(addr);
+            self.entry(addr.clone()).waits.push_back(id);
+        }
         if let Some(w) = self.waits.get_mut(slot) {
             w.addresses = keys;
         }
@@ -894,9 +891,7 @@ impl Queues {
                 TimerKind::Expire(addr, seq) => self.expire_front(now, &addr, seq),
                 TimerKind::Empty(n) => {
                     if self.empties.get(&n).is_some_and(|e| e.deadline <= now) {
-                        self.empties.remove(&n);
-                        self.queued_now -= 1;
-                        self.bytes_now -= MESSAGE_OVERHEAD;
+                        self.remove_empty(n);
                         self.expired += 1;
                     }
                 }
