@@ -15,12 +15,13 @@ pub mod history;
 pub mod hooks;
 pub mod pattern;
 pub mod queues;
+pub mod short;
 pub mod switch;
 
 use bytes::Bytes;
 
 pub use channels::{Channels, Presence, PresenceKind, Subscription};
-pub use queues::{QueueFull, Queues, Ready, WaitId};
+pub use queues::{Parts, QueueFull, Queues, Ready, WaitId};
 pub use switch::Switch;
 
 /// Milliseconds on the server's monotonic clock.
@@ -192,6 +193,35 @@ impl Broker {
         body: Bytes,
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), QueueFull> {
+        self.send_parts(now, to, reply, timeout_s, body, Parts::Read, out)
+    }
+
+    /// [`Broker::send`] with a body and a reply address made for this
+    /// message (see [`Parts::Made`]).
+    pub fn send_made(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
+        self.send_parts(now, to, reply, timeout_s, body, Parts::Made, out)
+    }
+
+    // (The send's six parts and how its body and reply were made.)
+    #[allow(clippy::too_many_arguments)]
+    fn send_parts(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        parts: Parts,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
         self.channels.seal(out);
         if !self.switch.has_no_queues() && self.switch.has_queue(&to) {
             return self.line_send_to_switch(now, to, reply, timeout_s, body, out);
@@ -218,7 +248,10 @@ impl Broker {
                 return Ok(());
             }
         }
-        self.queues.send(now, to, reply, timeout_s, body, out)
+        match parts {
+            Parts::Read => self.queues.send(now, to, reply, timeout_s, body, out),
+            Parts::Made => self.queues.send_made(now, to, reply, timeout_s, body, out),
+        }
     }
 
     /// A fresh address holding one empty message sent with `timeout_s`

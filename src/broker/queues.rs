@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 use slab::Slab;
 
-use super::{Answer, ConnId, Delivery, Millis, Outbox};
+use super::{short, Answer, ConnId, Delivery, Millis, Outbox};
 use crate::store::{log::LineMessage, Journal};
 use crate::timer::Timers;
 
@@ -189,6 +189,8 @@ pub struct Queues {
     next_gen: u64,
     reply_prefix: String,
     reply_seq: u64,
+    /// Where `unique_address` writes an address before copying it.
+    scratch: Vec<u8>,
     /// The `seq` of the next queued message.
     next_seq: u64,
     queued_in: u64,
@@ -240,6 +242,7 @@ impl Queues {
             next_gen: 0,
             reply_prefix: format!("{epoch_s:X}"),
             reply_seq: 0,
+            scratch: Vec::new(),
             next_seq: 0,
             queued_in: 0,
             queued_out: 0,
@@ -492,18 +495,18 @@ impl Queues {
     pub fn unique_address(&mut self) -> Bytes {
         self.reply_seq += 1;
         // `PREFIX.SEQ` with SEQ in upper-case hex, written without `format!`
-        // (two of these per proxied request).
-        // Of its exact size: a `Bytes` made from a vector with room to spare
-        // costs a second allocation.
+        // (two of these per proxied request), then copied as a short string
+        // (see `short`): it is cloned at once.
         let digits = (64 - self.reply_seq.leading_zeros()).div_ceil(4).max(1);
-        let mut addr = Vec::with_capacity(self.reply_prefix.len() + 1 + digits as usize);
+        let addr = &mut self.scratch;
+        addr.clear();
         addr.extend_from_slice(self.reply_prefix.as_bytes());
         addr.push(b'.');
         for i in (0..digits).rev() {
             let d = (self.reply_seq >> (4 * i)) & 0xf;
             addr.push(b"0123456789ABCDEF".get(d as usize).copied().unwrap_or(b'0'));
         }
-        Bytes::from(addr)
+        short::copy(addr)
     }
 
     fn add_timer(&mut self, at: Millis, kind: TimerKind) {
@@ -530,7 +533,7 @@ impl Queues {
     fn key(&self, addr: &Bytes) -> Bytes {
         match self.addresses.get_key_value(&addr[..]) {
             Some((k, _)) => k.clone(),
-            None => Bytes::copy_from_slice(addr),
+            None => short::copy(addr),
         }
     }
 
@@ -578,6 +581,35 @@ impl Queues {
         body: Bytes,
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), QueueFull> {
+        self.send_parts(now, to, reply, timeout_s, body, Parts::Read, out)
+    }
+
+    /// [`Queues::send`] with a body and a reply address said to be made for
+    /// this message (see [`Parts::Made`]): queued as they are.
+    pub fn send_made(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
+        self.send_parts(now, to, reply, timeout_s, body, Parts::Made, out)
+    }
+
+    // (The send's six parts and how its body and reply were made.)
+    #[allow(clippy::too_many_arguments)]
+    fn send_parts(
+        &mut self,
+        now: Millis,
+        to: Bytes,
+        reply: Option<Bytes>,
+        timeout_s: u64,
+        body: Bytes,
+        parts: Parts,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Result<(), QueueFull> {
         let msg = Message {
             reply,
             timeout_s,
@@ -593,14 +625,14 @@ impl Queues {
             self.expired += 1;
             return Ok(());
         }
-        self.enqueue(to, msg)?;
+        self.enqueue(to, msg, parts)?;
         self.queued_in += 1;
         Ok(())
     }
 
     /// Puts `msg` at the end of `to`'s queue, within the limits (and into
     /// the journal, with one).
-    fn enqueue(&mut self, to: Bytes, msg: Message) -> Result<(), QueueFull> {
+    fn enqueue(&mut self, to: Bytes, msg: Message, parts: Parts) -> Result<(), QueueFull> {
         let size = msg.size();
         // The map's own key when the address is known (see `key`), and what
         // it holds, in one lookup.
@@ -628,12 +660,14 @@ impl Queues {
         // A queued message may wait long: its small parts become exact-size
         // copies so they do not keep the read buffer they came in alive.
         let mut msg = msg;
-        if msg.body.len() < SHARED_BODY {
-            msg.body = Bytes::copy_from_slice(&msg.body);
+        if parts == Parts::Read {
+            if msg.body.len() < SHARED_BODY {
+                msg.body = Bytes::copy_from_slice(&msg.body);
+            }
+            msg.reply = msg.reply.map(|r| short::copy(&r));
         }
-        msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
         let (at, msg_seq) = (msg.deadline, msg.seq);
-        let key = known.unwrap_or_else(|| Bytes::copy_from_slice(&to));
+        let key = known.unwrap_or_else(|| short::copy(&to));
         let a = self.entry(key.clone());
         a.messages.push_back(msg);
         a.bytes += size;
@@ -680,7 +714,7 @@ impl Queues {
             deadline: now.saturating_add(left_ms.min(MAX_TIMEOUT_S * 1000)),
             seq: self.next_seq,
         };
-        self.enqueue(to, msg).is_ok()
+        self.enqueue(to, msg, Parts::Read).is_ok()
     }
 
     /// Receivers waiting on `addr` now.
@@ -1023,6 +1057,18 @@ impl Queues {
 /// smaller ones become exact-size copies, so that a queued message does not
 /// keep a whole read buffer alive.
 const SHARED_BODY: usize = 16 * 1024;
+
+/// Where a message's body and reply address come from, which says whether
+/// a queued message keeps copies of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parts {
+    /// Perhaps slices of a read buffer: a queued message keeps exact-size
+    /// copies of the small ones (see [`SHARED_BODY`]).
+    Read,
+    /// Made for this message at their exact size, sharing no buffer (the
+    /// proxy's envelope and fresh reply address): kept as they are.
+    Made,
+}
 
 #[cfg(test)]
 mod tests {
@@ -1747,6 +1793,42 @@ mod tests {
         // The small one no longer points into the buffer it came from.
         assert_ne!(bodies[0].as_ptr(), small.as_ptr());
         assert_eq!(bodies[1].as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn made_parts_are_queued_as_they_are_and_read_ones_copied() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let body = Bytes::from(vec![b'e'; 100]);
+        let reply = q.unique_address();
+        q.send_made(0, b("a"), Some(reply.clone()), 60, body.clone(), &mut out)
+            .unwrap();
+        send(
+            &mut q,
+            0,
+            b("a"),
+            Some(reply.clone()),
+            60,
+            body.clone(),
+            &mut out,
+        );
+        ready(&mut q, 1, conn(1), 60, vec![b("a")], &mut out);
+        ready(&mut q, 1, conn(1), 60, vec![b("a")], &mut out);
+        let got: Vec<(Option<Bytes>, Bytes)> = out
+            .answers_for(conn(1))
+            .into_iter()
+            .map(|a| a.expect("a message"))
+            .map(|m| (m.1, m.3))
+            .collect();
+        assert_eq!(got.len(), 2);
+        for (r, b) in &got {
+            assert_eq!(r.as_deref(), Some(&reply[..]));
+            assert_eq!(b, &body);
+        }
+        // Made: the same buffer; read: a copy. (The outbox hands replies
+        // over as slices, so only the bodies can be told apart.)
+        assert_eq!(got[0].1.as_ptr(), body.as_ptr());
+        assert_ne!(got[1].1.as_ptr(), body.as_ptr());
     }
 
     /// A queue whose timer heap holds `n` entries of waits already answered.

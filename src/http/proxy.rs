@@ -245,7 +245,8 @@ impl Routes for Proxy {
         };
         let sent = body_addr.and_then(|body_addr| {
             let envelope = envelope(&req, &id, &body_addr);
-            let sent = cx.broker.send(
+            // Both made here for this message: queued without a copy.
+            let sent = cx.broker.send_made(
                 cx.now,
                 queue.clone(),
                 Some(reply.clone()),
