@@ -333,6 +333,21 @@ impl Broker {
         ready
     }
 
+    /// A fresh address and a wait on it (see [`Queues::wait_on_fresh`]):
+    /// the proxy's reply address.
+    pub fn wait_on_fresh(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> (Bytes, Ready) {
+        self.channels.seal(out);
+        let (reply, ready) = self.queues.wait_on_fresh(now, conn, timeout_s);
+        self.wanted(now, &ready, std::slice::from_ref(&reply), out);
+        (reply, ready)
+    }
+
     /// Sends with a fresh reply address and waits on it (see [`Queues::query`]).
     pub fn query(
         &mut self,
@@ -350,8 +365,7 @@ impl Broker {
         }
         // As [`Queues::query`], with the send going to the switch queue,
         // or through the cluster.
-        let reply = self.queues.unique_address();
-        let ready = self.queues.wait(now, conn, timeout_s, vec![reply.clone()]);
+        let (reply, ready) = self.queues.wait_on_fresh(now, conn, timeout_s);
         self.wanted(now, &ready, std::slice::from_ref(&reply), out);
         if let Err(full) = self.send(now, to, Some(reply), timeout_s, body, out) {
             if let Ready::Waiting(w) = ready {

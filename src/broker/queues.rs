@@ -839,18 +839,6 @@ impl Queues {
         timeout_s: u64,
         addresses: Vec<Bytes>,
     ) -> Ready {
-        let at = deadline(now, timeout_s);
-        if at <= now {
-            return Ready::TimedOut;
-        }
-        self.next_gen += 1;
-        let gen = self.next_gen;
-        let slot = self.waits.insert(Wait {
-            conn,
-            gen,
-            addresses: Vec::new(),
-        });
-        let id = WaitId { slot, gen };
         // An address named twice waits once (where it is first named).
         let mut keys = addresses;
         for i in (1..keys.len()).rev() {
@@ -862,12 +850,46 @@ impl Queues {
         // The map's keys replace the addresses in their own vector.
         for addr in keys.iter_mut() {
             *addr = self.key(addr);
-            self.entry(addr.clone()).waits.push_back(id);
         }
-        if let Some(w) = self.waits.get_mut(slot) {
-            w.addresses = keys;
+        self.register(now, conn, timeout_s, keys)
+    }
+
+    /// A fresh address (see [`Queues::unique_address`]) and a wait of
+    /// `conn` on it, as [`Queues::ready`] would make: the reply address of
+    /// `?` and of the proxy. The address is its own key in the map.
+    pub fn wait_on_fresh(&mut self, now: Millis, conn: ConnId, timeout_s: u64) -> (Bytes, Ready) {
+        let addr = self.unique_address();
+        // Someone who guessed the address and sent there first: as any wait.
+        if self.addresses.contains_key(&addr[..]) {
+            let ready = self.ready(now, conn, timeout_s, vec![addr.clone()]);
+            return (addr, ready);
         }
-        self.add_timer(at, TimerKind::Wait(slot, gen));
+        let ready = self.register(now, conn, timeout_s, vec![addr.clone()]);
+        (addr, ready)
+    }
+
+    /// Registers a wait on `keys`: distinct addresses, each the map's own
+    /// key or one that is to become it.
+    fn register(&mut self, now: Millis, conn: ConnId, timeout_s: u64, keys: Vec<Bytes>) -> Ready {
+        let at = deadline(now, timeout_s);
+        if at <= now {
+            return Ready::TimedOut;
+        }
+        self.next_gen += 1;
+        let gen = self.next_gen;
+        let id = WaitId {
+            slot: self.waits.vacant_key(),
+            gen,
+        };
+        for key in &keys {
+            self.entry(key.clone()).waits.push_back(id);
+        }
+        self.waits.insert(Wait {
+            conn,
+            gen,
+            addresses: keys,
+        });
+        self.add_timer(at, TimerKind::Wait(id.slot, gen));
         Ready::Waiting(id)
     }
 
@@ -881,8 +903,7 @@ impl Queues {
         body: Bytes,
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<Ready, QueueFull> {
-        let reply = self.unique_address();
-        let ready = self.ready(now, conn, timeout_s, vec![reply.clone()]);
+        let (reply, ready) = self.wait_on_fresh(now, conn, timeout_s);
         if let Err(full) = self.send(now, to, Some(reply), timeout_s, body, out) {
             if let Ready::Waiting(w) = ready {
                 self.cancel(w);
@@ -1793,6 +1814,35 @@ mod tests {
         // The small one no longer points into the buffer it came from.
         assert_ne!(bodies[0].as_ptr(), small.as_ptr());
         assert_eq!(bodies[1].as_ptr(), shared.as_ptr());
+    }
+
+    #[test]
+    fn a_wait_on_a_fresh_address_is_answered_there_and_a_guessed_one_takes_what_is_queued() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let (addr, ready) = q.wait_on_fresh(0, conn(1), 60);
+        let Ready::Waiting(w) = ready else {
+            panic!("a fresh address holds nothing")
+        };
+        assert!(q.is_pending(w));
+        assert_eq!(q.waiters_on(&addr), 1);
+        send(&mut q, 1, addr.clone(), None, 60, b("answer"), &mut out);
+        assert!(!q.is_pending(w));
+        assert_eq!(out.answers_for(conn(1))[0].as_ref().unwrap().3, b("answer"));
+        // Its entry is gone with the wait.
+        assert_eq!(q.waiters_on(&addr), 0);
+        assert_eq!(q.addresses.len(), 0);
+        // The next one, guessed and sent to before it was given out.
+        let next = Bytes::from(format!("{}.{:X}", q.reply_prefix, q.reply_seq + 1));
+        send(&mut q, 2, next.clone(), None, 60, b("early"), &mut out);
+        let (addr, ready) = q.wait_on_fresh(3, conn(2), 60);
+        assert_eq!(addr, next);
+        let Ready::Message(m) = ready else {
+            panic!("the guessed address' message is taken")
+        };
+        assert_eq!(m.body, b("early"));
+        // A timeout of 0 waits for nothing.
+        assert!(matches!(q.wait_on_fresh(4, conn(3), 0).1, Ready::TimedOut));
     }
 
     #[test]

@@ -214,12 +214,9 @@ impl Routes for Proxy {
         }
         let queue = shared.queue_for(req.path()).clone();
         let id = shared.fresh_id();
-        let reply = cx.broker.queues.unique_address();
         let timeout = shared.timeout_s;
-        let wait = match cx
-            .broker
-            .ready(cx.now, cx.me, timeout, vec![reply.clone()], cx.out)
-        {
+        let (reply, wait) = cx.broker.wait_on_fresh(cx.now, cx.me, timeout, cx.out);
+        let wait = match wait {
             Ready::Waiting(w) => w,
             // A fresh address holds nothing, and the timeout is not 0.
             Ready::Message(_) | Ready::TimedOut => {
