@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::fmt;
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -59,7 +60,7 @@ struct Shared {
     refused: Cell<u64>,
     next_id: Cell<u64>,
     /// Makes request ids unique across restarts (the start time).
-    id_prefix: String,
+    id_prefix: Rc<str>,
 }
 
 impl Shared {
@@ -71,20 +72,47 @@ impl Shared {
             .map_or(&self.default_queue, |(_, queue)| queue)
     }
 
-    /// `PREFIX-N`, N in lower-case hex (written without `format!`: one per
-    /// request).
-    fn fresh_id(&self) -> String {
+    fn fresh_id(&self) -> RequestId {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        let mut id = String::with_capacity(self.id_prefix.len() + 17);
-        id.push_str(&self.id_prefix);
-        id.push('-');
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        for i in (0..digits).rev() {
-            let d = ((n >> (4 * i)) & 0xf) as u32;
-            id.push(char::from_digit(d, 16).unwrap_or('0'));
+        RequestId {
+            prefix: Rc::clone(&self.id_prefix),
+            n,
         }
-        id
+    }
+}
+
+/// A request's id, `PREFIX-N` with N in lower-case hex: it names the request
+/// in its envelope, in the logs and in the notice that its client went away.
+/// Written out where it is shown, not kept as a string.
+struct RequestId {
+    prefix: Rc<str>,
+    n: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:x}", self.prefix, self.n)
+    }
+}
+
+impl RequestId {
+    /// The id as a JSON string.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        json_string_body(out, &self.prefix);
+        out.push(b'-');
+        let digits = (64 - self.n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            let d = (self.n >> (4 * i)) & 0xf;
+            out.push(b"0123456789abcdef".get(d as usize).copied().unwrap_or(b'0'));
+        }
+        out.push(b'"');
+    }
+
+    /// Its length as [`RequestId::write_json`] writes it, at most.
+    fn json_len(&self) -> usize {
+        self.prefix.len() * 6 + 19
     }
 }
 
@@ -113,7 +141,7 @@ pub fn opener(config: &Config) -> Opener {
         pending: Cell::new(0),
         refused: Cell::new(0),
         next_id: Cell::new(0),
-        id_prefix: format!("{start_s:x}"),
+        id_prefix: format!("{start_s:x}").into(),
     });
     Box::new(move || {
         let routes = Proxy {
@@ -135,7 +163,7 @@ pub struct Proxy {
 
 /// A request waiting for its handler: what its response needs.
 pub struct Pending {
-    id: String,
+    id: RequestId,
     reply: Bytes,
     /// The body address, when the body is empty: that message is dropped
     /// once the response has ended, read or not (a handler learns from the
@@ -429,7 +457,7 @@ fn whole_reply(p: &Pending, message: &[u8]) -> Part {
 /// request `p` any more.
 fn announce_closed(p: &Pending, cx: &mut Cx<'_>) {
     let notice = serde_json::json!({
-        "id": p.id,
+        "id": p.id.to_string(),
         "replyAddr": String::from_utf8_lossy(&p.reply),
     });
     let body = notice.to_string();
@@ -494,7 +522,7 @@ fn canonical_name(name: &str) -> String {
 /// header names canonical, repeated headers joined with `,`) plus `id`.
 /// Hop-by-hop headers are left out; a body that came chunked is whole, and
 /// its `Content-Length` says so.
-fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
+fn envelope(req: &Request, id: &RequestId, body_addr: &[u8]) -> Bytes {
     let listed = connection_tokens(
         req.headers
             .iter()
@@ -518,7 +546,7 @@ fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
     headers.sort_by(|a, b| a.0.cmp(&b.0));
     let values: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
     let mut out = Vec::with_capacity(
-        96 + values + id.len() + body_addr.len() + req.method_raw.len() + req.target.len(),
+        96 + values + id.json_len() + body_addr.len() + req.method_raw.len() + req.target.len(),
     );
     // The keys in order, as serde_json writes an object (a sorted map).
     out.extend_from_slice(b"{\"bodyAddr\":");
@@ -542,7 +570,7 @@ fn envelope(req: &Request, id: &str, body_addr: &[u8]) -> Bytes {
         previous = Some(name);
     }
     out.extend_from_slice(b"},\"id\":");
-    json_string(&mut out, id);
+    id.write_json(&mut out);
     out.extend_from_slice(b",\"method\":");
     json_string(&mut out, &req.method_raw);
     out.extend_from_slice(b",\"protocol\":\"HTTP/1.");
@@ -913,15 +941,9 @@ fn head_of<'a>(
             .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
             .map(|(_, v)| v.as_bytes()),
     );
-    let mut head = Head {
-        status,
-        reason,
-        headers: Vec::with_capacity(pairs.len()),
-        content_length: None,
-        has_server: false,
-    };
-    for (name, value) in pairs {
-        if is_hop_by_hop(&name, &listed) {
+    let (mut content_length, mut has_server) = (None, false);
+    for (name, value) in &pairs {
+        if is_hop_by_hop(name, &listed) {
             continue;
         }
         if name.eq_ignore_ascii_case("content-length") {
@@ -934,18 +956,26 @@ fn head_of<'a>(
             let Some(n) = n else {
                 return Err(format!("Content-Length {value:?} is not a number"));
             };
-            if head.content_length.is_some_and(|m| m != n) {
+            if content_length.is_some_and(|m| m != n) {
                 return Err("two different Content-Length values".into());
             }
-            head.content_length = Some(n);
-            continue;
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("server") {
+            has_server = true;
         }
-        if name.eq_ignore_ascii_case("server") {
-            head.has_server = true;
-        }
-        head.headers.push((name, value));
     }
-    Ok(head)
+    // What goes out as it came, in the pairs' own vector.
+    let mut headers = pairs;
+    headers.retain(|(name, _)| {
+        !is_hop_by_hop(name, &listed) && !name.eq_ignore_ascii_case("content-length")
+    });
+    Ok(Head {
+        status,
+        reason,
+        headers,
+        content_length,
+        has_server,
+    })
 }
 
 /// RFC 9110 `tchar`.
@@ -1103,7 +1133,7 @@ fn body_part(framing: &mut Framing, chunk: &Bytes) -> Bytes {
 /// The empty message: the end of the response. A body shorter or longer
 /// than its Content-Length ends the connection too, so that the client
 /// sees it was cut.
-fn end_of_body(framing: Framing, keep_alive: bool, id: &str) -> Part {
+fn end_of_body(framing: Framing, keep_alive: bool, id: &RequestId) -> Part {
     match framing {
         Framing::Chunked => Part::Last {
             bytes: Bytes::from_static(LAST_CHUNK),
@@ -1328,11 +1358,15 @@ mod tests {
                     String::from_utf8_lossy(raw)
                 ),
             };
-            for (id, addr) in [("1-a", &b"AB.2"[..]), ("\"\n", b"\xffq\"\\")] {
-                let direct = envelope(&req, id, addr);
+            for (prefix, n, addr) in [("1", 0xa, &b"AB.2"[..]), ("\"\n", 0, b"\xffq\"\\")] {
+                let id = RequestId {
+                    prefix: prefix.into(),
+                    n,
+                };
+                let direct = envelope(&req, &id, addr);
                 assert_eq!(
                     std::str::from_utf8(&direct).unwrap(),
-                    envelope_by_value(&req, id, addr),
+                    envelope_by_value(&req, &id.to_string(), addr),
                     "{}",
                     String::from_utf8_lossy(raw)
                 );
@@ -1365,7 +1399,11 @@ mod tests {
              X-Two: a\r\nx-two: b\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
              Keep-Alive: 5\r\nContent-Length: 2\r\n\r\nhi",
         );
-        let env = envelope(&req, "abc-1", b"AB.2");
+        let id = RequestId {
+            prefix: "abc".into(),
+            n: 1,
+        };
+        let env = envelope(&req, &id, b"AB.2");
         assert_eq!(
             std::str::from_utf8(&env).unwrap(),
             r#"{"bodyAddr":"AB.2","headers":{"Content-Length":"2","Content-Type":"text/plain","Host":"h","X-Two":"a,b"},"id":"abc-1","method":"POST","protocol":"HTTP/1.1","url":"/p?q=1"}"#
@@ -1374,7 +1412,11 @@ mod tests {
         let req = request(
             "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         );
-        let env: Value = serde_json::from_slice(&envelope(&req, "i", b"b")).unwrap();
+        let id = RequestId {
+            prefix: "i".into(),
+            n: 0,
+        };
+        let env: Value = serde_json::from_slice(&envelope(&req, &id, b"b")).unwrap();
         assert_eq!(
             env["headers"],
             serde_json::json!({"Content-Length": "5"}),
@@ -1540,7 +1582,10 @@ mod tests {
 
     fn pending(minor_version: u8, head_only: bool, keep_alive: bool) -> Pending {
         Pending {
-            id: "t".into(),
+            id: RequestId {
+                prefix: "t".into(),
+                n: 1,
+            },
             reply: Bytes::from_static(b"r"),
             empty_body: None,
             wait: {
@@ -1576,10 +1621,19 @@ mod tests {
             next_id: Cell::new(0),
             id_prefix: "6a1f".into(),
         };
-        assert_eq!(shared.fresh_id(), "6a1f-1");
+        // As shown in the logs, and as a JSON string in the envelope.
+        let shown = |id: &RequestId| {
+            let mut json = Vec::new();
+            id.write_json(&mut json);
+            assert!(json.len() <= id.json_len());
+            (id.to_string(), String::from_utf8(json).unwrap())
+        };
+        let one = ("6a1f-1".to_string(), "\"6a1f-1\"".to_string());
+        assert_eq!(shown(&shared.fresh_id()), one);
         for n in [9, 15, 16, 255, 0xabc_def0, u64::MAX - 1] {
             shared.next_id.set(n);
-            assert_eq!(shared.fresh_id(), format!("6a1f-{:x}", n + 1));
+            let id = format!("6a1f-{:x}", n + 1);
+            assert_eq!(shown(&shared.fresh_id()), (id.clone(), format!("\"{id}\"")));
         }
     }
 
@@ -1625,7 +1679,14 @@ mod tests {
         assert_eq!(&body_part(&mut f, &Bytes::from_static(b"abc"))[..], b"abc");
         assert_eq!(&body_part(&mut f, &Bytes::from_static(b"def"))[..], b"d");
         assert!(matches!(
-            end_of_body(f, keep, "t"),
+            end_of_body(
+                f,
+                keep,
+                &RequestId {
+                    prefix: "t".into(),
+                    n: 1
+                }
+            ),
             Part::Last {
                 keep_alive: false,
                 ..
