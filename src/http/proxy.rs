@@ -21,7 +21,7 @@
 //! Pipelined requests behind the parked one wait in the input.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
@@ -61,6 +61,7 @@ struct Shared {
     next_id: Cell<u64>,
     /// Makes request ids unique across restarts (the start time).
     id_prefix: Rc<str>,
+    scratch: RefCell<Scratch>,
 }
 
 impl Shared {
@@ -109,11 +110,6 @@ impl RequestId {
         }
         out.push(b'"');
     }
-
-    /// Its length as [`RequestId::write_json`] writes it, at most.
-    fn json_len(&self) -> usize {
-        self.prefix.len() * 6 + 19
-    }
 }
 
 /// The proxy door's constructor: its settings are read from `config` once.
@@ -142,6 +138,7 @@ pub fn opener(config: &Config) -> Opener {
         refused: Cell::new(0),
         next_id: Cell::new(0),
         id_prefix: format!("{start_s:x}").into(),
+        scratch: RefCell::default(),
     });
     Box::new(move || {
         let routes = Proxy {
@@ -269,7 +266,10 @@ impl Routes for Proxy {
                 .map(|()| addr)
         };
         let sent = body_addr.and_then(|body_addr| {
-            let envelope = envelope(&req, &id, &body_addr);
+            let envelope = match shared.scratch.try_borrow_mut() {
+                Ok(mut scratch) => envelope(&req, &id, &body_addr, &mut scratch),
+                Err(_) => envelope(&req, &id, &body_addr, &mut Scratch::default()),
+            };
             // Both made here for this message: queued without a copy.
             let sent = cx.broker.send_made(
                 cx.now,
@@ -518,11 +518,25 @@ fn canonical_name(name: &str) -> String {
         .collect()
 }
 
+/// Buffers an envelope is made in, kept from one request to the next.
+#[derive(Default)]
+struct Scratch {
+    /// The request's headers that go into the envelope, by index (`None`:
+    /// the `Content-Length` of a body that came chunked), sorted by their
+    /// canonical names.
+    order: Vec<Option<usize>>,
+    /// The envelope, copied out at its exact size.
+    out: Vec<u8>,
+}
+
+/// A larger envelope's buffer is not kept.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// The request as its handler sees it: msglite's JSON object (keys sorted,
 /// header names canonical, repeated headers joined with `,`) plus `id`.
 /// Hop-by-hop headers are left out; a body that came chunked is whole, and
 /// its `Content-Length` says so.
-fn envelope(req: &Request, id: &RequestId, body_addr: &[u8]) -> Bytes {
+fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scratch) -> Bytes {
     let listed = connection_tokens(
         req.headers
             .iter()
@@ -530,31 +544,41 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8]) -> Bytes {
             .map(|(_, v)| v.as_slice()),
     );
     let chunked = req.header("Transfer-Encoding").is_some();
-    // (canonical name, value), sorted by name; a stable sort keeps repeated
-    // headers in the order received, for the join.
-    let mut headers: Vec<(String, &[u8])> = req
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name, &listed))
-        .map(|(name, value)| (canonical_name(name), value.as_slice()))
-        .filter(|(name, _)| !(chunked && name == "Content-Length"))
-        .collect();
     let length = chunked.then(|| req.body.len().to_string());
-    if let Some(length) = &length {
-        headers.push(("Content-Length".to_string(), length.as_bytes()));
-    }
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let values: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
-    let mut out = Vec::with_capacity(
-        96 + values + id.json_len() + body_addr.len() + req.method_raw.len() + req.target.len(),
+    let header = |i: Option<usize>| -> (&str, &[u8]) {
+        match i.and_then(|i| req.headers.get(i)) {
+            Some((name, value)) => (name, value),
+            None => (
+                "Content-Length",
+                length.as_deref().unwrap_or_default().as_bytes(),
+            ),
+        }
+    };
+    // Sorted by canonical name; a stable sort keeps repeated headers in the
+    // order received, for the join.
+    let Scratch { order, out } = scratch;
+    order.clear();
+    order.extend(
+        req.headers
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _))| !is_hop_by_hop(name, &listed))
+            .filter(|(_, (name, _))| !(chunked && name.eq_ignore_ascii_case("content-length")))
+            .map(|(i, _)| Some(i)),
     );
+    if chunked {
+        order.push(None);
+    }
+    order.sort_by(|&a, &b| canonical_cmp(header(a).0, header(b).0));
+    out.clear();
     // The keys in order, as serde_json writes an object (a sorted map).
     out.extend_from_slice(b"{\"bodyAddr\":");
-    json_string(&mut out, &String::from_utf8_lossy(body_addr));
+    json_string(out, &String::from_utf8_lossy(body_addr));
     out.extend_from_slice(b",\"headers\":{");
     let mut previous: Option<&str> = None;
-    for (name, value) in &headers {
-        if previous == Some(name.as_str()) {
+    for &i in order.iter() {
+        let (name, value) = header(i);
+        if previous.is_some_and(|p| canonical_cmp(p, name).is_eq()) {
             // A repeated header: its values joined with `,`.
             out.pop();
             out.push(b',');
@@ -562,17 +586,17 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8]) -> Bytes {
             if previous.is_some() {
                 out.push(b',');
             }
-            json_string(&mut out, name);
+            canonical_json(out, name);
             out.extend_from_slice(b":\"");
         }
-        json_string_body(&mut out, &String::from_utf8_lossy(value));
+        json_string_body(out, &String::from_utf8_lossy(value));
         out.push(b'"');
         previous = Some(name);
     }
     out.extend_from_slice(b"},\"id\":");
-    id.write_json(&mut out);
+    id.write_json(out);
     out.extend_from_slice(b",\"method\":");
-    json_string(&mut out, &req.method_raw);
+    json_string(out, &req.method_raw);
     out.extend_from_slice(b",\"protocol\":\"HTTP/1.");
     if req.minor_version < 10 {
         out.push(b'0' + req.minor_version);
@@ -580,9 +604,45 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8]) -> Bytes {
         out.extend_from_slice(req.minor_version.to_string().as_bytes());
     }
     out.extend_from_slice(b"\",\"url\":");
-    json_string(&mut out, &req.target);
+    json_string(out, &req.target);
     out.push(b'}');
-    Bytes::from(out)
+    let envelope = Bytes::copy_from_slice(out);
+    if out.capacity() > SCRATCH_KEPT {
+        *out = Vec::new();
+    }
+    envelope
+}
+
+/// The bytes of `name`'s canonical form (see [`canonical_name`]).
+fn canonical_bytes(name: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut upper = true;
+    name.bytes().map(move |b| {
+        let out = if upper {
+            b.to_ascii_uppercase()
+        } else {
+            b.to_ascii_lowercase()
+        };
+        upper = b == b'-';
+        out
+    })
+}
+
+/// Orders header names as their canonical forms order, without writing
+/// them out.
+fn canonical_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    canonical_bytes(a).cmp(canonical_bytes(b))
+}
+
+/// `name`'s canonical form as a JSON string. A token (every name that
+/// came through the HTTP decoder) needs no escape.
+fn canonical_json(out: &mut Vec<u8>, name: &str) {
+    if name.bytes().all(is_token_byte) {
+        out.push(b'"');
+        out.extend(canonical_bytes(name));
+        out.push(b'"');
+    } else {
+        json_string(out, &canonical_name(name));
+    }
 }
 
 /// `s` as a JSON string, quoted, escaped as serde_json escapes it.
@@ -1348,6 +1408,8 @@ mod tests {
             b"DELETE /d HTTP/1.1\r\nConnection: X-A, close\r\nX-A: 1\r\nx-b: 2\r\nX-B: 3\r\nX-b: 4\r\nAccept: */*\r\n\r\n",
             b"GET / HTTP/1.1\r\nX-Empty:\r\nX-Empty: \r\nx-empty: a\r\n\r\n",
         ];
+        // One scratch for all: nothing of an envelope stays in the next.
+        let mut scratch = Scratch::default();
         for raw in heads {
             let mut decoder = super::super::codec::Decoder::new(Default::default());
             let mut buf = BytesMut::from(*raw);
@@ -1363,7 +1425,7 @@ mod tests {
                     prefix: prefix.into(),
                     n,
                 };
-                let direct = envelope(&req, &id, addr);
+                let direct = envelope(&req, &id, addr, &mut scratch);
                 assert_eq!(
                     std::str::from_utf8(&direct).unwrap(),
                     envelope_by_value(&req, &id.to_string(), addr),
@@ -1403,7 +1465,7 @@ mod tests {
             prefix: "abc".into(),
             n: 1,
         };
-        let env = envelope(&req, &id, b"AB.2");
+        let env = envelope(&req, &id, b"AB.2", &mut Scratch::default());
         assert_eq!(
             std::str::from_utf8(&env).unwrap(),
             r#"{"bodyAddr":"AB.2","headers":{"Content-Length":"2","Content-Type":"text/plain","Host":"h","X-Two":"a,b"},"id":"abc-1","method":"POST","protocol":"HTTP/1.1","url":"/p?q=1"}"#
@@ -1416,7 +1478,8 @@ mod tests {
             prefix: "i".into(),
             n: 0,
         };
-        let env: Value = serde_json::from_slice(&envelope(&req, &id, b"b")).unwrap();
+        let env: Value =
+            serde_json::from_slice(&envelope(&req, &id, b"b", &mut Scratch::default())).unwrap();
         assert_eq!(
             env["headers"],
             serde_json::json!({"Content-Length": "5"}),
@@ -1620,12 +1683,12 @@ mod tests {
             refused: Cell::new(0),
             next_id: Cell::new(0),
             id_prefix: "6a1f".into(),
+            scratch: RefCell::default(),
         };
         // As shown in the logs, and as a JSON string in the envelope.
         let shown = |id: &RequestId| {
             let mut json = Vec::new();
             id.write_json(&mut json);
-            assert!(json.len() <= id.json_len());
             (id.to_string(), String::from_utf8(json).unwrap())
         };
         let one = ("6a1f-1".to_string(), "\"6a1f-1\"".to_string());
