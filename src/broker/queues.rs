@@ -664,7 +664,8 @@ impl Queues {
             if msg.body.len() < SHARED_BODY {
                 msg.body = Bytes::copy_from_slice(&msg.body);
             }
-            msg.reply = msg.reply.map(|r| short::copy(&r));
+            // (A queued reply is moved out, not cloned: a plain copy.)
+            msg.reply = msg.reply.map(|r| Bytes::copy_from_slice(&r));
         }
         let (at, msg_seq) = (msg.deadline, msg.seq);
         let key = known.unwrap_or_else(|| short::copy(&to));
