@@ -193,26 +193,13 @@ impl Broker {
         body: Bytes,
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), QueueFull> {
-        self.send_parts(now, to, reply, timeout_s, body, Parts::Read, out)
+        self.send_as(now, to, reply, timeout_s, body, Parts::Read, out)
     }
 
-    /// [`Broker::send`] with a body and a reply address made for this
-    /// message (see [`Parts::Made`]).
-    pub fn send_made(
-        &mut self,
-        now: Millis,
-        to: Bytes,
-        reply: Option<Bytes>,
-        timeout_s: u64,
-        body: Bytes,
-        out: &mut (impl Outbox + ?Sized),
-    ) -> Result<(), QueueFull> {
-        self.send_parts(now, to, reply, timeout_s, body, Parts::Made, out)
-    }
-
-    // (The send's six parts and how its body and reply were made.)
+    /// [`Broker::send`], saying how the body and the reply address were
+    /// made (see [`Parts`]).
     #[allow(clippy::too_many_arguments)]
-    fn send_parts(
+    pub fn send_as(
         &mut self,
         now: Millis,
         to: Bytes,
@@ -248,10 +235,8 @@ impl Broker {
                 return Ok(());
             }
         }
-        match parts {
-            Parts::Read => self.queues.send(now, to, reply, timeout_s, body, out),
-            Parts::Made => self.queues.send_made(now, to, reply, timeout_s, body, out),
-        }
+        self.queues
+            .send_as(now, to, reply, timeout_s, body, parts, out)
     }
 
     /// A fresh address holding one empty message sent with `timeout_s`

@@ -581,26 +581,13 @@ impl Queues {
         body: Bytes,
         out: &mut (impl Outbox + ?Sized),
     ) -> Result<(), QueueFull> {
-        self.send_parts(now, to, reply, timeout_s, body, Parts::Read, out)
+        self.send_as(now, to, reply, timeout_s, body, Parts::Read, out)
     }
 
-    /// [`Queues::send`] with a body and a reply address said to be made for
-    /// this message (see [`Parts::Made`]): queued as they are.
-    pub fn send_made(
-        &mut self,
-        now: Millis,
-        to: Bytes,
-        reply: Option<Bytes>,
-        timeout_s: u64,
-        body: Bytes,
-        out: &mut (impl Outbox + ?Sized),
-    ) -> Result<(), QueueFull> {
-        self.send_parts(now, to, reply, timeout_s, body, Parts::Made, out)
-    }
-
-    // (The send's six parts and how its body and reply were made.)
+    /// [`Queues::send`], saying how the body and the reply address were
+    /// made: [`Parts::Made`] ones are queued as they are.
     #[allow(clippy::too_many_arguments)]
-    fn send_parts(
+    pub fn send_as(
         &mut self,
         now: Millis,
         to: Bytes,
@@ -1852,8 +1839,16 @@ mod tests {
         let mut out = RecordingOutbox::default();
         let body = Bytes::from(vec![b'e'; 100]);
         let reply = q.unique_address();
-        q.send_made(0, b("a"), Some(reply.clone()), 60, body.clone(), &mut out)
-            .unwrap();
+        q.send_as(
+            0,
+            b("a"),
+            Some(reply.clone()),
+            60,
+            body.clone(),
+            Parts::Made,
+            &mut out,
+        )
+        .unwrap();
         send(
             &mut q,
             0,

@@ -30,7 +30,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::codec::{Method, Request};
 use super::conn::{Caller, HttpConn, Part, Reply, Routes, Settings};
 use super::response::{Response, SERVER};
-use crate::broker::{Answer, Ready, WaitId};
+use crate::broker::{Answer, Parts, Ready, WaitId};
 pub use crate::config::proxy_defaults::{DEFAULT_MAX_PENDING, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S};
 use crate::config::Config;
 use crate::door::{Cx, Opener};
@@ -271,12 +271,13 @@ impl Routes for Proxy {
                 Err(_) => envelope(&req, &id, &body_addr, &mut Scratch::default()),
             };
             // Both made here for this message: queued without a copy.
-            let sent = cx.broker.send_made(
+            let sent = cx.broker.send_as(
                 cx.now,
                 queue.clone(),
                 Some(reply.clone()),
                 timeout,
                 envelope,
+                Parts::Made,
                 cx.out,
             );
             if sent.is_err() {
