@@ -30,6 +30,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::codec::{Method, Request};
 use super::conn::{Caller, HttpConn, Part, Reply, Routes, Settings};
 use super::response::{Response, SERVER};
+use crate::broker::frames::{decimal_len, put_decimal};
 use crate::broker::{Answer, Parts, Ready, WaitId};
 pub use crate::config::proxy_defaults::{DEFAULT_MAX_PENDING, DEFAULT_QUEUE, DEFAULT_TIMEOUT_S};
 use crate::config::Config;
@@ -1050,11 +1051,6 @@ fn write_head(head: &Head, p: &Pending) -> (Bytes, Framing, bool) {
     write_head_and(head, p, &[])
 }
 
-/// The number of decimal digits of `n`.
-fn decimal_len(n: u64) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
 /// [`write_head`] with `body` after the head (when the response has a body),
 /// in one allocation of their exact size (frozen with room to spare, a
 /// buffer costs a second one).
@@ -1140,23 +1136,6 @@ fn write_head_and(head: &Head, p: &Pending, body: &[u8]) -> (Bytes, Framing, boo
     out.put_slice(body);
     debug_assert_eq!(out.len(), size, "the size of a head written for a reply");
     (out.freeze(), framing, keep_alive)
-}
-
-/// `n` in decimal, without an allocation.
-fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(digits.get(at..).unwrap_or_default());
 }
 
 fn put_header(out: &mut BytesMut, name: &str, value: &str) {
