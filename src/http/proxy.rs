@@ -506,18 +506,8 @@ fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> 
 
 /// `content-type` → `Content-Type`, as msglite wrote header names.
 fn canonical_name(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            out
-        })
-        .collect()
+    // Only ASCII letters change, so the bytes stay UTF-8.
+    String::from_utf8_lossy(&canonical_bytes(name).collect::<Vec<u8>>()).into_owned()
 }
 
 /// Buffers an envelope is made in, kept from one request to the next.
@@ -615,7 +605,8 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
     envelope
 }
 
-/// The bytes of `name`'s canonical form (see [`canonical_name`]).
+/// The bytes of `name`'s canonical form: each letter upper-case after a
+/// `-` or at the start, lower-case elsewhere.
 fn canonical_bytes(name: &str) -> impl Iterator<Item = u8> + '_ {
     let mut upper = true;
     name.bytes().map(move |b| {
