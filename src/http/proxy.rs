@@ -565,7 +565,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
     out.clear();
     // The keys in order, as serde_json writes an object (a sorted map).
     out.extend_from_slice(b"{\"bodyAddr\":");
-    json_string(out, &String::from_utf8_lossy(body_addr));
+    json_string(out, &text(body_addr));
     out.extend_from_slice(b",\"headers\":{");
     let mut previous: Option<&str> = None;
     for &i in order.iter() {
@@ -581,7 +581,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
             canonical_json(out, name);
             out.extend_from_slice(b":\"");
         }
-        json_string_body(out, &String::from_utf8_lossy(value));
+        json_string_body(out, &text(value));
         out.push(b'"');
         previous = Some(name);
     }
@@ -636,6 +636,12 @@ fn canonical_json(out: &mut Vec<u8>, name: &str) {
     } else {
         json_string(out, &canonical_name(name));
     }
+}
+
+/// `b` as text: itself when it is UTF-8 (checked by the standard library's
+/// fast check), else with U+FFFD for each invalid sequence.
+fn text(b: &[u8]) -> Cow<'_, str> {
+    std::str::from_utf8(b).map_or_else(|_| String::from_utf8_lossy(b), Cow::Borrowed)
 }
 
 /// `s` as a JSON string, quoted, escaped as serde_json escapes it.

@@ -102,6 +102,11 @@ pub struct Server {
     broker: Broker,
     limits: Limits,
     start: Instant,
+    /// Milliseconds since `start`, read once when a poll returns and once
+    /// before the work after the events ([`Server::tick`]): everything done
+    /// in between is stamped with the same time, as one clock read costs
+    /// more than a proxied request's own bookkeeping.
+    clock: Millis,
     next_gen: u32,
     dirty: Vec<usize>,
     resume: Vec<usize>,
@@ -307,6 +312,7 @@ impl Server {
             broker,
             limits: config.limits.clone(),
             start,
+            clock: 0,
             next_gen: 0,
             dirty: Vec::new(),
             resume: Vec::new(),
@@ -353,14 +359,22 @@ impl Server {
         Ok(())
     }
 
+    /// The time of this part of the turn (see `clock`).
     fn now(&self) -> Millis {
-        self.start.elapsed().as_millis() as Millis
+        self.clock
+    }
+
+    /// Reads the clock; [`Server::now`] gives this time until the next tick.
+    fn tick(&mut self) -> Millis {
+        self.clock = self.start.elapsed().as_millis() as Millis;
+        self.clock
     }
 
     /// Serves until a signal asks it to stop, then drains output briefly.
     pub fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !self.shutting_down {
+            self.tick();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -369,6 +383,7 @@ impl Server {
                 return Err(e);
             }
             let turn = Instant::now();
+            self.clock = turn.duration_since(self.start).as_millis() as Millis;
             for event in events.iter() {
                 // A read that comes back short ends the reading of a socket
                 // whose peer has not shut down: edge-triggered readiness
@@ -427,7 +442,7 @@ impl Server {
     /// Work of a turn after its events: timers, resumed and unfinished
     /// connections, then flushes and closes.
     fn after_events(&mut self) {
-        let now = self.now();
+        let now = self.tick();
         {
             let (broker, mut post) = self.split(now);
             broker.on_timers(now, &mut post);
@@ -1345,6 +1360,7 @@ impl Server {
             if self.poll.poll(&mut events, Some(wait)).is_err() {
                 break;
             }
+            self.tick();
             for event in events.iter() {
                 if let Some(c) = self.conns.get_mut(event.token().0) {
                     if event.is_writable() {
