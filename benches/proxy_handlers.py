@@ -62,11 +62,10 @@ def serve_line(c, whole):
 
 
 def serve_batches(c, n, whole):
-    """Up to N requests a round trip (Client.take: one wait for a request,
-    then N - 1 waits with timeout 0, which the server answers at once with
-    a request or with nothing). The answers to a round's requests leave in
-    one write with the next round's waits; a request with a body (none in
-    the benches) has it read before its answer."""
+    """Up to N requests a round trip (Client.take, `<< N`: one wait for a
+    request, then up to N - 1 more already queued). The answers to a round's
+    requests leave in one write with the next round's take; a request with
+    a body (none in the benches) has it read before its answer."""
     queue = "msglite.httpRequests"
     head = b'["200",["Content-Type","text/plain","Content-Length","%d"]]' % len(BODY)
     while True:

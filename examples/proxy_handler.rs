@@ -11,8 +11,8 @@
 //! wait for the request's body (if it has one), the head, the body, the end
 //! and the wait for the next request; then it reads their answers. With
 //! `threads` (the default) each connection has a thread of its own and
-//! blocking sockets, and asks for up to BATCH requests at a time (default
-//! 1): one wait and BATCH - 1 polls that take what is already queued, so
+//! blocking sockets, and asks for up to BATCH requests at a time, one by
+//! default (`<< BATCH 60 QUEUE`: one wait, then what is already queued), so
 //! that under load one wake-up serves several requests, each answered on
 //! its own;
 //! with `loop` one thread serves every connection from a readiness loop, as
@@ -78,10 +78,10 @@ fn serve(addr: &str, queue: &str, batch: usize, whole: bool) -> Option<()> {
 }
 
 /// One connection of the `threads` mode. It asks for up to `batch`
-/// requests at a time: a wait (`< 60 QUEUE`) and `batch - 1` polls
-/// (`< 0 QUEUE`, answered at once with a queued request or `*`), so that
-/// when requests queue up, one read takes several; each gets its own
-/// answer, and the answers leave in one write.
+/// requests at a time (`<< BATCH 60 QUEUE`: a wait, then up to `batch - 1`
+/// requests already queued, and `*` when fewer came; `< 60 QUEUE` for one),
+/// so that when requests queue up, one read takes several; each gets its
+/// own answer, and the answers leave in one write.
 fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: bool) -> Option<()> {
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let head = format!(
@@ -94,20 +94,21 @@ fn serve_on(r: impl Read, mut w: impl Write, queue: &str, batch: usize, whole: b
     )
     .into_bytes();
     response.extend_from_slice(BODY);
-    let mut asks = format!("< 60 {queue}\r\n");
-    for _ in 1..batch {
-        asks.push_str(&format!("< 0 {queue}\r\n"));
-    }
+    let asks = if batch > 1 {
+        format!("<< {batch} 60 {queue}\r\n")
+    } else {
+        format!("< 60 {queue}\r\n")
+    };
     w.write_all(asks.as_bytes()).ok()?;
     let (mut line, mut body) = (String::new(), Vec::new());
     let mut out = Vec::with_capacity(512 * batch);
     let mut requests: Vec<(String, Option<String>)> = Vec::with_capacity(batch);
     loop {
         requests.clear();
-        for _ in 0..batch {
-            // `*`: nothing came (in 60 s for the wait, at once for a poll).
+        while requests.len() < batch {
+            // `*`: no more came (none in 60 s, or no more queued).
             let Some(reply) = answer(&mut r, &mut line, &mut body)? else {
-                continue;
+                break;
             };
             let env = std::str::from_utf8(&body).ok()?;
             let body_addr = body_to_read(env)?.map(str::to_string);

@@ -538,6 +538,107 @@ fn receiver_on_several_addresses_gets_exactly_one_message() {
     expect(&mut r, "> 1 30 d\r\nE\r\n*\r\n");
 }
 
+/// Reads `<<`'s answer: messages until `count` came or a `*`; returns the
+/// bodies and whether a `*` ended it.
+fn read_take(s: &mut Stream, count: usize) -> (Vec<String>, bool) {
+    let mut bodies = Vec::new();
+    while bodies.len() < count {
+        let (line, body) = read_frame(s);
+        if line == "*" {
+            return (bodies, true);
+        }
+        assert!(line.starts_with("> "), "not a message: {line:?}");
+        bodies.push(String::from_utf8(body).expect("utf-8 body"));
+    }
+    (bodies, false)
+}
+
+#[test]
+fn take_answers_up_to_its_count_then_a_star_when_fewer_came() {
+    let both = Both::start("take", &[]);
+    let mut c = both.client(Door::Tcp);
+    let mut p = both.client(Door::Unix);
+    send(
+        &mut p,
+        "> 1 30 tk\r\nA\r\n> 1 30 tk\r\nB\r\n> 1 30 tk\r\nC\r\n",
+    );
+    sync(&mut p, "p");
+    // As many as asked for: no `*` after them (sync fails on any other byte).
+    send(&mut c, "<< 2 0 tk\r\n");
+    expect(&mut c, "> 1 30 tk\r\nA\r\n> 1 30 tk\r\nB\r\n");
+    sync(&mut c, "c.two");
+    // Fewer than asked for: those there are, then `*`; none: `*` alone.
+    send(&mut c, "<< 5 0 tk\r\n<< 5 0 tk\r\n");
+    expect(&mut c, "> 1 30 tk\r\nC\r\n*\r\n*\r\n");
+    // Several addresses, taken from as `<` takes: the first that has one.
+    send(
+        &mut p,
+        "> 1 30 tk.b\r\nD\r\n> 1 30 tk.a\r\nE\r\n> 1 30 tk.b\r\nF\r\n",
+    );
+    sync(&mut p, "p.ab");
+    send(&mut c, "<< 8 0 tk.a tk.b\r\n");
+    expect(
+        &mut c,
+        "> 1 30 tk.a\r\nE\r\n> 1 30 tk.b\r\nD\r\n> 1 30 tk.b\r\nF\r\n*\r\n",
+    );
+    // A `<<` that waits: its first message comes when sent; then what is
+    // queued by then, in order; commands after it run once it is answered.
+    wait_on(&mut c, "c.wait", "<< 3 10 tk.w\r\n< 0 tk.w\r\n");
+    send(
+        &mut p,
+        "> 1 30 tk.w\r\nG\r\n> 1 30 tk.w\r\nH\r\n> 1 30 tk.w\r\nI\r\n",
+    );
+    sync(&mut p, "p.w");
+    let (first, star) = read_take(&mut c, 3);
+    assert_eq!(first.first().map(String::as_str), Some("G"), "{first:?}");
+    assert_eq!(star, first.len() < 3, "{first:?}");
+    // The pipelined `< 0` and one more take get the rest, in order.
+    let mut all = first.clone();
+    let (line, body) = read_frame(&mut c);
+    if line != "*" {
+        all.push(String::from_utf8(body).expect("utf-8 body"));
+    }
+    send(&mut c, "<< 3 0 tk.w\r\n");
+    all.extend(read_take(&mut c, 3).0);
+    assert_eq!(all, ["G", "H", "I"]);
+    // A `<<` whose wait times out: `*` alone, and the next command runs.
+    send(&mut c, "<< 4 1 tk.none\r\n< 0 tk.none\r\n");
+    expect(&mut c, "*\r\n*\r\n");
+    sync(&mut c, "c.end");
+}
+
+#[test]
+fn take_stops_at_the_backlog_limit_and_leaves_the_rest_queued() {
+    let both = Both::start("take-backlog", &["--backlog-limit", "1000"]);
+    let mut c = both.client(Door::Tcp);
+    let mut p = both.client(Door::Tcp);
+    let body = "x".repeat(300);
+    for i in 0..10 {
+        send(&mut p, format!("> 303 30 tb\r\n{i:03}{body}\r\n"));
+    }
+    sync(&mut p, "p");
+    send(&mut c, "<< 10 0 tb\r\n");
+    let (first, star) = read_take(&mut c, 10);
+    // More than one message, fewer than all: the unsent answer reached the
+    // limit, and `*` says that fewer came.
+    assert!(
+        star && first.len() > 1 && first.len() < 10,
+        "{}",
+        first.len()
+    );
+    send(&mut c, "<< 10 0 tb\r\n");
+    let (rest, _) = read_take(&mut c, 10);
+    let order: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|b| b[..3].to_string())
+        .collect();
+    let want: Vec<String> = (0..first.len() + rest.len())
+        .map(|i| format!("{i:03}"))
+        .collect();
+    assert_eq!(order, want);
+}
+
 #[test]
 fn commands_pipelined_after_a_wait_run_only_after_it_is_answered() {
     let both = Both::start("pipeline", &[]);
@@ -746,6 +847,31 @@ fn bad_input_gets_a_reason_and_a_close() {
             "negative ready timeout",
             b"< -5 a\r\n".to_vec(),
             "invalid timeout format",
+        ),
+        (
+            "take of none",
+            b"<< 0 1 a\r\n".to_vec(),
+            "invalid count format (1 to 1024)",
+        ),
+        (
+            "take of too many",
+            b"<< 1025 1 a\r\n".to_vec(),
+            "invalid count format (1 to 1024)",
+        ),
+        (
+            "non-numeric take count",
+            b"<< all 1 a\r\n".to_vec(),
+            "invalid count format (1 to 1024)",
+        ),
+        (
+            "take without an address",
+            b"<< 2 1\r\n".to_vec(),
+            "take format: << count timeout onAddr1 [onAddr2..onAddrN]",
+        ),
+        (
+            "take of nine addresses",
+            b"<< 2 1 a b c d e f g h i\r\n".to_vec(),
+            "too many addresses (at most 8)",
         ),
         (
             "length over --max-body",

@@ -21,7 +21,7 @@ pub mod switch;
 use bytes::Bytes;
 
 pub use channels::{Channels, Presence, PresenceKind, Subscription};
-pub use queues::{Parts, QueueFull, Queues, Ready, WaitId};
+pub use queues::{Parts, QueueFull, Queues, Ready, Taken, WaitId};
 pub use switch::Switch;
 
 /// Milliseconds on the server's monotonic clock.
@@ -316,6 +316,23 @@ impl Broker {
             self.wanted(now, &ready, &addresses, out);
         }
         ready
+    }
+
+    /// The oldest message already queued on the first of `addresses` that
+    /// has one, without waiting: what [`Broker::ready`] gives with timeout
+    /// 0, without making a wait to time out at once (the polls of `<<`).
+    pub fn poll(
+        &mut self,
+        now: Millis,
+        addresses: &[Bytes],
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Option<Taken> {
+        self.channels.seal(out);
+        if self.switch.has_no_queues() {
+            addresses.iter().find_map(|a| self.queues.take(now, a))
+        } else {
+            self.line_take(now, addresses, out)
+        }
     }
 
     /// A fresh address and a wait on it (see [`Queues::wait_on_fresh`]):

@@ -827,6 +827,10 @@ impl Queues {
         timeout_s: u64,
         addresses: Vec<Bytes>,
     ) -> Ready {
+        // A poll (timeout 0) that found nothing: no keys to make.
+        if deadline(now, timeout_s) <= now {
+            return Ready::TimedOut;
+        }
         // An address named twice waits once (where it is first named).
         let mut keys = addresses;
         for i in (1..keys.len()).rev() {

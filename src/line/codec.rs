@@ -15,6 +15,9 @@ use super::wire::{is_space, number};
 use crate::broker::pattern::{self, PatternError};
 use crate::broker::queues::MAX_ADDRESSES;
 
+/// The most messages one `<<` may ask for.
+pub const MAX_TAKE: u32 = 1024;
+
 /// One client command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -25,10 +28,13 @@ pub enum Command {
         timeout_s: u64,
         body: Bytes,
     },
-    /// `< TIMEOUT ADDR1 [.. ADDR8]`.
+    /// `< TIMEOUT ADDR1 [.. ADDR8]` (`count` 1), or `<< COUNT TIMEOUT
+    /// ADDR1 [.. ADDR8]`: the same wait, then up to `count - 1` more
+    /// messages already queued on the addresses.
     Ready {
         timeout_s: u64,
         addresses: Vec<Bytes>,
+        count: u32,
     },
     /// `? LEN TIMEOUT TO` + body.
     Query {
@@ -60,6 +66,8 @@ pub enum Command {
 pub enum LineError {
     InvalidCommand,
     ReadyFormat,
+    TakeFormat,
+    InvalidCount,
     MessageFormat,
     QueryFormat,
     SubscribeFormat,
@@ -88,6 +96,10 @@ impl fmt::Display for LineError {
             LineError::ReadyFormat => {
                 f.write_str("ready format: < timeout onAddr1 [onAddr2..onAddrN]")
             }
+            LineError::TakeFormat => {
+                f.write_str("take format: << count timeout onAddr1 [onAddr2..onAddrN]")
+            }
+            LineError::InvalidCount => write!(f, "invalid count format (1 to {MAX_TAKE})"),
             LineError::MessageFormat => {
                 f.write_str("message format: > bodyLen timeout toAddr [replyAddr]")
             }
@@ -135,6 +147,7 @@ pub enum Raw<'a> {
     Ready {
         timeout_s: u64,
         addresses: Addresses<'a>,
+        count: u32,
     },
     Query {
         timeout_s: u64,
@@ -188,8 +201,9 @@ impl<'a> Addresses<'a> {
     }
 }
 
-/// Most fields kept from one line; a longer line is an error for every verb.
-const MAX_FIELDS: usize = MAX_ADDRESSES + 2;
+/// Most fields kept from one line (`<< COUNT TIMEOUT` and its addresses); a
+/// longer line is an error for every verb.
+const MAX_FIELDS: usize = MAX_ADDRESSES + 3;
 
 /// The fields of one command line.
 struct Fields<'a> {
@@ -407,13 +421,17 @@ impl Decoder {
                     len,
                 ))
             }
-            b"<" => {
-                let [timeout, addresses @ ..] = args else {
-                    return Err(LineError::ReadyFormat);
+            b"<" | b"<<" => {
+                let (count, timeout, addresses) = match (*verb == b"<", args) {
+                    (true, [timeout, addresses @ ..]) if !addresses.is_empty() => {
+                        (1, timeout, addresses)
+                    }
+                    (true, _) => return Err(LineError::ReadyFormat),
+                    (false, [count, timeout, addresses @ ..]) if !addresses.is_empty() => {
+                        (count_of(count)?, timeout, addresses)
+                    }
+                    (false, _) => return Err(LineError::TakeFormat),
                 };
-                if addresses.is_empty() {
-                    return Err(LineError::ReadyFormat);
-                }
                 if addresses.len() > MAX_ADDRESSES || overflow {
                     return Err(LineError::TooManyAddresses);
                 }
@@ -425,6 +443,7 @@ impl Decoder {
                         text: line.get(from..).unwrap_or_default(),
                         len: addresses.len(),
                     },
+                    count,
                 }))
             }
             b"?" => {
@@ -550,6 +569,7 @@ impl Ranges {
             Raw::Ready {
                 timeout_s,
                 addresses,
+                count,
             } => {
                 for a in addresses.iter() {
                     at(a);
@@ -560,6 +580,7 @@ impl Ranges {
                         text: &[],
                         len: addresses.len,
                     },
+                    count,
                 }
             }
             Raw::Query {
@@ -629,9 +650,11 @@ impl Ranges {
             Raw::Ready {
                 timeout_s,
                 addresses,
+                count,
             } => Command::Ready {
                 timeout_s,
                 addresses: (0..addresses.len).map(|_| next()).collect(),
+                count,
             },
             Raw::Query { timeout_s, .. } => {
                 let to = next();
@@ -663,6 +686,14 @@ impl Ranges {
 
 fn timeout_of(field: &[u8]) -> Result<u64, LineError> {
     number(field).ok_or(LineError::InvalidTimeout)
+}
+
+/// The COUNT of `<<`: 1 to [`MAX_TAKE`].
+fn count_of(field: &[u8]) -> Result<u32, LineError> {
+    number(field)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=MAX_TAKE).contains(n))
+        .ok_or(LineError::InvalidCount)
 }
 
 #[cfg(test)]
@@ -710,6 +741,7 @@ mod tests {
             Command::Ready {
                 timeout_s: 10,
                 addresses: vec![b("a"), b("b"), b("c")],
+                count: 1,
             },
             Command::Query {
                 timeout_s: 5,
@@ -897,6 +929,44 @@ mod tests {
     }
 
     #[test]
+    fn take_is_a_ready_with_a_count() {
+        let mut d = decoder();
+        let mut input = BytesMut::from(&b"<< 16 60 q r\r\n< 5 q\r\n"[..]);
+        assert_eq!(
+            d.decode(&mut input),
+            Ok(Some(Command::Ready {
+                timeout_s: 60,
+                addresses: vec![b("q"), b("r")],
+                count: 16,
+            }))
+        );
+        assert_eq!(
+            d.decode(&mut input),
+            Ok(Some(Command::Ready {
+                timeout_s: 5,
+                addresses: vec![b("q")],
+                count: 1,
+            }))
+        );
+        for (line, err) in [
+            (&b"<< 0 5 q\r\n"[..], LineError::InvalidCount),
+            (b"<< 1025 5 q\r\n", LineError::InvalidCount),
+            (b"<< 99999999999999999999 5 q\r\n", LineError::InvalidCount),
+            (b"<< 2 5\r\n", LineError::TakeFormat),
+            (b"<< 2 x q\r\n", LineError::InvalidTimeout),
+        ] {
+            let mut d = decoder();
+            let mut input = BytesMut::from(line);
+            assert_eq!(d.decode(&mut input), Err(err), "{line:?}");
+        }
+        let mut input = BytesMut::from(&b"<< 1024 5 q\r\n"[..]);
+        assert!(matches!(
+            decoder().decode(&mut input),
+            Ok(Some(Command::Ready { count: 1024, .. }))
+        ));
+    }
+
+    #[test]
     fn raw_ready_borrows_its_addresses() {
         let mut d = decoder();
         let line = b"< 5  a\tbb c \r\n";
@@ -904,6 +974,7 @@ mod tests {
             Raw::Ready {
                 timeout_s,
                 addresses,
+                count: 1,
             },
             n,
         ))) = d.decode_raw(line)
@@ -959,6 +1030,7 @@ mod tests {
                     let cmd = Command::Ready {
                         timeout_s: t,
                         addresses: addrs.into_iter().map(Bytes::from).collect(),
+                        count: 1,
                     };
                     (wire, cmd)
                 }),

@@ -53,10 +53,20 @@ pub fn opener(config: &Config) -> Opener {
     Box::new(move || Box::new(LineSession::new(max_line, max_body, max_subs)))
 }
 
+/// What is left of a `<<` after its first message: up to `left` more
+/// messages already queued on `addresses`.
+struct More {
+    addresses: Vec<Bytes>,
+    left: u32,
+}
+
 pub struct LineSession {
     max_subscriptions: usize,
     decoder: Decoder,
     waiting: Option<WaitId>,
+    /// The polls a `<<` still owes once its wait is answered with a message
+    /// (boxed: most connections never take in batches).
+    more: Option<Box<More>>,
     /// Its channels: a set, so that a repeated `+` or a `~` costs the same
     /// however many it holds.
     subscriptions: HashSet<Bytes>,
@@ -75,6 +85,7 @@ impl LineSession {
             max_subscriptions,
             decoder: Decoder::new(max_line, max_body),
             waiting: None,
+            more: None,
             subscriptions: HashSet::new(),
             closing: None,
             grant: None,
@@ -164,6 +175,24 @@ impl LineSession {
         }
     }
 
+    /// The rest of a `<<` whose first message went out: the messages
+    /// already queued, up to `more.left`, then `*` if fewer came. It stops
+    /// early, with `*`, once the connection's unsent output reaches the
+    /// backlog limit.
+    fn take_more(&mut self, cx: &mut Cx<'_>, more: &More) {
+        let mut taken = 0;
+        while taken < more.left && !cx.backlogged() {
+            let Some(message) = cx.broker.poll(cx.now, &more.addresses, cx.out) else {
+                break;
+            };
+            self.took(cx, Ready::Message(message));
+            taken += 1;
+        }
+        if taken < more.left {
+            cx.send(Bytes::from_static(TIMEOUT_FRAME));
+        }
+    }
+
     fn apply(&mut self, cx: &mut Cx<'_>, cmd: Command) {
         let (me, now) = (cx.me, cx.now);
         match cmd {
@@ -183,13 +212,25 @@ impl LineSession {
             Command::Ready {
                 timeout_s,
                 addresses,
+                count,
             } => {
                 if !self.allowed(cx, Some(Action::Receive), &addresses) {
                     // The client reads `- forbidden` instead of a message.
                     return;
                 }
+                let more = (count > 1).then(|| More {
+                    addresses: addresses.clone(),
+                    left: count - 1,
+                });
                 let ready = cx.broker.ready(now, me, timeout_s, addresses, cx.out);
+                let took_one = matches!(ready, Ready::Message(_));
                 self.took(cx, ready);
+                match more {
+                    Some(more) if took_one => self.take_more(cx, &more),
+                    Some(more) if self.waiting.is_some() => self.more = Some(Box::new(more)),
+                    // A `*` answered the whole `<<`.
+                    _ => {}
+                }
             }
             Command::Query {
                 timeout_s,
@@ -336,6 +377,12 @@ impl Door for LineSession {
         // Checked on entry and after each command that answers: a publish
         // queues nothing for its own connection until the batch is sealed,
         // so the per-message fast path makes no such call.
+        // The rest of a `<<` whose wait was answered with a message.
+        if self.waiting.is_none() {
+            if let Some(more) = self.more.take() {
+                self.take_more(cx, &more);
+            }
+        }
         let mut backlogged = cx.backlogged();
         while self.closing.is_none() && self.waiting.is_none() && !backlogged {
             let (raw, n) = match self.decoder.decode_raw(input) {
@@ -386,6 +433,10 @@ impl Door for LineSession {
     fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool {
         if matches!(answer, Answer::Switch(_) | Answer::Done(_)) || self.waiting.take().is_none() {
             return false;
+        }
+        if matches!(answer, Answer::Timeout) {
+            // Its `*` is the whole answer of a `<<` too.
+            self.more = None;
         }
         write_answer(answer, send);
         true

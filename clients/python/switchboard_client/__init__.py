@@ -31,6 +31,9 @@ DEFAULT_ADDRESS = "127.0.0.1:9813"
 #: The most addresses one ``<`` may wait on.
 MAX_ADDRESSES = 8
 
+#: The most messages one ``take`` (``<<``) may ask for.
+MAX_TAKE = 1024
+
 Message = collections.namedtuple("Message", "to reply timeout body")
 Message.__doc__ = """A queue message: its address, its reply address (or None), the
 timeout it was sent with (seconds) and its body (bytes)."""
@@ -73,7 +76,7 @@ _FIELDS = {}
 _FIELDS_MAX = 1024
 #: ``<`` lines already made, by (address, timeout); cleared when full.
 _READY_LINES = {}
-#: ``take``'s waits already made, by (addresses, count, timeout).
+#: ``take``'s commands already made, by (addresses, count, timeout).
 _TAKE_LINES = {}
 
 
@@ -250,24 +253,24 @@ class Client:
 
     def take(self, addresses, n, timeout=30):
         """Takes up to ``n`` messages in one round trip and returns them, a
-        list (empty when none came in time): one wait of up to ``timeout``
-        seconds on ``addresses`` (a name, or a list of at most 8, as for
-        :meth:`ready`), then ``n - 1`` waits of timeout 0, which the server
-        runs once the first is answered and answers at once, each with a
-        message already queued or with nothing. Commands buffered with
-        ``flush=False`` leave in the same write, so a handler that answers
-        a round's messages with ``send(..., flush=False)`` sends its replies
-        and its next round's waits together. The answers of waits made with
-        ``pipeline=True`` must be read before it is called."""
+        list (empty when none came in time), with ``<< N TIMEOUT ADDR...``:
+        one wait of up to ``timeout`` seconds on ``addresses`` (a name, or a
+        list of at most 8, as for :meth:`ready`); once it has a message, the
+        server adds up to ``n - 1`` more already queued there, without
+        waiting. Commands buffered with ``flush=False`` leave in the same
+        write, so a handler that answers a round's messages with
+        ``send(..., flush=False)`` sends its replies and its next round's
+        wait together. The answers of waits made with ``pipeline=True`` must
+        be read before it is called."""
         if self._pending:
             raise Error("take: %d pipelined waits are not answered yet" % self._pending)
         one = isinstance(addresses, (str, bytes))
         # A handler takes from the same queue in the same way again and
-        # again: its waits are made and checked once.
-        block = _TAKE_LINES.get((addresses, n, timeout)) if one else None
-        if block is None:
-            if n.__class__ is not int or n < 1:
-                raise ValueError("take takes 1 message or more, not %r" % (n,))
+        # again: its command is made and checked once.
+        line = _TAKE_LINES.get((addresses, n, timeout)) if one else None
+        if line is None:
+            if n.__class__ is not int or not 1 <= n <= MAX_TAKE:
+                raise ValueError("take takes 1 to %d messages, not %r" % (MAX_TAKE, n))
             if one:
                 names = _field(addresses, "an address")
             else:
@@ -275,24 +278,28 @@ class Client:
                 if not 1 <= len(names) <= MAX_ADDRESSES:
                     raise ValueError("take takes 1 to %d addresses" % MAX_ADDRESSES)
                 names = b" ".join(names)
-            block = b"< %d %s\r\n" % (_timeout(timeout), names) + b"< 0 %s\r\n" % names * (n - 1)
+            line = b"<< %d %d %s\r\n" % (n, _timeout(timeout), names)
             if one:
                 if len(_TAKE_LINES) >= _FIELDS_MAX:
                     _TAKE_LINES.clear()
-                _TAKE_LINES[addresses, n, timeout] = block
-        self._out.append(block)
+                _TAKE_LINES[addresses, n, timeout] = line
+        self._out.append(line)
         self.flush()
-        self._pending = n
+        # The answer: up to n messages, then `*` when fewer came.
+        self._pending = 1
         got = []
         take_frame = self._take_frame
-        for _ in range(n):
+        while True:
             frame = take_frame()
-            while frame is not None and frame.__class__ is not Message:
-                self._aside(frame)
-                frame = take_frame()
-            self._pending -= 1
-            if frame is not None:
+            if frame.__class__ is Message:
                 got.append(frame)
+                if len(got) == n:
+                    break
+            elif frame is None:
+                break
+            else:
+                self._aside(frame)
+        self._pending = 0
         return got
 
     def answer(self):

@@ -310,11 +310,10 @@ def worker(app, address, queue, multiprocess, credential=None, batch=1):
             if client is None:
                 client = Client(address, credential=credential)
                 backoff = 0.1
-            # A round (Client.take): one wait for a request, then batch - 1
-            # waits with timeout 0, which the server runs once the first is
-            # answered (commands after a wait are held until then) and
-            # answers at once, with a request already queued or with
-            # nothing. They leave in one write with the last round's answer.
+            # A round (Client.take, `<< batch`): one wait for a request, then
+            # up to batch - 1 more that are already queued, taken by the
+            # server once the first came. It leaves in one write with the
+            # last round's answer.
             messages = client.take(queue, batch, timeout=WAIT_S)
             # Every request taken is answered, a stop notwithstanding; an
             # answer leaves before the application runs for the next one.

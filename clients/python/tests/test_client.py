@@ -160,7 +160,7 @@ class ClientTest(unittest.TestCase):
         self.assertIsNone(b.ready("c.barrier", timeout=0))
         self.assertEqual([m.body for m in a.take("c.take2", 2, timeout=5)], [b"x"])
         self.assertEqual(a.next_published(timeout=5).body, b"hello")
-        for bad in [0, -1, 1.5]:
+        for bad in [0, -1, 1.5, 1025]:
             with self.assertRaises(ValueError):
                 a.take("c.take2", bad)
         with self.assertRaises(ValueError):
@@ -315,21 +315,42 @@ class FramingTest(unittest.TestCase):
     def test_take_reads_answers_in_pieces_past_refusals(self):
         c = self.client
         c.send("out", b"r", flush=False)
-        self.peer.sendall(b"*\r")
-        # The first answer arrives cut in two, a refusal of the earlier
-        # send and a channel message come between, the last is cut too.
-        pieces = [b"\n- queue full\r\n! 2 news x\r\nhi\r\n> 1 3 q R", b"\r\nx", b"\r\n*", b"\r\n*\r\n"]
+        # A refusal of the earlier send and a channel message come first;
+        # the messages arrive cut at any byte; `*` ends the answer.
+        pieces = [
+            b"- queue ",
+            b"full\r\n! 2 news x\r\nhi\r\n> 1 3 q R",
+            b"\r\nx",
+            b"\r\n> 2 3 q R2\r\nyz\r",
+            b"\n*",
+            b"\r\n",
+        ]
         for piece in pieces:
             self.peer.sendall(piece)
             time.sleep(0.02)
-        self.assertEqual(c.take("q", 4, timeout=5), [Message("q", "R", 3, b"x")])
-        want = b"> 1 30 out\r\nr\r\n< 5 q\r\n< 0 q\r\n< 0 q\r\n< 0 q\r\n"
+        self.assertEqual(
+            c.take("q", 4, timeout=5),
+            [Message("q", "R", 3, b"x"), Message("q", "R2", 3, b"yz")],
+        )
+        want = b"> 1 30 out\r\nr\r\n<< 4 5 q\r\n"
         self.assertEqual(self.read(len(want)), want)
         self.assertEqual(c.refused, 1)
         self.assertEqual(c.next_published(timeout=5), Published("news", "x", b"hi"))
         # Nothing is left pending.
         with self.assertRaises(Error):
             c.answer()
+
+    def test_take_of_n_reads_no_further_than_its_nth_message(self):
+        c = self.client
+        self.peer.sendall(b"> 1 3 q\r\na\r\n> 1 3 q\r\nb\r\n> 1 3 q\r\nc\r\n")
+        # Two asked, two came: no `*` follows them, and the third message
+        # is the answer of the next command that reads one.
+        self.assertEqual(
+            c.take("q", 2, timeout=5), [Message("q", None, 3, b"a"), Message("q", None, 3, b"b")]
+        )
+        self.assertEqual(c.ready("q", timeout=5), Message("q", None, 3, b"c"))
+        want = b"<< 2 5 q\r\n< 5 q\r\n"
+        self.assertEqual(self.read(len(want)), want)
 
     def test_malformed_frames_are_protocol_errors(self):
         for bad in [
