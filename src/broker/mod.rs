@@ -304,13 +304,9 @@ impl Broker {
     ) -> Ready {
         self.channels.seal(out);
         let wanted = self.cluster.is_on().then(|| addresses.clone());
-        let ready = if self.switch.has_no_queues() {
-            self.queues.ready(now, conn, timeout_s, addresses)
-        } else {
-            match self.line_take(now, &addresses, out) {
-                Some(taken) => Ready::Message(taken),
-                None => self.queues.wait(now, conn, timeout_s, addresses),
-            }
+        let ready = match self.take_queued(now, &addresses, out) {
+            Some(taken) => Ready::Message(taken),
+            None => self.queues.wait(now, conn, timeout_s, addresses),
         };
         if let Some(addresses) = wanted {
             self.wanted(now, &ready, &addresses, out);
@@ -328,6 +324,17 @@ impl Broker {
         out: &mut (impl Outbox + ?Sized),
     ) -> Option<Taken> {
         self.channels.seal(out);
+        self.take_queued(now, addresses, out)
+    }
+
+    /// The oldest live message on the first of `addresses` that has one: a
+    /// queue's, or a switch queue's that no switch client has seen.
+    fn take_queued(
+        &mut self,
+        now: Millis,
+        addresses: &[Bytes],
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Option<Taken> {
         if self.switch.has_no_queues() {
             addresses.iter().find_map(|a| self.queues.take(now, a))
         } else {
