@@ -372,17 +372,17 @@ fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
 impl Door for LineSession {
     /// Runs every complete command in `input`, leaving a partial one there.
     fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
-        // Output backpressure: commands stay in the input until what was
-        // answered so far has drained (the shell resumes the door then).
-        // Checked on entry and after each command that answers: a publish
-        // queues nothing for its own connection until the batch is sealed,
-        // so the per-message fast path makes no such call.
         // The rest of a `<<` whose wait was answered with a message.
         if self.waiting.is_none() {
             if let Some(more) = self.more.take() {
                 self.take_more(cx, &more);
             }
         }
+        // Output backpressure: commands stay in the input until what was
+        // answered so far has drained (the shell resumes the door then).
+        // Checked on entry and after each command that answers: a publish
+        // queues nothing for its own connection until the batch is sealed,
+        // so the per-message fast path makes no such call.
         let mut backlogged = cx.backlogged();
         while self.closing.is_none() && self.waiting.is_none() && !backlogged {
             let (raw, n) = match self.decoder.decode_raw(input) {

@@ -366,7 +366,12 @@ impl Server {
 
     /// Reads the clock; [`Server::now`] gives this time until the next tick.
     fn tick(&mut self) -> Millis {
-        self.clock = self.start.elapsed().as_millis() as Millis;
+        self.tick_at(Instant::now())
+    }
+
+    /// [`Server::tick`] with a time already read.
+    fn tick_at(&mut self, at: Instant) -> Millis {
+        self.clock = at.duration_since(self.start).as_millis() as Millis;
         self.clock
     }
 
@@ -383,7 +388,7 @@ impl Server {
                 return Err(e);
             }
             let turn = Instant::now();
-            self.clock = turn.duration_since(self.start).as_millis() as Millis;
+            self.tick_at(turn);
             for event in events.iter() {
                 // A read that comes back short ends the reading of a socket
                 // whose peer has not shut down: edge-triggered readiness
