@@ -607,6 +607,36 @@ fn take_answers_up_to_its_count_then_a_star_when_fewer_came() {
     sync(&mut c, "c.end");
 }
 
+/// The messages that arrive in the turn that answers a waiting `<<` go
+/// to it, up to its count, not one to each handler waiting behind it; the
+/// turn's end answers `*`, and the next turn's messages go to the next
+/// handler.
+#[test]
+fn a_waiting_take_gets_the_messages_of_its_turn_before_other_handlers() {
+    let both = Both::start("take-turn", &[]);
+    let mut h1 = both.client(Door::Tcp);
+    let mut h2 = both.client(Door::Tcp);
+    let mut p = both.client(Door::Unix);
+    wait_on(&mut h1, "h1", "<< 16 10 tt\r\n");
+    wait_on(&mut h2, "h2", "<< 16 10 tt\r\n");
+    // One write: one read, one turn of the server.
+    send(
+        &mut p,
+        "> 1 30 tt\r\n1\r\n> 1 30 tt\r\n2\r\n> 1 30 tt\r\n3\r\n\
+         > 1 30 tt\r\n4\r\n> 1 30 tt\r\n5\r\n",
+    );
+    sync(&mut p, "p");
+    let (got, star) = read_take(&mut h1, 16);
+    assert_eq!(got, ["1", "2", "3", "4", "5"]);
+    assert!(star, "fewer than asked for end with `*`");
+    // h2 waited through it, and takes the next turn's message.
+    send(&mut p, "> 1 30 tt\r\n6\r\n");
+    sync(&mut p, "p.next");
+    expect(&mut h2, "> 1 30 tt\r\n6\r\n*\r\n");
+    sync(&mut h2, "h2.end");
+    sync(&mut h1, "h1.end");
+}
+
 #[test]
 fn take_stops_at_the_backlog_limit_and_leaves_the_rest_queued() {
     let both = Both::start("take-backlog", &["--backlog-limit", "1000"]);

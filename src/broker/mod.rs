@@ -302,11 +302,26 @@ impl Broker {
         addresses: Vec<Bytes>,
         out: &mut (impl Outbox + ?Sized),
     ) -> Ready {
+        self.ready_for(now, conn, timeout_s, addresses, 1, out)
+    }
+
+    /// [`Broker::ready`] for up to `count` messages (`<<`): a wait it
+    /// registers takes the messages of the turn that answers it, up to
+    /// `count` (see [`Queues::wait_for`]).
+    pub fn ready_for(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        addresses: Vec<Bytes>,
+        count: u32,
+        out: &mut (impl Outbox + ?Sized),
+    ) -> Ready {
         self.channels.seal(out);
         let wanted = self.cluster.is_on().then(|| addresses.clone());
         let ready = match self.take_queued(now, &addresses, out) {
             Some(taken) => Ready::Message(taken),
-            None => self.queues.wait(now, conn, timeout_s, addresses),
+            None => self.queues.wait_for(now, conn, timeout_s, addresses, count),
         };
         if let Some(addresses) = wanted {
             self.wanted(now, &ready, &addresses, out);
@@ -403,6 +418,17 @@ impl Broker {
         self.cluster.switch_tick(now, out);
     }
 
+    /// Ends the turn's open waits for several messages (see
+    /// [`Queues::close_open`]); the loop calls it after each turn's events.
+    pub fn close_open(&mut self, out: &mut (impl Outbox + ?Sized)) {
+        self.queues.close_open(out);
+    }
+
+    /// True while [`Broker::close_open`] has work: the loop must not sleep.
+    pub fn has_open(&self) -> bool {
+        self.queues.has_open()
+    }
+
     /// The earliest pending deadline, for the poll timeout.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.queues
@@ -487,6 +513,8 @@ pub struct RecordingOutbox {
     pub polled: Vec<(ConnId, switch::Polled)>,
     /// Connections that refuse deliveries, as closing ones do.
     pub refuse: Vec<ConnId>,
+    /// Connections whose output counts as backlogged.
+    pub backlogged: Vec<ConnId>,
 }
 
 impl Outbox for RecordingOutbox {
@@ -496,6 +524,9 @@ impl Outbox for RecordingOutbox {
         }
         self.frames.push((conn, frame, messages));
         true
+    }
+    fn is_backlogged(&self, conn: ConnId) -> bool {
+        self.backlogged.contains(&conn)
     }
     fn answer(&mut self, conn: ConnId, answer: Answer<'_>) -> bool {
         if self.refuse.contains(&conn) {

@@ -109,6 +109,12 @@ struct Wait {
     conn: ConnId,
     gen: u64,
     addresses: Vec<Bytes>,
+    /// How many messages it may take after the next one (a `<<` of COUNT
+    /// starts at COUNT − 1; a plain wait at 0).
+    more: u32,
+    /// Answered once and kept open for the rest of the turn (on
+    /// `Queues::open`).
+    open: bool,
 }
 
 struct Message {
@@ -215,6 +221,10 @@ pub struct Queues {
     /// come and go once a request, and growing their queues from nothing
     /// each time was about a thirtieth of the proxy's instructions.
     spare: Vec<Address>,
+    /// Waits for several messages that took one this turn and keep their
+    /// place at the front of their queues for what else arrives in it;
+    /// `close_open` ends them (see [`Queues::wait_for`]).
+    open: Vec<WaitId>,
 }
 
 /// See `Queues::spare`.
@@ -254,6 +264,7 @@ impl Queues {
             journal: None,
             empties: HashMap::default(),
             spare: Vec::new(),
+            open: Vec::new(),
         }
     }
 
@@ -721,15 +732,59 @@ impl Queues {
     /// Hands a message for `d.to` to the longest-waiting receiver there.
     /// A waiter whose connection is already closing refuses the answer: the
     /// message then goes to the next waiter. False when nobody took it.
+    ///
+    /// A wait for several messages (see [`Queues::wait_for`]) stays at the
+    /// front of its queues after taking one, so that the messages arriving
+    /// in the same turn go to it too, until it has them all, its
+    /// connection's output is backlogged, or [`Queues::close_open`] ends
+    /// the turn; the last two answer it with a timeout (`*`).
     pub fn hand_to_waiter(&mut self, d: Delivery<'_>, out: &mut (impl Outbox + ?Sized)) -> bool {
-        while let Some(wait) = self.pop_live_wait(d.to) {
-            if out.answer(wait.conn, Answer::Message(d)) {
-                self.queued_in += 1;
-                self.queued_out += 1;
-                return true;
+        while let Some((id, conn)) = self.front_live_wait(d.to) {
+            if !out.answer(conn, Answer::Message(d)) {
+                self.pop_front_wait(d.to, id);
+                continue;
             }
+            self.queued_in += 1;
+            self.queued_out += 1;
+            match self.waits.get_mut(id.slot) {
+                Some(w) if w.more > 0 && !out.is_backlogged(conn) => {
+                    w.more -= 1;
+                    if !w.open {
+                        w.open = true;
+                        self.open.push(id);
+                    }
+                }
+                Some(w) => {
+                    let ended_early = w.more > 0;
+                    self.pop_front_wait(d.to, id);
+                    if ended_early {
+                        out.answer(conn, Answer::Timeout);
+                    }
+                }
+                None => {}
+            }
+            return true;
         }
         false
+    }
+
+    /// Ends the waits that took a message this turn and still had room:
+    /// each is answered with a timeout (`*`), its messages having gone out
+    /// already. The loop calls it once a turn, after the turn's events.
+    pub fn close_open(&mut self, out: &mut (impl Outbox + ?Sized)) {
+        for id in std::mem::take(&mut self.open) {
+            if self.waits.get(id.slot).is_some_and(|w| w.gen == id.gen) {
+                let wait = self.waits.remove(id.slot);
+                self.mark_stale(&wait.addresses, None);
+                out.answer(wait.conn, Answer::Timeout);
+            }
+        }
+    }
+
+    /// True while a wait is open (see [`Queues::close_open`]): the loop
+    /// must not sleep before closing it.
+    pub fn has_open(&self) -> bool {
+        !self.open.is_empty()
     }
 
     /// Waits on up to [`MAX_ADDRESSES`] addresses. Takes a message at once
@@ -827,6 +882,22 @@ impl Queues {
         timeout_s: u64,
         addresses: Vec<Bytes>,
     ) -> Ready {
+        self.wait_for(now, conn, timeout_s, addresses, 1)
+    }
+
+    /// [`Queues::wait`] for up to `count` messages (a `<<`): once it has
+    /// taken one, it keeps its place for the rest of the turn, and the
+    /// messages that arrive meanwhile go to it too, up to `count` (see
+    /// [`Queues::hand_to_waiter`]). A turn's messages thus go to one
+    /// waiter in one batch, instead of one to each waiter.
+    pub fn wait_for(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        addresses: Vec<Bytes>,
+        count: u32,
+    ) -> Ready {
         // A poll (timeout 0) that found nothing: no keys to make.
         if deadline(now, timeout_s) <= now {
             return Ready::TimedOut;
@@ -843,7 +914,7 @@ impl Queues {
         for addr in keys.iter_mut() {
             *addr = self.key(addr);
         }
-        self.register(now, conn, timeout_s, keys)
+        self.register(now, conn, timeout_s, keys, count.saturating_sub(1))
     }
 
     /// A fresh address (see [`Queues::unique_address`]) and a wait of
@@ -856,13 +927,20 @@ impl Queues {
             let ready = self.ready(now, conn, timeout_s, vec![addr.clone()]);
             return (addr, ready);
         }
-        let ready = self.register(now, conn, timeout_s, vec![addr.clone()]);
+        let ready = self.register(now, conn, timeout_s, vec![addr.clone()], 0);
         (addr, ready)
     }
 
     /// Registers a wait on `keys`: distinct addresses, each the map's own
-    /// key or one that is to become it.
-    fn register(&mut self, now: Millis, conn: ConnId, timeout_s: u64, keys: Vec<Bytes>) -> Ready {
+    /// key or one that is to become it. `more`: see `Wait::more`.
+    fn register(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        timeout_s: u64,
+        keys: Vec<Bytes>,
+        more: u32,
+    ) -> Ready {
         let at = deadline(now, timeout_s);
         if at <= now {
             return Ready::TimedOut;
@@ -880,6 +958,8 @@ impl Queues {
             conn,
             gen,
             addresses: keys,
+            more,
+            open: false,
         });
         self.add_timer(at, TimerKind::Wait(id.slot, gen));
         Ready::Waiting(id)
@@ -1019,26 +1099,38 @@ impl Queues {
         found
     }
 
-    /// Takes the longest-waiting live wait on `addr` out of the slab.
-    fn pop_live_wait(&mut self, addr: &[u8]) -> Option<Wait> {
+    /// The longest-waiting live wait on `addr` and its connection, left in
+    /// place (stale entries before it go).
+    fn front_live_wait(&mut self, addr: &[u8]) -> Option<(WaitId, ConnId)> {
         let a = self.addresses.get_mut(addr)?;
-        let mut found = None;
-        while let Some(id) = a.waits.pop_front() {
-            if self.waits.get(id.slot).is_some_and(|w| w.gen == id.gen) {
-                found = Some(self.waits.remove(id.slot));
-                break;
+        while let Some(&id) = a.waits.front() {
+            match self.waits.get(id.slot) {
+                Some(w) if w.gen == id.gen => return Some((id, w.conn)),
+                _ => {}
             }
+            a.waits.pop_front();
             a.stale = a.stale.saturating_sub(1);
         }
+        if a.is_unused() {
+            self.forget(addr);
+        }
+        None
+    }
+
+    /// Removes the live wait `id`, found at the front of `addr`'s waits by
+    /// [`Queues::front_live_wait`].
+    fn pop_front_wait(&mut self, addr: &[u8], id: WaitId) {
+        let (Some(wait), Some(a)) = (self.waits.try_remove(id.slot), self.addresses.get_mut(addr))
+        else {
+            return;
+        };
+        a.waits.pop_front();
         // `mark_stale` leaves `addr` alone: whether it is unused is known now.
         let unused = a.is_unused();
-        if let Some(w) = &found {
-            self.mark_stale(&w.addresses, Some(addr));
-        }
+        self.mark_stale(&wait.addresses, Some(addr));
         if unused {
             self.forget(addr);
         }
-        found
     }
 
     /// Counts the entries of an answered or withdrawn wait as stale in each of
@@ -1411,6 +1503,67 @@ mod tests {
         ));
         assert_eq!((q.queued(), q.refused_full()), (2, 1));
         assert_eq!(q.queued_bytes(), 2 * MESSAGE_OVERHEAD);
+    }
+
+    /// A wait for several messages takes those that arrive in the turn
+    /// that answers it, ahead of the waiters behind it, up to its count;
+    /// the turn's end answers it `*` if it has room left.
+    #[test]
+    fn a_wait_for_several_takes_its_turns_messages_then_ends_with_a_star() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        let batch = q.wait_for(0, conn(1), 60, vec![b("a"), b("b")], 3);
+        assert!(matches!(batch, Ready::Waiting(_)));
+        ready(&mut q, 0, conn(2), 60, vec![b("a")], &mut out);
+        send(&mut q, 1, b("a"), None, 60, b("1"), &mut out);
+        send(&mut q, 1, b("b"), None, 60, b("2"), &mut out);
+        assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\n1\r\n> 1 60 b\r\n2\r\n");
+        assert!(q.has_open());
+        q.close_open(&mut out);
+        assert!(!q.has_open());
+        assert_eq!(
+            text(&out, conn(1)),
+            b"> 1 60 a\r\n1\r\n> 1 60 b\r\n2\r\n*\r\n"
+        );
+        // Ended: the next message goes to the waiter behind it, and its
+        // timer is stale.
+        send(&mut q, 2, b("a"), None, 60, b("3"), &mut out);
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\n3\r\n");
+        q.on_timers(100_000, &mut out);
+        assert_eq!(out.answers_for(conn(1)).len(), 3);
+        assert_eq!(q.waiting(), 0);
+    }
+
+    /// A wait for several ends without `*` once it has its count, and with
+    /// `*` at once when its connection's output is backlogged; a plain wait
+    /// never stays open.
+    #[test]
+    fn a_wait_for_several_ends_at_its_count_or_a_backlog() {
+        let mut q = Queues::new(1);
+        let mut out = RecordingOutbox::default();
+        q.wait_for(0, conn(1), 60, vec![b("a")], 2);
+        q.wait_for(0, conn(2), 60, vec![b("a")], 5);
+        q.wait_for(0, conn(3), 60, vec![b("a")], 1);
+        for body in ["1", "2", "3"] {
+            send(&mut q, 1, b("a"), None, 60, b(body), &mut out);
+        }
+        // conn(1) has its two, without `*`; the third opens conn(2)'s.
+        assert_eq!(text(&out, conn(1)), b"> 1 60 a\r\n1\r\n> 1 60 a\r\n2\r\n");
+        assert_eq!(text(&out, conn(2)), b"> 1 60 a\r\n3\r\n");
+        // Backlogged, conn(2) ends with this message and a `*`: the next
+        // one goes to conn(3).
+        out.backlogged.push(conn(2));
+        send(&mut q, 1, b("a"), None, 60, b("4"), &mut out);
+        send(&mut q, 1, b("a"), None, 60, b("5"), &mut out);
+        assert_eq!(
+            text(&out, conn(2)),
+            b"> 1 60 a\r\n3\r\n> 1 60 a\r\n4\r\n*\r\n"
+        );
+        assert_eq!(text(&out, conn(3)), b"> 1 60 a\r\n5\r\n");
+        // Nothing is left open to close, and nothing waits.
+        q.close_open(&mut out);
+        assert_eq!(out.answers.len(), 6);
+        assert_eq!(q.waiting(), 0);
     }
 
     /// An address that goes unused leaves its entry, emptied, to the next

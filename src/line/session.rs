@@ -53,20 +53,14 @@ pub fn opener(config: &Config) -> Opener {
     Box::new(move || Box::new(LineSession::new(max_line, max_body, max_subs)))
 }
 
-/// What is left of a `<<` after its first message: up to `left` more
-/// messages already queued on `addresses`.
-struct More {
-    addresses: Vec<Bytes>,
-    left: u32,
-}
-
 pub struct LineSession {
     max_subscriptions: usize,
     decoder: Decoder,
     waiting: Option<WaitId>,
-    /// The polls a `<<` still owes once its wait is answered with a message
-    /// (boxed: most connections never take in batches).
-    more: Option<Box<More>>,
+    /// How many messages the wait may still get: a `<<`'s wait takes those
+    /// of the turn that answers it, up to its count (see
+    /// `Queues::wait_for`), and ends with the last of them or a `*`.
+    left: u32,
     /// Its channels: a set, so that a repeated `+` or a `~` costs the same
     /// however many it holds.
     subscriptions: HashSet<Bytes>,
@@ -85,7 +79,7 @@ impl LineSession {
             max_subscriptions,
             decoder: Decoder::new(max_line, max_body),
             waiting: None,
-            more: None,
+            left: 0,
             subscriptions: HashSet::new(),
             closing: None,
             grant: None,
@@ -171,24 +165,27 @@ impl LineSession {
             Ready::TimedOut => {
                 cx.send(Bytes::from_static(TIMEOUT_FRAME));
             }
-            Ready::Waiting(w) => self.waiting = Some(w),
+            Ready::Waiting(w) => {
+                self.waiting = Some(w);
+                self.left = 1;
+            }
         }
     }
 
-    /// The rest of a `<<` whose first message went out: the messages
-    /// already queued, up to `more.left`, then `*` if fewer came. It stops
-    /// early, with `*`, once the connection's unsent output reaches the
-    /// backlog limit.
-    fn take_more(&mut self, cx: &mut Cx<'_>, more: &More) {
+    /// The rest of a `<<` whose first message was queued: the messages
+    /// already queued on `addresses`, up to `left`, then `*` if fewer came.
+    /// It stops early, with `*`, once the connection's unsent output
+    /// reaches the backlog limit.
+    fn take_more(&mut self, cx: &mut Cx<'_>, addresses: &[Bytes], left: u32) {
         let mut taken = 0;
-        while taken < more.left && !cx.backlogged() {
-            let Some(message) = cx.broker.poll(cx.now, &more.addresses, cx.out) else {
+        while taken < left && !cx.backlogged() {
+            let Some(message) = cx.broker.poll(cx.now, addresses, cx.out) else {
                 break;
             };
             self.took(cx, Ready::Message(message));
             taken += 1;
         }
-        if taken < more.left {
+        if taken < left {
             cx.send(Bytes::from_static(TIMEOUT_FRAME));
         }
     }
@@ -218,17 +215,20 @@ impl LineSession {
                     // The client reads `- forbidden` instead of a message.
                     return;
                 }
-                let more = (count > 1).then(|| More {
-                    addresses: addresses.clone(),
-                    left: count - 1,
-                });
-                let ready = cx.broker.ready(now, me, timeout_s, addresses, cx.out);
+                // The polls of a `<<` that finds a message at once.
+                let polls = (count > 1).then(|| addresses.clone());
+                let ready = cx
+                    .broker
+                    .ready_for(now, me, timeout_s, addresses, count, cx.out);
                 let took_one = matches!(ready, Ready::Message(_));
                 self.took(cx, ready);
-                match more {
-                    Some(more) if took_one => self.take_more(cx, &more),
-                    Some(more) if self.waiting.is_some() => self.more = Some(Box::new(more)),
-                    // A `*` answered the whole `<<`.
+                if self.waiting.is_some() {
+                    self.left = count;
+                }
+                match polls {
+                    Some(addresses) if took_one => self.take_more(cx, &addresses, count - 1),
+                    // A wait (answered through `on_answer`), or a `*` that
+                    // answered the whole `<<`.
                     _ => {}
                 }
             }
@@ -372,12 +372,6 @@ fn unsubscribe(cx: &mut Cx<'_>, channel: &[u8]) {
 impl Door for LineSession {
     /// Runs every complete command in `input`, leaving a partial one there.
     fn on_input(&mut self, cx: &mut Cx<'_>, input: &mut BytesMut) -> Next {
-        // The rest of a `<<` whose wait was answered with a message.
-        if self.waiting.is_none() {
-            if let Some(more) = self.more.take() {
-                self.take_more(cx, &more);
-            }
-        }
         // Output backpressure: commands stay in the input until what was
         // answered so far has drained (the shell resumes the door then).
         // Checked on entry and after each command that answers: a publish
@@ -431,12 +425,14 @@ impl Door for LineSession {
     }
 
     fn on_answer(&mut self, answer: Answer<'_>, send: &mut dyn FnMut(Bytes)) -> bool {
-        if matches!(answer, Answer::Switch(_) | Answer::Done(_)) || self.waiting.take().is_none() {
+        if matches!(answer, Answer::Switch(_) | Answer::Done(_)) || self.waiting.is_none() {
             return false;
         }
-        if matches!(answer, Answer::Timeout) {
-            // Its `*` is the whole answer of a `<<` too.
-            self.more = None;
+        // A `<<` waits on until its last message or a `*` (which ends the
+        // turn's batch, or a timeout before any message).
+        self.left = self.left.saturating_sub(1);
+        if matches!(answer, Answer::Timeout) || self.left == 0 {
+            self.waiting = None;
         }
         write_answer(answer, send);
         true

@@ -451,6 +451,9 @@ impl Server {
         {
             let (broker, mut post) = self.split(now);
             broker.on_timers(now, &mut post);
+            // The turn's `<<` waits that took messages end here, before
+            // their connections resume.
+            broker.close_open(&mut post);
         }
         self.run_timers(now);
         self.sweep_heartbeats(now);
@@ -495,7 +498,11 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.resume.is_empty() || !self.still_ready.is_empty() || !self.dirty.is_empty() {
+        if !self.resume.is_empty()
+            || !self.still_ready.is_empty()
+            || !self.dirty.is_empty()
+            || self.broker.has_open()
+        {
             return Some(Duration::ZERO);
         }
         let now = self.now();

@@ -130,7 +130,11 @@ impl Outbox for Post<'_> {
             self.stats.count_delivered(c.door_ix, 1);
         }
         mark_dirty(c, key, self.dirty);
-        self.resume.push(key);
+        // A door still paused (a `<<` taking the rest of its turn's
+        // messages) has nothing to resume yet.
+        if !c.door.is_paused() {
+            self.resume.push(key);
+        }
         true
     }
 }
