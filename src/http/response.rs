@@ -21,6 +21,10 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// The `Server` header value.
 pub const SERVER: &str = "switchboard";
 
+/// The `Server` header line, whole: written in one piece on every proxied
+/// response that has none of its own.
+pub const SERVER_LINE: &str = "Server: switchboard\r\n";
+
 /// The content type of the plain-text pages (errors, refusals).
 pub const TEXT: &str = "text/plain; charset=utf-8";
 
