@@ -739,33 +739,61 @@ impl Queues {
     /// connection's output is backlogged, or [`Queues::close_open`] ends
     /// the turn; the last two answer it with a timeout (`*`).
     pub fn hand_to_waiter(&mut self, d: Delivery<'_>, out: &mut (impl Outbox + ?Sized)) -> bool {
-        while let Some((id, conn)) = self.front_live_wait(d.to) {
-            if !out.answer(conn, Answer::Message(d)) {
-                self.pop_front_wait(d.to, id);
-                continue;
-            }
-            self.queued_in += 1;
-            self.queued_out += 1;
-            match self.waits.get_mut(id.slot) {
-                Some(w) if w.more > 0 && !out.is_backlogged(conn) => {
-                    w.more -= 1;
-                    if !w.open {
-                        w.open = true;
-                        self.open.push(id);
+        // One lookup of the address a hand-off (a refused answer aside):
+        // its entry stays borrowed while the wait is answered.
+        loop {
+            let Some(a) = self.addresses.get_mut(d.to) else {
+                return false;
+            };
+            let (id, conn) = loop {
+                let Some(&id) = a.waits.front() else {
+                    if a.is_unused() {
+                        self.forget(d.to);
                     }
+                    return false;
+                };
+                match self.waits.get(id.slot) {
+                    Some(w) if w.gen == id.gen => break (id, w.conn),
+                    _ => {}
                 }
-                Some(w) => {
-                    let ended_early = w.more > 0;
-                    self.pop_front_wait(d.to, id);
-                    if ended_early {
-                        out.answer(conn, Answer::Timeout);
+                a.waits.pop_front();
+                a.stale = a.stale.saturating_sub(1);
+            };
+            let took = out.answer(conn, Answer::Message(d));
+            let mut ended_early = false;
+            if took {
+                self.queued_in += 1;
+                self.queued_out += 1;
+                if let Some(w) = self.waits.get_mut(id.slot) {
+                    if w.more > 0 && !out.is_backlogged(conn) {
+                        w.more -= 1;
+                        if !w.open {
+                            w.open = true;
+                            self.open.push(id);
+                        }
+                        return true;
                     }
+                    ended_early = w.more > 0;
                 }
-                None => {}
             }
-            return true;
+            // The wait ends: it leaves the front of this address's waits,
+            // and its entries elsewhere go stale.
+            a.waits.pop_front();
+            // `mark_stale` leaves `d.to` alone: whether it is unused is known now.
+            let unused = a.is_unused();
+            if let Some(wait) = self.waits.try_remove(id.slot) {
+                self.mark_stale(&wait.addresses, Some(d.to));
+            }
+            if unused {
+                self.forget(d.to);
+            }
+            if ended_early {
+                out.answer(conn, Answer::Timeout);
+            }
+            if took {
+                return true;
+            }
         }
-        false
     }
 
     /// Ends the waits that took a message this turn and still had room:
@@ -1097,40 +1125,6 @@ impl Queues {
             self.forget(&addr[..]);
         }
         found
-    }
-
-    /// The longest-waiting live wait on `addr` and its connection, left in
-    /// place (stale entries before it go).
-    fn front_live_wait(&mut self, addr: &[u8]) -> Option<(WaitId, ConnId)> {
-        let a = self.addresses.get_mut(addr)?;
-        while let Some(&id) = a.waits.front() {
-            match self.waits.get(id.slot) {
-                Some(w) if w.gen == id.gen => return Some((id, w.conn)),
-                _ => {}
-            }
-            a.waits.pop_front();
-            a.stale = a.stale.saturating_sub(1);
-        }
-        if a.is_unused() {
-            self.forget(addr);
-        }
-        None
-    }
-
-    /// Removes the live wait `id`, found at the front of `addr`'s waits by
-    /// [`Queues::front_live_wait`].
-    fn pop_front_wait(&mut self, addr: &[u8], id: WaitId) {
-        let (Some(wait), Some(a)) = (self.waits.try_remove(id.slot), self.addresses.get_mut(addr))
-        else {
-            return;
-        };
-        a.waits.pop_front();
-        // `mark_stale` leaves `addr` alone: whether it is unused is known now.
-        let unused = a.is_unused();
-        self.mark_stale(&wait.addresses, Some(addr));
-        if unused {
-            self.forget(addr);
-        }
     }
 
     /// Counts the entries of an answered or withdrawn wait as stale in each of
