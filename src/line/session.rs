@@ -215,21 +215,22 @@ impl LineSession {
                     // The client reads `- forbidden` instead of a message.
                     return;
                 }
-                // The polls of a `<<` that finds a message at once.
-                let polls = (count > 1).then(|| addresses.clone());
+                // A `<<` that finds a message queued takes the rest of its
+                // count from the queues at once (no copy of its addresses
+                // for later: a wait takes the rest through `on_answer`).
+                if count > 1 {
+                    if let Some(first) = cx.broker.poll(now, &addresses, cx.out) {
+                        self.took(cx, Ready::Message(first));
+                        self.take_more(cx, &addresses, count - 1);
+                        return;
+                    }
+                }
                 let ready = cx
                     .broker
                     .ready_for(now, me, timeout_s, addresses, count, cx.out);
-                let took_one = matches!(ready, Ready::Message(_));
                 self.took(cx, ready);
                 if self.waiting.is_some() {
                     self.left = count;
-                }
-                match polls {
-                    Some(addresses) if took_one => self.take_more(cx, &addresses, count - 1),
-                    // A wait (answered through `on_answer`), or a `*` that
-                    // answered the whole `<<`.
-                    _ => {}
                 }
             }
             Command::Query {
