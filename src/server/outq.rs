@@ -33,8 +33,29 @@ pub enum Flushed {
 
 #[derive(Default, Debug)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: Frames,
     bytes: usize,
+}
+
+/// The unsent frames, in order. One frame, the usual case (a fan-out
+/// delivery batched for the turn, a proxied response), is kept without an
+/// allocation; a second one moves both into a `VecDeque`.
+#[derive(Default, Debug)]
+enum Frames {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(VecDeque<Bytes>),
+}
+
+impl Frames {
+    fn len(&self) -> usize {
+        match self {
+            Frames::Empty => 0,
+            Frames::One(_) => 1,
+            Frames::Many(q) => q.len(),
+        }
+    }
 }
 
 impl OutQueue {
@@ -43,7 +64,18 @@ impl OutQueue {
             return;
         }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        match &mut self.frames {
+            Frames::Many(q) => q.push_back(frame),
+            Frames::Empty => self.frames = Frames::One(frame),
+            Frames::One(_) => {
+                if let Frames::One(first) = std::mem::take(&mut self.frames) {
+                    let mut q = VecDeque::with_capacity(4);
+                    q.push_back(first);
+                    q.push_back(frame);
+                    self.frames = Frames::Many(q);
+                }
+            }
+        }
     }
 
     /// Unsent bytes.
@@ -59,15 +91,17 @@ impl OutQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.len() == 0
     }
 
     /// Gives back the queue's memory once it has drained, so an idle
-    /// connection holds none (one small allocation per busy turn is cheap
-    /// next to the write it serves).
+    /// connection holds none (one small allocation per turn with two
+    /// frames or more is cheap next to the write it serves).
     pub fn shrink(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
-            self.frames = VecDeque::new();
+        if let Frames::Many(q) = &self.frames {
+            if q.is_empty() {
+                self.frames = Frames::Empty;
+            }
         }
     }
 
@@ -75,44 +109,31 @@ impl OutQueue {
     /// were written. Returns the bytes written with the outcome.
     pub fn flush(&mut self, w: &mut impl Write, budget: usize) -> io::Result<(usize, Flushed)> {
         let mut written = 0usize;
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             if written >= budget {
                 return Ok((written, Flushed::Budget));
             }
-            let single = match self.frames.front() {
-                Some(front) if self.frames.len() == 1 => Some(front),
-                _ => None,
-            };
-            let n = if let Some(front) = single {
+            let wrote = match &self.frames {
+                Frames::Empty => break,
                 // The usual case in fan-out: one (batched) frame per turn.
-                match w.write(front) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok((written, Flushed::WouldBlock));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+                Frames::One(front) => w.write(front),
+                Frames::Many(q) => match q.front() {
+                    Some(front) if q.len() == 1 => w.write(front),
+                    // A few frames (a proxied answer: head, body, end) fill
+                    // a small array; filling 512 empty slices every time
+                    // cost more than the rest of the flush.
+                    _ if q.len() <= SMALL_IOV => write_frames::<SMALL_IOV>(w, q),
+                    _ => write_frames::<MAX_IOV>(w, q),
+                },
+            };
+            let n = match wrote {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((written, Flushed::WouldBlock));
                 }
-            } else {
-                // A few frames (a proxied answer: head, body, end) fill a
-                // small array; filling 512 empty slices every time cost
-                // more than the rest of the flush.
-                let wrote = if self.frames.len() <= SMALL_IOV {
-                    write_frames::<SMALL_IOV>(w, &self.frames)
-                } else {
-                    write_frames::<MAX_IOV>(w, &self.frames)
-                };
-                match wrote {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.shrink();
-                        return Ok((written, Flushed::WouldBlock));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             };
             if n > self.bytes {
                 return Err(io::Error::other("write reported more bytes than queued"));
@@ -126,17 +147,37 @@ impl OutQueue {
 
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
-        while n > 0 {
-            let Some(front) = self.frames.front_mut() else {
-                return;
-            };
-            if front.len() <= n {
-                n -= front.len();
-                self.frames.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
+        match &mut self.frames {
+            Frames::Empty => {}
+            Frames::One(front) => {
+                if front.len() > n {
+                    front.advance(n);
+                } else {
+                    self.frames = Frames::Empty;
+                }
             }
+            Frames::Many(q) => {
+                while n > 0 {
+                    let Some(front) = q.front_mut() else {
+                        return;
+                    };
+                    if front.len() > n {
+                        front.advance(n);
+                        return;
+                    }
+                    n -= front.len();
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The frames' allocated slots (none while there is at most one).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        match &self.frames {
+            Frames::Many(q) => q.capacity(),
+            _ => 0,
         }
     }
 }
@@ -245,14 +286,14 @@ mod tests {
         q.push(Bytes::from_static(b"one"));
         q.push(Bytes::from_static(b"two"));
         q.shrink();
-        assert!(q.frames.capacity() >= 2, "shrunk while frames were queued");
+        assert!(q.capacity() >= 2, "shrunk while frames were queued");
         let mut w = Trickle {
             got: Vec::new(),
             per_call: 100,
             calls_left: 100,
         };
         assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (6, Flushed::All));
-        assert_eq!(q.frames.capacity(), 0);
+        assert_eq!(q.capacity(), 0);
         // A queue emptied by a refused write as well.
         q.push(Bytes::from_static(b"three"));
         w.calls_left = 0;
@@ -261,6 +302,34 @@ mod tests {
             (0, Flushed::WouldBlock)
         );
         assert_eq!(q.bytes(), 5);
+    }
+
+    #[test]
+    fn one_frame_needs_no_allocation_and_keeps_its_order_with_more() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"first frame"));
+        assert_eq!((q.capacity(), q.cost()), (0, 11 + FRAME_COST));
+        let mut w = Trickle {
+            got: Vec::new(),
+            per_call: 6,
+            calls_left: 1,
+        };
+        assert_eq!(
+            q.flush(&mut w, usize::MAX).unwrap(),
+            (6, Flushed::WouldBlock)
+        );
+        assert_eq!((q.bytes(), q.capacity()), (5, 0));
+        // A second frame behind the rest of the first.
+        q.push(Bytes::from_static(b", second"));
+        assert!(q.capacity() >= 2);
+        assert_eq!(q.cost(), 13 + 2 * FRAME_COST);
+        w.calls_left = 100;
+        assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (13, Flushed::All));
+        assert_eq!(w.got, b"first frame, second");
+        assert!(q.is_empty());
+        assert_eq!(q.capacity(), 0);
+        // The queue is part of every connection: it stays small.
+        assert!(std::mem::size_of::<OutQueue>() <= 48);
     }
 
     /// A writer that fails once with `first`, then takes everything.
