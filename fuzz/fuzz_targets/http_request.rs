@@ -45,8 +45,8 @@ fn run(pieces: &[&[u8]]) -> Outcome {
                 Ok(Some(Event::Request(req))) => {
                     continues = 0;
                     assert!(req.body.len() <= LIMITS.max_body);
-                    assert!(req.target.len() <= LIMITS.max_uri);
-                    assert!(req.headers.len() <= LIMITS.max_headers);
+                    assert!(req.target().len() <= LIMITS.max_uri);
+                    assert!(req.headers().len() <= LIMITS.max_headers);
                     results.push(Ok(req));
                 }
                 Err(err) => {

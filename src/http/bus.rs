@@ -442,8 +442,7 @@ fn wants_websocket(req: &Request) -> bool {
 /// True when some `name` header of `req` lists `token` (comma-separated,
 /// case-insensitive).
 fn header_has_token(req: &Request, name: &str, token: &[u8]) -> bool {
-    req.headers
-        .iter()
+    req.headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
         .any(|(_, v)| {
             v.split(|&b| b == b',')

@@ -742,7 +742,7 @@ mod tests {
                 ),
                 "/bye" => Reply::Respond(Response::new(200).keep_alive(false)),
                 "/framed" => Reply::Framed(Bytes::from_static(b"FRAMED\n")),
-                _ => Reply::Respond(Response::new(200).body("text/plain", req.target)),
+                _ => Reply::Respond(Response::new(200).body("text/plain", req.target().to_owned())),
             }
         }
 

@@ -297,8 +297,8 @@ impl Routes for Proxy {
         shared.pending.set(shared.pending.get() + 1);
         log::debug!(
             "proxy {id}: {} {} → {}",
-            req.method_raw,
-            req.target,
+            req.method_raw(),
+            req.target(),
             String::from_utf8_lossy(&queue)
         );
         Reply::Park {
@@ -514,6 +514,10 @@ fn canonical_name(name: &str) -> String {
     String::from_utf8_lossy(&canonical_bytes(name).collect::<Vec<u8>>()).into_owned()
 }
 
+/// Header fields an envelope looks up on the stack; a request with more
+/// has them collected into a vector.
+const ENVELOPE_INLINE_FIELDS: usize = 16;
+
 /// Buffers an envelope is made in, kept from one request to the next.
 #[derive(Default)]
 struct Scratch {
@@ -533,17 +537,36 @@ const SCRATCH_KEPT: usize = 64 * 1024;
 /// Hop-by-hop headers are left out; a body that came chunked is whole, and
 /// its `Content-Length` says so.
 fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scratch) -> Bytes {
+    // The fields, looked up once: the sort below reads each name several
+    // times.
+    let mut inline = [("", &b""[..]); ENVELOPE_INLINE_FIELDS];
+    let spilled: Vec<(&str, &[u8])>;
+    let n = req.headers().len();
+    let fields: &[(&str, &[u8])] = match inline.get_mut(..n) {
+        Some(slots) => {
+            for (slot, field) in slots.iter_mut().zip(req.headers()) {
+                *slot = field;
+            }
+            slots
+        }
+        None => {
+            spilled = req.headers().collect();
+            &spilled
+        }
+    };
     let listed = connection_tokens(
-        req.headers
+        fields
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v.as_slice()),
+            .map(|&(_, v)| v),
     );
-    let chunked = req.header("Transfer-Encoding").is_some();
+    let chunked = fields
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
     let length = chunked.then(|| req.body.len().to_string());
     let header = |i: Option<usize>| -> (&str, &[u8]) {
-        match i.and_then(|i| req.headers.get(i)) {
-            Some((name, value)) => (name, value),
+        match i.and_then(|i| fields.get(i)) {
+            Some(&(name, value)) => (name, value),
             None => (
                 "Content-Length",
                 length.as_deref().unwrap_or_default().as_bytes(),
@@ -555,7 +578,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
     let Scratch { order, out } = scratch;
     order.clear();
     order.extend(
-        req.headers
+        fields
             .iter()
             .enumerate()
             .filter(|(_, (name, _))| !is_hop_by_hop(name, &listed))
@@ -592,7 +615,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
     out.extend_from_slice(b"},\"id\":");
     id.write_json(out);
     out.extend_from_slice(b",\"method\":");
-    json_string(out, &req.method_raw);
+    json_string(out, req.method_raw());
     out.extend_from_slice(b",\"protocol\":\"HTTP/1.");
     if req.minor_version < 10 {
         out.push(b'0' + req.minor_version);
@@ -600,7 +623,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
         out.extend_from_slice(req.minor_version.to_string().as_bytes());
     }
     out.extend_from_slice(b"\",\"url\":");
-    json_string(out, &req.target);
+    json_string(out, req.target());
     out.push(b'}');
     let envelope = Bytes::copy_from_slice(out);
     if out.capacity() > SCRATCH_KEPT {
@@ -1401,13 +1424,12 @@ mod tests {
     /// for byte.
     fn envelope_by_value(req: &Request, id: &str, body_addr: &[u8]) -> String {
         let listed = connection_tokens(
-            req.headers
-                .iter()
+            req.headers()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-                .map(|(_, v)| v.as_slice()),
+                .map(|(_, v)| v),
         );
         let mut headers = Map::new();
-        for (name, value) in &req.headers {
+        for (name, value) in req.headers() {
             if is_hop_by_hop(name, &listed) {
                 continue;
             }
@@ -1435,12 +1457,12 @@ mod tests {
         );
         env.insert("headers".into(), Value::Object(headers));
         env.insert("id".into(), Value::String(id.to_string()));
-        env.insert("method".into(), Value::String(req.method_raw.clone()));
+        env.insert("method".into(), Value::String(req.method_raw().to_owned()));
         env.insert(
             "protocol".into(),
             Value::String(format!("HTTP/1.{}", req.minor_version)),
         );
-        env.insert("url".into(), Value::String(req.target.clone()));
+        env.insert("url".into(), Value::String(req.target().to_owned()));
         Value::Object(env).to_string()
     }
 
