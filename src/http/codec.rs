@@ -256,9 +256,15 @@ impl Request {
 
     /// The value of the first header field called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Names compared as bytes: no `str` slicing per field.
+        let (names, name) = (self.head.strs.as_bytes(), name.as_bytes());
+        let at = self.head.fields.iter().find(|&&[start, end, ..]| {
+            end.saturating_sub(start) as usize == name.len()
+                && names
+                    .get(start as usize..end as usize)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })?;
+        self.head.values.get(at[2] as usize..at[3] as usize)
     }
 
     /// The request-target up to its first `?`.
