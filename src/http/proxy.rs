@@ -1468,7 +1468,15 @@ mod tests {
 
     #[test]
     fn the_envelope_is_written_as_serde_json_writes_it() {
+        // More fields than the envelope looks up on the stack.
+        let mut many =
+            b"POST /many HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: X-H3\r\n".to_vec();
+        for i in 0..ENVELOPE_INLINE_FIELDS + 4 {
+            many.extend_from_slice(format!("x-h{}: {i}\r\n", i % 7).as_bytes());
+        }
+        many.extend_from_slice(b"\r\n1\r\nz\r\n0\r\n\r\n");
         let heads: &[&[u8]] = &[
+            &many,
             b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GET /a?b=\"c\"&d=\\ HTTP/1.0\r\n\r\n",
             b"POST /x HTTP/1.1\r\nB: 2\r\nA: 1\r\nb: 3\r\nX-Q: \"q\" \\ \tz\r\n\
