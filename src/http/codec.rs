@@ -162,27 +162,6 @@ impl std::fmt::Debug for Head {
     }
 }
 
-/// The header fields of a request, in the order received.
-#[derive(Clone)]
-pub struct Headers<'a> {
-    head: &'a Head,
-    fields: std::slice::Iter<'a, [u32; 4]>,
-}
-
-impl<'a> Iterator for Headers<'a> {
-    type Item = (&'a str, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.fields.next().map(|at| self.head.field(at))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.fields.size_hint()
-    }
-}
-
-impl ExactSizeIterator for Headers<'_> {}
-
 impl Request {
     /// A request with these parts. `headers`: names as received, values
     /// with surrounding whitespace removed. (A head of 4 GiB or more cannot
@@ -247,11 +226,9 @@ impl Request {
     /// Header fields in the order received, names as received. Values have
     /// surrounding whitespace removed; obs-fold continuation lines are joined
     /// to the previous value with one space.
-    pub fn headers(&self) -> Headers<'_> {
-        Headers {
-            head: &self.head,
-            fields: self.head.fields.iter(),
-        }
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> + Clone + '_ {
+        let head = &self.head;
+        head.fields.iter().map(move |at| head.field(at))
     }
 
     /// The value of the first header field called `name` (case-insensitive).
