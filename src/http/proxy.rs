@@ -560,9 +560,7 @@ fn envelope(req: &Request, id: &RequestId, body_addr: &[u8], scratch: &mut Scrat
             .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
             .map(|&(_, v)| v),
     );
-    let chunked = fields
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    let chunked = req.header("Transfer-Encoding").is_some();
     let length = chunked.then(|| req.body.len().to_string());
     let header = |i: Option<usize>| -> (&str, &[u8]) {
         match i.and_then(|i| fields.get(i)) {

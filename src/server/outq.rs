@@ -204,6 +204,16 @@ mod tests {
         calls_left: usize,
     }
 
+    impl Trickle {
+        fn new(per_call: usize, calls_left: usize) -> Trickle {
+            Trickle {
+                got: Vec::new(),
+                per_call,
+                calls_left,
+            }
+        }
+    }
+
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.write_vectored(&[IoSlice::new(buf)])
@@ -236,11 +246,7 @@ mod tests {
             q.push(Bytes::from_static(s.as_bytes()));
         }
         assert_eq!(q.bytes(), 18);
-        let mut w = Trickle {
-            got: Vec::new(),
-            per_call: 4,
-            calls_left: 2,
-        };
+        let mut w = Trickle::new(4, 2);
         assert_eq!(
             q.flush(&mut w, usize::MAX).unwrap(),
             (8, Flushed::WouldBlock)
@@ -258,11 +264,7 @@ mod tests {
         for _ in 0..10 {
             q.push(Bytes::from_static(b"0123456789"));
         }
-        let mut w = Trickle {
-            got: Vec::new(),
-            per_call: 30,
-            calls_left: 100,
-        };
+        let mut w = Trickle::new(30, 100);
         assert_eq!(q.flush(&mut w, 50).unwrap(), (60, Flushed::Budget));
         assert_eq!(q.bytes(), 40);
     }
@@ -287,11 +289,7 @@ mod tests {
         q.push(Bytes::from_static(b"two"));
         q.shrink();
         assert!(q.capacity() >= 2, "shrunk while frames were queued");
-        let mut w = Trickle {
-            got: Vec::new(),
-            per_call: 100,
-            calls_left: 100,
-        };
+        let mut w = Trickle::new(100, 100);
         assert_eq!(q.flush(&mut w, usize::MAX).unwrap(), (6, Flushed::All));
         assert_eq!(q.capacity(), 0);
         // A queue emptied by a refused write as well.
@@ -309,11 +307,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"first frame"));
         assert_eq!((q.capacity(), q.cost()), (0, 11 + FRAME_COST));
-        let mut w = Trickle {
-            got: Vec::new(),
-            per_call: 6,
-            calls_left: 1,
-        };
+        let mut w = Trickle::new(6, 1);
         assert_eq!(
             q.flush(&mut w, usize::MAX).unwrap(),
             (6, Flushed::WouldBlock)
